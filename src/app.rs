@@ -1,0 +1,262 @@
+//! The composition root: builds the store, the authority and the doors, binds the listeners and
+//! runs the background jobs. `main`, the tests and the examples all start lanyard through
+//! [`App::build`], which returns once the listeners are bound (port 0 picks free ports).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::authority::Authority;
+use crate::authority::demo::DemoSeed;
+use crate::config::Settings;
+use crate::crypto::KeyEncryptionKey;
+use crate::domain::{Clock, SystemClock};
+use crate::store::{Db, signing_keys};
+
+/// How often the key job runs (promotion after publish-ahead, scheduled rotation, pruning).
+const KEY_JOB_PERIOD: Duration = Duration::from_secs(1);
+/// How often expired revocations are forgotten.
+const PRUNE_PERIOD: Duration = Duration::from_secs(600);
+
+pub struct App {
+    http_addr: SocketAddr,
+    authority: Arc<Authority>,
+    demo: Option<DemoSeed>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    /// Builds everything and binds the listeners, on the system clock.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// As [`App::build`], with the clock the use-cases see (tests move a `ManualClock`).
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<App> {
+        let authority = Arc::new(open_authority(settings, clock).await?);
+        authority
+            .maintain_keys_once()
+            .await
+            .context("key maintenance at start")?;
+        let demo = authority
+            .seed_demo_if_empty()
+            .await
+            .context("seeding the demo tenant")?;
+
+        let listen = authority.settings().http.listen;
+        let listener = TcpListener::bind(listen).await.with_context(|| {
+            format!("http.listen: cannot listen on {listen}; choose a free address or port 0")
+        })?;
+        let http_addr = listener.local_addr()?;
+        tracing::info!("http listening on {http_addr}");
+
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let router = crate::http::router(authority.clone());
+        let mut http_stop = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!("http server stopped: {e}");
+            }
+        }));
+        tasks.push(tokio::spawn(background_jobs(authority.clone(), stopped)));
+
+        Ok(App {
+            http_addr,
+            authority,
+            demo,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn authority(&self) -> &Arc<Authority> {
+        &self.authority
+    }
+
+    /// What the demo seed created on this start, if it ran.
+    pub fn demo(&self) -> Option<&DemoSeed> {
+        self.demo.as_ref()
+    }
+
+    /// Serves until ctrl-c or SIGTERM, then shuts down.
+    pub async fn run_until_signalled(self) -> anyhow::Result<()> {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Stops the listeners and jobs and closes the database.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.authority.db().close().await;
+    }
+}
+
+/// Opens the database (applying migrations), the key-encryption key and the authority: what
+/// `serve` and the one-shot commands share.
+pub async fn open_authority(
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Authority> {
+    let db = Db::connect(&settings.database.url, settings.database.max_connections).await?;
+    db.migrate().await?;
+    if db.is_sqlite() {
+        tracing::debug!("SQLite database: single node");
+    }
+    let kek = load_key_encryption_key(&settings, &db).await?;
+    let authority = Authority::new(db, Arc::new(settings), clock, kek);
+    authority.check_key_encryption_key().await?;
+    Ok(authority)
+}
+
+/// The key-encryption key from `keys.encryption_key`, else from `keys.encryption_key_file`,
+/// which is created (mode 0600) only while the database holds no sealed key yet: a lost key file
+/// must stop the start, not silently replace the key the stored keys were sealed with.
+async fn load_key_encryption_key(settings: &Settings, db: &Db) -> anyhow::Result<KeyEncryptionKey> {
+    if !settings.keys.encryption_key.is_empty() {
+        return Ok(KeyEncryptionKey::from_base64(
+            &settings.keys.encryption_key,
+        )?);
+    }
+    let path = &settings.keys.encryption_key_file;
+    if path.exists() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("keys.encryption_key_file: cannot read {}", path.display()))?;
+        return KeyEncryptionKey::from_base64(&text).with_context(|| {
+            format!(
+                "keys.encryption_key_file: {} does not hold a 32-byte base64 key",
+                path.display()
+            )
+        });
+    }
+    if signing_keys::any_sealed(db).await?.is_some() {
+        bail!(
+            "keys.encryption_key_file: {} does not exist, but the database holds sealed signing keys; restore the file or set keys.encryption_key to the key they were sealed with",
+            path.display()
+        );
+    }
+    let (kek, text) = KeyEncryptionKey::generate();
+    write_private_file(path, &text)
+        .with_context(|| format!("keys.encryption_key_file: cannot create {}", path.display()))?;
+    tracing::info!("created key-encryption key file {}", path.display());
+    Ok(kek)
+}
+
+fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+async fn background_jobs(authority: Arc<Authority>, mut stopped: watch::Receiver<bool>) {
+    let mut keys = tokio::time::interval(KEY_JOB_PERIOD);
+    let mut prune = tokio::time::interval(PRUNE_PERIOD);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = keys.tick() => {
+                if let Err(e) = authority.maintain_keys_once().await {
+                    tracing::warn!("key maintenance: {e:#}");
+                }
+            }
+            _ = prune.tick() => {
+                if let Err(e) = authority.prune_revocations_once().await {
+                    tracing::warn!("pruning revocations: {e:#}");
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The start-up message after the demo seed: what to paste to try lanyard.
+pub fn demo_instructions(seed: &DemoSeed, settings: &Settings) -> String {
+    let issuer = &seed.tenant.issuer;
+    let slug = &seed.tenant.slug;
+    let lines = [
+        String::new(),
+        format!(
+            "lanyard seeded the `{slug}` tenant with a system ({}) and a device client bound to it.",
+            seed.system_id
+        ),
+        "The secret below is shown only this once. Try:".into(),
+        String::new(),
+        format!(
+            "  export CLIENT_ID={} CLIENT_SECRET={}",
+            seed.device_client_id,
+            seed.device_secret.expose()
+        ),
+        format!(
+            "  curl -s -u \"$CLIENT_ID:$CLIENT_SECRET\" -d grant_type=client_credentials {issuer}/oauth2/token"
+        ),
+        format!("  curl -s {issuer}/.well-known/jwks.json"),
+        format!("  curl -s {issuer}/.well-known/openid-configuration"),
+        String::new(),
+        format!(
+            "Retained topics of this tenant live under {}/{slug}/.",
+            settings.mqtt.topic_prefix
+        ),
+        String::new(),
+    ];
+    lines.join("\n") + "\n"
+}

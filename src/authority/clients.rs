@@ -1,0 +1,243 @@
+//! OAuth clients and the tenant's custom scopes.
+//!
+//! Secrets are 256-bit random, returned once at registration or rotation, and stored only as a
+//! SHA-256 hash (see `crypto::secret` for why a fast hash is right here).
+
+use super::tenants::validate_name;
+use super::{Authority, Error, Event, Result, Tenant};
+use crate::crypto::Secret;
+use crate::crypto::secret::random_id;
+use crate::domain::{GrantType, Scope, ScopeSet};
+use crate::store::{StoreError, clients, scopes, systems};
+
+/// A client to register.
+#[derive(Debug, Clone, Default)]
+pub struct NewClient {
+    pub name: String,
+    pub scopes: ScopeSet,
+    /// Empty: the defaults for the client kind (`GrantType::defaults`).
+    pub grant_types: Vec<GrantType>,
+    pub public: bool,
+    /// Bind the client to one system (its gateway or device).
+    pub system_id: Option<String>,
+    /// A fixed `client_id` instead of a random one (the demo seed); `[A-Za-z0-9._-]{3,64}`.
+    pub client_id: Option<String>,
+}
+
+/// What a registration returns, once (RFC 7591 §3.2.1 names).
+#[derive(Debug, Clone)]
+pub struct ClientRegistration {
+    pub client_id: String,
+    /// Confidential clients only; never retrievable again.
+    pub client_secret: Option<Secret>,
+    pub client_id_issued_at: i64,
+    /// 0: the secret does not expire.
+    pub client_secret_expires_at: i64,
+}
+
+/// A registered client as the use-cases see it.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub client_id: String,
+    pub name: String,
+    pub public: bool,
+    pub scopes: ScopeSet,
+    pub grant_types: Vec<GrantType>,
+    pub system_id: Option<String>,
+}
+
+impl Client {
+    pub(crate) fn from_row(row: &clients::ClientRow) -> Client {
+        Client {
+            client_id: row.client_id.clone(),
+            name: row.name.clone(),
+            public: row.is_public,
+            // Stored scopes were validated when written; a scope dropped from the catalogue since
+            // is simply no longer granted.
+            scopes: row
+                .scopes
+                .split(' ')
+                .filter_map(|s| Scope::parse(s).ok())
+                .collect(),
+            grant_types: GrantType::split(&row.grant_types),
+            system_id: row.system_id.clone(),
+        }
+    }
+}
+
+fn valid_client_id(id: &str) -> bool {
+    (3..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Authority {
+    /// The tenant's own scopes (not the admin catalogue).
+    pub async fn custom_scopes(&self, tenant: &Tenant) -> Result<ScopeSet> {
+        Ok(scopes::list(&self.db, &tenant.id)
+            .await?
+            .into_iter()
+            .filter_map(|row| Scope::parse(&row.name).ok())
+            .collect())
+    }
+
+    /// Defines a tenant scope. The `lanyard:` namespace is reserved.
+    pub async fn create_scope(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        description: Option<&str>,
+    ) -> Result<Scope> {
+        let scope = Scope::parse(name).map_err(|e| Error::Invalid(e.to_string()))?;
+        if scope.is_admin() {
+            return Err(Error::Invalid(
+                "scopes starting with lanyard: are reserved".into(),
+            ));
+        }
+        if description.is_some_and(|d| d.chars().count() > 500) {
+            return Err(Error::Invalid(
+                "a scope description is at most 500 characters".into(),
+            ));
+        }
+        scopes::insert(
+            &self.db,
+            &tenant.id,
+            scope.as_str(),
+            description,
+            self.now(),
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict => Error::Conflict(format!("scope {scope} already exists")),
+            other => other.into(),
+        })?;
+        Ok(scope)
+    }
+
+    /// Registers a client. `granted_by` is the caller's own scopes: a caller grants only what it
+    /// holds (`None` for the operator at the command line).
+    pub async fn create_client(
+        &self,
+        tenant: &Tenant,
+        new: NewClient,
+        granted_by: Option<&ScopeSet>,
+    ) -> Result<ClientRegistration> {
+        let name = validate_name(&new.name)?;
+        if let Some(held) = granted_by {
+            let missing = new.scopes.difference(held);
+            if !missing.is_empty() {
+                return Err(Error::Forbidden(format!(
+                    "cannot grant scopes the caller does not hold: {}",
+                    missing
+                        .iter()
+                        .map(Scope::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )));
+            }
+        }
+        let custom = self.custom_scopes(tenant).await?;
+        if let Some(unknown) = new
+            .scopes
+            .iter()
+            .find(|s| !s.is_admin() && !custom.contains(s))
+        {
+            return Err(Error::Invalid(format!(
+                "scope {unknown} is not defined in this tenant"
+            )));
+        }
+        let grant_types = if new.grant_types.is_empty() {
+            GrantType::defaults(new.public)
+        } else {
+            let mut g = new.grant_types.clone();
+            g.sort();
+            g.dedup();
+            g
+        };
+        if new.public && grant_types.contains(&GrantType::ClientCredentials) {
+            return Err(Error::Invalid(
+                "a public client cannot use client_credentials: it has no secret".into(),
+            ));
+        }
+        if let Some(system_id) = &new.system_id
+            && systems::find(&self.db, &tenant.id, system_id)
+                .await?
+                .is_none()
+        {
+            return Err(Error::NotFound(format!("no system {system_id}")));
+        }
+        let client_id = match new.client_id {
+            Some(id) if valid_client_id(&id) => id,
+            Some(_) => {
+                return Err(Error::Invalid(
+                    "a client_id is 3 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'".into(),
+                ));
+            }
+            None => random_id(16),
+        };
+        let secret = (!new.public).then(Secret::generate);
+        let now = self.now();
+        let row = clients::ClientRow {
+            client_id: client_id.clone(),
+            tenant_id: tenant.id.clone(),
+            name: name.to_owned(),
+            is_public: new.public,
+            secret_hash: secret.as_ref().map(|s| s.hash().0.to_vec()),
+            scopes: new.scopes.to_string(),
+            grant_types: GrantType::join(&grant_types),
+            system_id: new.system_id,
+            metadata: "{}".into(),
+            created_at: now,
+            secret_rotated_at: now,
+        };
+        clients::insert(&self.db, &row).await.map_err(|e| match e {
+            StoreError::Conflict => Error::Conflict(format!("client {client_id} already exists")),
+            other => other.into(),
+        })?;
+        tracing::info!(tenant = %tenant.slug, client_id, "client registered");
+        Ok(ClientRegistration {
+            client_id,
+            client_secret: secret,
+            client_id_issued_at: now,
+            client_secret_expires_at: 0,
+        })
+    }
+
+    /// Replaces a confidential client's secret; the old one stops working at once.
+    pub async fn rotate_client_secret(
+        &self,
+        tenant: &Tenant,
+        client_id: &str,
+    ) -> Result<ClientRegistration> {
+        let secret = Secret::generate();
+        let now = self.now();
+        if !clients::set_secret(&self.db, &tenant.id, client_id, &secret.hash().0, now).await? {
+            return Err(Error::NotFound(format!(
+                "no confidential client {client_id}"
+            )));
+        }
+        let row = clients::find(&self.db, &tenant.id, client_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no client {client_id}")))?;
+        Ok(ClientRegistration {
+            client_id: client_id.to_owned(),
+            client_secret: Some(secret),
+            client_id_issued_at: row.created_at,
+            client_secret_expires_at: 0,
+        })
+    }
+
+    /// Deletes a client; its access tokens stop verifying (the client must still exist).
+    pub async fn delete_client(&self, tenant: &Tenant, client_id: &str) -> Result<()> {
+        if !clients::delete(&self.db, &tenant.id, client_id).await? {
+            return Err(Error::NotFound(format!("no client {client_id}")));
+        }
+        tracing::info!(tenant = %tenant.slug, client_id, "client deleted");
+        self.emit(Event::ClientDeleted {
+            tenant_id: tenant.id.clone(),
+            client_id: client_id.to_owned(),
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,53 @@
+//! The demo seed (SPEC §1): on a first start with an empty database and `[demo] seed = true`, a
+//! `demo` tenant with a system and a device client bound to it, with a random secret.
+
+use super::{Authority, NewClient, Result, Tenant};
+use crate::crypto::Secret;
+use crate::domain::{GrantType, ScopeSet, Slug};
+use crate::store::tenants;
+
+pub const DEMO_SLUG: &str = "demo";
+pub const DEMO_DEVICE_CLIENT: &str = "demo-device";
+
+/// What the seed created, for the start-up message. The secret exists nowhere else.
+#[derive(Debug)]
+pub struct DemoSeed {
+    pub tenant: Tenant,
+    pub system_id: String,
+    pub device_client_id: String,
+    pub device_secret: Secret,
+}
+
+impl Authority {
+    /// Seeds the demo tenant if seeding is on and the database holds no tenant yet.
+    pub async fn seed_demo_if_empty(&self) -> Result<Option<DemoSeed>> {
+        if !self.settings.demo.seed || tenants::count(&self.db).await? > 0 {
+            return Ok(None);
+        }
+        let slug = Slug::parse(DEMO_SLUG).expect("a valid slug");
+        let tenant = self.create_tenant(&slug, "Demo").await?;
+        let system_id = self.create_system(&tenant, "Demo Gateway").await?;
+        let device = self
+            .create_client(
+                &tenant,
+                NewClient {
+                    name: "Demo Gateway device".into(),
+                    scopes: ScopeSet::default(),
+                    grant_types: vec![GrantType::ClientCredentials],
+                    system_id: Some(system_id.clone()),
+                    client_id: Some(DEMO_DEVICE_CLIENT.into()),
+                    ..NewClient::default()
+                },
+                None,
+            )
+            .await?;
+        Ok(Some(DemoSeed {
+            tenant,
+            system_id,
+            device_client_id: device.client_id,
+            device_secret: device
+                .client_secret
+                .expect("a confidential client has a secret"),
+        }))
+    }
+}

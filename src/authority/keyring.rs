@@ -1,0 +1,147 @@
+//! Each tenant's keys held parsed in memory: the signer, the verifiers and the JWKS document.
+//!
+//! A keyring is rebuilt from the database when this process changes the tenant's keys (an
+//! [`Event::KeysChanged`](super::Event)) and at the latest [`MAX_AGE`] after it was loaded, which
+//! is how changes made by another process (the `bootstrap` command, another node) are seen.
+//! Private keys are unsealed and parsed once per `kid` and kept, so a refresh costs one query.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::{Authority, Result, Tenant};
+use crate::crypto::{SigningKey, VerifyingKey};
+use crate::domain::KeyStatus;
+use crate::store::signing_keys::{self, KeyRow};
+
+/// How long a keyring is trusted before it is reloaded.
+pub const MAX_AGE: Duration = Duration::from_secs(3);
+
+/// A signing key as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub kid: String,
+    pub status: KeyStatus,
+    pub created_at: i64,
+    /// When it starts (PENDING) or started (ACTIVE) signing.
+    pub activates_at: Option<i64>,
+    /// RETIRED: when the last access token it signed expires.
+    pub publish_until: Option<i64>,
+}
+
+/// The signer of a tenant: the ACTIVE key.
+pub struct Signer {
+    pub kid: String,
+    pub key: Arc<SigningKey>,
+}
+
+pub struct TenantKeys {
+    loaded_at: Instant,
+    pub signer: Option<Signer>,
+    verifiers: HashMap<String, VerifyingKey>,
+    /// `{"keys":[…]}` of the published keys, serialised once.
+    pub jwks: Arc<String>,
+    pub keys: Vec<KeyInfo>,
+}
+
+impl TenantKeys {
+    /// The published key with this `kid`, if any: INVALIDATED and deleted keys verify nothing.
+    pub fn verifier(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.verifiers.get(kid)
+    }
+}
+
+#[derive(Default)]
+pub struct KeyRings {
+    tenants: RwLock<HashMap<String, Arc<TenantKeys>>>,
+    private: Mutex<HashMap<String, Arc<SigningKey>>>,
+}
+
+impl KeyRings {
+    pub(super) fn forget(&self, tenant_id: &str) {
+        self.tenants
+            .write()
+            .expect("keyring lock")
+            .remove(tenant_id);
+    }
+
+    fn fresh(&self, tenant_id: &str) -> Option<Arc<TenantKeys>> {
+        let map = self.tenants.read().expect("keyring lock");
+        map.get(tenant_id)
+            .filter(|k| k.loaded_at.elapsed() < MAX_AGE)
+            .cloned()
+    }
+}
+
+impl Authority {
+    /// The tenant's keys, from memory when fresh.
+    pub async fn keyring(&self, tenant: &Tenant) -> Result<Arc<TenantKeys>> {
+        if let Some(keys) = self.keyrings.fresh(&tenant.id) {
+            return Ok(keys);
+        }
+        let rows = signing_keys::list_for_tenant(&self.db, &tenant.id).await?;
+        let keys = Arc::new(self.build_keyring(rows)?);
+        self.keyrings
+            .tenants
+            .write()
+            .expect("keyring lock")
+            .insert(tenant.id.clone(), keys.clone());
+        Ok(keys)
+    }
+
+    fn build_keyring(&self, rows: Vec<KeyRow>) -> Result<TenantKeys> {
+        let mut signer = None;
+        let mut verifiers = HashMap::new();
+        let mut jwks = Vec::new();
+        let mut keys = Vec::new();
+        for row in rows {
+            let status: KeyStatus = row.status.parse().map_err(anyhow::Error::from)?;
+            keys.push(KeyInfo {
+                kid: row.kid.clone(),
+                status,
+                created_at: row.created_at,
+                activates_at: row.activates_at,
+                publish_until: row.publish_until,
+            });
+            if !status.is_published() {
+                continue;
+            }
+            let public = VerifyingKey::from_components(&row.kid, &row.public_n, &row.public_e)
+                .with_context(|| format!("stored public key {}", row.kid))?;
+            jwks.push(public.jwk());
+            if status == KeyStatus::Active {
+                signer = Some(Signer {
+                    kid: row.kid.clone(),
+                    key: self.unseal(&row)?,
+                });
+            }
+            verifiers.insert(row.kid, public);
+        }
+        Ok(TenantKeys {
+            loaded_at: Instant::now(),
+            signer,
+            verifiers,
+            jwks: Arc::new(json!({ "keys": jwks }).to_string()),
+            keys,
+        })
+    }
+
+    fn unseal(&self, row: &KeyRow) -> Result<Arc<SigningKey>> {
+        let mut cache = self.keyrings.private.lock().expect("keyring lock");
+        if let Some(key) = cache.get(&row.kid) {
+            return Ok(key.clone());
+        }
+        let der = self
+            .kek
+            .open(&row.kid, &row.sealed_private_key)
+            .with_context(|| format!("signing key {}", row.kid))?;
+        let key = Arc::new(
+            SigningKey::from_pkcs8(&der).with_context(|| format!("signing key {}", row.kid))?,
+        );
+        cache.insert(row.kid.clone(), key.clone());
+        Ok(key)
+    }
+}

@@ -1,0 +1,137 @@
+//! Use-cases: the rules every door shares. Tenants and their signing keys, clients and scopes,
+//! issuing and verifying access tokens, introspection and revocation.
+//!
+//! Doors (`http/`, later `graphql/` and `mqtt/`) call [`Authority`] and translate its answers;
+//! they never touch the store or JWT code. Changes other parts must react to (a key rotated, a
+//! token revoked, a client deleted) are announced as [`Event`]s on a channel the doors subscribe
+//! to: the authority never calls into a door. This module imports no web or MQTT framework.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::config::Settings;
+use crate::crypto::KeyEncryptionKey;
+use crate::domain::Clock;
+use crate::store::{Db, StoreError};
+
+pub mod clients;
+pub mod demo;
+pub mod keyring;
+pub mod keys;
+pub mod limiter;
+pub mod systems;
+pub mod tenants;
+pub mod tokens;
+
+pub use clients::{ClientRegistration, NewClient};
+pub use keyring::KeyRings;
+pub use tenants::Tenant;
+pub use tokens::{ClientCredentials, IssuedToken, VerifiedAccessToken};
+
+/// Something changed that other parts may need to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The tenant's published keys or its signer changed (created, rotated, invalidated, …).
+    KeysChanged { tenant_id: String, slug: String },
+    /// An access token was revoked.
+    AccessTokenRevoked { tenant_id: String, jti: String },
+    /// A client was deleted; tokens it holds must stop working.
+    ClientDeleted {
+        tenant_id: String,
+        client_id: String,
+    },
+}
+
+/// Errors of the management use-cases; each door maps them once to its own form.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => Error::Conflict("it already exists".into()),
+            StoreError::Database(e) => Error::Internal(e.into()),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The authority: what every door calls.
+pub struct Authority {
+    pub(crate) db: Db,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) kek: KeyEncryptionKey,
+    pub(crate) keyrings: KeyRings,
+    pub(crate) auth_failures: limiter::FailureLimiter,
+    events: broadcast::Sender<Event>,
+}
+
+impl Authority {
+    pub fn new(
+        db: Db,
+        settings: Arc<Settings>,
+        clock: Arc<dyn Clock>,
+        kek: KeyEncryptionKey,
+    ) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Authority {
+            db,
+            settings,
+            clock,
+            kek,
+            keyrings: KeyRings::default(),
+            auth_failures: limiter::FailureLimiter::new(10, 60),
+            events,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// Changes as they happen in this process.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        if let Event::KeysChanged { tenant_id, .. } = &event {
+            self.keyrings.forget(tenant_id);
+        }
+        // No receiver is not an error: nobody needs to hear of it yet.
+        let _ = self.events.send(event);
+    }
+
+    /// Readiness: the database answers.
+    pub async fn ready(&self) -> Result<()> {
+        self.db.ping().await?;
+        Ok(())
+    }
+}
+
+/// Logs an unexpected failure with its cause chain; the caller answers with a generic error.
+pub(crate) fn log_internal(context: &str, error: &dyn std::fmt::Display) {
+    tracing::error!("{context}: {error:#}");
+}

@@ -1,0 +1,25 @@
+//! Systems: the gateways, locks and building controllers local API tokens are addressed to.
+
+use super::tenants::validate_name;
+use super::{Authority, Result, Tenant};
+use crate::store::systems;
+
+impl Authority {
+    /// Creates a system and returns its uuid.
+    pub async fn create_system(&self, tenant: &Tenant, name: &str) -> Result<String> {
+        let name = validate_name(name)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        systems::insert(
+            &self.db,
+            &systems::SystemRow {
+                id: id.clone(),
+                tenant_id: tenant.id.clone(),
+                name: name.to_owned(),
+                created_at: self.now(),
+            },
+        )
+        .await?;
+        tracing::info!(tenant = %tenant.slug, system = %id, "system created");
+        Ok(id)
+    }
+}

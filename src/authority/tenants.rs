@@ -1,0 +1,144 @@
+//! Tenants: creation (with the first signing key), lookup, and `bootstrap`.
+
+use serde::Serialize;
+
+use super::clients::NewClient;
+use super::{Authority, Error, Event, Result};
+use crate::domain::{GrantType, ScopeSet, Slug};
+use crate::store::{StoreError, tenants};
+
+/// A tenant as the use-cases see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: String,
+    pub slug: Slug,
+    pub name: String,
+    /// `{public_url}/t/{slug}`.
+    pub issuer: String,
+}
+
+/// What `lanyard bootstrap` prints (SPEC §1).
+#[derive(Debug, Serialize)]
+pub struct Bootstrap {
+    pub tenant: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scope: String,
+    pub issuer: String,
+    pub token_endpoint: String,
+}
+
+impl Authority {
+    fn tenant_from_row(&self, row: tenants::TenantRow) -> Result<Tenant> {
+        let slug = Slug::parse(&row.slug).map_err(anyhow::Error::from)?;
+        Ok(Tenant {
+            issuer: self.settings.issuer(slug.as_str()),
+            id: row.id,
+            slug,
+            name: row.name,
+        })
+    }
+
+    /// The tenant with this slug, if it exists.
+    pub async fn tenant(&self, slug: &str) -> Result<Option<Tenant>> {
+        // A string that is not a slug names no tenant; no need to ask the database.
+        if Slug::parse(slug).is_err() {
+            return Ok(None);
+        }
+        match tenants::find_by_slug(&self.db, slug).await? {
+            Some(row) => Ok(Some(self.tenant_from_row(row)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<Tenant>> {
+        tenants::list(&self.db)
+            .await?
+            .into_iter()
+            .map(|row| self.tenant_from_row(row))
+            .collect()
+    }
+
+    /// Creates a tenant and its first, ACTIVE signing key.
+    pub async fn create_tenant(&self, slug: &Slug, name: &str) -> Result<Tenant> {
+        let name = validate_name(name)?;
+        let now = self.now();
+        let id = uuid::Uuid::new_v4().to_string();
+        let key = self.generate_key(&id, "ACTIVE", now, Some(now)).await?;
+        let row = tenants::TenantRow {
+            id,
+            slug: slug.to_string(),
+            name: name.to_owned(),
+            created_at: now,
+        };
+        tenants::create(&self.db, &row, &key)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict => Error::Conflict(format!("tenant {slug} already exists")),
+                other => other.into(),
+            })?;
+        let tenant = self.tenant_from_row(row)?;
+        tracing::info!(tenant = %tenant.slug, "tenant created");
+        self.emit(Event::KeysChanged {
+            tenant_id: tenant.id.clone(),
+            slug: tenant.slug.to_string(),
+        });
+        Ok(tenant)
+    }
+
+    /// Creates the tenant if it is missing, then a new admin client holding the whole admin
+    /// catalogue and every custom scope of the tenant.
+    pub async fn bootstrap(&self, slug: &Slug, name: Option<&str>) -> Result<Bootstrap> {
+        let tenant = match self.tenant(slug.as_str()).await? {
+            Some(t) => t,
+            None => match self
+                .create_tenant(slug, name.unwrap_or(slug.as_str()))
+                .await
+            {
+                Ok(t) => t,
+                // Another process created it in the meantime.
+                Err(Error::Conflict(_)) => self
+                    .tenant(slug.as_str())
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("tenant {slug}")))?,
+                Err(e) => return Err(e),
+            },
+        };
+        let scopes = ScopeSet::admin_catalogue().union(&self.custom_scopes(&tenant).await?);
+        let registration = self
+            .create_client(
+                &tenant,
+                NewClient {
+                    name: "admin".into(),
+                    scopes: scopes.clone(),
+                    grant_types: vec![GrantType::ClientCredentials],
+                    ..NewClient::default()
+                },
+                None,
+            )
+            .await?;
+        Ok(Bootstrap {
+            tenant: tenant.slug.to_string(),
+            client_id: registration.client_id,
+            client_secret: registration
+                .client_secret
+                .map(|s| s.expose().to_owned())
+                .unwrap_or_default(),
+            scope: scopes.to_string(),
+            token_endpoint: format!("{}/oauth2/token", tenant.issuer),
+            issuer: tenant.issuer,
+        })
+    }
+}
+
+/// Display names: 1 to 200 characters, no control characters.
+pub(crate) fn validate_name(name: &str) -> Result<&str> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 200 || trimmed.chars().any(char::is_control)
+    {
+        return Err(Error::Invalid(
+            "a name must be 1 to 200 characters without control characters".into(),
+        ));
+    }
+    Ok(trimmed)
+}

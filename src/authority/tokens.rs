@@ -1,0 +1,329 @@
+//! Access tokens: the `client_credentials` grant, verification as every door needs it,
+//! introspection (RFC 7662) and revocation (RFC 7009).
+//!
+//! Verification is the one place that decides whether an access token is good: signature by a
+//! published key of the tenant, `typ`, `iss`, `aud`, time claims, the revocation list, and the
+//! client still existing. The HTTP door uses it for introspection; the MQTT and GraphQL doors
+//! use the same function.
+
+use std::sync::LazyLock;
+
+use super::clients::Client;
+use super::{Authority, Event, Tenant, log_internal};
+use crate::crypto::{JwsError, Secret, SecretHash, jws};
+use crate::domain::claims::ACCESS_TOKEN_TYP;
+use crate::domain::{AccessClaims, GrantType, OAuthError, OAuthErrorCode, ScopeSet};
+use crate::store::{clients, revocations};
+
+/// A token whose `nbf` is at most this far ahead is accepted: clocks of nodes differ a little.
+pub const NOT_BEFORE_LEEWAY_SECS: i64 = 30;
+/// Longer client ids and secrets are refused before any lookup.
+const MAX_CREDENTIAL_LEN: usize = 256;
+
+/// Compared against when the client does not exist, so an unknown client costs what a wrong
+/// secret costs.
+static DUMMY_HASH: LazyLock<SecretHash> = LazyLock::new(|| Secret::generate().hash());
+
+/// Credentials presented by a client (RFC 6749 §2.3.1).
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    /// None for a public client identifying itself.
+    pub secret: Option<Secret>,
+}
+
+/// A token response (RFC 6749 §5.1).
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub scope: ScopeSet,
+}
+
+/// An access token that passed every check.
+#[derive(Debug, Clone)]
+pub struct VerifiedAccessToken {
+    pub claims: AccessClaims,
+    pub kid: String,
+}
+
+/// Why an access token was refused. Doors log it; clients see only their protocol's answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejected {
+    #[error(transparent)]
+    Jws(#[from] JwsError),
+    #[error("the token is not an access token (typ is not at+jwt)")]
+    NotAnAccessToken,
+    #[error("the token's claims are malformed")]
+    MalformedClaims,
+    #[error("the token was issued by another issuer")]
+    WrongIssuer,
+    #[error("the token is for another audience")]
+    WrongAudience,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was revoked")]
+    Revoked,
+    #[error("the token's client no longer exists")]
+    ClientGone,
+    #[error("the token could not be checked right now")]
+    Unavailable,
+}
+
+impl Authority {
+    /// Authenticates a client of `tenant`. A confidential client must present its secret; a
+    /// public client identifies itself by `client_id` alone. An unknown client and a wrong secret
+    /// get the same answer after the same work; failures are rate limited per `client_id`.
+    pub async fn authenticate_client(
+        &self,
+        tenant: &Tenant,
+        creds: &ClientCredentials,
+    ) -> Result<Client, OAuthError> {
+        let now = self.now();
+        let limit_key = format!("{}:{}", tenant.id, creds.client_id);
+        if let Some(wait) = self.auth_failures.blocked(&limit_key, now) {
+            let mut e = OAuthError::new(
+                OAuthErrorCode::TooManyRequests,
+                "too many failed client authentications; try again later",
+            );
+            e.retry_after = Some(wait);
+            return Err(e);
+        }
+        let too_long = creds.client_id.len() > MAX_CREDENTIAL_LEN
+            || creds
+                .secret
+                .as_ref()
+                .is_some_and(|s| s.expose().len() > MAX_CREDENTIAL_LEN);
+        let row = if too_long {
+            None
+        } else {
+            clients::find(&self.db, &tenant.id, &creds.client_id)
+                .await
+                .map_err(|e| {
+                    log_internal("client lookup", &e);
+                    OAuthError::server_error()
+                })?
+        };
+        let stored = row
+            .as_ref()
+            .and_then(|r| r.secret_hash.as_deref())
+            .and_then(SecretHash::from_slice);
+        let authenticated = match (&row, &creds.secret) {
+            (Some(r), None) => r.is_public,
+            (Some(r), Some(secret)) => {
+                !r.is_public && stored.as_ref().is_some_and(|h| h.matches(secret))
+            }
+            (None, Some(secret)) => {
+                let _ = DUMMY_HASH.matches(secret);
+                false
+            }
+            (None, None) => false,
+        };
+        match row {
+            Some(r) if authenticated => Ok(Client::from_row(&r)),
+            _ => {
+                self.auth_failures.record_failure(&limit_key, now);
+                Err(OAuthError::invalid_client())
+            }
+        }
+    }
+
+    /// The `client_credentials` grant (RFC 6749 §4.4). `scope` absent: every scope the client is
+    /// allowed; any scope it is not allowed: `invalid_scope`.
+    pub async fn client_credentials_grant(
+        &self,
+        tenant: &Tenant,
+        creds: &ClientCredentials,
+        scope: Option<&str>,
+    ) -> Result<IssuedToken, OAuthError> {
+        let client = self.authenticate_client(tenant, creds).await?;
+        if client.public || !client.grant_types.contains(&GrantType::ClientCredentials) {
+            return Err(OAuthError::new(
+                OAuthErrorCode::UnauthorizedClient,
+                "this client may not use the client_credentials grant",
+            ));
+        }
+        let scope = match scope {
+            None => client.scopes.clone(),
+            Some(requested) => {
+                let requested = ScopeSet::parse(requested)
+                    .map_err(|e| OAuthError::new(OAuthErrorCode::InvalidScope, e.to_string()))?;
+                let refused = requested.difference(&client.scopes);
+                if !refused.is_empty() {
+                    return Err(OAuthError::new(
+                        OAuthErrorCode::InvalidScope,
+                        format!(
+                            "scope not allowed for this client: {}",
+                            refused
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ),
+                    ));
+                }
+                requested
+            }
+        };
+        self.issue_access_token(tenant, &client.client_id, &client, scope)
+            .await
+    }
+
+    /// Signs an access token for `subject` (a user uuid, or the client id itself).
+    pub(crate) async fn issue_access_token(
+        &self,
+        tenant: &Tenant,
+        subject: &str,
+        client: &Client,
+        scope: ScopeSet,
+    ) -> Result<IssuedToken, OAuthError> {
+        let keys = self.keyring(tenant).await.map_err(|e| {
+            log_internal("loading signing keys", &e);
+            OAuthError::server_error()
+        })?;
+        let Some(signer) = &keys.signer else {
+            log_internal(
+                "issuing a token",
+                &format!("tenant {} has no ACTIVE signing key", tenant.slug),
+            );
+            return Err(OAuthError::server_error());
+        };
+        let now = self.now();
+        let ttl = self.settings.tokens.access_token_ttl.as_secs_i64();
+        let claims = AccessClaims {
+            iss: tenant.issuer.clone(),
+            sub: subject.to_owned(),
+            aud: tenant.slug.to_string(),
+            client_id: client.client_id.clone(),
+            scope: scope.to_string(),
+            iat: now,
+            nbf: now,
+            exp: now + ttl,
+            jti: uuid::Uuid::new_v4().to_string(),
+            system: client.system_id.clone(),
+        };
+        Ok(IssuedToken {
+            access_token: jws::sign(&signer.key, &signer.kid, ACCESS_TOKEN_TYP, &claims),
+            expires_in: ttl,
+            scope,
+        })
+    }
+
+    /// Verifies an access token of `tenant` with every check (see the module docs).
+    pub async fn verify_access_token(
+        &self,
+        tenant: &Tenant,
+        token: &str,
+    ) -> Result<VerifiedAccessToken, TokenRejected> {
+        let keys = self.keyring(tenant).await.map_err(|e| {
+            log_internal("loading signing keys", &e);
+            TokenRejected::Unavailable
+        })?;
+        let verified = jws::verify(token, |kid| keys.verifier(kid))?;
+        if verified.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return Err(TokenRejected::NotAnAccessToken);
+        }
+        let claims: AccessClaims = serde_json::from_slice(&verified.payload)
+            .map_err(|_| TokenRejected::MalformedClaims)?;
+        if claims.iss != tenant.issuer {
+            return Err(TokenRejected::WrongIssuer);
+        }
+        if claims.aud != tenant.slug.as_str() {
+            return Err(TokenRejected::WrongAudience);
+        }
+        let now = self.now();
+        if now >= claims.exp {
+            return Err(TokenRejected::Expired);
+        }
+        if claims.nbf > now + NOT_BEFORE_LEEWAY_SECS {
+            return Err(TokenRejected::NotYetValid);
+        }
+        let unavailable = |e: crate::store::StoreError| {
+            log_internal("checking a token", &e);
+            TokenRejected::Unavailable
+        };
+        if revocations::is_revoked(&self.db, &claims.jti)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(TokenRejected::Revoked);
+        }
+        if !clients::exists(&self.db, &tenant.id, &claims.client_id)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(TokenRejected::ClientGone);
+        }
+        Ok(VerifiedAccessToken {
+            claims,
+            kid: verified.kid,
+        })
+    }
+
+    /// Token introspection (RFC 7662) for an authenticated confidential client of the tenant.
+    /// `None` is `{"active": false}`: the token is not one this tenant would accept now.
+    pub async fn introspect(
+        &self,
+        tenant: &Tenant,
+        caller: &ClientCredentials,
+        token: &str,
+    ) -> Result<Option<VerifiedAccessToken>, OAuthError> {
+        let client = self.authenticate_client(tenant, caller).await?;
+        if client.public {
+            return Err(OAuthError::new(
+                OAuthErrorCode::UnauthorizedClient,
+                "introspection needs a confidential client",
+            ));
+        }
+        match self.verify_access_token(tenant, token).await {
+            Ok(v) => Ok(Some(v)),
+            Err(TokenRejected::Unavailable) => Err(OAuthError::server_error()),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Token revocation (RFC 7009). A token that is invalid, expired or already revoked is not an
+    /// error (§2.2). A client may revoke the tokens issued to it; a client holding
+    /// `lanyard:clients:write` may revoke any token of the tenant.
+    pub async fn revoke(
+        &self,
+        tenant: &Tenant,
+        caller: &ClientCredentials,
+        token: &str,
+    ) -> Result<(), OAuthError> {
+        let client = self.authenticate_client(tenant, caller).await?;
+        let verified = match self.verify_access_token(tenant, token).await {
+            Ok(v) => v,
+            Err(TokenRejected::Unavailable) => return Err(OAuthError::server_error()),
+            Err(_) => return Ok(()),
+        };
+        let claims = &verified.claims;
+        if claims.client_id != client.client_id
+            && !client.scopes.contains_str("lanyard:clients:write")
+        {
+            return Err(OAuthError::new(
+                OAuthErrorCode::UnauthorizedClient,
+                "the token was not issued to this client",
+            ));
+        }
+        revocations::revoke(&self.db, &tenant.id, &claims.jti, claims.exp, self.now())
+            .await
+            .map_err(|e| {
+                log_internal("revoking a token", &e);
+                OAuthError::server_error()
+            })?;
+        tracing::info!(tenant = %tenant.slug, jti = %claims.jti, "access token revoked");
+        self.emit(Event::AccessTokenRevoked {
+            tenant_id: tenant.id.clone(),
+            jti: claims.jti.clone(),
+        });
+        Ok(())
+    }
+
+    /// Forgets revocations of tokens that expired anyway.
+    pub async fn prune_revocations_once(&self) -> super::Result<u64> {
+        Ok(revocations::prune(&self.db, self.now()).await?)
+    }
+}

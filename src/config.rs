@@ -1,0 +1,478 @@
+//! The settings tree (SPEC §1): defaults in code, then the TOML file (`broker.toml`, or the one
+//! `--config` / `LANYARD_CONFIG` names), then `LANYARD_<SECTION>__<KEY>` environment overrides.
+//!
+//! Every section refuses unknown keys, naming them; every value is parsed into its domain type
+//! here, so a config that cannot work stops the start with a message naming the key and what to
+//! do. The shipped `broker.toml` documents every key; a test keeps the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Period;
+
+/// The config file used when none is named.
+pub const DEFAULT_CONFIG_PATH: &str = "broker.toml";
+const ENV_PREFIX: &str = "LANYARD_";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub keys: KeySettings,
+    pub mqtt: MqttSettings,
+    pub tokens: TokenSettings,
+    pub mailer: MailerSettings,
+    pub demo: DemoSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    /// The base of every issuer: `iss = "{public_url}/t/{slug}"`.
+    pub public_url: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            public_url: "http://127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` (file and folder created) or `postgres://user@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: "sqlite://data/lanyard.db".into(),
+            max_connections: 10,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeySettings {
+    /// The key-encryption key, 32 bytes in base64. Prefer `LANYARD_KEYS__ENCRYPTION_KEY`.
+    /// Empty: use (or, on an empty database, create) `encryption_key_file`.
+    pub encryption_key: String,
+    pub encryption_key_file: PathBuf,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        KeySettings {
+            encryption_key: String::new(),
+            encryption_key_file: PathBuf::from("data/lanyard.kek"),
+        }
+    }
+}
+
+impl std::fmt::Debug for KeySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySettings")
+            .field("encryption_key", &"<redacted>")
+            .field("encryption_key_file", &self.encryption_key_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSettings {
+    pub listen: SocketAddr,
+    pub topic_prefix: String,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        MqttSettings {
+            listen: ([0, 0, 0, 0], 1883).into(),
+            topic_prefix: "drivr/v1".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSettings {
+    pub access_token_ttl: Period,
+    pub local_token_prefix: String,
+    pub max_local_token_duration: Period,
+    /// A new key is published this long before it signs.
+    pub key_publish_ahead: Period,
+    pub key_rotation_interval: Period,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        TokenSettings {
+            access_token_ttl: Period::from_secs(3_600),
+            local_token_prefix: "CLOUD-".into(),
+            max_local_token_duration: Period::from_secs(30 * 86_400),
+            key_publish_ahead: Period::from_secs(600),
+            key_rotation_interval: Period::from_secs(90 * 86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailerKind {
+    /// One `.eml` file per message in `mailer.dir`.
+    File,
+    /// Messages are written to the log: development only.
+    Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailerSettings {
+    pub kind: MailerKind,
+    pub dir: PathBuf,
+}
+
+impl Default for MailerSettings {
+    fn default() -> Self {
+        MailerSettings {
+            kind: MailerKind::File,
+            dir: PathBuf::from("data/outbox"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoSettings {
+    /// Seed the `demo` tenant on a first start with an empty database.
+    pub seed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+/// Where the settings come from.
+pub struct Sources<'a> {
+    /// An explicitly named file must exist; without one, `broker.toml` is used if present.
+    pub file: Option<&'a Path>,
+    /// The environment, as `(name, value)` pairs.
+    pub env: Vec<(String, String)>,
+}
+
+impl Settings {
+    /// Loads and validates the settings from their sources.
+    pub fn load(sources: Sources<'_>) -> Result<Settings, ConfigError> {
+        let mut table = match sources.file {
+            Some(path) => read_table(path)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                read_table(Path::new(DEFAULT_CONFIG_PATH))?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, &sources.env)?;
+        Self::from_table(table)
+    }
+
+    /// Parses settings from TOML text (defaults fill what it omits).
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| invalid(format!("not valid TOML: {}", e.message())))?;
+        Self::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Settings, ConfigError> {
+        let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner().message().to_owned();
+                if path == "." {
+                    invalid(inner)
+                } else {
+                    invalid(format!("{path}: {inner}"))
+                }
+            })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = url::Url::parse(&self.http.public_url).map_err(|e| {
+            invalid(format!(
+                "http.public_url = {:?} is not a URL ({e}); set it to the address clients use, like \"http://127.0.0.1:8080\"",
+                self.http.public_url
+            ))
+        })?;
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host().is_none()
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(invalid(format!(
+                "http.public_url = {:?} must be an http(s) URL with a host and no query or fragment",
+                self.http.public_url
+            )));
+        }
+        let db = &self.database.url;
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(invalid(format!(
+                "database.url = {db:?} is not supported; use \"sqlite://PATH\" or \"postgres://USER@HOST/DB\""
+            )));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections must be at least 1"));
+        }
+        let prefix = &self.mqtt.topic_prefix;
+        if prefix.is_empty()
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+            || prefix.starts_with('$')
+            || prefix.contains(['+', '#', '\0'])
+            || prefix.split('/').any(str::is_empty)
+        {
+            return Err(invalid(format!(
+                "mqtt.topic_prefix = {prefix:?} must be topic levels like \"drivr/v1\": no wildcards, no empty levels, not starting with '$'"
+            )));
+        }
+        let local_prefix = &self.tokens.local_token_prefix;
+        if local_prefix.len() > 32
+            || !local_prefix
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'.')
+        {
+            return Err(invalid(format!(
+                "tokens.local_token_prefix = {local_prefix:?} must be at most 32 printable ASCII characters without spaces or '.'"
+            )));
+        }
+        let t = &self.tokens;
+        if t.access_token_ttl.as_secs() < 60 || t.access_token_ttl.as_secs() > 7 * 86_400 {
+            return Err(invalid(format!(
+                "tokens.access_token_ttl = {} must be between 1m and 7D",
+                t.access_token_ttl
+            )));
+        }
+        if t.max_local_token_duration.as_secs() < 60 {
+            return Err(invalid(
+                "tokens.max_local_token_duration must be at least 1m",
+            ));
+        }
+        if t.key_publish_ahead >= t.key_rotation_interval {
+            return Err(invalid(format!(
+                "tokens.key_publish_ahead ({}) must be shorter than tokens.key_rotation_interval ({})",
+                t.key_publish_ahead, t.key_rotation_interval
+            )));
+        }
+        if !self.keys.encryption_key.is_empty()
+            && crate::crypto::KeyEncryptionKey::from_base64(&self.keys.encryption_key).is_err()
+        {
+            return Err(invalid(
+                "keys.encryption_key must be 32 random bytes in base64 (e.g. `openssl rand -base64 32`)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The issuer of a tenant: `{public_url}/t/{slug}`.
+    pub fn issuer(&self, slug: &str) -> String {
+        format!("{}/t/{slug}", self.http.public_url.trim_end_matches('/'))
+    }
+
+    /// The effective settings as TOML, with secrets redacted (the `config` command).
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.keys.encryption_key.is_empty() {
+            shown.keys.encryption_key = "<redacted>".into();
+        }
+        toml::to_string(&shown).expect("settings always serialise")
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Applies `LANYARD_<SECTION>__<KEY>=value`. The value's type follows the key's default: `true`
+/// and `false` for switches, numbers for counts, text for everything else.
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    let defaults = toml::Value::try_from(Settings::default()).expect("defaults serialise");
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let Some((section, key)) = rest.split_once("__") else {
+            continue; // LANYARD_CONFIG, LANYARD_LOG: not overrides
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let Some(default) = defaults.get(&section).and_then(|s| s.get(&key)) else {
+            return Err(invalid(format!(
+                "environment variable {name} names no config key (there is no `{section}.{key}`)"
+            )));
+        };
+        let value = match default {
+            toml::Value::Boolean(_) => match raw.as_str() {
+                "true" | "1" => toml::Value::Boolean(true),
+                "false" | "0" => toml::Value::Boolean(false),
+                _ => {
+                    return Err(invalid(format!(
+                        "{name} must be true or false, not {raw:?}"
+                    )));
+                }
+            },
+            toml::Value::Integer(_) => raw
+                .parse()
+                .map(toml::Value::Integer)
+                .map_err(|_| invalid(format!("{name} must be a whole number, not {raw:?}")))?,
+            _ => toml::Value::String(raw.clone()),
+        };
+        let section_table = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match section_table {
+            toml::Value::Table(t) => {
+                t.insert(key, value);
+            }
+            _ => return Err(invalid(format!("`{section}` must be a table"))),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn from(text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut table: toml::Table = text.parse().unwrap();
+        apply_env(&mut table, &env(vars))?;
+        Settings::from_table(table)
+    }
+
+    #[test]
+    fn the_shipped_file_parses_and_documents_every_key() {
+        let text = include_str!("../broker.toml");
+        Settings::from_toml(text).expect("broker.toml is valid");
+        let shipped: toml::Table = text.parse().unwrap();
+        let defaults = toml::Value::try_from(Settings::default()).unwrap();
+        for (section, keys) in defaults.as_table().unwrap() {
+            for key in keys.as_table().unwrap().keys() {
+                let documented = shipped.get(section).and_then(|s| s.get(key)).is_some()
+                    || text.contains(&format!("# {key} = "));
+                assert!(documented, "broker.toml does not mention {section}.{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = from("[http]\nlisen = \"127.0.0.1:1\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http") && err.contains("lisen"), "{err}");
+        let err = from("[htp]\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("htp"), "{err}");
+        let err = from("", &[("LANYARD_HTTP__LISEN", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LANYARD_HTTP__LISEN"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_with_typed_values() {
+        let s = from(
+            "[http]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("LANYARD_HTTP__LISTEN", "127.0.0.1:0"),
+                ("LANYARD_DEMO__SEED", "true"),
+                ("LANYARD_TOKENS__ACCESS_TOKEN_TTL", "15m"),
+                ("LANYARD_DATABASE__MAX_CONNECTIONS", "3"),
+                ("LANYARD_CONFIG", "ignored.toml"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.http.listen.port(), 0);
+        assert!(s.demo.seed);
+        assert_eq!(s.tokens.access_token_ttl.as_secs(), 900);
+        assert_eq!(s.database.max_connections, 3);
+        let err = from("", &[("LANYARD_DEMO__SEED", "yes")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LANYARD_DEMO__SEED"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            (
+                "[tokens]\naccess_token_ttl = \"1 hour\"\n",
+                "tokens.access_token_ttl",
+            ),
+            ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
+            ("[http]\npublic_url = \"ftp://x\"\n", "http.public_url"),
+            ("[database]\nurl = \"mysql://x\"\n", "database.url"),
+            ("[mqtt]\ntopic_prefix = \"a/#\"\n", "mqtt.topic_prefix"),
+            (
+                "[tokens]\nkey_publish_ahead = \"100D\"\n",
+                "tokens.key_publish_ahead",
+            ),
+            ("[keys]\nencryption_key = \"abc\"\n", "keys.encryption_key"),
+            ("[mailer]\nkind = \"pigeon\"\n", "mailer.kind"),
+        ] {
+            let err = from(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_printed_config_hides_the_encryption_key() {
+        let mut s = Settings::default();
+        s.keys.encryption_key = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=".into();
+        let printed = s.to_redacted_toml();
+        assert!(!printed.contains("c2VjcmV0"));
+        assert!(printed.contains("<redacted>"));
+    }
+}

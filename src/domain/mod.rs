@@ -1,0 +1,23 @@
+//! Pure types and rules: identifiers, scopes, durations, claims, OAuth errors and the clock.
+//!
+//! Everything that crosses a door is parsed into one of these types at the edge, so the use-cases
+//! in `authority/` only ever see values that are already valid. This module imports no web
+//! framework, database driver, JWT library or async runtime.
+
+pub mod claims;
+pub mod clock;
+pub mod grant;
+pub mod keys;
+pub mod oauth;
+pub mod period;
+pub mod scope;
+pub mod slug;
+
+pub use claims::AccessClaims;
+pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
+pub use grant::GrantType;
+pub use keys::KeyStatus;
+pub use oauth::{OAuthError, OAuthErrorCode};
+pub use period::Period;
+pub use scope::{Scope, ScopeSet};
+pub use slug::Slug;

@@ -1,0 +1,66 @@
+//! The HTTP door (axum): OAuth endpoints under `/t/{slug}`, discovery, health.
+//!
+//! Handlers are three steps: extract and parse, call the authority, map the answer. No SQL or
+//! JWT code lives here; status codes are chosen in `error.rs` alone. This module does not import
+//! the other doors.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::authority::{Authority, Tenant};
+use crate::domain::OAuthError;
+
+mod discovery;
+mod error;
+mod form;
+mod health;
+mod oauth;
+
+pub use error::OAuthResponse;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub authority: Arc<Authority>,
+}
+
+pub fn router(authority: Arc<Authority>) -> Router {
+    let tenant_routes = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::metadata),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(discovery::metadata),
+        )
+        .route("/.well-known/jwks.json", get(discovery::jwks))
+        .route("/oauth2/token", post(oauth::token))
+        .route("/oauth2/introspect", post(oauth::introspect))
+        .route("/oauth2/revoke", post(oauth::revoke));
+    Router::new()
+        .nest("/t/{slug}", tenant_routes)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(health::not_found)
+        .layer(DefaultBodyLimit::max(form::MAX_FORM_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::new())
+        .with_state(HttpState { authority })
+}
+
+/// The tenant named in the path, or the OAuth-shaped 404.
+async fn tenant(authority: &Authority, slug: &str) -> Result<Tenant, OAuthError> {
+    match authority.tenant(slug).await {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(OAuthError::unknown_tenant()),
+        Err(e) => {
+            crate::authority::log_internal("tenant lookup", &e);
+            Err(OAuthError::server_error())
+        }
+    }
+}

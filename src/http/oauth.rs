@@ -1,0 +1,105 @@
+//! The token (RFC 6749), introspection (RFC 7662) and revocation (RFC 7009) endpoints.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::error::{OAuthResponse, no_store};
+use super::form::{Form, client_credentials};
+use super::{HttpState, tenant};
+use crate::domain::{GrantType, OAuthError, OAuthErrorCode};
+
+type Answer = Result<Response, OAuthResponse>;
+
+pub async fn token(
+    State(state): State<HttpState>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let tenant = tenant(&state.authority, &slug).await?;
+    let form = Form::from_request(&headers, body)?;
+    let grant: GrantType = form.require("grant_type")?.parse().map_err(|_| {
+        OAuthError::new(
+            OAuthErrorCode::UnsupportedGrantType,
+            "grant_type is not supported",
+        )
+    })?;
+    let issued = match grant {
+        GrantType::ClientCredentials => {
+            let creds = client_credentials(&headers, &form)?;
+            state
+                .authority
+                .client_credentials_grant(&tenant, &creds, form.get("scope"))
+                .await?
+        }
+        other => {
+            return Err(OAuthError::new(
+                OAuthErrorCode::UnsupportedGrantType,
+                format!("grant_type {other} is not supported by this server"),
+            )
+            .into());
+        }
+    };
+    let body = json!({
+        "access_token": issued.access_token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scope.to_string(),
+    });
+    Ok((no_store(), Json(body)).into_response())
+}
+
+pub async fn introspect(
+    State(state): State<HttpState>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let tenant = tenant(&state.authority, &slug).await?;
+    let form = Form::from_request(&headers, body)?;
+    let caller = client_credentials(&headers, &form)?;
+    let token = form.require("token")?;
+    let body = match state.authority.introspect(&tenant, &caller, token).await? {
+        None => json!({ "active": false }),
+        Some(verified) => {
+            let c = verified.claims;
+            let mut out = Map::new();
+            out.insert("active".into(), Value::Bool(true));
+            out.insert("token_type".into(), "Bearer".into());
+            out.insert("scope".into(), c.scope.into());
+            out.insert("client_id".into(), c.client_id.into());
+            out.insert("sub".into(), c.sub.into());
+            out.insert("aud".into(), c.aud.into());
+            out.insert("iss".into(), c.iss.into());
+            out.insert("exp".into(), c.exp.into());
+            out.insert("iat".into(), c.iat.into());
+            out.insert("nbf".into(), c.nbf.into());
+            out.insert("jti".into(), c.jti.into());
+            if let Some(system) = c.system {
+                out.insert("system".into(), system.into());
+            }
+            Value::Object(out)
+        }
+    };
+    Ok((no_store(), Json(body)).into_response())
+}
+
+pub async fn revoke(
+    State(state): State<HttpState>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let tenant = tenant(&state.authority, &slug).await?;
+    let form = Form::from_request(&headers, body)?;
+    let caller = client_credentials(&headers, &form)?;
+    let token = form.require("token")?;
+    // token_type_hint is only a hint (RFC 7009 §2.1): every kind of token is searched anyway.
+    state.authority.revoke(&tenant, &caller, token).await?;
+    Ok(no_store().into_response())
+}

@@ -1,0 +1,18 @@
+//! lanyard: a device-token authority for IoT fleets.
+//!
+//! The guided tour, outside in:
+//! - [`app`]: the composition root: builds everything, binds the listeners, runs the jobs.
+//! - [`config`]: the settings tree: defaults, `broker.toml`, `LANYARD_*` overrides.
+//! - [`http`]: the HTTP door: OAuth endpoints, discovery, health.
+//! - [`authority`]: the use-cases every door shares: tenants, keys, clients, tokens.
+//! - [`store`]: persistence on SQLite or PostgreSQL.
+//! - [`crypto`]: RSA keys, JWS, sealing, secrets.
+//! - [`domain`]: pure types and rules.
+
+pub mod app;
+pub mod authority;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod http;
+pub mod store;

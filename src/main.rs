@@ -1,0 +1,104 @@
+//! The `lanyard` command line: parse arguments, load the settings, call into the app.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use lanyard::app::{App, open_authority};
+use lanyard::config::{Settings, Sources};
+use lanyard::domain::{Slug, SystemClock};
+
+#[derive(Parser)]
+#[command(
+    name = "lanyard",
+    version,
+    about = "A device-token authority for IoT fleets"
+)]
+struct Cli {
+    /// The config file (default: ./broker.toml if it exists).
+    #[arg(long, global = true, env = "LANYARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Create a tenant if it is missing, and a new admin client for it; prints JSON.
+    Bootstrap {
+        /// The tenant's slug: 2-63 characters of a-z, 0-9 and '-'.
+        #[arg(long)]
+        tenant: String,
+        /// The tenant's display name (default: the slug).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Print the effective configuration (secrets redacted).
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(Sources {
+        file: cli.config.as_deref(),
+        env: std::env::vars().collect(),
+    })?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = App::build(settings).await?;
+            if let Some(seed) = app.demo() {
+                print!(
+                    "{}",
+                    lanyard::app::demo_instructions(seed, app.authority().settings())
+                );
+            }
+            app.run_until_signalled().await
+        }
+        Command::Migrate => {
+            open_authority(settings, Arc::new(SystemClock)).await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Bootstrap { tenant, name } => {
+            let slug = Slug::parse(&tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+            let authority = open_authority(settings, Arc::new(SystemClock)).await?;
+            let out = authority.bootstrap(&slug, name.as_deref()).await?;
+            println!("{}", serde_json::to_string(&out)?);
+            Ok(())
+        }
+        Command::Config => {
+            print!("{}", settings.to_redacted_toml());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! OAuth clients.
+
+use super::{Db, StoreResult, on_pool};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClientRow {
+    pub client_id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub is_public: bool,
+    pub secret_hash: Option<Vec<u8>>,
+    /// Space-separated.
+    pub scopes: String,
+    /// Space-separated grant type names.
+    pub grant_types: String,
+    pub system_id: Option<String>,
+    /// A JSON object.
+    pub metadata: String,
+    pub created_at: i64,
+    pub secret_rotated_at: i64,
+}
+
+const INSERT: &str = "INSERT INTO clients
+    (client_id, tenant_id, name, is_public, secret_hash, scopes, grant_types, system_id, metadata, created_at, secret_rotated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+pub async fn insert(db: &Db, c: &ClientRow) -> StoreResult<()> {
+    on_pool!(db, pool => sqlx::query(INSERT)
+        .bind(&c.client_id)
+        .bind(&c.tenant_id)
+        .bind(&c.name)
+        .bind(c.is_public)
+        .bind(&c.secret_hash)
+        .bind(&c.scopes)
+        .bind(&c.grant_types)
+        .bind(&c.system_id)
+        .bind(&c.metadata)
+        .bind(c.created_at)
+        .bind(c.secret_rotated_at)
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+const FIND: &str = "SELECT client_id, tenant_id, name, is_public, secret_hash, scopes, grant_types, system_id, metadata, created_at, secret_rotated_at
+    FROM clients WHERE tenant_id = $1 AND client_id = $2";
+
+pub async fn find(db: &Db, tenant_id: &str, client_id: &str) -> StoreResult<Option<ClientRow>> {
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(FIND).bind(tenant_id).bind(client_id).fetch_optional(pool).await?),
+    )
+}
+
+const EXISTS: &str = "SELECT COUNT(*) FROM clients WHERE tenant_id = $1 AND client_id = $2";
+
+pub async fn exists(db: &Db, tenant_id: &str, client_id: &str) -> StoreResult<bool> {
+    let n: i64 = on_pool!(db, pool => sqlx::query_scalar(EXISTS).bind(tenant_id).bind(client_id).fetch_one(pool).await?);
+    Ok(n > 0)
+}
+
+const SET_SECRET: &str = "UPDATE clients SET secret_hash = $3, secret_rotated_at = $4
+    WHERE tenant_id = $1 AND client_id = $2 AND is_public = false";
+
+/// Replaces a confidential client's secret hash. Returns false if there is no such client.
+pub async fn set_secret(
+    db: &Db,
+    tenant_id: &str,
+    client_id: &str,
+    hash: &[u8],
+    now: i64,
+) -> StoreResult<bool> {
+    let done = on_pool!(db, pool => sqlx::query(SET_SECRET)
+        .bind(tenant_id)
+        .bind(client_id)
+        .bind(hash)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok(done == 1)
+}
+
+const DELETE: &str = "DELETE FROM clients WHERE tenant_id = $1 AND client_id = $2";
+
+pub async fn delete(db: &Db, tenant_id: &str, client_id: &str) -> StoreResult<bool> {
+    let done = on_pool!(db, pool => sqlx::query(DELETE).bind(tenant_id).bind(client_id).execute(pool).await?.rows_affected());
+    Ok(done == 1)
+}

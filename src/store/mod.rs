@@ -1,0 +1,189 @@
+//! Persistence: one [`Db`] over a SQLite or PostgreSQL pool, one file per aggregate.
+//!
+//! The SQL is written once in the dialect both databases share (`$1` parameters, `RETURNING`,
+//! `ON CONFLICT`, partial unique indexes) and run on whichever pool is active through
+//! [`on_pool!`] and [`in_transaction!`]. The `Any` driver is not used: it cannot decode booleans
+//! or timestamps on SQLite. Times are stored as Unix seconds and ids as text, so the same binds
+//! work on both databases and time comparisons are numeric.
+//!
+//! Anything that must happen together is one function here that runs one transaction; one-time
+//! things are consumed with a single conditional `UPDATE … RETURNING`, never read-then-write.
+//! This module knows SQL and rows, not HTTP, MQTT or JWTs.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+pub mod clients;
+pub mod revocations;
+pub mod scopes;
+pub mod signing_keys;
+pub mod systems;
+pub mod tenants;
+
+/// The database, on either driver.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the active pool; the body is compiled once per driver.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` inside a transaction bound to `$tx` and commits it; an early return (`?`) rolls
+/// back. On SQLite the write lock is taken up front (`BEGIN IMMEDIATE`), so a read followed by a
+/// write in one transaction cannot fail half-way with `SQLITE_BUSY`.
+macro_rules! in_transaction {
+    ($db:expr, $tx:ident => $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite(pool) => {
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            $crate::store::Db::Postgres(pool) => {
+                let mut $tx = pool.begin().await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+
+pub(crate) use {in_transaction, on_pool};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint refused the write.
+    #[error("the record already exists")]
+    Conflict,
+    #[error(transparent)]
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "database.url: cannot open SQLite database {url:?}: {source}; check that the folder is writable"
+    )]
+    Sqlite { url: String, source: sqlx::Error },
+    #[error(
+        "database.url: cannot connect to PostgreSQL at {url}: {source}; check that the server runs and the URL (user, host, database) is right"
+    )]
+    Postgres { url: String, source: sqlx::Error },
+    #[error("database.url: cannot create the folder {path}: {source}")]
+    Folder {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Db {
+    /// Opens the pool for `url` (`sqlite://PATH` or `postgres://…`). SQLite files and their folder
+    /// are created; SQLite runs in WAL mode with a busy timeout.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, ConnectError> {
+        if url.starts_with("sqlite:") {
+            let sqlite_err = |source| ConnectError::Sqlite {
+                url: url.to_owned(),
+                source,
+            };
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(sqlite_err)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(folder) = Path::new(options.get_filename()).parent()
+                && !folder.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(folder).map_err(|source| ConnectError::Folder {
+                    path: folder.display().to_string(),
+                    source,
+                })?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .map_err(sqlite_err)?;
+            Ok(Db::Sqlite(pool))
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(|source| ConnectError::Postgres {
+                    url: redact_password(url),
+                    source,
+                })?;
+            Ok(Db::Postgres(pool))
+        }
+    }
+
+    /// Applies the migrations the database has not seen yet.
+    pub async fn migrate(&self) -> Result<(), ConnectError> {
+        match self {
+            Db::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Db::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// A round trip, for readiness.
+    pub async fn ping(&self) -> StoreResult<()> {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self, Db::Sqlite(_))
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,241 @@
+//! Signing keys and their lifecycle transitions (SPEC §5).
+//!
+//! Each transition is one conditional statement or one transaction, and two partial unique
+//! indexes (one ACTIVE, one PENDING per tenant) make it impossible for concurrent nodes to end
+//! with two signers, whatever order their steps interleave in.
+
+use super::{Db, StoreResult, in_transaction, on_pool};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyRow {
+    pub kid: String,
+    pub tenant_id: String,
+    pub status: String,
+    pub public_n: String,
+    pub public_e: String,
+    pub sealed_private_key: Vec<u8>,
+    pub created_at: i64,
+    pub activates_at: Option<i64>,
+    pub publish_until: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// A key about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub kid: String,
+    pub tenant_id: String,
+    /// `ACTIVE` for a tenant's first key, `PENDING` for a rotation.
+    pub status: &'static str,
+    pub public_n: String,
+    pub public_e: String,
+    pub sealed_private_key: Vec<u8>,
+    pub created_at: i64,
+    pub activates_at: Option<i64>,
+}
+
+pub(super) const INSERT_KEY: &str = "INSERT INTO signing_keys
+    (kid, tenant_id, status, public_n, public_e, sealed_private_key, created_at, activates_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7)";
+
+impl NewKey {
+    pub(super) fn bind<'q, DB: sqlx::Database>(
+        &'q self,
+        query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        query
+            .bind(&self.kid)
+            .bind(&self.tenant_id)
+            .bind(self.status)
+            .bind(&self.public_n)
+            .bind(&self.public_e)
+            .bind(&self.sealed_private_key)
+            .bind(self.created_at)
+            .bind(self.activates_at)
+    }
+}
+
+/// Stores a PENDING key. If the tenant already has one, `StoreError::Conflict`.
+pub async fn insert(db: &Db, key: &NewKey) -> StoreResult<()> {
+    on_pool!(db, pool => key.bind(sqlx::query(INSERT_KEY)).execute(pool).await?.rows_affected());
+    Ok(())
+}
+
+const LIST_FOR_TENANT: &str = "SELECT kid, tenant_id, status, public_n, public_e, sealed_private_key, created_at, activates_at, publish_until, updated_at
+    FROM signing_keys WHERE tenant_id = $1 ORDER BY created_at, kid";
+
+pub async fn list_for_tenant(db: &Db, tenant_id: &str) -> StoreResult<Vec<KeyRow>> {
+    Ok(on_pool!(db, pool => sqlx::query_as(LIST_FOR_TENANT).bind(tenant_id).fetch_all(pool).await?))
+}
+
+const RETIRE_ACTIVE: &str =
+    "UPDATE signing_keys SET status = 'RETIRED', publish_until = $2, updated_at = $3
+    WHERE tenant_id = $1 AND status = 'ACTIVE'";
+const ACTIVATE_PENDING: &str =
+    "UPDATE signing_keys SET status = 'ACTIVE', activates_at = $3, updated_at = $3
+    WHERE tenant_id = $1 AND kid = $2 AND status = 'PENDING'";
+
+/// Makes the PENDING key `kid` the signer and retires the current one, whose tokens all expire by
+/// `retired_publish_until`. Returns false (and changes nothing) if `kid` is no longer PENDING,
+/// for instance because another node promoted it first.
+pub async fn promote(
+    db: &Db,
+    tenant_id: &str,
+    kid: &str,
+    now: i64,
+    retired_publish_until: i64,
+) -> StoreResult<bool> {
+    let promoted = in_transaction!(db, tx => {
+        sqlx::query(RETIRE_ACTIVE)
+            .bind(tenant_id)
+            .bind(retired_publish_until)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(ACTIVATE_PENDING)
+            .bind(tenant_id)
+            .bind(kid)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        true
+    });
+    Ok(promoted)
+}
+
+const INVALIDATE: &str = "UPDATE signing_keys SET status = 'INVALIDATED', updated_at = $3
+    WHERE tenant_id = $1 AND kid = $2 AND status <> 'INVALIDATED'";
+
+/// Invalidates `kid`; if it was the signer, `replacement` becomes ACTIVE in the same transaction
+/// (the PENDING key if there is one, else a new key inserted here), so the tenant is never
+/// without a signer. Returns false if `kid` was not found or already invalidated.
+pub async fn invalidate(
+    db: &Db,
+    tenant_id: &str,
+    kid: &str,
+    now: i64,
+    replacement: Replacement<'_>,
+) -> StoreResult<bool> {
+    let changed = in_transaction!(db, tx => {
+        let done = sqlx::query(INVALIDATE)
+            .bind(tenant_id)
+            .bind(kid)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        match replacement {
+            Replacement::None => {}
+            Replacement::Pending(pending) => {
+                sqlx::query(ACTIVATE_PENDING)
+                    .bind(tenant_id)
+                    .bind(pending)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Replacement::New(key) => {
+                key.bind(sqlx::query(INSERT_KEY)).execute(&mut *tx).await?;
+            }
+        }
+        true
+    });
+    Ok(changed)
+}
+
+/// What takes over signing when the ACTIVE key is invalidated.
+pub enum Replacement<'a> {
+    /// The key was not the signer.
+    None,
+    /// Promote this PENDING key at once.
+    Pending(&'a str),
+    /// Insert this new ACTIVE key.
+    New(&'a NewKey),
+}
+
+const REACTIVATE: &str =
+    "UPDATE signing_keys SET status = 'RETIRED', publish_until = $3, updated_at = $4
+    WHERE tenant_id = $1 AND kid = $2 AND status = 'INVALIDATED'";
+
+/// Publishes an INVALIDATED key again as RETIRED: it verifies what it signed but does not sign.
+pub async fn reactivate(
+    db: &Db,
+    tenant_id: &str,
+    kid: &str,
+    publish_until: i64,
+    now: i64,
+) -> StoreResult<bool> {
+    let done = on_pool!(db, pool => sqlx::query(REACTIVATE)
+        .bind(tenant_id)
+        .bind(kid)
+        .bind(publish_until)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok(done == 1)
+}
+
+const DELETE: &str =
+    "DELETE FROM signing_keys WHERE tenant_id = $1 AND kid = $2 AND status <> 'ACTIVE'";
+
+/// Deletes `kid` for good, unless it is the signer. Returns false if nothing was deleted.
+pub async fn delete(db: &Db, tenant_id: &str, kid: &str) -> StoreResult<bool> {
+    let done = on_pool!(db, pool => sqlx::query(DELETE).bind(tenant_id).bind(kid).execute(pool).await?.rows_affected());
+    Ok(done == 1)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueKey {
+    pub tenant_id: String,
+    pub kid: String,
+}
+
+const DUE_FOR_PROMOTION: &str = "SELECT tenant_id, kid FROM signing_keys
+    WHERE status = 'PENDING' AND activates_at <= $1";
+
+/// PENDING keys whose publish-ahead has passed.
+pub async fn due_for_promotion(db: &Db, now: i64) -> StoreResult<Vec<DueKey>> {
+    Ok(on_pool!(db, pool => sqlx::query_as(DUE_FOR_PROMOTION).bind(now).fetch_all(pool).await?))
+}
+
+const DUE_FOR_ROTATION: &str = "SELECT a.tenant_id, a.kid FROM signing_keys a
+    WHERE a.status = 'ACTIVE' AND a.activates_at <= $1
+      AND NOT EXISTS (SELECT 1 FROM signing_keys p WHERE p.tenant_id = a.tenant_id AND p.status = 'PENDING')";
+
+/// ACTIVE keys that have signed since `signing_since` or earlier and have no successor yet.
+pub async fn due_for_rotation(db: &Db, signing_since: i64) -> StoreResult<Vec<DueKey>> {
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(DUE_FOR_ROTATION).bind(signing_since).fetch_all(pool).await?),
+    )
+}
+
+const PRUNE_RETIRED: &str = "DELETE FROM signing_keys
+    WHERE status = 'RETIRED' AND publish_until IS NOT NULL AND publish_until < $1
+    RETURNING tenant_id";
+
+/// Deletes RETIRED keys whose tokens have all expired; returns the tenants that lost a key.
+pub async fn prune_retired(db: &Db, now: i64) -> StoreResult<Vec<String>> {
+    Ok(on_pool!(db, pool => sqlx::query_scalar(PRUNE_RETIRED).bind(now).fetch_all(pool).await?))
+}
+
+const ANY_SEALED: &str = "SELECT kid, sealed_private_key FROM signing_keys LIMIT 1";
+
+/// One stored key, to check at start that the key-encryption key opens what is stored.
+pub async fn any_sealed(db: &Db) -> StoreResult<Option<(String, Vec<u8>)>> {
+    Ok(on_pool!(db, pool => sqlx::query_as(ANY_SEALED).fetch_optional(pool).await?))
+}

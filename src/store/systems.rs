@@ -1,0 +1,35 @@
+//! Systems: the gateways, locks and controllers that local API tokens are addressed to.
+
+use super::{Db, StoreResult, on_pool};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SystemRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+const INSERT: &str =
+    "INSERT INTO systems (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)";
+
+pub async fn insert(db: &Db, s: &SystemRow) -> StoreResult<()> {
+    on_pool!(db, pool => sqlx::query(INSERT)
+        .bind(&s.id)
+        .bind(&s.tenant_id)
+        .bind(&s.name)
+        .bind(s.created_at)
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+const FIND: &str =
+    "SELECT id, tenant_id, name, created_at FROM systems WHERE tenant_id = $1 AND id = $2";
+
+pub async fn find(db: &Db, tenant_id: &str, id: &str) -> StoreResult<Option<SystemRow>> {
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(FIND).bind(tenant_id).bind(id).fetch_optional(pool).await?),
+    )
+}
