@@ -1,0 +1,197 @@
+//! The `lanyard` binary: bootstrap, config, and starts that must fail with a clear message.
+
+use std::process::Command;
+
+use lanyard::config::Settings;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn lanyard(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lanyard"));
+    cmd.current_dir(dir).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env_remove("LANYARD_CONFIG")
+        .output()
+        .expect("lanyard runs")
+}
+
+fn env_for(settings: &Settings) -> Vec<(&'static str, String)> {
+    vec![
+        ("LANYARD_DATABASE__URL", settings.database.url.clone()),
+        (
+            "LANYARD_KEYS__ENCRYPTION_KEY_FILE",
+            settings.keys.encryption_key_file.display().to_string(),
+        ),
+        ("LANYARD_HTTP__PUBLIC_URL", PUBLIC_URL.to_owned()),
+    ]
+}
+
+on_both_databases! {
+    async fn bootstrap_prints_a_working_admin_client_and_a_running_server_sees_the_tenant(app) {
+        let env = env_for(&app.settings);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = lanyard(app.dir.path(), &["bootstrap", "--tenant", "fresh", "--name", "Fresh Energy"], &env);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let printed: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+        assert_eq!(printed["tenant"], "fresh");
+        assert_eq!(printed["issuer"], format!("{PUBLIC_URL}/t/fresh"));
+        assert_eq!(printed["token_endpoint"], format!("{PUBLIC_URL}/t/fresh/oauth2/token"));
+        assert!(printed["scope"].as_str().unwrap().contains("lanyard:clients:write"));
+        // The running server knows the new tenant and its admin client.
+        let token = app
+            .token("fresh", printed["client_id"].as_str().unwrap(), printed["client_secret"].as_str().unwrap())
+            .await;
+        let claims = verify_with_jwks(&token, &app.jwks("fresh").await, &format!("{PUBLIC_URL}/t/fresh"), "fresh");
+        assert_eq!(claims["scope"], printed["scope"]);
+        // Bootstrapping again adds another admin client to the same tenant.
+        let again = lanyard(app.dir.path(), &["bootstrap", "--tenant", "fresh"], &env);
+        let again: Value = serde_json::from_slice(&again.stdout).unwrap();
+        assert_ne!(again["client_id"], printed["client_id"]);
+        assert_eq!(app.kids("fresh").await.len(), 1);
+    }
+
+    async fn a_different_key_encryption_key_stops_the_start(app) {
+        app.tenant("acme").await;
+        let mut env = env_for(&app.settings);
+        env.push(("LANYARD_KEYS__ENCRYPTION_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = lanyard(app.dir.path(), &["migrate"], &env);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("keys.encryption_key"), "{stderr}");
+
+        // A lost key file is not silently replaced either.
+        std::fs::remove_file(&app.settings.keys.encryption_key_file).unwrap();
+        let env = env_for(&app.settings);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = lanyard(app.dir.path(), &["migrate"], &env);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("keys.encryption_key_file") && stderr.contains("does not exist"), "{stderr}");
+        assert!(!app.settings.keys.encryption_key_file.exists());
+    }
+}
+
+#[tokio::test]
+async fn the_demo_seed_runs_once_on_an_empty_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::from_toml(include_str!("../../broker.toml")).unwrap();
+    settings.http.listen = "127.0.0.1:0".parse().unwrap();
+    settings.http.public_url = PUBLIC_URL.into();
+    settings.database.url = format!("sqlite://{}/lanyard.db", dir.path().display());
+    settings.keys.encryption_key_file = dir.path().join("lanyard.kek");
+    assert!(settings.demo.seed, "the shipped broker.toml seeds the demo");
+    let app = TestApp::start(settings, dir).await;
+    let seed = app.app().demo().expect("seeded");
+    let message = lanyard::app::demo_instructions(seed, &app.settings);
+    assert!(message.contains(seed.device_secret.expose()));
+    assert!(
+        message
+            .contains("curl -s -u \"$CLIENT_ID:$CLIENT_SECRET\" -d grant_type=client_credentials")
+    );
+    let token = app
+        .token("demo", "demo-device", seed.device_secret.expose())
+        .await;
+    let claims = verify_with_jwks(
+        &token,
+        &app.jwks("demo").await,
+        &format!("{PUBLIC_URL}/t/demo"),
+        "demo",
+    );
+    assert_eq!(claims["system"], seed.system_id.as_str());
+    let app = app.restart().await;
+    assert!(
+        app.app().demo().is_none(),
+        "a second start does not seed again"
+    );
+}
+
+#[test]
+fn unknown_config_keys_and_bad_values_stop_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("broker.toml"),
+        "[http]\nlisen = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = lanyard(dir.path(), &["config"], &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lisen"), "{stderr}");
+
+    let out = lanyard(dir.path(), &["--config", "missing.toml", "config"], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+
+    std::fs::remove_file(dir.path().join("broker.toml")).unwrap();
+    let out = lanyard(
+        dir.path(),
+        &["config"],
+        &[("LANYARD_TOKENS__ACCESS_TOKEN_TTL", "forever")],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokens.access_token_ttl"));
+
+    let out = lanyard(
+        dir.path(),
+        &["serve"],
+        &[(
+            "LANYARD_DATABASE__URL",
+            "postgres://nobody@127.0.0.1:1/none",
+        )],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("database.url"), "{stderr}");
+
+    let out = lanyard(dir.path(), &["bootstrap", "--tenant", "Not A Slug"], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tenant"));
+}
+
+#[test]
+fn config_prints_the_effective_settings_without_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = lanyard(
+        dir.path(),
+        &["config"],
+        &[
+            (
+                "LANYARD_KEYS__ENCRYPTION_KEY",
+                "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=",
+            ),
+            ("LANYARD_HTTP__LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("listen = \"127.0.0.1:0\""));
+    assert!(!printed.contains("c2VjcmV0"));
+    let reparsed = Settings::from_toml(&printed.replace("<redacted>", "")).unwrap();
+    assert_eq!(reparsed.http.listen.port(), 0);
+}
+
+#[test]
+fn a_taken_port_stops_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let db = format!("sqlite://{}/l.db", dir.path().display());
+    let out = lanyard(
+        dir.path(),
+        &["serve"],
+        &[
+            ("LANYARD_HTTP__LISTEN", &addr),
+            ("LANYARD_DATABASE__URL", &db),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http.listen"));
+}

@@ -1,0 +1,13 @@
+//! Black-box tests: each starts lanyard on port 0 with a fresh database and talks to it through
+//! its real doors. Tests written with `on_both_databases!` run on SQLite, and on PostgreSQL too
+//! when `TEST_POSTGRES_URL` is set (each test gets its own database there).
+
+#[macro_use]
+mod helpers;
+
+mod cli;
+mod discovery;
+mod introspection;
+mod keys;
+mod revocation;
+mod token;

@@ -1,0 +1,227 @@
+//! The token endpoint: client_credentials, client authentication, scopes and bad input.
+
+use lanyard::authority::NewClient;
+use lanyard::domain::{GrantType, ScopeSet};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+async fn error_of(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    (status, res.json().await.expect("an OAuth error body"))
+}
+
+on_both_databases! {
+    async fn client_credentials_token_verifies_with_the_jwks_alone(app) {
+        let t = app.tenant("acme").await;
+        let system = app.authority().create_system(&t.tenant, "Gateway").await.unwrap();
+        let (id, secret) = app
+            .client(&t, NewClient {
+                name: "device".into(),
+                system_id: Some(system.clone()),
+                ..NewClient::default()
+            })
+            .await;
+        let res = app
+            .post_form("/t/acme/oauth2/token", Some((&id, &secret)), "grant_type=client_credentials")
+            .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["cache-control"], "no-store");
+        assert_eq!(res.headers()["pragma"], "no-cache");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["token_type"], "Bearer");
+        assert_eq!(body["expires_in"], 3600);
+        let token = body["access_token"].as_str().unwrap();
+
+        let header = header_of(token);
+        assert_eq!(header["alg"], "RS256");
+        assert_eq!(header["typ"], "at+jwt");
+        let issuer = format!("{PUBLIC_URL}/t/acme");
+        let claims = verify_with_jwks(token, &app.jwks("acme").await, &issuer, "acme");
+        assert_eq!(claims["sub"], id.as_str());
+        assert_eq!(claims["client_id"], id.as_str());
+        assert_eq!(claims["aud"], "acme");
+        assert_eq!(claims["system"], system.as_str());
+        assert_eq!(claims["scope"], "");
+        let iat = claims["iat"].as_i64().unwrap();
+        assert_eq!(claims["nbf"].as_i64().unwrap(), iat);
+        assert_eq!(claims["exp"].as_i64().unwrap(), iat + 3600);
+        assert!(claims["jti"].as_str().unwrap().len() >= 32);
+    }
+
+    async fn basic_and_post_authentication_both_work_but_not_together(app) {
+        let t = app.tenant("acme").await;
+        let post = format!(
+            "grant_type=client_credentials&client_id={}&client_secret={}",
+            t.admin_id, t.admin_secret
+        );
+        let res = app.post_form("/t/acme/oauth2/token", None, &post).await;
+        assert_eq!(res.status(), 200);
+        let res = app
+            .post_form("/t/acme/oauth2/token", Some((&t.admin_id, &t.admin_secret)), &post)
+            .await;
+        let (status, body) = error_of(res).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
+    }
+
+    async fn unknown_client_and_wrong_secret_get_identical_answers(app) {
+        let t = app.tenant("acme").await;
+        let wrong = app
+            .post_form("/t/acme/oauth2/token", Some((&t.admin_id, "not-the-secret")), "grant_type=client_credentials")
+            .await;
+        let unknown = app
+            .post_form("/t/acme/oauth2/token", Some(("nobody", "not-the-secret")), "grant_type=client_credentials")
+            .await;
+        assert_eq!(wrong.status(), 401);
+        assert_eq!(unknown.status(), 401);
+        for h in ["www-authenticate", "cache-control", "content-type"] {
+            assert_eq!(wrong.headers()[h], unknown.headers()[h], "{h}");
+        }
+        assert_eq!(wrong.text().await.unwrap(), unknown.text().await.unwrap());
+        // No credentials at all is the same failure.
+        let none = app.post_form("/t/acme/oauth2/token", None, "grant_type=client_credentials").await;
+        assert_eq!(error_of(none).await.1["error"], "invalid_client");
+    }
+
+    async fn repeated_failed_authentication_is_rate_limited(app) {
+        let t = app.tenant("acme").await;
+        for _ in 0..10 {
+            let res = app
+                .post_form("/t/acme/oauth2/token", Some((&t.admin_id, "guess")), "grant_type=client_credentials")
+                .await;
+            assert_eq!(res.status(), 401);
+        }
+        // Now even the right secret waits: guessing cannot go on.
+        let res = app
+            .post_form("/t/acme/oauth2/token", Some((&t.admin_id, &t.admin_secret)), "grant_type=client_credentials")
+            .await;
+        assert_eq!(res.status(), 429);
+        assert!(res.headers().contains_key("retry-after"));
+        // Another client is not affected, and the window passes.
+        let other = app.tenant("acme").await;
+        app.token("acme", &other.admin_id, &other.admin_secret).await;
+        app.clock.advance(61);
+        app.token("acme", &t.admin_id, &t.admin_secret).await;
+    }
+
+    async fn scopes_are_all_allowed_by_default_and_never_more(app) {
+        let t = app.tenant("acme").await;
+        app.authority().create_scope(&t.tenant, "sensor:read", None).await.unwrap();
+        app.authority().create_scope(&t.tenant, "video:gold", None).await.unwrap();
+        let (id, secret) = app
+            .client(&t, NewClient {
+                name: "sensor".into(),
+                scopes: ScopeSet::parse("sensor:read").unwrap(),
+                ..NewClient::default()
+            })
+            .await;
+        let ask = |scope: &'static str| {
+            let (id, secret) = (id.clone(), secret.clone());
+            let app = &app;
+            async move {
+                let body = format!("grant_type=client_credentials&scope={}", urlencode(scope));
+                app.post_form("/t/acme/oauth2/token", Some((&id, &secret)), &body).await
+            }
+        };
+        let body: Value = ask("sensor:read").await.json().await.unwrap();
+        assert_eq!(body["scope"], "sensor:read");
+        let all = app.token("acme", &id, &secret).await;
+        let claims = app.introspect(&t, &all).await;
+        assert_eq!(claims["scope"], "sensor:read");
+        for refused in ["video:gold", "sensor:read video:gold", "lanyard:keys:write", "bad\"scope"] {
+            let (status, body) = error_of(ask(refused).await).await;
+            assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")), "{refused}");
+        }
+    }
+
+    async fn a_public_client_cannot_use_client_credentials(app) {
+        let t = app.tenant("acme").await;
+        let (id, _) = app
+            .client(&t, NewClient { name: "app".into(), public: true, ..NewClient::default() })
+            .await;
+        let res = app
+            .post_form("/t/acme/oauth2/token", None, &format!("grant_type=client_credentials&client_id={id}"))
+            .await;
+        let (status, body) = error_of(res).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("unauthorized_client")));
+        // Nor with a made-up secret.
+        let res = app
+            .post_form("/t/acme/oauth2/token", Some((&id, "x")), "grant_type=client_credentials")
+            .await;
+        assert_eq!(res.status(), 401);
+    }
+
+    async fn a_client_without_the_grant_type_is_refused(app) {
+        let t = app.tenant("acme").await;
+        let (id, secret) = app
+            .client(&t, NewClient {
+                name: "odd".into(),
+                grant_types: vec![GrantType::RefreshToken],
+                ..NewClient::default()
+            })
+            .await;
+        let res = app
+            .post_form("/t/acme/oauth2/token", Some((&id, &secret)), "grant_type=client_credentials")
+            .await;
+        assert_eq!(error_of(res).await.1["error"], "unauthorized_client");
+    }
+
+    async fn bad_requests_get_rfc_errors_never_a_server_error(app) {
+        let t = app.tenant("acme").await;
+        let creds = Some((t.admin_id.as_str(), t.admin_secret.as_str()));
+        for (body, error) in [
+            ("", "invalid_request"),
+            ("scope=x", "invalid_request"),
+            ("grant_type=", "invalid_request"),
+            ("grant_type=password", "unsupported_grant_type"),
+            ("grant_type=client_credentials&grant_type=client_credentials", "invalid_request"),
+            ("grant_type=client_credentials&scope=%FF", "invalid_request"),
+            ("grant_type=client%ZZcredentials", "unsupported_grant_type"),
+        ] {
+            let (status, json) = error_of(app.post_form("/t/acme/oauth2/token", creds, body).await).await;
+            assert_eq!((status, json["error"].as_str()), (400, Some(error)), "{body}");
+        }
+        // Not a form, not UTF-8, too large.
+        let url = app.url("/t/acme/oauth2/token");
+        let res = app.http.post(&url).json(&serde_json::json!({"grant_type": "client_credentials"})).send().await.unwrap();
+        assert_eq!(error_of(res).await, (400, serde_json::json!({"error": "invalid_request", "error_description": "the body must be application/x-www-form-urlencoded"})));
+        let res = app.http.post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(vec![b'g', b'=', 0xff, 0xfe])
+            .send().await.unwrap();
+        assert_eq!(error_of(res).await.1["error"], "invalid_request");
+        let res = app.http.post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("grant_type=client_credentials&pad={}", "x".repeat(1 << 20)))
+            .send().await.unwrap();
+        let (status, json) = error_of(res).await;
+        assert!(status == 400 || status == 413, "{status}");
+        assert_eq!(json["error"], "invalid_request");
+        // A malformed Basic header.
+        let res = app.http.post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("authorization", "Basic !!!")
+            .body("grant_type=client_credentials")
+            .send().await.unwrap();
+        assert_eq!(error_of(res).await.0, 401);
+    }
+
+    async fn unknown_tenants_are_404_in_oauth_form(app) {
+        for path in ["/t/nope/oauth2/token", "/t/NOT_A_SLUG/oauth2/token"] {
+            let (status, body) = error_of(app.post_form(path, Some(("a", "b")), "grant_type=client_credentials").await).await;
+            assert_eq!(status, 404);
+            assert_eq!(body["error"], "not_found");
+        }
+        let res = app.http.get(app.url("/t/nope/.well-known/jwks.json")).send().await.unwrap();
+        assert_eq!(res.status(), 404);
+    }
+
+    async fn health_and_readiness_answer(app) {
+        let res = app.http.get(app.url("/healthz")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let res = app.http.get(app.url("/readyz")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["database"], "ok");
+    }
+}
