@@ -22,7 +22,10 @@ async fn main() -> ExitCode {
     };
     match verify(issuer.trim_end_matches('/'), token.trim()).await {
         Ok(claims) => {
-            println!("accepted: {}", serde_json::to_string_pretty(&claims).unwrap());
+            println!(
+                "accepted: {}",
+                serde_json::to_string_pretty(&claims).unwrap()
+            );
             ExitCode::SUCCESS
         }
         Err(reason) => {

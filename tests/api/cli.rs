@@ -86,6 +86,15 @@ async fn the_demo_seed_runs_once_on_an_empty_database() {
     assert!(settings.demo.seed, "the shipped broker.toml seeds the demo");
     let app = TestApp::start(settings, dir).await;
     let seed = app.app().demo().expect("seeded");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let kek = std::fs::metadata(&app.settings.keys.encryption_key_file).unwrap();
+        assert_eq!(
+            kek.permissions().mode() & 0o777,
+            0o600,
+            "the generated key file is private"
+        );
+    }
     let message = lanyard::app::demo_instructions(seed, &app.settings);
     assert!(message.contains(seed.device_secret.expose()));
     assert!(

@@ -47,6 +47,20 @@ on_both_databases! {
         assert_eq!(res.status(), 400);
     }
 
+    async fn a_public_client_cannot_introspect(app) {
+        let t = app.tenant("acme").await;
+        let token = app.admin_token(&t).await;
+        let (id, _) = app
+            .client(&t, lanyard::authority::NewClient { name: "app".into(), public: true, ..Default::default() })
+            .await;
+        let res = app
+            .post_form("/t/acme/oauth2/introspect", None, &format!("client_id={id}&token={token}"))
+            .await;
+        assert_eq!(res.status(), 400);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized_client");
+    }
+
     async fn the_genuine_template_of_the_forgeries_is_active(app) {
         // Guards the forgery tests: an unchanged template signed the same way is accepted.
         let t = app.tenant("acme").await;

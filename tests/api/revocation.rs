@@ -17,6 +17,18 @@ async fn revoke(
     .await
 }
 
+fn claims_jti(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["jti"].as_str().unwrap().to_owned()
+}
+
 on_both_databases! {
     async fn a_revoked_token_stops_verifying(app) {
         let t = app.tenant("acme").await;
@@ -30,6 +42,23 @@ on_both_databases! {
         // Revoking again, or revoking garbage, is not an error (RFC 7009 §2.2).
         assert_eq!(revoke(&app, "acme", &device.admin_id, &device.admin_secret, &token).await.status(), 200);
         assert_eq!(revoke(&app, "acme", &device.admin_id, &device.admin_secret, "garbage").await.status(), 200);
+    }
+
+    async fn revocations_key_changes_and_deletions_are_announced(app) {
+        use lanyard::authority::Event;
+        let t = app.tenant("acme").await;
+        let other = app.tenant("acme").await;
+        let mut events = app.authority().subscribe();
+        let token = app.admin_token(&t).await;
+        revoke(&app, "acme", &t.admin_id, &t.admin_secret, &token).await;
+        assert_eq!(
+            events.recv().await.unwrap(),
+            Event::AccessTokenRevoked { tenant_id: t.tenant.id.clone(), jti: claims_jti(&token) }
+        );
+        app.authority().rotate_signing_key(&t.tenant).await.unwrap();
+        assert_eq!(events.recv().await.unwrap(), Event::KeysChanged { tenant_id: t.tenant.id.clone(), slug: "acme".into() });
+        app.authority().delete_client(&t.tenant, &other.admin_id).await.unwrap();
+        assert_eq!(events.recv().await.unwrap(), Event::ClientDeleted { tenant_id: t.tenant.id.clone(), client_id: other.admin_id.clone() });
     }
 
     async fn revocation_survives_a_restart(app) {
