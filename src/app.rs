@@ -125,9 +125,6 @@ pub async fn open_authority(
 ) -> anyhow::Result<Authority> {
     let db = Db::connect(&settings.database.url, settings.database.max_connections).await?;
     db.migrate().await?;
-    if db.is_sqlite() {
-        tracing::debug!("SQLite database: single node");
-    }
     let kek = load_key_encryption_key(&settings, &db).await?;
     let authority = Authority::new(db, Arc::new(settings), clock, kek);
     authority.check_key_encryption_key().await?;

@@ -168,10 +168,6 @@ impl Db {
         Ok(())
     }
 
-    pub fn is_sqlite(&self) -> bool {
-        matches!(self, Db::Sqlite(_))
-    }
-
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
     }
