@@ -1,5 +1,7 @@
 //! The `lanyard` binary: bootstrap, config, and starts that must fail with a clear message.
 
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Command;
 
 use lanyard::config::Settings;
@@ -7,16 +9,35 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-fn lanyard(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lanyard"));
-    cmd.current_dir(dir).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.env_remove("LANYARD_CONFIG")
+fn lanyard<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    dir: &Path,
+    args: &[&str],
+    env: impl IntoIterator<Item = (K, V)>,
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("LANYARD_CONFIG")
+        .envs(env)
         .output()
         .expect("lanyard runs")
 }
+
+/// Runs lanyard, expects it to fail, and expects stderr to name `needle`.
+fn fails_naming<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    dir: &Path,
+    args: &[&str],
+    env: impl IntoIterator<Item = (K, V)>,
+    needle: &str,
+) -> String {
+    let out = lanyard(dir, args, env);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    stderr
+}
+
+const NO_ENV: [(&str, &str); 0] = [];
 
 fn env_for(settings: &Settings) -> Vec<(&'static str, String)> {
     vec![
@@ -32,8 +53,7 @@ fn env_for(settings: &Settings) -> Vec<(&'static str, String)> {
 on_both_databases! {
     async fn bootstrap_prints_a_working_admin_client_and_a_running_server_sees_the_tenant(app) {
         let env = env_for(&app.settings);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let out = lanyard(app.dir.path(), &["bootstrap", "--tenant", "fresh", "--name", "Fresh Energy"], &env);
+        let out = lanyard(app.dir.path(), &["bootstrap", "--tenant", "fresh", "--name", "Fresh Energy"], env.clone());
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let printed: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
         assert_eq!(printed["tenant"], "fresh");
@@ -47,7 +67,7 @@ on_both_databases! {
         let claims = verify_with_jwks(&token, &app.jwks("fresh").await, &format!("{PUBLIC_URL}/t/fresh"), "fresh");
         assert_eq!(claims["scope"], printed["scope"]);
         // Bootstrapping again adds another admin client to the same tenant.
-        let again = lanyard(app.dir.path(), &["bootstrap", "--tenant", "fresh"], &env);
+        let again = lanyard(app.dir.path(), &["bootstrap", "--tenant", "fresh"], env);
         let again: Value = serde_json::from_slice(&again.stdout).unwrap();
         assert_ne!(again["client_id"], printed["client_id"]);
         assert_eq!(app.kids("fresh").await.len(), 1);
@@ -57,20 +77,12 @@ on_both_databases! {
         app.tenant("acme").await;
         let mut env = env_for(&app.settings);
         env.push(("LANYARD_KEYS__ENCRYPTION_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()));
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let out = lanyard(app.dir.path(), &["migrate"], &env);
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("keys.encryption_key"), "{stderr}");
+        fails_naming(app.dir.path(), &["migrate"], env, "keys.encryption_key");
 
         // A lost key file is not silently replaced either.
         std::fs::remove_file(&app.settings.keys.encryption_key_file).unwrap();
-        let env = env_for(&app.settings);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let out = lanyard(app.dir.path(), &["migrate"], &env);
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("keys.encryption_key_file") && stderr.contains("does not exist"), "{stderr}");
+        let stderr = fails_naming(app.dir.path(), &["migrate"], env_for(&app.settings), "keys.encryption_key_file");
+        assert!(stderr.contains("does not exist"), "{stderr}");
         assert!(!app.settings.keys.encryption_key_file.exists());
     }
 }
@@ -126,39 +138,28 @@ fn unknown_config_keys_and_bad_values_stop_the_start_naming_the_key() {
         "[http]\nlisen = \"127.0.0.1:1\"\n",
     )
     .unwrap();
-    let out = lanyard(dir.path(), &["config"], &[]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("lisen"), "{stderr}");
-
-    let out = lanyard(dir.path(), &["--config", "missing.toml", "config"], &[]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    fails_naming(dir.path(), &["config"], NO_ENV, "lisen");
+    fails_naming(
+        dir.path(),
+        &["--config", "missing.toml", "config"],
+        NO_ENV,
+        "missing.toml",
+    );
 
     std::fs::remove_file(dir.path().join("broker.toml")).unwrap();
-    let out = lanyard(
+    let ttl = [("LANYARD_TOKENS__ACCESS_TOKEN_TTL", "forever")];
+    fails_naming(dir.path(), &["config"], ttl, "tokens.access_token_ttl");
+    let db = [(
+        "LANYARD_DATABASE__URL",
+        "postgres://nobody@127.0.0.1:1/none",
+    )];
+    fails_naming(dir.path(), &["serve"], db, "database.url");
+    fails_naming(
         dir.path(),
-        &["config"],
-        &[("LANYARD_TOKENS__ACCESS_TOKEN_TTL", "forever")],
+        &["bootstrap", "--tenant", "Not A Slug"],
+        NO_ENV,
+        "--tenant",
     );
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tokens.access_token_ttl"));
-
-    let out = lanyard(
-        dir.path(),
-        &["serve"],
-        &[(
-            "LANYARD_DATABASE__URL",
-            "postgres://nobody@127.0.0.1:1/none",
-        )],
-    );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("database.url"), "{stderr}");
-
-    let out = lanyard(dir.path(), &["bootstrap", "--tenant", "Not A Slug"], &[]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--tenant"));
 }
 
 #[test]
@@ -167,7 +168,7 @@ fn config_prints_the_effective_settings_without_the_secret() {
     let out = lanyard(
         dir.path(),
         &["config"],
-        &[
+        [
             (
                 "LANYARD_KEYS__ENCRYPTION_KEY",
                 "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=",
@@ -193,14 +194,9 @@ fn a_taken_port_stops_the_start_naming_the_key() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let db = format!("sqlite://{}/l.db", dir.path().display());
-    let out = lanyard(
-        dir.path(),
-        &["serve"],
-        &[
-            ("LANYARD_HTTP__LISTEN", &addr),
-            ("LANYARD_DATABASE__URL", &db),
-        ],
-    );
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("http.listen"));
+    let env = [
+        ("LANYARD_HTTP__LISTEN", addr),
+        ("LANYARD_DATABASE__URL", db),
+    ];
+    fails_naming(dir.path(), &["serve"], env, "http.listen");
 }

@@ -225,3 +225,61 @@ on_both_databases! {
         assert_eq!(body["database"], "ok");
     }
 }
+
+on_both_databases! {
+    async fn a_rotated_client_secret_replaces_the_old_one_at_once(app) {
+        let t = app.tenant("acme").await;
+        let reg = app.authority().rotate_client_secret(&t.tenant, &t.admin_id).await.unwrap();
+        let new_secret = reg.client_secret.unwrap();
+        assert_ne!(new_secret.expose(), t.admin_secret);
+        let res = app
+            .post_form("/t/acme/oauth2/token", Some((&t.admin_id, &t.admin_secret)), "grant_type=client_credentials")
+            .await;
+        assert_eq!(res.status(), 401);
+        app.token("acme", &t.admin_id, new_secret.expose()).await;
+        // A public client has no secret to rotate; an unknown client is not found.
+        let (public_id, _) = app
+            .client(&t, NewClient { name: "app".into(), public: true, ..NewClient::default() })
+            .await;
+        for id in [public_id.as_str(), "nobody"] {
+            let err = app.authority().rotate_client_secret(&t.tenant, id).await.unwrap_err();
+            assert!(matches!(err, lanyard::authority::Error::NotFound(_)), "{id}: {err}");
+        }
+    }
+
+    async fn client_registration_refuses_what_it_cannot_grant(app) {
+        use lanyard::authority::Error;
+        let t = app.tenant("acme").await;
+        let auth = app.authority();
+        auth.create_scope(&t.tenant, "sensor:read", None).await.unwrap();
+        assert!(matches!(auth.create_scope(&t.tenant, "sensor:read", None).await, Err(Error::Conflict(_))));
+        assert!(matches!(auth.create_scope(&t.tenant, "lanyard:mine", None).await, Err(Error::Invalid(_))));
+        assert!(matches!(auth.create_scope(&t.tenant, "lanyard:keys:write", None).await, Err(Error::Invalid(_))));
+        assert!(matches!(auth.create_scope(&t.tenant, "has space", None).await, Err(Error::Invalid(_))));
+
+        let new = |scopes: &str| NewClient {
+            name: "c".into(),
+            scopes: ScopeSet::parse(scopes).unwrap(),
+            ..NewClient::default()
+        };
+        // A scope the tenant never defined.
+        assert!(matches!(auth.create_client(&t.tenant, new("video:gold"), None).await, Err(Error::Invalid(_))));
+        // A caller grants only scopes it holds itself.
+        let held = ScopeSet::parse("sensor:read").unwrap();
+        let escalation = auth.create_client(&t.tenant, new("sensor:read lanyard:keys:write"), Some(&held)).await;
+        assert!(matches!(escalation, Err(Error::Forbidden(_))), "{escalation:?}");
+        auth.create_client(&t.tenant, new("sensor:read"), Some(&held)).await.unwrap();
+        // A public client has no secret, so no client_credentials.
+        let public_cc = NewClient {
+            public: true,
+            grant_types: vec![GrantType::ClientCredentials],
+            ..new("")
+        };
+        assert!(matches!(auth.create_client(&t.tenant, public_cc, None).await, Err(Error::Invalid(_))));
+        // A system of another tenant, or none at all, cannot be bound.
+        let other = app.tenant("other").await;
+        let foreign = auth.create_system(&other.tenant, "Elsewhere").await.unwrap();
+        let bound = NewClient { system_id: Some(foreign), ..new("") };
+        assert!(matches!(auth.create_client(&t.tenant, bound, None).await, Err(Error::NotFound(_))));
+    }
+}
