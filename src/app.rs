@@ -17,6 +17,7 @@ use crate::authority::demo::DemoSeed;
 use crate::config::Settings;
 use crate::crypto::KeyEncryptionKey;
 use crate::domain::{Clock, SystemClock};
+use crate::mqtt::Broker;
 use crate::store::{Db, signing_keys};
 
 /// How often the key job runs (promotion after publish-ahead, scheduled rotation, pruning).
@@ -26,6 +27,7 @@ const PRUNE_PERIOD: Duration = Duration::from_secs(600);
 
 pub struct App {
     http_addr: SocketAddr,
+    broker: Broker,
     authority: Arc<Authority>,
     demo: Option<DemoSeed>,
     stop: watch::Sender<bool>,
@@ -75,10 +77,12 @@ impl App {
                 tracing::error!("http server stopped: {e}");
             }
         }));
+        let broker = Broker::start(authority.clone(), stopped.clone(), &mut tasks).await?;
         tasks.push(tokio::spawn(background_jobs(authority.clone(), stopped)));
 
         Ok(App {
             http_addr,
+            broker,
             authority,
             demo,
             stop,
@@ -88,6 +92,15 @@ impl App {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.broker.local_addr()
+    }
+
+    /// The MQTT gate, for its one-step jobs.
+    pub fn mqtt(&self) -> &Arc<crate::mqtt::Gate> {
+        self.broker.gate()
     }
 
     pub fn authority(&self) -> &Arc<Authority> {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Period;
+use crate::domain::acl::{AclRule, Permissions};
 
 /// The config file used when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "broker.toml";
@@ -94,6 +95,14 @@ impl std::fmt::Debug for KeySettings {
 pub struct MqttSettings {
     pub listen: SocketAddr,
     pub topic_prefix: String,
+    /// The largest packet a client may send, in bytes.
+    pub max_packet_size: u32,
+    /// How long a new connection may take to send its CONNECT.
+    pub connect_timeout: Period,
+    /// Connections beyond this many are refused (CONNACK "server unavailable").
+    pub max_connections: u32,
+    /// Topic permissions beyond the built-in ones (SPEC §4).
+    pub acl: Vec<AclRule>,
 }
 
 impl Default for MqttSettings {
@@ -101,7 +110,18 @@ impl Default for MqttSettings {
         MqttSettings {
             listen: ([0, 0, 0, 0], 1883).into(),
             topic_prefix: "drivr/v1".into(),
+            max_packet_size: 256 * 1024,
+            connect_timeout: Period::from_secs(10),
+            max_connections: 100_000,
+            acl: Vec::new(),
         }
+    }
+}
+
+impl MqttSettings {
+    /// The permission rules, built-in and configured. `validate` has already checked them.
+    pub fn permissions(&self) -> Permissions {
+        Permissions::new(&self.topic_prefix, self.acl.clone()).expect("validated at load")
     }
 }
 
@@ -263,6 +283,18 @@ impl Settings {
             return Err(invalid(format!(
                 "mqtt.topic_prefix = {prefix:?} must be topic levels like \"drivr/v1\": no wildcards, no empty levels, not starting with '$'"
             )));
+        }
+        Permissions::new(prefix, self.mqtt.acl.clone()).map_err(invalid)?;
+        if self.mqtt.max_packet_size < 1024 || self.mqtt.max_packet_size > 16 * 1024 * 1024 {
+            return Err(invalid(
+                "mqtt.max_packet_size must be between 1024 and 16777216 bytes",
+            ));
+        }
+        if self.mqtt.connect_timeout.as_secs() == 0 || self.mqtt.connect_timeout.as_secs() > 300 {
+            return Err(invalid("mqtt.connect_timeout must be between 1s and 5m"));
+        }
+        if self.mqtt.max_connections == 0 {
+            return Err(invalid("mqtt.max_connections must be at least 1"));
         }
         let local_prefix = &self.tokens.local_token_prefix;
         if local_prefix.len() > 32

@@ -4,6 +4,7 @@
 //! - [`app`]: the composition root: builds everything, binds the listeners, runs the jobs.
 //! - [`config`]: the settings tree: defaults, `broker.toml`, `LANYARD_*` overrides.
 //! - [`http`]: the HTTP door: OAuth endpoints, discovery, health.
+//! - [`mqtt`]: the MQTT door: lanyard's listener, permissions and sessions over rumqttd's router.
 //! - [`authority`]: the use-cases every door shares: tenants, keys, clients, tokens.
 //! - [`store`]: persistence on SQLite or PostgreSQL.
 //! - [`crypto`]: RSA keys, JWS, sealing, secrets.
@@ -15,4 +16,5 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod http;
+pub mod mqtt;
 pub mod store;

@@ -6,7 +6,8 @@
 //! token revoked, a client deleted) are announced as [`Event`]s on a channel the doors subscribe
 //! to: the authority never calls into a door. This module imports no web or MQTT framework.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::broadcast;
 
@@ -22,12 +23,14 @@ pub mod keys;
 pub mod limiter;
 pub mod systems;
 pub mod tenants;
+pub mod token_cache;
 pub mod tokens;
 
 pub use clients::{ClientRegistration, NewClient};
 pub use keyring::KeyRings;
 pub use tenants::Tenant;
-pub use tokens::{ClientCredentials, IssuedToken, VerifiedAccessToken};
+pub use token_cache::KnownToken;
+pub use tokens::{ClientCredentials, IssuedToken, TokenRejected, VerifiedAccessToken};
 
 /// Something changed that other parts may need to act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +80,10 @@ pub struct Authority {
     pub(crate) kek: KeyEncryptionKey,
     pub(crate) keyrings: KeyRings,
     pub(crate) auth_failures: limiter::FailureLimiter,
+    pub(crate) token_cache: token_cache::TokenCache,
+    /// Tenants by slug. Tenants are never renamed or deleted, so an entry never goes stale;
+    /// misses are not remembered, so a tenant created by another process is found.
+    pub(crate) tenant_cache: RwLock<HashMap<String, Tenant>>,
     events: broadcast::Sender<Event>,
 }
 
@@ -95,6 +102,8 @@ impl Authority {
             kek,
             keyrings: KeyRings::default(),
             auth_failures: limiter::FailureLimiter::new(10, 60),
+            token_cache: Default::default(),
+            tenant_cache: Default::default(),
             events,
         }
     }
@@ -117,8 +126,20 @@ impl Authority {
     }
 
     pub(crate) fn emit(&self, event: Event) {
-        if let Event::KeysChanged { tenant_id, .. } = &event {
-            self.keyrings.forget(tenant_id);
+        match &event {
+            Event::KeysChanged { tenant_id, .. } => {
+                self.keyrings.forget(tenant_id);
+                self.token_cache.forget(|k| &k.tenant.id == tenant_id);
+            }
+            Event::AccessTokenRevoked { tenant_id, jti } => self
+                .token_cache
+                .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.jti == jti),
+            Event::ClientDeleted {
+                tenant_id,
+                client_id,
+            } => self
+                .token_cache
+                .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.client_id == client_id),
         }
         // No receiver is not an error: nobody needs to hear of it yet.
         let _ = self.events.send(event);

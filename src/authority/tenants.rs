@@ -45,10 +45,18 @@ impl Authority {
         if Slug::parse(slug).is_err() {
             return Ok(None);
         }
-        match tenants::find_by_slug(&self.db, slug).await? {
-            Some(row) => Ok(Some(self.tenant_from_row(row)?)),
-            None => Ok(None),
+        if let Some(tenant) = self.tenant_cache.read().expect("tenant cache").get(slug) {
+            return Ok(Some(tenant.clone()));
         }
+        let Some(row) = tenants::find_by_slug(&self.db, slug).await? else {
+            return Ok(None);
+        };
+        let tenant = self.tenant_from_row(row)?;
+        self.tenant_cache
+            .write()
+            .expect("tenant cache")
+            .insert(slug.to_owned(), tenant.clone());
+        Ok(Some(tenant))
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {

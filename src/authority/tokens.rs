@@ -4,11 +4,13 @@
 //! Verification is the one place that decides whether an access token is good: signature by a
 //! published key of the tenant, `typ`, `iss`, `aud`, time claims, the revocation list, and the
 //! client still existing. The HTTP door uses it for introspection; the MQTT and GraphQL doors
-//! use the same function.
+//! use the same function. A token that passed is remembered until its `exp` (see
+//! [`token_cache`](super::token_cache)), so presenting it again costs no database round trip.
 
 use std::sync::LazyLock;
 
 use super::clients::Client;
+use super::token_cache::KnownToken;
 use super::{Authority, Event, Tenant, log_internal};
 use crate::crypto::{JwsError, Secret, SecretHash, jws};
 use crate::domain::claims::ACCESS_TOKEN_TYP;
@@ -217,6 +219,13 @@ impl Authority {
         tenant: &Tenant,
         token: &str,
     ) -> Result<VerifiedAccessToken, TokenRejected> {
+        let now = self.now();
+        if let Some(known) = self.token_cache.get(token, now)
+            && known.tenant.id == tenant.id
+        {
+            return Ok(known.verified);
+        }
+        let generation = self.token_cache.generation();
         let keys = self.keyring(tenant).await.map_err(|e| {
             log_internal("loading signing keys", &e);
             TokenRejected::Unavailable
@@ -233,7 +242,6 @@ impl Authority {
         if claims.aud != tenant.slug.as_str() {
             return Err(TokenRejected::WrongAudience);
         }
-        let now = self.now();
         if now >= claims.exp {
             return Err(TokenRejected::Expired);
         }
@@ -256,10 +264,39 @@ impl Authority {
         {
             return Err(TokenRejected::ClientGone);
         }
-        Ok(VerifiedAccessToken {
+        let verified = VerifiedAccessToken {
             claims,
             kid: verified.kid,
-        })
+        };
+        let known = KnownToken {
+            tenant: tenant.clone(),
+            verified: verified.clone(),
+        };
+        self.token_cache.insert(token, known, generation, now);
+        Ok(verified)
+    }
+
+    /// Verifies a bearer token presented without naming its tenant (an MQTT password): the
+    /// tenant is the one the token's `aud` names, and then every check of
+    /// [`Authority::verify_access_token`] applies. A `Bearer ` prefix is tolerated.
+    pub async fn verify_bearer(&self, token: &str) -> Result<KnownToken, TokenRejected> {
+        let token = token.strip_prefix("Bearer ").unwrap_or(token);
+        if let Some(known) = self.token_cache.get(token, self.now()) {
+            return Ok(known);
+        }
+        // Only picks the tenant whose keys and issuer the token is then checked against.
+        let slug =
+            jws::unverified_string_claim(token, "aud").ok_or(TokenRejected::WrongAudience)?;
+        let tenant = self
+            .tenant(&slug)
+            .await
+            .map_err(|e| {
+                log_internal("looking up a tenant", &e);
+                TokenRejected::Unavailable
+            })?
+            .ok_or(TokenRejected::WrongAudience)?;
+        let verified = self.verify_access_token(&tenant, token).await?;
+        Ok(KnownToken { tenant, verified })
     }
 
     /// Token introspection (RFC 7662) for an authenticated confidential client of the tenant.
@@ -320,6 +357,32 @@ impl Authority {
             jti: claims.jti.clone(),
         });
         Ok(())
+    }
+
+    /// Whether a token verified earlier is still good as far as its signing key goes (still
+    /// published) and, with `tokens`, its revocation and its client. The MQTT door re-checks
+    /// live sessions with it when it may have missed an event.
+    pub async fn grant_still_valid(
+        &self,
+        slug: &str,
+        kid: &str,
+        client_id: &str,
+        jti: &str,
+        tokens: bool,
+    ) -> super::Result<bool> {
+        let Some(tenant) = self.tenant(slug).await? else {
+            return Ok(false);
+        };
+        if self.keyring(&tenant).await?.verifier(kid).is_none() {
+            return Ok(false);
+        }
+        if tokens
+            && (revocations::is_revoked(&self.db, jti).await?
+                || !clients::exists(&self.db, &tenant.id, client_id).await?)
+        {
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Forgets revocations of tokens that expired anyway.

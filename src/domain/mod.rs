@@ -1,9 +1,11 @@
-//! Pure types and rules: identifiers, scopes, durations, claims, OAuth errors and the clock.
+//! Pure types and rules: identifiers, scopes, durations, claims, OAuth errors, the clock, and
+//! MQTT topics with their permissions.
 //!
 //! Everything that crosses a door is parsed into one of these types at the edge, so the use-cases
 //! in `authority/` only ever see values that are already valid. This module imports no web
 //! framework, database driver, JWT library or async runtime.
 
+pub mod acl;
 pub mod claims;
 pub mod clock;
 pub mod grant;
@@ -12,6 +14,7 @@ pub mod oauth;
 pub mod period;
 pub mod scope;
 pub mod slug;
+pub mod topic;
 
 pub use claims::AccessClaims;
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};

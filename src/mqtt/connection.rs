@@ -1,0 +1,785 @@
+//! One client connection through the gate: the CONNECT handshake, then every packet checked
+//! and relayed to the router, and everything the router sends back passed on — until the
+//! client leaves, breaks a rule, or lanyard ends the session.
+//!
+//! The gate owns what rumqttd's router cannot do for us: authentication, topic permissions with
+//! their reason codes (MQTT 5.0 §3.4.2.1, §3.9.3), keep-alive (§3.1.2.10), the last will
+//! (§3.1.2.5, with its delay on 5.0), the client's Maximum Packet Size (5.0 §3.1.2.11.4), and
+//! ending a session with a DISCONNECT and reason (5.0 §3.14).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::Notification;
+use rumqttd::local::LinkRx;
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
+    LastWillProperties, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::time::{Instant, timeout_at};
+
+use super::Gate;
+use super::codec::{self, FrameError, Version};
+use super::router::LinkOptions;
+use super::sessions::{EndReason, Grant, Principal};
+use crate::authority::{KnownToken, TokenRejected};
+use crate::domain::ScopeSet;
+use crate::domain::acl::Identity;
+use crate::domain::topic::{TopicFilter, TopicName};
+
+/// A CONNECT larger than this is refused: it carries a token, a client id and perhaps a will.
+const MAX_CONNECT_SIZE: usize = 64 * 1024;
+/// Passwords are access tokens; longer ones are refused before any parsing.
+const MAX_PASSWORD_LEN: usize = 8 * 1024;
+/// Client identifiers longer than this are refused.
+const MAX_CLIENT_ID_LEN: usize = 128;
+/// Router notifications written per flush.
+const WRITE_BATCH: usize = 256;
+
+/// How a session ended, which decides the goodbye and the will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The client sent DISCONNECT; `will` says whether it asked for its will (5.0 0x04).
+    Disconnected { will: bool },
+    /// The network went away or keep-alive ran out.
+    Lost { keep_alive: bool },
+    /// The client broke the protocol.
+    Violation(DisconnectReasonCode),
+    /// lanyard ended it.
+    Ended(EndReason),
+    /// The router dropped the link.
+    RouterGone,
+}
+
+/// Serves one accepted connection until it closes. `permit` counts it against the limit.
+pub async fn serve<S>(
+    gate: Arc<Gate>,
+    mut stream: S,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = Instant::now() + gate.connect_timeout;
+    let Some(session) = handshake(&gate, &mut stream, &mut buf, deadline, peer).await else {
+        return;
+    };
+    let mut connection = Connection {
+        gate,
+        stream,
+        buf,
+        out: BytesMut::with_capacity(1024),
+        session,
+        pending_subscriptions: HashMap::new(),
+        refused_qos2: HashSet::new(),
+        dropped_qos2: HashSet::new(),
+        _permit: permit,
+    };
+    let outcome = connection.run().await;
+    connection.finish(outcome).await;
+}
+
+/// What a successful CONNECT established.
+struct Session {
+    version: Version,
+    key: (String, String),
+    seq: u64,
+    link: u64,
+    rx: LinkRx,
+    ended: oneshot::Receiver<EndReason>,
+    slug: String,
+    client_id: String,
+    sub: String,
+    system: Option<String>,
+    scopes: ScopeSet,
+    keep_alive: Option<Duration>,
+    will: Option<(LastWill, Option<LastWillProperties>)>,
+    will_delay: u32,
+    /// 5.0: the largest packet the client accepts.
+    client_max_packet: Option<usize>,
+}
+
+struct Connection<S> {
+    gate: Arc<Gate>,
+    stream: S,
+    buf: BytesMut,
+    out: BytesMut,
+    session: Session,
+    /// SUBSCRIBE packet ids relayed with some filters refused: each position's refusal, or None
+    /// where the router's answer goes.
+    pending_subscriptions: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    /// 3.1.1 QoS 2 publishes refused after PUBREC: their PUBREL is answered here.
+    refused_qos2: HashSet<u16>,
+    /// QoS 2 messages too large for the client, acknowledged to the router on its behalf.
+    dropped_qos2: HashSet<u16>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Reads the CONNECT, authenticates it, claims the session and opens the router link. Every
+/// refusal is answered with a CONNACK carrying its reason before the socket closes.
+async fn handshake<S>(
+    gate: &Arc<Gate>,
+    stream: &mut S,
+    buf: &mut BytesMut,
+    deadline: Instant,
+    peer: SocketAddr,
+) -> Option<Session>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = loop {
+        match codec::frame(buf, MAX_CONNECT_SIZE) {
+            Ok(frame) => break frame,
+            Err(FrameError::Incomplete) => match timeout_at(deadline, stream.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => continue,
+                _ => return None,
+            },
+            Err(FrameError::Malformed) => return None,
+            Err(FrameError::TooLarge { body, .. }) => {
+                if codec::connect_version(buf, body) == Some(Version::V5) {
+                    refuse(stream, Version::V5, ConnectReturnCode::PacketTooLarge).await;
+                }
+                tracing::debug!(%peer, "mqtt: CONNECT too large");
+                return None;
+            }
+        }
+    };
+    if frame.packet_type != codec::CONNECT || frame.flags != 0 {
+        return None;
+    }
+    let Some(version) = codec::connect_version(buf, frame.body) else {
+        // MQTT 3.1.1 §3.1.2.2: "unacceptable protocol level", then close.
+        let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+        return None;
+    };
+    let Some(Packet::Connect(connect, props, will, will_props, login)) =
+        codec::decode(version, buf, &frame)
+    else {
+        if version == Version::V5 {
+            refuse(stream, version, ConnectReturnCode::MalformedPacket).await;
+        }
+        return None;
+    };
+    let refused = |code: ConnectReturnCode, why: &str| {
+        tracing::info!(%peer, client = %connect.client_id, "mqtt: CONNECT refused: {why}");
+        code
+    };
+
+    // Client identifier (MQTT 3.1.1 §3.1.3.1, 5.0 §3.1.3.1).
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if version == Version::V4 && !connect.clean_session {
+            let code = refused(
+                ConnectReturnCode::ClientIdentifierNotValid,
+                "empty client id for a persistent session",
+            );
+            refuse(stream, version, code).await;
+            return None;
+        }
+        let id = format!("lanyard-{}", uuid::Uuid::new_v4().simple());
+        assigned = Some(id.clone());
+        id
+    } else if connect.client_id.len() > MAX_CLIENT_ID_LEN
+        || connect.client_id.contains(['+', '#', '/', '$', '\0'])
+    {
+        let code = refused(
+            ConnectReturnCode::ClientIdentifierNotValid,
+            "unusable client id",
+        );
+        refuse(stream, version, code).await;
+        return None;
+    } else {
+        connect.client_id.clone()
+    };
+
+    // The password is a lanyard access token (SPEC §4).
+    let password = login.as_ref().map(|l| l.password.as_str()).unwrap_or("");
+    if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
+        let code = refused(ConnectReturnCode::BadUserNamePassword, "no usable password");
+        refuse(stream, version, code).await;
+        return None;
+    }
+    let known: KnownToken = match gate.authority.verify_bearer(password).await {
+        Ok(known) => known,
+        Err(TokenRejected::Unavailable) => {
+            let code = match version {
+                Version::V4 => ConnectReturnCode::ServiceUnavailable,
+                Version::V5 => ConnectReturnCode::ServerUnavailable,
+            };
+            refuse(
+                stream,
+                version,
+                refused(code, "token cannot be checked now"),
+            )
+            .await;
+            return None;
+        }
+        Err(e) => {
+            let code = refused(ConnectReturnCode::NotAuthorized, &e.to_string());
+            refuse(stream, version, code).await;
+            return None;
+        }
+    };
+    let claims = &known.verified.claims;
+    let scopes = ScopeSet::parse(&claims.scope).unwrap_or_default();
+    let identity = Identity {
+        slug: known.tenant.slug.as_str(),
+        client_id: &claims.client_id,
+        sub: &claims.sub,
+        system: claims.system.as_deref(),
+        scopes: &scopes,
+    };
+
+    // A will is a publish like any other, checked now (SPEC §4: never under the prefix).
+    if let Some(will) = &will {
+        let allowed = std::str::from_utf8(&will.topic)
+            .ok()
+            .and_then(|t| TopicName::parse(t).ok())
+            .is_some_and(|t| gate.permissions.may_publish(&identity, &t));
+        if !allowed {
+            let code = refused(ConnectReturnCode::NotAuthorized, "will topic not allowed");
+            refuse(stream, version, code).await;
+            return None;
+        }
+    }
+
+    let key = (known.tenant.id.clone(), client_id.clone());
+    let owner = Principal {
+        client_id: claims.client_id.clone(),
+        sub: claims.sub.clone(),
+    };
+    let grant = Grant {
+        tenant_id: known.tenant.id.clone(),
+        slug: known.tenant.slug.to_string(),
+        jti: claims.jti.clone(),
+        kid: known.verified.kid.clone(),
+        exp: claims.exp,
+        fingerprint: format!(
+            "{}|{}",
+            claims.scope,
+            claims.system.as_deref().unwrap_or("")
+        ),
+    };
+    let persistent = !connect.clean_session;
+    let Some(claim) = gate.sessions.claim(&key, &owner, grant, persistent) else {
+        let code = refused(
+            ConnectReturnCode::NotAuthorized,
+            "client id held by another principal",
+        );
+        refuse(stream, version, code).await;
+        return None;
+    };
+    let options = LinkOptions {
+        tenant_id: known.tenant.id.clone(),
+        client_id: client_id.clone(),
+        clean_session: connect.clean_session,
+    };
+    if persistent && !claim.may_resume {
+        // Whatever was stored under this id was granted under other permissions: drop it.
+        let wipe = LinkOptions {
+            clean_session: true,
+            ..options.clone()
+        };
+        if let Some(link) = gate.router.open(wipe).await {
+            gate.router.close(link.key).await;
+        }
+    }
+    let Some(link) = gate.router.open(options).await else {
+        gate.sessions.release(&key, claim.seq);
+        let code = match version {
+            Version::V4 => ConnectReturnCode::ServiceUnavailable,
+            Version::V5 => ConnectReturnCode::ServerUnavailable,
+        };
+        refuse(
+            stream,
+            version,
+            refused(code, "the router refused the link"),
+        )
+        .await;
+        return None;
+    };
+
+    let ack = ConnAck {
+        session_present: link.session_present && claim.may_resume,
+        code: ConnectReturnCode::Success,
+    };
+    let ack_props = (version == Version::V5).then(|| ConnAckProperties {
+        max_packet_size: Some(gate.max_packet_size as u32),
+        assigned_client_identifier: assigned,
+        // No topic-alias maximum is advertised: rumqttd keys aliases by filter, not topic.
+        topic_alias_max: None,
+        ..ConnAckProperties::default()
+    });
+    let mut out = BytesMut::new();
+    codec::encode(version, Packet::ConnAck(ack, ack_props), &mut out);
+    if stream.write_all(&out).await.is_err() {
+        gate.router.close(link.key).await;
+        gate.sessions.release(&key, claim.seq);
+        return None;
+    }
+    tracing::debug!(%peer, client = %client_id, tenant = %known.tenant.slug, "mqtt: connected");
+
+    let props = props.as_ref();
+    let session_expiry = props.and_then(|p| p.session_expiry_interval).unwrap_or(0);
+    let will_delay = will_props
+        .as_ref()
+        .and_then(|p| p.delay_interval)
+        .unwrap_or(0)
+        .min(session_expiry);
+    Some(Session {
+        version,
+        key,
+        seq: claim.seq,
+        link: link.key,
+        rx: link.rx,
+        ended: claim.ended,
+        slug: known.tenant.slug.to_string(),
+        client_id: claims.client_id.clone(),
+        sub: claims.sub.clone(),
+        system: claims.system.clone(),
+        scopes,
+        // MQTT §3.1.2.10: one and a half times the keep-alive without a packet ends it.
+        keep_alive: (connect.keep_alive > 0)
+            .then(|| Duration::from_millis(connect.keep_alive as u64 * 1500)),
+        will: will.map(|w| (w, will_props)),
+        will_delay,
+        client_max_packet: props.and_then(|p| p.max_packet_size).map(|m| m as usize),
+    })
+}
+
+/// Answers a CONNECT with a refusal.
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, version: Version, code: ConnectReturnCode) {
+    let ack = ConnAck {
+        session_present: false,
+        code,
+    };
+    let mut out = BytesMut::new();
+    if codec::encode(version, Packet::ConnAck(ack, None), &mut out).is_some() {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.flush().await;
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    async fn run(&mut self) -> Outcome {
+        loop {
+            // Frames already buffered (pipelined after the CONNECT, or read together).
+            if let Some(outcome) = self.process_buffered().await {
+                return outcome;
+            }
+            if !self.flush().await {
+                return Outcome::Lost { keep_alive: false };
+            }
+            let keep_alive = self.session.keep_alive;
+            let read_deadline = keep_alive.map(|k| Instant::now() + k);
+            tokio::select! {
+                reason = &mut self.session.ended => {
+                    return Outcome::Ended(reason.unwrap_or(EndReason::NotAuthorized));
+                }
+                read = read_with_deadline(&mut self.stream, &mut self.buf, read_deadline) => {
+                    match read {
+                        ReadResult::Data => {}
+                        ReadResult::Closed => return Outcome::Lost { keep_alive: false },
+                        ReadResult::TimedOut => return Outcome::Lost { keep_alive: true },
+                    }
+                }
+                notification = self.session.rx.next() => {
+                    match notification {
+                        Ok(first) => {
+                            if let Some(outcome) = self.forward(first).await {
+                                return outcome;
+                            }
+                            // Take what else the router already delivered, without waiting.
+                            for _ in 0..WRITE_BATCH {
+                                match now_or_never(self.session.rx.next()) {
+                                    Some(Ok(more)) => {
+                                        if let Some(outcome) = self.forward(more).await {
+                                            return outcome;
+                                        }
+                                    }
+                                    Some(Err(_)) => return Outcome::RouterGone,
+                                    None => break,
+                                }
+                            }
+                        }
+                        Err(_) => return Outcome::RouterGone,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles every complete frame in the read buffer.
+    async fn process_buffered(&mut self) -> Option<Outcome> {
+        loop {
+            let frame = match codec::frame(&self.buf, self.gate.max_packet_size) {
+                Ok(frame) => frame,
+                Err(FrameError::Incomplete) => return None,
+                Err(FrameError::Malformed) => {
+                    return Some(Outcome::Violation(DisconnectReasonCode::MalformedPacket));
+                }
+                Err(FrameError::TooLarge { .. }) => {
+                    return Some(Outcome::Violation(DisconnectReasonCode::PacketTooLarge));
+                }
+            };
+            if !codec::client_may_send(&frame) || frame.packet_type == codec::CONNECT {
+                return Some(Outcome::Violation(DisconnectReasonCode::ProtocolError));
+            }
+            let (qos, pkid) = if frame.packet_type == codec::PUBLISH {
+                codec::publish_qos_pkid(&self.buf, &frame)
+            } else {
+                (0, 0)
+            };
+            let Some(packet) = codec::decode(self.session.version, &mut self.buf, &frame) else {
+                return Some(Outcome::Violation(DisconnectReasonCode::MalformedPacket));
+            };
+            if let Some(outcome) = self.incoming(packet, qos, pkid).await {
+                return Some(outcome);
+            }
+        }
+    }
+
+    fn identity(&self) -> Identity<'_> {
+        let s = &self.session;
+        Identity {
+            slug: &s.slug,
+            client_id: &s.client_id,
+            sub: &s.sub,
+            system: s.system.as_deref(),
+            scopes: &s.scopes,
+        }
+    }
+
+    /// One packet from the client.
+    async fn incoming(&mut self, packet: Packet, qos: u8, pkid: u16) -> Option<Outcome> {
+        let v5 = self.session.version == Version::V5;
+        let link = self.session.link;
+        match packet {
+            Packet::Publish(publish, props) => {
+                if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
+                    // No alias maximum was advertised, so a client may not use aliases.
+                    return Some(Outcome::Violation(DisconnectReasonCode::TopicAliasInvalid));
+                }
+                let Some(topic) = std::str::from_utf8(&publish.topic)
+                    .ok()
+                    .and_then(|t| TopicName::parse(t).ok())
+                else {
+                    return Some(Outcome::Violation(DisconnectReasonCode::TopicNameInvalid));
+                };
+                if self.gate.permissions.may_publish(&self.identity(), &topic) {
+                    self.gate
+                        .router
+                        .send(link, Packet::Publish(publish, props))
+                        .await;
+                    return None;
+                }
+                tracing::debug!(client = %self.session.client_id, %topic, "mqtt: publish refused");
+                match qos {
+                    // 3.1.1 has no refusal for a publish: it is acknowledged and dropped.
+                    1 => {
+                        let reason = if v5 {
+                            PubAckReason::NotAuthorized
+                        } else {
+                            PubAckReason::Success
+                        };
+                        self.write(Packet::PubAck(PubAck { pkid, reason }, None));
+                    }
+                    2 => {
+                        let reason = if v5 {
+                            PubRecReason::NotAuthorized
+                        } else {
+                            PubRecReason::Success
+                        };
+                        if !v5 {
+                            self.refused_qos2.insert(pkid);
+                        }
+                        self.write(Packet::PubRec(PubRec { pkid, reason }, None));
+                    }
+                    _ => {}
+                }
+            }
+            Packet::Subscribe(subscribe, props) => {
+                let mut codes = Vec::with_capacity(subscribe.filters.len());
+                let mut allowed = Vec::new();
+                for filter in subscribe.filters {
+                    let refusal = match TopicFilter::parse(&filter.path) {
+                        Err(_) if v5 => Some(SubscribeReasonCode::TopicFilterInvalid),
+                        Ok(f) if self.gate.permissions.may_subscribe(&self.identity(), &f) => None,
+                        _ if v5 => Some(SubscribeReasonCode::NotAuthorized),
+                        _ => Some(SubscribeReasonCode::Failure),
+                    };
+                    if refusal.is_none() {
+                        allowed.push(filter);
+                    } else {
+                        tracing::debug!(client = %self.session.client_id, filter = %filter.path, "mqtt: subscription refused");
+                    }
+                    codes.push(refusal);
+                }
+                let pkid = subscribe.pkid;
+                if allowed.is_empty() {
+                    let return_codes = codes.into_iter().flatten().collect();
+                    self.write(Packet::SubAck(SubAck { pkid, return_codes }, None));
+                } else {
+                    if codes.iter().any(Option::is_some) {
+                        self.pending_subscriptions.insert(pkid, codes);
+                    }
+                    let subscribe = Subscribe {
+                        pkid,
+                        filters: allowed,
+                    };
+                    self.gate
+                        .router
+                        .send(link, Packet::Subscribe(subscribe, props))
+                        .await;
+                }
+            }
+            Packet::Unsubscribe(unsubscribe, props) => {
+                // The router acknowledges only filters it held, once per filter: the gate
+                // answers for the whole packet instead.
+                let pkid = unsubscribe.pkid;
+                let reasons = vec![UnsubAckReason::Success; unsubscribe.filters.len()];
+                self.gate
+                    .router
+                    .send(link, Packet::Unsubscribe(unsubscribe, props))
+                    .await;
+                self.write(Packet::UnsubAck(UnsubAck { pkid, reasons }, None));
+            }
+            Packet::PubAck(ack, _) => self.gate.router.send(link, Packet::PubAck(ack, None)).await,
+            Packet::PubRec(rec, _) => self.gate.router.send(link, Packet::PubRec(rec, None)).await,
+            Packet::PubComp(comp, _) => {
+                self.gate
+                    .router
+                    .send(link, Packet::PubComp(comp, None))
+                    .await
+            }
+            Packet::PubRel(rel, _) => {
+                if self.refused_qos2.remove(&rel.pkid) {
+                    let comp = PubComp {
+                        pkid: rel.pkid,
+                        reason: PubCompReason::Success,
+                    };
+                    self.write(Packet::PubComp(comp, None));
+                } else {
+                    self.gate.router.send(link, Packet::PubRel(rel, None)).await;
+                }
+            }
+            Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
+            Packet::Disconnect(disconnect, _) => {
+                let will =
+                    disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                return Some(Outcome::Disconnected { will });
+            }
+            _ => return Some(Outcome::Violation(DisconnectReasonCode::ProtocolError)),
+        }
+        None
+    }
+
+    /// One notification from the router, passed on to the client.
+    async fn forward(&mut self, notification: Option<Notification>) -> Option<Outcome> {
+        let packet = match notification? {
+            Notification::Unschedule => {
+                // The router paused this link until it is told the link is ready again.
+                let _ = self.session.rx.wake().await;
+                return None;
+            }
+            other => Option::<Packet>::from(other)?,
+        };
+        match packet {
+            Packet::SubAck(mut ack, props) => {
+                if let Some(codes) = self.pending_subscriptions.remove(&ack.pkid) {
+                    let mut routed = ack.return_codes.into_iter();
+                    ack.return_codes = codes
+                        .into_iter()
+                        .map(|c| {
+                            c.or_else(|| routed.next())
+                                .unwrap_or(SubscribeReasonCode::Unspecified)
+                        })
+                        .collect();
+                }
+                self.write(Packet::SubAck(ack, props));
+            }
+            // Answered by the gate itself.
+            Packet::UnsubAck(..) | Packet::PingResp(_) | Packet::ConnAck(..) => {}
+            Packet::PubRel(rel, props) => {
+                if self.dropped_qos2.remove(&rel.pkid) {
+                    let comp = PubComp {
+                        pkid: rel.pkid,
+                        reason: PubCompReason::Success,
+                    };
+                    self.gate
+                        .router
+                        .send(self.session.link, Packet::PubComp(comp, None))
+                        .await;
+                } else {
+                    self.write(Packet::PubRel(rel, props));
+                }
+            }
+            Packet::Publish(publish, props) => self.forward_publish(publish, props).await,
+            Packet::Disconnect(..) => return Some(Outcome::RouterGone),
+            other => self.write(other),
+        }
+        None
+    }
+
+    /// A message for the client. One larger than the client's Maximum Packet Size is dropped
+    /// and acknowledged to the router as if delivered (MQTT 5.0 §3.1.2.11.4).
+    async fn forward_publish(
+        &mut self,
+        publish: Publish,
+        props: Option<rumqttd::protocol::PublishProperties>,
+    ) {
+        let start = self.out.len();
+        if codec::encode(
+            self.session.version,
+            Packet::Publish(publish, props),
+            &mut self.out,
+        )
+        .is_none()
+        {
+            self.out.truncate(start);
+            return;
+        }
+        let Some(max) = self.session.client_max_packet else {
+            return;
+        };
+        if self.out.len() - start <= max {
+            return;
+        }
+        let encoded = self.out.split_off(start);
+        tracing::debug!(client = %self.session.client_id, size = encoded.len(), "mqtt: message larger than the client accepts, dropped");
+        let Ok(frame) = codec::frame(&encoded, usize::MAX) else {
+            return;
+        };
+        let (qos, pkid) = codec::publish_qos_pkid(&encoded, &frame);
+        let link = self.session.link;
+        match qos {
+            1 => {
+                let ack = PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                };
+                self.gate.router.send(link, Packet::PubAck(ack, None)).await;
+            }
+            2 => {
+                self.dropped_qos2.insert(pkid);
+                let rec = PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                };
+                self.gate.router.send(link, Packet::PubRec(rec, None)).await;
+            }
+            _ => {}
+        }
+    }
+
+    fn write(&mut self, packet: Packet) {
+        codec::encode(self.session.version, packet, &mut self.out);
+    }
+
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let ok = self.stream.write_all(&self.out).await.is_ok();
+        self.out.clear();
+        ok
+    }
+
+    /// Says goodbye (5.0: DISCONNECT with a reason), releases the router link and the session,
+    /// and publishes the will where MQTT says so.
+    async fn finish(mut self, outcome: Outcome) {
+        let reason = match outcome {
+            Outcome::Violation(code) => Some(code),
+            Outcome::Lost { keep_alive: true } => Some(DisconnectReasonCode::KeepAliveTimeout),
+            Outcome::Ended(EndReason::NotAuthorized) => Some(DisconnectReasonCode::NotAuthorized),
+            Outcome::Ended(EndReason::Expired) => Some(DisconnectReasonCode::MaximumConnectTime),
+            Outcome::Ended(EndReason::TakenOver) => Some(DisconnectReasonCode::SessionTakenOver),
+            Outcome::Ended(EndReason::ShuttingDown) => {
+                Some(DisconnectReasonCode::ServerShuttingDown)
+            }
+            Outcome::RouterGone => Some(DisconnectReasonCode::UnspecifiedError),
+            Outcome::Disconnected { .. } | Outcome::Lost { keep_alive: false } => None,
+        };
+        if let (Version::V5, Some(reason_code)) = (self.session.version, reason) {
+            self.write(Packet::Disconnect(Disconnect { reason_code }, None));
+        }
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+        if outcome != Outcome::Ended(EndReason::TakenOver) {
+            self.gate.router.close(self.session.link).await;
+        }
+        let gate = self.gate.clone();
+        let session = self.session;
+        // A session whose permission was withdrawn leaves no will behind.
+        let will = match outcome {
+            Outcome::Disconnected { will } => will,
+            Outcome::Ended(EndReason::NotAuthorized) => false,
+            _ => true,
+        };
+        gate.sessions.release(&session.key, session.seq);
+        if let (true, Some((will, _props))) = (will, session.will) {
+            let publish = Publish::new(will.topic, will.message, will.retain);
+            if session.will_delay == 0 {
+                gate.publish(publish).await;
+            } else {
+                let delay = Duration::from_secs(session.will_delay as u64);
+                let key = session.key.clone();
+                let sender = gate.clone();
+                let task = tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    sender.publish(publish).await;
+                    sender.sessions.will_sent(&key);
+                });
+                gate.sessions
+                    .set_pending_will(&session.key, task.abort_handle());
+            }
+        }
+    }
+}
+
+enum ReadResult {
+    Data,
+    Closed,
+    TimedOut,
+}
+
+async fn read_with_deadline<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    deadline: Option<Instant>,
+) -> ReadResult {
+    let read = stream.read_buf(buf);
+    let result = match deadline {
+        Some(deadline) => match timeout_at(deadline, read).await {
+            Ok(r) => r,
+            Err(_) => return ReadResult::TimedOut,
+        },
+        None => read.await,
+    };
+    match result {
+        Ok(n) if n > 0 => ReadResult::Data,
+        _ => ReadResult::Closed,
+    }
+}
+
+/// Polls a future once: its value if it is ready now.
+fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(value) => Some(value),
+        Poll::Pending => None,
+    }
+}
