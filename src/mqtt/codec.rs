@@ -8,7 +8,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::BytesMut;
-use rumqttd::protocol::{Packet, Protocol, v4::V4, v5::V5};
+use rumqttd::protocol::{DisconnectReasonCode, Packet, Protocol, v4::V4, v5::V5};
 
 /// MQTT 3.1.1 or 5.0, chosen by the protocol level of the CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +149,42 @@ pub fn encode(version: Version, packet: Packet, out: &mut BytesMut) -> Option<us
     }))
     .ok()?
     .ok()
+}
+
+/// The byte of a 5.0 DISCONNECT reason (MQTT 5.0 §3.14.2.1).
+pub fn disconnect_reason(reason: DisconnectReasonCode) -> u8 {
+    use DisconnectReasonCode as R;
+    match reason {
+        R::NormalDisconnection => 0x00,
+        R::DisconnectWithWillMessage => 0x04,
+        R::UnspecifiedError => 0x80,
+        R::MalformedPacket => 0x81,
+        R::ProtocolError => 0x82,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::ServerBusy => 0x89,
+        R::ServerShuttingDown => 0x8B,
+        R::KeepAliveTimeout => 0x8D,
+        R::SessionTakenOver => 0x8E,
+        R::TopicFilterInvalid => 0x8F,
+        R::TopicNameInvalid => 0x90,
+        R::ReceiveMaximumExceeded => 0x93,
+        R::TopicAliasInvalid => 0x94,
+        R::PacketTooLarge => 0x95,
+        R::MessageRateTooHigh => 0x96,
+        R::QuotaExceeded => 0x97,
+        R::AdministrativeAction => 0x98,
+        R::PayloadFormatInvalid => 0x99,
+        R::RetainNotSupported => 0x9A,
+        R::QoSNotSupported => 0x9B,
+        R::UseAnotherServer => 0x9C,
+        R::ServerMoved => 0x9D,
+        R::SharedSubscriptionNotSupported => 0x9E,
+        R::ConnectionRateExceeded => 0x9F,
+        R::MaximumConnectTime => 0xA0,
+        R::SubscriptionIdentifiersNotSupported => 0xA1,
+        R::WildcardSubscriptionsNotSupported => 0xA2,
+    }
 }
 
 #[cfg(test)]

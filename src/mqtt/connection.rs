@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use rumqttd::Notification;
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
+    ConnAck, ConnAckProperties, ConnectReturnCode, DisconnectReasonCode, LastWill,
     LastWillProperties, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
     PubRecReason, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
@@ -138,6 +138,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let frame = loop {
+        // The first packet must be a CONNECT (MQTT §3.1): anything else is closed at once.
+        if buf.first().is_some_and(|b| *b != 0x10) {
+            return None;
+        }
         match codec::frame(buf, MAX_CONNECT_SIZE) {
             Ok(frame) => break frame,
             Err(FrameError::Incomplete) => match timeout_at(deadline, stream.read_buf(buf)).await {
@@ -154,9 +158,6 @@ where
             }
         }
     };
-    if frame.packet_type != codec::CONNECT || frame.flags != 0 {
-        return None;
-    }
     let Some(version) = codec::connect_version(buf, frame.body) else {
         // MQTT 3.1.1 §3.1.2.2: "unacceptable protocol level", then close.
         let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
@@ -686,6 +687,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         codec::encode(self.session.version, packet, &mut self.out);
     }
 
+    /// 5.0 DISCONNECT with a reason code and empty properties (§3.14). rumqttd's encoder
+    /// writes a remaining length that does not match what it writes, so it is not used here.
+    fn write_disconnect(&mut self, reason: DisconnectReasonCode) {
+        self.out
+            .extend_from_slice(&[0xe0, 0x02, codec::disconnect_reason(reason), 0x00]);
+    }
+
     async fn flush(&mut self) -> bool {
         if self.out.is_empty() {
             return true;
@@ -710,8 +718,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Outcome::RouterGone => Some(DisconnectReasonCode::UnspecifiedError),
             Outcome::Disconnected { .. } | Outcome::Lost { keep_alive: false } => None,
         };
-        if let (Version::V5, Some(reason_code)) = (self.session.version, reason) {
-            self.write(Packet::Disconnect(Disconnect { reason_code }, None));
+        if let (Version::V5, Some(reason)) = (self.session.version, reason) {
+            self.write_disconnect(reason);
         }
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;

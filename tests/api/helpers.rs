@@ -95,6 +95,11 @@ pub struct TestTenant {
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// As [`TestApp::spawn`], with settings adjusted by `configure`.
+    pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let mut settings = Settings::default();
         settings.http.listen = "127.0.0.1:0".parse().unwrap();
@@ -104,6 +109,7 @@ impl TestApp {
         settings.database.max_connections = 5;
         settings.keys.encryption_key_file = dir.path().join("lanyard.kek");
         settings.mailer.dir = dir.path().join("outbox");
+        configure(&mut settings);
         Self::start(settings, dir).await
     }
 

@@ -9,5 +9,7 @@ mod cli;
 mod discovery;
 mod introspection;
 mod keys;
+mod mqtt;
+mod mqtt_bytes;
 mod revocation;
 mod token;

@@ -1,0 +1,901 @@
+//! The MQTT door with real clients (rumqttc, MQTT 3.1.1 and 5.0): authentication, permissions,
+//! the retained JWKS, and sessions ended by expiry, revocation, deletion and key invalidation.
+
+use std::time::Duration;
+
+use lanyard::authority::NewClient;
+use lanyard::domain::acl::{AclAction, AclRule};
+use lanyard::domain::{GrantType, ScopeSet};
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectReturnCode as V5Code, DisconnectReasonCode, Packet as P5, PubAckReason,
+    SubscribeReasonCode as Sub5,
+};
+use rumqttc::{ConnectReturnCode as V4Code, Packet as P4, QoS, SubscribeReasonCode as Sub4};
+use tokio::sync::mpsc;
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(3);
+const QUIET: Duration = Duration::from_millis(400);
+
+/// A device client of tenant `t` (bound to `system` if given) and a fresh token for it.
+pub async fn device(
+    app: &TestApp,
+    t: &TestTenant,
+    system: Option<&str>,
+    scopes: &str,
+) -> (String, String) {
+    let (id, secret) = app
+        .client(
+            t,
+            NewClient {
+                name: "device".into(),
+                scopes: ScopeSet::parse(scopes).unwrap(),
+                grant_types: vec![GrantType::ClientCredentials],
+                system_id: system.map(Into::into),
+                ..NewClient::default()
+            },
+        )
+        .await;
+    let token = app.token(&t.slug, &id, &secret).await;
+    (id, token)
+}
+
+pub async fn system(app: &TestApp, t: &TestTenant) -> String {
+    app.authority()
+        .create_system(&t.tenant, "Gateway")
+        .await
+        .unwrap()
+}
+
+/// An MQTT 3.1.1 client whose packets arrive on a channel.
+pub struct V4 {
+    pub client: rumqttc::AsyncClient,
+    rx: mpsc::UnboundedReceiver<Result<P4, String>>,
+}
+
+impl V4 {
+    pub async fn connect(app: &TestApp, id: &str, password: &str) -> Result<V4, V4Code> {
+        let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", app.app().mqtt_addr().port());
+        options.set_credentials("device", password);
+        options.set_keep_alive(Duration::from_secs(30));
+        Self::with_options(options).await
+    }
+
+    pub async fn with_options(options: rumqttc::MqttOptions) -> Result<V4, V4Code> {
+        let (client, mut events) = rumqttc::AsyncClient::new(options, 100);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Incoming(p)) => {
+                        if tx.send(Ok(p)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                        let _ = tx.send(Err(format!("{code:?}")));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        match tokio::time::timeout(WAIT, rx.recv()).await {
+            Ok(Some(Ok(P4::ConnAck(ack)))) if ack.code == V4Code::Success => Ok(V4 { client, rx }),
+            Ok(Some(Ok(P4::ConnAck(ack)))) => Err(ack.code),
+            Ok(Some(Err(e))) => Err(parse_v4_code(&e)),
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    }
+
+    /// The next packet (not a PINGRESP), or None after `wait` or when the connection ended.
+    pub async fn next(&mut self, wait: Duration) -> Option<Result<P4, String>> {
+        loop {
+            match tokio::time::timeout(wait, self.rx.recv()).await {
+                Ok(Some(Ok(P4::PingResp))) => continue,
+                Ok(item) => return item,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, filter: &str) -> Sub4 {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        loop {
+            match self.next(WAIT).await {
+                Some(Ok(P4::SubAck(ack))) => return ack.return_codes[0],
+                Some(Ok(_)) => continue,
+                other => panic!("no SUBACK: {other:?}"),
+            }
+        }
+    }
+
+    /// The next message, skipping acknowledgements.
+    pub async fn message(&mut self, wait: Duration) -> Option<rumqttc::Publish> {
+        loop {
+            match self.next(wait).await? {
+                Ok(P4::Publish(p)) => return Some(p),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+fn parse_v4_code(e: &str) -> V4Code {
+    match e {
+        "BadUserNamePassword" => V4Code::BadUserNamePassword,
+        "NotAuthorized" => V4Code::NotAuthorized,
+        "BadClientId" => V4Code::BadClientId,
+        "ServiceUnavailable" => V4Code::ServiceUnavailable,
+        other => panic!("connection failed without a CONNACK: {other}"),
+    }
+}
+
+/// An MQTT 5.0 client whose packets arrive on a channel.
+pub struct V5 {
+    pub client: rumqttc::v5::AsyncClient,
+    pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
+    rx: mpsc::UnboundedReceiver<Result<P5, String>>,
+}
+
+impl V5 {
+    pub async fn connect(app: &TestApp, id: &str, password: &str) -> Result<V5, V5Code> {
+        Self::with_options(options_v5(app, id, password)).await
+    }
+
+    pub async fn with_options(options: rumqttc::v5::MqttOptions) -> Result<V5, V5Code> {
+        let (client, mut events) = rumqttc::v5::AsyncClient::new(options, 100);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(p)) => {
+                        if tx.send(Ok(p)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
+                        let _ = tx.send(Err(format!("{code:?}")));
+                        return;
+                    }
+                    // rumqttc reports the server's DISCONNECT as an error.
+                    Err(rumqttc::v5::ConnectionError::MqttState(
+                        rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                    )) => {
+                        let disconnect = rumqttc::v5::mqttbytes::v5::Disconnect::new(reason_code);
+                        let _ = tx.send(Ok(P5::Disconnect(disconnect)));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        match tokio::time::timeout(WAIT, rx.recv()).await {
+            Ok(Some(Ok(P5::ConnAck(ack)))) if ack.code == V5Code::Success => Ok(V5 {
+                client,
+                connack: ack,
+                rx,
+            }),
+            Ok(Some(Ok(P5::ConnAck(ack)))) => Err(ack.code),
+            Ok(Some(Err(e))) => Err(match e.as_str() {
+                "NotAuthorized" => V5Code::NotAuthorized,
+                "BadUserNamePassword" => V5Code::BadUserNamePassword,
+                "ClientIdentifierNotValid" => V5Code::ClientIdentifierNotValid,
+                other => panic!("connection failed without a CONNACK: {other}"),
+            }),
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    }
+
+    pub async fn next(&mut self, wait: Duration) -> Option<Result<P5, String>> {
+        loop {
+            match tokio::time::timeout(wait, self.rx.recv()).await {
+                Ok(Some(Ok(P5::PingResp(_)))) => continue,
+                Ok(item) => return item,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, filter: &str) -> Sub5 {
+        self.client
+            .subscribe(filter, Q5::AtLeastOnce)
+            .await
+            .unwrap();
+        loop {
+            match self.next(WAIT).await {
+                Some(Ok(P5::SubAck(ack))) => return ack.return_codes[0],
+                Some(Ok(_)) => continue,
+                other => panic!("no SUBACK: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn message(&mut self, wait: Duration) -> Option<rumqttc::v5::mqttbytes::v5::Publish> {
+        loop {
+            match self.next(wait).await? {
+                Ok(P5::Publish(p)) => return Some(p),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits for the server's DISCONNECT and returns its reason.
+    pub async fn disconnected(&mut self) -> DisconnectReasonCode {
+        loop {
+            match self.next(WAIT).await {
+                Some(Ok(P5::Disconnect(d))) => return d.reason_code,
+                Some(Ok(_)) => continue,
+                other => panic!("no DISCONNECT: {other:?}"),
+            }
+        }
+    }
+}
+
+pub fn options_v5(app: &TestApp, id: &str, password: &str) -> rumqttc::v5::MqttOptions {
+    let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", app.app().mqtt_addr().port());
+    options.set_credentials("device", password);
+    options.set_keep_alive(Duration::from_secs(30));
+    options
+}
+
+fn rule(topic: &str, action: AclAction, scope: Option<&str>) -> AclRule {
+    AclRule {
+        topic: topic.into(),
+        action,
+        scope: scope.map(Into::into),
+    }
+}
+
+/// Everything may be published and subscribed, as far as rules go: only the built-in
+/// protections stand between a client and lanyard's topics.
+async fn wide_open() -> TestApp {
+    TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.mqtt.acl = vec![rule("#", AclAction::PublishSubscribe, None)];
+    })
+    .await
+}
+
+/// Signs arbitrary claims with the tenant's real signing key.
+async fn forge(app: &TestApp, t: &TestTenant, typ: &str, claims: serde_json::Value) -> String {
+    let keys = app.authority().keyring(&t.tenant).await.unwrap();
+    let signer = keys.signer.as_ref().unwrap();
+    lanyard::crypto::jws::sign(&signer.key, &signer.kid, typ, &claims)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn a_device_connects_with_its_token_and_receives_the_retained_jwks() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let t = app.tenant("acme").await;
+    let (id, token) = device(&app, &t, None, "").await;
+    let jwks = app.jwks("acme").await;
+
+    let mut v4 = V4::connect(&app, &id, &token)
+        .await
+        .expect("3.1.1 connects");
+    assert_eq!(
+        v4.subscribe("drivr/v1/acme/jwks").await,
+        Sub4::Success(QoS::AtLeastOnce)
+    );
+    let msg = v4.message(WAIT).await.expect("the retained JWKS");
+    assert!(msg.retain);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&msg.payload).unwrap(),
+        jwks
+    );
+
+    let mut v5 = V5::connect(&app, &format!("{id}-5"), &format!("Bearer {token}"))
+        .await
+        .expect("5.0 connects, Bearer prefix tolerated");
+    let props = v5
+        .connack
+        .properties
+        .clone()
+        .expect("5.0 CONNACK properties");
+    assert_eq!(
+        props.topic_alias_max, None,
+        "no topic-alias maximum is advertised"
+    );
+    assert!(props.max_packet_size.is_some());
+    assert_eq!(
+        v5.subscribe("drivr/v1/acme/jwks").await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
+    let msg = v5.message(WAIT).await.expect("the retained JWKS");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&msg.payload).unwrap(),
+        jwks
+    );
+}
+
+#[tokio::test]
+async fn the_retained_jwks_follows_a_key_rotation() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let t = app.tenant("acme").await;
+    let (id, token) = device(&app, &t, None, "").await;
+    let mut v5 = V5::connect(&app, &id, &token).await.unwrap();
+    v5.subscribe("drivr/v1/acme/jwks").await;
+    v5.message(WAIT).await.expect("the first JWKS");
+    app.authority().rotate_signing_key(&t.tenant).await.unwrap();
+    let msg = v5.message(WAIT).await.expect("the JWKS after rotation");
+    let keys: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(keys, app.jwks("acme").await);
+}
+
+#[tokio::test]
+async fn tokens_that_are_not_good_access_tokens_are_refused_with_a_reason() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let t = app.tenant("acme").await;
+    let (id, token) = device(&app, &t, None, "").await;
+    let iss = format!("{PUBLIC_URL}/t/acme");
+    let base = serde_json::json!({
+        "iss": iss, "sub": id, "aud": "acme", "client_id": id, "scope": "",
+        "iat": now(), "nbf": now(), "exp": now() + 600, "jti": "j-1",
+    });
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = base.clone();
+        c[k] = v;
+        c
+    };
+    let system = system(&app, &t).await;
+    let local = format!(
+        "CLOUD-{}",
+        forge(
+            &app,
+            &t,
+            "JWT",
+            serde_json::json!({
+                "jti": "l-1", "sub": id, "iss": iss, "aud": system, "iat": now(), "nbf": now(),
+                "name": "A", "typename": "USER", "roles": [],
+            })
+        )
+        .await
+    );
+    let refused = [
+        ("garbage", "garbage".to_owned()),
+        (
+            "an opaque refresh token",
+            "mR3f-5Jx2vQ9wYkz1Lp8aN0cT4bH7dE6gU_iOsWqZrA".to_owned(),
+        ),
+        ("a local API token", local.clone()),
+        (
+            "a local API token without its prefix",
+            local["CLOUD-".len()..].to_owned(),
+        ),
+        (
+            "another issuer",
+            forge(
+                &app,
+                &t,
+                "at+jwt",
+                with("iss", "http://elsewhere/t/acme".into()),
+            )
+            .await,
+        ),
+        (
+            "another audience",
+            forge(&app, &t, "at+jwt", with("aud", "other".into())).await,
+        ),
+        (
+            "expired",
+            forge(&app, &t, "at+jwt", with("exp", (now() - 10).into())).await,
+        ),
+        (
+            "not yet valid",
+            forge(&app, &t, "at+jwt", with("nbf", (now() + 3600).into())).await,
+        ),
+        (
+            "a client that does not exist",
+            forge(&app, &t, "at+jwt", with("client_id", "ghost".into())).await,
+        ),
+        (
+            "a tampered signature",
+            format!("{}x", &token[..token.len() - 1]),
+        ),
+    ];
+    for (what, password) in refused {
+        assert_eq!(
+            V4::connect(&app, "d4", &password).await.err(),
+            Some(V4Code::NotAuthorized),
+            "3.1.1: {what}"
+        );
+        assert_eq!(
+            V5::connect(&app, "d5", &password).await.err(),
+            Some(V5Code::NotAuthorized),
+            "5.0: {what}"
+        );
+    }
+    // The forged claims themselves are fine: signed the same way, they connect.
+    let good = forge(&app, &t, "at+jwt", base).await;
+    assert!(V4::connect(&app, "d4", &good).await.is_ok());
+    // No password at all is a bad user name or password.
+    let mut options = rumqttc::MqttOptions::new("d4", "127.0.0.1", app.app().mqtt_addr().port());
+    options.set_keep_alive(Duration::from_secs(30));
+    assert_eq!(
+        V4::with_options(options).await.err(),
+        Some(V4Code::BadUserNamePassword)
+    );
+}
+
+#[tokio::test]
+async fn nobody_can_poison_the_jwks_topic() {
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (id, token) = device(&app, &t, None, "").await;
+    let jwks = app.jwks("acme").await;
+    let mut watcher = V5::connect(&app, "watcher", &token).await.unwrap();
+    watcher.subscribe("drivr/v1/acme/jwks").await;
+    watcher.message(WAIT).await.expect("the current JWKS");
+
+    let topic = "drivr/v1/acme/jwks";
+    let forged = br#"{"keys":[{"kty":"RSA","kid":"evil","n":"AQAB","e":"AQAB"}]}"#.to_vec();
+    let mut v5 = V5::connect(&app, &id, &token).await.unwrap();
+    v5.client
+        .publish(topic, Q5::AtLeastOnce, true, forged.clone())
+        .await
+        .unwrap();
+    loop {
+        match v5.next(WAIT).await {
+            Some(Ok(P5::PubAck(ack))) => {
+                assert_eq!(ack.reason, PubAckReason::NotAuthorized);
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("no PUBACK: {other:?}"),
+        }
+    }
+    v5.client
+        .publish(topic, Q5::AtMostOnce, true, Vec::new())
+        .await
+        .unwrap();
+    v5.client
+        .publish(topic, Q5::AtMostOnce, false, forged.clone())
+        .await
+        .unwrap();
+    v5.client
+        .publish(
+            "drivr/v1/acme/anything",
+            Q5::AtMostOnce,
+            false,
+            forged.clone(),
+        )
+        .await
+        .unwrap();
+    let mut v4 = V4::connect(&app, &format!("{id}-4"), &token).await.unwrap();
+    v4.client
+        .publish(topic, QoS::AtLeastOnce, true, forged.clone())
+        .await
+        .unwrap();
+    v4.client
+        .publish(topic, QoS::ExactlyOnce, true, Vec::new())
+        .await
+        .unwrap();
+    v4.client
+        .publish(topic, QoS::AtMostOnce, false, forged.clone())
+        .await
+        .unwrap();
+    // A will on the topic is refused at CONNECT, on both versions.
+    let mut options =
+        rumqttc::MqttOptions::new("willer", "127.0.0.1", app.app().mqtt_addr().port());
+    options.set_credentials("d", token.clone());
+    options.set_last_will(rumqttc::LastWill::new(
+        topic,
+        forged.clone(),
+        QoS::AtMostOnce,
+        true,
+    ));
+    assert_eq!(
+        V4::with_options(options).await.err(),
+        Some(V4Code::NotAuthorized)
+    );
+    let mut options = options_v5(&app, "willer5", &token);
+    options.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+        topic,
+        forged.clone(),
+        Q5::AtMostOnce,
+        true,
+        None,
+    ));
+    assert_eq!(
+        V5::with_options(options).await.err(),
+        Some(V5Code::NotAuthorized)
+    );
+    // The clients stay connected and nothing reached anyone.
+    assert!(
+        watcher.message(QUIET).await.is_none(),
+        "a forged publish was delivered"
+    );
+    assert_eq!(v5.subscribe("ok/x").await, Sub5::Success(Q5::AtLeastOnce));
+    assert_eq!(v4.subscribe("ok/y").await, Sub4::Success(QoS::AtLeastOnce));
+    let mut fresh = V4::connect(&app, "fresh", &token).await.unwrap();
+    fresh.subscribe(topic).await;
+    let msg = fresh
+        .message(WAIT)
+        .await
+        .expect("the retained JWKS is still there");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&msg.payload).unwrap(),
+        jwks
+    );
+}
+
+#[tokio::test]
+async fn tenants_do_not_see_each_others_topics() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let acme = app.tenant("acme").await;
+    app.tenant("other").await;
+    let (id, token) = device(&app, &acme, None, "").await;
+    let mut v4 = V4::connect(&app, &id, &token).await.unwrap();
+    let mut v5 = V5::connect(&app, &format!("{id}-5"), &token).await.unwrap();
+    for filter in [
+        "drivr/v1/other/jwks",
+        "drivr/v1/+/jwks",
+        "drivr/v1/#",
+        "#",
+        "+/v1/acme/jwks",
+        "$share/g/drivr/v1/other/jwks",
+        "$SYS/#",
+        "$share/g/#",
+    ] {
+        assert_eq!(v4.subscribe(filter).await, Sub4::Failure, "3.1.1: {filter}");
+        assert_eq!(
+            v5.subscribe(filter).await,
+            Sub5::NotAuthorized,
+            "5.0: {filter}"
+        );
+    }
+    // A `$` filter is refused, not a reason to drop the client.
+    assert_eq!(
+        v4.subscribe("drivr/v1/acme/jwks").await,
+        Sub4::Success(QoS::AtLeastOnce)
+    );
+    assert_eq!(
+        v5.subscribe("$share/g/drivr/v1/acme/jwks").await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
+}
+
+#[tokio::test]
+async fn a_systems_token_list_is_for_its_device_and_for_local_token_readers() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let t = app.tenant("acme").await;
+    let mine = system(&app, &t).await;
+    let theirs = system(&app, &t).await;
+    let list = |s: &str| format!("drivr/v1/acme/authorization/localApiTokens/{s}");
+    let (id, token) = device(&app, &t, Some(&mine), "").await;
+    let mut v5 = V5::connect(&app, &id, &token).await.unwrap();
+    assert_eq!(
+        v5.subscribe(&list(&mine)).await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
+    assert_eq!(v5.subscribe(&list(&theirs)).await, Sub5::NotAuthorized);
+    assert_eq!(v5.subscribe(&list("+")).await, Sub5::NotAuthorized);
+    let mut v4 = V4::connect(&app, &format!("{id}-4"), &token).await.unwrap();
+    assert_eq!(
+        v4.subscribe(&list(&mine)).await,
+        Sub4::Success(QoS::AtLeastOnce)
+    );
+    assert_eq!(v4.subscribe(&list(&theirs)).await, Sub4::Failure);
+
+    let (unbound, token) = device(&app, &t, None, "").await;
+    let mut v4 = V4::connect(&app, &unbound, &token).await.unwrap();
+    assert_eq!(v4.subscribe(&list(&mine)).await, Sub4::Failure);
+
+    let (reader, token) = device(&app, &t, None, "lanyard:local-tokens:read").await;
+    let mut v4 = V4::connect(&app, &reader, &token).await.unwrap();
+    assert_eq!(
+        v4.subscribe(&list("+")).await,
+        Sub4::Success(QoS::AtLeastOnce)
+    );
+    assert_eq!(v4.subscribe(&list("#")).await, Sub4::Failure);
+    assert_eq!(
+        v4.subscribe("drivr/v1/other/authorization/localApiTokens/+")
+            .await,
+        Sub4::Failure
+    );
+}
+
+#[tokio::test]
+async fn configured_rules_apply_per_identity_and_scope() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.mqtt.acl = vec![
+            rule(
+                "tenants/{slug}/clients/{client_id}/#",
+                AclAction::PublishSubscribe,
+                None,
+            ),
+            rule(
+                "tenants/{slug}/clients/+/telemetry",
+                AclAction::Subscribe,
+                Some("sensor:read"),
+            ),
+        ];
+    })
+    .await;
+    let t = app.tenant("acme").await;
+    app.authority()
+        .create_scope(&t.tenant, "sensor:read", None)
+        .await
+        .unwrap();
+    let (sensor, sensor_token) = device(&app, &t, None, "").await;
+    let (other, other_token) = device(&app, &t, None, "").await;
+    let (_, reader_token) = device(&app, &t, None, "sensor:read").await;
+
+    let mut reader = V5::connect(&app, "reader", &reader_token).await.unwrap();
+    assert_eq!(
+        reader.subscribe("tenants/acme/clients/+/telemetry").await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
+    let mut nosy = V5::connect(&app, "nosy", &other_token).await.unwrap();
+    assert_eq!(
+        nosy.subscribe("tenants/acme/clients/+/telemetry").await,
+        Sub5::NotAuthorized
+    );
+    assert_eq!(
+        nosy.subscribe(&format!("tenants/acme/clients/{sensor}/#"))
+            .await,
+        Sub5::NotAuthorized
+    );
+    assert_eq!(
+        nosy.subscribe(&format!("tenants/acme/clients/{other}/#"))
+            .await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
+
+    let s = V5::connect(&app, &sensor, &sensor_token).await.unwrap();
+    let mine = format!("tenants/acme/clients/{sensor}/telemetry");
+    s.client
+        .publish(&mine, Q5::AtLeastOnce, false, b"21.5".to_vec())
+        .await
+        .unwrap();
+    let msg = reader.message(WAIT).await.expect("the reading");
+    assert_eq!(&msg.payload[..], b"21.5");
+    // Publishing into another client's tree is refused.
+    let theirs = format!("tenants/acme/clients/{other}/telemetry");
+    s.client
+        .publish(&theirs, Q5::AtLeastOnce, false, b"x".to_vec())
+        .await
+        .unwrap();
+    assert!(nosy.message(QUIET).await.is_none());
+    assert!(reader.message(QUIET).await.is_none());
+}
+
+#[tokio::test]
+async fn another_principal_cannot_take_over_a_session() {
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (_, token_a) = device(&app, &t, None, "").await;
+    let (_, token_b) = device(&app, &t, None, "").await;
+    let mut holder = V5::connect(&app, "gw-1", &token_a).await.unwrap();
+    assert_eq!(
+        V5::connect(&app, "gw-1", &token_b).await.err(),
+        Some(V5Code::NotAuthorized)
+    );
+    assert_eq!(
+        V4::connect(&app, "gw-1", &token_b).await.err(),
+        Some(V4Code::NotAuthorized)
+    );
+    // The holder is still connected and served.
+    assert_eq!(
+        holder.subscribe("x/y").await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
+    // The same id in another tenant is another session.
+    let other = app.tenant("other").await;
+    let (_, token_c) = device(&app, &other, None, "").await;
+    let mut elsewhere = V5::connect(&app, "gw-1", &token_c)
+        .await
+        .expect("ids are per tenant");
+    assert_eq!(
+        elsewhere.subscribe("x/y").await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
+    assert!(
+        holder.next(QUIET).await.is_none(),
+        "the holder was disturbed"
+    );
+    // The same principal may take its own session over; the old connection is told why.
+    let _again = V5::connect(&app, "gw-1", &token_a).await.unwrap();
+    assert_eq!(
+        holder.disconnected().await,
+        DisconnectReasonCode::SessionTakenOver
+    );
+}
+
+#[tokio::test]
+async fn a_stored_session_is_not_resumed_by_another_principal() {
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (_, token_a) = device(&app, &t, None, "").await;
+    let (_, token_b) = device(&app, &t, None, "").await;
+    let mut options =
+        rumqttc::MqttOptions::new("keeper", "127.0.0.1", app.app().mqtt_addr().port());
+    options.set_credentials("d", token_a.clone());
+    options.set_clean_session(false);
+    let mut a = V4::with_options(options.clone()).await.unwrap();
+    a.subscribe("secret/#").await;
+    a.client.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut stolen = options.clone();
+    stolen.set_credentials("d", token_b);
+    assert_eq!(
+        V4::with_options(stolen).await.err(),
+        Some(V4Code::NotAuthorized)
+    );
+    // The owner resumes it.
+    let mut back = V4::with_options(options).await.unwrap();
+    let publisher = V4::connect(&app, "pub", &token_a).await.unwrap();
+    publisher
+        .client
+        .publish("secret/1", QoS::AtLeastOnce, false, b"s".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        &back
+            .message(WAIT)
+            .await
+            .expect("the resumed subscription")
+            .payload[..],
+        b"s"
+    );
+}
+
+on_both_databases! {
+    async fn revoking_a_token_ends_its_live_sessions(app) {
+        let t = app.tenant("acme").await;
+        let (id, token) = device(&app, &t, None, "").await;
+        let mut v5 = V5::connect(&app, &id, &token).await.unwrap();
+        let mut v4 = V4::connect(&app, &format!("{id}-4"), &token).await.unwrap();
+        let res = app
+            .post_form(
+                "/t/acme/oauth2/revoke",
+                Some((&t.admin_id, &t.admin_secret)),
+                &format!("token={}", urlencode(&token)),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(v5.disconnected().await, DisconnectReasonCode::NotAuthorized);
+        assert!(matches!(v4.next(WAIT).await, Some(Err(_)) | None), "3.1.1 session closed");
+        assert_eq!(V5::connect(&app, &id, &token).await.err(), Some(V5Code::NotAuthorized));
+    }
+
+    async fn deleting_a_client_ends_its_sessions(app) {
+        let t = app.tenant("acme").await;
+        let (id, token) = device(&app, &t, None, "").await;
+        let (_, bystander_token) = device(&app, &t, None, "").await;
+        let mut v5 = V5::connect(&app, &id, &token).await.unwrap();
+        let mut bystander = V5::connect(&app, "bystander", &bystander_token).await.unwrap();
+        app.authority().delete_client(&t.tenant, &id).await.unwrap();
+        assert_eq!(v5.disconnected().await, DisconnectReasonCode::NotAuthorized);
+        assert_eq!(V5::connect(&app, &id, &token).await.err(), Some(V5Code::NotAuthorized));
+        assert!(bystander.next(QUIET).await.is_none(), "another client's session ended");
+    }
+
+    async fn invalidating_a_key_ends_the_sessions_it_signed(app) {
+        let t = app.tenant("acme").await;
+        let (id, token) = device(&app, &t, None, "").await;
+        let mut v5 = V5::connect(&app, &id, &token).await.unwrap();
+        let kid = header_of(&token)["kid"].as_str().unwrap().to_owned();
+        app.authority().invalidate_signing_key(&t.tenant, &kid).await.unwrap();
+        assert_eq!(v5.disconnected().await, DisconnectReasonCode::NotAuthorized);
+        assert_eq!(V5::connect(&app, &id, &token).await.err(), Some(V5Code::NotAuthorized));
+    }
+}
+
+#[tokio::test]
+async fn a_session_ends_when_its_token_expires() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let t = app.tenant("acme").await;
+    let (id, token) = device(&app, &t, None, "").await;
+    let mut v5 = V5::connect(&app, &id, &token).await.unwrap();
+    let mut v4 = V4::connect(&app, &format!("{id}-4"), &token).await.unwrap();
+    assert_eq!(app.app().mqtt().end_expired_sessions_once(), 0);
+    app.clock.advance(3600);
+    assert_eq!(app.app().mqtt().end_expired_sessions_once(), 2);
+    assert_eq!(
+        v5.disconnected().await,
+        DisconnectReasonCode::MaximumConnectTime
+    );
+    assert!(matches!(v4.next(WAIT).await, Some(Err(_)) | None));
+    assert_eq!(
+        V5::connect(&app, &id, &token).await.err(),
+        Some(V5Code::NotAuthorized)
+    );
+}
+
+#[tokio::test]
+async fn the_last_will_is_published_when_a_connection_is_lost_but_not_after_disconnect() {
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (_, token) = device(&app, &t, None, "").await;
+    let mut watcher = V4::connect(&app, "watcher", &token).await.unwrap();
+    watcher.subscribe("status/#").await;
+
+    let mut options =
+        rumqttc::MqttOptions::new("polite", "127.0.0.1", app.app().mqtt_addr().port());
+    options.set_credentials("d", token.clone());
+    options.set_last_will(rumqttc::LastWill::new(
+        "status/polite",
+        "gone",
+        QoS::AtMostOnce,
+        false,
+    ));
+    let polite = V4::with_options(options).await.unwrap();
+    polite.client.disconnect().await.unwrap();
+    assert!(
+        watcher.message(QUIET).await.is_none(),
+        "a will after DISCONNECT"
+    );
+
+    // A raw connection with a will that just drops.
+    let mut raw = crate::mqtt_bytes::connect_raw(
+        &app,
+        crate::mqtt_bytes::connect_v4_with_will("rude", &token, "status/rude", b"lost"),
+    )
+    .await;
+    assert_eq!(
+        crate::mqtt_bytes::read_some(&mut raw).await,
+        vec![0x20, 0x02, 0x00, 0x00]
+    );
+    drop(raw);
+    let msg = watcher.message(WAIT).await.expect("the will");
+    assert_eq!(msg.topic, "status/rude");
+    assert_eq!(&msg.payload[..], b"lost");
+}
+
+#[tokio::test]
+async fn a_message_larger_than_a_v5_client_accepts_is_dropped_not_fatal() {
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (_, token) = device(&app, &t, None, "").await;
+    let mut options = options_v5(&app, "small", &token);
+    options.set_max_packet_size(Some(1024));
+    let mut small = V5::with_options(options).await.unwrap();
+    small.subscribe("big/#").await;
+    let mut publisher = V5::connect(&app, "pub", &token).await.unwrap();
+    publisher
+        .client
+        .publish("big/1", Q5::AtLeastOnce, false, vec![b'x'; 4000])
+        .await
+        .unwrap();
+    publisher
+        .client
+        .publish("big/2", Q5::AtLeastOnce, false, b"small".to_vec())
+        .await
+        .unwrap();
+    let msg = small
+        .message(WAIT)
+        .await
+        .expect("the small message still arrives");
+    assert_eq!(&msg.payload[..], b"small");
+    assert!(
+        publisher
+            .next(QUIET)
+            .await
+            .map(|p| p.is_ok())
+            .unwrap_or(true)
+    );
+}

@@ -1,0 +1,277 @@
+//! The MQTT door at the byte level: the answers a client gets to malformed, oversized, out of
+//! order and never-finished packets, each costing only its own connection.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+use crate::mqtt::{V4, V5, device};
+
+fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            return;
+        }
+    }
+}
+
+fn string(s: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    remaining_length(body.len(), &mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A CONNECT with clean session, user name and password; `level` 4 or 5.
+pub fn connect(level: u8, client_id: &str, password: Option<&str>) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(b"MQTT", &mut body);
+    body.push(level);
+    body.push(if password.is_some() { 0xc2 } else { 0x02 });
+    body.extend_from_slice(&60u16.to_be_bytes());
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    string(client_id.as_bytes(), &mut body);
+    if let Some(p) = password {
+        string(b"device", &mut body);
+        string(p.as_bytes(), &mut body);
+    }
+    packet(0x10, &body)
+}
+
+pub fn connect_v4_with_will(
+    client_id: &str,
+    password: &str,
+    topic: &str,
+    message: &[u8],
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(b"MQTT", &mut body);
+    body.push(4);
+    body.push(0xc6); // user name, password, will (QoS 0), clean session
+    body.extend_from_slice(&60u16.to_be_bytes());
+    string(client_id.as_bytes(), &mut body);
+    string(topic.as_bytes(), &mut body);
+    string(message, &mut body);
+    string(b"device", &mut body);
+    string(password.as_bytes(), &mut body);
+    packet(0x10, &body)
+}
+
+fn publish(topic: &str, payload: &[u8], retain: bool) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(topic.as_bytes(), &mut body);
+    body.extend_from_slice(payload);
+    packet(0x30 | retain as u8, &body)
+}
+
+pub async fn connect_raw(app: &TestApp, bytes: Vec<u8>) -> TcpStream {
+    let mut stream = TcpStream::connect(app.app().mqtt_addr()).await.unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    stream
+}
+
+/// What the server sends until it pauses or closes.
+pub async fn read_some(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await
+    {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+/// Whether the server closed the connection (EOF or reset) within a few seconds.
+async fn closed(stream: &mut TcpStream) -> bool {
+    closed_within(stream, Duration::from_secs(5)).await
+}
+
+async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+async fn token(app: &TestApp) -> String {
+    let t = app.tenant("acme").await;
+    device(app, &t, None, "").await.1
+}
+
+#[tokio::test]
+async fn refused_connects_get_a_connack_with_the_reason_before_the_close() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = token(&app).await;
+    let cases: [(Vec<u8>, Vec<u8>); 6] = [
+        (connect(4, "a", Some("bad")), vec![0x20, 2, 0, 0x05]),
+        (connect(5, "a", Some("bad")), vec![0x20, 3, 0, 0x87, 0]),
+        (connect(4, "a", None), vec![0x20, 2, 0, 0x04]),
+        (connect(5, "a", None), vec![0x20, 3, 0, 0x86, 0]),
+        (connect(4, "a/b", Some(&token)), vec![0x20, 2, 0, 0x02]),
+        (connect(3, "a", Some(&token)), vec![0x20, 2, 0, 0x01]),
+    ];
+    for (request, answer) in cases {
+        let mut s = connect_raw(&app, request.clone()).await;
+        assert_eq!(
+            read_some(&mut s).await,
+            answer,
+            "for {:02x?}",
+            &request[..12]
+        );
+        assert!(closed(&mut s).await);
+    }
+    let mut s = connect_raw(&app, connect(4, "a", Some(&token))).await;
+    assert_eq!(read_some(&mut s).await, vec![0x20, 2, 0, 0]);
+}
+
+#[tokio::test]
+async fn packets_pipelined_after_a_refused_connect_are_not_processed() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.mqtt.acl = vec![lanyard::domain::acl::AclRule {
+            topic: "#".into(),
+            action: lanyard::domain::acl::AclAction::PublishSubscribe,
+            scope: None,
+        }];
+    })
+    .await;
+    let token = token(&app).await;
+    let mut watcher = V4::connect(&app, "watcher", &token).await.unwrap();
+    watcher.subscribe("open/#").await;
+    let mut bytes = connect(4, "intruder", Some("bad"));
+    bytes.extend(publish("open/door", b"now", true));
+    let mut s = connect_raw(&app, bytes).await;
+    assert_eq!(read_some(&mut s).await, vec![0x20, 2, 0, 0x05]);
+    assert!(watcher.message(Duration::from_millis(500)).await.is_none());
+    // The same publish after a good CONNECT goes through: the check above can fail.
+    let mut bytes = connect(4, "friend", Some(&token));
+    bytes.extend(publish("open/door", b"now", false));
+    let _s = connect_raw(&app, bytes).await;
+    assert!(watcher.message(Duration::from_secs(3)).await.is_some());
+}
+
+#[tokio::test]
+async fn garbage_half_packets_and_server_only_packets_cost_only_their_connection() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = token(&app).await;
+    // Not MQTT at all.
+    let mut s = connect_raw(&app, b"GET / HTTP/1.1\r\n\r\n".to_vec()).await;
+    assert!(closed(&mut s).await);
+    // A remaining length that never ends.
+    let mut s = connect_raw(&app, vec![0x10, 0xff, 0xff, 0xff, 0xff, 0x7f]).await;
+    assert!(closed(&mut s).await);
+    // Server-only packets after a good CONNECT: 5.0 says why, then closes; nothing panics.
+    for server_only in [
+        vec![0x20, 0x03, 0x00, 0x00, 0x00],       // CONNACK
+        vec![0x90, 0x04, 0x00, 0x01, 0x00, 0x00], // SUBACK
+        vec![0xb0, 0x04, 0x00, 0x01, 0x00, 0x00], // UNSUBACK
+        vec![0xd0, 0x00],                         // PINGRESP
+        vec![0xf0, 0x00],                         // AUTH
+    ] {
+        let mut bytes = connect(5, "odd", Some(&token));
+        bytes.extend(server_only.clone());
+        let mut s = connect_raw(&app, bytes).await;
+        let answer = read_some(&mut s).await;
+        assert_eq!(
+            (answer[0], answer[2], answer[3]),
+            (0x20, 0, 0),
+            "CONNACK first: {answer:02x?}"
+        );
+        assert!(
+            answer.ends_with(&[0xe0, 0x02, 0x82, 0x00]),
+            "DISCONNECT protocol error after {server_only:02x?}: {answer:02x?}"
+        );
+        assert!(closed(&mut s).await);
+    }
+    // A second CONNECT is a protocol error too; 3.1.1 just closes.
+    let mut bytes = connect(4, "twice", Some(&token));
+    bytes.extend(connect(4, "twice", Some(&token)));
+    let mut s = connect_raw(&app, bytes).await;
+    assert_eq!(read_some(&mut s).await, vec![0x20, 2, 0, 0]);
+    assert!(closed(&mut s).await);
+    // The server is fine.
+    assert!(V5::connect(&app, "after", &token).await.is_ok());
+}
+
+#[tokio::test]
+async fn oversized_packets_are_refused_with_a_reason() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.mqtt.max_packet_size = 4096).await;
+    let token = token(&app).await;
+    // A packet announcing more than the limit, without sending it.
+    let mut bytes = connect(5, "big", Some(&token));
+    bytes.extend([0x30, 0xff, 0xff, 0x7f]);
+    let mut s = connect_raw(&app, bytes).await;
+    let answer = read_some(&mut s).await;
+    assert!(answer.ends_with(&[0xe0, 0x02, 0x95, 0x00]), "{answer:02x?}");
+    assert!(closed(&mut s).await);
+    // A CONNECT larger than the CONNECT limit.
+    let huge = "x".repeat(70_000);
+    let mut s = connect_raw(&app, connect(5, "big", Some(&huge))).await;
+    assert_eq!(read_some(&mut s).await, vec![0x20, 3, 0, 0x95, 0]);
+    // A password longer than any token.
+    let long = "x".repeat(9_000);
+    let mut s = connect_raw(&app, connect(4, "big", Some(&long))).await;
+    assert_eq!(read_some(&mut s).await, vec![0x20, 2, 0, 0x04]);
+}
+
+#[tokio::test]
+async fn connections_that_never_send_connect_are_bounded_and_timed_out() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.mqtt.connect_timeout = lanyard::domain::Period::from_secs(1);
+        s.mqtt.max_connections = 300;
+    })
+    .await;
+    let token = token(&app).await;
+    let mut idle = Vec::new();
+    for _ in 0..250 {
+        idle.push(TcpStream::connect(app.app().mqtt_addr()).await.unwrap());
+    }
+    // Half a CONNECT is no better than none.
+    let half = connect(4, "half", Some(&token));
+    idle[0].write_all(&half[..half.len() / 2]).await.unwrap();
+    // A real device still gets in meanwhile.
+    assert!(V4::connect(&app, "real", &token).await.is_ok());
+    // Beyond the limit, new connections are closed at once.
+    let mut extra = Vec::new();
+    for _ in 0..60 {
+        extra.push(TcpStream::connect(app.app().mqtt_addr()).await.unwrap());
+    }
+    let mut refused = 0;
+    for s in &mut extra {
+        // Well before the CONNECT timeout: closed because of the limit.
+        if closed_within(s, Duration::from_millis(100)).await {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 11,
+        "connections beyond the limit were kept: {refused}"
+    );
+    // The idle ones are all closed by the CONNECT timeout.
+    for s in &mut idle {
+        assert!(closed(s).await, "an idle connection was kept open");
+    }
+    assert!(V4::connect(&app, "later", &token).await.is_ok());
+}
