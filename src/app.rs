@@ -240,7 +240,7 @@ async fn wait_for_signal() {
 }
 
 /// The start-up message after the demo seed: what to paste to try lanyard.
-pub fn demo_instructions(seed: &DemoSeed, settings: &Settings) -> String {
+pub fn demo_instructions(seed: &DemoSeed, settings: &Settings, mqtt_port: u16) -> String {
     let issuer = &seed.tenant.issuer;
     let slug = &seed.tenant.slug;
     let lines = [
@@ -262,11 +262,28 @@ pub fn demo_instructions(seed: &DemoSeed, settings: &Settings) -> String {
         format!("  curl -s {issuer}/.well-known/jwks.json"),
         format!("  curl -s {issuer}/.well-known/openid-configuration"),
         String::new(),
+        "Over MQTT the token is the password; the tenant's JWKS is retained:".into(),
+        String::new(),
         format!(
-            "Retained topics of this tenant live under {}/{slug}/.",
-            settings.mqtt.topic_prefix
+            "  TOKEN=$(curl -s -u \"$CLIENT_ID:$CLIENT_SECRET\" -d grant_type=client_credentials {issuer}/oauth2/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')"
+        ),
+        format!(
+            "  mosquitto_sub -h {} -p {} -u \"$CLIENT_ID\" -P \"$TOKEN\" -t '{}' -C 1",
+            mqtt_host(settings),
+            mqtt_port,
+            format_args!("{}/{slug}/jwks", settings.mqtt.topic_prefix)
         ),
         String::new(),
     ];
     lines.join("\n") + "\n"
+}
+
+/// The host a local client reaches the MQTT listener at.
+fn mqtt_host(settings: &Settings) -> String {
+    let ip = settings.mqtt.listen.ip();
+    if ip.is_unspecified() {
+        "127.0.0.1".into()
+    } else {
+        ip.to_string()
+    }
 }

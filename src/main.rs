@@ -79,7 +79,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(seed) = app.demo() {
                 print!(
                     "{}",
-                    lanyard::app::demo_instructions(seed, app.authority().settings())
+                    lanyard::app::demo_instructions(
+                        seed,
+                        app.authority().settings(),
+                        app.mqtt_addr().port()
+                    )
                 );
             }
             app.run_until_signalled().await

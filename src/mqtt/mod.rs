@@ -166,11 +166,19 @@ impl Broker {
             .await
             .context("opening lanyard's own link into the MQTT router")?;
         let mut internal_rx = internal.rx;
+        let mut drain_stop = stopped.clone();
         tasks.push(tokio::spawn(async move {
             // Nothing is subscribed on this link; acknowledgements are read and dropped.
-            while let Ok(notification) = internal_rx.next().await {
-                if matches!(notification, Some(rumqttd::Notification::Unschedule)) {
-                    let _ = internal_rx.wake().await;
+            loop {
+                tokio::select! {
+                    _ = drain_stop.changed() => return,
+                    notification = internal_rx.next() => match notification {
+                        Ok(Some(rumqttd::Notification::Unschedule)) => {
+                            let _ = internal_rx.wake().await;
+                        }
+                        Ok(_) => {}
+                        Err(_) => return,
+                    },
                 }
             }
         }));

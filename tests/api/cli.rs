@@ -93,6 +93,7 @@ async fn the_demo_seed_runs_once_on_an_empty_database() {
     let mut settings = Settings::from_toml(include_str!("../../broker.toml")).unwrap();
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
     settings.http.public_url = PUBLIC_URL.into();
+    settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
     settings.database.url = format!("sqlite://{}/lanyard.db", dir.path().display());
     settings.keys.encryption_key_file = dir.path().join("lanyard.kek");
     assert!(settings.demo.seed, "the shipped broker.toml seeds the demo");
@@ -107,7 +108,11 @@ async fn the_demo_seed_runs_once_on_an_empty_database() {
             "the generated key file is private"
         );
     }
-    let message = lanyard::app::demo_instructions(seed, &app.settings);
+    let port = app.app().mqtt_addr().port();
+    let message = lanyard::app::demo_instructions(seed, &app.settings, port);
+    assert!(message.contains(&format!(
+        "mosquitto_sub -h 127.0.0.1 -p {port} -u \"$CLIENT_ID\" -P \"$TOKEN\" -t 'drivr/v1/demo/jwks'"
+    )));
     assert!(message.contains(seed.device_secret.expose()));
     assert!(
         message
@@ -123,6 +128,19 @@ async fn the_demo_seed_runs_once_on_an_empty_database() {
         "demo",
     );
     assert_eq!(claims["system"], seed.system_id.as_str());
+    // The demo device reads the retained JWKS over MQTT, as the message says.
+    let mut device = crate::mqtt::V4::connect(&app, "demo-device", &token)
+        .await
+        .expect("the demo device connects");
+    device.subscribe("drivr/v1/demo/jwks").await;
+    let jwks = device
+        .message(std::time::Duration::from_secs(3))
+        .await
+        .expect("the JWKS");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&jwks.payload).unwrap(),
+        app.jwks("demo").await
+    );
     let app = app.restart().await;
     assert!(
         app.app().demo().is_none(),
