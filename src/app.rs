@@ -64,7 +64,9 @@ impl App {
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        let router = crate::http::router(authority.clone());
+        let broker = Broker::start(authority.clone(), stopped.clone(), &mut tasks).await?;
+        let gate = broker.gate().clone();
+        let router = crate::http::router(authority.clone(), Arc::new(move || gate.is_ready()));
         let mut http_stop = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
@@ -77,7 +79,6 @@ impl App {
                 tracing::error!("http server stopped: {e}");
             }
         }));
-        let broker = Broker::start(authority.clone(), stopped.clone(), &mut tasks).await?;
         tasks.push(tokio::spawn(background_jobs(authority.clone(), stopped)));
 
         Ok(App {
@@ -96,6 +97,11 @@ impl App {
 
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.broker.local_addr()
+    }
+
+    /// The MQTT-over-TLS listener's address, when `mqtt.tls_listen` is set.
+    pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
+        self.broker.tls_addr()
     }
 
     /// The MQTT gate, for its one-step jobs.

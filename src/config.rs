@@ -101,6 +101,11 @@ pub struct MqttSettings {
     pub connect_timeout: Period,
     /// Connections beyond this many are refused (CONNACK "server unavailable").
     pub max_connections: u32,
+    /// An MQTT-over-TLS listener, e.g. `0.0.0.0:8883`; empty: none.
+    pub tls_listen: String,
+    /// PEM certificate chain and private key of the TLS listener.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
     /// Topic permissions beyond the built-in ones (SPEC §4).
     pub acl: Vec<AclRule>,
 }
@@ -113,12 +118,20 @@ impl Default for MqttSettings {
             max_packet_size: 256 * 1024,
             connect_timeout: Period::from_secs(10),
             max_connections: 100_000,
+            tls_listen: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             acl: Vec::new(),
         }
     }
 }
 
 impl MqttSettings {
+    /// The TLS listener's address, if one is configured (`validate` checked it parses).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listen.parse().ok()
+    }
+
     /// The permission rules, built-in and configured. `validate` has already checked them.
     pub fn permissions(&self) -> Permissions {
         Permissions::new(&self.topic_prefix, self.acl.clone()).expect("validated at load")
@@ -293,6 +306,19 @@ impl Settings {
         if self.mqtt.connect_timeout.as_secs() == 0 || self.mqtt.connect_timeout.as_secs() > 300 {
             return Err(invalid("mqtt.connect_timeout must be between 1s and 5m"));
         }
+        if !self.mqtt.tls_listen.is_empty() {
+            if self.mqtt.tls_listen.parse::<SocketAddr>().is_err() {
+                return Err(invalid(format!(
+                    "mqtt.tls_listen = {:?} is not an address like \"0.0.0.0:8883\" (leave it empty for no TLS listener)",
+                    self.mqtt.tls_listen
+                )));
+            }
+            if self.mqtt.tls_cert_file.is_empty() || self.mqtt.tls_key_file.is_empty() {
+                return Err(invalid(
+                    "mqtt.tls_listen needs mqtt.tls_cert_file and mqtt.tls_key_file (PEM files)",
+                ));
+            }
+        }
         if self.mqtt.max_connections == 0 {
             return Err(invalid("mqtt.max_connections must be at least 1"));
         }
@@ -437,6 +463,25 @@ mod tests {
                 assert!(documented, "broker.toml does not mention {section}.{key}");
             }
         }
+    }
+
+    #[test]
+    fn a_tls_listener_needs_its_certificate_and_key() {
+        let err = from("[mqtt]\ntls_listen = \"127.0.0.1:8883\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.tls_cert_file"), "{err}");
+        let err = from("[mqtt]\ntls_listen = \"nope\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.tls_listen"), "{err}");
+        let err = from(
+            "[[mqtt.acl]]\ntopic = \"a/{nope}\"\naction = \"publish\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("a/{nope}"), "{err}");
     }
 
     #[test]

@@ -13,21 +13,27 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the database answers.
+/// Readiness: the database answers and the MQTT broker runs.
 pub async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    match state.authority.ready().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "database": "ok" })),
-        ),
+    let database = match state.authority.ready().await {
+        Ok(()) => true,
         Err(e) => {
             tracing::warn!("readiness: database: {e:#}");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "database": "unreachable" })),
-            )
+            false
         }
-    }
+    };
+    let broker = (state.broker_ready)();
+    let status = if database && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if status == StatusCode::OK { "ready" } else { "unavailable" },
+        "database": if database { "ok" } else { "unreachable" },
+        "broker": if broker { "ok" } else { "stopped" },
+    });
+    (status, Json(body))
 }
 
 pub async fn not_found() -> impl IntoResponse {

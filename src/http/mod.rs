@@ -26,9 +26,13 @@ pub use error::OAuthResponse;
 #[derive(Clone)]
 pub struct HttpState {
     pub authority: Arc<Authority>,
+    pub broker_ready: ReadinessCheck,
 }
 
-pub fn router(authority: Arc<Authority>) -> Router {
+/// Whether another part of the process (the MQTT broker) can serve; `/readyz` asks it.
+pub type ReadinessCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
+pub fn router(authority: Arc<Authority>, broker_ready: ReadinessCheck) -> Router {
     let tenant_routes = Router::new()
         .route(
             "/.well-known/openid-configuration",
@@ -50,7 +54,10 @@ pub fn router(authority: Arc<Authority>) -> Router {
         .layer(DefaultBodyLimit::max(form::MAX_FORM_BYTES))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::new())
-        .with_state(HttpState { authority })
+        .with_state(HttpState {
+            authority,
+            broker_ready,
+        })
 }
 
 /// The tenant named in the path, or the OAuth-shaped 404.

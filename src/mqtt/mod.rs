@@ -7,7 +7,8 @@
 //! checks every SUBSCRIBE and PUBLISH against the [`Permissions`], and relays what is allowed
 //! into the router through links ([`router`]). [`sessions`] knows who holds which client
 //! identifier, so sessions can be ended when their token expires or the authority announces a
-//! revocation, a deleted client or an invalidated key.
+//! revocation, a deleted client or an invalidated key. An optional second listener speaks the
+//! same over TLS (rustls).
 //!
 //! This module talks to the authority only through its public use-cases and its event channel;
 //! it never touches the store.
@@ -21,6 +22,7 @@ use rumqttd::protocol::{Packet, Publish};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::authority::{Authority, Event};
 use crate::domain::acl::Permissions;
@@ -54,6 +56,11 @@ impl Gate {
         self.router
             .send(self.internal_link, Packet::Publish(publish, None))
             .await;
+    }
+
+    /// Whether the router and its feeder still run.
+    pub fn is_ready(&self) -> bool {
+        self.router.is_running()
     }
 
     /// Ends every session whose token's `exp` has passed. The one step of the expiry sweep.
@@ -134,9 +141,10 @@ impl Gate {
     }
 }
 
-/// The running MQTT listener.
+/// The running MQTT listeners.
 pub struct Broker {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     gate: Arc<Gate>,
 }
 
@@ -155,6 +163,18 @@ impl Broker {
             )
         })?;
         let addr = listener.local_addr()?;
+        let tls = match settings.tls_addr() {
+            Some(tls_addr) => {
+                let acceptor = tls_acceptor(&settings.tls_cert_file, &settings.tls_key_file)?;
+                let listener = TcpListener::bind(tls_addr).await.with_context(|| {
+                    format!(
+                        "mqtt.tls_listen: cannot listen on {tls_addr}; choose a free address or port 0"
+                    )
+                })?;
+                Some((listener, acceptor))
+            }
+            None => None,
+        };
         let max_connections = settings.max_connections as usize;
         let router = RouterLinks::start(max_connections + 16);
         let internal = router
@@ -200,20 +220,43 @@ impl Broker {
         let limit = Arc::new(Semaphore::new(max_connections));
         tasks.push(tokio::spawn(accept_loop(
             listener,
+            None,
             gate.clone(),
-            limit,
+            limit.clone(),
             stopped.clone(),
         )));
+        let mut tls_addr = None;
+        if let Some((listener, acceptor)) = tls {
+            let local = listener.local_addr()?;
+            tls_addr = Some(local);
+            tracing::info!("mqtts listening on {local}");
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
+                Some(acceptor),
+                gate.clone(),
+                limit,
+                stopped.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(follow_authority(
             gate.clone(),
             authority.subscribe(),
             stopped,
         )));
-        Ok(Broker { addr, gate })
+        Ok(Broker {
+            addr,
+            tls_addr,
+            gate,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TLS listener's address, when one is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     pub fn gate(&self) -> &Arc<Gate> {
@@ -221,8 +264,34 @@ impl Broker {
     }
 }
 
+/// The rustls acceptor of the TLS listener, from PEM files named by the config.
+fn tls_acceptor(cert_file: &str, key_file: &str) -> anyhow::Result<TlsAcceptor> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| {
+            format!("mqtt.tls_cert_file: cannot read PEM certificates from {cert_file}")
+        })?;
+    if certs.is_empty() {
+        anyhow::bail!("mqtt.tls_cert_file: {cert_file} holds no certificate");
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).with_context(|| {
+        format!("mqtt.tls_key_file: cannot read a PEM private key from {key_file}")
+    })?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("mqtt.tls_cert_file and mqtt.tls_key_file do not make a usable certificate")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     gate: Arc<Gate>,
     limit: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
@@ -247,7 +316,23 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection::serve(gate.clone(), stream, peer, permit));
+        let gate = gate.clone();
+        match &tls {
+            None => {
+                tokio::spawn(connection::serve(gate, stream, peer, permit));
+            }
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    // The handshake gets the CONNECT timeout too, so a stalled one is let go.
+                    match tokio::time::timeout(gate.connect_timeout, handshake).await {
+                        Ok(Ok(stream)) => connection::serve(gate, stream, peer, permit).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, "mqtt: TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "mqtt: TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     gate.sessions
         .end_where(EndReason::ShuttingDown, |_, _| true);

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
 use rumqttd::{Router, RouterConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -101,6 +101,10 @@ impl RouterLinks {
                                             session_present,
                                         })
                                     }
+                                    Err(LinkError::Send(_)) => {
+                                        tracing::error!("the MQTT router stopped");
+                                        return;
+                                    }
                                     Err(e) => {
                                         tracing::warn!("the router refused a link: {e}");
                                         None
@@ -112,8 +116,11 @@ impl RouterLinks {
                                 }
                             }
                             Command::Send { key, packet } => {
-                                if let Some(tx) = links.get_mut(&key) {
-                                    let _ = tx.send(packet).await;
+                                if let Some(tx) = links.get_mut(&key)
+                                    && let Err(LinkError::Send(_)) = tx.send(packet).await
+                                {
+                                    tracing::error!("the MQTT router stopped");
+                                    return;
                                 }
                             }
                             Command::Close { key } => close(&mut links, key).await,
@@ -133,6 +140,11 @@ impl RouterLinks {
             .await
             .ok()?;
         answer.await.ok().flatten()
+    }
+
+    /// False once the feeder stopped, which it does when the router is gone.
+    pub fn is_running(&self) -> bool {
+        !self.commands.is_closed()
     }
 
     pub async fn send(&self, key: u64, packet: Packet) {

@@ -53,6 +53,20 @@ pub async fn system(app: &TestApp, t: &TestTenant) -> String {
 pub struct V4 {
     pub client: rumqttc::AsyncClient,
     rx: mpsc::UnboundedReceiver<Result<P4, String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Dropping a client drops its connection, without DISCONNECT.
+impl Drop for V4 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for V5 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl V4 {
@@ -66,7 +80,7 @@ impl V4 {
     pub async fn with_options(options: rumqttc::MqttOptions) -> Result<V4, V4Code> {
         let (client, mut events) = rumqttc::AsyncClient::new(options, 100);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 match events.poll().await {
                     Ok(rumqttc::Event::Incoming(p)) => {
@@ -87,7 +101,9 @@ impl V4 {
             }
         });
         match tokio::time::timeout(WAIT, rx.recv()).await {
-            Ok(Some(Ok(P4::ConnAck(ack)))) if ack.code == V4Code::Success => Ok(V4 { client, rx }),
+            Ok(Some(Ok(P4::ConnAck(ack)))) if ack.code == V4Code::Success => {
+                Ok(V4 { client, rx, task })
+            }
             Ok(Some(Ok(P4::ConnAck(ack)))) => Err(ack.code),
             Ok(Some(Err(e))) => Err(parse_v4_code(&e)),
             other => panic!("no CONNACK: {other:?}"),
@@ -146,6 +162,7 @@ pub struct V5 {
     pub client: rumqttc::v5::AsyncClient,
     pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
     rx: mpsc::UnboundedReceiver<Result<P5, String>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl V5 {
@@ -156,7 +173,7 @@ impl V5 {
     pub async fn with_options(options: rumqttc::v5::MqttOptions) -> Result<V5, V5Code> {
         let (client, mut events) = rumqttc::v5::AsyncClient::new(options, 100);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 match events.poll().await {
                     Ok(rumqttc::v5::Event::Incoming(p)) => {
@@ -189,6 +206,7 @@ impl V5 {
                 client,
                 connack: ack,
                 rx,
+                task,
             }),
             Ok(Some(Ok(P5::ConnAck(ack)))) => Err(ack.code),
             Ok(Some(Err(e))) => Err(match e.as_str() {
@@ -898,4 +916,182 @@ async fn a_message_larger_than_a_v5_client_accepts_is_dropped_not_fatal() {
             .map(|p| p.is_ok())
             .unwrap_or(true)
     );
+}
+
+async fn with_tls() -> TestApp {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.mqtt.tls_listen = "127.0.0.1:0".into();
+        s.mqtt.tls_cert_file = format!("{fixtures}/tls-cert.pem");
+        s.mqtt.tls_key_file = format!("{fixtures}/tls-key.pem");
+        s.mqtt.connect_timeout = lanyard::domain::Period::from_secs(1);
+    })
+    .await
+}
+
+fn tls_options(app: &TestApp, id: &str, password: &str) -> rumqttc::MqttOptions {
+    let ca = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tls-ca.pem"
+    ))
+    .unwrap();
+    let port = app.app().mqtt_tls_addr().expect("a TLS listener").port();
+    let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    options.set_credentials("device", password);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth: None,
+        },
+    ));
+    options
+}
+
+#[tokio::test]
+async fn the_tls_listener_serves_the_same_door() {
+    let app = with_tls().await;
+    let t = app.tenant("acme").await;
+    let (id, token) = device(&app, &t, None, "").await;
+    let mut v4 = V4::with_options(tls_options(&app, &id, &token))
+        .await
+        .expect("connects over TLS");
+    v4.subscribe("drivr/v1/acme/jwks").await;
+    let msg = v4.message(WAIT).await.expect("the retained JWKS over TLS");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&msg.payload).unwrap(),
+        app.jwks("acme").await
+    );
+    assert_eq!(v4.subscribe("drivr/v1/other/jwks").await, Sub4::Failure);
+    assert_eq!(
+        V4::with_options(tls_options(&app, "x", "garbage"))
+            .await
+            .err(),
+        Some(V4Code::NotAuthorized)
+    );
+}
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_completes_is_closed_after_the_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = with_tls().await;
+    let addr = app.app().mqtt_tls_addr().unwrap();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(&[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    for s in [&mut silent, &mut plain] {
+        // A TLS alert may come first; then the connection must close.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("a connection without a TLS handshake was kept open"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn refused_qos2_publishes_complete_their_flow_and_reach_no_one() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let t = app.tenant("acme").await;
+    let (id, token) = device(&app, &t, None, "").await;
+    let mut watcher = V4::connect(&app, "w", &token).await.unwrap();
+    watcher.subscribe("drivr/v1/acme/jwks").await;
+    watcher.message(WAIT).await.expect("the JWKS");
+    // 3.1.1 has no refusal: PUBREC, PUBREL, PUBCOMP run their course, and nothing is delivered.
+    let mut v4 = V4::connect(&app, &id, &token).await.unwrap();
+    v4.client
+        .publish("drivr/v1/acme/jwks", QoS::ExactlyOnce, true, b"{}".to_vec())
+        .await
+        .unwrap();
+    loop {
+        match v4.next(WAIT).await {
+            Some(Ok(P4::PubComp(_))) => break,
+            Some(Ok(_)) => continue,
+            other => panic!("no PUBCOMP: {other:?}"),
+        }
+    }
+    // 5.0 says no at PUBREC.
+    let mut v5 = V5::connect(&app, &format!("{id}-5"), &token).await.unwrap();
+    v5.client
+        .publish("drivr/v1/acme/jwks", Q5::ExactlyOnce, true, b"{}".to_vec())
+        .await
+        .unwrap();
+    loop {
+        match v5.next(WAIT).await {
+            Some(Ok(P5::PubRec(rec))) => {
+                assert_eq!(
+                    rec.reason,
+                    rumqttc::v5::mqttbytes::v5::PubRecReason::NotAuthorized
+                );
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("no PUBREC: {other:?}"),
+        }
+    }
+    assert!(watcher.message(QUIET).await.is_none());
+    assert_eq!(
+        v4.subscribe("drivr/v1/acme/jwks").await,
+        Sub4::Success(QoS::AtLeastOnce)
+    );
+}
+
+#[tokio::test]
+async fn a_v5_will_waits_for_its_delay_and_is_cancelled_by_a_reconnect() {
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, LastWillProperties};
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (_, token) = device(&app, &t, None, "").await;
+    let mut watcher = V4::connect(&app, "watcher", &token).await.unwrap();
+    watcher.subscribe("status/#").await;
+    let with_will = |id: &str| {
+        let mut options = options_v5(&app, id, &token);
+        let mut props = ConnectProperties::new();
+        props.session_expiry_interval = Some(60);
+        options.set_connect_properties(props);
+        let will_props = LastWillProperties {
+            delay_interval: Some(1),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        };
+        options.set_last_will(LastWill::new(
+            format!("status/{id}"),
+            "gone",
+            Q5::AtMostOnce,
+            false,
+            Some(will_props),
+        ));
+        options.set_clean_start(false);
+        options
+    };
+    // Dropped, and back within the delay: no will.
+    let comeback = V5::with_options(with_will("comeback")).await.unwrap();
+    drop(comeback);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _back = V5::with_options(with_will("comeback")).await.unwrap();
+    // Dropped for good: the will comes after its delay, not before.
+    let gone = V5::with_options(with_will("gone")).await.unwrap();
+    drop(gone);
+    let started = std::time::Instant::now();
+    let msg = watcher.message(WAIT).await.expect("a will");
+    assert_eq!(
+        msg.topic, "status/gone",
+        "only the client that stayed away leaves a will"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "the will came before its delay"
+    );
+    assert!(watcher.message(Duration::from_millis(1200)).await.is_none());
 }

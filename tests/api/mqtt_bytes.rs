@@ -275,3 +275,56 @@ async fn connections_that_never_send_connect_are_bounded_and_timed_out() {
     }
     assert!(V4::connect(&app, "later", &token).await.is_ok());
 }
+
+/// A CONNECT with a chosen keep-alive.
+fn connect_keep_alive(level: u8, client_id: &str, password: &str, keep_alive: u16) -> Vec<u8> {
+    let mut bytes = connect(level, client_id, Some(password));
+    let at = 2 + 6 + 1 + 1 + (bytes[1] & 0x80 != 0) as usize; // header, name, level, flags
+    bytes[at..at + 2].copy_from_slice(&keep_alive.to_be_bytes());
+    bytes
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = token(&app).await;
+    let mut v5 = connect_raw(&app, connect_keep_alive(5, "sleepy", &token, 1)).await;
+    let mut v4 = connect_raw(&app, connect_keep_alive(4, "sleepy4", &token, 1)).await;
+    let started = std::time::Instant::now();
+    let answer = read_some(&mut v5).await;
+    assert_eq!(answer[0], 0x20, "CONNACK: {answer:02x?}");
+    let mut rest = answer[answer[1] as usize + 2..].to_vec();
+    while rest.len() < 4 {
+        let more = read_some(&mut v5).await;
+        if more.is_empty() && started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        rest.extend(more);
+    }
+    assert_eq!(
+        rest,
+        vec![0xe0, 0x02, 0x8d, 0x00],
+        "DISCONNECT keep-alive timeout"
+    );
+    assert!(closed(&mut v5).await);
+    assert_eq!(read_some(&mut v4).await, vec![0x20, 2, 0, 0]);
+    assert!(closed(&mut v4).await);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "dropped before its time"
+    );
+    // A client that pings in time stays.
+    let mut awake = connect_raw(&app, connect_keep_alive(4, "awake", &token, 1)).await;
+    assert_eq!(read_some(&mut awake).await, vec![0x20, 2, 0, 0]);
+    for _ in 0..4 {
+        awake.write_all(&[0xc0, 0x00]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let mut answers = Vec::new();
+    awake.write_all(&[0xc0, 0x00]).await.unwrap();
+    answers.extend(read_some(&mut awake).await);
+    assert!(
+        answers.ends_with(&[0xd0, 0x00]),
+        "PINGRESP after 3 s of pings: {answers:02x?}"
+    );
+}

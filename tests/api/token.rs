@@ -223,6 +223,7 @@ on_both_databases! {
         assert_eq!(res.status(), 200);
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["database"], "ok");
+        assert_eq!(body["broker"], "ok");
     }
 }
 
