@@ -133,6 +133,12 @@ async fn refused_connects_get_a_connack_with_the_reason_before_the_close() {
         (connect(4, "a/b", Some(&token)), vec![0x20, 2, 0, 0x02]),
         (connect(3, "a", Some(&token)), vec![0x20, 2, 0, 0x01]),
     ];
+    // A 5.0 CONNECT that announces a user name and password it does not carry is malformed.
+    let mut malformed = connect(5, "a", None);
+    malformed[9] = 0xc2;
+    let mut s = connect_raw(&app, malformed).await;
+    assert_eq!(read_some(&mut s).await, vec![0x20, 3, 0, 0x81, 0]);
+    assert!(closed(&mut s).await);
     for (request, answer) in cases {
         let mut s = connect_raw(&app, request.clone()).await;
         assert_eq!(
@@ -240,12 +246,12 @@ async fn oversized_packets_are_refused_with_a_reason() {
 async fn connections_that_never_send_connect_are_bounded_and_timed_out() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
         s.mqtt.connect_timeout = lanyard::domain::Period::from_secs(1);
-        s.mqtt.max_connections = 300;
+        s.mqtt.max_connections = 1050;
     })
     .await;
     let token = token(&app).await;
     let mut idle = Vec::new();
-    for _ in 0..250 {
+    for _ in 0..1000 {
         idle.push(TcpStream::connect(app.app().mqtt_addr()).await.unwrap());
     }
     // Half a CONNECT is no better than none.
