@@ -373,6 +373,8 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, version: Version, code: C
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn run(&mut self) -> Outcome {
+        // Keep-alive counts packets from the client only; traffic to it does not keep it alive.
+        let mut last_read = Instant::now();
         loop {
             // Frames already buffered (pipelined after the CONNECT, or read together).
             if let Some(outcome) = self.process_buffered().await {
@@ -381,15 +383,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if !self.flush().await {
                 return Outcome::Lost { keep_alive: false };
             }
-            let keep_alive = self.session.keep_alive;
-            let read_deadline = keep_alive.map(|k| Instant::now() + k);
+            let read_deadline = self.session.keep_alive.map(|k| last_read + k);
             tokio::select! {
                 reason = &mut self.session.ended => {
                     return Outcome::Ended(reason.unwrap_or(EndReason::NotAuthorized));
                 }
                 read = read_with_deadline(&mut self.stream, &mut self.buf, read_deadline) => {
                     match read {
-                        ReadResult::Data => {}
+                        ReadResult::Data => last_read = Instant::now(),
                         ReadResult::Closed => return Outcome::Lost { keep_alive: false },
                         ReadResult::TimedOut => return Outcome::Lost { keep_alive: true },
                     }
