@@ -682,6 +682,22 @@ async fn configured_rules_apply_per_identity_and_scope() {
             .await,
         Sub5::Success(Q5::AtLeastOnce)
     );
+    let mut nosy4 = V4::connect(&app, "nosy4", &other_token).await.unwrap();
+    assert_eq!(
+        nosy4.subscribe("tenants/acme/clients/+/telemetry").await,
+        Sub4::Failure
+    );
+    assert_eq!(
+        nosy4
+            .subscribe(&format!("tenants/acme/clients/{other}/x"))
+            .await,
+        Sub4::Success(QoS::AtLeastOnce)
+    );
+    let mut reader4 = V4::connect(&app, "reader4", &reader_token).await.unwrap();
+    assert_eq!(
+        reader4.subscribe("tenants/acme/clients/+/telemetry").await,
+        Sub4::Success(QoS::AtLeastOnce)
+    );
 
     let s = V5::connect(&app, &sensor, &sensor_token).await.unwrap();
     let mine = format!("tenants/acme/clients/{sensor}/telemetry");
@@ -690,6 +706,8 @@ async fn configured_rules_apply_per_identity_and_scope() {
         .await
         .unwrap();
     let msg = reader.message(WAIT).await.expect("the reading");
+    assert_eq!(&msg.payload[..], b"21.5");
+    let msg = reader4.message(WAIT).await.expect("the reading, on 3.1.1");
     assert_eq!(&msg.payload[..], b"21.5");
     // Publishing into another client's tree is refused.
     let theirs = format!("tenants/acme/clients/{other}/telemetry");
