@@ -13,11 +13,13 @@
 //! This module talks to the authority only through its public use-cases and its event channel;
 //! it never touches the store.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::Bytes;
 use rumqttd::protocol::{Packet, Publish};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, watch};
@@ -37,6 +39,10 @@ use sessions::{EndReason, Sessions};
 
 /// How often sessions are checked for expired tokens (SPEC §4: ended within 2 s of `exp`).
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+/// How often the retained JWKS topics are compared with the database, which is how changes made
+/// by another process (the `bootstrap` command, another node) reach the devices: within this
+/// plus the keyring's reload age (SPEC §1: 5 s).
+const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
 
 /// What every connection shares.
 pub struct Gate {
@@ -48,6 +54,8 @@ pub struct Gate {
     internal_link: u64,
     pub(crate) max_packet_size: usize,
     pub(crate) connect_timeout: Duration,
+    /// What lanyard last published on each of its retained topics.
+    retained: Mutex<HashMap<String, Bytes>>,
 }
 
 impl Gate {
@@ -105,12 +113,34 @@ impl Gate {
         match keys {
             Ok(keys) => {
                 let topic = self.permissions.jwks_topic(slug);
-                let payload = bytes::Bytes::from(keys.jwks.as_bytes().to_vec());
-                self.publish(Publish::new(topic.into(), payload, true))
+                self.publish_retained(topic, Bytes::from(keys.jwks.as_bytes().to_vec()))
                     .await;
             }
             Err(e) => tracing::warn!("mqtt: cannot publish the JWKS of {slug}: {e:#}"),
         }
+    }
+
+    /// Publishes a retained message of lanyard's own, unless it is what the topic holds already.
+    /// Only one task publishes retained messages, so a newer payload is never overtaken.
+    async fn publish_retained(&self, topic: String, payload: Bytes) {
+        {
+            let mut retained = self.retained.lock().expect("retained lock");
+            if retained.get(&topic) == Some(&payload) {
+                return;
+            }
+            retained.insert(topic.clone(), payload.clone());
+        }
+        self.publish(Publish::new(Bytes::from(topic), payload, true))
+            .await;
+    }
+
+    /// Brings every tenant's retained JWKS in line with the database. The one step of the
+    /// reconciliation job.
+    pub async fn reconcile_once(&self) -> anyhow::Result<()> {
+        for tenant in self.authority.tenants().await? {
+            self.publish_jwks(tenant.slug.as_str()).await;
+        }
+        Ok(())
     }
 
     /// Ends the sessions (of one tenant, or all) whose signing key is no longer published, and
@@ -209,12 +239,11 @@ impl Broker {
             internal_link: internal.key,
             max_packet_size: settings.max_packet_size as usize,
             connect_timeout: Duration::from_secs(settings.connect_timeout.as_secs()),
+            retained: Mutex::default(),
             authority: authority.clone(),
         });
         // Retained state is in place before the first client can subscribe.
-        for tenant in authority.tenants().await? {
-            gate.publish_jwks(tenant.slug.as_str()).await;
-        }
+        gate.reconcile_once().await?;
         tracing::info!("mqtt listening on {addr}");
 
         let limit = Arc::new(Semaphore::new(max_connections));
@@ -345,11 +374,17 @@ async fn follow_authority(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
+    let mut reconcile = tokio::time::interval(RECONCILE_PERIOD);
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
             _ = sweep.tick() => {
                 gate.end_expired_sessions_once();
+            }
+            _ = reconcile.tick() => {
+                if let Err(e) = gate.reconcile_once().await {
+                    tracing::warn!("mqtt: reconciling retained topics: {e:#}");
+                }
             }
             event = events.recv() => match event {
                 Ok(event) => gate.on_event(event).await,

@@ -1113,3 +1113,34 @@ async fn a_v5_will_waits_for_its_delay_and_is_cancelled_by_a_reconnect() {
     );
     assert!(watcher.message(Duration::from_millis(1200)).await.is_none());
 }
+
+#[tokio::test]
+async fn a_tenant_bootstrapped_by_another_process_has_its_jwks_published_within_seconds() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    // Another process on the same database, as `lanyard bootstrap` would be.
+    let other = lanyard::app::open_authority(
+        app.settings.clone(),
+        std::sync::Arc::new(lanyard::domain::SystemClock),
+    )
+    .await
+    .unwrap();
+    let boot = other
+        .bootstrap(&lanyard::domain::Slug::parse("late").unwrap(), None)
+        .await
+        .unwrap();
+    let token = app
+        .token("late", &boot.client_id, &boot.client_secret)
+        .await;
+    let mut v4 = V4::connect(&app, "late-device", &token).await.unwrap();
+    let jwks = app.jwks("late").await;
+    // Subscribed before or after the publish, the device has the JWKS within 5 s.
+    v4.subscribe("drivr/v1/late/jwks").await;
+    let msg = v4
+        .message(Duration::from_secs(5))
+        .await
+        .expect("the JWKS was not published within 5 s");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&msg.payload).unwrap(),
+        jwks
+    );
+}
