@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rumqttd::Notification;
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::{
@@ -107,6 +107,12 @@ struct Session {
     will_delay: u32,
     /// 5.0: the largest packet the client accepts.
     client_max_packet: Option<usize>,
+    /// lanyard's own exact topics this session subscribes to. rumqttd replays a retained
+    /// message only for a filter new to the session, so the gate delivers lanyard's current
+    /// message itself on a re-subscribe and on a resumed session: exactly once per subscribe.
+    lanyard_topics: HashSet<String>,
+    /// A stored session was resumed: its lanyard topics get their current messages at once.
+    resumed: bool,
 }
 
 struct Connection<S> {
@@ -296,7 +302,7 @@ where
         }
     }
     let Some(link) = gate.router.open(options).await else {
-        gate.sessions.release(&key, claim.seq);
+        gate.sessions.release(&key, claim.seq, HashSet::new());
         let code = match version {
             Version::V4 => ConnectReturnCode::ServiceUnavailable,
             Version::V5 => ConnectReturnCode::ServerUnavailable,
@@ -310,8 +316,9 @@ where
         return None;
     };
 
+    let ack_session_present = link.session_present && claim.may_resume;
     let ack = ConnAck {
-        session_present: link.session_present && claim.may_resume,
+        session_present: ack_session_present,
         code: ConnectReturnCode::Success,
     };
     let ack_props = (version == Version::V5).then(|| ConnAckProperties {
@@ -325,7 +332,7 @@ where
     codec::encode(version, Packet::ConnAck(ack, ack_props), &mut out);
     if stream.write_all(&out).await.is_err() {
         gate.router.close(link.key).await;
-        gate.sessions.release(&key, claim.seq);
+        gate.sessions.release(&key, claim.seq, HashSet::new());
         return None;
     }
     tracing::debug!(%peer, client = %client_id, tenant = %known.tenant.slug, "mqtt: connected");
@@ -355,6 +362,12 @@ where
         will: will.map(|w| (w, will_props)),
         will_delay,
         client_max_packet: props.and_then(|p| p.max_packet_size).map(|m| m as usize),
+        resumed: ack_session_present,
+        lanyard_topics: if ack_session_present {
+            claim.topics
+        } else {
+            HashSet::new()
+        },
     })
 }
 
@@ -375,6 +388,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn run(&mut self) -> Outcome {
         // Keep-alive counts packets from the client only; traffic to it does not keep it alive.
         let mut last_read = Instant::now();
+        if self.session.resumed {
+            let topics: Vec<String> = self.session.lanyard_topics.iter().cloned().collect();
+            for topic in topics {
+                self.deliver_current(&topic);
+            }
+        }
         loop {
             // Frames already buffered (pipelined after the CONNECT, or read together).
             if let Some(outcome) = self.process_buffered().await {
@@ -521,6 +540,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         _ => Some(SubscribeReasonCode::Failure),
                     };
                     if refusal.is_none() {
+                        if self.gate.permissions.is_reserved(&filter.path)
+                            && TopicName::parse(&filter.path).is_ok()
+                            && !self.session.lanyard_topics.insert(filter.path.clone())
+                        {
+                            // Subscribed already: the router will not replay it (MQTT §3.3.1.3
+                            // asks for the retained message on every subscribe).
+                            self.deliver_current(&filter.path);
+                        }
                         allowed.push(filter);
                     } else {
                         tracing::debug!(client = %self.session.client_id, filter = %filter.path, "mqtt: subscription refused");
@@ -550,6 +577,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 // answers for the whole packet instead.
                 let pkid = unsubscribe.pkid;
                 let reasons = vec![UnsubAckReason::Success; unsubscribe.filters.len()];
+                for filter in &unsubscribe.filters {
+                    self.session.lanyard_topics.remove(filter);
+                }
                 self.gate
                     .router
                     .send(link, Packet::Unsubscribe(unsubscribe, props))
@@ -684,6 +714,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Sends lanyard's current retained message of `topic`, if it has one, as a retained
+    /// QoS 0 message.
+    fn deliver_current(&mut self, topic: &str) {
+        if let Some(payload) = self.gate.current_retained(topic) {
+            let publish = Publish::new(Bytes::copy_from_slice(topic.as_bytes()), payload, true);
+            let start = self.out.len();
+            self.write(Packet::Publish(publish, None));
+            if self
+                .session
+                .client_max_packet
+                .is_some_and(|max| self.out.len() - start > max)
+            {
+                self.out.truncate(start);
+            }
+        }
+    }
+
     fn write(&mut self, packet: Packet) {
         codec::encode(self.session.version, packet, &mut self.out);
     }
@@ -735,7 +782,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Outcome::Ended(EndReason::NotAuthorized) => false,
             _ => true,
         };
-        gate.sessions.release(&session.key, session.seq);
+        gate.sessions
+            .release(&session.key, session.seq, session.lanyard_topics);
         if let (true, Some((will, _props))) = (will, session.will) {
             let publish = Publish::new(will.topic, will.message, will.retain);
             if session.will_delay == 0 {

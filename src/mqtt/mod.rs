@@ -134,6 +134,15 @@ impl Gate {
             .await;
     }
 
+    /// lanyard's current message on one of its retained topics.
+    pub(crate) fn current_retained(&self, topic: &str) -> Option<Bytes> {
+        self.retained
+            .lock()
+            .expect("retained lock")
+            .get(topic)
+            .cloned()
+    }
+
     /// Brings every tenant's retained JWKS in line with the database. The one step of the
     /// reconciliation job.
     pub async fn reconcile_once(&self) -> anyhow::Result<()> {

@@ -6,7 +6,7 @@
 //! resume it. Ending a live session (token revoked or expired, client deleted, key invalidated)
 //! sends its connection an [`EndReason`]; the connection says goodbye in its protocol's words.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,6 +58,8 @@ struct Entry {
     persistent: bool,
     live: Option<Live>,
     pending_will: Option<AbortHandle>,
+    /// lanyard's own exact topics the stored session subscribes to (see `LanyardTopics`).
+    topics: HashSet<String>,
 }
 
 /// The session a connection now holds.
@@ -66,6 +68,8 @@ pub struct Claim {
     pub ended: oneshot::Receiver<EndReason>,
     /// The stored session may be resumed: same owner, same grant.
     pub may_resume: bool,
+    /// With `may_resume`: lanyard's own exact topics the stored session subscribes to.
+    pub topics: HashSet<String>,
 }
 
 #[derive(Default)]
@@ -95,6 +99,7 @@ impl Sessions {
             grant: grant.clone(),
         };
         let may_resume;
+        let mut topics = HashSet::new();
         match entries.get_mut(key) {
             Some(entry) if entry.owner != *owner => return None,
             Some(entry) => {
@@ -107,6 +112,9 @@ impl Sessions {
                     will.abort();
                 }
                 may_resume = entry.persistent && entry.fingerprint == grant.fingerprint;
+                if may_resume {
+                    topics = std::mem::take(&mut entry.topics);
+                }
                 entry.persistent = persistent;
                 entry.fingerprint = grant.fingerprint;
                 entry.live = Some(live);
@@ -121,6 +129,7 @@ impl Sessions {
                         persistent,
                         live: Some(live),
                         pending_will: None,
+                        topics: HashSet::new(),
                     },
                 );
             }
@@ -129,17 +138,19 @@ impl Sessions {
             seq,
             ended,
             may_resume,
+            topics,
         })
     }
 
     /// The connection holding claim `seq` ended. A clean session is forgotten; a persistent
-    /// one stays owned.
-    pub fn release(&self, key: &Key, seq: u64) {
+    /// one stays owned, with the lanyard topics it subscribes to.
+    pub fn release(&self, key: &Key, seq: u64, topics: HashSet<String>) {
         let mut entries = self.entries.lock().expect("sessions lock");
         if let Some(entry) = entries.get_mut(key)
             && entry.live.as_ref().is_some_and(|l| l.seq == seq)
         {
             entry.live = None;
+            entry.topics = topics;
             if !entry.persistent && entry.pending_will.is_none() {
                 entries.remove(key);
             }

@@ -53,6 +53,8 @@ pub async fn system(app: &TestApp, t: &TestTenant) -> String {
 pub struct V4 {
     pub client: rumqttc::AsyncClient,
     rx: mpsc::UnboundedReceiver<Result<P4, String>>,
+    /// Packets that arrived while waiting for another (a message before its SUBACK).
+    backlog: std::collections::VecDeque<P4>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -101,9 +103,12 @@ impl V4 {
             }
         });
         match tokio::time::timeout(WAIT, rx.recv()).await {
-            Ok(Some(Ok(P4::ConnAck(ack)))) if ack.code == V4Code::Success => {
-                Ok(V4 { client, rx, task })
-            }
+            Ok(Some(Ok(P4::ConnAck(ack)))) if ack.code == V4Code::Success => Ok(V4 {
+                client,
+                rx,
+                task,
+                backlog: Default::default(),
+            }),
             Ok(Some(Ok(P4::ConnAck(ack)))) => Err(ack.code),
             Ok(Some(Err(e))) => Err(parse_v4_code(&e)),
             other => panic!("no CONNACK: {other:?}"),
@@ -112,6 +117,14 @@ impl V4 {
 
     /// The next packet (not a PINGRESP), or None after `wait` or when the connection ended.
     pub async fn next(&mut self, wait: Duration) -> Option<Result<P4, String>> {
+        match self.backlog.pop_front() {
+            Some(p) => Some(Ok(p)),
+            None => self.recv(wait).await,
+        }
+    }
+
+    /// The next packet from the connection itself, past the backlog.
+    async fn recv(&mut self, wait: Duration) -> Option<Result<P4, String>> {
         loop {
             match tokio::time::timeout(wait, self.rx.recv()).await {
                 Ok(Some(Ok(P4::PingResp))) => continue,
@@ -127,9 +140,9 @@ impl V4 {
             .await
             .unwrap();
         loop {
-            match self.next(WAIT).await {
+            match self.recv(WAIT).await {
                 Some(Ok(P4::SubAck(ack))) => return ack.return_codes[0],
-                Some(Ok(_)) => continue,
+                Some(Ok(other)) => self.backlog.push_back(other),
                 other => panic!("no SUBACK: {other:?}"),
             }
         }
@@ -162,6 +175,7 @@ pub struct V5 {
     pub client: rumqttc::v5::AsyncClient,
     pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
     rx: mpsc::UnboundedReceiver<Result<P5, String>>,
+    backlog: std::collections::VecDeque<P5>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -207,6 +221,7 @@ impl V5 {
                 connack: ack,
                 rx,
                 task,
+                backlog: Default::default(),
             }),
             Ok(Some(Ok(P5::ConnAck(ack)))) => Err(ack.code),
             Ok(Some(Err(e))) => Err(match e.as_str() {
@@ -220,6 +235,14 @@ impl V5 {
     }
 
     pub async fn next(&mut self, wait: Duration) -> Option<Result<P5, String>> {
+        match self.backlog.pop_front() {
+            Some(p) => Some(Ok(p)),
+            None => self.recv(wait).await,
+        }
+    }
+
+    /// The next packet from the connection itself, past the backlog.
+    async fn recv(&mut self, wait: Duration) -> Option<Result<P5, String>> {
         loop {
             match tokio::time::timeout(wait, self.rx.recv()).await {
                 Ok(Some(Ok(P5::PingResp(_)))) => continue,
@@ -235,9 +258,9 @@ impl V5 {
             .await
             .unwrap();
         loop {
-            match self.next(WAIT).await {
+            match self.recv(WAIT).await {
                 Some(Ok(P5::SubAck(ack))) => return ack.return_codes[0],
-                Some(Ok(_)) => continue,
+                Some(Ok(other)) => self.backlog.push_back(other),
                 other => panic!("no SUBACK: {other:?}"),
             }
         }
@@ -1143,4 +1166,58 @@ async fn a_tenant_bootstrapped_by_another_process_has_its_jwks_published_within_
         serde_json::from_slice::<serde_json::Value>(&msg.payload).unwrap(),
         jwks
     );
+}
+
+#[tokio::test]
+async fn the_jwks_arrives_once_per_subscribe_also_on_resubscribe_and_resumed_sessions() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let t = app.tenant("acme").await;
+    let (id, token) = device(&app, &t, None, "").await;
+    let jwks = app.jwks("acme").await;
+    let topic = "drivr/v1/acme/jwks";
+    let is_jwks = |p: &[u8]| serde_json::from_slice::<serde_json::Value>(p).unwrap() == jwks;
+
+    let mut options = rumqttc::MqttOptions::new(&id, "127.0.0.1", app.app().mqtt_addr().port());
+    options.set_credentials("device", token.clone());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_session(false);
+    let mut v4 = V4::with_options(options.clone()).await.unwrap();
+    for round in 0..2 {
+        v4.subscribe(topic).await;
+        let msg = v4
+            .message(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("subscribe {round}: no JWKS"));
+        assert!(is_jwks(&msg.payload) && msg.retain);
+        assert!(
+            v4.message(QUIET).await.is_none(),
+            "subscribe {round}: delivered twice"
+        );
+    }
+    drop(v4);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut resumed = V4::with_options(options).await.unwrap();
+    let msg = resumed
+        .message(WAIT)
+        .await
+        .expect("the JWKS on the resumed session");
+    assert!(is_jwks(&msg.payload));
+    assert!(
+        resumed.message(QUIET).await.is_none(),
+        "delivered twice on resume"
+    );
+
+    let mut v5 = V5::connect(&app, &format!("{id}-5"), &token).await.unwrap();
+    for round in 0..2 {
+        v5.subscribe(topic).await;
+        let msg = v5
+            .message(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("5.0 subscribe {round}: no JWKS"));
+        assert!(is_jwks(&msg.payload));
+        assert!(
+            v5.message(QUIET).await.is_none(),
+            "5.0 subscribe {round}: delivered twice"
+        );
+    }
 }
