@@ -10,6 +10,10 @@
 //! revocation, a deleted client or an invalidated key. An optional second listener speaks the
 //! same over TLS (rustls).
 //!
+//! The gate also publishes lanyard's own retained messages (each tenant's JWKS) through its own
+//! link: before the listener accepts, on key events, and by a reconciliation with the database
+//! that picks up what other processes changed.
+//!
 //! This module talks to the authority only through its public use-cases and its event channel;
 //! it never touches the store.
 
