@@ -147,6 +147,8 @@ pub struct TokenSettings {
     /// A new key is published this long before it signs.
     pub key_publish_ahead: Period,
     pub key_rotation_interval: Period,
+    /// How long a refresh token may wait to be used; each use gives a new one.
+    pub refresh_token_ttl: Period,
 }
 
 impl Default for TokenSettings {
@@ -157,6 +159,7 @@ impl Default for TokenSettings {
             max_local_token_duration: Period::from_secs(30 * 86_400),
             key_publish_ahead: Period::from_secs(600),
             key_rotation_interval: Period::from_secs(90 * 86_400),
+            refresh_token_ttl: Period::from_secs(30 * 86_400),
         }
     }
 }
@@ -166,15 +169,27 @@ impl Default for TokenSettings {
 pub enum MailerKind {
     /// One `.eml` file per message in `mailer.dir`.
     File,
+    /// Sent through an SMTP server (`smtp_*` keys).
+    Smtp,
     /// Messages are written to the log: development only.
     Log,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MailerSettings {
     pub kind: MailerKind,
     pub dir: PathBuf,
+    /// The sender of every message.
+    pub from: String,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub smtp_username: String,
+    /// Prefer `LANYARD_MAILER__SMTP_PASSWORD`.
+    pub smtp_password: String,
+    /// `starttls` (upgrade a plain connection; the default, port 587), `tls` (TLS from the
+    /// first byte, port 465) or `none` (only for a relay on the same host).
+    pub smtp_security: String,
 }
 
 impl Default for MailerSettings {
@@ -182,7 +197,28 @@ impl Default for MailerSettings {
         MailerSettings {
             kind: MailerKind::File,
             dir: PathBuf::from("data/outbox"),
+            from: "lanyard <no-reply@localhost>".into(),
+            smtp_host: String::new(),
+            smtp_port: 587,
+            smtp_username: String::new(),
+            smtp_password: String::new(),
+            smtp_security: "starttls".into(),
         }
+    }
+}
+
+impl std::fmt::Debug for MailerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailerSettings")
+            .field("kind", &self.kind)
+            .field("dir", &self.dir)
+            .field("from", &self.from)
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .field("smtp_username", &self.smtp_username)
+            .field("smtp_password", &"<redacted>")
+            .field("smtp_security", &self.smtp_security)
+            .finish()
     }
 }
 
@@ -350,6 +386,22 @@ impl Settings {
                 t.key_publish_ahead, t.key_rotation_interval
             )));
         }
+        let m = &self.mailer;
+        if m.from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(invalid(format!(
+                "mailer.from = {:?} is not a mail address like \"lanyard <no-reply@example.com>\"",
+                m.from
+            )));
+        }
+        if m.kind == MailerKind::Smtp && m.smtp_host.is_empty() {
+            return Err(invalid("mailer.kind = \"smtp\" needs mailer.smtp_host"));
+        }
+        if !matches!(m.smtp_security.as_str(), "starttls" | "tls" | "none") {
+            return Err(invalid(format!(
+                "mailer.smtp_security = {:?} must be \"starttls\", \"tls\" or \"none\"",
+                m.smtp_security
+            )));
+        }
         if !self.keys.encryption_key.is_empty()
             && crate::crypto::KeyEncryptionKey::from_base64(&self.keys.encryption_key).is_err()
         {
@@ -370,6 +422,9 @@ impl Settings {
         let mut shown = self.clone();
         if !shown.keys.encryption_key.is_empty() {
             shown.keys.encryption_key = "<redacted>".into();
+        }
+        if !shown.mailer.smtp_password.is_empty() {
+            shown.mailer.smtp_password = "<redacted>".into();
         }
         toml::to_string(&shown).expect("settings always serialise")
     }

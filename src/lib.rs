@@ -5,6 +5,7 @@
 //! - [`config`]: the settings tree: defaults, `broker.toml`, `LANYARD_*` overrides.
 //! - [`http`]: the HTTP door: OAuth endpoints, discovery, health.
 //! - [`mqtt`]: the MQTT door: lanyard's listener, permissions and sessions over rumqttd's router.
+//! - [`mailer`]: the mail adapters (file, SMTP, log) behind the authority's mail port.
 //! - [`authority`]: the use-cases every door shares: tenants, keys, clients, tokens.
 //! - [`store`]: persistence on SQLite or PostgreSQL.
 //! - [`crypto`]: RSA keys, JWS, sealing, secrets.
@@ -16,5 +17,6 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod http;
+pub mod mailer;
 pub mod mqtt;
 pub mod store;

@@ -115,17 +115,16 @@ impl Authority {
         Ok(scope)
     }
 
-    /// Registers a client. `granted_by` is the caller's own scopes: a caller grants only what it
-    /// holds (`None` for the operator at the command line).
-    pub async fn create_client(
+    /// Checks that `scopes` exist in the tenant (or in the admin catalogue) and that the caller,
+    /// holding `granted_by` (`None`: the operator at the command line), holds them all itself.
+    pub(crate) async fn check_grantable(
         &self,
         tenant: &Tenant,
-        new: NewClient,
+        scopes: &ScopeSet,
         granted_by: Option<&ScopeSet>,
-    ) -> Result<ClientRegistration> {
-        let name = validate_name(&new.name)?;
+    ) -> Result<()> {
         if let Some(held) = granted_by {
-            let missing = new.scopes.difference(held);
+            let missing = scopes.difference(held);
             if !missing.is_empty() {
                 return Err(Error::Forbidden(format!(
                     "cannot grant scopes the caller does not hold: {}",
@@ -138,15 +137,25 @@ impl Authority {
             }
         }
         let custom = self.custom_scopes(tenant).await?;
-        if let Some(unknown) = new
-            .scopes
-            .iter()
-            .find(|s| !s.is_admin() && !custom.contains(s))
-        {
+        if let Some(unknown) = scopes.iter().find(|s| !s.is_admin() && !custom.contains(s)) {
             return Err(Error::Invalid(format!(
                 "scope {unknown} is not defined in this tenant"
             )));
         }
+        Ok(())
+    }
+
+    /// Registers a client. `granted_by` is the caller's own scopes: a caller grants only what it
+    /// holds (`None` for the operator at the command line).
+    pub async fn create_client(
+        &self,
+        tenant: &Tenant,
+        new: NewClient,
+        granted_by: Option<&ScopeSet>,
+    ) -> Result<ClientRegistration> {
+        let name = validate_name(&new.name)?;
+        self.check_grantable(tenant, &new.scopes, granted_by)
+            .await?;
         let grant_types = if new.grant_types.is_empty() {
             GrantType::defaults(new.public)
         } else {

@@ -21,16 +21,19 @@ pub mod demo;
 pub mod keyring;
 pub mod keys;
 pub mod limiter;
+pub mod mail;
 pub mod systems;
 pub mod tenants;
 pub mod token_cache;
 pub mod tokens;
+pub mod users;
 
 pub use clients::{ClientRegistration, NewClient};
 pub use keyring::KeyRings;
 pub use tenants::Tenant;
 pub use token_cache::KnownToken;
 pub use tokens::{ClientCredentials, IssuedToken, TokenRejected, VerifiedAccessToken};
+pub use users::{Role, User};
 
 /// Something changed that other parts may need to act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +46,13 @@ pub enum Event {
     ClientDeleted {
         tenant_id: String,
         client_id: String,
+    },
+    /// A user was deleted; tokens issued to them must stop working.
+    UserDeleted { tenant_id: String, user_id: String },
+    /// A system's local API tokens changed (minted, revoked).
+    LocalTokensChanged {
+        tenant_id: String,
+        system_id: String,
     },
 }
 
@@ -140,6 +150,10 @@ impl Authority {
             } => self
                 .token_cache
                 .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.client_id == client_id),
+            Event::UserDeleted { tenant_id, user_id } => self
+                .token_cache
+                .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.sub == user_id),
+            Event::LocalTokensChanged { .. } => {}
         }
         // No receiver is not an error: nobody needs to hear of it yet.
         let _ = self.events.send(event);

@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod claims;
 pub mod clock;
+pub mod email;
 pub mod grant;
 pub mod keys;
 pub mod oauth;
@@ -18,6 +19,7 @@ pub mod topic;
 
 pub use claims::AccessClaims;
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
+pub use email::Email;
 pub use grant::GrantType;
 pub use keys::KeyStatus;
 pub use oauth::{OAuthError, OAuthErrorCode};

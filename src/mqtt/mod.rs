@@ -99,6 +99,13 @@ impl Gate {
                     });
                 self.sessions.forget_owner(&tenant_id, &client_id);
             }
+            Event::UserDeleted { tenant_id, user_id } => {
+                self.sessions
+                    .end_where(EndReason::NotAuthorized, |owner, g| {
+                        g.tenant_id == tenant_id && owner.sub == user_id
+                    });
+            }
+            Event::LocalTokensChanged { .. } => {}
             Event::KeysChanged { tenant_id, slug } => {
                 self.recheck(Some(&tenant_id), false).await;
                 self.publish_jwks(&slug).await;

@@ -19,11 +19,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub mod clients;
+pub mod local_tokens;
+pub mod otp;
+pub mod refresh_tokens;
 pub mod revocations;
 pub mod scopes;
 pub mod signing_keys;
 pub mod systems;
 pub mod tenants;
+pub mod users;
 
 /// The database, on either driver.
 #[derive(Clone, Debug)]

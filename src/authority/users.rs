@@ -1,0 +1,177 @@
+//! People: users with their granted scopes and metadata, roles, and the roles users hold on
+//! systems.
+
+use serde_json::{Map, Value};
+
+use super::tenants::validate_name;
+use super::{Authority, Error, Event, Result, Tenant};
+use crate::domain::{Email, ScopeSet};
+use crate::store::{StoreError, local_tokens, systems, users};
+
+/// The largest metadata object accepted, serialised.
+const MAX_METADATA_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub scopes: ScopeSet,
+    /// Merged into userinfo.
+    pub metadata: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub id: String,
+    pub name: String,
+}
+
+impl User {
+    fn from_row(row: users::UserRow) -> User {
+        User {
+            id: row.id,
+            email: row.email,
+            name: row.name,
+            scopes: ScopeSet::parse(&row.scopes).unwrap_or_default(),
+            metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
+        }
+    }
+}
+
+impl Authority {
+    /// Creates a user. `granted_by` is the caller's scopes: the user gets only scopes the caller
+    /// holds (`None` for the operator).
+    pub async fn create_user(
+        &self,
+        tenant: &Tenant,
+        email: &str,
+        name: &str,
+        scopes: ScopeSet,
+        metadata: Map<String, Value>,
+        granted_by: Option<&ScopeSet>,
+    ) -> Result<User> {
+        let email = Email::parse(email).map_err(|e| Error::Invalid(e.to_string()))?;
+        let name = validate_name(name)?;
+        self.check_grantable(tenant, &scopes, granted_by).await?;
+        let metadata_text = Value::Object(metadata.clone()).to_string();
+        if metadata_text.len() > MAX_METADATA_BYTES {
+            return Err(Error::Invalid("user metadata is at most 8 KiB".into()));
+        }
+        let row = users::UserRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: tenant.id.clone(),
+            email: email.to_string(),
+            name: name.to_owned(),
+            scopes: scopes.to_string(),
+            metadata: metadata_text,
+            created_at: self.now(),
+        };
+        users::insert(&self.db, &row).await.map_err(|e| match e {
+            StoreError::Conflict => Error::Conflict(format!("a user with email {email} exists")),
+            other => other.into(),
+        })?;
+        tracing::info!(tenant = %tenant.slug, user = %row.id, "user created");
+        Ok(User::from_row(row))
+    }
+
+    pub async fn user(&self, tenant: &Tenant, id: &str) -> Result<Option<User>> {
+        Ok(users::find(&self.db, &tenant.id, id)
+            .await?
+            .map(User::from_row))
+    }
+
+    pub(crate) async fn user_by_email(
+        &self,
+        tenant: &Tenant,
+        email: &Email,
+    ) -> Result<Option<User>> {
+        Ok(users::find_by_email(&self.db, &tenant.id, email.as_str())
+            .await?
+            .map(User::from_row))
+    }
+
+    /// Deletes a user: their local API tokens show as REVOKED, their refresh tokens die with
+    /// them, and their access tokens and MQTT sessions end.
+    pub async fn delete_user(&self, tenant: &Tenant, id: &str) -> Result<()> {
+        let now = self.now();
+        let systems = local_tokens::revoke_for_user(&self.db, &tenant.id, id, now).await?;
+        if !users::delete(&self.db, &tenant.id, id).await? {
+            return Err(Error::NotFound(format!("no user {id}")));
+        }
+        tracing::info!(tenant = %tenant.slug, user = %id, "user deleted");
+        self.emit(Event::UserDeleted {
+            tenant_id: tenant.id.clone(),
+            user_id: id.to_owned(),
+        });
+        let mut systems = systems;
+        systems.sort();
+        systems.dedup();
+        for system_id in systems {
+            self.emit(Event::LocalTokensChanged {
+                tenant_id: tenant.id.clone(),
+                system_id,
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn create_role(&self, tenant: &Tenant, name: &str) -> Result<Role> {
+        let name = validate_name(name)?;
+        let row = users::RoleRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: tenant.id.clone(),
+            name: name.to_owned(),
+            created_at: self.now(),
+        };
+        users::insert_role(&self.db, &row)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict => Error::Conflict(format!("role {name:?} exists")),
+                other => other.into(),
+            })?;
+        Ok(Role {
+            id: row.id,
+            name: row.name,
+        })
+    }
+
+    /// Gives a user a role on a system. All three must belong to the tenant.
+    pub async fn assign_role(
+        &self,
+        tenant: &Tenant,
+        user_id: &str,
+        system_id: &str,
+        role_id: &str,
+    ) -> Result<()> {
+        if users::find(&self.db, &tenant.id, user_id).await?.is_none() {
+            return Err(Error::NotFound(format!("no user {user_id}")));
+        }
+        if systems::find(&self.db, &tenant.id, system_id)
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound(format!("no system {system_id}")));
+        }
+        if users::find_role(&self.db, &tenant.id, role_id)
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound(format!("no role {role_id}")));
+        }
+        users::assign_role(&self.db, user_id, system_id, role_id, self.now()).await?;
+        Ok(())
+    }
+
+    /// The roles a user holds on a system.
+    pub async fn roles_on_system(&self, user_id: &str, system_id: &str) -> Result<Vec<Role>> {
+        Ok(users::roles_on_system(&self.db, user_id, system_id)
+            .await?
+            .into_iter()
+            .map(|r| Role {
+                id: r.id,
+                name: r.name,
+            })
+            .collect())
+    }
+}

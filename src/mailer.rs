@@ -1,0 +1,118 @@
+//! The mail adapters behind [`authority::mail::Mailer`](crate::authority::mail::Mailer), chosen
+//! by `mailer.kind`: `file` writes one RFC 5322 `.eml` file per message (the development inbox,
+//! and the tests'), `smtp` sends through an SMTP server with lettre, `log` only logs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::authority::mail::{Mail, Mailer, SendResult};
+use crate::config::{MailerKind, MailerSettings};
+
+/// The mailer `settings` ask for.
+pub fn from_settings(settings: &MailerSettings) -> anyhow::Result<Arc<dyn Mailer>> {
+    let from: Mailbox = settings.from.parse().context("mailer.from")?;
+    Ok(match settings.kind {
+        MailerKind::File => Arc::new(FileMailer {
+            dir: settings.dir.clone(),
+            from,
+        }),
+        MailerKind::Log => {
+            tracing::warn!(
+                "mailer.kind = \"log\": sign-in codes are written to the log; use it for development only"
+            );
+            Arc::new(LogMailer)
+        }
+        MailerKind::Smtp => {
+            let host = settings.smtp_host.as_str();
+            let builder = match settings.smtp_security.as_str() {
+                "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
+                "none" => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+                    host,
+                )),
+                _ => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
+            }
+            .with_context(|| format!("mailer.smtp_host = {host:?}"))?;
+            let mut builder = builder.port(settings.smtp_port);
+            if !settings.smtp_username.is_empty() {
+                builder = builder.credentials(Credentials::new(
+                    settings.smtp_username.clone(),
+                    settings.smtp_password.clone(),
+                ));
+            }
+            Arc::new(SmtpMailer {
+                transport: builder.build(),
+                from,
+            })
+        }
+    })
+}
+
+fn message(from: &Mailbox, mail: &Mail) -> anyhow::Result<Message> {
+    Message::builder()
+        .from(from.clone())
+        .to(mail.to.parse().context("recipient address")?)
+        .subject(mail.subject.clone())
+        .header(ContentType::TEXT_PLAIN)
+        .body(mail.body.clone())
+        .context("building the message")
+}
+
+struct FileMailer {
+    dir: PathBuf,
+    from: Mailbox,
+}
+
+impl Mailer for FileMailer {
+    fn send(&self, mail: Mail) -> SendResult<'_> {
+        Box::pin(async move {
+            let formatted = message(&self.from, &mail)?.formatted();
+            tokio::fs::create_dir_all(&self.dir)
+                .await
+                .with_context(|| format!("mailer.dir: cannot create {}", self.dir.display()))?;
+            let name = format!(
+                "{}-{}.eml",
+                chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
+                uuid::Uuid::new_v4().simple()
+            );
+            let path = self.dir.join(name);
+            tokio::fs::write(&path, formatted)
+                .await
+                .with_context(|| format!("mailer.dir: cannot write {}", path.display()))?;
+            Ok(())
+        })
+    }
+}
+
+struct SmtpMailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl Mailer for SmtpMailer {
+    fn send(&self, mail: Mail) -> SendResult<'_> {
+        Box::pin(async move {
+            let message = message(&self.from, &mail)?;
+            self.transport
+                .send(message)
+                .await
+                .context("sending mail over SMTP")?;
+            Ok(())
+        })
+    }
+}
+
+struct LogMailer;
+
+impl Mailer for LogMailer {
+    fn send(&self, mail: Mail) -> SendResult<'_> {
+        Box::pin(async move {
+            tracing::warn!(to = %mail.to, subject = %mail.subject, "mail (log mailer):\n{}", mail.body);
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,123 @@
+//! Users, roles, and the roles users hold on systems.
+
+use super::{Db, StoreResult, on_pool};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub email: String,
+    pub name: String,
+    /// Space-separated.
+    pub scopes: String,
+    /// A JSON object.
+    pub metadata: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RoleRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+const INSERT_USER: &str =
+    "INSERT INTO users (id, tenant_id, email, name, scopes, metadata, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+pub async fn insert(db: &Db, u: &UserRow) -> StoreResult<()> {
+    on_pool!(db, pool => sqlx::query(INSERT_USER)
+        .bind(&u.id)
+        .bind(&u.tenant_id)
+        .bind(&u.email)
+        .bind(&u.name)
+        .bind(&u.scopes)
+        .bind(&u.metadata)
+        .bind(u.created_at)
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+const USER_COLUMNS: &str = "id, tenant_id, email, name, scopes, metadata, created_at";
+
+pub async fn find(db: &Db, tenant_id: &str, id: &str) -> StoreResult<Option<UserRow>> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2");
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await?),
+    )
+}
+
+pub async fn find_by_email(db: &Db, tenant_id: &str, email: &str) -> StoreResult<Option<UserRow>> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND email = $2");
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(email).fetch_optional(pool).await?),
+    )
+}
+
+const DELETE_USER: &str = "DELETE FROM users WHERE tenant_id = $1 AND id = $2";
+
+/// Deletes the user; its role assignments and refresh tokens go with it.
+pub async fn delete(db: &Db, tenant_id: &str, id: &str) -> StoreResult<bool> {
+    let n = on_pool!(db, pool => sqlx::query(DELETE_USER).bind(tenant_id).bind(id).execute(pool).await?.rows_affected());
+    Ok(n > 0)
+}
+
+const INSERT_ROLE: &str =
+    "INSERT INTO roles (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)";
+
+pub async fn insert_role(db: &Db, r: &RoleRow) -> StoreResult<()> {
+    on_pool!(db, pool => sqlx::query(INSERT_ROLE)
+        .bind(&r.id)
+        .bind(&r.tenant_id)
+        .bind(&r.name)
+        .bind(r.created_at)
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+const FIND_ROLE: &str =
+    "SELECT id, tenant_id, name, created_at FROM roles WHERE tenant_id = $1 AND id = $2";
+
+pub async fn find_role(db: &Db, tenant_id: &str, id: &str) -> StoreResult<Option<RoleRow>> {
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(FIND_ROLE).bind(tenant_id).bind(id).fetch_optional(pool).await?),
+    )
+}
+
+const ASSIGN: &str = "INSERT INTO role_assignments (user_id, system_id, role_id, created_at)
+    VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+
+pub async fn assign_role(
+    db: &Db,
+    user_id: &str,
+    system_id: &str,
+    role_id: &str,
+    now: i64,
+) -> StoreResult<()> {
+    on_pool!(db, pool => sqlx::query(ASSIGN)
+        .bind(user_id)
+        .bind(system_id)
+        .bind(role_id)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+const ROLES_ON_SYSTEM: &str = "SELECT r.id, r.tenant_id, r.name, r.created_at
+    FROM role_assignments a JOIN roles r ON r.id = a.role_id
+    WHERE a.user_id = $1 AND a.system_id = $2 ORDER BY r.name, r.id";
+
+/// The roles `user_id` holds on `system_id`, by name.
+pub async fn roles_on_system(db: &Db, user_id: &str, system_id: &str) -> StoreResult<Vec<RoleRow>> {
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(ROLES_ON_SYSTEM).bind(user_id).bind(system_id).fetch_all(pool).await?),
+    )
+}
