@@ -54,8 +54,17 @@ mod tests {
             "ada@example.com"
         );
         for bad in [
-            "", "ada", "ada@", "@x.io", "a@b", "a b@x.io", "a@x..io", "a@@x.io", "a@x.io\n",
-            "<a@x.io>", "a,b@x.io",
+            "",
+            "ada",
+            "ada@",
+            "@x.io",
+            "a@b",
+            "a b@x.io",
+            "a@x..io",
+            "a@@x.io",
+            "a@x.io\nBcc: b@y.io",
+            "<a@x.io>",
+            "a,b@x.io",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
