@@ -45,7 +45,10 @@ impl App {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<App> {
-        let authority = Arc::new(open_authority(settings, clock).await?);
+        // rustls may see two crypto providers compiled in (lettre brings ring); use aws-lc-rs.
+        let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mailer = crate::mailer::from_settings(&settings.mailer)?;
+        let authority = Arc::new(open_authority(settings, clock).await?.with_mailer(mailer));
         authority
             .maintain_keys_once()
             .await
@@ -215,6 +218,9 @@ async fn background_jobs(authority: Arc<Authority>, mut stopped: watch::Receiver
                 }
             }
             _ = prune.tick() => {
+                if let Err(e) = authority.prune_codes_once().await {
+                    tracing::warn!("pruning sign-in codes: {e:#}");
+                }
                 if let Err(e) = authority.prune_revocations_once().await {
                     tracing::warn!("pruning revocations: {e:#}");
                 }

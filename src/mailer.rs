@@ -58,7 +58,8 @@ fn message(from: &Mailbox, mail: &Mail) -> anyhow::Result<Message> {
         .to(mail.to.parse().context("recipient address")?)
         .subject(mail.subject.clone())
         .header(ContentType::TEXT_PLAIN)
-        .body(mail.body.clone())
+        // RFC 5322 §2.3: lines end in CRLF.
+        .body(mail.body.replace("\r\n", "\n").replace('\n', "\r\n"))
         .context("building the message")
 }
 

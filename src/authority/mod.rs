@@ -22,6 +22,7 @@ pub mod keyring;
 pub mod keys;
 pub mod limiter;
 pub mod mail;
+pub mod signin;
 pub mod systems;
 pub mod tenants;
 pub mod token_cache;
@@ -91,6 +92,7 @@ pub struct Authority {
     pub(crate) keyrings: KeyRings,
     pub(crate) auth_failures: limiter::FailureLimiter,
     pub(crate) token_cache: token_cache::TokenCache,
+    pub(crate) mailer: Arc<dyn mail::Mailer>,
     /// Tenants by slug. Tenants are never renamed or deleted, so an entry never goes stale;
     /// misses are not remembered, so a tenant created by another process is found.
     pub(crate) tenant_cache: RwLock<HashMap<String, Tenant>>,
@@ -113,9 +115,16 @@ impl Authority {
             keyrings: KeyRings::default(),
             auth_failures: limiter::FailureLimiter::new(10, 60),
             token_cache: Default::default(),
+            mailer: Arc::new(mail::NoMailer),
             tenant_cache: Default::default(),
             events,
         }
+    }
+
+    /// Sends mail through `mailer` (the one-shot commands send none).
+    pub fn with_mailer(mut self, mailer: Arc<dyn mail::Mailer>) -> Self {
+        self.mailer = mailer;
+        self
     }
 
     pub fn settings(&self) -> &Settings {

@@ -40,6 +40,8 @@ pub struct IssuedToken {
     pub access_token: String,
     pub expires_in: i64,
     pub scope: ScopeSet,
+    /// For people's sign-in: the next refresh token.
+    pub refresh_token: Option<Secret>,
 }
 
 /// An access token that passed every check.
@@ -210,6 +212,7 @@ impl Authority {
             access_token: jws::sign(&signer.key, &signer.kid, ACCESS_TOKEN_TYP, &claims),
             expires_in: ttl,
             scope,
+            refresh_token: None,
         })
     }
 
@@ -321,7 +324,8 @@ impl Authority {
         }
     }
 
-    /// Token revocation (RFC 7009). A token that is invalid, expired or already revoked is not an
+    /// Token revocation (RFC 7009), of access tokens and of refresh tokens (which ends the whole
+    /// sign-in they belong to). A token that is invalid, expired or already revoked is not an
     /// error (§2.2). A client may revoke the tokens issued to it; a client holding
     /// `lanyard:clients:write` may revoke any token of the tenant.
     pub async fn revoke(
@@ -331,6 +335,11 @@ impl Authority {
         token: &str,
     ) -> Result<(), OAuthError> {
         let client = self.authenticate_client(tenant, caller).await?;
+        // Refresh tokens are opaque; access tokens are JWTs.
+        if !token.contains('.') {
+            self.revoke_refresh_token(tenant, &client, token).await?;
+            return Ok(());
+        }
         let verified = match self.verify_access_token(tenant, token).await {
             Ok(v) => v,
             Err(TokenRejected::Unavailable) => return Err(OAuthError::server_error()),

@@ -14,4 +14,4 @@ pub mod secret;
 pub use jws::{JwsError, VerifiedJws};
 pub use rsa::{SigningKey, VerifyingKey};
 pub use seal::KeyEncryptionKey;
-pub use secret::{Secret, SecretHash};
+pub use secret::{Secret, SecretHash, random_bytes};

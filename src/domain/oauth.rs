@@ -11,6 +11,8 @@ pub enum OAuthErrorCode {
     UnsupportedGrantType,
     InvalidScope,
     UnsupportedTokenType,
+    /// RFC 6750 §3.1: the bearer token is not good (answered with 401).
+    InvalidToken,
     /// Not an RFC 6749 code: the tenant in the path does not exist (answered with 404).
     NotFound,
     /// Too many failed client authentications (answered with 429).
@@ -28,6 +30,7 @@ impl OAuthErrorCode {
             OAuthErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             OAuthErrorCode::InvalidScope => "invalid_scope",
             OAuthErrorCode::UnsupportedTokenType => "unsupported_token_type",
+            OAuthErrorCode::InvalidToken => "invalid_token",
             OAuthErrorCode::NotFound => "not_found",
             OAuthErrorCode::TooManyRequests => "too_many_requests",
             OAuthErrorCode::ServerError => "server_error",

@@ -28,14 +28,19 @@ pub async fn metadata(
     let mut scopes: Vec<String> = custom.iter().map(|s| s.to_string()).collect();
     scopes.extend(ADMIN_CATALOGUE.iter().map(|s| s.to_string()));
     let issuer = &tenant.issuer;
-    let auth_methods = ["client_secret_basic", "client_secret_post"];
+    let auth_methods = ["client_secret_basic", "client_secret_post", "none"];
     let body = json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/oauth2/token"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
-        "grant_types_supported": [GrantType::ClientCredentials.as_str()],
+        "userinfo_endpoint": format!("{issuer}/oauth2/userinfo"),
+        "grant_types_supported": [
+            GrantType::ClientCredentials.as_str(),
+            GrantType::Otp.as_str(),
+            GrantType::RefreshToken.as_str(),
+        ],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods,

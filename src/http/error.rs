@@ -30,7 +30,9 @@ impl IntoResponse for OAuthResponse {
     fn into_response(self) -> Response {
         let e = self.0;
         let status = match e.code {
-            OAuthErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
+            OAuthErrorCode::InvalidClient | OAuthErrorCode::InvalidToken => {
+                StatusCode::UNAUTHORIZED
+            }
             OAuthErrorCode::NotFound => StatusCode::NOT_FOUND,
             OAuthErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             OAuthErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -43,6 +45,13 @@ impl IntoResponse for OAuthResponse {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"lanyard\""),
+            );
+        }
+        if e.code == OAuthErrorCode::InvalidToken {
+            // RFC 6750 §3: the challenge names the bearer scheme and the error.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"lanyard\", error=\"invalid_token\""),
             );
         }
         if let Some(wait) = e.retry_after {

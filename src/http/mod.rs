@@ -45,7 +45,12 @@ pub fn router(authority: Arc<Authority>, broker_ready: ReadinessCheck) -> Router
         .route("/.well-known/jwks.json", get(discovery::jwks))
         .route("/oauth2/token", post(oauth::token))
         .route("/oauth2/introspect", post(oauth::introspect))
-        .route("/oauth2/revoke", post(oauth::revoke));
+        .route("/oauth2/revoke", post(oauth::revoke))
+        .route(
+            "/oauth2/userinfo",
+            get(oauth::userinfo).post(oauth::userinfo),
+        )
+        .route("/auth/send-otp", post(oauth::send_otp));
     Router::new()
         .nest("/t/{slug}", tenant_routes)
         .route("/healthz", get(health::healthz))

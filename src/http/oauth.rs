@@ -37,6 +37,31 @@ pub async fn token(
                 .client_credentials_grant(&tenant, &creds, form.get("scope"))
                 .await?
         }
+        GrantType::Otp => {
+            let creds = client_credentials(&headers, &form)?;
+            state
+                .authority
+                .otp_grant(
+                    &tenant,
+                    &creds,
+                    form.require("email")?,
+                    form.require("code")?,
+                    form.get("scope"),
+                )
+                .await?
+        }
+        GrantType::RefreshToken => {
+            let creds = client_credentials(&headers, &form)?;
+            state
+                .authority
+                .refresh_grant(
+                    &tenant,
+                    &creds,
+                    form.require("refresh_token")?,
+                    form.get("scope"),
+                )
+                .await?
+        }
         other => {
             return Err(OAuthError::new(
                 OAuthErrorCode::UnsupportedGrantType,
@@ -45,12 +70,15 @@ pub async fn token(
             .into());
         }
     };
-    let body = json!({
+    let mut body = json!({
         "access_token": issued.access_token,
         "token_type": "Bearer",
         "expires_in": issued.expires_in,
         "scope": issued.scope.to_string(),
     });
+    if let Some(refresh) = &issued.refresh_token {
+        body["refresh_token"] = refresh.expose().into();
+    }
     Ok((no_store(), Json(body)).into_response())
 }
 
@@ -102,4 +130,60 @@ pub async fn revoke(
     // token_type_hint is only a hint (RFC 7009 §2.1): every kind of token is searched anyway.
     state.authority.revoke(&tenant, &caller, token).await?;
     Ok(no_store().into_response())
+}
+
+/// UserInfo (OpenID Connect Core §5.3), with the access token as a bearer (RFC 6750 §2.1).
+pub async fn userinfo(
+    State(state): State<HttpState>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let tenant = tenant(&state.authority, &slug).await?;
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .ok_or_else(|| {
+            OAuthError::new(
+                OAuthErrorCode::InvalidToken,
+                "send the access token as Authorization: Bearer",
+            )
+        })?;
+    let info = state.authority.userinfo(&tenant, bearer).await?;
+    Ok((no_store(), Json(Value::Object(info))).into_response())
+}
+
+/// `POST /t/{slug}/auth/send-otp` with `{"email", "client_id"}`: 202 whether or not the user
+/// exists.
+pub async fn send_otp(
+    State(state): State<HttpState>,
+    Path(slug): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SendOtp {
+        email: String,
+        client_id: String,
+    }
+    let tenant = tenant(&state.authority, &slug).await?;
+    let body =
+        body.map_err(|_| OAuthError::invalid_request("the body is too large or unreadable"))?;
+    let request: SendOtp = serde_json::from_slice(&body).map_err(|e| {
+        OAuthError::invalid_request(format!(
+            "send a JSON object {{\"email\": …, \"client_id\": …}}: {e}"
+        ))
+    })?;
+    state
+        .authority
+        .send_otp(&tenant, &request.email, &request.client_id)
+        .await?;
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        no_store(),
+        Json(json!({ "status": "accepted" })),
+    )
+        .into_response())
 }

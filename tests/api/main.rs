@@ -12,4 +12,5 @@ mod keys;
 mod mqtt;
 mod mqtt_bytes;
 mod revocation;
+mod signin;
 mod token;
