@@ -69,7 +69,8 @@ impl App {
         let mut tasks = Vec::new();
         let broker = Broker::start(authority.clone(), stopped.clone(), &mut tasks).await?;
         let gate = broker.gate().clone();
-        let router = crate::http::router(authority.clone(), Arc::new(move || gate.is_ready()));
+        let router = crate::http::router(authority.clone(), Arc::new(move || gate.is_ready()))
+            .merge(crate::graphql::router(authority.clone()));
         let mut http_stop = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {

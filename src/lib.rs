@@ -4,6 +4,7 @@
 //! - [`app`]: the composition root: builds everything, binds the listeners, runs the jobs.
 //! - [`config`]: the settings tree: defaults, `broker.toml`, `LANYARD_*` overrides.
 //! - [`http`]: the HTTP door: OAuth endpoints, discovery, health.
+//! - [`graphql`]: the GraphQL door: local API tokens and management.
 //! - [`mqtt`]: the MQTT door: lanyard's listener, permissions and sessions over rumqttd's router.
 //! - [`mailer`]: the mail adapters (file, SMTP, log) behind the authority's mail port.
 //! - [`authority`]: the use-cases every door shares: tenants, keys, clients, tokens.
@@ -16,6 +17,7 @@ pub mod authority;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod graphql;
 pub mod http;
 pub mod mailer;
 pub mod mqtt;

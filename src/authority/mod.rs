@@ -21,6 +21,7 @@ pub mod demo;
 pub mod keyring;
 pub mod keys;
 pub mod limiter;
+pub mod local_tokens;
 pub mod mail;
 pub mod signin;
 pub mod systems;
@@ -31,6 +32,7 @@ pub mod users;
 
 pub use clients::{ClientRegistration, NewClient};
 pub use keyring::KeyRings;
+pub use local_tokens::{Caller, LocalToken, LocalTokenStatus, MintedToken};
 pub use tenants::Tenant;
 pub use token_cache::KnownToken;
 pub use tokens::{ClientCredentials, IssuedToken, TokenRejected, VerifiedAccessToken};

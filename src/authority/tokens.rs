@@ -3,7 +3,7 @@
 //!
 //! Verification is the one place that decides whether an access token is good: signature by a
 //! published key of the tenant, `typ`, `iss`, `aud`, time claims, the revocation list, and the
-//! client still existing. The HTTP door uses it for introspection; the MQTT and GraphQL doors
+//! client (and for a person's token, the user) still existing. The HTTP door uses it for introspection; the MQTT and GraphQL doors
 //! use the same function. A token that passed is remembered until its `exp` (see
 //! [`token_cache`](super::token_cache)), so presenting it again costs no database round trip.
 
@@ -15,7 +15,7 @@ use super::{Authority, Event, Tenant, log_internal};
 use crate::crypto::{JwsError, Secret, SecretHash, jws};
 use crate::domain::claims::ACCESS_TOKEN_TYP;
 use crate::domain::{AccessClaims, GrantType, OAuthError, OAuthErrorCode, ScopeSet};
-use crate::store::{clients, revocations};
+use crate::store::{clients, revocations, users};
 
 /// A token whose `nbf` is at most this far ahead is accepted: clocks of nodes differ a little.
 pub const NOT_BEFORE_LEEWAY_SECS: i64 = 30;
@@ -72,6 +72,8 @@ pub enum TokenRejected {
     Revoked,
     #[error("the token's client no longer exists")]
     ClientGone,
+    #[error("the token's user no longer exists")]
+    UserGone,
     #[error("the token could not be checked right now")]
     Unavailable,
 }
@@ -266,6 +268,15 @@ impl Authority {
             .map_err(unavailable)?
         {
             return Err(TokenRejected::ClientGone);
+        }
+        // A person's token (sub is a user, not the client itself) dies with its user.
+        if claims.sub != claims.client_id
+            && users::find(&self.db, &tenant.id, &claims.sub)
+                .await
+                .map_err(unavailable)?
+                .is_none()
+        {
+            return Err(TokenRejected::UserGone);
         }
         let verified = VerifiedAccessToken {
             claims,

@@ -33,3 +33,9 @@ pub async fn find(db: &Db, tenant_id: &str, id: &str) -> StoreResult<Option<Syst
         on_pool!(db, pool => sqlx::query_as(FIND).bind(tenant_id).bind(id).fetch_optional(pool).await?),
     )
 }
+
+const LIST: &str = "SELECT id, tenant_id, name, created_at FROM systems WHERE tenant_id = $1 ORDER BY created_at, id";
+
+pub async fn list(db: &Db, tenant_id: &str) -> StoreResult<Vec<SystemRow>> {
+    Ok(on_pool!(db, pool => sqlx::query_as(LIST).bind(tenant_id).fetch_all(pool).await?))
+}

@@ -7,6 +7,7 @@ mod helpers;
 
 mod cli;
 mod discovery;
+mod graphql;
 mod introspection;
 mod keys;
 mod mqtt;

@@ -1,0 +1,358 @@
+//! Local API tokens (SPEC §3, §6): JWTs whose audience is one system, minted by a person who
+//! holds a role on it, so the system can accept them on its own network while offline.
+//!
+//! A token carries the roles its subject held on the system when it was minted. It shows as
+//! REVOKED once revoked, once its subject is deleted, and while the key that signed it is not
+//! published (invalidated). Every change is announced as [`Event::LocalTokensChanged`], which
+//! is how the system's retained list follows.
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::tenants::validate_name;
+use super::{Authority, Error, Event, Result, Role, Tenant};
+use crate::crypto::jws;
+use crate::domain::{AccessClaims, Period, ScopeSet};
+use crate::store::{local_tokens, systems};
+
+/// The shortest lifetime a local token may have.
+pub const MIN_DURATION_SECS: u64 = 60;
+/// `exp` must fit a signed 32-bit time, which constrained devices parse.
+const MAX_EXP: i64 = i32::MAX as i64;
+
+/// The scope that lets a caller revoke any local token of the tenant.
+pub const LOCAL_TOKENS_WRITE: &str = "lanyard:local-tokens:write";
+/// The scope that lets a caller list any system's local tokens.
+pub const LOCAL_TOKENS_READ: &str = "lanyard:local-tokens:read";
+
+/// Who calls a use-case: a verified access token of a tenant.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: Tenant,
+    pub claims: AccessClaims,
+    pub scopes: ScopeSet,
+}
+
+impl Caller {
+    pub fn new(tenant: Tenant, claims: AccessClaims) -> Caller {
+        let scopes = ScopeSet::parse(&claims.scope).unwrap_or_default();
+        Caller {
+            tenant,
+            claims,
+            scopes,
+        }
+    }
+
+    /// The user behind the token, if it is a person's token (a client's own has `sub` =
+    /// `client_id`).
+    pub fn user_id(&self) -> Option<&str> {
+        (self.claims.sub != self.claims.client_id).then_some(self.claims.sub.as_str())
+    }
+
+    /// Refuses unless the token carries `scope`.
+    pub fn require(&self, scope: &str) -> Result<()> {
+        if self.scopes.contains_str(scope) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!("this needs the scope {scope}")))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LocalTokenStatus {
+    Activated,
+    Revoked,
+}
+
+/// A local API token as listed.
+#[derive(Debug, Clone)]
+pub struct LocalToken {
+    pub id: String,
+    pub system_id: String,
+    pub status: LocalTokenStatus,
+    pub subject_id: String,
+    pub subject_name: String,
+    pub roles: Vec<Role>,
+    pub name: Option<String>,
+    pub requested_device: Option<String>,
+    pub not_before: i64,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// The token itself, while ACTIVATED.
+    pub token: Option<String>,
+}
+
+/// A freshly minted token: the only time the caller sees it outside the system's list.
+#[derive(Debug, Clone)]
+pub struct MintedToken {
+    pub id: String,
+    pub token: String,
+}
+
+#[derive(Serialize)]
+struct RoleClaim<'a> {
+    uuid: &'a str,
+    name: &'a str,
+}
+
+/// How a token is minted: for a while, or for good with a name.
+enum Lifetime<'a> {
+    For { secs: u64, device: Option<&'a str> },
+    Permanent { name: &'a str },
+}
+
+impl Authority {
+    /// Mints a token for `system_id` valid for `duration` (`15M`, `12H`, `1D`, `1W`, `PT12H`),
+    /// between one minute and `tokens.max_local_token_duration`.
+    pub async fn create_local_token(
+        &self,
+        caller: &Caller,
+        system_id: &str,
+        requested_device: Option<&str>,
+        duration: &str,
+    ) -> Result<MintedToken> {
+        let period = Period::parse(duration).map_err(|e| Error::Invalid(e.to_string()))?;
+        let max = self.settings.tokens.max_local_token_duration;
+        if period.as_secs() < MIN_DURATION_SECS || period > max {
+            return Err(Error::Invalid(format!(
+                "duration {duration:?} must be between 1 minute and {max}"
+            )));
+        }
+        if let Some(device) = requested_device {
+            validate_name(device).map_err(|_| {
+                Error::Invalid(
+                    "requestedDevice must be 1 to 200 characters without control characters".into(),
+                )
+            })?;
+        }
+        let device = requested_device.map(str::trim);
+        self.mint(
+            caller,
+            system_id,
+            Lifetime::For {
+                secs: period.as_secs(),
+                device,
+            },
+        )
+        .await
+    }
+
+    /// Mints a token for `system_id` that never expires; `name` says what it is for.
+    pub async fn create_permanent_local_token(
+        &self,
+        caller: &Caller,
+        system_id: &str,
+        name: &str,
+    ) -> Result<MintedToken> {
+        let name = validate_name(name)?;
+        self.mint(caller, system_id, Lifetime::Permanent { name })
+            .await
+    }
+
+    async fn mint(
+        &self,
+        caller: &Caller,
+        system_id: &str,
+        lifetime: Lifetime<'_>,
+    ) -> Result<MintedToken> {
+        let tenant = &caller.tenant;
+        // A missing system and a system without a role on it get the same answer.
+        let forbidden = || Error::Forbidden("you hold no role on this system".into());
+        let user_id = caller.user_id().ok_or_else(|| {
+            Error::Forbidden("local API tokens are minted for people; sign in as a user".into())
+        })?;
+        let user = self.user(tenant, user_id).await?.ok_or_else(forbidden)?;
+        if systems::find(&self.db, &tenant.id, system_id)
+            .await?
+            .is_none()
+        {
+            return Err(forbidden());
+        }
+        let roles = self.roles_on_system(&user.id, system_id).await?;
+        if roles.is_empty() {
+            return Err(forbidden());
+        }
+        let now = self.now();
+        let exp = match lifetime {
+            Lifetime::For { secs, .. } => {
+                let exp = now + secs as i64;
+                if exp > MAX_EXP {
+                    return Err(Error::Invalid(
+                        "the token would expire after 2038, beyond a 32-bit time".into(),
+                    ));
+                }
+                Some(exp)
+            }
+            Lifetime::Permanent { .. } => None,
+        };
+        let keys = self.keyring(tenant).await?;
+        let signer = keys
+            .signer
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("tenant {} has no ACTIVE signing key", tenant.slug))?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let role_claims: Vec<RoleClaim> = roles
+            .iter()
+            .map(|r| RoleClaim {
+                uuid: &r.id,
+                name: &r.name,
+            })
+            .collect();
+        let mut claims = json!({
+            "jti": id,
+            "sub": user.id,
+            "iss": tenant.issuer,
+            "aud": system_id,
+            "iat": now,
+            "nbf": now,
+            "name": user.name,
+            "typename": "USER",
+            "roles": role_claims,
+        });
+        if let Some(exp) = exp {
+            claims["exp"] = exp.into();
+        }
+        let (name, device) = match lifetime {
+            Lifetime::For { device, .. } => (None, device),
+            Lifetime::Permanent { name } => (Some(name), None),
+        };
+        if let Some(device) = device {
+            claims["device"] = device.into();
+        }
+        let token = format!(
+            "{}{}",
+            self.settings.tokens.local_token_prefix,
+            jws::sign(&signer.key, &signer.kid, "JWT", &claims)
+        );
+        local_tokens::insert(
+            &self.db,
+            &local_tokens::LocalTokenRow {
+                id: id.clone(),
+                tenant_id: tenant.id.clone(),
+                system_id: system_id.to_owned(),
+                user_id: user.id.clone(),
+                user_name: user.name.clone(),
+                roles: serde_json::to_string(&role_claims).expect("roles serialise"),
+                name: name.map(str::to_owned),
+                requested_device: device.map(str::to_owned),
+                kid: signer.kid.clone(),
+                token: token.clone(),
+                status: "ACTIVATED".into(),
+                not_before: now,
+                expires_at: exp,
+                created_at: now,
+                updated_at: now,
+            },
+        )
+        .await?;
+        tracing::info!(tenant = %tenant.slug, system = %system_id, token = %id, "local API token minted");
+        self.emit(Event::LocalTokensChanged {
+            tenant_id: tenant.id.clone(),
+            system_id: system_id.to_owned(),
+        });
+        Ok(MintedToken { id, token })
+    }
+
+    /// Revokes a local token: its subject may, and so may a caller with
+    /// `lanyard:local-tokens:write`.
+    pub async fn revoke_local_token(&self, caller: &Caller, id: &str) -> Result<LocalToken> {
+        let tenant = &caller.tenant;
+        let row = local_tokens::find(&self.db, &tenant.id, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no local API token {id}")))?;
+        if caller.user_id() != Some(row.user_id.as_str()) {
+            caller.require(LOCAL_TOKENS_WRITE)?;
+        }
+        let now = self.now();
+        local_tokens::revoke(&self.db, &tenant.id, id, now).await?;
+        tracing::info!(tenant = %tenant.slug, token = %id, "local API token revoked");
+        self.emit(Event::LocalTokensChanged {
+            tenant_id: tenant.id.clone(),
+            system_id: row.system_id.clone(),
+        });
+        let row = local_tokens::find(&self.db, &tenant.id, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no local API token {id}")))?;
+        self.local_token_view(tenant, row).await
+    }
+
+    /// The tokens of a system that have not expired, for a caller holding a role on it or
+    /// `lanyard:local-tokens:read`.
+    pub async fn local_tokens(&self, caller: &Caller, system_id: &str) -> Result<Vec<LocalToken>> {
+        let tenant = &caller.tenant;
+        if !caller.scopes.contains_str(LOCAL_TOKENS_READ) {
+            let forbidden = || Error::Forbidden("you hold no role on this system".into());
+            let user_id = caller.user_id().ok_or_else(forbidden)?;
+            if systems::find(&self.db, &tenant.id, system_id)
+                .await?
+                .is_none()
+                || self.roles_on_system(user_id, system_id).await?.is_empty()
+            {
+                return Err(forbidden());
+            }
+        }
+        self.system_local_tokens(tenant, system_id).await
+    }
+
+    /// Every listed token of a system, as the system's devices see them.
+    pub async fn system_local_tokens(
+        &self,
+        tenant: &Tenant,
+        system_id: &str,
+    ) -> Result<Vec<LocalToken>> {
+        let rows = local_tokens::for_system(&self.db, &tenant.id, system_id, self.now()).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.local_token_view(tenant, row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn local_token_view(
+        &self,
+        tenant: &Tenant,
+        row: local_tokens::LocalTokenRow,
+    ) -> Result<LocalToken> {
+        let keys = self.keyring(tenant).await?;
+        let signed_by_published_key = keys.verifier(&row.kid).is_some();
+        let status = if row.status == "ACTIVATED" && signed_by_published_key {
+            LocalTokenStatus::Activated
+        } else {
+            LocalTokenStatus::Revoked
+        };
+        let roles: Vec<serde_json::Value> = serde_json::from_str(&row.roles).unwrap_or_default();
+        Ok(LocalToken {
+            id: row.id,
+            system_id: row.system_id,
+            status,
+            subject_id: row.user_id,
+            subject_name: row.user_name,
+            roles: roles
+                .iter()
+                .map(|r| Role {
+                    id: r["uuid"].as_str().unwrap_or_default().to_owned(),
+                    name: r["name"].as_str().unwrap_or_default().to_owned(),
+                })
+                .collect(),
+            name: row.name,
+            requested_device: row.requested_device,
+            not_before: row.not_before,
+            expires_at: row.expires_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            token: (status == LocalTokenStatus::Activated).then_some(row.token),
+        })
+    }
+
+    /// The tenant's systems.
+    pub async fn systems(&self, tenant: &Tenant) -> Result<Vec<(String, String)>> {
+        Ok(systems::list(&self.db, &tenant.id)
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s.name))
+            .collect())
+    }
+}

@@ -1,0 +1,572 @@
+//! The types and resolvers of the GraphQL schema. Each resolver takes the caller from the
+//! request, checks the `lanyard:` scope its operation needs, calls one use-case and maps the
+//! answer; the rules themselves live in the authority.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Object, SimpleObject};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::authority::{self, Authority, Caller, LocalToken, LocalTokenStatus, NewClient};
+use crate::domain::{GrantType as DomainGrant, KeyStatus as DomainKeyStatus, ScopeSet};
+
+type Result<T> = std::result::Result<T, async_graphql::Error>;
+
+fn error(code: &'static str, message: impl Into<String>) -> async_graphql::Error {
+    async_graphql::Error::new(message.into()).extend_with(|_, e| e.set("code", code))
+}
+
+/// The authority's errors, mapped once.
+fn mapped(e: authority::Error) -> async_graphql::Error {
+    match e {
+        authority::Error::NotFound(m) => error("NOT_FOUND", m),
+        authority::Error::Conflict(m) => error("CONFLICT", m),
+        authority::Error::Invalid(m) => error("BAD_USER_INPUT", m),
+        authority::Error::Forbidden(m) => error("FORBIDDEN", m),
+        authority::Error::Internal(e) => {
+            authority::log_internal("graphql", &e);
+            error("INTERNAL", "the server could not complete the request")
+        }
+    }
+}
+
+fn authority<'a>(ctx: &Context<'a>) -> &'a Arc<Authority> {
+    ctx.data_unchecked::<Arc<Authority>>()
+}
+
+fn caller<'a>(ctx: &Context<'a>) -> Result<&'a Caller> {
+    ctx.data_opt::<Caller>().ok_or_else(|| {
+        error(
+            "UNAUTHENTICATED",
+            "send a valid lanyard access token as Authorization: Bearer",
+        )
+    })
+}
+
+/// The caller, if its token carries `scope`.
+fn caller_with<'a>(ctx: &Context<'a>, scope: &str) -> Result<&'a Caller> {
+    let caller = caller(ctx)?;
+    caller.require(scope).map_err(mapped)?;
+    Ok(caller)
+}
+
+fn time(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(secs, 0).unwrap_or_default()
+}
+
+#[derive(SimpleObject)]
+pub struct CreatedLocalApiToken {
+    /// The token: the local token prefix followed by a JWT.
+    pub jwt: String,
+    pub uuid: Uuid,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum LocalApiTokenStatus {
+    Activated,
+    Revoked,
+}
+
+#[derive(SimpleObject)]
+pub struct LocalApiToken {
+    pub uuid: Uuid,
+    pub status: LocalApiTokenStatus,
+    pub system_uuid: Uuid,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub not_before: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub subject: TokenSubject,
+    pub name: Option<String>,
+    pub requested_device: Option<String>,
+}
+
+/// The person a local token was minted for.
+#[derive(SimpleObject)]
+pub struct TokenSubject {
+    pub uuid: Uuid,
+    pub name: String,
+}
+
+fn uuid(s: &str) -> Uuid {
+    Uuid::parse_str(s).unwrap_or_default()
+}
+
+impl From<LocalToken> for LocalApiToken {
+    fn from(t: LocalToken) -> Self {
+        LocalApiToken {
+            uuid: uuid(&t.id),
+            status: match t.status {
+                LocalTokenStatus::Activated => LocalApiTokenStatus::Activated,
+                LocalTokenStatus::Revoked => LocalApiTokenStatus::Revoked,
+            },
+            system_uuid: uuid(&t.system_id),
+            expires_at: t.expires_at.map(time),
+            not_before: time(t.not_before),
+            created_at: time(t.created_at),
+            subject: TokenSubject {
+                uuid: uuid(&t.subject_id),
+                name: t.subject_name,
+            },
+            name: t.name,
+            requested_device: t.requested_device,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct System {
+    pub uuid: Uuid,
+    pub name: String,
+}
+
+#[derive(SimpleObject)]
+pub struct Role {
+    pub uuid: Uuid,
+    pub name: String,
+}
+
+#[derive(SimpleObject)]
+pub struct User {
+    pub uuid: Uuid,
+    pub email: String,
+    pub name: String,
+}
+
+#[derive(SimpleObject)]
+pub struct Scope {
+    pub name: String,
+    pub description: Option<String>,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum KeyStatus {
+    Pending,
+    Active,
+    Retired,
+    Invalidated,
+}
+
+impl From<DomainKeyStatus> for KeyStatus {
+    fn from(s: DomainKeyStatus) -> Self {
+        match s {
+            DomainKeyStatus::Pending => KeyStatus::Pending,
+            DomainKeyStatus::Active => KeyStatus::Active,
+            DomainKeyStatus::Retired => KeyStatus::Retired,
+            DomainKeyStatus::Invalidated => KeyStatus::Invalidated,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct SigningKey {
+    pub kid: String,
+    pub status: KeyStatus,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum GrantType {
+    ClientCredentials,
+    Otp,
+    RefreshToken,
+    AuthorizationCode,
+}
+
+impl From<GrantType> for DomainGrant {
+    fn from(g: GrantType) -> Self {
+        match g {
+            GrantType::ClientCredentials => DomainGrant::ClientCredentials,
+            GrantType::Otp => DomainGrant::Otp,
+            GrantType::RefreshToken => DomainGrant::RefreshToken,
+            GrantType::AuthorizationCode => DomainGrant::AuthorizationCode,
+        }
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateClientInput {
+    pub name: String,
+    /// Default: none.
+    pub scopes: Option<Vec<String>>,
+    /// Default: CLIENT_CREDENTIALS for confidential clients; OTP and REFRESH_TOKEN for public.
+    pub grant_types: Option<Vec<GrantType>>,
+    /// A public client has no secret (an app on people's devices).
+    pub public: Option<bool>,
+    /// The system this client is the device of.
+    pub system_uuid: Option<Uuid>,
+}
+
+#[derive(SimpleObject)]
+pub struct ClientRegistration {
+    pub client_id: String,
+    /// Shown only here, only now.
+    pub client_secret: Option<String>,
+    pub client_id_issued_at: i64,
+    /// 0: the secret does not expire.
+    pub client_secret_expires_at: i64,
+}
+
+impl From<authority::ClientRegistration> for ClientRegistration {
+    fn from(r: authority::ClientRegistration) -> Self {
+        ClientRegistration {
+            client_id: r.client_id,
+            client_secret: r.client_secret.map(|s| s.expose().to_owned()),
+            client_id_issued_at: r.client_id_issued_at,
+            client_secret_expires_at: r.client_secret_expires_at,
+        }
+    }
+}
+
+/// Who the caller is.
+#[derive(SimpleObject)]
+pub struct Principal {
+    pub sub: String,
+    pub client_id: String,
+    pub tenant: String,
+    pub scopes: Vec<String>,
+    /// For a person's token.
+    pub user: Option<User>,
+}
+
+fn scopes(list: Option<Vec<String>>) -> Result<ScopeSet> {
+    ScopeSet::parse(&list.unwrap_or_default().join(" "))
+        .map_err(|e| error("BAD_USER_INPUT", e.to_string()))
+}
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// The system's local API tokens that have not expired. For people holding a role on it,
+    /// and for tokens with `lanyard:local-tokens:read`.
+    async fn local_api_tokens(
+        &self,
+        ctx: &Context<'_>,
+        system_uuid: Uuid,
+    ) -> Result<Vec<LocalApiToken>> {
+        let caller = caller(ctx)?;
+        let tokens = authority(ctx)
+            .local_tokens(caller, &system_uuid.to_string())
+            .await
+            .map_err(mapped)?;
+        Ok(tokens.into_iter().map(Into::into).collect())
+    }
+
+    /// Needs `lanyard:systems:read`.
+    async fn systems(&self, ctx: &Context<'_>) -> Result<Vec<System>> {
+        let caller = caller_with(ctx, "lanyard:systems:read")?;
+        let systems = authority(ctx)
+            .systems(&caller.tenant)
+            .await
+            .map_err(mapped)?;
+        Ok(systems
+            .into_iter()
+            .map(|(id, name)| System {
+                uuid: uuid(&id),
+                name,
+            })
+            .collect())
+    }
+
+    /// Needs `lanyard:keys:read`.
+    async fn signing_keys(&self, ctx: &Context<'_>) -> Result<Vec<SigningKey>> {
+        let caller = caller_with(ctx, "lanyard:keys:read")?;
+        let keys = authority(ctx)
+            .signing_keys(&caller.tenant)
+            .await
+            .map_err(mapped)?;
+        Ok(keys
+            .into_iter()
+            .map(|k| SigningKey {
+                kid: k.kid,
+                status: k.status.into(),
+            })
+            .collect())
+    }
+
+    async fn me(&self, ctx: &Context<'_>) -> Result<Principal> {
+        let caller = caller(ctx)?;
+        let user = match caller.user_id() {
+            Some(id) => authority(ctx)
+                .user(&caller.tenant, id)
+                .await
+                .map_err(mapped)?
+                .map(|u| User {
+                    uuid: uuid(&u.id),
+                    email: u.email,
+                    name: u.name,
+                }),
+            None => None,
+        };
+        Ok(Principal {
+            sub: caller.claims.sub.clone(),
+            client_id: caller.claims.client_id.clone(),
+            tenant: caller.tenant.slug.to_string(),
+            scopes: caller.scopes.iter().map(|s| s.to_string()).collect(),
+            user,
+        })
+    }
+}
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// Mints a token for a system you hold a role on, valid for `duration` (`15M`, `12H`,
+    /// `1D`, `1W` or ISO 8601 like `PT12H`).
+    async fn create_local_api_token(
+        &self,
+        ctx: &Context<'_>,
+        system_uuid: Uuid,
+        requested_device: Option<String>,
+        duration: String,
+    ) -> Result<CreatedLocalApiToken> {
+        let caller = caller(ctx)?;
+        let minted = authority(ctx)
+            .create_local_token(
+                caller,
+                &system_uuid.to_string(),
+                requested_device.as_deref(),
+                &duration,
+            )
+            .await
+            .map_err(mapped)?;
+        Ok(CreatedLocalApiToken {
+            jwt: minted.token,
+            uuid: uuid(&minted.id),
+        })
+    }
+
+    /// Mints a token that never expires; `name` says what it is for.
+    async fn create_permanent_local_api_token(
+        &self,
+        ctx: &Context<'_>,
+        system_uuid: Uuid,
+        name: String,
+    ) -> Result<CreatedLocalApiToken> {
+        let caller = caller(ctx)?;
+        let minted = authority(ctx)
+            .create_permanent_local_token(caller, &system_uuid.to_string(), &name)
+            .await
+            .map_err(mapped)?;
+        Ok(CreatedLocalApiToken {
+            jwt: minted.token,
+            uuid: uuid(&minted.id),
+        })
+    }
+
+    /// Its subject may revoke a token, and so may a caller with `lanyard:local-tokens:write`.
+    async fn revoke_local_api_token(&self, ctx: &Context<'_>, uuid: Uuid) -> Result<LocalApiToken> {
+        let caller = caller(ctx)?;
+        let token = authority(ctx)
+            .revoke_local_token(caller, &uuid.to_string())
+            .await
+            .map_err(mapped)?;
+        Ok(token.into())
+    }
+
+    /// Needs `lanyard:systems:write`.
+    async fn create_system(&self, ctx: &Context<'_>, name: String) -> Result<System> {
+        let caller = caller_with(ctx, "lanyard:systems:write")?;
+        let id = authority(ctx)
+            .create_system(&caller.tenant, &name)
+            .await
+            .map_err(mapped)?;
+        Ok(System {
+            uuid: uuid(&id),
+            name: name.trim().to_owned(),
+        })
+    }
+
+    /// Needs `lanyard:roles:write`.
+    async fn create_role(&self, ctx: &Context<'_>, name: String) -> Result<Role> {
+        let caller = caller_with(ctx, "lanyard:roles:write")?;
+        let role = authority(ctx)
+            .create_role(&caller.tenant, &name)
+            .await
+            .map_err(mapped)?;
+        Ok(Role {
+            uuid: uuid(&role.id),
+            name: role.name,
+        })
+    }
+
+    /// Needs `lanyard:users:write`; the user gets only scopes the caller holds.
+    async fn create_user(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        name: String,
+        scopes: Option<Vec<String>>,
+    ) -> Result<User> {
+        let caller = caller_with(ctx, "lanyard:users:write")?;
+        let user = authority(ctx)
+            .create_user(
+                &caller.tenant,
+                &email,
+                &name,
+                self::scopes(scopes)?,
+                Default::default(),
+                Some(&caller.scopes),
+            )
+            .await
+            .map_err(mapped)?;
+        Ok(User {
+            uuid: uuid(&user.id),
+            email: user.email,
+            name: user.name,
+        })
+    }
+
+    /// Needs `lanyard:users:write`. The user's local tokens show as REVOKED and their
+    /// sessions end.
+    async fn delete_user(&self, ctx: &Context<'_>, uuid: Uuid) -> Result<bool> {
+        let caller = caller_with(ctx, "lanyard:users:write")?;
+        authority(ctx)
+            .delete_user(&caller.tenant, &uuid.to_string())
+            .await
+            .map_err(mapped)?;
+        Ok(true)
+    }
+
+    /// Needs `lanyard:roles:write`.
+    async fn assign_role(
+        &self,
+        ctx: &Context<'_>,
+        user_uuid: Uuid,
+        system_uuid: Uuid,
+        role_uuid: Uuid,
+    ) -> Result<bool> {
+        let caller = caller_with(ctx, "lanyard:roles:write")?;
+        authority(ctx)
+            .assign_role(
+                &caller.tenant,
+                &user_uuid.to_string(),
+                &system_uuid.to_string(),
+                &role_uuid.to_string(),
+            )
+            .await
+            .map_err(mapped)?;
+        Ok(true)
+    }
+
+    /// Needs `lanyard:scopes:write`.
+    async fn create_scope(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        description: Option<String>,
+    ) -> Result<Scope> {
+        let caller = caller_with(ctx, "lanyard:scopes:write")?;
+        let scope = authority(ctx)
+            .create_scope(&caller.tenant, &name, description.as_deref())
+            .await
+            .map_err(mapped)?;
+        Ok(Scope {
+            name: scope.to_string(),
+            description,
+        })
+    }
+
+    /// Needs `lanyard:clients:write`; the client gets only scopes the caller holds. The secret
+    /// is in the answer and nowhere else.
+    async fn create_client(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateClientInput,
+    ) -> Result<ClientRegistration> {
+        let caller = caller_with(ctx, "lanyard:clients:write")?;
+        let new = NewClient {
+            name: input.name,
+            scopes: scopes(input.scopes)?,
+            grant_types: input
+                .grant_types
+                .unwrap_or_default()
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            public: input.public.unwrap_or(false),
+            system_id: input.system_uuid.map(|u| u.to_string()),
+            ..NewClient::default()
+        };
+        let registration = authority(ctx)
+            .create_client(&caller.tenant, new, Some(&caller.scopes))
+            .await
+            .map_err(mapped)?;
+        Ok(registration.into())
+    }
+
+    /// Needs `lanyard:clients:write`.
+    async fn rotate_client_secret(
+        &self,
+        ctx: &Context<'_>,
+        client_id: String,
+    ) -> Result<ClientRegistration> {
+        let caller = caller_with(ctx, "lanyard:clients:write")?;
+        let registration = authority(ctx)
+            .rotate_client_secret(&caller.tenant, &client_id)
+            .await
+            .map_err(mapped)?;
+        Ok(registration.into())
+    }
+
+    /// Needs `lanyard:clients:write`. The client's tokens stop working and its MQTT sessions end.
+    async fn delete_client(&self, ctx: &Context<'_>, client_id: String) -> Result<bool> {
+        let caller = caller_with(ctx, "lanyard:clients:write")?;
+        authority(ctx)
+            .delete_client(&caller.tenant, &client_id)
+            .await
+            .map_err(mapped)?;
+        Ok(true)
+    }
+
+    /// Needs `lanyard:keys:write`. The new key is published at once and signs after
+    /// `tokens.key_publish_ahead`.
+    async fn rotate_signing_key(&self, ctx: &Context<'_>) -> Result<SigningKey> {
+        let caller = caller_with(ctx, "lanyard:keys:write")?;
+        let key = authority(ctx)
+            .rotate_signing_key(&caller.tenant)
+            .await
+            .map_err(mapped)?;
+        Ok(SigningKey {
+            kid: key.kid,
+            status: key.status.into(),
+        })
+    }
+
+    /// Needs `lanyard:keys:write`. Withdraws the key from both JWKS at once.
+    async fn invalidate_signing_key(&self, ctx: &Context<'_>, kid: String) -> Result<SigningKey> {
+        let caller = caller_with(ctx, "lanyard:keys:write")?;
+        let key = authority(ctx)
+            .invalidate_signing_key(&caller.tenant, &kid)
+            .await
+            .map_err(mapped)?;
+        Ok(SigningKey {
+            kid: key.kid,
+            status: key.status.into(),
+        })
+    }
+
+    /// Needs `lanyard:keys:write`.
+    async fn reactivate_signing_key(&self, ctx: &Context<'_>, kid: String) -> Result<SigningKey> {
+        let caller = caller_with(ctx, "lanyard:keys:write")?;
+        let key = authority(ctx)
+            .reactivate_signing_key(&caller.tenant, &kid)
+            .await
+            .map_err(mapped)?;
+        Ok(SigningKey {
+            kid: key.kid,
+            status: key.status.into(),
+        })
+    }
+
+    /// Needs `lanyard:keys:write`. Final.
+    async fn delete_signing_key(&self, ctx: &Context<'_>, kid: String) -> Result<bool> {
+        let caller = caller_with(ctx, "lanyard:keys:write")?;
+        authority(ctx)
+            .delete_signing_key(&caller.tenant, &kid)
+            .await
+            .map_err(mapped)?;
+        Ok(true)
+    }
+}
