@@ -259,7 +259,7 @@ pub fn demo_instructions(seed: &DemoSeed, settings: &Settings, mqtt_port: u16) -
     let lines = [
         String::new(),
         format!(
-            "lanyard seeded the `{slug}` tenant with a system ({}) and a device client bound to it.",
+            "lanyard seeded the `{slug}` tenant with a system ({}), a device client bound to it, a person and an app.",
             seed.system_id
         ),
         "The secret below is shown only this once. Try:".into(),
@@ -286,6 +286,21 @@ pub fn demo_instructions(seed: &DemoSeed, settings: &Settings, mqtt_port: u16) -
             mqtt_port,
             format_args!("{}/{slug}/jwks", settings.mqtt.topic_prefix)
         ),
+        String::new(),
+        format!(
+            "A person ({}) holds a role on the system and signs in with the app `{}`:",
+            seed.user_email, seed.app_client_id
+        ),
+        String::new(),
+        format!(
+            "  curl -s -H 'content-type: application/json' -d '{{\"email\":\"{}\",\"client_id\":\"{}\"}}' {issuer}/auth/send-otp",
+            seed.user_email, seed.app_client_id
+        ),
+        format!(
+            "  # the code is in the newest file of {}",
+            settings.mailer.dir.display()
+        ),
+        "  See the README (\"A person mints a local API token\") for the rest of the way.".into(),
         String::new(),
     ];
     lines.join("\n") + "\n"

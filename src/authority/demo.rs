@@ -1,5 +1,6 @@
 //! The demo seed (SPEC §1): on a first start with an empty database and `[demo] seed = true`, a
-//! `demo` tenant with a system and a device client bound to it, with a random secret.
+//! `demo` tenant with a system, a role, a person holding that role on the system, a public app
+//! client people sign in with, and a device client bound to the system, with a random secret.
 
 use super::{Authority, NewClient, Result, Tenant};
 use crate::crypto::Secret;
@@ -8,6 +9,8 @@ use crate::store::tenants;
 
 pub const DEMO_SLUG: &str = "demo";
 pub const DEMO_DEVICE_CLIENT: &str = "demo-device";
+pub const DEMO_APP_CLIENT: &str = "demo-app";
+pub const DEMO_USER_EMAIL: &str = "demo@example.com";
 
 /// What the seed created, for the start-up message. The secret exists nowhere else.
 #[derive(Debug)]
@@ -16,6 +19,8 @@ pub struct DemoSeed {
     pub system_id: String,
     pub device_client_id: String,
     pub device_secret: Secret,
+    pub app_client_id: String,
+    pub user_email: String,
 }
 
 impl Authority {
@@ -41,6 +46,31 @@ impl Authority {
                 None,
             )
             .await?;
+        let role = self.create_role(&tenant, "Domain Owner").await?;
+        let user = self
+            .create_user(
+                &tenant,
+                DEMO_USER_EMAIL,
+                "Demo User",
+                ScopeSet::default(),
+                Default::default(),
+                None,
+            )
+            .await?;
+        self.assign_role(&tenant, &user.id, &system_id, &role.id)
+            .await?;
+        let app = self
+            .create_client(
+                &tenant,
+                NewClient {
+                    name: "Demo App".into(),
+                    public: true,
+                    client_id: Some(DEMO_APP_CLIENT.into()),
+                    ..NewClient::default()
+                },
+                None,
+            )
+            .await?;
         Ok(Some(DemoSeed {
             tenant,
             system_id,
@@ -48,6 +78,8 @@ impl Authority {
             device_secret: device
                 .client_secret
                 .expect("a confidential client has a secret"),
+            app_client_id: app.client_id,
+            user_email: user.email,
         }))
     }
 }

@@ -347,6 +347,11 @@ impl Authority {
         })
     }
 
+    /// Systems (tenant id, system id) whose token list may have changed at or after `since`.
+    pub async fn systems_changed_since(&self, since: i64) -> Result<Vec<(String, String)>> {
+        Ok(local_tokens::systems_changed_since(&self.db, since).await?)
+    }
+
     /// The tenant's systems.
     pub async fn systems(&self, tenant: &Tenant) -> Result<Vec<(String, String)>> {
         Ok(systems::list(&self.db, &tenant.id)

@@ -52,7 +52,8 @@ pub enum Event {
     },
     /// A user was deleted; tokens issued to them must stop working.
     UserDeleted { tenant_id: String, user_id: String },
-    /// A system's local API tokens changed (minted, revoked).
+    /// A system's list of local API tokens changed (a token minted or revoked, the system
+    /// created).
     LocalTokensChanged {
         tenant_id: String,
         system_id: String,

@@ -20,6 +20,10 @@ impl Authority {
         )
         .await?;
         tracing::info!(tenant = %tenant.slug, system = %id, "system created");
+        self.emit(super::Event::LocalTokensChanged {
+            tenant_id: tenant.id.clone(),
+            system_id: id.clone(),
+        });
         Ok(id)
     }
 }

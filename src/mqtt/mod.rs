@@ -10,9 +10,8 @@
 //! revocation, a deleted client or an invalidated key. An optional second listener speaks the
 //! same over TLS (rustls).
 //!
-//! The gate also publishes lanyard's own retained messages (each tenant's JWKS) through its own
-//! link: before the listener accepts, on key events, and by a reconciliation with the database
-//! that picks up what other processes changed.
+//! The gate also publishes lanyard's own retained messages ([`retained`]: each tenant's JWKS and
+//! each system's token list) through its own link.
 //!
 //! This module talks to the authority only through its public use-cases and its event channel;
 //! it never touches the store.
@@ -35,6 +34,7 @@ use crate::domain::acl::Permissions;
 
 pub mod codec;
 pub mod connection;
+pub mod retained;
 pub mod router;
 pub mod sessions;
 
@@ -60,6 +60,10 @@ pub struct Gate {
     pub(crate) connect_timeout: Duration,
     /// What lanyard last published on each of its retained topics.
     retained: Mutex<HashMap<String, Bytes>>,
+    /// When listed tokens expire, so their lists are republished then.
+    expiries: Mutex<retained::Expiries>,
+    /// When the reconciliation last looked at the database.
+    reconciled_at: Mutex<i64>,
 }
 
 impl Gate {
@@ -105,60 +109,36 @@ impl Gate {
                         g.tenant_id == tenant_id && owner.sub == user_id
                     });
             }
-            Event::LocalTokensChanged { .. } => {}
+            Event::LocalTokensChanged {
+                tenant_id,
+                system_id,
+            } => {
+                if let Err(e) = self.republish_list(&tenant_id, &system_id).await {
+                    tracing::warn!("mqtt: publishing a token list: {e:#}");
+                }
+            }
             Event::KeysChanged { tenant_id, slug } => {
                 self.recheck(Some(&tenant_id), false).await;
-                self.publish_jwks(&slug).await;
+                if let Err(e) = self.republish_tenant(&slug).await {
+                    tracing::warn!("mqtt: publishing the keys of {slug}: {e:#}");
+                }
             }
         }
     }
 
-    /// Publishes a tenant's JWKS, exactly the HTTP document, as the retained message of
-    /// `{topic_prefix}/{slug}/jwks`.
-    async fn publish_jwks(&self, slug: &str) {
-        let keys = match self.authority.tenant(slug).await {
-            Ok(Some(tenant)) => self.authority.keyring(&tenant).await,
-            Ok(None) => return,
-            Err(e) => Err(e),
-        };
-        match keys {
-            Ok(keys) => {
-                let topic = self.permissions.jwks_topic(slug);
-                self.publish_retained(topic, Bytes::from(keys.jwks.as_bytes().to_vec()))
-                    .await;
-            }
-            Err(e) => tracing::warn!("mqtt: cannot publish the JWKS of {slug}: {e:#}"),
+    async fn republish_list(&self, tenant_id: &str, system_id: &str) -> anyhow::Result<()> {
+        let tenants = self.authority.tenants().await?;
+        if let Some(tenant) = tenants.iter().find(|t| t.id == tenant_id) {
+            self.publish_token_list(tenant, system_id).await?;
         }
+        Ok(())
     }
 
-    /// Publishes a retained message of lanyard's own, unless it is what the topic holds already.
-    /// Only one task publishes retained messages, so a newer payload is never overtaken.
-    async fn publish_retained(&self, topic: String, payload: Bytes) {
-        {
-            let mut retained = self.retained.lock().expect("retained lock");
-            if retained.get(&topic) == Some(&payload) {
-                return;
-            }
-            retained.insert(topic.clone(), payload.clone());
-        }
-        self.publish(Publish::new(Bytes::from(topic), payload, true))
-            .await;
-    }
-
-    /// lanyard's current message on one of its retained topics.
-    pub(crate) fn current_retained(&self, topic: &str) -> Option<Bytes> {
-        self.retained
-            .lock()
-            .expect("retained lock")
-            .get(topic)
-            .cloned()
-    }
-
-    /// Brings every tenant's retained JWKS in line with the database. The one step of the
-    /// reconciliation job.
-    pub async fn reconcile_once(&self) -> anyhow::Result<()> {
-        for tenant in self.authority.tenants().await? {
-            self.publish_jwks(tenant.slug.as_str()).await;
+    /// A key change: the JWKS, and the lists (tokens of an invalidated key show REVOKED).
+    async fn republish_tenant(&self, slug: &str) -> anyhow::Result<()> {
+        if let Some(tenant) = self.authority.tenant(slug).await? {
+            self.publish_jwks(&tenant).await?;
+            self.publish_tenant_lists(&tenant).await?;
         }
         Ok(())
     }
@@ -260,10 +240,12 @@ impl Broker {
             max_packet_size: settings.max_packet_size as usize,
             connect_timeout: Duration::from_secs(settings.connect_timeout.as_secs()),
             retained: Mutex::default(),
+            expiries: Mutex::default(),
+            reconciled_at: Mutex::new(authority.now()),
             authority: authority.clone(),
         });
         // Retained state is in place before the first client can subscribe.
-        gate.reconcile_once().await?;
+        gate.publish_everything().await?;
         tracing::info!("mqtt listening on {addr}");
 
         let limit = Arc::new(Semaphore::new(max_connections));
@@ -400,6 +382,9 @@ async fn follow_authority(
             _ = stopped.changed() => return,
             _ = sweep.tick() => {
                 gate.end_expired_sessions_once();
+                if let Err(e) = gate.expire_lists_once().await {
+                    tracing::warn!("mqtt: republishing expired token lists: {e:#}");
+                }
             }
             _ = reconcile.tick() => {
                 if let Err(e) = gate.reconcile_once().await {

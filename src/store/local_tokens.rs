@@ -97,3 +97,13 @@ pub async fn revoke_for_user(
         on_pool!(db, pool => sqlx::query_scalar(REVOKE_FOR_USER).bind(tenant_id).bind(user_id).bind(now).fetch_all(pool).await?),
     )
 }
+
+const CHANGED_SINCE: &str =
+    "SELECT DISTINCT tenant_id, system_id FROM local_api_tokens WHERE updated_at >= $1
+    UNION SELECT tenant_id, id FROM systems WHERE created_at >= $1";
+
+/// Systems whose list may have changed at or after `since`: tokens minted or revoked, systems
+/// created. How a node learns of changes made by another.
+pub async fn systems_changed_since(db: &Db, since: i64) -> StoreResult<Vec<(String, String)>> {
+    Ok(on_pool!(db, pool => sqlx::query_as(CHANGED_SINCE).bind(since).fetch_all(pool).await?))
+}

@@ -10,6 +10,7 @@ mod discovery;
 mod graphql;
 mod introspection;
 mod keys;
+mod lists;
 mod mqtt;
 mod mqtt_bytes;
 mod revocation;

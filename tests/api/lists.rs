@@ -1,0 +1,166 @@
+//! Each system's retained list of local API tokens follows the database: mint, revoke, expiry,
+//! key invalidation, user deletion, and changes made by another process.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::graphql::{World, gql, world};
+use crate::helpers::*;
+use crate::mqtt::{V4, device};
+
+const WAIT: Duration = Duration::from_secs(3);
+const MINT: &str = "mutation($s: UUID!, $d: String!) { createLocalApiToken(systemUuid: $s, duration: $d) { jwt uuid } }";
+
+fn list_topic(system: &str) -> String {
+    format!("drivr/v1/acme/authorization/localApiTokens/{system}")
+}
+
+/// The system's own device, subscribed to its list; returns it after the first (current) list.
+async fn gateway(app: &TestApp, w: &World) -> (V4, Value) {
+    let (id, token) = device(app, &w.t, Some(&w.system), "").await;
+    let mut v4 = V4::connect(app, &id, &token).await.unwrap();
+    v4.subscribe(&list_topic(&w.system)).await;
+    let first = next_list(&mut v4).await;
+    (v4, first)
+}
+
+async fn next_list(v4: &mut V4) -> Value {
+    let msg = v4.message(WAIT).await.expect("a list");
+    serde_json::from_slice(&msg.payload).unwrap()
+}
+
+async fn mint(app: &TestApp, w: &World, duration: &str) -> (String, String) {
+    let body = gql(
+        app,
+        Some(&w.user_token),
+        MINT,
+        json!({ "s": w.system, "d": duration }),
+    )
+    .await;
+    let created = &body["data"]["createLocalApiToken"];
+    (
+        created["uuid"].as_str().unwrap().to_owned(),
+        created["jwt"].as_str().unwrap().to_owned(),
+    )
+}
+
+on_both_databases! {
+    async fn a_minted_token_reaches_its_systems_list_and_a_revoked_one_shows_revoked(app) {
+        let w = world(&app).await;
+        let (mut gw, first) = gateway(&app, &w).await;
+        assert_eq!(first, json!([]), "an empty system has an empty list");
+        let (id, jwt) = mint(&app, &w, "1D").await;
+        let list = next_list(&mut gw).await;
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        let e = &list[0];
+        assert_eq!(e["uuid"], id.as_str());
+        assert_eq!(e["status"], "ACTIVATED");
+        assert_eq!(e["token"], jwt.as_str());
+        assert_eq!(e["systemUuid"], w.system.as_str());
+        assert_eq!(e["roles"], json!([{ "uuid": w.role, "name": "Domain Owner" }]));
+        assert_eq!(e["subject"], json!({ "uuid": w.user, "name": "Ada Lovelace", "type": "USER" }));
+        for time in ["createdAt", "updatedAt", "notBefore", "expiresAt"] {
+            let t = e[time].as_str().unwrap_or_else(|| panic!("{time}: {e}"));
+            assert!(t.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(t).is_ok(), "{time}: {t}");
+        }
+        let body = gql(&app, Some(&w.user_token), "mutation($u: UUID!) { revokeLocalApiToken(uuid: $u) { status } }", json!({ "u": id })).await;
+        assert_eq!(body["data"]["revokeLocalApiToken"]["status"], "REVOKED");
+        let list = next_list(&mut gw).await;
+        assert_eq!(list[0]["status"], "REVOKED");
+        assert!(list[0].get("token").is_none(), "a revoked entry still carries its token");
+    }
+
+    async fn an_expired_token_leaves_the_list_and_a_revoked_one_stays_until_then(app) {
+        let w = world(&app).await;
+        let (mut gw, _) = gateway(&app, &w).await;
+        let (short, _) = mint(&app, &w, "1M").await;
+        next_list(&mut gw).await;
+        let (long, _) = mint(&app, &w, "1H").await;
+        next_list(&mut gw).await;
+        gql(&app, Some(&w.user_token), "mutation($u: UUID!) { revokeLocalApiToken(uuid: $u) { status } }", json!({ "u": long })).await;
+        let list = next_list(&mut gw).await;
+        assert_eq!(list.as_array().unwrap().len(), 2);
+        app.clock.advance(61);
+        assert!(app.app().mqtt().expire_lists_once().await.unwrap() >= 1);
+        let list = next_list(&mut gw).await;
+        let ids: Vec<&str> = list.as_array().unwrap().iter().map(|e| e["uuid"].as_str().unwrap()).collect();
+        assert_eq!(ids, vec![long.as_str()], "the expired token {short} is still listed");
+        assert_eq!(list[0]["status"], "REVOKED");
+        app.clock.advance(3600);
+        app.app().mqtt().expire_lists_once().await.unwrap();
+        assert_eq!(next_list(&mut gw).await, json!([]));
+    }
+
+    async fn invalidating_the_key_and_deleting_the_person_revoke_their_tokens_in_the_list(app) {
+        let w = world(&app).await;
+        let (mut gw, _) = gateway(&app, &w).await;
+        let (_, jwt) = mint(&app, &w, "1D").await;
+        next_list(&mut gw).await;
+        let kid = header_of(jwt.strip_prefix("CLOUD-").unwrap())["kid"].as_str().unwrap().to_owned();
+        app.authority().invalidate_signing_key(&w.t.tenant, &kid).await.unwrap();
+        // The gateway's own session was signed by that key too: it ends, and the gateway
+        // comes back with a token from the new key.
+        assert!(gw.message(WAIT).await.is_none());
+        let (mut gw, list) = gateway(&app, &w).await;
+        assert_eq!(list[0]["status"], "REVOKED", "{list}");
+        app.authority().reactivate_signing_key(&w.t.tenant, &kid).await.unwrap();
+        assert_eq!(next_list(&mut gw).await[0]["status"], "ACTIVATED");
+        app.authority().delete_user(&w.t.tenant, &w.user).await.unwrap();
+        assert_eq!(next_list(&mut gw).await[0]["status"], "REVOKED");
+    }
+
+    async fn a_token_minted_by_another_process_reaches_the_list_within_seconds(app) {
+        let w = world(&app).await;
+        let (mut gw, _) = gateway(&app, &w).await;
+        let other = lanyard::app::open_authority(
+            app.settings.clone(),
+            std::sync::Arc::new(lanyard::domain::SystemClock),
+        )
+        .await
+        .unwrap();
+        let caller = lanyard::authority::Caller::new(
+            w.t.tenant.clone(),
+            lanyard::domain::AccessClaims {
+                iss: w.t.tenant.issuer.clone(),
+                sub: w.user.clone(),
+                aud: "acme".into(),
+                client_id: "app".into(),
+                scope: String::new(),
+                iat: 0,
+                nbf: 0,
+                exp: i64::MAX,
+                jti: "x".into(),
+                system: None,
+            },
+        );
+        let minted = other.create_local_token(&caller, &w.system, None, "1D").await.unwrap();
+        let msg = gw.message(Duration::from_secs(5)).await.expect("the list within 5 s");
+        let list: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(list[0]["uuid"], minted.id.as_str());
+    }
+}
+
+#[tokio::test]
+async fn every_system_has_its_list_from_the_start_and_a_new_one_at_once() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let w = world(&app).await;
+    let (id, token) = device(&app, &w.t, None, "lanyard:local-tokens:read").await;
+    let mut reader = V4::connect(&app, &id, &token).await.unwrap();
+    reader.subscribe(&list_topic(&w.system)).await;
+    assert_eq!(next_list(&mut reader).await, json!([]));
+    let fresh = app
+        .authority()
+        .create_system(&w.t.tenant, "New")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    reader.subscribe(&list_topic(&fresh)).await;
+    assert_eq!(next_list(&mut reader).await, json!([]));
+    // After a restart the lists are there before the first client connects.
+    mint(&app, &w, "1D").await;
+    let app = app.restart().await;
+    let mut reader = V4::connect(&app, &id, &token).await.unwrap();
+    reader.subscribe(&list_topic(&w.system)).await;
+    assert_eq!(next_list(&mut reader).await.as_array().unwrap().len(), 1);
+}
