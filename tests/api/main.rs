@@ -11,6 +11,7 @@ mod graphql;
 mod introspection;
 mod keys;
 mod lists;
+mod mail;
 mod mqtt;
 mod mqtt_bytes;
 mod revocation;

@@ -853,6 +853,18 @@ on_both_databases! {
         assert!(bystander.next(QUIET).await.is_none(), "another client's session ended");
     }
 
+    async fn deleting_a_person_ends_the_sessions_of_their_tokens(app) {
+        let t = app.tenant("acme").await;
+        let ada = crate::signin::person(&app, &t, "ada@example.com", "").await;
+        let client = crate::signin::app_client(&app, &t).await;
+        let tokens = crate::signin::sign_in(&app, "acme", &client, "ada@example.com").await;
+        let token = tokens["access_token"].as_str().unwrap();
+        let mut v5 = V5::connect(&app, "ada-phone", token).await.expect("a person's token connects");
+        app.authority().delete_user(&t.tenant, &ada.id).await.unwrap();
+        assert_eq!(v5.disconnected().await, DisconnectReasonCode::NotAuthorized);
+        assert_eq!(V5::connect(&app, "ada-phone", token).await.err(), Some(V5Code::NotAuthorized));
+    }
+
     async fn invalidating_a_key_ends_the_sessions_it_signed(app) {
         let t = app.tenant("acme").await;
         let (id, token) = device(&app, &t, None, "").await;
