@@ -265,9 +265,10 @@ pub fn demo_instructions(seed: &DemoSeed, settings: &Settings, mqtt_port: u16) -
         "The secret below is shown only this once. Try:".into(),
         String::new(),
         format!(
-            "  export CLIENT_ID={} CLIENT_SECRET={}",
+            "  export CLIENT_ID={} CLIENT_SECRET={} SYSTEM={}",
             seed.device_client_id,
-            seed.device_secret.expose()
+            seed.device_secret.expose(),
+            seed.system_id
         ),
         format!(
             "  curl -s -u \"$CLIENT_ID:$CLIENT_SECRET\" -d grant_type=client_credentials {issuer}/oauth2/token"

@@ -96,6 +96,7 @@ async fn the_demo_seed_runs_once_on_an_empty_database() {
     settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
     settings.database.url = format!("sqlite://{}/lanyard.db", dir.path().display());
     settings.keys.encryption_key_file = dir.path().join("lanyard.kek");
+    settings.mailer.dir = dir.path().join("outbox");
     assert!(settings.demo.seed, "the shipped broker.toml seeds the demo");
     let app = TestApp::start(settings, dir).await;
     let seed = app.app().demo().expect("seeded");
@@ -114,6 +115,8 @@ async fn the_demo_seed_runs_once_on_an_empty_database() {
         "mosquitto_sub -h 127.0.0.1 -p {port} -u \"$CLIENT_ID\" -P \"$TOKEN\" -t 'drivr/v1/demo/jwks'"
     )));
     assert!(message.contains(seed.device_secret.expose()));
+    assert!(message.contains(&format!("SYSTEM={}", seed.system_id)));
+    assert!(message.contains(r#"-d '{"email":"demo@example.com","client_id":"demo-app"}'"#));
     assert!(
         message
             .contains("curl -s -u \"$CLIENT_ID:$CLIENT_SECRET\" -d grant_type=client_credentials")
@@ -141,6 +144,16 @@ async fn the_demo_seed_runs_once_on_an_empty_database() {
         serde_json::from_slice::<serde_json::Value>(&jwks.payload).unwrap(),
         app.jwks("demo").await
     );
+    // The demo person signs in with the demo app and mints a token for the demo system.
+    let tokens = crate::signin::sign_in(&app, "demo", "demo-app", "demo@example.com").await;
+    let body = crate::graphql::gql(
+        &app,
+        tokens["access_token"].as_str(),
+        "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { uuid } }",
+        serde_json::json!({ "s": seed.system_id }),
+    )
+    .await;
+    assert!(body["errors"].is_null(), "{body}");
     let app = app.restart().await;
     assert!(
         app.app().demo().is_none(),
