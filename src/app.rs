@@ -83,6 +83,9 @@ impl App {
                 tracing::error!("http server stopped: {e}");
             }
         }));
+        tasks.push(tokio::spawn(
+            authority.clone().follow_other_nodes(stopped.clone()),
+        ));
         tasks.push(tokio::spawn(background_jobs(authority.clone(), stopped)));
 
         Ok(App {

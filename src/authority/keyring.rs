@@ -68,6 +68,10 @@ impl KeyRings {
             .remove(tenant_id);
     }
 
+    pub(super) fn forget_all(&self) {
+        self.tenants.write().expect("keyring lock").clear();
+    }
+
     fn fresh(&self, tenant_id: &str) -> Option<Arc<TenantKeys>> {
         let map = self.tenants.read().expect("keyring lock");
         map.get(tenant_id)

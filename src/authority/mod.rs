@@ -38,8 +38,10 @@ pub use token_cache::KnownToken;
 pub use tokens::{ClientCredentials, IssuedToken, TokenRejected, VerifiedAccessToken};
 pub use users::{Role, User};
 
-/// Something changed that other parts may need to act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Something changed that other parts may need to act on. On PostgreSQL, events are also
+/// announced to the other nodes, which act on them as on their own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The tenant's published keys or its signer changed (created, rotated, invalidated, …).
     KeysChanged { tenant_id: String, slug: String },
@@ -52,6 +54,9 @@ pub enum Event {
     },
     /// A user was deleted; tokens issued to them must stop working.
     UserDeleted { tenant_id: String, user_id: String },
+    /// Announcements from other nodes may have been missed: whatever depends on them should be
+    /// checked against the database.
+    Resync,
     /// A system's list of local API tokens changed (a token minted or revoked, the system
     /// created).
     LocalTokensChanged {
@@ -100,6 +105,8 @@ pub struct Authority {
     /// misses are not remembered, so a tenant created by another process is found.
     pub(crate) tenant_cache: RwLock<HashMap<String, Tenant>>,
     events: broadcast::Sender<Event>,
+    /// Tells this node's announcements from the others'.
+    node_id: String,
 }
 
 impl Authority {
@@ -121,6 +128,7 @@ impl Authority {
             mailer: Arc::new(mail::NoMailer),
             tenant_cache: Default::default(),
             events,
+            node_id: uuid::Uuid::new_v4().to_string(),
         }
     }
 
@@ -147,7 +155,20 @@ impl Authority {
         self.events.subscribe()
     }
 
+    /// Acts on a change made here, and announces it to the other nodes.
     pub(crate) fn emit(&self, event: Event) {
+        let announcement = serde_json::json!({ "node": self.node_id, "event": event }).to_string();
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::store::events::notify(&db, &announcement).await {
+                tracing::warn!("announcing a change to the other nodes: {e}");
+            }
+        });
+        self.apply(event);
+    }
+
+    /// Acts on a change: forgets what it makes stale, and tells this node's doors.
+    fn apply(&self, event: Event) {
         match &event {
             Event::KeysChanged { tenant_id, .. } => {
                 self.keyrings.forget(tenant_id);
@@ -166,9 +187,55 @@ impl Authority {
                 .token_cache
                 .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.sub == user_id),
             Event::LocalTokensChanged { .. } => {}
+            Event::Resync => {
+                self.keyrings.forget_all();
+                self.token_cache.forget(|_| true);
+            }
         }
         // No receiver is not an error: nobody needs to hear of it yet.
         let _ = self.events.send(event);
+    }
+
+    /// Acts on the changes other nodes announce, until `stopped`. Returns at once on SQLite
+    /// (a single node). A lost connection may lose announcements: the doors then hear
+    /// [`Event::Resync`] and re-check what they hold.
+    pub async fn follow_other_nodes(
+        self: Arc<Self>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut listener = match crate::store::events::Listener::connect(&self.db).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!("cannot listen to the other nodes' announcements: {e}");
+                return;
+            }
+        };
+        loop {
+            let received = tokio::select! {
+                _ = stopped.changed() => return,
+                r = listener.recv() => r,
+            };
+            match received {
+                Ok(Some(payload)) => {
+                    #[derive(serde::Deserialize)]
+                    struct Announcement {
+                        node: String,
+                        event: Event,
+                    }
+                    match serde_json::from_str::<Announcement>(&payload) {
+                        Ok(a) if a.node == self.node_id => {}
+                        Ok(a) => self.apply(a.event),
+                        Err(e) => tracing::warn!("an announcement that is not one: {e}"),
+                    }
+                }
+                Ok(None) => self.apply(Event::Resync),
+                Err(e) => {
+                    tracing::warn!("listening to the other nodes: {e}");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 
     /// Readiness: the database answers.

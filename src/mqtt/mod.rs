@@ -109,6 +109,7 @@ impl Gate {
                         g.tenant_id == tenant_id && owner.sub == user_id
                     });
             }
+            Event::Resync => self.recheck(None, true).await,
             Event::LocalTokensChanged {
                 tenant_id,
                 system_id,

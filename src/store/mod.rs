@@ -19,6 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub mod clients;
+pub mod events;
 pub mod local_tokens;
 pub mod otp;
 pub mod refresh_tokens;

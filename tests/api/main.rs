@@ -14,6 +14,7 @@ mod lists;
 mod mail;
 mod mqtt;
 mod mqtt_bytes;
+mod nodes;
 mod revocation;
 mod signin;
 mod token;

@@ -1,0 +1,93 @@
+//! Two `lanyard serve` nodes on one PostgreSQL database: each node's devices see the changes
+//! made through the other, within seconds. Runs only when `TEST_POSTGRES_URL` is set.
+
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+use serde_json::{Value, json};
+
+use crate::graphql::{gql, world};
+use crate::helpers::*;
+use crate::mqtt::{V4, V5, device};
+
+async fn second_node(app: &TestApp) -> TestApp {
+    TestApp::start(app.settings.clone(), tempfile::tempdir().unwrap()).await
+}
+
+#[tokio::test]
+async fn two_nodes_on_postgresql_see_each_others_changes() {
+    let Some(backend) = Backend::postgres_from_env() else {
+        eprintln!("TEST_POSTGRES_URL is not set: the two-node test is skipped");
+        return;
+    };
+    let a = TestApp::spawn(backend).await;
+    let b = second_node(&a).await;
+    let w = world(&a).await;
+
+    // A device on node B watches its list and the JWKS.
+    let (id, token) = device(&b, &w.t, Some(&w.system), "").await;
+    let mut gw = V4::connect(&b, &id, &token).await.unwrap();
+    gw.subscribe(&format!(
+        "drivr/v1/acme/authorization/localApiTokens/{}",
+        w.system
+    ))
+    .await;
+    assert_eq!(
+        gw.message(Duration::from_secs(5))
+            .await
+            .map(|m| m.payload.to_vec()),
+        Some(b"[]".to_vec())
+    );
+
+    // A token minted through node A reaches node B's device.
+    let body = gql(
+        &a,
+        Some(&w.user_token),
+        "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { uuid } }",
+        json!({ "s": w.system }),
+    )
+    .await;
+    let minted = body["data"]["createLocalApiToken"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let msg = gw
+        .message(Duration::from_secs(5))
+        .await
+        .expect("the list on the other node");
+    let list: Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(list[0]["uuid"], minted.as_str());
+
+    // A token revoked through node A ends its session on node B at once.
+    let (other_id, other_token) = device(&a, &w.t, None, "").await;
+    let mut session = V5::connect(&b, &other_id, &other_token).await.unwrap();
+    let res = a
+        .post_form(
+            "/t/acme/oauth2/revoke",
+            Some((&w.t.admin_id, &w.t.admin_secret)),
+            &format!("token={}", urlencode(&other_token)),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        session.disconnected().await,
+        DisconnectReasonCode::NotAuthorized
+    );
+    assert!(V5::connect(&b, &other_id, &other_token).await.is_err());
+
+    // A key rotated through node A is in node B's JWKS at once.
+    let mut watcher = V4::connect(&b, "jwks-watcher", &token).await.unwrap();
+    watcher.subscribe("drivr/v1/acme/jwks").await;
+    watcher
+        .message(Duration::from_secs(3))
+        .await
+        .expect("the JWKS");
+    a.authority().rotate_signing_key(&w.t.tenant).await.unwrap();
+    let msg = watcher
+        .message(Duration::from_secs(5))
+        .await
+        .expect("the new JWKS on node B");
+    let jwks: Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(jwks, b.jwks("acme").await);
+}
