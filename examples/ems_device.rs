@@ -32,7 +32,8 @@ async fn main() -> ExitCode {
     };
     let issuer = std::env::var("ISSUER").unwrap_or_else(|_| "http://127.0.0.1:8080/t/demo".into());
     let mqtt = std::env::var("MQTT").unwrap_or_else(|_| "127.0.0.1:1883".into());
-    let (Ok(client_id), Ok(secret)) = (std::env::var("CLIENT_ID"), std::env::var("CLIENT_SECRET")) else {
+    let (Ok(client_id), Ok(secret)) = (std::env::var("CLIENT_ID"), std::env::var("CLIENT_SECRET"))
+    else {
         eprintln!("set CLIENT_ID and CLIENT_SECRET to the gateway's client credentials");
         return ExitCode::from(2);
     };
@@ -94,14 +95,26 @@ async fn learn(issuer: &str, mqtt: &str, client_id: &str, secret: &str) -> Resul
         .to_owned();
 
     let (host, port) = mqtt.rsplit_once(':').ok_or("MQTT must be HOST:PORT")?;
-    let mut options = MqttOptions::new(format!("{client_id}-ems"), host, port.parse().map_err(|_| "bad MQTT port")?);
+    let mut options = MqttOptions::new(
+        format!("{client_id}-ems"),
+        host,
+        port.parse().map_err(|_| "bad MQTT port")?,
+    );
     options.set_credentials(client_id, token);
     options.set_keep_alive(Duration::from_secs(30));
+    // A list holds about 1.3 KB per token; rumqttc's default limit is 10 KiB.
+    options.set_max_packet_size(4 << 20, 64 << 10);
     let (client, mut events) = AsyncClient::new(options, 10);
     let jwks_topic = format!("{TOPIC_PREFIX}/{slug}/jwks");
     let list_topic = format!("{TOPIC_PREFIX}/{slug}/authorization/localApiTokens/{system}");
-    client.subscribe(&jwks_topic, QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
-    client.subscribe(&list_topic, QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
+    client
+        .subscribe(&jwks_topic, QoS::AtLeastOnce)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .subscribe(&list_topic, QoS::AtLeastOnce)
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut jwks, mut list) = (None, None);
     let wait = tokio::time::timeout(Duration::from_secs(5), async {
         while jwks.is_none() || list.is_none() {
@@ -135,10 +148,9 @@ fn check(state: &Learned, issuer: &str, presented: &str) -> Result<String, Strin
         .ok_or(format!("not a local API token (no {PREFIX} prefix)"))?;
     let header = decode_header(jwt).map_err(|e| format!("malformed: {e}"))?;
     let kid = header.kid.ok_or("no kid in the header")?;
-    let jwk = state
-        .jwks
-        .find(&kid)
-        .ok_or(format!("signed by key {kid}, which the tenant does not publish"))?;
+    let jwk = state.jwks.find(&kid).ok_or(format!(
+        "signed by key {kid}, which the tenant does not publish"
+    ))?;
     let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_issuer(&[issuer]);
@@ -155,7 +167,10 @@ fn check(state: &Learned, issuer: &str, presented: &str) -> Result<String, Strin
         .find(|e| e["uuid"] == jti)
         .ok_or("not on this system's list (unknown here, or expired)")?;
     if entry["status"] != "ACTIVATED" {
-        return Err(format!("the token was {}", entry["status"].as_str().unwrap_or("?")));
+        return Err(format!(
+            "the token was {}",
+            entry["status"].as_str().unwrap_or("?")
+        ));
     }
     let roles: Vec<&str> = claims["roles"]
         .as_array()

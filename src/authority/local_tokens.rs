@@ -9,6 +9,7 @@
 use serde::Serialize;
 use serde_json::json;
 
+use super::keyring::TenantKeys;
 use super::tenants::validate_name;
 use super::{Authority, Error, Event, Result, Role, Tenant};
 use crate::crypto::jws;
@@ -276,7 +277,7 @@ impl Authority {
         let row = local_tokens::find(&self.db, &tenant.id, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no local API token {id}")))?;
-        self.local_token_view(tenant, row).await
+        Ok(local_token_view(&*self.keyring(tenant).await?, row))
     }
 
     /// The tokens of a system that have not expired, for a caller holding a role on it or
@@ -304,49 +305,47 @@ impl Authority {
         system_id: &str,
     ) -> Result<Vec<LocalToken>> {
         let rows = local_tokens::for_system(&self.db, &tenant.id, system_id, self.now()).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.local_token_view(tenant, row).await?);
-        }
-        Ok(out)
-    }
-
-    async fn local_token_view(
-        &self,
-        tenant: &Tenant,
-        row: local_tokens::LocalTokenRow,
-    ) -> Result<LocalToken> {
         let keys = self.keyring(tenant).await?;
-        let signed_by_published_key = keys.verifier(&row.kid).is_some();
-        let status = if row.status == "ACTIVATED" && signed_by_published_key {
-            LocalTokenStatus::Activated
-        } else {
-            LocalTokenStatus::Revoked
-        };
-        let roles: Vec<serde_json::Value> = serde_json::from_str(&row.roles).unwrap_or_default();
-        Ok(LocalToken {
-            id: row.id,
-            system_id: row.system_id,
-            status,
-            subject_id: row.user_id,
-            subject_name: row.user_name,
-            roles: roles
-                .iter()
-                .map(|r| Role {
-                    id: r["uuid"].as_str().unwrap_or_default().to_owned(),
-                    name: r["name"].as_str().unwrap_or_default().to_owned(),
-                })
-                .collect(),
-            name: row.name,
-            requested_device: row.requested_device,
-            not_before: row.not_before,
-            expires_at: row.expires_at,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            token: (status == LocalTokenStatus::Activated).then_some(row.token),
-        })
+        Ok(rows
+            .into_iter()
+            .map(|row| local_token_view(&keys, row))
+            .collect())
     }
+}
 
+/// A stored token as listed: REVOKED also while the key that signed it is not published.
+fn local_token_view(keys: &TenantKeys, row: local_tokens::LocalTokenRow) -> LocalToken {
+    let signed_by_published_key = keys.verifier(&row.kid).is_some();
+    let status = if row.status == "ACTIVATED" && signed_by_published_key {
+        LocalTokenStatus::Activated
+    } else {
+        LocalTokenStatus::Revoked
+    };
+    let roles: Vec<serde_json::Value> = serde_json::from_str(&row.roles).unwrap_or_default();
+    LocalToken {
+        id: row.id,
+        system_id: row.system_id,
+        status,
+        subject_id: row.user_id,
+        subject_name: row.user_name,
+        roles: roles
+            .iter()
+            .map(|r| Role {
+                id: r["uuid"].as_str().unwrap_or_default().to_owned(),
+                name: r["name"].as_str().unwrap_or_default().to_owned(),
+            })
+            .collect(),
+        name: row.name,
+        requested_device: row.requested_device,
+        not_before: row.not_before,
+        expires_at: row.expires_at,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        token: (status == LocalTokenStatus::Activated).then_some(row.token),
+    }
+}
+
+impl Authority {
     /// Systems (tenant id, system id) whose token list may have changed at or after `since`.
     pub async fn systems_changed_since(&self, since: i64) -> Result<Vec<(String, String)>> {
         Ok(local_tokens::systems_changed_since(&self.db, since).await?)

@@ -688,7 +688,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return;
         }
         let encoded = self.out.split_off(start);
-        tracing::debug!(client = %self.session.client_id, size = encoded.len(), "mqtt: message larger than the client accepts, dropped");
+        tracing::warn!(client = %self.session.client_id, size = encoded.len(), max, "mqtt: a message larger than the client's Maximum Packet Size was not sent");
         let Ok(frame) = codec::frame(&encoded, usize::MAX) else {
             return;
         };

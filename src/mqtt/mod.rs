@@ -393,7 +393,19 @@ async fn follow_authority(
                 }
             }
             event = events.recv() => match event {
-                Ok(event) => gate.on_event(event).await,
+                Ok(event) => {
+                    // A burst (many mints on one system) is handled once per topic: a list is
+                    // read when it is published, so it holds every change committed before.
+                    let mut batch = vec![event];
+                    while let Ok(more) = events.try_recv() {
+                        if !batch.contains(&more) {
+                            batch.push(more);
+                        }
+                    }
+                    for event in batch {
+                        gate.on_event(event).await;
+                    }
+                }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!("mqtt: missed {missed} authority events; re-checking every session");
                     gate.recheck(None, true).await;

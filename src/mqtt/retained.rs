@@ -159,10 +159,9 @@ impl Gate {
     /// is how changes made by another process reach the devices.
     pub async fn reconcile_once(&self) -> anyhow::Result<()> {
         let now = self.authority.now();
-        let since = {
-            let mut last = self.reconciled_at.lock().expect("reconcile lock");
-            std::mem::replace(&mut *last, now) - RECONCILE_OVERLAP_SECS
-        };
+        // Advanced only after a run that completed: a database that was away for a while
+        // leaves nothing behind.
+        let since = *self.reconciled_at.lock().expect("reconcile lock") - RECONCILE_OVERLAP_SECS;
         let tenants = self.authority.tenants().await?;
         for tenant in &tenants {
             self.publish_jwks(tenant).await?;
@@ -172,6 +171,7 @@ impl Gate {
                 self.publish_token_list(tenant, &system_id).await?;
             }
         }
+        *self.reconciled_at.lock().expect("reconcile lock") = now;
         Ok(())
     }
 }

@@ -164,3 +164,67 @@ async fn every_system_has_its_list_from_the_start_and_a_new_one_at_once() {
     reader.subscribe(&list_topic(&w.system)).await;
     assert_eq!(next_list(&mut reader).await.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn concurrent_mints_all_reach_the_list_and_a_list_of_500_tokens_still_publishes() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let w = world(&app).await;
+    let (mut gw, _) = gateway(&app, &w).await;
+    let mints = (0..10).map(|_| mint(&app, &w, "1D"));
+    let minted: Vec<String> = futures::future::join_all(mints)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let mut last = Value::Null;
+    while let Some(msg) = gw.message(Duration::from_millis(700)).await {
+        last = serde_json::from_slice(&msg.payload).unwrap();
+    }
+    let listed: Vec<&str> = last
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["uuid"].as_str().unwrap())
+        .collect();
+    for id in &minted {
+        assert!(
+            listed.contains(&id.as_str()),
+            "{id} is missing from the final list"
+        );
+    }
+    // 500 tokens: about 700 KB, still one retained message.
+    let caller = lanyard::authority::Caller::new(
+        w.t.tenant.clone(),
+        lanyard::domain::AccessClaims {
+            iss: w.t.tenant.issuer.clone(),
+            sub: w.user.clone(),
+            aud: "acme".into(),
+            client_id: "app".into(),
+            scope: String::new(),
+            iat: 0,
+            nbf: 0,
+            exp: i64::MAX,
+            jti: "x".into(),
+            system: None,
+        },
+    );
+    for _ in 0..490 {
+        app.authority()
+            .create_local_token(&caller, &w.system, Some("Panel"), "1D")
+            .await
+            .unwrap();
+    }
+    let mut last = Vec::new();
+    while let Some(msg) = gw.message(Duration::from_secs(2)).await {
+        last = msg.payload.to_vec();
+    }
+    let list: Value = serde_json::from_slice(&last).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 500);
+    eprintln!("a list of 500 tokens is {} bytes", last.len());
+    // A fresh subscriber gets it whole, retained.
+    let (id, token) = device(&app, &w.t, Some(&w.system), "").await;
+    let mut fresh = V4::connect(&app, &id, &token).await.unwrap();
+    fresh.subscribe(&list_topic(&w.system)).await;
+    let msg = fresh.message(WAIT).await.expect("the whole list");
+    assert_eq!(msg.payload.len(), last.len());
+}

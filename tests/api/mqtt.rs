@@ -76,6 +76,8 @@ impl V4 {
         let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", app.app().mqtt_addr().port());
         options.set_credentials("device", password);
         options.set_keep_alive(Duration::from_secs(30));
+        // Token lists grow past rumqttc's default of 10 KiB.
+        options.set_max_packet_size(4 << 20, 64 << 10);
         Self::with_options(options).await
     }
 
