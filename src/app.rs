@@ -217,7 +217,7 @@ async fn background_jobs(authority: Arc<Authority>, mut stopped: watch::Receiver
         tokio::select! {
             _ = stopped.changed() => return,
             _ = keys.tick() => {
-                if let Err(e) = authority.maintain_keys_once().await {
+                if let Err(e) = authority.maintain_keys_exclusively().await {
                     tracing::warn!("key maintenance: {e:#}");
                 }
             }

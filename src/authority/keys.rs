@@ -13,11 +13,13 @@ use super::{Authority, Error, Event, Result, Tenant};
 use crate::crypto::SigningKey;
 use crate::domain::KeyStatus;
 use crate::store::signing_keys::{self, NewKey, Replacement};
-use crate::store::{StoreError, tenants};
+use crate::store::{StoreError, jobs, tenants};
 
 /// How long past the access-token lifetime a retired key stays published: covers another node
 /// that still signs with a keyring loaded just before the rotation, and small clock skew.
 const RETIREMENT_MARGIN_SECS: i64 = 60;
+/// The advisory lock of the key job (any number, the same on every node).
+pub const KEY_JOB_LOCK: i64 = 0x6c61_6e79_6172_6401;
 
 impl Authority {
     /// Generates and seals a key. RSA generation takes tens of milliseconds, so it runs on the
@@ -163,6 +165,17 @@ impl Authority {
     }
 
     /// One step of the key job at the current time; returns how many keys changed.
+    /// [`Authority::maintain_keys_once`] on one node at a time: on PostgreSQL, a node that finds
+    /// another node running it skips this round (`Ok(None)`).
+    pub async fn maintain_keys_exclusively(&self) -> Result<Option<usize>> {
+        let Some(lock) = jobs::try_lock(&self.db, KEY_JOB_LOCK).await? else {
+            return Ok(None);
+        };
+        let done = self.maintain_keys_once().await;
+        lock.release().await?;
+        done.map(Some)
+    }
+
     pub async fn maintain_keys_once(&self) -> Result<usize> {
         let now = self.now();
         let mut changed_tenants = Vec::new();

@@ -20,6 +20,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub mod clients;
 pub mod events;
+pub mod jobs;
 pub mod local_tokens;
 pub mod otp;
 pub mod refresh_tokens;

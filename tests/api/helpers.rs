@@ -137,8 +137,17 @@ impl TestApp {
     }
 
     /// Stops the server and starts it again on the same database and settings.
-    pub async fn restart(mut self) -> TestApp {
+    pub async fn restart(self) -> TestApp {
+        self.restart_after(async {}).await
+    }
+
+    /// Stops the server, runs `meanwhile` (the server is down), and starts it again.
+    pub async fn restart_after(
+        mut self,
+        meanwhile: impl std::future::Future<Output = ()>,
+    ) -> TestApp {
         self.app.take().expect("running").shutdown().await;
+        meanwhile.await;
         let clock = self.clock.clone();
         let app = App::build_with_clock(self.settings.clone(), clock)
             .await

@@ -30,6 +30,26 @@ async fn next_list(v4: &mut V4) -> Value {
     serde_json::from_slice(&msg.payload).unwrap()
 }
 
+/// The signed-in person of `w` as the authority sees a caller, for minting from another
+/// process (no HTTP there).
+fn person_caller(w: &World) -> lanyard::authority::Caller {
+    lanyard::authority::Caller::new(
+        w.t.tenant.clone(),
+        lanyard::domain::AccessClaims {
+            iss: w.t.tenant.issuer.clone(),
+            sub: w.user.clone(),
+            aud: "acme".into(),
+            client_id: "app".into(),
+            scope: String::new(),
+            iat: 0,
+            nbf: 0,
+            exp: i64::MAX,
+            jti: "x".into(),
+            system: None,
+        },
+    )
+}
+
 async fn mint(app: &TestApp, w: &World, duration: &str) -> (String, String) {
     let body = gql(
         app,
@@ -119,21 +139,7 @@ on_both_databases! {
         )
         .await
         .unwrap();
-        let caller = lanyard::authority::Caller::new(
-            w.t.tenant.clone(),
-            lanyard::domain::AccessClaims {
-                iss: w.t.tenant.issuer.clone(),
-                sub: w.user.clone(),
-                aud: "acme".into(),
-                client_id: "app".into(),
-                scope: String::new(),
-                iat: 0,
-                nbf: 0,
-                exp: i64::MAX,
-                jti: "x".into(),
-                system: None,
-            },
-        );
+        let caller = person_caller(&w);
         let minted = other.create_local_token(&caller, &w.system, None, "1D").await.unwrap();
         let msg = gw.message(Duration::from_secs(5)).await.expect("the list within 5 s");
         let list: Value = serde_json::from_slice(&msg.payload).unwrap();
@@ -193,21 +199,7 @@ async fn concurrent_mints_all_reach_the_list_and_a_list_of_500_tokens_still_publ
         );
     }
     // 500 tokens: about 700 KB, still one retained message.
-    let caller = lanyard::authority::Caller::new(
-        w.t.tenant.clone(),
-        lanyard::domain::AccessClaims {
-            iss: w.t.tenant.issuer.clone(),
-            sub: w.user.clone(),
-            aud: "acme".into(),
-            client_id: "app".into(),
-            scope: String::new(),
-            iat: 0,
-            nbf: 0,
-            exp: i64::MAX,
-            jti: "x".into(),
-            system: None,
-        },
-    );
+    let caller = person_caller(&w);
     for _ in 0..490 {
         app.authority()
             .create_local_token(&caller, &w.system, Some("Panel"), "1D")
@@ -227,4 +219,42 @@ async fn concurrent_mints_all_reach_the_list_and_a_list_of_500_tokens_still_publ
     fresh.subscribe(&list_topic(&w.system)).await;
     let msg = fresh.message(WAIT).await.expect("the whole list");
     assert_eq!(msg.payload.len(), last.len());
+}
+
+#[tokio::test]
+async fn a_change_committed_while_the_server_was_down_is_published_before_it_accepts() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let w = world(&app).await;
+    let settings = app.settings.clone();
+    let caller = person_caller(&w);
+    let minted = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let noted = minted.clone();
+    let system = w.system.clone();
+    // While the server is down, another process commits a mint and publishes nothing, as a
+    // node killed between its commit and its publish would.
+    let app = app
+        .restart_after(async move {
+            let other = lanyard::app::open_authority(
+                settings,
+                std::sync::Arc::new(lanyard::domain::SystemClock),
+            )
+            .await
+            .unwrap();
+            let token = other
+                .create_local_token(&caller, &system, None, "1D")
+                .await
+                .unwrap();
+            *noted.lock().unwrap() = token.id;
+        })
+        .await;
+    let minted = minted.lock().unwrap().clone();
+    let (id, token) = device(&app, &w.t, Some(&w.system), "").await;
+    let mut gw = V4::connect(&app, &id, &token).await.unwrap();
+    gw.subscribe(&list_topic(&w.system)).await;
+    let list = next_list(&mut gw).await;
+    assert_eq!(
+        list[0]["uuid"],
+        minted.as_str(),
+        "the first list a device sees holds it"
+    );
 }

@@ -386,6 +386,24 @@ async fn the_retained_jwks_follows_a_key_rotation() {
     let keys: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!(keys["keys"].as_array().unwrap().len(), 2);
     assert_eq!(keys, app.jwks("acme").await);
+    // Invalidating the new key takes it out of both JWKS at once.
+    let pending = app
+        .authority()
+        .signing_keys(&t.tenant)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.status == lanyard::domain::KeyStatus::Pending)
+        .unwrap();
+    app.authority()
+        .invalidate_signing_key(&t.tenant, &pending.kid)
+        .await
+        .unwrap();
+    let msg = v5.message(WAIT).await.expect("the JWKS after invalidation");
+    let keys: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
+    assert!(!keys.to_string().contains(&pending.kid));
+    assert_eq!(keys, app.jwks("acme").await);
 }
 
 #[tokio::test]

@@ -91,3 +91,32 @@ async fn two_nodes_on_postgresql_see_each_others_changes() {
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
     assert_eq!(jwks, b.jwks("acme").await);
 }
+
+#[tokio::test]
+async fn the_key_job_runs_on_one_node_at_a_time() {
+    let Some(backend) = Backend::postgres_from_env() else {
+        eprintln!("TEST_POSTGRES_URL is not set: the two-node test is skipped");
+        return;
+    };
+    let a = TestApp::spawn(backend).await;
+    let b = second_node(&a).await;
+    a.tenant("acme").await;
+    // While node A holds the key job, node B skips its round.
+    let lock =
+        lanyard::store::jobs::try_lock(a.authority().db(), lanyard::authority::keys::KEY_JOB_LOCK)
+            .await
+            .unwrap()
+            .expect("node A takes the lock");
+    assert_eq!(
+        b.authority().maintain_keys_exclusively().await.unwrap(),
+        None
+    );
+    lock.release().await.unwrap();
+    assert!(
+        b.authority()
+            .maintain_keys_exclusively()
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
