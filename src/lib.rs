@@ -3,11 +3,12 @@
 //! The guided tour, outside in:
 //! - [`app`]: the composition root: builds everything, binds the listeners, runs the jobs.
 //! - [`config`]: the settings tree: defaults, `broker.toml`, `LANYARD_*` overrides.
-//! - [`http`]: the HTTP door: OAuth endpoints, discovery, health.
+//! - [`http`]: the HTTP door: OAuth endpoints, people's sign-in, discovery, health.
 //! - [`graphql`]: the GraphQL door: local API tokens and management.
 //! - [`mqtt`]: the MQTT door: lanyard's listener, permissions and sessions over rumqttd's router.
 //! - [`mailer`]: the mail adapters (file, SMTP, log) behind the authority's mail port.
-//! - [`authority`]: the use-cases every door shares: tenants, keys, clients, tokens.
+//! - [`authority`]: the use-cases every door shares: tenants, keys, clients, tokens, people,
+//!   local API tokens.
 //! - [`store`]: persistence on SQLite or PostgreSQL.
 //! - [`crypto`]: RSA keys, JWS, sealing, secrets.
 //! - [`domain`]: pure types and rules.

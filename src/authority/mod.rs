@@ -1,10 +1,13 @@
 //! Use-cases: the rules every door shares. Tenants and their signing keys, clients and scopes,
-//! issuing and verifying access tokens, introspection and revocation.
+//! issuing and verifying access tokens, introspection and revocation, people and their sign-in,
+//! roles on systems, and local API tokens.
 //!
-//! Doors (`http/`, later `graphql/` and `mqtt/`) call [`Authority`] and translate its answers;
-//! they never touch the store or JWT code. Changes other parts must react to (a key rotated, a
-//! token revoked, a client deleted) are announced as [`Event`]s on a channel the doors subscribe
-//! to: the authority never calls into a door. This module imports no web or MQTT framework.
+//! Doors (`http/`, `graphql/`, `mqtt/`) call [`Authority`] and translate its answers; they never
+//! touch the store or JWT code. Changes other parts must react to (a key rotated, a token revoked,
+//! a client or person deleted, a system's token list changed) are announced as [`Event`]s on a
+//! channel the doors subscribe to, and on PostgreSQL to the other nodes: the authority never
+//! calls into a door. Mail goes out through the [`mail::Mailer`] port. This module imports no
+//! web, GraphQL or MQTT framework.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

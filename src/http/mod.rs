@@ -1,4 +1,5 @@
-//! The HTTP door (axum): OAuth endpoints under `/t/{slug}`, discovery, health.
+//! The HTTP door (axum): OAuth endpoints under `/t/{slug}` (token, introspection, revocation,
+//! userinfo, sign-in codes), discovery, health. GraphQL is its own door, merged in by `app`.
 //!
 //! Handlers are three steps: extract and parse, call the authority, map the answer. No SQL or
 //! JWT code lives here; status codes are chosen in `error.rs` alone. This module does not import

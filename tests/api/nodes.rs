@@ -10,113 +10,215 @@ use crate::graphql::{gql, world};
 use crate::helpers::*;
 use crate::mqtt::{V4, V5, device};
 
-async fn second_node(app: &TestApp) -> TestApp {
-    TestApp::start(app.settings.clone(), tempfile::tempdir().unwrap()).await
-}
+/// In a module named so the PostgreSQL suite (`cargo test --test api -- postgres`) runs them.
+mod postgres {
+    use super::*;
 
-#[tokio::test]
-async fn two_nodes_on_postgresql_see_each_others_changes() {
-    let Some(backend) = Backend::postgres_from_env() else {
-        eprintln!("TEST_POSTGRES_URL is not set: the two-node test is skipped");
-        return;
-    };
-    let a = TestApp::spawn(backend).await;
-    let b = second_node(&a).await;
-    let w = world(&a).await;
+    async fn second_node(app: &TestApp) -> TestApp {
+        TestApp::start(app.settings.clone(), tempfile::tempdir().unwrap()).await
+    }
 
-    // A device on node B watches its list and the JWKS.
-    let (id, token) = device(&b, &w.t, Some(&w.system), "").await;
-    let mut gw = V4::connect(&b, &id, &token).await.unwrap();
-    gw.subscribe(&format!(
-        "drivr/v1/acme/authorization/localApiTokens/{}",
-        w.system
-    ))
-    .await;
-    assert_eq!(
-        gw.message(Duration::from_secs(5))
-            .await
-            .map(|m| m.payload.to_vec()),
-        Some(b"[]".to_vec())
-    );
+    #[tokio::test]
+    async fn two_nodes_on_postgresql_see_each_others_changes() {
+        let Some(backend) = Backend::postgres_from_env() else {
+            eprintln!("TEST_POSTGRES_URL is not set: the two-node test is skipped");
+            return;
+        };
+        let a = TestApp::spawn(backend).await;
+        let b = second_node(&a).await;
+        let w = world(&a).await;
 
-    // A token minted through node A reaches node B's device.
-    let body = gql(
-        &a,
-        Some(&w.user_token),
-        "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { uuid } }",
-        json!({ "s": w.system }),
-    )
-    .await;
-    let minted = body["data"]["createLocalApiToken"]["uuid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let msg = gw
-        .message(Duration::from_secs(5))
-        .await
-        .expect("the list on the other node");
-    let list: Value = serde_json::from_slice(&msg.payload).unwrap();
-    assert_eq!(list[0]["uuid"], minted.as_str());
+        // A device on node B watches its list and the JWKS.
+        let (id, token) = device(&b, &w.t, Some(&w.system), "").await;
+        let mut gw = V4::connect(&b, &id, &token).await.unwrap();
+        gw.subscribe(&format!(
+            "drivr/v1/acme/authorization/localApiTokens/{}",
+            w.system
+        ))
+        .await;
+        assert_eq!(
+            gw.message(Duration::from_secs(5))
+                .await
+                .map(|m| m.payload.to_vec()),
+            Some(b"[]".to_vec())
+        );
 
-    // A token revoked through node A ends its session on node B at once.
-    let (other_id, other_token) = device(&a, &w.t, None, "").await;
-    let mut session = V5::connect(&b, &other_id, &other_token).await.unwrap();
-    let res = a
-        .post_form(
-            "/t/acme/oauth2/revoke",
-            Some((&w.t.admin_id, &w.t.admin_secret)),
-            &format!("token={}", urlencode(&other_token)),
+        // A token minted through node A reaches node B's device.
+        let body = gql(
+            &a,
+            Some(&w.user_token),
+            "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { uuid } }",
+            json!({ "s": w.system }),
         )
         .await;
-    assert_eq!(res.status(), 200);
-    assert_eq!(
-        session.disconnected().await,
-        DisconnectReasonCode::NotAuthorized
-    );
-    assert!(V5::connect(&b, &other_id, &other_token).await.is_err());
-
-    // A key rotated through node A is in node B's JWKS at once.
-    let mut watcher = V4::connect(&b, "jwks-watcher", &token).await.unwrap();
-    watcher.subscribe("drivr/v1/acme/jwks").await;
-    watcher
-        .message(Duration::from_secs(3))
-        .await
-        .expect("the JWKS");
-    a.authority().rotate_signing_key(&w.t.tenant).await.unwrap();
-    let msg = watcher
-        .message(Duration::from_secs(5))
-        .await
-        .expect("the new JWKS on node B");
-    let jwks: Value = serde_json::from_slice(&msg.payload).unwrap();
-    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
-    assert_eq!(jwks, b.jwks("acme").await);
-}
-
-#[tokio::test]
-async fn the_key_job_runs_on_one_node_at_a_time() {
-    let Some(backend) = Backend::postgres_from_env() else {
-        eprintln!("TEST_POSTGRES_URL is not set: the two-node test is skipped");
-        return;
-    };
-    let a = TestApp::spawn(backend).await;
-    let b = second_node(&a).await;
-    a.tenant("acme").await;
-    // While node A holds the key job, node B skips its round.
-    let lock =
-        lanyard::store::jobs::try_lock(a.authority().db(), lanyard::authority::keys::KEY_JOB_LOCK)
-            .await
+        let minted = body["data"]["createLocalApiToken"]["uuid"]
+            .as_str()
             .unwrap()
-            .expect("node A takes the lock");
-    assert_eq!(
-        b.authority().maintain_keys_exclusively().await.unwrap(),
-        None
-    );
-    lock.release().await.unwrap();
-    assert!(
-        b.authority()
-            .maintain_keys_exclusively()
+            .to_owned();
+        let msg = gw
+            .message(Duration::from_secs(5))
             .await
+            .expect("the list on the other node");
+        let list: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(list[0]["uuid"], minted.as_str());
+
+        // A token revoked through node A ends its session on node B at once.
+        let (other_id, other_token) = device(&a, &w.t, None, "").await;
+        let mut session = V5::connect(&b, &other_id, &other_token).await.unwrap();
+        let res = a
+            .post_form(
+                "/t/acme/oauth2/revoke",
+                Some((&w.t.admin_id, &w.t.admin_secret)),
+                &format!("token={}", urlencode(&other_token)),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            session.disconnected().await,
+            DisconnectReasonCode::NotAuthorized
+        );
+        assert!(V5::connect(&b, &other_id, &other_token).await.is_err());
+
+        // A key rotated through node A is in node B's JWKS at once.
+        let mut watcher = V4::connect(&b, "jwks-watcher", &token).await.unwrap();
+        watcher.subscribe("drivr/v1/acme/jwks").await;
+        watcher
+            .message(Duration::from_secs(3))
+            .await
+            .expect("the JWKS");
+        a.authority().rotate_signing_key(&w.t.tenant).await.unwrap();
+        let msg = watcher
+            .message(Duration::from_secs(5))
+            .await
+            .expect("the new JWKS on node B");
+        let jwks: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+        assert_eq!(jwks, b.jwks("acme").await);
+    }
+
+    #[tokio::test]
+    async fn the_key_job_runs_on_one_node_at_a_time() {
+        let Some(backend) = Backend::postgres_from_env() else {
+            eprintln!("TEST_POSTGRES_URL is not set: the two-node test is skipped");
+            return;
+        };
+        let a = TestApp::spawn(backend).await;
+        let b = second_node(&a).await;
+        a.tenant("acme").await;
+        // While node A holds the key job, node B skips its round.
+        let lock = lanyard::store::jobs::try_lock(
+            a.authority().db(),
+            lanyard::authority::keys::KEY_JOB_LOCK,
+        )
+        .await
+        .unwrap()
+        .expect("node A takes the lock");
+        assert_eq!(
+            b.authority().maintain_keys_exclusively().await.unwrap(),
+            None
+        );
+        lock.release().await.unwrap();
+        assert!(
+            b.authority()
+                .maintain_keys_exclusively()
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_database_away_for_a_while_is_reported_and_publishing_resumes() {
+        use sqlx::Connection;
+        let Some(backend) = Backend::postgres_from_env() else {
+            eprintln!("TEST_POSTGRES_URL is not set: the outage test is skipped");
+            return;
+        };
+        let Backend::Postgres(base) = &backend else {
+            unreachable!()
+        };
+        let mut admin = sqlx::PgConnection::connect(base).await.unwrap();
+        let app = TestApp::spawn(backend.clone()).await;
+        let w = world(&app).await;
+        let db = url::Url::parse(&app.settings.database.url)
             .unwrap()
-            .is_some()
-    );
+            .path()
+            .trim_start_matches('/')
+            .to_owned();
+        let (id, token) = device(&app, &w.t, Some(&w.system), "").await;
+        let mut gw = V4::connect(&app, &id, &token).await.unwrap();
+        let topic = format!("drivr/v1/acme/authorization/localApiTokens/{}", w.system);
+        gw.subscribe(&topic).await;
+        gw.message(Duration::from_secs(3)).await.expect("the list");
+
+        // The database goes away: no new connections, the open ones cut.
+        sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&db)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut reported = false;
+        for _ in 0..50 {
+            let res = app.http.get(app.url("/readyz")).send().await.unwrap();
+            if res.status() == 503 {
+                let body: Value = res.json().await.unwrap();
+                assert_eq!(body["database"], "unreachable");
+                reported = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(reported, "readiness did not report the database");
+        // Connected devices are not disturbed: nothing on their path asks the database.
+        gw.client
+            .subscribe("drivr/v1/acme/jwks", rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        assert!(
+            gw.message(Duration::from_secs(3)).await.is_some(),
+            "the device lost its session"
+        );
+
+        // It comes back: readiness recovers and changes reach the devices again.
+        sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut ready = false;
+        for _ in 0..100 {
+            if app
+                .http
+                .get(app.url("/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 200
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "readiness did not recover");
+        let body = gql(&app, Some(&w.user_token),
+            "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { uuid } }",
+            json!({ "s": w.system })).await;
+        let minted = body["data"]["createLocalApiToken"]["uuid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{body}"))
+            .to_owned();
+        let mut seen = false;
+        while let Some(msg) = gw.message(Duration::from_secs(5)).await {
+            if msg.topic == topic && String::from_utf8_lossy(&msg.payload).contains(&minted) {
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen, "the list did not follow after the outage");
+    }
 }
