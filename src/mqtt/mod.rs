@@ -47,6 +47,8 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 /// by another process (the `bootstrap` command, another node) reach the devices: within this
 /// plus the keyring's reload age (SPEC §1: 5 s).
 const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
+/// How often retained topics of tenants and systems removed from the database are cleared.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
 
 /// What every connection shares.
 pub struct Gate {
@@ -378,9 +380,15 @@ async fn follow_authority(
 ) {
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
     let mut reconcile = tokio::time::interval(RECONCILE_PERIOD);
+    let mut orphans = tokio::time::interval(ORPHAN_SWEEP);
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
+            _ = orphans.tick() => {
+                if let Err(e) = gate.clear_orphans_once().await {
+                    tracing::warn!("mqtt: clearing retained topics of removed systems: {e:#}");
+                }
+            }
             _ = sweep.tick() => {
                 gate.end_expired_sessions_once();
                 if let Err(e) = gate.expire_lists_once().await {

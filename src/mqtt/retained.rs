@@ -176,5 +176,39 @@ impl Gate {
     }
 }
 
+impl Gate {
+    /// Clears the retained topics of tenants and systems that no longer exist (removed from the
+    /// database by an operator), so no device keeps trusting a stale JWKS or list. The one step
+    /// of a slower sweep.
+    pub async fn clear_orphans_once(&self) -> anyhow::Result<usize> {
+        let mut live = std::collections::HashSet::new();
+        for tenant in self.authority.tenants().await? {
+            let slug = tenant.slug.as_str();
+            live.insert(self.permissions.jwks_topic(slug));
+            for (system_id, _) in self.authority.systems(&tenant).await? {
+                live.insert(self.permissions.token_list_topic(slug, &system_id));
+            }
+        }
+        let orphans: Vec<String> = {
+            let mut retained = self.retained.lock().expect("retained lock");
+            let orphans: Vec<String> = retained
+                .keys()
+                .filter(|t| !live.contains(*t))
+                .cloned()
+                .collect();
+            for topic in &orphans {
+                retained.remove(topic);
+            }
+            orphans
+        };
+        for topic in &orphans {
+            // An empty retained message removes the retained one (MQTT §3.3.1.3).
+            self.publish(Publish::new(Bytes::from(topic.clone()), Bytes::new(), true))
+                .await;
+        }
+        Ok(orphans.len())
+    }
+}
+
 /// Lists to republish when their earliest token expires: expiry time → (slug, system).
 pub(crate) type Expiries = BTreeMap<i64, BTreeSet<(String, String)>>;

@@ -258,3 +258,30 @@ async fn a_change_committed_while_the_server_was_down_is_published_before_it_acc
         "the first list a device sees holds it"
     );
 }
+
+#[tokio::test]
+async fn the_topic_of_a_system_removed_from_the_database_is_cleared() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let w = world(&app).await;
+    let (id, token) = device(&app, &w.t, None, "lanyard:local-tokens:read").await;
+    let mut reader = V4::connect(&app, &id, &token).await.unwrap();
+    reader.subscribe(&list_topic(&w.system)).await;
+    assert_eq!(next_list(&mut reader).await, json!([]));
+    assert_eq!(app.app().mqtt().clear_orphans_once().await.unwrap(), 0);
+    // An operator removes the system by hand.
+    let lanyard::store::Db::Sqlite(pool) = app.authority().db() else {
+        unreachable!()
+    };
+    sqlx::query("DELETE FROM systems WHERE id = $1")
+        .bind(&w.system)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(app.app().mqtt().clear_orphans_once().await.unwrap(), 1);
+    let msg = reader.message(WAIT).await.expect("the clearing message");
+    assert!(msg.payload.is_empty());
+    // A device subscribing now finds nothing retained.
+    let mut fresh = V4::connect(&app, "fresh", &token).await.unwrap();
+    fresh.subscribe(&list_topic(&w.system)).await;
+    assert!(fresh.message(Duration::from_millis(500)).await.is_none());
+}
