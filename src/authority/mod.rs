@@ -160,13 +160,16 @@ impl Authority {
 
     /// Acts on a change made here, and announces it to the other nodes.
     pub(crate) fn emit(&self, event: Event) {
-        let announcement = serde_json::json!({ "node": self.node_id, "event": event }).to_string();
-        let db = self.db.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::store::events::notify(&db, &announcement).await {
-                tracing::warn!("announcing a change to the other nodes: {e}");
-            }
-        });
+        if matches!(self.db, Db::Postgres(_)) {
+            let announcement =
+                serde_json::json!({ "node": self.node_id, "event": event }).to_string();
+            let db = self.db.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::store::events::notify(&db, &announcement).await {
+                    tracing::warn!("announcing a change to the other nodes: {e}");
+                }
+            });
+        }
         self.apply(event);
     }
 

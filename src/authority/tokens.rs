@@ -380,13 +380,14 @@ impl Authority {
     }
 
     /// Whether a token verified earlier is still good as far as its signing key goes (still
-    /// published) and, with `tokens`, its revocation and its client. The MQTT door re-checks
+    /// published) and, with `tokens`, its revocation, its client and its user. The MQTT door re-checks
     /// live sessions with it when it may have missed an event.
     pub async fn grant_still_valid(
         &self,
         slug: &str,
         kid: &str,
         client_id: &str,
+        sub: &str,
         jti: &str,
         tokens: bool,
     ) -> super::Result<bool> {
@@ -398,7 +399,8 @@ impl Authority {
         }
         if tokens
             && (revocations::is_revoked(&self.db, jti).await?
-                || !clients::exists(&self.db, &tenant.id, client_id).await?)
+                || !clients::exists(&self.db, &tenant.id, client_id).await?
+                || (sub != client_id && users::find(&self.db, &tenant.id, sub).await?.is_none()))
         {
             return Ok(false);
         }

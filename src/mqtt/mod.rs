@@ -160,6 +160,7 @@ impl Gate {
                     &grant.slug,
                     &grant.kid,
                     &owner.client_id,
+                    &owner.sub,
                     &grant.jti,
                     tokens,
                 )
