@@ -64,6 +64,11 @@ impl App {
         })?;
         let http_addr = listener.local_addr()?;
         tracing::info!("http listening on {http_addr}");
+        if matches!(authority.db(), Db::Sqlite(_)) {
+            tracing::info!(
+                "database: SQLite, one node only; several nodes share a PostgreSQL database"
+            );
+        }
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
