@@ -1,0 +1,1004 @@
+//! lanyard's benchmarks, side by side with a reference measured in the same run (issue targets in
+//! the README's Performance section). Run through `bench/run`, which builds the release binary
+//! first; `--quick` runs each figure for about a second and only checks that it was produced.
+//!
+//! Every figure is a ratio against its reference, because the machines are shared and noisy:
+//! - the token endpoint against `openssl speed rsa2048` (1 core and `-multi 2`), with the
+//!   server's own CPU time per token from `/proc/<pid>/stat`;
+//! - GraphQL `createLocalApiToken` against the token endpoint;
+//! - MQTT CONNECT with a real RS256 token, and a reconnect storm, against Mosquitto's anonymous
+//!   CONNECT;
+//! - publish throughput (QoS 0 and 1, 100-byte payloads, one and four subscribers) against
+//!   Mosquitto;
+//! - mint → device latency with 1,000 systems; restart time with many systems and tokens;
+//! - RSS with many idle authenticated connections against Mosquitto's.
+//!
+//! The load generators run in this process; the CPU they took is printed too.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Args {
+    lanyard: PathBuf,
+    quick: bool,
+}
+
+fn args() -> Args {
+    let mut lanyard = PathBuf::from("target/release/lanyard");
+    let mut quick = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--lanyard" => lanyard = it.next().expect("--lanyard PATH").into(),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    Args { lanyard, quick }
+}
+
+/// One line of the table.
+struct Row {
+    figure: String,
+    value: String,
+    reference: String,
+    ratio: String,
+    target: String,
+    met: Option<bool>,
+}
+
+fn row(
+    figure: &str,
+    value: String,
+    reference: String,
+    ratio: Option<f64>,
+    target: &str,
+    met: Option<bool>,
+) -> Row {
+    Row {
+        figure: figure.into(),
+        value,
+        reference,
+        ratio: ratio
+            .map(|r| format!("{r:.2}×"))
+            .unwrap_or_else(|| "—".into()),
+        target: target.into(),
+        met,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes and their CPU time
+
+const CLK_TCK: f64 = 100.0;
+
+/// User + system CPU seconds of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (utime + stime) / CLK_TCK
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn own_pid() -> u32 {
+    std::process::id()
+}
+
+struct Lanyard {
+    child: Child,
+    dir: PathBuf,
+    http: SocketAddr,
+    mqtt: SocketAddr,
+    device_id: String,
+    device_secret: String,
+    system: String,
+}
+
+impl Lanyard {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+}
+
+impl Drop for Lanyard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts lanyard on its embedded defaults plus a data folder of its own, free ports, and a rule
+/// that lets the benchmark's clients publish under `bench/`.
+fn start_lanyard(bin: &Path, dir: &Path) -> Lanyard {
+    // The demo seed (and its message on stdout) happens on the first start only.
+    let first_start = !dir.join("lanyard.db").exists();
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[http]
+listen = "127.0.0.1:0"
+[database]
+url = "sqlite://{db}"
+[keys]
+encryption_key_file = "{kek}"
+[mqtt]
+listen = "127.0.0.1:0"
+max_connections = 100000
+[[mqtt.acl]]
+topic = "bench/#"
+action = "publish_subscribe"
+[mailer]
+dir = "{outbox}"
+[demo]
+seed = true
+"#,
+            db = dir.join("lanyard.db").display(),
+            kek = dir.join("lanyard.kek").display(),
+            outbox = dir.join("outbox").display(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn,lanyard=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lanyard starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (mut http, mut mqtt) = (None, None);
+    let mut lines = stderr.lines();
+    while http.is_none() || mqtt.is_none() {
+        let line = lines.next().expect("lanyard logs its ports").unwrap();
+        if let Some(a) = line.split("http listening on ").nth(1) {
+            http = a.trim().parse().ok();
+        }
+        if let Some(a) = line.split("mqtt listening on ").nth(1) {
+            mqtt = a.trim().parse().ok();
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let stdout = child.stdout.take().unwrap();
+    let mut out = String::new();
+    if first_start {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            out.push_str(&line);
+            out.push('\n');
+            if line.contains("export CLIENT_ID=") {
+                break;
+            }
+        }
+    }
+    let field = |name: &str| {
+        out.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Lanyard {
+        device_id: field("CLIENT_ID"),
+        device_secret: field("CLIENT_SECRET"),
+        system: field("SYSTEM"),
+        child,
+        dir: dir.to_owned(),
+        http: http.unwrap(),
+        mqtt: mqtt.unwrap(),
+    }
+}
+
+struct Mosquitto {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_mosquitto(dir: &Path) -> Mosquitto {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = dir.join("mosquitto.conf");
+    let mut f = std::fs::File::create(&config).unwrap();
+    writeln!(
+        f,
+        "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000"
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto runs (apt-get install mosquitto)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Mosquitto { child, addr }
+}
+
+/// `openssl speed rsa2048` signatures per second, on one core or on `multi`.
+fn openssl_signs(multi: Option<u32>, seconds: u32) -> f64 {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["speed", "-seconds", &seconds.to_string()]);
+    if let Some(n) = multi {
+        cmd.args(["-multi", &n.to_string()]);
+    }
+    cmd.arg("rsa2048");
+    let out = cmd.output().expect("openssl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "rsa 2048 bits 0.000233s 0.000014s   4284.0  70423.2" or "rsa 2048 bits 0.000118s ..."
+    // with -multi: "rsa 2048 bits 0.000116s 0.000007s 8568.0 140846.4"
+    text.lines()
+        .filter(|l| l.starts_with("rsa 2048") || l.starts_with("rsa  2048"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .rev()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+        })
+        .next_back()
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generators
+
+/// Runs `workers` copies of `op` until `duration` passes; returns operations per second.
+async fn drive<F, Fut>(workers: usize, duration: Duration, op: F) -> (f64, u64)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let op = Arc::new(op);
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let done = done.clone();
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                if op(w).await {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let n = done.load(Ordering::Relaxed);
+    (n as f64 / started.elapsed().as_secs_f64(), n)
+}
+
+fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            return;
+        }
+    }
+}
+
+fn mqtt_string(s: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// An MQTT 3.1.1 CONNECT, with a password when given.
+fn connect_packet(client_id: &str, password: Option<&str>) -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_string(b"MQTT", &mut body);
+    body.push(4);
+    body.push(if password.is_some() { 0xc2 } else { 0x02 });
+    body.extend_from_slice(&60u16.to_be_bytes());
+    mqtt_string(client_id.as_bytes(), &mut body);
+    if let Some(p) = password {
+        mqtt_string(b"bench", &mut body);
+        mqtt_string(p.as_bytes(), &mut body);
+    }
+    let mut out = vec![0x10];
+    remaining_length(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+/// Connects, waits for a successful CONNACK; the stream stays open.
+async fn mqtt_connect(
+    addr: SocketAddr,
+    client_id: &str,
+    password: Option<&str>,
+) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.set_nodelay(true).ok()?;
+    s.write_all(&connect_packet(client_id, password))
+        .await
+        .ok()?;
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await.ok()?;
+    (ack == [0x20, 2, 0, 0]).then_some(s)
+}
+
+/// CONNECT, CONNACK, DISCONNECT.
+async fn connect_cycle(addr: SocketAddr, client_id: &str, password: Option<&str>) -> bool {
+    match mqtt_connect(addr, client_id, password).await {
+        Some(mut s) => s.write_all(&[0xe0, 0x00]).await.is_ok(),
+        None => false,
+    }
+}
+
+fn subscribe_packet(filter: &str, qos: u8) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    mqtt_string(filter.as_bytes(), &mut body);
+    body.push(qos);
+    let mut out = vec![0x82];
+    remaining_length(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+fn publish_packet(topic: &str, payload: &[u8], qos: u8, pkid: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_string(topic.as_bytes(), &mut body);
+    if qos > 0 {
+        body.extend_from_slice(&pkid.to_be_bytes());
+    }
+    body.extend_from_slice(payload);
+    let mut out = vec![0x30 | (qos << 1)];
+    remaining_length(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+/// Reads MQTT frames from `s`, counting PUBLISHes (and acknowledging QoS 1 ones) until `want`
+/// arrived or `timeout` passed.
+async fn count_publishes(mut s: TcpStream, want: u64, timeout: Duration) -> u64 {
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while got < want {
+        let n = match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut acks = Vec::new();
+        let mut at = 0;
+        while let Some((len, header)) = frame_len(&buf[at..]) {
+            if buf.len() - at < len {
+                break;
+            }
+            let first = buf[at];
+            if first >> 4 == 3 {
+                got += 1;
+                if (first >> 1) & 3 == 1 {
+                    let body = &buf[at + header..at + len];
+                    let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                    acks.extend_from_slice(&[0x40, 2, body[2 + tl], body[3 + tl]]);
+                }
+            }
+            at += len;
+        }
+        buf.drain(..at);
+        if !acks.is_empty() && s.write_all(&acks).await.is_err() {
+            break;
+        }
+    }
+    got
+}
+
+/// Total length and header length of the frame at the start of `b`.
+fn frame_len(b: &[u8]) -> Option<(usize, usize)> {
+    let mut len = 0usize;
+    for i in 1..5 {
+        let byte = *b.get(i)?;
+        len |= ((byte & 0x7f) as usize) << (7 * (i - 1));
+        if byte & 0x80 == 0 {
+            return Some((i + 1 + len, i + 1));
+        }
+    }
+    None
+}
+
+/// Publishes `count` messages of 100 bytes at `qos` from one connection and measures how long
+/// until every subscriber has all of them.
+async fn fan_out(
+    addr: SocketAddr,
+    password: Option<&str>,
+    qos: u8,
+    subscribers: usize,
+    count: u64,
+    tag: &str,
+) -> f64 {
+    let topic = format!("bench/{tag}");
+    let mut receivers = Vec::new();
+    for i in 0..subscribers {
+        let mut s = mqtt_connect(addr, &format!("sub-{tag}-{i}"), password)
+            .await
+            .expect("subscriber connects");
+        s.write_all(&subscribe_packet(&topic, qos)).await.unwrap();
+        let mut suback = [0u8; 5];
+        s.read_exact(&mut suback).await.unwrap();
+        assert_eq!(suback[0], 0x90, "SUBACK");
+        receivers.push(tokio::spawn(count_publishes(
+            s,
+            count,
+            Duration::from_secs(60),
+        )));
+    }
+    let mut publisher = mqtt_connect(addr, &format!("pub-{tag}"), password)
+        .await
+        .expect("publisher connects");
+    let payload = [b'x'; 100];
+    let started = Instant::now();
+    // The publisher's own acknowledgements are read and dropped in the background.
+    let (mut rd, mut wr) = publisher.split();
+    let drain = async {
+        let mut sink = vec![0u8; 1 << 16];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_secs(60), rd.read(&mut sink)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let send = async {
+        let mut batch = Vec::with_capacity(64 * 1024);
+        for i in 0..count {
+            batch.extend(publish_packet(
+                &topic,
+                &payload,
+                qos,
+                (i % 65_000 + 1) as u16,
+            ));
+            if batch.len() > 60 * 1024 {
+                wr.write_all(&batch).await.unwrap();
+                batch.clear();
+            }
+        }
+        wr.write_all(&batch).await.unwrap();
+    };
+    let receive = async {
+        let mut total = 0;
+        for r in receivers {
+            total += r.await.unwrap();
+        }
+        total
+    };
+    let (_, total) = tokio::join!(send, async {
+        tokio::select! {
+            total = receive => total,
+            _ = drain => 0,
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    if total < count * subscribers as u64 {
+        eprintln!(
+            "  ({tag}: {total} of {} deliveries arrived)",
+            count * subscribers as u64
+        );
+    }
+    total as f64 / elapsed
+}
+
+// ---------------------------------------------------------------------------------------------
+// lanyard helpers over HTTP
+
+async fn client_token(http: &reqwest::Client, l: &Lanyard, id: &str, secret: &str) -> String {
+    let res: Value = http
+        .post(l.url("/t/demo/oauth2/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    res["access_token"].as_str().expect("a token").to_owned()
+}
+
+/// Signs the demo person in with a code from the file outbox.
+async fn person_token(http: &reqwest::Client, l: &Lanyard) -> String {
+    let before = std::fs::read_dir(l.dir.join("outbox"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    http.post(l.url("/t/demo/auth/send-otp"))
+        .json(&json!({ "email": "demo@example.com", "client_id": "demo-app" }))
+        .send()
+        .await
+        .unwrap();
+    let mut code = String::new();
+    for _ in 0..100 {
+        let mut files: Vec<_> = std::fs::read_dir(l.dir.join("outbox"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        if files.len() > before {
+            files.sort();
+            let text = std::fs::read_to_string(files.last().unwrap()).unwrap();
+            let at = text.find(" is your code").unwrap();
+            code = text[at - 6..at].to_owned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let res: Value = http
+        .post(l.url("/t/demo/oauth2/token"))
+        .form(&[
+            ("grant_type", "urn:lanyard:params:oauth:grant-type:otp"),
+            ("client_id", "demo-app"),
+            ("email", "demo@example.com"),
+            ("code", code.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    res["access_token"].as_str().expect("signed in").to_owned()
+}
+
+async fn graphql(
+    http: &reqwest::Client,
+    l: &Lanyard,
+    token: &str,
+    query: &str,
+    variables: Value,
+) -> Value {
+    http.post(l.url("/graphql"))
+        .bearer_auth(token)
+        .json(&json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// An admin client of the demo tenant, from `lanyard bootstrap`.
+fn bootstrap_admin(bin: &Path, dir: &Path) -> (String, String) {
+    let out = Command::new(bin)
+        .args(["--config"])
+        .arg(dir.join("broker.toml"))
+        .args(["bootstrap", "--tenant", "demo"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bootstrap prints JSON");
+    (
+        v["client_id"].as_str().unwrap().into(),
+        v["client_secret"].as_str().unwrap().into(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    let secs = if args.quick { 1 } else { 5 };
+    let run = Duration::from_secs(secs);
+    let work = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    let loadgen_before = cpu_seconds(own_pid());
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+
+    // RSA ceiling.
+    let one_core = openssl_signs(None, secs as u32);
+    let two_cores = openssl_signs(Some(2), secs as u32);
+    eprintln!("openssl rsa2048: {one_core:.0} signs/s on 1 core, {two_cores:.0} on 2");
+
+    let l = start_lanyard(&args.lanyard, &work.path().join("lanyard"));
+
+    // 1. client_credentials tokens/s.
+    eprintln!("- token endpoint");
+    let body = "grant_type=client_credentials".to_owned();
+    let (id, secret) = (l.device_id.clone(), l.device_secret.clone());
+    let url = l.url("/t/demo/oauth2/token");
+    let cpu0 = cpu_seconds(l.pid());
+    let client = http.clone();
+    let (tokens_per_s, n) = drive(32, run, move |_| {
+        let req = client
+            .post(&url)
+            .basic_auth(&id, Some(&secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.clone());
+        async move { req.send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let cpu_per_token = (cpu_seconds(l.pid()) - cpu0) / n.max(1) as f64 * 1e6;
+    let bare_sign = 1e6 / one_core.max(1.0);
+    rows.push(row(
+        "client_credentials tokens/s",
+        format!("{tokens_per_s:.0}/s"),
+        format!("openssl 2 cores {two_cores:.0}/s"),
+        Some(tokens_per_s / two_cores.max(1.0)),
+        "≥ 0.8×",
+        Some(tokens_per_s >= 0.8 * two_cores),
+    ));
+    rows.push(row(
+        "CPU µs per token",
+        format!("{cpu_per_token:.0} µs"),
+        format!("one signature {bare_sign:.0} µs"),
+        Some(cpu_per_token / bare_sign),
+        "≤ 1.15×",
+        Some(cpu_per_token <= 1.15 * bare_sign),
+    ));
+
+    // 2. GraphQL createLocalApiToken per second.
+    eprintln!("- GraphQL mints");
+    let person = person_token(&http, &l).await;
+    let system = l.system.clone();
+    let gql_url = l.url("/graphql");
+    let client = http.clone();
+    let minter = person.clone();
+    let (mints_per_s, _) = drive(32, run, move |_| {
+        let req = client.post(&gql_url).bearer_auth(&minter).json(&json!({
+            "query": "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { uuid } }",
+            "variables": { "s": system },
+        }));
+        async move {
+            match req.send().await {
+                Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["errors"].is_null()),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    rows.push(row(
+        "GraphQL createLocalApiToken/s",
+        format!("{mints_per_s:.0}/s"),
+        format!("token endpoint {tokens_per_s:.0}/s"),
+        Some(mints_per_s / tokens_per_s.max(1.0)),
+        "≥ 0.8×",
+        Some(mints_per_s >= 0.8 * tokens_per_s),
+    ));
+
+    // 3. MQTT CONNECT/s: fresh tokens (each verified once), then a reconnect storm.
+    eprintln!("- MQTT CONNECT");
+    let fresh_count = if args.quick { 500 } else { 10_000 };
+    let mut fresh = Vec::with_capacity(fresh_count);
+    for _ in 0..fresh_count {
+        fresh.push(client_token(&http, &l, &l.device_id, &l.device_secret).await);
+    }
+    let fresh = Arc::new(fresh);
+    let next = Arc::new(AtomicU64::new(0));
+    let mqtt = l.mqtt;
+    let cpu0 = cpu_seconds(l.pid());
+    // Every token is used once, so every CONNECT verifies a signature and asks the database.
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let (f, nx) = (fresh.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            loop {
+                let i = nx.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(t) = f.get(i) else { break };
+                if connect_cycle(mqtt, &format!("c{w}-{i}"), Some(t)).await {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut n_fresh = 0;
+    for w in workers {
+        n_fresh += w.await.unwrap();
+    }
+    let connects_fresh = n_fresh as f64 / started.elapsed().as_secs_f64();
+    let cpu_per_connect = (cpu_seconds(l.pid()) - cpu0) / n_fresh.max(1) as f64 * 1e6;
+    let storm_token = fresh[0].clone();
+    let (connects_storm, _) = drive(16, run, move |w| {
+        let t = storm_token.clone();
+        async move { connect_cycle(mqtt, &format!("storm-{w}"), Some(&t)).await }
+    })
+    .await;
+    let mosq = start_mosquitto(work.path());
+    let maddr = mosq.addr;
+    let (connects_mosq, _) = drive(16, run, move |w| async move {
+        connect_cycle(maddr, &format!("m{w}"), None).await
+    })
+    .await;
+    rows.push(row(
+        "MQTT CONNECT/s, fresh RS256 tokens",
+        format!("{connects_fresh:.0}/s ({cpu_per_connect:.0} µs CPU each)"),
+        format!("Mosquitto anonymous {connects_mosq:.0}/s"),
+        Some(connects_fresh / connects_mosq.max(1.0)),
+        "≥ 0.8×",
+        Some(connects_fresh >= 0.8 * connects_mosq),
+    ));
+    rows.push(row(
+        "MQTT CONNECT/s, reconnect storm",
+        format!("{connects_storm:.0}/s"),
+        format!("Mosquitto anonymous {connects_mosq:.0}/s"),
+        Some(connects_storm / connects_mosq.max(1.0)),
+        "≥ 1.0×",
+        Some(connects_storm >= connects_mosq),
+    ));
+
+    // 4. Publish throughput.
+    eprintln!("- publish throughput");
+    let count: u64 = if args.quick { 2_000 } else { 100_000 };
+    let bench_token = client_token(&http, &l, &l.device_id, &l.device_secret).await;
+    for (qos, subs) in [(0u8, 1usize), (0, 4), (1, 1), (1, 4)] {
+        let tag = format!("q{qos}s{subs}");
+        let ours = fan_out(
+            l.mqtt,
+            Some(&bench_token),
+            qos,
+            subs,
+            count,
+            &format!("l{tag}"),
+        )
+        .await;
+        let theirs = fan_out(mosq.addr, None, qos, subs, count, &format!("m{tag}")).await;
+        rows.push(row(
+            &format!("publish QoS {qos}, 100 B, 1 → {subs}"),
+            format!("{ours:.0} deliveries/s"),
+            format!("Mosquitto {theirs:.0}/s"),
+            Some(ours / theirs.max(1.0)),
+            "≥ 1.0×",
+            Some(ours >= theirs),
+        ));
+    }
+
+    // 5. Mint → device latency, with 1,000 systems.
+    eprintln!("- mint → device latency");
+    let (admin_id, admin_secret) = bootstrap_admin(&args.lanyard, &l.dir);
+    let admin = client_token(&http, &l, &admin_id, &admin_secret).await;
+    let systems = if args.quick { 20 } else { 1_000 };
+    let person_id =
+        graphql(&http, &l, &person, "{ me { sub } }", json!({})).await["data"]["me"]["sub"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let role = graphql(
+        &http,
+        &l,
+        &admin,
+        "mutation { createRole(name: \"Bench\") { uuid } }",
+        json!({}),
+    )
+    .await["data"]["createRole"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut system_ids = Vec::new();
+    for i in 0..systems {
+        let s = graphql(
+            &http,
+            &l,
+            &admin,
+            "mutation($n: String!) { createSystem(name: $n) { uuid } }",
+            json!({ "n": format!("S{i}") }),
+        )
+        .await["data"]["createSystem"]["uuid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        graphql(&http, &l, &admin, "mutation($u: UUID!, $s: UUID!, $r: UUID!) { assignRole(userUuid: $u, systemUuid: $s, roleUuid: $r) }", json!({ "u": person_id, "s": s, "r": role })).await;
+        system_ids.push(s);
+    }
+    let reader = {
+        let reg = graphql(&http, &l, &admin, "mutation { createClient(input: {name: \"reader\", scopes: [\"lanyard:local-tokens:read\"]}) { clientId clientSecret } }", json!({})).await;
+        let reg = &reg["data"]["createClient"];
+        client_token(
+            &http,
+            &l,
+            reg["clientId"].as_str().unwrap(),
+            reg["clientSecret"].as_str().unwrap(),
+        )
+        .await
+    };
+    let samples = if args.quick { 10 } else { 200 };
+    let mut latencies = Vec::new();
+    for i in 0..samples {
+        let system = &system_ids[i % system_ids.len()];
+        let topic = format!("drivr/v1/demo/authorization/localApiTokens/{system}");
+        let mut s = mqtt_connect(l.mqtt, &format!("lat-{i}"), Some(&reader))
+            .await
+            .expect("reader connects");
+        s.write_all(&subscribe_packet(&topic, 0)).await.unwrap();
+        // SUBACK and the current list.
+        let mut sink = vec![0u8; 1 << 20];
+        let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut sink)).await;
+        let started = Instant::now();
+        let minted = graphql(&http, &l, &person, "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { uuid } }", json!({ "s": system })).await;
+        let uuid = minted["data"]["createLocalApiToken"]["uuid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut seen = String::new();
+        while !seen.contains(&uuid) {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => seen.push_str(&String::from_utf8_lossy(&sink[..n])),
+                _ => break,
+            }
+        }
+        if seen.contains(&uuid) {
+            latencies.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let (p50, p99) = (pct(0.5), pct(0.99));
+    rows.push(row(
+        &format!("mint → device latency, {systems} systems"),
+        format!(
+            "p50 {p50:.1} ms, p99 {p99:.1} ms ({} samples)",
+            latencies.len()
+        ),
+        "—".into(),
+        None,
+        "p99 < 50 ms",
+        Some(p99 < 50.0),
+    ));
+
+    // 6. Idle authenticated connections: RSS against Mosquitto.
+    eprintln!("- idle connections");
+    // Fresh processes on both sides, so neither carries what the other figures left behind.
+    drop(mosq);
+    let mosq = start_mosquitto(work.path());
+    let idle_server = start_lanyard(&args.lanyard, &work.path().join("idle"));
+    let bench_token = client_token(
+        &http,
+        &idle_server,
+        &idle_server.device_id,
+        &idle_server.device_secret,
+    )
+    .await;
+    let idle = if args.quick { 500 } else { 9_000 };
+    let base_ours = rss_kib(idle_server.pid());
+    let base_theirs = rss_kib(mosq.child.id());
+    let mut held = Vec::with_capacity(idle * 2);
+    for i in 0..idle {
+        if let Some(s) =
+            mqtt_connect(idle_server.mqtt, &format!("idle-{i}"), Some(&bench_token)).await
+        {
+            held.push(s);
+        }
+    }
+    let ours_conns = held.len();
+    for i in 0..idle {
+        if let Some(s) = mqtt_connect(mosq.addr, &format!("idle-{i}"), None).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ours = rss_kib(idle_server.pid());
+    let theirs = rss_kib(mosq.child.id());
+    rows.push(row(
+        &format!("RSS with {ours_conns} idle authenticated connections"),
+        format!(
+            "{} MiB (+{} KiB per connection)",
+            ours / 1024,
+            (ours.saturating_sub(base_ours)) / ours_conns.max(1) as u64
+        ),
+        format!(
+            "Mosquitto {} MiB (+{} KiB per connection)",
+            theirs / 1024,
+            (theirs.saturating_sub(base_theirs)) / idle.max(1) as u64
+        ),
+        Some(ours as f64 / theirs.max(1) as f64),
+        "≤ 2×",
+        Some(ours as f64 <= 2.0 * theirs as f64),
+    ));
+    drop(held);
+    drop(mosq);
+    drop(idle_server);
+
+    // 7. Restart with many systems × 10 tokens: time until the listener accepts.
+    eprintln!("- restart");
+    let restart_systems = if args.quick { 20 } else { system_ids.len() };
+    for system in system_ids.iter().take(restart_systems) {
+        for _ in 0..10 {
+            graphql(&http, &l, &person, "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { uuid } }", json!({ "s": system })).await;
+        }
+    }
+    let dir = l.dir.clone();
+    drop(l);
+    let started = Instant::now();
+    let l = start_lanyard(&args.lanyard, &dir);
+    let restart = started.elapsed().as_secs_f64();
+    rows.push(row(
+        &format!(
+            "restart with {} systems × 10 tokens: until MQTT accepts",
+            restart_systems + 1
+        ),
+        format!("{restart:.2} s"),
+        "—".into(),
+        None,
+        "< 5 s (target at 10,000 systems)",
+        Some(restart < 5.0),
+    ));
+    drop(l);
+
+    let loadgen = cpu_seconds(own_pid()) - loadgen_before;
+    println!("| figure | lanyard | reference in the same run | ratio | target | met |");
+    println!("|---|---|---|---|---|---|");
+    for r in &rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "—",
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.figure, r.value, r.reference, r.ratio, r.target, met
+        );
+    }
+    println!(
+        "\nload generators: {loadgen:.1} s of CPU in this process; openssl rsa2048: {one_core:.0}/s on 1 core, {two_cores:.0}/s on 2{}",
+        if args.quick {
+            " (quick run: figures are not meaningful)"
+        } else {
+            ""
+        }
+    );
+    let missing = rows
+        .iter()
+        .filter(|r| r.value.contains("NaN") || r.value.starts_with("0/s"))
+        .count();
+    if missing > 0 {
+        eprintln!("{missing} figure(s) were not produced");
+        std::process::exit(1);
+    }
+}
