@@ -63,10 +63,10 @@ impl RouterLinks {
         let config = RouterConfig {
             max_connections,
             max_outgoing_packet_count: 200,
-            // Each topic's recent messages are kept in segments: at most 2 MiB per topic. A
-            // token list of several hundred tokens still fits one segment.
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 2,
+            // Each topic's recent messages are kept in segments, up to 16 MiB per topic: a
+            // subscriber that falls further behind than that loses the oldest ones.
+            max_segment_size: 4 * 1024 * 1024,
+            max_segment_count: 4,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
