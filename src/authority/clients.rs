@@ -3,6 +3,8 @@
 //! Secrets are 256-bit random, returned once at registration or rotation, and stored only as a
 //! SHA-256 hash (see `crypto::secret` for why a fast hash is right here).
 
+use std::sync::Arc;
+
 use super::tenants::validate_name;
 use super::{Authority, Error, Event, Result, Tenant};
 use crate::crypto::Secret;
@@ -226,6 +228,10 @@ impl Authority {
                 "no confidential client {client_id}"
             )));
         }
+        self.emit(Event::ClientSecretRotated {
+            tenant_id: tenant.id.clone(),
+            client_id: client_id.to_owned(),
+        });
         let row = clients::find(&self.db, &tenant.id, client_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no client {client_id}")))?;
@@ -235,6 +241,34 @@ impl Authority {
             client_id_issued_at: row.created_at,
             client_secret_expires_at: 0,
         })
+    }
+
+    /// The client's stored row, from memory when it was read before.
+    pub(crate) async fn client_row(
+        &self,
+        tenant_id: &str,
+        client_id: &str,
+    ) -> Result<Option<Arc<clients::ClientRow>>, StoreError> {
+        let key = (tenant_id.to_owned(), client_id.to_owned());
+        if let Some(row) = self.client_cache.read().expect("client cache").get(&key) {
+            return Ok(Some(row.clone()));
+        }
+        let Some(row) = clients::find(&self.db, tenant_id, client_id).await? else {
+            return Ok(None);
+        };
+        let row = Arc::new(row);
+        self.client_cache
+            .write()
+            .expect("client cache")
+            .insert(key, row.clone());
+        Ok(Some(row))
+    }
+
+    pub(crate) fn forget_client(&self, tenant_id: &str, client_id: &str) {
+        self.client_cache
+            .write()
+            .expect("client cache")
+            .remove(&(tenant_id.to_owned(), client_id.to_owned()));
     }
 
     /// Deletes a client; its access tokens stop verifying (the client must still exist).

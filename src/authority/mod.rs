@@ -55,6 +55,11 @@ pub enum Event {
         tenant_id: String,
         client_id: String,
     },
+    /// A client's secret was replaced; the old one must stop working.
+    ClientSecretRotated {
+        tenant_id: String,
+        client_id: String,
+    },
     /// A user was deleted; tokens issued to them must stop working.
     UserDeleted { tenant_id: String, user_id: String },
     /// Announcements from other nodes may have been missed: whatever depends on them should be
@@ -107,6 +112,11 @@ pub struct Authority {
     /// Tenants by slug. Tenants are never renamed or deleted, so an entry never goes stale;
     /// misses are not remembered, so a tenant created by another process is found.
     pub(crate) tenant_cache: RwLock<HashMap<String, Tenant>>,
+    /// Client rows by (tenant id, client id), so authenticating a client or checking that a
+    /// token's client exists costs no query. Dropped on deletion and secret rotation (here or on
+    /// another node); misses are not remembered.
+    pub(crate) client_cache:
+        RwLock<HashMap<(String, String), Arc<crate::store::clients::ClientRow>>>,
     events: broadcast::Sender<Event>,
     /// Tells this node's announcements from the others'.
     node_id: String,
@@ -130,6 +140,7 @@ impl Authority {
             token_cache: Default::default(),
             mailer: Arc::new(mail::NoMailer),
             tenant_cache: Default::default(),
+            client_cache: Default::default(),
             events,
             node_id: uuid::Uuid::new_v4().to_string(),
         }
@@ -186,14 +197,22 @@ impl Authority {
             Event::ClientDeleted {
                 tenant_id,
                 client_id,
-            } => self
-                .token_cache
-                .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.client_id == client_id),
+            } => {
+                self.forget_client(tenant_id, client_id);
+                self.token_cache.forget(|k| {
+                    &k.tenant.id == tenant_id && &k.verified.claims.client_id == client_id
+                });
+            }
+            Event::ClientSecretRotated {
+                tenant_id,
+                client_id,
+            } => self.forget_client(tenant_id, client_id),
             Event::UserDeleted { tenant_id, user_id } => self
                 .token_cache
                 .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.sub == user_id),
             Event::LocalTokensChanged { .. } => {}
             Event::Resync => {
+                self.client_cache.write().expect("client cache").clear();
                 self.keyrings.forget_all();
                 self.token_cache.forget(|_| true);
             }

@@ -105,7 +105,7 @@ impl Authority {
         let row = if too_long {
             None
         } else {
-            clients::find(&self.db, &tenant.id, &creds.client_id)
+            self.client_row(&tenant.id, &creds.client_id)
                 .await
                 .map_err(|e| {
                     log_internal("client lookup", &e);
@@ -263,9 +263,11 @@ impl Authority {
         {
             return Err(TokenRejected::Revoked);
         }
-        if !clients::exists(&self.db, &tenant.id, &claims.client_id)
+        if self
+            .client_row(&tenant.id, &claims.client_id)
             .await
             .map_err(unavailable)?
+            .is_none()
         {
             return Err(TokenRejected::ClientGone);
         }

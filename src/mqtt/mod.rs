@@ -112,6 +112,8 @@ impl Gate {
                     });
             }
             Event::Resync => self.recheck(None, true).await,
+            // Tokens issued before a secret rotation stay valid until they expire.
+            Event::ClientSecretRotated { .. } => {}
             Event::LocalTokensChanged {
                 tenant_id,
                 system_id,

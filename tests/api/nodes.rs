@@ -79,6 +79,32 @@ mod postgres {
         );
         assert!(V5::connect(&b, &other_id, &other_token).await.is_err());
 
+        // A client secret rotated through node A stops working on node B at once.
+        b.admin_token(&w.t).await;
+        let reg = a
+            .authority()
+            .rotate_client_secret(&w.t.tenant, &w.t.admin_id)
+            .await
+            .unwrap();
+        let mut refused = false;
+        for _ in 0..50 {
+            let res = b
+                .post_form(
+                    "/t/acme/oauth2/token",
+                    Some((&w.t.admin_id, &w.t.admin_secret)),
+                    "grant_type=client_credentials",
+                )
+                .await;
+            if res.status() == 401 {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "node B still accepts the old secret");
+        b.token("acme", &w.t.admin_id, reg.client_secret.unwrap().expose())
+            .await;
+
         // A key rotated through node A is in node B's JWKS at once.
         let mut watcher = V4::connect(&b, "jwks-watcher", &token).await.unwrap();
         watcher.subscribe("drivr/v1/acme/jwks").await;

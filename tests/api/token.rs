@@ -230,6 +230,8 @@ on_both_databases! {
 on_both_databases! {
     async fn a_rotated_client_secret_replaces_the_old_one_at_once(app) {
         let t = app.tenant("acme").await;
+        // Used once before, so the server knows the client (and its old secret) already.
+        app.admin_token(&t).await;
         let reg = app.authority().rotate_client_secret(&t.tenant, &t.admin_id).await.unwrap();
         let new_secret = reg.client_secret.unwrap();
         assert_ne!(new_secret.expose(), t.admin_secret);
