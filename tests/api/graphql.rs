@@ -244,6 +244,20 @@ on_both_databases! {
     }
 }
 
+/// `n` copies of `{ me { sub } }` in one batch.
+async fn post_batch(app: &TestApp, token: &str, n: usize) -> reqwest::Response {
+    let batch: Vec<Value> = (0..n)
+        .map(|_| json!({ "query": "{ me { sub } }" }))
+        .collect();
+    app.http
+        .post(app.url("/graphql"))
+        .bearer_auth(token)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn bad_requests_get_graphql_errors_with_codes() {
     let app = TestApp::spawn(Backend::Sqlite).await;
@@ -276,31 +290,11 @@ async fn bad_requests_get_graphql_errors_with_codes() {
     );
     let body = gql(&app, Some(&w.admin_token), &wide, json!({})).await;
     assert_eq!(code(&body), "BAD_USER_INPUT", "complexity: {body}");
-    let batch: Vec<Value> = (0..11)
-        .map(|_| json!({ "query": "{ me { sub } }" }))
-        .collect();
-    let res = app
-        .http
-        .post(app.url("/graphql"))
-        .bearer_auth(&w.admin_token)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
+    let res = post_batch(&app, &w.admin_token, 11).await;
     assert_eq!(res.status(), 400);
     let body: Value = res.json().await.unwrap();
     assert_eq!(code(&body), "BAD_USER_INPUT");
-    let batch: Vec<Value> = (0..3)
-        .map(|_| json!({ "query": "{ me { sub } }" }))
-        .collect();
-    let res = app
-        .http
-        .post(app.url("/graphql"))
-        .bearer_auth(&w.admin_token)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
+    let res = post_batch(&app, &w.admin_token, 3).await;
     let body: Value = res.json().await.unwrap();
     assert_eq!(body.as_array().unwrap().len(), 3);
     let huge = json!({ "query": format!("{{ me {{ sub }} }} #{}", "x".repeat(70_000)) });

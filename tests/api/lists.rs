@@ -25,6 +25,15 @@ async fn gateway(app: &TestApp, w: &World) -> (V4, Value) {
     (v4, first)
 }
 
+/// A client with `lanyard:local-tokens:read`, subscribed to the system's (empty) list.
+async fn list_reader(app: &TestApp, w: &World) -> (V4, String, String) {
+    let (id, token) = device(app, &w.t, None, "lanyard:local-tokens:read").await;
+    let mut reader = V4::connect(app, &id, &token).await.unwrap();
+    reader.subscribe(&list_topic(&w.system)).await;
+    assert_eq!(next_list(&mut reader).await, json!([]));
+    (reader, id, token)
+}
+
 async fn next_list(v4: &mut V4) -> Value {
     let msg = v4.message(WAIT).await.expect("a list");
     serde_json::from_slice(&msg.payload).unwrap()
@@ -151,10 +160,7 @@ on_both_databases! {
 async fn every_system_has_its_list_from_the_start_and_a_new_one_at_once() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let w = world(&app).await;
-    let (id, token) = device(&app, &w.t, None, "lanyard:local-tokens:read").await;
-    let mut reader = V4::connect(&app, &id, &token).await.unwrap();
-    reader.subscribe(&list_topic(&w.system)).await;
-    assert_eq!(next_list(&mut reader).await, json!([]));
+    let (mut reader, id, token) = list_reader(&app, &w).await;
     let fresh = app
         .authority()
         .create_system(&w.t.tenant, "New")
@@ -263,10 +269,7 @@ async fn a_change_committed_while_the_server_was_down_is_published_before_it_acc
 async fn the_topic_of_a_system_removed_from_the_database_is_cleared() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let w = world(&app).await;
-    let (id, token) = device(&app, &w.t, None, "lanyard:local-tokens:read").await;
-    let mut reader = V4::connect(&app, &id, &token).await.unwrap();
-    reader.subscribe(&list_topic(&w.system)).await;
-    assert_eq!(next_list(&mut reader).await, json!([]));
+    let (mut reader, _, token) = list_reader(&app, &w).await;
     assert_eq!(app.app().mqtt().clear_orphans_once().await.unwrap(), 0);
     // An operator removes the system by hand.
     let lanyard::store::Db::Sqlite(pool) = app.authority().db() else {
