@@ -64,7 +64,7 @@ impl App {
         })?;
         let http_addr = listener.local_addr()?;
         tracing::info!("http listening on {http_addr}");
-        if matches!(authority.db(), Db::Sqlite(_)) {
+        if matches!(authority.db(), Db::Sqlite { .. }) {
             tracing::info!(
                 "database: SQLite, one node only; several nodes share a PostgreSQL database"
             );

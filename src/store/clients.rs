@@ -1,6 +1,6 @@
 //! OAuth clients.
 
-use super::{Db, StoreResult, on_pool};
+use super::{Db, StoreResult, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClientRow {
@@ -25,7 +25,7 @@ const INSERT: &str = "INSERT INTO clients
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 pub async fn insert(db: &Db, c: &ClientRow) -> StoreResult<()> {
-    on_pool!(db, pool => sqlx::query(INSERT)
+    on_writer!(db, pool => sqlx::query(INSERT)
         .bind(&c.client_id)
         .bind(&c.tenant_id)
         .bind(&c.name)
@@ -70,7 +70,7 @@ pub async fn set_secret(
     hash: &[u8],
     now: i64,
 ) -> StoreResult<bool> {
-    let done = on_pool!(db, pool => sqlx::query(SET_SECRET)
+    let done = on_writer!(db, pool => sqlx::query(SET_SECRET)
         .bind(tenant_id)
         .bind(client_id)
         .bind(hash)
@@ -84,6 +84,6 @@ pub async fn set_secret(
 const DELETE: &str = "DELETE FROM clients WHERE tenant_id = $1 AND client_id = $2";
 
 pub async fn delete(db: &Db, tenant_id: &str, client_id: &str) -> StoreResult<bool> {
-    let done = on_pool!(db, pool => sqlx::query(DELETE).bind(tenant_id).bind(client_id).execute(pool).await?.rows_affected());
+    let done = on_writer!(db, pool => sqlx::query(DELETE).bind(tenant_id).bind(client_id).execute(pool).await?.rows_affected());
     Ok(done == 1)
 }

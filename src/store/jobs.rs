@@ -11,7 +11,7 @@ pub struct JobLock(Option<Transaction<'static, Postgres>>);
 /// Takes the lock named `job` if no other node holds it.
 pub async fn try_lock(db: &Db, job: i64) -> StoreResult<Option<JobLock>> {
     match db {
-        Db::Sqlite(_) => Ok(Some(JobLock(None))),
+        Db::Sqlite { .. } => Ok(Some(JobLock(None))),
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
             let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")

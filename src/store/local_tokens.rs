@@ -1,6 +1,6 @@
 //! Local API tokens.
 
-use super::{Db, StoreResult, on_pool};
+use super::{Db, StoreResult, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LocalTokenRow {
@@ -29,7 +29,7 @@ pub async fn insert(db: &Db, t: &LocalTokenRow) -> StoreResult<()> {
     let sql = format!(
         "INSERT INTO local_api_tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     );
-    on_pool!(db, pool => sqlx::query(&sql)
+    on_writer!(db, pool => sqlx::query(&sql)
         .bind(&t.id)
         .bind(&t.tenant_id)
         .bind(&t.system_id)
@@ -79,7 +79,7 @@ const REVOKE: &str = "UPDATE local_api_tokens SET status = 'REVOKED', updated_at
     WHERE tenant_id = $1 AND id = $2 AND status = 'ACTIVATED'";
 
 pub async fn revoke(db: &Db, tenant_id: &str, id: &str, now: i64) -> StoreResult<()> {
-    on_pool!(db, pool => sqlx::query(REVOKE).bind(tenant_id).bind(id).bind(now).execute(pool).await?.rows_affected());
+    on_writer!(db, pool => sqlx::query(REVOKE).bind(tenant_id).bind(id).bind(now).execute(pool).await?.rows_affected());
     Ok(())
 }
 
@@ -94,7 +94,7 @@ pub async fn revoke_for_user(
     now: i64,
 ) -> StoreResult<Vec<String>> {
     Ok(
-        on_pool!(db, pool => sqlx::query_scalar(REVOKE_FOR_USER).bind(tenant_id).bind(user_id).bind(now).fetch_all(pool).await?),
+        on_writer!(db, pool => sqlx::query_scalar(REVOKE_FOR_USER).bind(tenant_id).bind(user_id).bind(now).fetch_all(pool).await?),
     )
 }
 

@@ -34,15 +34,33 @@ pub mod users;
 /// The database, on either driver.
 #[derive(Clone, Debug)]
 pub enum Db {
-    Sqlite(SqlitePool),
+    /// SQLite lets one connection write at a time; a writer that finds the lock taken sleeps in
+    /// SQLite's busy handler for a millisecond or more. So every write goes through `writer`, a
+    /// pool of one connection, where writers queue without sleeping, and reads go to `reader`,
+    /// whose connections are read-only (WAL mode lets them read while the writer writes).
+    Sqlite {
+        reader: SqlitePool,
+        writer: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$pool` bound to the active pool; the body is compiled once per driver.
+/// Runs `$body` with `$pool` bound to the pool that reads; the body is compiled once per
+/// driver.
 macro_rules! on_pool {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
-            $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Sqlite { reader: $pool, .. } => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body`, a single statement that writes, with `$pool` bound to the pool that writes.
+macro_rules! on_writer {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite { writer: $pool, .. } => $body,
             $crate::store::Db::Postgres($pool) => $body,
         }
     };
@@ -54,8 +72,8 @@ macro_rules! on_pool {
 macro_rules! in_transaction {
     ($db:expr, $tx:ident => $body:expr) => {
         match $db {
-            $crate::store::Db::Sqlite(pool) => {
-                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            $crate::store::Db::Sqlite { writer, .. } => {
+                let mut $tx = writer.begin_with("BEGIN IMMEDIATE").await?;
                 let out = $body;
                 $tx.commit().await?;
                 out
@@ -70,7 +88,7 @@ macro_rules! in_transaction {
     };
 }
 
-pub(crate) use {in_transaction, on_pool};
+pub(crate) use {in_transaction, on_pool, on_writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -116,7 +134,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 
 impl Db {
     /// Opens the pool for `url` (`sqlite://PATH` or `postgres://…`). SQLite files and their folder
-    /// are created; SQLite runs in WAL mode with a busy timeout.
+    /// are created; SQLite runs in WAL mode with a busy timeout, a reader pool of
+    /// `max_connections` and one writer.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, ConnectError> {
         if url.starts_with("sqlite:") {
             let sqlite_err = |source| ConnectError::Sqlite {
@@ -138,13 +157,29 @@ impl Db {
                     source,
                 })?;
             }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(max_connections)
+            // A local file cannot go stale, so connections are not pinged before each use.
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect_with(options)
+                .test_before_acquire(false)
+                .connect_with(options.clone())
                 .await
                 .map_err(sqlite_err)?;
-            Ok(Db::Sqlite(pool))
+            if options.get_filename() == Path::new(":memory:") {
+                // A second pool would open a second, empty database.
+                return Ok(Db::Sqlite {
+                    reader: writer.clone(),
+                    writer,
+                });
+            }
+            let reader = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .test_before_acquire(false)
+                .connect_with(options.read_only(true))
+                .await
+                .map_err(sqlite_err)?;
+            Ok(Db::Sqlite { reader, writer })
         } else {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
@@ -162,7 +197,7 @@ impl Db {
     /// Applies the migrations the database has not seen yet.
     pub async fn migrate(&self) -> Result<(), ConnectError> {
         match self {
-            Db::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Db::Sqlite { writer, .. } => SQLITE_MIGRATIONS.run(writer).await?,
             Db::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
         }
         Ok(())
@@ -175,7 +210,13 @@ impl Db {
     }
 
     pub async fn close(&self) {
-        on_pool!(self, pool => pool.close().await)
+        match self {
+            Db::Sqlite { reader, writer } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            Db::Postgres(pool) => pool.close().await,
+        }
     }
 }
 

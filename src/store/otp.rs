@@ -1,6 +1,6 @@
 //! One-time sign-in codes.
 
-use super::{Db, StoreResult, on_pool};
+use super::{Db, StoreResult, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OtpRow {
@@ -20,7 +20,7 @@ const INSERT: &str =
     VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 pub async fn insert(db: &Db, o: &OtpRow) -> StoreResult<()> {
-    on_pool!(db, pool => sqlx::query(INSERT)
+    on_writer!(db, pool => sqlx::query(INSERT)
         .bind(&o.id)
         .bind(&o.tenant_id)
         .bind(&o.email)
@@ -85,7 +85,7 @@ const CONSUME: &str = "UPDATE otp_codes SET used = TRUE
 
 /// Marks the code used if it is still usable; exactly one of concurrent callers gets `true`.
 pub async fn consume(db: &Db, id: &str, max_attempts: i64, now: i64) -> StoreResult<bool> {
-    let row: Option<String> = on_pool!(db, pool => sqlx::query_scalar(CONSUME).bind(id).bind(max_attempts).bind(now).fetch_optional(pool).await?);
+    let row: Option<String> = on_writer!(db, pool => sqlx::query_scalar(CONSUME).bind(id).bind(max_attempts).bind(now).fetch_optional(pool).await?);
     Ok(row.is_some())
 }
 
@@ -93,7 +93,7 @@ const FAIL_ATTEMPT: &str =
     "UPDATE otp_codes SET attempts = attempts + 1 WHERE id = $1 AND used = FALSE";
 
 pub async fn record_failed_attempt(db: &Db, id: &str) -> StoreResult<()> {
-    on_pool!(db, pool => sqlx::query(FAIL_ATTEMPT).bind(id).execute(pool).await?.rows_affected());
+    on_writer!(db, pool => sqlx::query(FAIL_ATTEMPT).bind(id).execute(pool).await?.rows_affected());
     Ok(())
 }
 
@@ -101,5 +101,5 @@ const PRUNE: &str = "DELETE FROM otp_codes WHERE expires_at < $1";
 
 /// Forgets codes that expired before `before` (kept a while for the rate limit).
 pub async fn prune(db: &Db, before: i64) -> StoreResult<u64> {
-    Ok(on_pool!(db, pool => sqlx::query(PRUNE).bind(before).execute(pool).await?.rows_affected()))
+    Ok(on_writer!(db, pool => sqlx::query(PRUNE).bind(before).execute(pool).await?.rows_affected()))
 }

@@ -1,6 +1,6 @@
 //! Refresh tokens: stored as hashes, rotated on use, revoked by family.
 
-use super::{Db, StoreResult, on_pool};
+use super::{Db, StoreResult, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RefreshRow {
@@ -21,7 +21,7 @@ const INSERT: &str = "INSERT INTO refresh_tokens
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 pub async fn insert(db: &Db, r: &RefreshRow) -> StoreResult<()> {
-    on_pool!(db, pool => sqlx::query(INSERT)
+    on_writer!(db, pool => sqlx::query(INSERT)
         .bind(&r.token_hash)
         .bind(&r.family_id)
         .bind(&r.tenant_id)
@@ -59,13 +59,13 @@ pub async fn take(
          RETURNING {COLUMNS}"
     );
     Ok(
-        on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(hash).bind(now).fetch_optional(pool).await?),
+        on_writer!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(hash).bind(now).fetch_optional(pool).await?),
     )
 }
 
 const REVOKE_FAMILY: &str = "UPDATE refresh_tokens SET revoked = TRUE WHERE family_id = $1";
 
 pub async fn revoke_family(db: &Db, family_id: &str) -> StoreResult<()> {
-    on_pool!(db, pool => sqlx::query(REVOKE_FAMILY).bind(family_id).execute(pool).await?.rows_affected());
+    on_writer!(db, pool => sqlx::query(REVOKE_FAMILY).bind(family_id).execute(pool).await?.rows_affected());
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The revocation list of access tokens, by `jti`, kept until the token would have expired.
 
-use super::{Db, StoreResult, on_pool};
+use super::{Db, StoreResult, on_pool, on_writer};
 
 const INSERT: &str = "INSERT INTO revoked_tokens (jti, tenant_id, expires_at, revoked_at)
     VALUES ($1, $2, $3, $4) ON CONFLICT (jti) DO NOTHING";
@@ -13,7 +13,7 @@ pub async fn revoke(
     expires_at: i64,
     now: i64,
 ) -> StoreResult<bool> {
-    let done = on_pool!(db, pool => sqlx::query(INSERT)
+    let done = on_writer!(db, pool => sqlx::query(INSERT)
         .bind(jti)
         .bind(tenant_id)
         .bind(expires_at)
@@ -37,6 +37,6 @@ const PRUNE: &str = "DELETE FROM revoked_tokens WHERE expires_at < $1";
 /// Forgets revocations of tokens that have expired anyway.
 pub async fn prune(db: &Db, now: i64) -> StoreResult<u64> {
     let done =
-        on_pool!(db, pool => sqlx::query(PRUNE).bind(now).execute(pool).await?.rows_affected());
+        on_writer!(db, pool => sqlx::query(PRUNE).bind(now).execute(pool).await?.rows_affected());
     Ok(done)
 }

@@ -1,6 +1,6 @@
 //! A tenant's own scopes (the `lanyard:` catalogue is fixed in code, not stored).
 
-use super::{Db, StoreResult, on_pool};
+use super::{Db, StoreResult, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ScopeRow {
@@ -19,7 +19,7 @@ pub async fn insert(
     description: Option<&str>,
     now: i64,
 ) -> StoreResult<()> {
-    on_pool!(db, pool => sqlx::query(INSERT)
+    on_writer!(db, pool => sqlx::query(INSERT)
         .bind(tenant_id)
         .bind(name)
         .bind(description)

@@ -4,7 +4,7 @@
 //! indexes (one ACTIVE, one PENDING per tenant) make it impossible for concurrent nodes to end
 //! with two signers, whatever order their steps interleave in.
 
-use super::{Db, StoreResult, in_transaction, on_pool};
+use super::{Db, StoreResult, in_transaction, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyRow {
@@ -64,7 +64,7 @@ impl NewKey {
 
 /// Stores a PENDING key. If the tenant already has one, `StoreError::Conflict`.
 pub async fn insert(db: &Db, key: &NewKey) -> StoreResult<()> {
-    on_pool!(db, pool => key.bind(sqlx::query(INSERT_KEY)).execute(pool).await?.rows_affected());
+    on_writer!(db, pool => key.bind(sqlx::query(INSERT_KEY)).execute(pool).await?.rows_affected());
     Ok(())
 }
 
@@ -179,7 +179,7 @@ pub async fn reactivate(
     publish_until: i64,
     now: i64,
 ) -> StoreResult<bool> {
-    let done = on_pool!(db, pool => sqlx::query(REACTIVATE)
+    let done = on_writer!(db, pool => sqlx::query(REACTIVATE)
         .bind(tenant_id)
         .bind(kid)
         .bind(publish_until)
@@ -195,7 +195,7 @@ const DELETE: &str =
 
 /// Deletes `kid` for good, unless it is the signer. Returns false if nothing was deleted.
 pub async fn delete(db: &Db, tenant_id: &str, kid: &str) -> StoreResult<bool> {
-    let done = on_pool!(db, pool => sqlx::query(DELETE).bind(tenant_id).bind(kid).execute(pool).await?.rows_affected());
+    let done = on_writer!(db, pool => sqlx::query(DELETE).bind(tenant_id).bind(kid).execute(pool).await?.rows_affected());
     Ok(done == 1)
 }
 
@@ -230,7 +230,7 @@ const PRUNE_RETIRED: &str = "DELETE FROM signing_keys
 
 /// Deletes RETIRED keys whose tokens have all expired; returns the tenants that lost a key.
 pub async fn prune_retired(db: &Db, now: i64) -> StoreResult<Vec<String>> {
-    Ok(on_pool!(db, pool => sqlx::query_scalar(PRUNE_RETIRED).bind(now).fetch_all(pool).await?))
+    Ok(on_writer!(db, pool => sqlx::query_scalar(PRUNE_RETIRED).bind(now).fetch_all(pool).await?))
 }
 
 const ANY_SEALED: &str = "SELECT kid, sealed_private_key FROM signing_keys LIMIT 1";

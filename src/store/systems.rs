@@ -1,6 +1,6 @@
 //! Systems: the gateways, locks and controllers that local API tokens are addressed to.
 
-use super::{Db, StoreResult, on_pool};
+use super::{Db, StoreResult, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SystemRow {
@@ -14,7 +14,7 @@ const INSERT: &str =
     "INSERT INTO systems (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)";
 
 pub async fn insert(db: &Db, s: &SystemRow) -> StoreResult<()> {
-    on_pool!(db, pool => sqlx::query(INSERT)
+    on_writer!(db, pool => sqlx::query(INSERT)
         .bind(&s.id)
         .bind(&s.tenant_id)
         .bind(&s.name)

@@ -1,6 +1,6 @@
 //! Users, roles, and the roles users hold on systems.
 
-use super::{Db, StoreResult, on_pool};
+use super::{Db, StoreResult, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserRow {
@@ -28,7 +28,7 @@ const INSERT_USER: &str =
     VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 pub async fn insert(db: &Db, u: &UserRow) -> StoreResult<()> {
-    on_pool!(db, pool => sqlx::query(INSERT_USER)
+    on_writer!(db, pool => sqlx::query(INSERT_USER)
         .bind(&u.id)
         .bind(&u.tenant_id)
         .bind(&u.email)
@@ -62,7 +62,7 @@ const DELETE_USER: &str = "DELETE FROM users WHERE tenant_id = $1 AND id = $2";
 
 /// Deletes the user; its role assignments and refresh tokens go with it.
 pub async fn delete(db: &Db, tenant_id: &str, id: &str) -> StoreResult<bool> {
-    let n = on_pool!(db, pool => sqlx::query(DELETE_USER).bind(tenant_id).bind(id).execute(pool).await?.rows_affected());
+    let n = on_writer!(db, pool => sqlx::query(DELETE_USER).bind(tenant_id).bind(id).execute(pool).await?.rows_affected());
     Ok(n > 0)
 }
 
@@ -70,7 +70,7 @@ const INSERT_ROLE: &str =
     "INSERT INTO roles (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)";
 
 pub async fn insert_role(db: &Db, r: &RoleRow) -> StoreResult<()> {
-    on_pool!(db, pool => sqlx::query(INSERT_ROLE)
+    on_writer!(db, pool => sqlx::query(INSERT_ROLE)
         .bind(&r.id)
         .bind(&r.tenant_id)
         .bind(&r.name)
@@ -100,7 +100,7 @@ pub async fn assign_role(
     role_id: &str,
     now: i64,
 ) -> StoreResult<()> {
-    on_pool!(db, pool => sqlx::query(ASSIGN)
+    on_writer!(db, pool => sqlx::query(ASSIGN)
         .bind(user_id)
         .bind(system_id)
         .bind(role_id)
