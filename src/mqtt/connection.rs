@@ -6,6 +6,10 @@
 //! their reason codes (MQTT 5.0 §3.4.2.1, §3.9.3), keep-alive (§3.1.2.10), the last will
 //! (§3.1.2.5, with its delay on 5.0), the client's Maximum Packet Size (5.0 §3.1.2.11.4), and
 //! ending a session with a DISCONNECT and reason (5.0 §3.14).
+//!
+//! A clean session gets its router link when it first subscribes or publishes: a connection
+//! that only authenticates, or idles, costs the router nothing. A persistent session opens its
+//! link during the CONNECT, because the router keeps its state.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -29,7 +33,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::Gate;
 use super::codec::{self, FrameError, Version};
-use super::router::LinkOptions;
+use super::router::LinkSession;
 use super::sessions::{EndReason, Grant, Principal};
 use crate::authority::{KnownToken, TokenRejected};
 use crate::domain::ScopeSet;
@@ -44,6 +48,9 @@ const MAX_PASSWORD_LEN: usize = 8 * 1024;
 const MAX_CLIENT_ID_LEN: usize = 128;
 /// Router notifications written per flush.
 const WRITE_BATCH: usize = 256;
+/// A buffer grown beyond this by one large message is let go once it is empty again: a device
+/// that received a long token list once should not hold its size while it idles.
+const KEEP_BUFFER: usize = 16 * 1024;
 
 /// How a session ended, which decides the goodbye and the will.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,22 +78,33 @@ pub async fn serve<S>(
 {
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = Instant::now() + gate.connect_timeout;
-    let Some(session) = handshake(&gate, &mut stream, &mut buf, deadline, peer).await else {
+    // The CONNECT and the goodbye are boxed: their futures are large, and an idle connection
+    // should not carry them while it waits.
+    let Some(session) = Box::pin(handshake(&gate, &mut stream, &mut buf, deadline, peer)).await
+    else {
         return;
     };
     let mut connection = Connection {
         gate,
         stream,
         buf,
-        out: BytesMut::with_capacity(1024),
+        out: BytesMut::new(),
         session,
         pending_subscriptions: HashMap::new(),
         refused_qos2: HashSet::new(),
         dropped_qos2: HashSet::new(),
+        to_router: Vec::new(),
+        wake_link: false,
         _permit: permit,
     };
     let outcome = connection.run().await;
-    connection.finish(outcome).await;
+    Box::pin(connection.finish(outcome)).await;
+}
+
+/// A link into the router: its key at the feeder, and its receiving half.
+struct Link {
+    key: u64,
+    rx: LinkRx,
 }
 
 /// What a successful CONNECT established.
@@ -94,8 +112,9 @@ struct Session {
     version: Version,
     key: (String, String),
     seq: u64,
-    link: u64,
-    rx: LinkRx,
+    /// The router link, once opened.
+    link: Option<Link>,
+    persistent: bool,
     ended: oneshot::Receiver<EndReason>,
     slug: String,
     client_id: String,
@@ -128,6 +147,10 @@ struct Connection<S> {
     refused_qos2: HashSet<u16>,
     /// QoS 2 messages too large for the client, acknowledged to the router on its behalf.
     dropped_qos2: HashSet<u16>,
+    /// Answers to the router decided while forwarding its notifications, sent after them.
+    to_router: Vec<Packet>,
+    /// The router paused the link until it is told the link is ready again.
+    wake_link: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -286,39 +309,44 @@ where
         refuse(stream, version, code).await;
         return None;
     };
-    let options = LinkOptions {
+    let named = |clean| LinkSession::Named {
         tenant_id: known.tenant.id.clone(),
         client_id: client_id.clone(),
-        clean_session: connect.clean_session,
+        clean,
     };
-    if persistent && !claim.may_resume {
-        // Whatever was stored under this id was granted under other permissions: drop it.
-        let wipe = LinkOptions {
-            clean_session: true,
-            ..options.clone()
-        };
-        if let Some(link) = gate.router.open(wipe).await {
-            gate.router.close(link.key).await;
-        }
+    // A stored session is discarded when the new one is clean, and when it was granted under
+    // other permissions (or belonged to a deleted client that used the same id).
+    if ((persistent && !claim.may_resume) || (!persistent && claim.held_persistent))
+        && let Some(link) = gate.router.open(named(true)).await
+    {
+        gate.router.close(link.key).await;
     }
-    let Some(link) = gate.router.open(options).await else {
-        gate.sessions.release(&key, claim.seq, HashSet::new());
-        let code = match version {
-            Version::V4 => ConnectReturnCode::ServiceUnavailable,
-            Version::V5 => ConnectReturnCode::ServerUnavailable,
+    let mut link = None;
+    let mut session_present = false;
+    if persistent {
+        let Some(opened) = gate.router.open(named(false)).await else {
+            gate.sessions.release(&key, claim.seq, HashSet::new());
+            let code = match version {
+                Version::V4 => ConnectReturnCode::ServiceUnavailable,
+                Version::V5 => ConnectReturnCode::ServerUnavailable,
+            };
+            refuse(
+                stream,
+                version,
+                refused(code, "the router refused the link"),
+            )
+            .await;
+            return None;
         };
-        refuse(
-            stream,
-            version,
-            refused(code, "the router refused the link"),
-        )
-        .await;
-        return None;
-    };
+        session_present = opened.session_present && claim.may_resume;
+        link = Some(Link {
+            key: opened.key,
+            rx: opened.rx,
+        });
+    }
 
-    let ack_session_present = link.session_present && claim.may_resume;
     let ack = ConnAck {
-        session_present: ack_session_present,
+        session_present,
         code: ConnectReturnCode::Success,
     };
     let ack_props = (version == Version::V5).then(|| ConnAckProperties {
@@ -331,7 +359,9 @@ where
     let mut out = BytesMut::new();
     codec::encode(version, Packet::ConnAck(ack, ack_props), &mut out);
     if stream.write_all(&out).await.is_err() {
-        gate.router.close(link.key).await;
+        if let Some(link) = link {
+            gate.router.close(link.key).await;
+        }
         gate.sessions.release(&key, claim.seq, HashSet::new());
         return None;
     }
@@ -348,8 +378,8 @@ where
         version,
         key,
         seq: claim.seq,
-        link: link.key,
-        rx: link.rx,
+        link,
+        persistent,
         ended: claim.ended,
         slug: known.tenant.slug.to_string(),
         client_id: claims.client_id.clone(),
@@ -362,8 +392,8 @@ where
         will: will.map(|w| (w, will_props)),
         will_delay,
         client_max_packet: props.and_then(|p| p.max_packet_size).map(|m| m as usize),
-        resumed: ack_session_present,
-        lanyard_topics: if ack_session_present {
+        resumed: session_present,
+        lanyard_topics: if session_present {
             claim.topics
         } else {
             HashSet::new()
@@ -395,8 +425,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         }
         loop {
-            // Frames already buffered (pipelined after the CONNECT, or read together).
-            if let Some(outcome) = self.process_buffered().await {
+            // Frames already buffered (pipelined after the CONNECT, or read together). Boxed,
+            // like every large step, so that a waiting connection's future stays small.
+            if !self.buf.is_empty()
+                && let Some(outcome) = Box::pin(self.process_buffered()).await
+            {
                 return outcome;
             }
             if !self.flush().await {
@@ -414,23 +447,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         ReadResult::TimedOut => return Outcome::Lost { keep_alive: true },
                     }
                 }
-                notification = self.session.rx.next() => {
+                notification = next_notification(&mut self.session.link) => {
                     match notification {
                         Ok(first) => {
-                            if let Some(outcome) = self.forward(first).await {
+                            if let Some(outcome) = self.forward(first) {
                                 return outcome;
                             }
                             // Take what else the router already delivered, without waiting.
                             for _ in 0..WRITE_BATCH {
-                                match now_or_never(self.session.rx.next()) {
+                                let Some(link) = self.session.link.as_mut() else { break };
+                                match now_or_never(link.rx.next()) {
                                     Some(Ok(more)) => {
-                                        if let Some(outcome) = self.forward(more).await {
+                                        if let Some(outcome) = self.forward(more) {
                                             return outcome;
                                         }
                                     }
                                     Some(Err(_)) => return Outcome::RouterGone,
                                     None => break,
                                 }
+                            }
+                            if self.wake_link || !self.to_router.is_empty() {
+                                Box::pin(self.answer_router_later()).await;
                             }
                         }
                         Err(_) => return Outcome::RouterGone,
@@ -445,7 +482,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         loop {
             let frame = match codec::frame(&self.buf, self.gate.max_packet_size) {
                 Ok(frame) => frame,
-                Err(FrameError::Incomplete) => return None,
+                Err(FrameError::Incomplete) => {
+                    if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
+                        self.buf = BytesMut::with_capacity(1024);
+                    }
+                    return None;
+                }
                 Err(FrameError::Malformed) => {
                     return Some(Outcome::Violation(DisconnectReasonCode::MalformedPacket));
                 }
@@ -481,10 +523,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// The router link's key, opening the link first if the session has none yet.
+    async fn link(&mut self) -> Option<u64> {
+        if self.session.link.is_none() {
+            let opened = self.gate.router.open(LinkSession::Clean).await?;
+            self.session.link = Some(Link {
+                key: opened.key,
+                rx: opened.rx,
+            });
+        }
+        self.session.link.as_ref().map(|l| l.key)
+    }
+
+    /// Relays a packet that answers the router: without a link, there is nothing to answer.
+    async fn answer_router(&self, packet: Packet) {
+        if let Some(link) = &self.session.link {
+            self.gate.router.send(link.key, packet).await;
+        }
+    }
+
     /// One packet from the client.
     async fn incoming(&mut self, packet: Packet, qos: u8, pkid: u16) -> Option<Outcome> {
         let v5 = self.session.version == Version::V5;
-        let link = self.session.link;
         match packet {
             Packet::Publish(publish, props) => {
                 if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
@@ -498,6 +558,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return Some(Outcome::Violation(DisconnectReasonCode::TopicNameInvalid));
                 };
                 if self.gate.permissions.may_publish(&self.identity(), &topic) {
+                    let Some(link) = self.link().await else {
+                        return Some(Outcome::RouterGone);
+                    };
                     self.gate
                         .router
                         .send(link, Packet::Publish(publish, props))
@@ -566,6 +629,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         pkid,
                         filters: allowed,
                     };
+                    let Some(link) = self.link().await else {
+                        return Some(Outcome::RouterGone);
+                    };
                     self.gate
                         .router
                         .send(link, Packet::Subscribe(subscribe, props))
@@ -580,20 +646,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 for filter in &unsubscribe.filters {
                     self.session.lanyard_topics.remove(filter);
                 }
-                self.gate
-                    .router
-                    .send(link, Packet::Unsubscribe(unsubscribe, props))
+                self.answer_router(Packet::Unsubscribe(unsubscribe, props))
                     .await;
                 self.write(Packet::UnsubAck(UnsubAck { pkid, reasons }, None));
             }
-            Packet::PubAck(ack, _) => self.gate.router.send(link, Packet::PubAck(ack, None)).await,
-            Packet::PubRec(rec, _) => self.gate.router.send(link, Packet::PubRec(rec, None)).await,
-            Packet::PubComp(comp, _) => {
-                self.gate
-                    .router
-                    .send(link, Packet::PubComp(comp, None))
-                    .await
-            }
+            Packet::PubAck(ack, _) => self.answer_router(Packet::PubAck(ack, None)).await,
+            Packet::PubRec(rec, _) => self.answer_router(Packet::PubRec(rec, None)).await,
+            Packet::PubComp(comp, _) => self.answer_router(Packet::PubComp(comp, None)).await,
             Packet::PubRel(rel, _) => {
                 if self.refused_qos2.remove(&rel.pkid) {
                     let comp = PubComp {
@@ -602,7 +661,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     };
                     self.write(Packet::PubComp(comp, None));
                 } else {
-                    self.gate.router.send(link, Packet::PubRel(rel, None)).await;
+                    self.answer_router(Packet::PubRel(rel, None)).await;
                 }
             }
             Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
@@ -616,12 +675,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         None
     }
 
+    /// Sends the answers to the router that forwarding decided on.
+    async fn answer_router_later(&mut self) {
+        for packet in std::mem::take(&mut self.to_router) {
+            self.answer_router(packet).await;
+        }
+        if std::mem::take(&mut self.wake_link)
+            && let Some(link) = self.session.link.as_mut()
+        {
+            let _ = link.rx.wake().await;
+        }
+    }
+
     /// One notification from the router, passed on to the client.
-    async fn forward(&mut self, notification: Option<Notification>) -> Option<Outcome> {
+    fn forward(&mut self, notification: Option<Notification>) -> Option<Outcome> {
         let packet = match notification? {
             Notification::Unschedule => {
-                // The router paused this link until it is told the link is ready again.
-                let _ = self.session.rx.wake().await;
+                self.wake_link = true;
                 return None;
             }
             other => Option::<Packet>::from(other)?,
@@ -648,15 +718,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         pkid: rel.pkid,
                         reason: PubCompReason::Success,
                     };
-                    self.gate
-                        .router
-                        .send(self.session.link, Packet::PubComp(comp, None))
-                        .await;
+                    self.to_router.push(Packet::PubComp(comp, None));
                 } else {
                     self.write(Packet::PubRel(rel, props));
                 }
             }
-            Packet::Publish(publish, props) => self.forward_publish(publish, props).await,
+            Packet::Publish(publish, props) => self.forward_publish(publish, props),
             Packet::Disconnect(..) => return Some(Outcome::RouterGone),
             other => self.write(other),
         }
@@ -665,7 +732,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// A message for the client. One larger than the client's Maximum Packet Size is dropped
     /// and acknowledged to the router as if delivered (MQTT 5.0 §3.1.2.11.4).
-    async fn forward_publish(
+    fn forward_publish(
         &mut self,
         publish: Publish,
         props: Option<rumqttd::protocol::PublishProperties>,
@@ -693,14 +760,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return;
         };
         let (qos, pkid) = codec::publish_qos_pkid(&encoded, &frame);
-        let link = self.session.link;
         match qos {
             1 => {
                 let ack = PubAck {
                     pkid,
                     reason: PubAckReason::Success,
                 };
-                self.gate.router.send(link, Packet::PubAck(ack, None)).await;
+                self.to_router.push(Packet::PubAck(ack, None));
             }
             2 => {
                 self.dropped_qos2.insert(pkid);
@@ -708,7 +774,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     pkid,
                     reason: PubRecReason::Success,
                 };
-                self.gate.router.send(link, Packet::PubRec(rec, None)).await;
+                self.to_router.push(Packet::PubRec(rec, None));
             }
             _ => {}
         }
@@ -747,7 +813,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return true;
         }
         let ok = self.stream.write_all(&self.out).await.is_ok();
-        self.out.clear();
+        if self.out.capacity() > KEEP_BUFFER {
+            self.out = BytesMut::new();
+        } else {
+            self.out.clear();
+        }
         ok
     }
 
@@ -771,8 +841,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
-        if outcome != Outcome::Ended(EndReason::TakenOver) {
-            self.gate.router.close(self.session.link).await;
+        if let Some(link) = &self.session.link {
+            if outcome == Outcome::Ended(EndReason::TakenOver) && self.session.persistent {
+                // The new connection's link, under the same name, replaced this one.
+                self.gate.router.forget(link.key).await;
+            } else {
+                self.gate.router.close(link.key).await;
+            }
         }
         let gate = self.gate.clone();
         let session = self.session;
@@ -826,6 +901,16 @@ async fn read_with_deadline<S: AsyncRead + Unpin>(
     match result {
         Ok(n) if n > 0 => ReadResult::Data,
         _ => ReadResult::Closed,
+    }
+}
+
+/// The next notification on the session's link; without a link, none ever comes.
+async fn next_notification(
+    link: &mut Option<Link>,
+) -> Result<Option<Notification>, rumqttd::local::LinkError> {
+    match link {
+        Some(link) => link.rx.next().await,
+        None => std::future::pending().await,
     }
 }
 

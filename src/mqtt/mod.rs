@@ -38,7 +38,7 @@ pub mod retained;
 pub mod router;
 pub mod sessions;
 
-use router::{LinkOptions, RouterLinks};
+use router::{LinkSession, RouterLinks};
 use sessions::{EndReason, Sessions};
 
 /// How often sessions are checked for expired tokens (SPEC §4: ended within 2 s of `exp`).
@@ -79,6 +79,12 @@ impl Gate {
     /// Whether the router and its feeder still run.
     pub fn is_ready(&self) -> bool {
         self.router.is_running()
+    }
+
+    /// Links open in the router: lanyard's own, persistent sessions, and clean sessions that
+    /// subscribed or published.
+    pub fn router_links(&self) -> usize {
+        self.router.open_links()
     }
 
     /// Ends every session whose token's `exp` has passed. The one step of the expiry sweep.
@@ -214,10 +220,10 @@ impl Broker {
         let max_connections = settings.max_connections as usize;
         let router = RouterLinks::start(max_connections + 16);
         let internal = router
-            .open(LinkOptions {
+            .open(LinkSession::Named {
                 tenant_id: "lanyard-internal".into(),
                 client_id: uuid::Uuid::new_v4().simple().to_string(),
-                clean_session: true,
+                clean: true,
             })
             .await
             .context("opening lanyard's own link into the MQTT router")?;

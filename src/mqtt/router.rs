@@ -7,25 +7,40 @@
 //! the order connections issue them. Connections talk to it through a bounded channel, so a
 //! router that falls behind slows the publishers down instead of growing a queue.
 //! The receiving half of each link (`LinkRx`) is async and stays with its connection.
+//!
+//! The router remembers every client identifier it has seen (a clean session leaves a record
+//! behind), and a clean session needs no name there: the gate keeps sessions apart itself. So a
+//! clean session's link borrows one of the feeder's pooled identifiers and returns it on close,
+//! and only persistent sessions are opened under their client's own identifier.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
-use rumqttd::{Router, RouterConfig};
+use rumqttd::{Notification, Router, RouterConfig};
 use tokio::sync::{mpsc, oneshot};
 
 /// Commands waiting for the feeder; beyond this, connections wait.
 const FEEDER_QUEUE: usize = 8192;
 
-/// What a link to the router is opened with.
+/// The router session a link opens.
 #[derive(Debug, Clone)]
-pub struct LinkOptions {
-    /// The router's session key: tenant-scoped client identifiers keep tenants apart.
-    pub tenant_id: String,
-    pub client_id: String,
-    pub clean_session: bool,
+pub enum LinkSession {
+    /// A clean session, under a pooled identifier.
+    Clean,
+    /// The session stored under the client's own identifier (tenant-scoped, so tenants stay
+    /// apart): resumed, or discarded when `clean`.
+    Named {
+        tenant_id: String,
+        client_id: String,
+        clean: bool,
+    },
 }
+
+/// The tenant under which the router sees pooled identifiers; tenant ids are UUIDs.
+const POOL_TENANT: &str = "lanyard-pool";
 
 /// An open link: the key to send on it through the feeder, and its receiving half.
 pub struct OpenLink {
@@ -38,7 +53,7 @@ pub struct OpenLink {
 #[allow(clippy::large_enum_variant)]
 enum Command {
     Open {
-        options: LinkOptions,
+        session: LinkSession,
         reply: oneshot::Sender<Option<OpenLink>>,
     },
     Send {
@@ -49,12 +64,28 @@ enum Command {
     Close {
         key: u64,
     },
+    /// Drops a named link another link of the same name has replaced in the router, without
+    /// a DISCONNECT, which would reach the replacement.
+    Forget {
+        key: u64,
+    },
+}
+
+/// The feeder's links, and the pooled identifiers not in use.
+#[derive(Default)]
+struct Links {
+    open: HashMap<u64, (LinkTx, Option<u64>)>,
+    next_key: u64,
+    free_ids: Vec<u64>,
+    next_id: u64,
 }
 
 /// A handle on the router and its feeder; cheap to clone.
 #[derive(Clone)]
 pub struct RouterLinks {
     commands: mpsc::Sender<Command>,
+    /// Links open in the router, as of the feeder's last command.
+    open: Arc<AtomicUsize>,
 }
 
 impl RouterLinks {
@@ -73,6 +104,8 @@ impl RouterLinks {
         };
         let router_tx = Router::new(0, config).spawn();
         let (commands, mut queue) = mpsc::channel::<Command>(FEEDER_QUEUE);
+        let open = Arc::new(AtomicUsize::new(0));
+        let open_count = open.clone();
         std::thread::Builder::new()
             .name("mqtt-feeder".into())
             .spawn(move || {
@@ -80,68 +113,63 @@ impl RouterLinks {
                     .build()
                     .expect("a current-thread runtime");
                 runtime.block_on(async move {
-                    let mut links: HashMap<u64, LinkTx> = HashMap::new();
-                    let mut next_key = 0u64;
+                    let mut links = Links::default();
                     while let Some(command) = queue.recv().await {
                         match command {
-                            Command::Open { options, reply } => {
-                                let built = LinkBuilder::new(&options.client_id, router_tx.clone())
-                                    .tenant_id(Some(options.tenant_id))
-                                    .clean_session(options.clean_session)
-                                    .build();
-                                let opened = match built {
-                                    Ok((tx, rx, ack)) => {
-                                        next_key += 1;
-                                        links.insert(next_key, tx);
-                                        let session_present = matches!(
-                                            Option::<Packet>::from(ack),
-                                            Some(Packet::ConnAck(ack, _)) if ack.session_present
-                                        );
-                                        Some(OpenLink {
-                                            key: next_key,
-                                            rx,
-                                            session_present,
+                            Command::Open { session, reply } => {
+                                let build = |client_id: &str, tenant_id: String, clean: bool| {
+                                    LinkBuilder::new(client_id, router_tx.clone())
+                                        .tenant_id(Some(tenant_id))
+                                        .clean_session(clean)
+                                        .build()
+                                        .map_err(|e| match e {
+                                            LinkError::Send(_) => None,
+                                            refused => Some(refused.to_string()),
                                         })
-                                    }
-                                    Err(LinkError::Send(_)) => {
-                                        tracing::error!("the MQTT router stopped");
-                                        return;
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!("the router refused a link: {e}");
-                                        None
-                                    }
+                                };
+                                let Some(opened) = links.open(session, build) else {
+                                    tracing::error!("the MQTT router stopped");
+                                    return;
                                 };
                                 if let Err(Some(link)) = reply.send(opened) {
                                     // The connection went away meanwhile.
-                                    close(&mut links, link.key).await;
+                                    links.close(link.key).await;
                                 }
                             }
                             Command::Send { key, packet } => {
-                                if let Some(tx) = links.get_mut(&key)
+                                if let Some((tx, _)) = links.open.get_mut(&key)
                                     && let Err(LinkError::Send(_)) = tx.send(packet).await
                                 {
                                     tracing::error!("the MQTT router stopped");
                                     return;
                                 }
                             }
-                            Command::Close { key } => close(&mut links, key).await,
+                            Command::Close { key } => links.close(key).await,
+                            Command::Forget { key } => {
+                                links.open.remove(&key);
+                            }
                         }
+                        open_count.store(links.open.len(), Ordering::Relaxed);
                     }
                 });
             })
             .expect("spawning the feeder thread");
-        RouterLinks { commands }
+        RouterLinks { commands, open }
     }
 
     /// Opens a link; None if the router refused it (it is full, or the id is unusable).
-    pub async fn open(&self, options: LinkOptions) -> Option<OpenLink> {
+    pub async fn open(&self, session: LinkSession) -> Option<OpenLink> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Open { options, reply })
+            .send(Command::Open { session, reply })
             .await
             .ok()?;
         answer.await.ok().flatten()
+    }
+
+    /// How many links are open in the router.
+    pub fn open_links(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// False once the feeder stopped, which it does when the router is gone.
@@ -156,13 +184,68 @@ impl RouterLinks {
     pub async fn close(&self, key: u64) {
         let _ = self.commands.send(Command::Close { key }).await;
     }
+
+    /// See [`Command::Forget`].
+    pub async fn forget(&self, key: u64) {
+        let _ = self.commands.send(Command::Forget { key }).await;
+    }
 }
 
-async fn close(links: &mut HashMap<u64, LinkTx>, key: u64) {
-    if let Some(mut tx) = links.remove(&key) {
-        let disconnect = Disconnect {
-            reason_code: DisconnectReasonCode::NormalDisconnection,
+impl Links {
+    /// Opens a link in the router (blocking until it answers); the outer None if the router
+    /// stopped, the inner if it refused the link.
+    fn open(
+        &mut self,
+        session: LinkSession,
+        // Fails with None when the router stopped, else with why it refused the link.
+        build: impl FnOnce(&str, String, bool) -> Result<(LinkTx, LinkRx, Notification), Option<String>>,
+    ) -> Option<Option<OpenLink>> {
+        let (tenant_id, client_id, clean, pooled) = match session {
+            LinkSession::Clean => {
+                let id = self.free_ids.pop().unwrap_or_else(|| {
+                    self.next_id += 1;
+                    self.next_id
+                });
+                (POOL_TENANT.to_owned(), id.to_string(), true, Some(id))
+            }
+            LinkSession::Named {
+                tenant_id,
+                client_id,
+                clean,
+            } => (tenant_id, client_id, clean, None),
         };
-        let _ = tx.send(Packet::Disconnect(disconnect, None)).await;
+        match build(&client_id, tenant_id, clean) {
+            Ok((tx, rx, ack)) => {
+                self.next_key += 1;
+                self.open.insert(self.next_key, (tx, pooled));
+                let session_present = matches!(
+                    Option::<Packet>::from(ack),
+                    Some(Packet::ConnAck(ack, _)) if ack.session_present
+                );
+                Some(Some(OpenLink {
+                    key: self.next_key,
+                    rx,
+                    session_present,
+                }))
+            }
+            Err(None) => None,
+            Err(Some(e)) => {
+                tracing::warn!("the router refused a link: {e}");
+                self.free_ids.extend(pooled);
+                Some(None)
+            }
+        }
+    }
+
+    /// Deregisters a link; its pooled identifier is free again once the router has seen the
+    /// DISCONNECT, which it handles before any later CONNECT from this thread.
+    async fn close(&mut self, key: u64) {
+        if let Some((mut tx, pooled)) = self.open.remove(&key) {
+            let disconnect = Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            };
+            let _ = tx.send(Packet::Disconnect(disconnect, None)).await;
+            self.free_ids.extend(pooled);
+        }
     }
 }

@@ -70,6 +70,8 @@ pub struct Claim {
     pub may_resume: bool,
     /// With `may_resume`: lanyard's own exact topics the stored session subscribes to.
     pub topics: HashSet<String>,
+    /// The id held a persistent session, connected or stored, which a clean session discards.
+    pub held_persistent: bool,
 }
 
 #[derive(Default)]
@@ -99,6 +101,7 @@ impl Sessions {
             grant: grant.clone(),
         };
         let may_resume;
+        let mut held_persistent = false;
         let mut topics = HashSet::new();
         match entries.get_mut(key) {
             Some(entry) if entry.owner != *owner => return None,
@@ -111,6 +114,7 @@ impl Sessions {
                 if let Some(will) = entry.pending_will.take() {
                     will.abort();
                 }
+                held_persistent = entry.persistent;
                 may_resume = entry.persistent && entry.fingerprint == grant.fingerprint;
                 if may_resume {
                     topics = std::mem::take(&mut entry.topics);
@@ -139,6 +143,7 @@ impl Sessions {
             ended,
             may_resume,
             topics,
+            held_persistent,
         })
     }
 

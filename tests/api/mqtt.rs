@@ -842,6 +842,68 @@ async fn a_stored_session_is_not_resumed_by_another_principal() {
     );
 }
 
+/// Waits until the router holds `n` links; the feeder counts them as it handles commands.
+async fn router_links_settle(app: &TestApp, n: usize) {
+    let mqtt = app.app().mqtt();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while mqtt.router_links() != n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(mqtt.router_links(), n, "links open in the router");
+}
+
+#[tokio::test]
+async fn router_links_are_opened_when_needed_and_never_left_behind() {
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (_, token) = device(&app, &t, None, "").await;
+    let base = app.app().mqtt().router_links();
+
+    // A clean session costs the router nothing until it subscribes or publishes.
+    let mut a = V4::connect(&app, "a", &token).await.unwrap();
+    router_links_settle(&app, base).await;
+    a.subscribe("reuse/a").await;
+    router_links_settle(&app, base + 1).await;
+    a.client.disconnect().await.unwrap();
+    router_links_settle(&app, base).await;
+
+    // The next clean session may get the same pooled link; it inherits nothing.
+    let mut b = V4::connect(&app, "b", &token).await.unwrap();
+    b.subscribe("reuse/b").await;
+    let publisher = V4::connect(&app, "pub", &token).await.unwrap();
+    for topic in ["reuse/a", "reuse/b"] {
+        publisher
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, topic.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    let msg = b.message(WAIT).await.expect("its own subscription");
+    assert_eq!(msg.topic, "reuse/b");
+    assert!(
+        b.message(QUIET).await.is_none(),
+        "a previous holder's subscription"
+    );
+    router_links_settle(&app, base + 2).await;
+
+    // Taking a clean session over closes its link.
+    let _b_again = V4::connect(&app, "b", &token).await.unwrap();
+    router_links_settle(&app, base + 1).await;
+
+    // A persistent session keeps one link under its name while connected, and a clean session
+    // with the same id discards it.
+    let mut options = rumqttc::MqttOptions::new("p", "127.0.0.1", app.app().mqtt_addr().port());
+    options.set_credentials("d", token.clone());
+    options.set_clean_session(false);
+    let mut p = V4::with_options(options.clone()).await.unwrap();
+    p.subscribe("keep/#").await;
+    router_links_settle(&app, base + 2).await;
+    let _p_again = V4::with_options(options).await.unwrap();
+    router_links_settle(&app, base + 2).await;
+    let _p_clean = V4::connect(&app, "p", &token).await.unwrap();
+    router_links_settle(&app, base + 1).await;
+}
+
 on_both_databases! {
     async fn revoking_a_token_ends_its_live_sessions(app) {
         let t = app.tenant("acme").await;
