@@ -111,6 +111,35 @@ pub async fn assign_role(
     Ok(())
 }
 
+/// A role a user holds on a system, with the user's name.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HeldRole {
+    pub user_name: String,
+    #[sqlx(flatten)]
+    pub role: RoleRow,
+}
+
+const HELD_ROLES: &str = "SELECT u.name AS user_name, r.id, r.tenant_id, r.name, r.created_at
+    FROM users u
+    JOIN role_assignments a ON a.user_id = u.id
+    JOIN systems s ON s.id = a.system_id AND s.tenant_id = u.tenant_id
+    JOIN roles r ON r.id = a.role_id AND r.tenant_id = u.tenant_id
+    WHERE u.tenant_id = $1 AND u.id = $2 AND s.id = $3
+    ORDER BY r.name, r.id";
+
+/// The roles a user of the tenant holds on a system of the tenant, by name, in one query:
+/// none when the user or the system does not exist.
+pub async fn held_roles(
+    db: &Db,
+    tenant_id: &str,
+    user_id: &str,
+    system_id: &str,
+) -> StoreResult<Vec<HeldRole>> {
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(HELD_ROLES).bind(tenant_id).bind(user_id).bind(system_id).fetch_all(pool).await?),
+    )
+}
+
 const ROLES_ON_SYSTEM: &str = "SELECT r.id, r.tenant_id, r.name, r.created_at
     FROM role_assignments a JOIN roles r ON r.id = a.role_id
     WHERE a.user_id = $1 AND a.system_id = $2 ORDER BY r.name, r.id";
