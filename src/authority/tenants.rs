@@ -59,6 +59,29 @@ impl Authority {
         Ok(Some(tenant))
     }
 
+    /// The tenant whose id is `id`: from the cache when it is there (tenants are never removed
+    /// and their ids and slugs never change), else from the database.
+    pub async fn tenant_by_id(&self, id: &str) -> Result<Option<Tenant>> {
+        let cached = self
+            .tenant_cache
+            .read()
+            .expect("tenant cache")
+            .values()
+            .find(|t| t.id == id)
+            .cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let Some(tenant) = self.tenants().await?.into_iter().find(|t| t.id == id) else {
+            return Ok(None);
+        };
+        self.tenant_cache
+            .write()
+            .expect("tenant cache")
+            .insert(tenant.slug.to_string(), tenant.clone());
+        Ok(Some(tenant))
+    }
+
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
         tenants::list(&self.db)
             .await?

@@ -138,9 +138,8 @@ impl Gate {
     }
 
     async fn republish_list(&self, tenant_id: &str, system_id: &str) -> anyhow::Result<()> {
-        let tenants = self.authority.tenants().await?;
-        if let Some(tenant) = tenants.iter().find(|t| t.id == tenant_id) {
-            self.publish_token_list(tenant, system_id).await?;
+        if let Some(tenant) = self.authority.tenant_by_id(tenant_id).await? {
+            self.publish_token_list(&tenant, system_id).await?;
         }
         Ok(())
     }
