@@ -1,10 +1,12 @@
-//! Persistence: one [`Db`] over a SQLite or PostgreSQL pool, one file per aggregate.
+//! Persistence: one [`Db`] over SQLite (read-only connections and one writer) or a PostgreSQL
+//! pool, one file per aggregate.
 //!
 //! The SQL is written once in the dialect both databases share (`$1` parameters, `RETURNING`,
 //! `ON CONFLICT`, partial unique indexes) and run on whichever pool is active through
-//! [`on_pool!`] and [`in_transaction!`]. The `Any` driver is not used: it cannot decode booleans
-//! or timestamps on SQLite. Times are stored as Unix seconds and ids as text, so the same binds
-//! work on both databases and time comparisons are numeric.
+//! [`on_pool!`] (reads), [`on_writer!`] (a statement that writes) and [`in_transaction!`]. The
+//! `Any` driver is not used: it cannot decode booleans or timestamps on SQLite. Times are stored
+//! as Unix seconds and ids as text, so the same binds work on both databases and time
+//! comparisons are numeric.
 //!
 //! Anything that must happen together is one function here that runs one transaction; one-time
 //! things are consumed with a single conditional `UPDATE … RETURNING`, never read-then-write.
