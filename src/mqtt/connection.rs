@@ -242,10 +242,7 @@ where
     let known: KnownToken = match gate.authority.verify_bearer(password).await {
         Ok(known) => known,
         Err(TokenRejected::Unavailable) => {
-            let code = match version {
-                Version::V4 => ConnectReturnCode::ServiceUnavailable,
-                Version::V5 => ConnectReturnCode::ServerUnavailable,
-            };
+            let code = unavailable(version);
             refuse(
                 stream,
                 version,
@@ -326,10 +323,7 @@ where
     if persistent {
         let Some(opened) = gate.router.open(named(false)).await else {
             gate.sessions.release(&key, claim.seq, HashSet::new());
-            let code = match version {
-                Version::V4 => ConnectReturnCode::ServiceUnavailable,
-                Version::V5 => ConnectReturnCode::ServerUnavailable,
-            };
+            let code = unavailable(version);
             refuse(
                 stream,
                 version,
@@ -399,6 +393,14 @@ where
             HashSet::new()
         },
     })
+}
+
+/// The refusal for a CONNECT lanyard cannot serve right now.
+fn unavailable(version: Version) -> ConnectReturnCode {
+    match version {
+        Version::V4 => ConnectReturnCode::ServiceUnavailable,
+        Version::V5 => ConnectReturnCode::ServerUnavailable,
+    }
 }
 
 /// Answers a CONNECT with a refusal.
