@@ -12,22 +12,23 @@
 //! link during the CONNECT, because the router keeps its state.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rumqttd::Notification;
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, DisconnectReasonCode, LastWill,
-    LastWillProperties, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    ConnAck, ConnAckProperties, ConnectReturnCode, DisconnectReasonCode, LastWill, Packet,
+    PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, SubAck,
+    Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::{Instant, timeout_at};
 
@@ -48,8 +49,10 @@ const MAX_PASSWORD_LEN: usize = 8 * 1024;
 const MAX_CLIENT_ID_LEN: usize = 128;
 /// Router notifications written per flush.
 const WRITE_BATCH: usize = 256;
-/// A buffer grown beyond this by one large message is let go once it is empty again: a device
-/// that received a long token list once should not hold its size while it idles.
+/// The most read from the socket at once.
+const READ_CHUNK: usize = 8 * 1024;
+/// A write buffer grown beyond this by one large message is let go once it is empty again: a
+/// device that received a long token list once should not hold its size while it idles.
 const KEEP_BUFFER: usize = 16 * 1024;
 
 /// How a session ended, which decides the goodbye and the will.
@@ -122,7 +125,7 @@ struct Session {
     system: Option<String>,
     scopes: ScopeSet,
     keep_alive: Option<Duration>,
-    will: Option<(LastWill, Option<LastWillProperties>)>,
+    will: Option<Box<LastWill>>,
     will_delay: u32,
     /// 5.0: the largest packet the client accepts.
     client_max_packet: Option<usize>,
@@ -383,7 +386,7 @@ where
         // MQTT §3.1.2.10: one and a half times the keep-alive without a packet ends it.
         keep_alive: (connect.keep_alive > 0)
             .then(|| Duration::from_millis(connect.keep_alive as u64 * 1500)),
-        will: will.map(|w| (w, will_props)),
+        will: will.map(Box::new),
         will_delay,
         client_max_packet: props.and_then(|p| p.max_packet_size).map(|m| m as usize),
         resumed: session_present,
@@ -419,7 +422,7 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, version: Version, code: C
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn run(&mut self) -> Outcome {
         // Keep-alive counts packets from the client only; traffic to it does not keep it alive.
-        let mut last_read = Instant::now();
+        let mut keep_alive = pin!(self.session.keep_alive.map(tokio::time::sleep));
         if self.session.resumed {
             let topics: Vec<String> = self.session.lanyard_topics.iter().cloned().collect();
             for topic in topics {
@@ -437,46 +440,63 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if !self.flush().await {
                 return Outcome::Lost { keep_alive: false };
             }
-            let read_deadline = self.session.keep_alive.map(|k| last_read + k);
-            tokio::select! {
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                // A waiting connection holds no read buffer (see `poll_read_some`).
+                self.buf = BytesMut::new();
+            }
+            // Nothing here may outlive the wait but what it waits on: this is the state an
+            // idle connection keeps.
+            let answer_router = tokio::select! {
                 reason = &mut self.session.ended => {
                     return Outcome::Ended(reason.unwrap_or(EndReason::NotAuthorized));
                 }
-                read = read_with_deadline(&mut self.stream, &mut self.buf, read_deadline) => {
+                read = poll_fn(|cx| poll_read_some(&mut self.stream, &mut self.buf, cx)) => {
                     match read {
-                        ReadResult::Data => last_read = Instant::now(),
-                        ReadResult::Closed => return Outcome::Lost { keep_alive: false },
-                        ReadResult::TimedOut => return Outcome::Lost { keep_alive: true },
-                    }
-                }
-                notification = next_notification(&mut self.session.link) => {
-                    match notification {
-                        Ok(first) => {
-                            if let Some(outcome) = self.forward(first) {
-                                return outcome;
+                        Ok(n) if n > 0 => {
+                            if let (Some(sleep), Some(k)) =
+                                (keep_alive.as_mut().as_pin_mut(), self.session.keep_alive)
+                            {
+                                sleep.reset(Instant::now() + k);
                             }
-                            // Take what else the router already delivered, without waiting.
-                            for _ in 0..WRITE_BATCH {
-                                let Some(link) = self.session.link.as_mut() else { break };
-                                match now_or_never(link.rx.next()) {
-                                    Some(Ok(more)) => {
-                                        if let Some(outcome) = self.forward(more) {
-                                            return outcome;
-                                        }
-                                    }
-                                    Some(Err(_)) => return Outcome::RouterGone,
-                                    None => break,
-                                }
-                            }
-                            if self.wake_link || !self.to_router.is_empty() {
-                                Box::pin(self.answer_router_later()).await;
-                            }
+                            false
                         }
-                        Err(_) => return Outcome::RouterGone,
+                        _ => return Outcome::Lost { keep_alive: false },
                     }
                 }
+                () = expiry(keep_alive.as_mut()) => return Outcome::Lost { keep_alive: true },
+                notification = next_notification(&mut self.session.link) => {
+                    let Ok(first) = notification else { return Outcome::RouterGone };
+                    if let Some(outcome) = self.forward_all(first) {
+                        return outcome;
+                    }
+                    self.wake_link || !self.to_router.is_empty()
+                }
+            };
+            if answer_router {
+                Box::pin(self.answer_router_later()).await;
             }
         }
+    }
+
+    /// Passes on a notification and whatever else the router already delivered, without
+    /// waiting.
+    fn forward_all(&mut self, first: Option<Notification>) -> Option<Outcome> {
+        if let Some(outcome) = self.forward(first) {
+            return Some(outcome);
+        }
+        for _ in 0..WRITE_BATCH {
+            let link = self.session.link.as_mut()?;
+            match now_or_never(link.rx.next()) {
+                Some(Ok(more)) => {
+                    if let Some(outcome) = self.forward(more) {
+                        return Some(outcome);
+                    }
+                }
+                Some(Err(_)) => return Some(Outcome::RouterGone),
+                None => break,
+            }
+        }
+        None
     }
 
     /// Handles every complete frame in the read buffer.
@@ -484,12 +504,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         loop {
             let frame = match codec::frame(&self.buf, self.gate.max_packet_size) {
                 Ok(frame) => frame,
-                Err(FrameError::Incomplete) => {
-                    if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
-                        self.buf = BytesMut::with_capacity(1024);
-                    }
-                    return None;
-                }
+                Err(FrameError::Incomplete) => return None,
                 Err(FrameError::Malformed) => {
                     return Some(Outcome::Violation(DisconnectReasonCode::MalformedPacket));
                 }
@@ -861,7 +876,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         gate.sessions
             .release(&session.key, session.seq, session.lanyard_topics);
-        if let (true, Some((will, _props))) = (will, session.will) {
+        if let (true, Some(will)) = (will, session.will) {
             let publish = Publish::new(will.topic, will.message, will.retain);
             if session.will_delay == 0 {
                 gate.publish(publish).await;
@@ -881,37 +896,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 }
 
-enum ReadResult {
-    Data,
-    Closed,
-    TimedOut,
-}
-
-async fn read_with_deadline<S: AsyncRead + Unpin>(
+/// Reads what the client sent into `buf`; `Ok(0)` when the client closed. The bytes land on
+/// the stack first and are copied into `buf`, so that a waiting connection needs no buffer of
+/// its own: `buf` is empty, and unallocated, between packets.
+fn poll_read_some<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
-    deadline: Option<Instant>,
-) -> ReadResult {
-    let read = stream.read_buf(buf);
-    let result = match deadline {
-        Some(deadline) => match timeout_at(deadline, read).await {
-            Ok(r) => r,
-            Err(_) => return ReadResult::TimedOut,
-        },
-        None => read.await,
-    };
-    match result {
-        Ok(n) if n > 0 => ReadResult::Data,
-        _ => ReadResult::Closed,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut read = ReadBuf::uninit(&mut scratch);
+    ready!(Pin::new(stream).poll_read(cx, &mut read))?;
+    buf.extend_from_slice(read.filled());
+    Poll::Ready(Ok(read.filled().len()))
+}
+
+/// Completes when the keep-alive runs out; never without a keep-alive.
+async fn expiry(sleep: Pin<&mut Option<tokio::time::Sleep>>) {
+    match sleep.as_pin_mut() {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
     }
 }
 
+/// The router dropped the link.
+struct RouterGone;
+
 /// The next notification on the session's link; without a link, none ever comes.
-async fn next_notification(
-    link: &mut Option<Link>,
-) -> Result<Option<Notification>, rumqttd::local::LinkError> {
+async fn next_notification(link: &mut Option<Link>) -> Result<Option<Notification>, RouterGone> {
     match link {
-        Some(link) => link.rx.next().await,
+        // Boxed, and the error dropped here: both are large, and a waiting connection's future
+        // would carry their size.
+        Some(link) => Box::pin(link.rx.next()).await.map_err(|_| RouterGone),
         None => std::future::pending().await,
     }
 }
@@ -925,5 +941,23 @@ fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
     {
         Poll::Ready(value) => Some(value),
         Poll::Pending => None,
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what an async function returns.
+    fn future_size<A, B, C, D, R, F: FnOnce(A, B, C, D) -> R>(_: F) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every idle connection is one `serve` future: what it keeps while waiting is what
+    /// thousands of idle devices cost. The CONNECT, the packet handling and the goodbye are
+    /// boxed and must stay so.
+    #[test]
+    fn a_waiting_connection_stays_small() {
+        let size = future_size(serve::<tokio::net::TcpStream>);
+        assert!(size <= 1280, "a connection's future is {size} bytes");
     }
 }
