@@ -179,6 +179,45 @@ async fn packets_pipelined_after_a_refused_connect_are_not_processed() {
 }
 
 #[tokio::test]
+async fn a_packet_that_arrives_in_pieces_is_put_together() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.mqtt.acl = vec![lanyard::domain::acl::AclRule {
+            topic: "#".into(),
+            action: lanyard::domain::acl::AclAction::PublishSubscribe,
+            scope: None,
+        }];
+    })
+    .await;
+    let token = token(&app).await;
+    let mut watcher = V4::connect(&app, "watcher", &token).await.unwrap();
+    watcher.subscribe("slow/#").await;
+    let mut s = connect_raw(&app, connect(4, "trickle", Some(&token))).await;
+    assert_eq!(read_some(&mut s).await, vec![0x20, 2, 0, 0]);
+    // A long payload, so that the packet's length itself spans two bytes.
+    let payload = vec![b'x'; 300];
+    let mut bytes = publish("slow/one", &payload, false);
+    bytes.extend(publish("slow/two", b"2", false));
+    // One byte, then the rest of the length, then the packet and a half, then the rest.
+    for piece in [&bytes[..1], &bytes[1..3], &bytes[3..320], &bytes[320..]] {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let one = watcher
+        .message(Duration::from_secs(3))
+        .await
+        .expect("the first");
+    assert_eq!((one.topic.as_str(), one.payload.len()), ("slow/one", 300));
+    let two = watcher
+        .message(Duration::from_secs(3))
+        .await
+        .expect("the second");
+    assert_eq!(
+        (two.topic.as_str(), &two.payload[..]),
+        ("slow/two", &b"2"[..])
+    );
+}
+
+#[tokio::test]
 async fn garbage_half_packets_and_server_only_packets_cost_only_their_connection() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let token = token(&app).await;
