@@ -8,8 +8,8 @@
 //! generation its checks started in.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::digest;
 
@@ -28,7 +28,7 @@ pub struct KnownToken {
 
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<Key, KnownToken>>,
+    entries: Mutex<HashMap<Key, Arc<KnownToken>>>,
     generation: AtomicU64,
 }
 
@@ -43,7 +43,7 @@ impl TokenCache {
         self.generation.load(Ordering::SeqCst)
     }
 
-    pub fn get(&self, token: &str, now: i64) -> Option<KnownToken> {
+    pub fn get(&self, token: &str, now: i64) -> Option<Arc<KnownToken>> {
         let entries = self.entries.lock().expect("token cache lock");
         entries
             .get(&key(token))
@@ -51,7 +51,7 @@ impl TokenCache {
             .cloned()
     }
 
-    pub fn insert(&self, token: &str, known: KnownToken, checked_in: u64, now: i64) {
+    pub fn insert(&self, token: &str, known: Arc<KnownToken>, checked_in: u64, now: i64) {
         let mut entries = self.entries.lock().expect("token cache lock");
         if self.generation.load(Ordering::SeqCst) != checked_in {
             return;

@@ -7,7 +7,7 @@
 //! use the same function. A token that passed is remembered until its `exp` (see
 //! [`token_cache`](super::token_cache)), so presenting it again costs no database round trip.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use super::clients::Client;
 use super::token_cache::KnownToken;
@@ -224,11 +224,22 @@ impl Authority {
         tenant: &Tenant,
         token: &str,
     ) -> Result<VerifiedAccessToken, TokenRejected> {
+        let known = self.verify_known(tenant, token).await?;
+        Ok(known.verified.clone())
+    }
+
+    /// [`Authority::verify_access_token`], answered with the entry it leaves in the token
+    /// cache: those who keep the answer share it.
+    async fn verify_known(
+        &self,
+        tenant: &Tenant,
+        token: &str,
+    ) -> Result<Arc<KnownToken>, TokenRejected> {
         let now = self.now();
         if let Some(known) = self.token_cache.get(token, now)
             && known.tenant.id == tenant.id
         {
-            return Ok(known.verified);
+            return Ok(known);
         }
         let generation = self.token_cache.generation();
         let keys = self.keyring(tenant).await.map_err(|e| {
@@ -280,22 +291,22 @@ impl Authority {
         {
             return Err(TokenRejected::UserGone);
         }
-        let verified = VerifiedAccessToken {
-            claims,
-            kid: verified.kid,
-        };
-        let known = KnownToken {
+        let known = Arc::new(KnownToken {
             tenant: tenant.clone(),
-            verified: verified.clone(),
-        };
-        self.token_cache.insert(token, known, generation, now);
-        Ok(verified)
+            verified: VerifiedAccessToken {
+                claims,
+                kid: verified.kid,
+            },
+        });
+        self.token_cache
+            .insert(token, known.clone(), generation, now);
+        Ok(known)
     }
 
     /// Verifies a bearer token presented without naming its tenant (an MQTT password): the
     /// tenant is the one the token's `aud` names, and then every check of
     /// [`Authority::verify_access_token`] applies. A `Bearer ` prefix is tolerated.
-    pub async fn verify_bearer(&self, token: &str) -> Result<KnownToken, TokenRejected> {
+    pub async fn verify_bearer(&self, token: &str) -> Result<Arc<KnownToken>, TokenRejected> {
         let token = token.strip_prefix("Bearer ").unwrap_or(token);
         if let Some(known) = self.token_cache.get(token, self.now()) {
             return Ok(known);
@@ -311,8 +322,7 @@ impl Authority {
                 TokenRejected::Unavailable
             })?
             .ok_or(TokenRejected::WrongAudience)?;
-        let verified = self.verify_access_token(&tenant, token).await?;
-        Ok(KnownToken { tenant, verified })
+        self.verify_known(&tenant, token).await
     }
 
     /// Token introspection (RFC 7662) for an authenticated confidential client of the tenant.

@@ -110,7 +110,10 @@ async fn execute(
     let caller = match bearer(&headers) {
         None => None,
         Some(token) => match state.authority.verify_bearer(token).await {
-            Ok(known) => Some(Caller::new(known.tenant, known.verified.claims)),
+            Ok(known) => Some(Caller::new(
+                known.tenant.clone(),
+                known.verified.claims.clone(),
+            )),
             Err(TokenRejected::Unavailable) => {
                 return error_response(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -91,31 +91,29 @@ impl Gate {
     pub fn end_expired_sessions_once(&self) -> usize {
         let now = self.authority.now();
         self.sessions
-            .end_where(EndReason::Expired, |_, grant| grant.exp <= now)
+            .end_where(EndReason::Expired, |g| g.verified.claims.exp <= now)
     }
 
     async fn on_event(&self, event: Event) {
         match event {
             Event::AccessTokenRevoked { tenant_id, jti } => {
-                self.sessions.end_where(EndReason::NotAuthorized, |_, g| {
-                    g.tenant_id == tenant_id && g.jti == jti
+                self.sessions.end_where(EndReason::NotAuthorized, |g| {
+                    g.tenant.id == tenant_id && g.verified.claims.jti == jti
                 });
             }
             Event::ClientDeleted {
                 tenant_id,
                 client_id,
             } => {
-                self.sessions
-                    .end_where(EndReason::NotAuthorized, |owner, g| {
-                        g.tenant_id == tenant_id && owner.client_id == client_id
-                    });
+                self.sessions.end_where(EndReason::NotAuthorized, |g| {
+                    g.tenant.id == tenant_id && g.verified.claims.client_id == client_id
+                });
                 self.sessions.forget_owner(&tenant_id, &client_id);
             }
             Event::UserDeleted { tenant_id, user_id } => {
-                self.sessions
-                    .end_where(EndReason::NotAuthorized, |owner, g| {
-                        g.tenant_id == tenant_id && owner.sub == user_id
-                    });
+                self.sessions.end_where(EndReason::NotAuthorized, |g| {
+                    g.tenant.id == tenant_id && g.verified.claims.sub == user_id
+                });
             }
             Event::Resync => self.recheck(None, true).await,
             // Tokens issued before a secret rotation stay valid until they expire.
@@ -157,25 +155,27 @@ impl Gate {
     /// with `tokens` also those whose token was revoked or whose client is gone: used when
     /// events may have been missed.
     async fn recheck(&self, tenant_id: Option<&str>, tokens: bool) {
-        for (owner, grant) in self.sessions.live_grants() {
-            if tenant_id.is_some_and(|t| t != grant.tenant_id) {
+        for grant in self.sessions.live_grants() {
+            if tenant_id.is_some_and(|t| t != grant.tenant.id) {
                 continue;
             }
+            let claims = &grant.verified.claims;
             let valid = self
                 .authority
                 .grant_still_valid(
-                    &grant.slug,
-                    &grant.kid,
-                    &owner.client_id,
-                    &owner.sub,
-                    &grant.jti,
+                    grant.tenant.slug.as_str(),
+                    &grant.verified.kid,
+                    &claims.client_id,
+                    &claims.sub,
+                    &claims.jti,
                     tokens,
                 )
                 .await;
             // An answer the database cannot give now keeps the session: the next check decides.
             if matches!(valid, Ok(false)) {
-                self.sessions.end_where(EndReason::NotAuthorized, |o, g| {
-                    g.jti == grant.jti && o.client_id == owner.client_id
+                self.sessions.end_where(EndReason::NotAuthorized, |g| {
+                    let c = &g.verified.claims;
+                    c.jti == claims.jti && c.client_id == claims.client_id
                 });
             }
         }
@@ -376,8 +376,7 @@ async fn accept_loop(
             }
         }
     }
-    gate.sessions
-        .end_where(EndReason::ShuttingDown, |_, _| true);
+    gate.sessions.end_where(EndReason::ShuttingDown, |_| true);
 }
 
 /// Ends sessions as the authority announces changes, and as their tokens expire.

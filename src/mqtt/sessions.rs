@@ -7,11 +7,13 @@
 //! sends its connection an [`EndReason`]; the connection says goodbye in its protocol's words.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
+
+use crate::authority::KnownToken;
 
 /// Why lanyard ends a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,36 +27,31 @@ pub enum EndReason {
     ShuttingDown,
 }
 
-/// The owner of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub client_id: String,
-    pub sub: String,
+/// The token a session was granted under. It names the session's owner, its client and
+/// subject; it is shared with the connection and the token cache, not copied.
+pub type Grant = Arc<KnownToken>;
+
+/// Who owns a session granted under `grant`: its client and subject.
+fn owner(grant: &KnownToken) -> (&str, &str) {
+    let claims = &grant.verified.claims;
+    (&claims.client_id, &claims.sub)
 }
 
-/// What a live session was authorised with.
-#[derive(Debug, Clone)]
-pub struct Grant {
-    pub tenant_id: String,
-    pub slug: String,
-    pub jti: String,
-    pub kid: String,
-    pub exp: i64,
-    /// Scopes and system: a persistent session is resumed only under the same grant, so its
-    /// subscriptions never outlive the permissions they were granted under.
-    pub fingerprint: String,
+/// Whether a stored session may be resumed under `new`: the same scopes and system, so that
+/// its subscriptions never outlive the permissions they were granted under.
+fn same_permissions(old: &KnownToken, new: &KnownToken) -> bool {
+    let (old, new) = (&old.verified.claims, &new.verified.claims);
+    old.scope == new.scope && old.system == new.system
 }
 
 struct Live {
     seq: u64,
-    grant: Grant,
     end: Option<oneshot::Sender<EndReason>>,
 }
 
 struct Entry {
-    owner: Principal,
-    /// The grant the stored persistent session was last held under.
-    fingerprint: String,
+    /// The grant the session is, or was last, held under.
+    grant: Grant,
     persistent: bool,
     live: Option<Live>,
     pending_will: Option<AbortHandle>,
@@ -83,28 +80,22 @@ pub struct Sessions {
 type Key = (String, String);
 
 impl Sessions {
-    /// Claims the session `key` for `owner`; None if another principal holds it (connected,
-    /// or as a stored persistent session). A live session of the same owner is ended.
-    pub fn claim(
-        &self,
-        key: &Key,
-        owner: &Principal,
-        grant: Grant,
-        persistent: bool,
-    ) -> Option<Claim> {
+    /// Claims the session `key` for the owner of `grant`; None if another principal holds it
+    /// (connected, or as a stored persistent session). A live session of the same owner is
+    /// ended.
+    pub fn claim(&self, key: &Key, grant: &Grant, persistent: bool) -> Option<Claim> {
         let mut entries = self.entries.lock().expect("sessions lock");
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let (end, ended) = oneshot::channel();
         let live = Live {
             seq,
             end: Some(end),
-            grant: grant.clone(),
         };
         let may_resume;
         let mut held_persistent = false;
         let mut topics = HashSet::new();
         match entries.get_mut(key) {
-            Some(entry) if entry.owner != *owner => return None,
+            Some(entry) if owner(&entry.grant) != owner(grant) => return None,
             Some(entry) => {
                 if let Some(mut old) = entry.live.take()
                     && let Some(end) = old.end.take()
@@ -115,12 +106,12 @@ impl Sessions {
                     will.abort();
                 }
                 held_persistent = entry.persistent;
-                may_resume = entry.persistent && entry.fingerprint == grant.fingerprint;
+                may_resume = entry.persistent && same_permissions(&entry.grant, grant);
                 if may_resume {
                     topics = std::mem::take(&mut entry.topics);
                 }
                 entry.persistent = persistent;
-                entry.fingerprint = grant.fingerprint;
+                entry.grant = grant.clone();
                 entry.live = Some(live);
             }
             None => {
@@ -128,8 +119,7 @@ impl Sessions {
                 entries.insert(
                     key.clone(),
                     Entry {
-                        owner: owner.clone(),
-                        fingerprint: grant.fingerprint,
+                        grant: grant.clone(),
                         persistent,
                         live: Some(live),
                         pending_will: None,
@@ -183,13 +173,12 @@ impl Sessions {
     }
 
     /// Ends every live session whose grant `pick` selects.
-    pub fn end_where(&self, reason: EndReason, pick: impl Fn(&Principal, &Grant) -> bool) -> usize {
+    pub fn end_where(&self, reason: EndReason, pick: impl Fn(&KnownToken) -> bool) -> usize {
         let mut entries = self.entries.lock().expect("sessions lock");
         let mut ended = 0;
         for entry in entries.values_mut() {
-            let owner = &entry.owner;
             if let Some(live) = entry.live.as_mut()
-                && pick(owner, &live.grant)
+                && pick(&entry.grant)
                 && let Some(end) = live.end.take()
             {
                 let _ = end.send(reason);
@@ -202,15 +191,16 @@ impl Sessions {
     /// Forgets the stored sessions of a deleted client, so its ids can be used again.
     pub fn forget_owner(&self, tenant_id: &str, client_id: &str) {
         let mut entries = self.entries.lock().expect("sessions lock");
-        entries.retain(|(t, _), e| !(t == tenant_id && e.owner.client_id == client_id));
+        entries.retain(|(t, _), e| !(t == tenant_id && owner(&e.grant).0 == client_id));
     }
 
     /// The grants of every live session, to re-check them when events may have been missed.
-    pub fn live_grants(&self) -> Vec<(Principal, Grant)> {
+    pub fn live_grants(&self) -> Vec<Grant> {
         let entries = self.entries.lock().expect("sessions lock");
         entries
             .values()
-            .filter_map(|e| e.live.as_ref().map(|l| (e.owner.clone(), l.grant.clone())))
+            .filter(|e| e.live.is_some())
+            .map(|e| e.grant.clone())
             .collect()
     }
 }
