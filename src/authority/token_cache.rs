@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use aws_lc_rs::digest;
 
 use super::{Tenant, VerifiedAccessToken};
+use crate::domain::ScopeSet;
 
 /// At most this many tokens are remembered; beyond it, new ones are verified every time.
 const CAPACITY: usize = 200_000;
@@ -24,6 +25,8 @@ type Key = [u8; 32];
 pub struct KnownToken {
     pub tenant: Tenant,
     pub verified: VerifiedAccessToken,
+    /// The token's `scope`, parsed once.
+    pub scopes: ScopeSet,
 }
 
 #[derive(Default)]

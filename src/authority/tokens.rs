@@ -293,6 +293,7 @@ impl Authority {
         }
         let known = Arc::new(KnownToken {
             tenant: tenant.clone(),
+            scopes: ScopeSet::parse(&claims.scope).unwrap_or_default(),
             verified: VerifiedAccessToken {
                 claims,
                 kid: verified.kid,

@@ -6,7 +6,8 @@
 //! resume it. Ending a live session (token revoked or expired, client deleted, key invalidated)
 //! sends its connection an [`EndReason`]; the connection says goodbye in its protocol's words.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -56,7 +57,7 @@ struct Entry {
     live: Option<Live>,
     pending_will: Option<AbortHandle>,
     /// lanyard's own exact topics the stored session subscribes to (see `LanyardTopics`).
-    topics: HashSet<String>,
+    topics: BTreeSet<String>,
 }
 
 /// The session a connection now holds.
@@ -66,18 +67,38 @@ pub struct Claim {
     /// The stored session may be resumed: same owner, same grant.
     pub may_resume: bool,
     /// With `may_resume`: lanyard's own exact topics the stored session subscribes to.
-    pub topics: HashSet<String>,
+    pub topics: BTreeSet<String>,
     /// The id held a persistent session, connected or stored, which a clean session discards.
     pub held_persistent: bool,
 }
 
 #[derive(Default)]
 pub struct Sessions {
-    entries: Mutex<HashMap<(String, String), Entry>>,
+    entries: Mutex<HashMap<Key, Entry>>,
     next_seq: AtomicU64,
 }
 
-type Key = (String, String);
+/// A session's key: its tenant and client identifier, which has no `/` (see the CONNECT
+/// checks). Shared by the connection and the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key(Arc<str>);
+
+impl Key {
+    pub fn new(tenant_id: &str, client_id: &str) -> Key {
+        Key(format!("{tenant_id}/{client_id}").into())
+    }
+
+    pub fn client_id(&self) -> &str {
+        self.0.split_once('/').map_or("", |(_, client)| client)
+    }
+}
+
+/// The client identifier: what logs name a session by.
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.client_id())
+    }
+}
 
 impl Sessions {
     /// Claims the session `key` for the owner of `grant`; None if another principal holds it
@@ -93,7 +114,7 @@ impl Sessions {
         };
         let may_resume;
         let mut held_persistent = false;
-        let mut topics = HashSet::new();
+        let mut topics = BTreeSet::new();
         match entries.get_mut(key) {
             Some(entry) if owner(&entry.grant) != owner(grant) => return None,
             Some(entry) => {
@@ -123,7 +144,7 @@ impl Sessions {
                         persistent,
                         live: Some(live),
                         pending_will: None,
-                        topics: HashSet::new(),
+                        topics: BTreeSet::new(),
                     },
                 );
             }
@@ -139,7 +160,7 @@ impl Sessions {
 
     /// The connection holding claim `seq` ended. A clean session is forgotten; a persistent
     /// one stays owned, with the lanyard topics it subscribes to.
-    pub fn release(&self, key: &Key, seq: u64, topics: HashSet<String>) {
+    pub fn release(&self, key: &Key, seq: u64, topics: BTreeSet<String>) {
         let mut entries = self.entries.lock().expect("sessions lock");
         if let Some(entry) = entries.get_mut(key)
             && entry.live.as_ref().is_some_and(|l| l.seq == seq)
@@ -191,7 +212,7 @@ impl Sessions {
     /// Forgets the stored sessions of a deleted client, so its ids can be used again.
     pub fn forget_owner(&self, tenant_id: &str, client_id: &str) {
         let mut entries = self.entries.lock().expect("sessions lock");
-        entries.retain(|(t, _), e| !(t == tenant_id && owner(&e.grant).0 == client_id));
+        entries.retain(|_, e| !(e.grant.tenant.id == tenant_id && owner(&e.grant).0 == client_id));
     }
 
     /// The grants of every live session, to re-check them when events may have been missed.
