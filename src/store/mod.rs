@@ -16,9 +16,11 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 pub mod clients;
 pub mod events;
@@ -29,6 +31,7 @@ pub mod refresh_tokens;
 pub mod revocations;
 pub mod scopes;
 pub mod signing_keys;
+pub mod sqlite;
 pub mod systems;
 pub mod tenants;
 pub mod users;
@@ -38,31 +41,39 @@ pub mod users;
 pub enum Db {
     /// SQLite lets one connection write at a time; a writer that finds the lock taken sleeps in
     /// SQLite's busy handler for a millisecond or more. So every write goes through `writer`, a
-    /// pool of one connection, where writers queue without sleeping, and reads go to `reader`,
+    /// single connection, where writers queue without sleeping, and reads go to `reader`,
     /// whose connections are read-only (WAL mode lets them read while the writer writes).
     Sqlite {
-        reader: SqlitePool,
-        writer: SqlitePool,
+        reader: Arc<sqlite::Connections>,
+        writer: Arc<sqlite::Connections>,
     },
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$pool` bound to the pool that reads; the body is compiled once per
-/// driver.
+/// Runs `$body` with `$pool` bound to an executor that reads (a SQLite connection, or the
+/// PostgreSQL pool); the body is compiled once per driver and uses `$pool` once.
 macro_rules! on_pool {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
-            $crate::store::Db::Sqlite { reader: $pool, .. } => $body,
+            $crate::store::Db::Sqlite { reader, .. } => {
+                let mut conn = reader.acquire().await?;
+                let $pool = &mut *conn;
+                $body
+            }
             $crate::store::Db::Postgres($pool) => $body,
         }
     };
 }
 
-/// Runs `$body`, a single statement that writes, with `$pool` bound to the pool that writes.
+/// Runs `$body`, a single statement that writes, with `$pool` bound to an executor that writes.
 macro_rules! on_writer {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
-            $crate::store::Db::Sqlite { writer: $pool, .. } => $body,
+            $crate::store::Db::Sqlite { writer, .. } => {
+                let mut conn = writer.acquire().await?;
+                let $pool = &mut *conn;
+                $body
+            }
             $crate::store::Db::Postgres($pool) => $body,
         }
     };
@@ -75,7 +86,8 @@ macro_rules! in_transaction {
     ($db:expr, $tx:ident => $body:expr) => {
         match $db {
             $crate::store::Db::Sqlite { writer, .. } => {
-                let mut $tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+                let mut conn = writer.acquire().await?;
+                let mut $tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
                 let out = $body;
                 $tx.commit().await?;
                 out
@@ -159,28 +171,23 @@ impl Db {
                     source,
                 })?;
             }
-            // A local file cannot go stale, so connections are not pinged before each use.
-            let writer = SqlitePoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(Duration::from_secs(10))
-                .test_before_acquire(false)
-                .connect_with(options.clone())
-                .await
-                .map_err(sqlite_err)?;
+            let writer = Arc::new(
+                sqlite::Connections::open(&options, 1)
+                    .await
+                    .map_err(sqlite_err)?,
+            );
             if options.get_filename() == Path::new(":memory:") {
-                // A second pool would open a second, empty database.
+                // A second connection would open a second, empty database.
                 return Ok(Db::Sqlite {
                     reader: writer.clone(),
                     writer,
                 });
             }
-            let reader = SqlitePoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(Duration::from_secs(10))
-                .test_before_acquire(false)
-                .connect_with(options.read_only(true))
-                .await
-                .map_err(sqlite_err)?;
+            let reader = Arc::new(
+                sqlite::Connections::open(&options.read_only(true), max_connections)
+                    .await
+                    .map_err(sqlite_err)?,
+            );
             Ok(Db::Sqlite { reader, writer })
         } else {
             let pool = PgPoolOptions::new()
@@ -199,7 +206,13 @@ impl Db {
     /// Applies the migrations the database has not seen yet.
     pub async fn migrate(&self) -> Result<(), ConnectError> {
         match self {
-            Db::Sqlite { writer, .. } => SQLITE_MIGRATIONS.run(writer).await?,
+            Db::Sqlite { writer, .. } => {
+                let mut conn = writer
+                    .acquire()
+                    .await
+                    .map_err(sqlx::migrate::MigrateError::from)?;
+                SQLITE_MIGRATIONS.run(&mut *conn).await?
+            }
             Db::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
         }
         Ok(())

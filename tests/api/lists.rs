@@ -272,12 +272,12 @@ async fn the_topic_of_a_system_removed_from_the_database_is_cleared() {
     let (mut reader, _, token) = list_reader(&app, &w).await;
     assert_eq!(app.app().mqtt().clear_orphans_once().await.unwrap(), 0);
     // An operator removes the system by hand.
-    let lanyard::store::Db::Sqlite { writer: pool, .. } = app.authority().db() else {
+    let lanyard::store::Db::Sqlite { writer, .. } = app.authority().db() else {
         unreachable!()
     };
     sqlx::query("DELETE FROM systems WHERE id = $1")
         .bind(&w.system)
-        .execute(pool)
+        .execute(&mut *writer.acquire().await.unwrap())
         .await
         .unwrap();
     assert_eq!(app.app().mqtt().clear_orphans_once().await.unwrap(), 1);
