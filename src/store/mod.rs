@@ -2,7 +2,7 @@
 //! pool, one file per aggregate.
 //!
 //! The SQL is written once in the dialect both databases share (`$1` parameters, `RETURNING`,
-//! `ON CONFLICT`, partial unique indexes) and run on whichever pool is active through
+//! `ON CONFLICT`, partial unique indexes) and run on whichever database is active through
 //! [`on_pool!`] (reads), [`on_writer!`] (a statement that writes) and [`in_transaction!`]. The
 //! `Any` driver is not used: it cannot decode booleans or timestamps on SQLite. Times are stored
 //! as Unix seconds and ids as text, so the same binds work on both databases and time
@@ -147,9 +147,9 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl Db {
-    /// Opens the pool for `url` (`sqlite://PATH` or `postgres://…`). SQLite files and their folder
-    /// are created; SQLite runs in WAL mode with a busy timeout, a reader pool of
-    /// `max_connections` and one writer.
+    /// Opens the database at `url` (`sqlite://PATH` or `postgres://…`). SQLite files and their
+    /// folder are created; SQLite runs in WAL mode with a busy timeout, `max_connections`
+    /// read-only connections (see [`sqlite`]) and one writer.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, ConnectError> {
         if url.starts_with("sqlite:") {
             let sqlite_err = |source| ConnectError::Sqlite {
