@@ -54,23 +54,25 @@ pub enum Db {
 /// PostgreSQL pool); the body is compiled once per driver and uses `$pool` once.
 macro_rules! on_pool {
     ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            $crate::store::Db::Sqlite { reader, .. } => {
-                let mut conn = reader.acquire().await?;
-                let $pool = &mut *conn;
-                $body
-            }
-            $crate::store::Db::Postgres($pool) => $body,
-        }
+        $crate::store::on_side!($db, reader, $pool => $body)
     };
 }
 
 /// Runs `$body`, a single statement that writes, with `$pool` bound to an executor that writes.
 macro_rules! on_writer {
     ($db:expr, $pool:ident => $body:expr) => {
+        $crate::store::on_side!($db, writer, $pool => $body)
+    };
+}
+
+/// [`on_pool!`] and [`on_writer!`]: `$side` names the SQLite connections to use.
+macro_rules! on_side {
+    ($db:expr, $side:ident, $pool:ident => $body:expr) => {
         match $db {
-            $crate::store::Db::Sqlite { writer, .. } => {
-                let mut conn = writer.acquire().await?;
+            $crate::store::Db::Sqlite {
+                $side: connections, ..
+            } => {
+                let mut conn = connections.acquire().await?;
                 let $pool = &mut *conn;
                 $body
             }
@@ -102,7 +104,7 @@ macro_rules! in_transaction {
     };
 }
 
-pub(crate) use {in_transaction, on_pool, on_writer};
+pub(crate) use {in_transaction, on_pool, on_side, on_writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

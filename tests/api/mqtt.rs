@@ -307,7 +307,7 @@ fn rule(topic: &str, action: AclAction, scope: Option<&str>) -> AclRule {
 
 /// Everything may be published and subscribed, as far as rules go: only the built-in
 /// protections stand between a client and lanyard's topics.
-async fn wide_open() -> TestApp {
+pub async fn wide_open() -> TestApp {
     TestApp::spawn_with(Backend::Sqlite, |s| {
         s.mqtt.acl = vec![rule("#", AclAction::PublishSubscribe, None)];
     })

@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::*;
-use crate::mqtt::{V4, V5, device};
+use crate::mqtt::{V4, V5, device, wide_open};
 
 fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
     loop {
@@ -155,14 +155,7 @@ async fn refused_connects_get_a_connack_with_the_reason_before_the_close() {
 
 #[tokio::test]
 async fn packets_pipelined_after_a_refused_connect_are_not_processed() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.mqtt.acl = vec![lanyard::domain::acl::AclRule {
-            topic: "#".into(),
-            action: lanyard::domain::acl::AclAction::PublishSubscribe,
-            scope: None,
-        }];
-    })
-    .await;
+    let app = wide_open().await;
     let token = token(&app).await;
     let mut watcher = V4::connect(&app, "watcher", &token).await.unwrap();
     watcher.subscribe("open/#").await;
@@ -180,14 +173,7 @@ async fn packets_pipelined_after_a_refused_connect_are_not_processed() {
 
 #[tokio::test]
 async fn a_packet_that_arrives_in_pieces_is_put_together() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.mqtt.acl = vec![lanyard::domain::acl::AclRule {
-            topic: "#".into(),
-            action: lanyard::domain::acl::AclAction::PublishSubscribe,
-            scope: None,
-        }];
-    })
-    .await;
+    let app = wide_open().await;
     let token = token(&app).await;
     let mut watcher = V4::connect(&app, "watcher", &token).await.unwrap();
     watcher.subscribe("slow/#").await;
