@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::authority::{Authority, Caller, TokenRejected};
 
+mod documents;
 pub mod schema;
 
 pub use schema::{Mutation, Query};
@@ -57,6 +58,7 @@ pub fn sdl() -> String {
 struct GraphqlState {
     schema: LanyardSchema,
     authority: Arc<Authority>,
+    documents: Arc<documents::Documents>,
 }
 
 /// `/graphql`, to be merged into the HTTP server.
@@ -64,6 +66,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
     let state = GraphqlState {
         schema: build_schema(authority.clone()),
         authority,
+        documents: Default::default(),
     };
     Router::new()
         .route("/graphql", get(graphiql).post(execute))
@@ -88,7 +91,7 @@ async fn execute(
             "the request body is larger than 64 KiB",
         );
     };
-    let batch: BatchRequest = match serde_json::from_slice(&body) {
+    let mut batch: BatchRequest = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
             return error_response(
@@ -107,6 +110,9 @@ async fn execute(
             &format!("at most {MAX_BATCH} operations per batch"),
         );
     }
+    batch
+        .iter_mut()
+        .for_each(|request| state.documents.prepare(request));
     let caller = match bearer(&headers) {
         None => None,
         Some(token) => match state.authority.verify_bearer(token).await {
