@@ -6,9 +6,13 @@
 //! published (invalidated). Every change is announced as [`Event::LocalTokensChanged`], which
 //! is how the system's retained list follows.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::json;
 
+use super::holdings::Holding;
 use super::keyring::TenantKeys;
 use super::tenants::validate_name;
 use super::{Authority, Error, Event, Result, Role, Tenant};
@@ -68,7 +72,7 @@ pub enum LocalTokenStatus {
 }
 
 /// A local API token as listed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalToken {
     pub id: String,
     pub system_id: String,
@@ -84,6 +88,23 @@ pub struct LocalToken {
     pub updated_at: i64,
     /// The token itself, while ACTIVATED.
     pub token: Option<String>,
+}
+
+/// A change to a system's list found in the database.
+#[derive(Debug, Clone)]
+pub struct ListChange {
+    pub tenant_id: String,
+    pub system_id: String,
+    /// The token whose row changed; `None` when the system was created.
+    pub token: Option<ChangedToken>,
+}
+
+/// A token's row as it was changed: stored as ACTIVATED or not, at `updated_at`.
+#[derive(Debug, Clone)]
+pub struct ChangedToken {
+    pub id: String,
+    pub activated: bool,
+    pub updated_at: i64,
 }
 
 /// A freshly minted token: the only time the caller sees it outside the system's list.
@@ -165,16 +186,10 @@ impl Authority {
         let user_id = caller.user_id().ok_or_else(|| {
             Error::Forbidden("local API tokens are minted for people; sign in as a user".into())
         })?;
-        // One query: the user, the system and the roles held on it.
-        let held = users::held_roles(&self.db, &tenant.id, user_id, system_id).await?;
-        let user_name = held.first().ok_or_else(forbidden)?.user_name.clone();
-        let roles: Vec<Role> = held
-            .into_iter()
-            .map(|h| Role {
-                id: h.role.id,
-                name: h.role.name,
-            })
-            .collect();
+        let holding = self
+            .holding(&tenant.id, user_id, system_id)
+            .await?
+            .ok_or_else(forbidden)?;
         let now = self.now();
         let exp = match lifetime {
             Lifetime::For { secs, .. } => {
@@ -194,7 +209,8 @@ impl Authority {
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("tenant {} has no ACTIVE signing key", tenant.slug))?;
         let id = uuid::Uuid::new_v4().to_string();
-        let role_claims: Vec<RoleClaim> = roles
+        let role_claims: Vec<RoleClaim> = holding
+            .roles
             .iter()
             .map(|r| RoleClaim {
                 uuid: &r.id,
@@ -208,7 +224,7 @@ impl Authority {
             "aud": system_id,
             "iat": now,
             "nbf": now,
-            "name": user_name,
+            "name": holding.user_name,
             "typename": "USER",
             "roles": role_claims,
         });
@@ -227,33 +243,68 @@ impl Authority {
             self.settings.tokens.local_token_prefix,
             jws::sign(&signer.key, &signer.kid, "JWT", &claims)
         );
-        local_tokens::insert(
-            &self.db,
-            &local_tokens::LocalTokenRow {
-                id: id.clone(),
-                tenant_id: tenant.id.clone(),
-                system_id: system_id.to_owned(),
-                user_id: user_id.to_owned(),
-                user_name,
-                roles: serde_json::to_string(&role_claims).expect("roles serialise"),
-                name: name.map(str::to_owned),
-                requested_device: device.map(str::to_owned),
-                kid: signer.kid.clone(),
-                token: token.clone(),
-                status: "ACTIVATED".into(),
-                not_before: now,
-                expires_at: exp,
-                created_at: now,
-                updated_at: now,
-            },
-        )
-        .await?;
+        let row = local_tokens::LocalTokenRow {
+            id: id.clone(),
+            tenant_id: tenant.id.clone(),
+            system_id: system_id.to_owned(),
+            user_id: user_id.to_owned(),
+            user_name: holding.user_name.clone(),
+            roles: serde_json::to_string(&role_claims).expect("roles serialise"),
+            name: name.map(str::to_owned),
+            requested_device: device.map(str::to_owned),
+            kid: signer.kid.clone(),
+            token: token.clone(),
+            status: "ACTIVATED".into(),
+            not_before: now,
+            expires_at: exp,
+            created_at: now,
+            updated_at: now,
+        };
+        // As the list will show it, read back or not.
+        let listed = local_token_view(&keys, row.clone());
+        self.local_token_inserts
+            .get_or_init(|| local_tokens::Inserts::start(self.db.clone()))
+            .insert(row)
+            .await?;
         tracing::info!(tenant = %tenant.slug, system = %system_id, token = %id, "local API token minted");
         self.emit(Event::LocalTokensChanged {
             tenant_id: tenant.id.clone(),
             system_id: system_id.to_owned(),
+            minted: Some(Box::new(listed)),
         });
         Ok(MintedToken { id, token })
+    }
+
+    /// The user's name and roles on the system, from memory when read before; `None` when
+    /// they hold no role on it, or the user or the system does not exist.
+    async fn holding(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        system_id: &str,
+    ) -> Result<Option<Arc<Holding>>> {
+        if let Some(holding) = self.holdings.get(tenant_id, user_id, system_id) {
+            return Ok(Some(holding));
+        }
+        let read_in = self.holdings.generation();
+        // One query: the user, the system and the roles held on it.
+        let held = users::held_roles(&self.db, tenant_id, user_id, system_id).await?;
+        let Some(user_name) = held.first().map(|h| h.user_name.clone()) else {
+            return Ok(None);
+        };
+        let holding = Arc::new(Holding {
+            user_name,
+            roles: held
+                .into_iter()
+                .map(|h| Role {
+                    id: h.role.id,
+                    name: h.role.name,
+                })
+                .collect(),
+        });
+        self.holdings
+            .insert(tenant_id, user_id, system_id, holding.clone(), read_in);
+        Ok(Some(holding))
     }
 
     /// Revokes a local token: its subject may, and so may a caller with
@@ -272,6 +323,7 @@ impl Authority {
         self.emit(Event::LocalTokensChanged {
             tenant_id: tenant.id.clone(),
             system_id: row.system_id.clone(),
+            minted: None,
         });
         let row = local_tokens::find(&self.db, &tenant.id, id)
             .await?
@@ -303,12 +355,35 @@ impl Authority {
         tenant: &Tenant,
         system_id: &str,
     ) -> Result<Vec<LocalToken>> {
-        let rows = local_tokens::for_system(&self.db, &tenant.id, system_id, self.now()).await?;
+        let mut lists = self.systems_local_tokens(tenant, &[system_id]).await?;
+        Ok(lists.pop().unwrap_or_default())
+    }
+
+    /// [`Authority::system_local_tokens`] of several systems of the tenant, in the order
+    /// asked, read with one query per [`local_tokens::MAX_SYSTEMS_PER_READ`] systems.
+    pub async fn systems_local_tokens(
+        &self,
+        tenant: &Tenant,
+        system_ids: &[&str],
+    ) -> Result<Vec<Vec<LocalToken>>> {
         let keys = self.keyring(tenant).await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| local_token_view(&keys, row))
-            .collect())
+        let now = self.now();
+        let mut lists = Vec::with_capacity(system_ids.len());
+        for chunk in system_ids.chunks(local_tokens::MAX_SYSTEMS_PER_READ) {
+            let rows = local_tokens::for_systems(&self.db, &tenant.id, chunk, now).await?;
+            let at: HashMap<&str, usize> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (*id, lists.len() + i))
+                .collect();
+            lists.resize_with(lists.len() + chunk.len(), Vec::new);
+            for row in rows {
+                if let Some(&i) = at.get(row.system_id.as_str()) {
+                    lists[i].push(local_token_view(&keys, row));
+                }
+            }
+        }
+        Ok(lists)
     }
 }
 
@@ -345,9 +420,22 @@ fn local_token_view(keys: &TenantKeys, row: local_tokens::LocalTokenRow) -> Loca
 }
 
 impl Authority {
-    /// Systems (tenant id, system id) whose token list may have changed at or after `since`.
-    pub async fn systems_changed_since(&self, since: i64) -> Result<Vec<(String, String)>> {
-        Ok(local_tokens::systems_changed_since(&self.db, since).await?)
+    /// What may have changed systems' lists at or after `since` (tokens minted or revoked,
+    /// systems created), here or on another node.
+    pub async fn list_changes_since(&self, since: i64) -> Result<Vec<ListChange>> {
+        Ok(local_tokens::list_changes_since(&self.db, since)
+            .await?
+            .into_iter()
+            .map(|c| ListChange {
+                token: c.id.map(|id| ChangedToken {
+                    id,
+                    activated: c.status.as_deref() == Some("ACTIVATED"),
+                    updated_at: c.updated_at.unwrap_or_default(),
+                }),
+                tenant_id: c.tenant_id,
+                system_id: c.system_id,
+            })
+            .collect())
     }
 
     /// The tenant's systems.

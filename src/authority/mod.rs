@@ -21,6 +21,7 @@ use crate::store::{Db, StoreError};
 
 pub mod clients;
 pub mod demo;
+pub mod holdings;
 pub mod keyring;
 pub mod keys;
 pub mod limiter;
@@ -62,6 +63,12 @@ pub enum Event {
     },
     /// A user was deleted; tokens issued to them must stop working.
     UserDeleted { tenant_id: String, user_id: String },
+    /// A user was given a role on a system; tokens minted from now on carry it.
+    RoleAssigned {
+        tenant_id: String,
+        user_id: String,
+        system_id: String,
+    },
     /// Announcements from other nodes may have been missed: whatever depends on them should be
     /// checked against the database.
     Resync,
@@ -70,6 +77,10 @@ pub enum Event {
     LocalTokensChanged {
         tenant_id: String,
         system_id: String,
+        /// The token, as listed, when the change is that it was minted here: the list can take
+        /// it in without being read again. Not announced to other nodes.
+        #[serde(skip)]
+        minted: Option<Box<LocalToken>>,
     },
 }
 
@@ -117,6 +128,11 @@ pub struct Authority {
     /// another node); misses are not remembered.
     pub(crate) client_cache:
         RwLock<HashMap<(String, String), Arc<crate::store::clients::ClientRow>>>,
+    /// People's names and roles on systems, which every local API token carries.
+    pub(crate) holdings: holdings::Holdings,
+    /// Writes minted local tokens, those minted together in one statement; started at the
+    /// first mint (it needs the runtime).
+    pub(crate) local_token_inserts: std::sync::OnceLock<crate::store::local_tokens::Inserts>,
     events: broadcast::Sender<Event>,
     /// Tells this node's announcements from the others'.
     node_id: String,
@@ -141,6 +157,8 @@ impl Authority {
             mailer: Arc::new(mail::NoMailer),
             tenant_cache: Default::default(),
             client_cache: Default::default(),
+            holdings: Default::default(),
+            local_token_inserts: Default::default(),
             events,
             node_id: uuid::Uuid::new_v4().to_string(),
         }
@@ -207,12 +225,22 @@ impl Authority {
                 tenant_id,
                 client_id,
             } => self.forget_client(tenant_id, client_id),
-            Event::UserDeleted { tenant_id, user_id } => self
-                .token_cache
-                .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.sub == user_id),
+            Event::UserDeleted { tenant_id, user_id } => {
+                self.holdings.forget_user(tenant_id, user_id, None);
+                self.token_cache
+                    .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.sub == user_id);
+            }
+            Event::RoleAssigned {
+                tenant_id,
+                user_id,
+                system_id,
+            } => self
+                .holdings
+                .forget_user(tenant_id, user_id, Some(system_id)),
             Event::LocalTokensChanged { .. } => {}
             Event::Resync => {
                 self.client_cache.write().expect("client cache").clear();
+                self.holdings.forget_all();
                 self.keyrings.forget_all();
                 self.token_cache.forget(|_| true);
             }

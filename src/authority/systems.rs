@@ -23,6 +23,7 @@ impl Authority {
         self.emit(super::Event::LocalTokensChanged {
             tenant_id: tenant.id.clone(),
             system_id: id.clone(),
+            minted: None,
         });
         Ok(id)
     }

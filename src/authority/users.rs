@@ -111,6 +111,7 @@ impl Authority {
             self.emit(Event::LocalTokensChanged {
                 tenant_id: tenant.id.clone(),
                 system_id,
+                minted: None,
             });
         }
         Ok(())
@@ -160,6 +161,11 @@ impl Authority {
             return Err(Error::NotFound(format!("no role {role_id}")));
         }
         users::assign_role(&self.db, user_id, system_id, role_id, self.now()).await?;
+        self.emit(Event::RoleAssigned {
+            tenant_id: tenant.id.clone(),
+            user_id: user_id.to_owned(),
+            system_id: system_id.to_owned(),
+        });
         Ok(())
     }
 

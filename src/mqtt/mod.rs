@@ -16,13 +16,12 @@
 //! This module talks to the authority only through its public use-cases and its event channel;
 //! it never touches the store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
 use rumqttd::protocol::{Packet, Publish};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, watch};
@@ -37,7 +36,9 @@ pub mod connection;
 pub mod retained;
 pub mod router;
 pub mod sessions;
+mod token_list;
 
+use retained::Lists;
 use router::{LinkSession, RouterLinks};
 use sessions::{EndReason, Sessions};
 
@@ -61,7 +62,7 @@ pub struct Gate {
     pub(crate) max_packet_size: usize,
     pub(crate) connect_timeout: Duration,
     /// What lanyard last published on each of its retained topics.
-    retained: Mutex<HashMap<String, Bytes>>,
+    retained: Mutex<HashMap<String, retained::Retained>>,
     /// When listed tokens expire, so their lists are republished then.
     expiries: Mutex<retained::Expiries>,
     /// When the reconciliation last looked at the database.
@@ -116,15 +117,16 @@ impl Gate {
                 });
             }
             Event::Resync => self.recheck(None, true).await,
-            // Tokens issued before a secret rotation stay valid until they expire.
-            Event::ClientSecretRotated { .. } => {}
+            // Tokens issued before a secret rotation stay valid until they expire; a new role
+            // changes no session's permissions.
+            Event::ClientSecretRotated { .. } | Event::RoleAssigned { .. } => {}
             Event::LocalTokensChanged {
                 tenant_id,
                 system_id,
+                ..
             } => {
-                if let Err(e) = self.republish_list(&tenant_id, &system_id).await {
-                    tracing::warn!("mqtt: publishing a token list: {e:#}");
-                }
+                let lists = Lists::from([(tenant_id, BTreeSet::from([system_id]))]);
+                self.republish_lists(lists).await;
             }
             Event::KeysChanged { tenant_id, slug } => {
                 self.recheck(Some(&tenant_id), false).await;
@@ -135,11 +137,72 @@ impl Gate {
         }
     }
 
-    async fn republish_list(&self, tenant_id: &str, system_id: &str) -> anyhow::Result<()> {
-        if let Some(tenant) = self.authority.tenant_by_id(tenant_id).await? {
-            self.publish_token_list(&tenant, system_id).await?;
+    /// Handles `first` and every event already waiting behind it. The other events keep their
+    /// order; then the lists they changed are published. A token minted here is added to its
+    /// list as it is; the other lists are read, all in one query, each once (a list is read when
+    /// it is published, so it holds every change committed before, tokens just minted too).
+    async fn on_events(&self, first: Event, events: &mut broadcast::Receiver<Event>) {
+        let mut read = Lists::new();
+        let mut minted = Vec::new();
+        let mut others = Vec::new();
+        let mut missed = 0;
+        let mut next = Some(first);
+        while let Some(event) = next {
+            match event {
+                Event::LocalTokensChanged {
+                    tenant_id,
+                    system_id,
+                    minted: Some(token),
+                } => minted.push((tenant_id, system_id, token)),
+                Event::LocalTokensChanged {
+                    tenant_id,
+                    system_id,
+                    minted: None,
+                } => {
+                    read.entry(tenant_id).or_default().insert(system_id);
+                }
+                other if !others.contains(&other) => others.push(other),
+                _ => {}
+            }
+            next = loop {
+                match events.try_recv() {
+                    Ok(event) => break Some(event),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => missed += n,
+                    Err(_) => break None,
+                }
+            };
         }
-        Ok(())
+        for event in others {
+            self.on_event(event).await;
+        }
+        minted.retain(|(tenant_id, system_id, _)| {
+            !read.get(tenant_id).is_some_and(|s| s.contains(system_id))
+        });
+        match self.add_minted(minted).await {
+            Ok(unread) => {
+                for (tenant_id, systems) in unread {
+                    read.entry(tenant_id).or_default().extend(systems);
+                }
+            }
+            Err(e) => tracing::warn!("mqtt: publishing token lists: {e:#}"),
+        }
+        self.republish_lists(read).await;
+        if missed > 0 {
+            self.missed_events(missed).await;
+        }
+    }
+
+    /// Events were lost (the channel overflowed): every session is checked again. Lists and
+    /// keys follow at the next reconciliation.
+    async fn missed_events(&self, missed: u64) {
+        tracing::warn!("mqtt: missed {missed} authority events; re-checking every session");
+        self.recheck(None, true).await;
+    }
+
+    async fn republish_lists(&self, lists: Lists) {
+        if let Err(e) = self.publish_lists(lists).await {
+            tracing::warn!("mqtt: publishing token lists: {e:#}");
+        }
     }
 
     /// A key change: the JWKS, and the lists (tokens of an invalidated key show REVOKED).
@@ -408,23 +471,8 @@ async fn follow_authority(
                 }
             }
             event = events.recv() => match event {
-                Ok(event) => {
-                    // A burst (many mints on one system) is handled once per topic: a list is
-                    // read when it is published, so it holds every change committed before.
-                    let mut batch = vec![event];
-                    while let Ok(more) = events.try_recv() {
-                        if !batch.contains(&more) {
-                            batch.push(more);
-                        }
-                    }
-                    for event in batch {
-                        gate.on_event(event).await;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!("mqtt: missed {missed} authority events; re-checking every session");
-                    gate.recheck(None, true).await;
-                }
+                Ok(event) => gate.on_events(event, &mut events).await,
+                Err(broadcast::error::RecvError::Lagged(missed)) => gate.missed_events(missed).await,
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         }

@@ -12,61 +12,41 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
 use rumqttd::protocol::Publish;
-use serde_json::{Value, json};
 
 use super::Gate;
-use crate::authority::{LocalToken, LocalTokenStatus, Tenant};
+use super::token_list::TokenList;
+use crate::authority::{LocalToken, Tenant};
 
 /// How far back the reconciliation looks beyond its last run: clocks of nodes differ a little.
 const RECONCILE_OVERLAP_SECS: i64 = 5;
 
-fn rfc3339(secs: i64) -> String {
-    DateTime::<Utc>::from_timestamp(secs, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Secs, true)
+/// What lanyard last published on one of its retained topics.
+#[derive(Debug)]
+pub(crate) enum Retained {
+    Jwks(Bytes),
+    List(TokenList),
 }
 
-/// One entry of a system's list (SPEC §4).
-fn entry(t: &LocalToken) -> Value {
-    let mut e = json!({
-        "uuid": t.id,
-        "createdAt": rfc3339(t.created_at),
-        "updatedAt": rfc3339(t.updated_at),
-        "status": t.status,
-        "expiresAt": t.expires_at.map(rfc3339),
-        "notBefore": rfc3339(t.not_before),
-        "systemUuid": t.system_id,
-        "roles": t.roles.iter().map(|r| json!({ "uuid": r.id, "name": r.name })).collect::<Vec<_>>(),
-        "subject": { "uuid": t.subject_id, "name": t.subject_name, "type": "USER" },
-    });
-    if let (LocalTokenStatus::Activated, Some(token)) = (t.status, &t.token) {
-        e["token"] = token.clone().into();
+impl Retained {
+    fn payload(&self) -> &Bytes {
+        match self {
+            Retained::Jwks(payload) => payload,
+            Retained::List(list) => list.payload(),
+        }
     }
-    if let Some(name) = &t.name {
-        e["name"] = name.clone().into();
-    }
-    if let Some(device) = &t.requested_device {
-        e["requestedDevice"] = device.clone().into();
-    }
-    e
-}
-
-/// The system's list as published: every token that has not expired, oldest first.
-pub fn token_list(tokens: &[LocalToken]) -> Bytes {
-    Bytes::from(Value::Array(tokens.iter().map(entry).collect()).to_string())
 }
 
 impl Gate {
     /// Publishes a retained message of lanyard's own, unless the topic holds it already.
-    async fn publish_retained(&self, topic: String, payload: Bytes) {
+    async fn publish_retained(&self, topic: String, message: Retained) {
+        let payload = message.payload().clone();
         {
             let mut retained = self.retained.lock().expect("retained lock");
-            if retained.get(&topic) == Some(&payload) {
+            if retained.get(&topic).map(Retained::payload) == Some(&payload) {
                 return;
             }
-            retained.insert(topic.clone(), payload.clone());
+            retained.insert(topic.clone(), message);
         }
         self.publish(Publish::new(Bytes::from(topic), payload, true))
             .await;
@@ -78,49 +58,96 @@ impl Gate {
             .lock()
             .expect("retained lock")
             .get(topic)
-            .cloned()
+            .map(|message| message.payload().clone())
     }
 
     /// Publishes a tenant's JWKS, exactly the HTTP document.
     pub(crate) async fn publish_jwks(&self, tenant: &Tenant) -> anyhow::Result<()> {
         let keys = self.authority.keyring(tenant).await?;
         let topic = self.permissions.jwks_topic(tenant.slug.as_str());
-        self.publish_retained(topic, Bytes::from(keys.jwks.as_bytes().to_vec()))
-            .await;
+        let jwks = Bytes::from(keys.jwks.as_bytes().to_vec());
+        self.publish_retained(topic, Retained::Jwks(jwks)).await;
         Ok(())
     }
 
-    /// Publishes a system's list, and notes when its first listed token expires.
-    pub(crate) async fn publish_token_list(
+    /// Publishes the lists of some of a tenant's systems (each named once), read together, and
+    /// notes when each list's first token expires.
+    pub(crate) async fn publish_token_lists(
         &self,
         tenant: &Tenant,
-        system_id: &str,
+        system_ids: &[&str],
     ) -> anyhow::Result<()> {
-        let tokens = self
+        let lists = self
             .authority
-            .system_local_tokens(tenant, system_id)
+            .systems_local_tokens(tenant, system_ids)
             .await?;
-        if let Some(next) = tokens.iter().filter_map(|t| t.expires_at).min() {
-            self.expiries
-                .lock()
-                .expect("expiries lock")
-                .entry(next)
-                .or_default()
-                .insert((tenant.slug.to_string(), system_id.to_owned()));
+        for (system_id, tokens) in system_ids.iter().zip(lists) {
+            if let Some(next) = tokens.iter().filter_map(|t| t.expires_at).min() {
+                self.note_expiry(next, &tenant.id, system_id);
+            }
+            let topic = self
+                .permissions
+                .token_list_topic(tenant.slug.as_str(), system_id);
+            self.publish_retained(topic, Retained::List(TokenList::of(&tokens)))
+                .await;
         }
-        let topic = self
-            .permissions
-            .token_list_topic(tenant.slug.as_str(), system_id);
-        self.publish_retained(topic, token_list(&tokens)).await;
         Ok(())
+    }
+
+    fn note_expiry(&self, at: i64, tenant_id: &str, system_id: &str) {
+        self.expiries
+            .lock()
+            .expect("expiries lock")
+            .entry(at)
+            .or_default()
+            .insert((tenant_id.to_owned(), system_id.to_owned()));
+    }
+
+    /// Adds tokens minted here (tenant id, system, token; in the order minted) to their lists
+    /// and publishes them, without reading the lists. Returns the systems whose lists must be
+    /// read instead: those not published yet, or already showing one of the tokens.
+    pub(crate) async fn add_minted(
+        &self,
+        minted: Vec<(String, String, Box<LocalToken>)>,
+    ) -> anyhow::Result<Lists> {
+        let mut by_list: BTreeMap<(String, String), Vec<Box<LocalToken>>> = BTreeMap::new();
+        for (tenant_id, system_id, token) in minted {
+            by_list
+                .entry((tenant_id, system_id))
+                .or_default()
+                .push(token);
+        }
+        let mut unread = Lists::new();
+        for ((tenant_id, system_id), tokens) in by_list {
+            let Some(tenant) = self.authority.tenant_by_id(&tenant_id).await? else {
+                continue;
+            };
+            let topic = self
+                .permissions
+                .token_list_topic(tenant.slug.as_str(), &system_id);
+            let current = match self.retained.lock().expect("retained lock").get(&topic) {
+                Some(Retained::List(list)) => Some(list.clone()),
+                _ => None,
+            };
+            let extended = current
+                .and_then(|list| tokens.iter().try_fold(list, |list, token| list.with(token)));
+            let Some(list) = extended else {
+                unread.entry(tenant_id).or_default().insert(system_id);
+                continue;
+            };
+            for at in tokens.iter().filter_map(|t| t.expires_at) {
+                self.note_expiry(at, &tenant_id, &system_id);
+            }
+            self.publish_retained(topic, Retained::List(list)).await;
+        }
+        Ok(unread)
     }
 
     /// Every list of a tenant (after a key change, statuses may differ).
     pub(crate) async fn publish_tenant_lists(&self, tenant: &Tenant) -> anyhow::Result<()> {
-        for (system_id, _) in self.authority.systems(tenant).await? {
-            self.publish_token_list(tenant, &system_id).await?;
-        }
-        Ok(())
+        let systems = self.authority.systems(tenant).await?;
+        let ids: Vec<&str> = systems.iter().map(|(id, _)| id.as_str()).collect();
+        self.publish_token_lists(tenant, &ids).await
     }
 
     /// Everything, from the database: at start, before the listener accepts.
@@ -136,19 +163,28 @@ impl Gate {
     /// expiry timer.
     pub async fn expire_lists_once(&self) -> anyhow::Result<usize> {
         let now = self.authority.now();
-        let due: Vec<(String, String)> = {
+        let mut due = Lists::new();
+        {
             let mut expiries = self.expiries.lock().expect("expiries lock");
             let later = expiries.split_off(&(now + 1));
-            std::mem::replace(&mut *expiries, later)
+            for (tenant_id, system_id) in std::mem::replace(&mut *expiries, later)
                 .into_values()
                 .flatten()
-                .collect()
-        };
+            {
+                due.entry(tenant_id).or_default().insert(system_id);
+            }
+        }
+        self.publish_lists(due).await
+    }
+
+    /// Publishes the lists of the systems named, tenant by tenant (by id); returns how many.
+    pub(crate) async fn publish_lists(&self, lists: Lists) -> anyhow::Result<usize> {
         let mut done = 0;
-        for (slug, system_id) in due {
-            if let Some(tenant) = self.authority.tenant(&slug).await? {
-                self.publish_token_list(&tenant, &system_id).await?;
-                done += 1;
+        for (tenant_id, system_ids) in lists {
+            if let Some(tenant) = self.authority.tenant_by_id(&tenant_id).await? {
+                let ids: Vec<&str> = system_ids.iter().map(String::as_str).collect();
+                self.publish_token_lists(&tenant, &ids).await?;
+                done += ids.len();
             }
         }
         Ok(done)
@@ -166,11 +202,35 @@ impl Gate {
         for tenant in &tenants {
             self.publish_jwks(tenant).await?;
         }
-        for (tenant_id, system_id) in self.authority.systems_changed_since(since).await? {
-            if let Some(tenant) = tenants.iter().find(|t| t.id == tenant_id) {
-                self.publish_token_list(tenant, &system_id).await?;
+        // Only lists that do not show a change already are read: most changes were made here
+        // and published as they happened.
+        let mut unseen = Lists::new();
+        let changes = self.authority.list_changes_since(since).await?;
+        {
+            let retained = self.retained.lock().expect("retained lock");
+            for change in changes {
+                let Some(tenant) = tenants.iter().find(|t| t.id == change.tenant_id) else {
+                    continue;
+                };
+                let topic = self
+                    .permissions
+                    .token_list_topic(tenant.slug.as_str(), &change.system_id);
+                let seen = match (retained.get(&topic), &change.token) {
+                    (Some(Retained::List(list)), Some(token)) => {
+                        list.shows(&token.id, token.activated, token.updated_at)
+                    }
+                    (Some(Retained::List(_)), None) => true,
+                    _ => false,
+                };
+                if !seen {
+                    unseen
+                        .entry(change.tenant_id)
+                        .or_default()
+                        .insert(change.system_id);
+                }
             }
         }
+        self.publish_lists(unseen).await?;
         *self.reconciled_at.lock().expect("reconcile lock") = now;
         Ok(())
     }
@@ -210,5 +270,8 @@ impl Gate {
     }
 }
 
-/// Lists to republish when their earliest token expires: expiry time → (slug, system).
+/// Lists to republish when their earliest token expires: expiry time → (tenant id, system).
 pub(crate) type Expiries = BTreeMap<i64, BTreeSet<(String, String)>>;
+
+/// Systems whose lists to publish: tenant id → system ids.
+pub(crate) type Lists = BTreeMap<String, BTreeSet<String>>;

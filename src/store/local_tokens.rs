@@ -1,6 +1,8 @@
 //! Local API tokens.
 
-use super::{Db, StoreResult, on_pool, on_writer};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Db, StoreError, StoreResult, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LocalTokenRow {
@@ -25,30 +27,93 @@ pub struct LocalTokenRow {
 
 const COLUMNS: &str = "id, tenant_id, system_id, user_id, user_name, roles, name, requested_device, kid, token, status, not_before, expires_at, created_at, updated_at";
 
-pub async fn insert(db: &Db, t: &LocalTokenRow) -> StoreResult<()> {
+/// Rows in one multi-row `INSERT`: 15 parameters each, well inside both databases' limits.
+const MAX_ROWS_PER_INSERT: usize = 64;
+
+/// Inserts rows in one statement: all of them or none.
+async fn insert_rows(db: &Db, rows: &[&LocalTokenRow]) -> StoreResult<()> {
+    let values: Vec<String> = (0..rows.len())
+        .map(|r| {
+            let params: Vec<String> = (1..=15).map(|c| format!("${}", r * 15 + c)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
     let sql = format!(
-        "INSERT INTO local_api_tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        "INSERT INTO local_api_tokens ({COLUMNS}) VALUES {}",
+        values.join(", ")
     );
-    on_writer!(db, pool => sqlx::query(&sql)
-        .bind(&t.id)
-        .bind(&t.tenant_id)
-        .bind(&t.system_id)
-        .bind(&t.user_id)
-        .bind(&t.user_name)
-        .bind(&t.roles)
-        .bind(&t.name)
-        .bind(&t.requested_device)
-        .bind(&t.kid)
-        .bind(&t.token)
-        .bind(&t.status)
-        .bind(t.not_before)
-        .bind(t.expires_at)
-        .bind(t.created_at)
-        .bind(t.updated_at)
-        .execute(pool)
-        .await?
-        .rows_affected());
+    on_writer!(db, pool => {
+        let mut query = sqlx::query(&sql);
+        for t in rows {
+            query = query
+                .bind(&t.id)
+                .bind(&t.tenant_id)
+                .bind(&t.system_id)
+                .bind(&t.user_id)
+                .bind(&t.user_name)
+                .bind(&t.roles)
+                .bind(&t.name)
+                .bind(&t.requested_device)
+                .bind(&t.kid)
+                .bind(&t.token)
+                .bind(&t.status)
+                .bind(t.not_before)
+                .bind(t.expires_at)
+                .bind(t.created_at)
+                .bind(t.updated_at);
+        }
+        query.execute(pool).await?.rows_affected()
+    });
     Ok(())
+}
+
+type Pending = (LocalTokenRow, oneshot::Sender<StoreResult<()>>);
+
+/// Inserts tokens minted at the same time together (a group commit): each write to the
+/// database costs far more than a row in it, and minting is a burst of inserts. A row is
+/// written at once when nothing else is being written; rows that arrive meanwhile wait and go
+/// in the next statement together. Every caller gets its own row's answer: when a statement of
+/// several rows fails, each is tried alone.
+pub struct Inserts {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl Inserts {
+    /// Starts the writing task on the current Tokio runtime; it ends when `Inserts` is dropped.
+    pub fn start(db: Db) -> Inserts {
+        let (queue, mut arrived) = mpsc::unbounded_channel::<Pending>();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while arrived.recv_many(&mut batch, MAX_ROWS_PER_INSERT).await > 0 {
+                let rows: Vec<&LocalTokenRow> = batch.iter().map(|(row, _)| row).collect();
+                match insert_rows(&db, &rows).await {
+                    Ok(()) => batch.drain(..).for_each(|(_, done)| {
+                        let _ = done.send(Ok(()));
+                    }),
+                    Err(e) if batch.len() == 1 => {
+                        let _ = batch.remove(0).1.send(Err(e));
+                    }
+                    Err(_) => {
+                        for (row, done) in batch.drain(..) {
+                            let _ = done.send(insert_rows(&db, &[&row]).await);
+                        }
+                    }
+                }
+            }
+        });
+        Inserts { queue }
+    }
+
+    /// Inserts one token's row; returns once it is committed.
+    pub async fn insert(&self, row: LocalTokenRow) -> StoreResult<()> {
+        let (done, answer) = oneshot::channel();
+        self.queue
+            .send((row, done))
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
+    }
 }
 
 pub async fn find(db: &Db, tenant_id: &str, id: &str) -> StoreResult<Option<LocalTokenRow>> {
@@ -58,21 +123,39 @@ pub async fn find(db: &Db, tenant_id: &str, id: &str) -> StoreResult<Option<Loca
     )
 }
 
-/// The system's tokens that have not expired at `now` (permanent ones always), oldest first.
-pub async fn for_system(
+/// At most this many systems are read in one query.
+pub const MAX_SYSTEMS_PER_READ: usize = 500;
+
+/// The tokens of some of the tenant's systems (at most [`MAX_SYSTEMS_PER_READ`]) that have not
+/// expired at `now` (permanent ones always), by system, each system's oldest first: one query
+/// for all of them.
+pub async fn for_systems(
     db: &Db,
     tenant_id: &str,
-    system_id: &str,
+    system_ids: &[&str],
     now: i64,
 ) -> StoreResult<Vec<LocalTokenRow>> {
+    assert!(system_ids.len() <= MAX_SYSTEMS_PER_READ);
+    if system_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let params: Vec<String> = (0..system_ids.len())
+        .map(|i| format!("${}", i + 3))
+        .collect();
     let sql = format!(
         "SELECT {COLUMNS} FROM local_api_tokens
-         WHERE tenant_id = $1 AND system_id = $2 AND (expires_at IS NULL OR expires_at > $3)
-         ORDER BY created_at, id"
+         WHERE tenant_id = $1 AND (expires_at IS NULL OR expires_at > $2)
+           AND system_id IN ({})
+         ORDER BY system_id, created_at, id",
+        params.join(", ")
     );
-    Ok(
-        on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(system_id).bind(now).fetch_all(pool).await?),
-    )
+    Ok(on_pool!(db, pool => {
+        let mut query = sqlx::query_as(&sql).bind(tenant_id).bind(now);
+        for system_id in system_ids {
+            query = query.bind(*system_id);
+        }
+        query.fetch_all(pool).await?
+    }))
 }
 
 const REVOKE: &str = "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = $3
@@ -98,12 +181,22 @@ pub async fn revoke_for_user(
     )
 }
 
-const CHANGED_SINCE: &str =
-    "SELECT DISTINCT tenant_id, system_id FROM local_api_tokens WHERE updated_at >= $1
-    UNION SELECT tenant_id, id FROM systems WHERE created_at >= $1";
+/// A row of `local_api_tokens` changed, or (with no token) a system created.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ListChange {
+    pub tenant_id: String,
+    pub system_id: String,
+    pub id: Option<String>,
+    pub status: Option<String>,
+    pub updated_at: Option<i64>,
+}
 
-/// Systems whose list may have changed at or after `since`: tokens minted or revoked, systems
-/// created. How a node learns of changes made by another.
-pub async fn systems_changed_since(db: &Db, since: i64) -> StoreResult<Vec<(String, String)>> {
+const CHANGED_SINCE: &str = "SELECT tenant_id, system_id, id, status, updated_at
+    FROM local_api_tokens WHERE updated_at >= $1
+    UNION ALL SELECT tenant_id, id, NULL, NULL, NULL FROM systems WHERE created_at >= $1";
+
+/// What may have changed lists at or after `since`: tokens minted or revoked, systems created.
+/// How a node learns of changes made by another.
+pub async fn list_changes_since(db: &Db, since: i64) -> StoreResult<Vec<ListChange>> {
     Ok(on_pool!(db, pool => sqlx::query_as(CHANGED_SINCE).bind(since).fetch_all(pool).await?))
 }

@@ -81,7 +81,7 @@ pub async fn world(app: &TestApp) -> World {
 const MINT: &str = "mutation($s: UUID!, $d: String!, $dev: String) {
     createLocalApiToken(systemUuid: $s, duration: $d, requestedDevice: $dev) { jwt uuid } }";
 
-fn claims_of(token: &str) -> Value {
+pub fn claims_of(token: &str) -> Value {
     use base64::Engine;
     let payload = token.split('.').nth(1).unwrap();
     serde_json::from_slice(
@@ -131,6 +131,26 @@ on_both_databases! {
         assert_eq!(minted["requestedDevice"], "Kitchen panel");
         assert!(installer["expiresAt"].is_null());
         assert_eq!(installer["name"], "Installer");
+    }
+
+    async fn a_role_given_after_a_mint_is_in_the_next_token(app) {
+        let w = world(&app).await;
+        let roles_minted = || async {
+            let body = gql(&app, Some(&w.user_token), MINT, json!({ "s": w.system, "d": "1D" })).await;
+            let jwt = body["data"]["createLocalApiToken"]["jwt"].as_str().unwrap();
+            claims_of(jwt.strip_prefix("CLOUD-").unwrap())["roles"].clone()
+        };
+        assert_eq!(roles_minted().await, json!([{ "uuid": w.role, "name": "Domain Owner" }]));
+        let body = gql(&app, Some(&w.admin_token), "mutation { createRole(name: \"Auditor\") { uuid } }", json!({})).await;
+        let auditor = body["data"]["createRole"]["uuid"].as_str().unwrap().to_owned();
+        let body = gql(&app, Some(&w.admin_token),
+            "mutation($u: UUID!, $s: UUID!, $r: UUID!) { assignRole(userUuid: $u, systemUuid: $s, roleUuid: $r) }",
+            json!({ "u": w.user, "s": w.system, "r": auditor })).await;
+        assert!(body["errors"].is_null(), "{body}");
+        assert_eq!(roles_minted().await, json!([
+            { "uuid": auditor, "name": "Auditor" },
+            { "uuid": w.role, "name": "Domain Owner" },
+        ]));
     }
 
     async fn minting_needs_a_person_with_a_role_and_a_sane_duration(app) {

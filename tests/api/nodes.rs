@@ -6,7 +6,7 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
 use serde_json::{Value, json};
 
-use crate::graphql::{gql, world};
+use crate::graphql::{claims_of, gql, world};
 use crate::helpers::*;
 use crate::mqtt::{V4, V5, device};
 
@@ -61,6 +61,42 @@ mod postgres {
             .expect("the list on the other node");
         let list: Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(list[0]["uuid"], minted.as_str());
+
+        // A role given through node A is in the next token node B mints, though node B has
+        // minted (and remembered the person's roles) before.
+        let mint_on_b = || async {
+            let body = gql(
+                &b,
+                Some(&w.user_token),
+                "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { jwt } }",
+                json!({ "s": w.system }),
+            )
+            .await;
+            let jwt = body["data"]["createLocalApiToken"]["jwt"].as_str().unwrap();
+            claims_of(jwt.strip_prefix("CLOUD-").unwrap())["roles"]
+                .as_array()
+                .unwrap()
+                .len()
+        };
+        assert_eq!(mint_on_b().await, 1);
+        let auditor = a
+            .authority()
+            .create_role(&w.t.tenant, "Auditor")
+            .await
+            .unwrap();
+        a.authority()
+            .assign_role(&w.t.tenant, &w.user, &w.system, &auditor.id)
+            .await
+            .unwrap();
+        let mut roles = 0;
+        for _ in 0..50 {
+            roles = mint_on_b().await;
+            if roles == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(roles, 2, "node B mints with the roles it read before");
 
         // A token revoked through node A ends its session on node B at once.
         let (other_id, other_token) = device(&a, &w.t, None, "").await;

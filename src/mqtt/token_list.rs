@@ -1,0 +1,232 @@
+//! A system's list of local API tokens as published (SPEC §4), with an index of what it holds.
+//!
+//! The index (each entry's order key, id, status, last change and place in the payload, some
+//! 40 bytes a token) lets the gate add a token minted here without reading the list back, and
+//! tell a change found in the database that is already published from one that is not.
+//! Built from the database or extended here, a list has the same bytes: entries ordered by
+//! creation time and then id, as the database sorts them.
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::authority::{LocalToken, LocalTokenStatus};
+
+fn rfc3339(secs: i64) -> String {
+    DateTime::<Utc>::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// One entry of a system's list (SPEC §4).
+fn entry(t: &LocalToken) -> Value {
+    let mut e = json!({
+        "uuid": t.id,
+        "createdAt": rfc3339(t.created_at),
+        "updatedAt": rfc3339(t.updated_at),
+        "status": t.status,
+        "expiresAt": t.expires_at.map(rfc3339),
+        "notBefore": rfc3339(t.not_before),
+        "systemUuid": t.system_id,
+        "roles": t.roles.iter().map(|r| json!({ "uuid": r.id, "name": r.name })).collect::<Vec<_>>(),
+        "subject": { "uuid": t.subject_id, "name": t.subject_name, "type": "USER" },
+    });
+    if let (LocalTokenStatus::Activated, Some(token)) = (t.status, &t.token) {
+        e["token"] = token.clone().into();
+    }
+    if let Some(name) = &t.name {
+        e["name"] = name.clone().into();
+    }
+    if let Some(device) = &t.requested_device {
+        e["requestedDevice"] = device.clone().into();
+    }
+    e
+}
+
+/// What the index knows of one listed token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Listed {
+    created_at: i64,
+    id: Uuid,
+    updated_at: i64,
+    activated: bool,
+    /// Where its entry starts in the payload.
+    start: usize,
+}
+
+impl Listed {
+    fn order(&self) -> (i64, Uuid) {
+        (self.created_at, self.id)
+    }
+}
+
+/// A system's published list: the payload and its index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenList {
+    payload: Bytes,
+    /// `None` when a token's id is not a UUID: the list is then only ever replaced whole.
+    listed: Option<Vec<Listed>>,
+}
+
+impl TokenList {
+    /// The list of `tokens`, which come in the database's order.
+    pub fn of(tokens: &[LocalToken]) -> TokenList {
+        let mut payload = Vec::with_capacity(tokens.len() * 1024 + 2);
+        let mut listed = Some(Vec::with_capacity(tokens.len()));
+        payload.push(b'[');
+        for (i, t) in tokens.iter().enumerate() {
+            if i > 0 {
+                payload.push(b',');
+            }
+            let start = payload.len();
+            serde_json::to_writer(&mut payload, &entry(t)).expect("an entry serialises");
+            listed = listed.and_then(|mut listed| {
+                listed.push(Listed {
+                    created_at: t.created_at,
+                    id: Uuid::try_parse(&t.id).ok()?,
+                    updated_at: t.updated_at,
+                    activated: t.status == LocalTokenStatus::Activated,
+                    start,
+                });
+                Some(listed)
+            });
+        }
+        payload.push(b']');
+        TokenList {
+            payload: Bytes::from(payload),
+            listed,
+        }
+    }
+
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The list with `token` (just minted) in its place; `None` when it is listed already or
+    /// its id is not a UUID.
+    pub fn with(&self, token: &LocalToken) -> Option<TokenList> {
+        let listed = self.listed.as_ref()?;
+        let id = Uuid::try_parse(&token.id).ok()?;
+        if listed.iter().any(|l| l.id == id) {
+            return None;
+        }
+        let order = (token.created_at, id);
+        let at = listed.partition_point(|l| l.order() < order);
+        let entry = serde_json::to_vec(&entry(token)).expect("an entry serialises");
+        let (insert_at, bytes, start) = match listed.get(at) {
+            // Before the entry now at `at`: the new entry and a comma.
+            Some(next) => (next.start, [entry.as_slice(), b","].concat(), next.start),
+            // Last, before the `]`: the entry, after a comma unless the list was empty.
+            None if listed.is_empty() => (self.payload.len() - 1, entry, self.payload.len() - 1),
+            None => (
+                self.payload.len() - 1,
+                [b",", entry.as_slice()].concat(),
+                self.payload.len(),
+            ),
+        };
+        let mut payload = Vec::with_capacity(self.payload.len() + bytes.len());
+        payload.extend_from_slice(&self.payload[..insert_at]);
+        payload.extend_from_slice(&bytes);
+        payload.extend_from_slice(&self.payload[insert_at..]);
+        let mut extended = Vec::with_capacity(listed.len() + 1);
+        extended.extend_from_slice(&listed[..at]);
+        extended.push(Listed {
+            created_at: token.created_at,
+            id,
+            updated_at: token.updated_at,
+            activated: token.status == LocalTokenStatus::Activated,
+            start,
+        });
+        extended.extend(listed[at..].iter().map(|l| Listed {
+            start: l.start + bytes.len(),
+            ..*l
+        }));
+        Some(TokenList {
+            payload: Bytes::from(payload),
+            listed: Some(extended),
+        })
+    }
+
+    /// Whether the list shows the token `id` as last changed at `updated_at`, and as ACTIVATED
+    /// or not, as a row read from the database says.
+    pub fn shows(&self, id: &str, activated: bool, updated_at: i64) -> bool {
+        let Ok(id) = Uuid::try_parse(id) else {
+            return false;
+        };
+        self.listed
+            .iter()
+            .flatten()
+            .any(|l| l.id == id && l.updated_at == updated_at && l.activated == activated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authority::Role;
+
+    fn token(id: u128, created_at: i64) -> LocalToken {
+        LocalToken {
+            id: Uuid::from_u128(id).to_string(),
+            system_id: "5f0c4a4e-3b39-4a4c-9d6e-2b0f6f1f7c11".into(),
+            status: LocalTokenStatus::Activated,
+            subject_id: "u".into(),
+            subject_name: "Ada".into(),
+            roles: vec![Role {
+                id: "r".into(),
+                name: "Owner".into(),
+            }],
+            name: None,
+            requested_device: Some("Panel".into()),
+            not_before: created_at,
+            expires_at: Some(created_at + 60),
+            created_at,
+            updated_at: created_at,
+            token: Some("CLOUD-a.b.c".into()),
+        }
+    }
+
+    #[test]
+    fn a_token_added_lands_where_the_database_would_put_it() {
+        let all = [
+            token(1, 100),
+            token(5, 100),
+            token(9, 100),
+            token(2, 200),
+            token(3, 300),
+        ];
+        // Every token left out of the list and added back, at each place in the order.
+        for missing in 0..all.len() {
+            let mut rest = all.to_vec();
+            let added = rest.remove(missing);
+            let extended = TokenList::of(&rest).with(&added).expect("not listed yet");
+            assert_eq!(extended, TokenList::of(&all), "token {missing} added");
+        }
+        let empty = TokenList::of(&[]);
+        assert_eq!(&empty.payload()[..], b"[]");
+        assert_eq!(empty.with(&all[0]), Some(TokenList::of(&all[..1])));
+    }
+
+    #[test]
+    fn a_listed_token_is_not_added_twice_and_its_changes_are_told_apart() {
+        let t = token(7, 100);
+        let list = TokenList::of(std::slice::from_ref(&t));
+        assert_eq!(list.with(&t), None);
+        assert!(list.shows(&t.id, true, 100));
+        assert!(!list.shows(&t.id, false, 100), "revoked in the same second");
+        assert!(!list.shows(&t.id, true, 101));
+        assert!(!list.shows(&token(8, 100).id, true, 100));
+        assert!(!list.shows("not-a-uuid", true, 100));
+    }
+
+    #[test]
+    fn a_list_with_an_id_that_is_no_uuid_is_published_but_never_extended() {
+        let mut odd = token(1, 100);
+        odd.id = "legacy-id".into();
+        let list = TokenList::of(&[odd.clone()]);
+        assert!(list.payload().starts_with(b"[{"));
+        assert_eq!(list.with(&token(2, 200)), None);
+        assert!(!list.shows(&odd.id, true, 100));
+    }
+}
