@@ -30,6 +30,10 @@ const COLUMNS: &str = "id, tenant_id, system_id, user_id, user_name, roles, name
 /// Rows in one multi-row `INSERT`: 15 parameters each, well inside both databases' limits.
 const MAX_ROWS_PER_INSERT: usize = 64;
 
+/// Statements for up to this many rows are prepared once and kept; larger ones, rare, each time,
+/// so they do not push the other statements out of the connection's cache.
+const MAX_ROWS_KEPT: usize = 8;
+
 /// Inserts rows in one statement: all of them or none.
 async fn insert_rows(db: &Db, rows: &[&LocalTokenRow]) -> StoreResult<()> {
     let values: Vec<String> = (0..rows.len())
@@ -43,7 +47,7 @@ async fn insert_rows(db: &Db, rows: &[&LocalTokenRow]) -> StoreResult<()> {
         values.join(", ")
     );
     on_writer!(db, pool => {
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(&sql).persistent(rows.len() <= MAX_ROWS_KEPT);
         for t in rows {
             query = query
                 .bind(&t.id)
@@ -124,7 +128,7 @@ pub async fn find(db: &Db, tenant_id: &str, id: &str) -> StoreResult<Option<Loca
 }
 
 /// At most this many systems are read in one query.
-pub const MAX_SYSTEMS_PER_READ: usize = 500;
+pub const MAX_SYSTEMS_PER_READ: usize = 512;
 
 /// The tokens of some of the tenant's systems (at most [`MAX_SYSTEMS_PER_READ`]) that have not
 /// expired at `now` (permanent ones always), by system, each system's oldest first: one query
@@ -136,12 +140,13 @@ pub async fn for_systems(
     now: i64,
 ) -> StoreResult<Vec<LocalTokenRow>> {
     assert!(system_ids.len() <= MAX_SYSTEMS_PER_READ);
-    if system_ids.is_empty() {
+    let Some(last) = system_ids.last() else {
         return Ok(Vec::new());
-    }
-    let params: Vec<String> = (0..system_ids.len())
-        .map(|i| format!("${}", i + 3))
-        .collect();
+    };
+    // The list of ids is as long as the next power of two, the last one repeated: a handful of
+    // statements to prepare and keep, however many systems are asked for.
+    let width = system_ids.len().next_power_of_two();
+    let params: Vec<String> = (0..width).map(|i| format!("${}", i + 3)).collect();
     let sql = format!(
         "SELECT {COLUMNS} FROM local_api_tokens
          WHERE tenant_id = $1 AND (expires_at IS NULL OR expires_at > $2)
@@ -151,7 +156,7 @@ pub async fn for_systems(
     );
     Ok(on_pool!(db, pool => {
         let mut query = sqlx::query_as(&sql).bind(tenant_id).bind(now);
-        for system_id in system_ids {
+        for system_id in system_ids.iter().chain(std::iter::repeat_n(last, width - system_ids.len())) {
             query = query.bind(*system_id);
         }
         query.fetch_all(pool).await?

@@ -169,12 +169,24 @@ async fn every_system_has_its_list_from_the_start_and_a_new_one_at_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     reader.subscribe(&list_topic(&fresh)).await;
     assert_eq!(next_list(&mut reader).await, json!([]));
-    // After a restart the lists are there before the first client connects.
-    mint(&app, &w, "1D").await;
+    // After a restart the lists are there before the first client connects, each its own
+    // (three systems, read together).
+    let spare = app
+        .authority()
+        .create_system(&w.t.tenant, "Spare")
+        .await
+        .unwrap();
+    let (minted, _) = mint(&app, &w, "1D").await;
     let app = app.restart().await;
     let mut reader = V4::connect(&app, &id, &token).await.unwrap();
     reader.subscribe(&list_topic(&w.system)).await;
-    assert_eq!(next_list(&mut reader).await.as_array().unwrap().len(), 1);
+    let list = next_list(&mut reader).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["uuid"], minted.as_str());
+    for empty in [&fresh, &spare] {
+        reader.subscribe(&list_topic(empty)).await;
+        assert_eq!(next_list(&mut reader).await, json!([]));
+    }
 }
 
 #[tokio::test]
