@@ -4,10 +4,10 @@
 //!
 //! Doors (`http/`, `graphql/`, `mqtt/`) call [`Authority`] and translate its answers; they never
 //! touch the store or JWT code. Changes other parts must react to (a key rotated, a token revoked,
-//! a client or person deleted, a system's token list changed) are announced as [`Event`]s on a
-//! channel the doors subscribe to, and on PostgreSQL to the other nodes: the authority never
-//! calls into a door. Mail goes out through the [`mail::Mailer`] port. This module imports no
-//! web, GraphQL or MQTT framework.
+//! a client or person deleted, a role assigned, a system's token list changed) are announced as
+//! [`Event`]s on a channel the doors subscribe to, and on PostgreSQL to the other nodes: the
+//! authority never calls into a door. Mail goes out through the [`mail::Mailer`] port. This module
+//! imports no web, GraphQL or MQTT framework.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

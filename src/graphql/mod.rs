@@ -6,7 +6,8 @@
 //! `extensions.code` (`UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `BAD_USER_INPUT`,
 //! `CONFLICT`, `INTERNAL`); errors the engine raises itself (syntax, unknown fields, wrong
 //! types, limits) are `BAD_USER_INPUT`. Query depth and complexity, batch size and the body
-//! are limited. This module imports nothing of the other doors.
+//! are limited; parsed queries are remembered (`documents`). This module imports nothing of the
+//! other doors.
 
 use std::sync::Arc;
 
