@@ -6,9 +6,9 @@
 //! is republished when this process announces a change, when a listed token expires (each list's
 //! earliest expiry is kept in time order, and only the due ones are looked at), and when the
 //! reconciliation sees a change another process made. A token minted here is put into its list
-//! as the mint announced it ([`TokenList::with`]); every other change reads the lists it
+//! as the mint announced it (`TokenList::with`); every other change reads the lists it
 //! touched, several in one query. The reconciliation reads only the lists of changed token rows
-//! that the published lists do not show ([`TokenList::shows`]).
+//! that the published lists do not show (`TokenList::shows`).
 //! One task publishes, and a payload equal to the last one is not sent again, so a newer list
 //! is never overtaken by an older one.
 
