@@ -154,6 +154,26 @@ on_both_databases! {
         let list: Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(list[0]["uuid"], minted.id.as_str());
     }
+
+    async fn a_token_revoked_by_another_process_shows_revoked_within_seconds(app) {
+        let w = world(&app).await;
+        let (mut gw, _) = gateway(&app, &w).await;
+        // Minted here, so the published list already shows it; revoked elsewhere, most likely
+        // within the same second, so only its status tells the change.
+        let (id, _) = mint(&app, &w, "1D").await;
+        assert_eq!(next_list(&mut gw).await[0]["status"], "ACTIVATED");
+        let other = lanyard::app::open_authority(
+            app.settings.clone(),
+            std::sync::Arc::new(lanyard::domain::SystemClock),
+        )
+        .await
+        .unwrap();
+        other.revoke_local_token(&person_caller(&w), &id).await.unwrap();
+        let msg = gw.message(Duration::from_secs(5)).await.expect("the list within 5 s");
+        let list: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(list[0]["uuid"], id.as_str());
+        assert_eq!(list[0]["status"], "REVOKED");
+    }
 }
 
 #[tokio::test]
