@@ -5,7 +5,9 @@
 //! Everything is published before the listener accepts its first connection; afterwards a topic
 //! is republished when this process announces a change, when a listed token expires (each list's
 //! earliest expiry is kept in time order, and only the due ones are looked at), and when the
-//! reconciliation sees a change another process made. A token minted here is put into its list
+//! reconciliation sees a change another process made (a JWKS that changed unannounced also
+//! ends the sessions its keys no longer cover and republishes its tenant's lists, as a key
+//! event would). A token minted here is put into its list
 //! as the mint announced it (`TokenList::with`); every other change reads the lists it
 //! touched, several in one query. The reconciliation reads only the lists of changed token rows
 //! that the published lists do not show (`TokenList::shows`).
@@ -41,18 +43,20 @@ impl Retained {
 }
 
 impl Gate {
-    /// Publishes a retained message of lanyard's own, unless the topic holds it already.
-    async fn publish_retained(&self, topic: String, message: Retained) {
+    /// Publishes a retained message of lanyard's own, unless the topic holds it already;
+    /// returns whether it did.
+    async fn publish_retained(&self, topic: String, message: Retained) -> bool {
         let payload = message.payload().clone();
         {
             let mut retained = self.retained.lock().expect("retained lock");
             if retained.get(&topic).map(Retained::payload) == Some(&payload) {
-                return;
+                return false;
             }
             retained.insert(topic.clone(), message);
         }
         self.publish(Publish::new(Bytes::from(topic), payload, true))
             .await;
+        true
     }
 
     /// lanyard's current message on one of its retained topics.
@@ -64,13 +68,12 @@ impl Gate {
             .map(|message| message.payload().clone())
     }
 
-    /// Publishes a tenant's JWKS, exactly the HTTP document.
-    pub(crate) async fn publish_jwks(&self, tenant: &Tenant) -> anyhow::Result<()> {
+    /// Publishes a tenant's JWKS, exactly the HTTP document; returns whether it changed.
+    pub(crate) async fn publish_jwks(&self, tenant: &Tenant) -> anyhow::Result<bool> {
         let keys = self.authority.keyring(tenant).await?;
         let topic = self.permissions.jwks_topic(tenant.slug.as_str());
         let jwks = Bytes::from(keys.jwks.as_bytes().to_vec());
-        self.publish_retained(topic, Retained::Jwks(jwks)).await;
-        Ok(())
+        Ok(self.publish_retained(topic, Retained::Jwks(jwks)).await)
     }
 
     /// Publishes the lists of some of a tenant's systems (each named once), read together, and
@@ -203,7 +206,11 @@ impl Gate {
         let since = *self.reconciled_at.lock().expect("reconcile lock") - RECONCILE_OVERLAP_SECS;
         let tenants = self.authority.tenants().await?;
         for tenant in &tenants {
-            self.publish_jwks(tenant).await?;
+            if self.publish_jwks(tenant).await? {
+                // The keys changed and no announcement said so: act as on one.
+                self.recheck(Some(&tenant.id), false).await;
+                self.publish_tenant_lists(tenant).await?;
+            }
         }
         // Only lists that do not show a change already are read: most changes were made here
         // and published as they happened.

@@ -155,6 +155,41 @@ on_both_databases! {
         assert_eq!(list[0]["uuid"], minted.id.as_str());
     }
 
+    async fn a_key_invalidated_by_another_process_ends_its_sessions_and_revokes_its_tokens(app) {
+        let w = world(&app).await;
+        let (_, jwt) = mint(&app, &w, "1D").await;
+        let kid = header_of(jwt.strip_prefix("CLOUD-").unwrap())["kid"].as_str().unwrap().to_owned();
+        let (id, token) = device(&app, &w.t, None, "").await;
+        let mut session = crate::mqtt::V5::connect(&app, &id, &token).await.unwrap();
+        let other = lanyard::app::open_authority(
+            app.settings.clone(),
+            std::sync::Arc::new(lanyard::domain::SystemClock),
+        )
+        .await
+        .unwrap();
+        other.invalidate_signing_key(&w.t.tenant, &kid).await.unwrap();
+        // Heard of or not, the change reaches this server within seconds: the session its key
+        // signed ends, and the list shows the token REVOKED.
+        let ended = loop {
+            match session.next(Duration::from_secs(10)).await {
+                Some(Ok(rumqttc::v5::mqttbytes::v5::Packet::Disconnect(d))) => break Some(d.reason_code),
+                Some(Ok(_)) => continue,
+                _ => break None,
+            }
+        };
+        assert_eq!(ended, Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::NotAuthorized));
+        let mut status = Value::Null;
+        for _ in 0..50 {
+            let (_, list) = gateway(&app, &w).await;
+            status = list[0]["status"].clone();
+            if status == "REVOKED" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(status, "REVOKED");
+    }
+
     async fn a_token_revoked_by_another_process_shows_revoked_within_seconds(app) {
         let w = world(&app).await;
         let (mut gw, _) = gateway(&app, &w).await;
