@@ -185,7 +185,8 @@ impl RouterLinks {
         let _ = self.commands.send(Command::Close { key }).await;
     }
 
-    /// See [`Command::Forget`].
+    /// Drops a named link another link of the same name has replaced in the router, without a
+    /// DISCONNECT, which would reach the replacement.
     pub async fn forget(&self, key: u64) {
         let _ = self.commands.send(Command::Forget { key }).await;
     }

@@ -3,7 +3,7 @@
 //!
 //! The SQL is written once in the dialect both databases share (`$1` parameters, `RETURNING`,
 //! `ON CONFLICT`, partial unique indexes) and run on whichever database is active through
-//! [`on_pool!`] (reads), [`on_writer!`] (a statement that writes) and [`in_transaction!`]. The
+//! `on_pool!` (reads), `on_writer!` (a statement that writes) and `in_transaction!`. The
 //! `Any` driver is not used: it cannot decode booleans or timestamps on SQLite. Times are stored
 //! as Unix seconds and ids as text, so the same binds work on both databases and time
 //! comparisons are numeric.
