@@ -1,14 +1,17 @@
 //! What people hold on systems, remembered: each local API token carries its subject's name and
 //! roles on the system, so without this every mint would ask the database first.
 //!
-//! Keyed by tenant, user and system. Only a holding (at least one role) is remembered, never its
-//! absence, so a role assigned on another node is found at the next mint anyway. An entry is
-//! dropped when a role is assigned to its user on its system, when its user is deleted (here or
-//! on another node, see `Authority::apply`) and on a resync; and it is read again once it is
-//! [`MAX_AGE`] old, so an assignment an operator removed in the database stops counting soon.
-//! As in the token cache, a lookup that started before a change may not insert its answer
-//! afterwards: every change bumps a generation, and an insert carries the generation its read
-//! started in.
+//! Remembered per person: the first mint of a person not seen lately reads every role they hold
+//! (on up to [`READ_AT_ONCE`] role assignments) in one query, because a person's app mints for
+//! several of their systems in a row, and a burst of mints by one person reads them once
+//! ([`Holdings::one_reader`]). Only holdings are remembered, never their absence: a system
+//! missing from what was read is asked about on its own, so a role assigned on another node is
+//! found at the next mint anyway. A person's holdings are dropped when a role is assigned to
+//! them (on that system), when they are deleted (here or on another node, see
+//! `Authority::apply`) and on a resync; and they are read again once [`MAX_AGE`] old, so an
+//! assignment an operator removed in the database stops counting soon. As in the token cache, a
+//! read that started before a change may not insert its answer afterwards: every change bumps a
+//! generation, and an insert carries the generation its read started in.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,26 +30,66 @@ pub struct Holding {
 const CAPACITY: usize = 200_000;
 /// How long a holding is trusted without reading it again.
 pub const MAX_AGE: Duration = Duration::from_secs(30);
+/// The most role assignments read at once for one person.
+pub const READ_AT_ONCE: usize = 20_000;
 
 #[derive(Default)]
 pub struct Holdings {
     state: Mutex<State>,
+    /// One lock per person whose holdings are being read.
+    reads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Default)]
 struct State {
-    /// `tenant id/user id/system id` → holding and when it was read. Ids are UUIDs, so `/`
-    /// cannot occur in them.
-    entries: HashMap<String, (Arc<Holding>, Instant)>,
+    /// `tenant id/user id` → what the person holds, by system.
+    people: HashMap<String, Person>,
+    /// Holdings in `people`.
+    held: usize,
     generation: u64,
 }
 
-fn key(tenant_id: &str, user_id: &str, system_id: &str) -> String {
-    format!("{tenant_id}/{user_id}/{system_id}")
+/// The holdings of one person read together.
+struct Person {
+    read_at: Instant,
+    systems: HashMap<String, Arc<Holding>>,
+}
+
+/// Ids are UUIDs, so `/` cannot occur in them.
+fn key(tenant_id: &str, user_id: &str) -> String {
+    format!("{tenant_id}/{user_id}")
+}
+
+impl State {
+    /// The person's holdings, unless they were read [`MAX_AGE`] or longer before `now`.
+    fn fresh(&self, tenant_id: &str, user_id: &str, now: Instant) -> Option<&Person> {
+        self.fresh_key(&key(tenant_id, user_id), now)
+    }
+
+    fn fresh_key(&self, key: &str, now: Instant) -> Option<&Person> {
+        self.people
+            .get(key)
+            .filter(|p| now.saturating_duration_since(p.read_at) < MAX_AGE)
+    }
+
+    /// Whether `more` holdings fit, after forgetting those too old to be used.
+    fn room_for(&mut self, more: usize) -> bool {
+        if self.held + more > CAPACITY {
+            self.people.retain(|_, p| p.read_at.elapsed() < MAX_AGE);
+            self.held = self.people.values().map(|p| p.systems.len()).sum();
+        }
+        self.held + more <= CAPACITY
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(person) = self.people.remove(key) {
+            self.held -= person.systems.len();
+        }
+    }
 }
 
 impl Holdings {
-    /// The generation to pass to [`Holdings::insert`] once the database has answered.
+    /// The generation to pass to an insert once the database has answered.
     pub fn generation(&self) -> u64 {
         self.state.lock().expect("holdings lock").generation
     }
@@ -61,13 +104,64 @@ impl Holdings {
     ) -> Option<Arc<Holding>> {
         let state = self.state.lock().expect("holdings lock");
         state
-            .entries
-            .get(&key(tenant_id, user_id, system_id))
-            .filter(|(_, read_at)| now.saturating_duration_since(*read_at) < MAX_AGE)
-            .map(|(holding, _)| holding.clone())
+            .fresh(tenant_id, user_id, now)?
+            .systems
+            .get(system_id)
+            .cloned()
     }
 
-    /// Remembers a holding read in generation `read_in`, unless something changed since.
+    /// Whether the person's holdings were read less than [`MAX_AGE`] before `now`.
+    pub fn knows(&self, tenant_id: &str, user_id: &str, now: Instant) -> bool {
+        let state = self.state.lock().expect("holdings lock");
+        state.fresh(tenant_id, user_id, now).is_some()
+    }
+
+    /// Waits until no one else reads this person's holdings; the person is theirs to read
+    /// until the guard is dropped.
+    pub async fn one_reader(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut reads = self.reads.lock().expect("holdings reads lock");
+            // Locks nobody holds or waits for are done with.
+            reads.retain(|_, lock| Arc::strong_count(lock) > 1);
+            reads.entry(key(tenant_id, user_id)).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Remembers what a person holds, read together in generation `read_in`, unless something
+    /// changed since; replaces what was remembered of them.
+    pub fn insert_person(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        systems: HashMap<String, Arc<Holding>>,
+        read_in: u64,
+    ) {
+        let mut state = self.state.lock().expect("holdings lock");
+        if state.generation != read_in {
+            return;
+        }
+        let key = key(tenant_id, user_id);
+        state.remove(&key);
+        if !state.room_for(systems.len()) {
+            return;
+        }
+        state.held += systems.len();
+        state.people.insert(
+            key,
+            Person {
+                read_at: Instant::now(),
+                systems,
+            },
+        );
+    }
+
+    /// Remembers one holding read in generation `read_in`, unless something changed since. It
+    /// joins what was read of the person before and is read again with it.
     pub fn insert(
         &self,
         tenant_id: &str,
@@ -77,42 +171,50 @@ impl Holdings {
         read_in: u64,
     ) {
         let mut state = self.state.lock().expect("holdings lock");
-        if state.generation != read_in {
+        if state.generation != read_in || !state.room_for(1) {
             return;
         }
-        if state.entries.len() >= CAPACITY {
-            state
-                .entries
-                .retain(|_, (_, read_at)| read_at.elapsed() < MAX_AGE);
-            if state.entries.len() >= CAPACITY {
-                return;
-            }
+        let key = key(tenant_id, user_id);
+        if state.fresh_key(&key, Instant::now()).is_none() {
+            state.remove(&key);
         }
-        state.entries.insert(
-            key(tenant_id, user_id, system_id),
-            (holding, Instant::now()),
-        );
+        let person = state.people.entry(key).or_insert_with(|| Person {
+            read_at: Instant::now(),
+            systems: HashMap::new(),
+        });
+        if person
+            .systems
+            .insert(system_id.to_owned(), holding)
+            .is_none()
+        {
+            state.held += 1;
+        }
     }
 
-    /// Forgets the user's holdings on one system, or on every system with `None`.
+    /// Forgets the user's holding on one system, or all of them with `None`.
     pub fn forget_user(&self, tenant_id: &str, user_id: &str, system_id: Option<&str>) {
         let mut state = self.state.lock().expect("holdings lock");
         state.generation += 1;
+        let key = key(tenant_id, user_id);
         match system_id {
             Some(system_id) => {
-                state.entries.remove(&key(tenant_id, user_id, system_id));
+                let removed = state
+                    .people
+                    .get_mut(&key)
+                    .and_then(|p| p.systems.remove(system_id));
+                if removed.is_some() {
+                    state.held -= 1;
+                }
             }
-            None => {
-                let prefix = format!("{tenant_id}/{user_id}/");
-                state.entries.retain(|k, _| !k.starts_with(&prefix));
-            }
+            None => state.remove(&key),
         }
     }
 
     pub fn forget_all(&self) {
         let mut state = self.state.lock().expect("holdings lock");
         state.generation += 1;
-        state.entries.clear();
+        state.people.clear();
+        state.held = 0;
     }
 }
 
@@ -137,7 +239,9 @@ mod tests {
         h.insert("t", "u", "s", holding("r"), g);
         let now = Instant::now();
         assert!(h.get("t", "u", "s", now).is_some());
+        assert!(h.knows("t", "u", now));
         assert_eq!(h.get("t", "u", "s", now + MAX_AGE), None);
+        assert!(!h.knows("t", "u", now + MAX_AGE));
     }
 
     #[test]
@@ -146,11 +250,38 @@ mod tests {
         let read_in = h.generation();
         h.forget_user("t", "u", Some("s"));
         h.insert("t", "u", "s", holding("old"), read_in);
+        h.insert_person(
+            "t",
+            "u",
+            HashMap::from([("s".to_owned(), holding("old"))]),
+            read_in,
+        );
         assert_eq!(h.get("t", "u", "s", Instant::now()), None);
 
         let read_in = h.generation();
         h.insert("t", "u", "s", holding("new"), read_in);
         assert_eq!(h.get("t", "u", "s", Instant::now()), Some(holding("new")));
+    }
+
+    #[test]
+    fn a_person_read_together_replaces_what_was_known_of_them() {
+        let h = Holdings::default();
+        let g = h.generation();
+        h.insert("t", "u", "gone", holding("r"), g);
+        h.insert_person(
+            "t",
+            "u",
+            HashMap::from([
+                ("s1".to_owned(), holding("a")),
+                ("s2".to_owned(), holding("b")),
+            ]),
+            g,
+        );
+        let now = Instant::now();
+        assert_eq!(h.get("t", "u", "s1", now), Some(holding("a")));
+        assert_eq!(h.get("t", "u", "s2", now), Some(holding("b")));
+        assert_eq!(h.get("t", "u", "gone", now), None);
+        assert_eq!(h.state.lock().unwrap().held, 2);
     }
 
     #[test]
@@ -167,5 +298,20 @@ mod tests {
 
         h.forget_user("t", "u2", Some("s1"));
         assert_eq!(h.get("t", "u2", "s1", Instant::now()), None);
+        assert_eq!(h.state.lock().unwrap().held, 0);
+    }
+
+    #[test]
+    fn no_more_than_the_capacity_is_remembered() {
+        let h = Holdings::default();
+        let g = h.generation();
+        let many = |n: usize| (0..n).map(|i| (i.to_string(), holding("r"))).collect();
+        h.insert_person("t", "u1", many(CAPACITY), g);
+        h.insert_person("t", "u2", many(1), g);
+        h.insert("t", "u3", "s", holding("r"), g);
+        let now = Instant::now();
+        assert!(h.knows("t", "u1", now));
+        assert!(!h.knows("t", "u2", now));
+        assert!(!h.knows("t", "u3", now));
     }
 }

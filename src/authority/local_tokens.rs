@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::json;
 
-use super::holdings::Holding;
+use super::holdings::{self, Holding};
 use super::keyring::TenantKeys;
 use super::tenants::validate_name;
 use super::{Authority, Error, Event, Result, Role, Tenant};
@@ -289,22 +289,38 @@ impl Authority {
         if let Some(holding) = self.holdings.get(tenant_id, user_id, system_id, now) {
             return Ok(Some(holding));
         }
+        if !self.holdings.knows(tenant_id, user_id, now) {
+            // Nothing is known of the person lately: read everything they hold, once however
+            // many of their mints wait for it.
+            let _reading = self.holdings.one_reader(tenant_id, user_id).await;
+            if let Some(holding) = self.holdings.get(tenant_id, user_id, system_id, now) {
+                return Ok(Some(holding));
+            }
+            let read_in = self.holdings.generation();
+            let limit = holdings::READ_AT_ONCE;
+            let held = users::every_held_role(&self.db, tenant_id, user_id, limit as i64).await?;
+            let complete = held.len() < limit;
+            let mut people = group_holdings(held);
+            if !complete {
+                // The last system's roles may be cut short: it is asked about on its own.
+                if let Some(last) = people.last().map(|(system, _)| system.clone()) {
+                    people.retain(|(system, _)| *system != last);
+                }
+            }
+            let systems: HashMap<String, Arc<Holding>> = people.into_iter().collect();
+            let found = systems.get(system_id).cloned();
+            self.holdings
+                .insert_person(tenant_id, user_id, systems, read_in);
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
         let read_in = self.holdings.generation();
         // One query: the user, the system and the roles held on it.
         let held = users::held_roles(&self.db, tenant_id, user_id, system_id).await?;
-        let Some(user_name) = held.first().map(|h| h.user_name.clone()) else {
+        let Some((_, holding)) = group_holdings(held).pop() else {
             return Ok(None);
         };
-        let holding = Arc::new(Holding {
-            user_name,
-            roles: held
-                .into_iter()
-                .map(|h| Role {
-                    id: h.role.id,
-                    name: h.role.name,
-                })
-                .collect(),
-        });
         self.holdings
             .insert(tenant_id, user_id, system_id, holding.clone(), read_in);
         Ok(Some(holding))
@@ -420,6 +436,28 @@ fn local_token_view(keys: &TenantKeys, row: local_tokens::LocalTokenRow) -> Loca
         updated_at: row.updated_at,
         token: (status == LocalTokenStatus::Activated).then_some(row.token),
     }
+}
+
+/// Roles held, ordered by system, as one holding per system in that order.
+fn group_holdings(held: Vec<users::HeldRole>) -> Vec<(String, Arc<Holding>)> {
+    let mut out: Vec<(String, Holding)> = Vec::new();
+    for h in held {
+        let role = Role {
+            id: h.role.id,
+            name: h.role.name,
+        };
+        match out.last_mut() {
+            Some((system, holding)) if *system == h.system_id => holding.roles.push(role),
+            _ => out.push((
+                h.system_id,
+                Holding {
+                    user_name: h.user_name,
+                    roles: vec![role],
+                },
+            )),
+        }
+    }
+    out.into_iter().map(|(s, h)| (s, Arc::new(h))).collect()
 }
 
 impl Authority {

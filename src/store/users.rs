@@ -114,18 +114,27 @@ pub async fn assign_role(
 /// A role a user holds on a system, with the user's name.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct HeldRole {
+    pub system_id: String,
     pub user_name: String,
     #[sqlx(flatten)]
     pub role: RoleRow,
 }
 
-const HELD_ROLES: &str = "SELECT u.name AS user_name, r.id, r.tenant_id, r.name, r.created_at
+/// The roles users hold on systems of their own tenant, with the user's name.
+macro_rules! held_roles_from {
+    () => {
+        "SELECT a.system_id, u.name AS user_name, r.id, r.tenant_id, r.name, r.created_at
     FROM users u
     JOIN role_assignments a ON a.user_id = u.id
     JOIN systems s ON s.id = a.system_id AND s.tenant_id = u.tenant_id
-    JOIN roles r ON r.id = a.role_id AND r.tenant_id = u.tenant_id
-    WHERE u.tenant_id = $1 AND u.id = $2 AND s.id = $3
-    ORDER BY r.name, r.id";
+    JOIN roles r ON r.id = a.role_id AND r.tenant_id = u.tenant_id"
+    };
+}
+
+const HELD_ROLES: &str = concat!(
+    held_roles_from!(),
+    " WHERE u.tenant_id = $1 AND u.id = $2 AND s.id = $3 ORDER BY r.name, r.id"
+);
 
 /// The roles a user of the tenant holds on a system of the tenant, by name, in one query:
 /// none when the user or the system does not exist.
@@ -137,6 +146,25 @@ pub async fn held_roles(
 ) -> StoreResult<Vec<HeldRole>> {
     Ok(
         on_pool!(db, pool => sqlx::query_as(HELD_ROLES).bind(tenant_id).bind(user_id).bind(system_id).fetch_all(pool).await?),
+    )
+}
+
+const EVERY_HELD_ROLE: &str = concat!(
+    held_roles_from!(),
+    " WHERE u.tenant_id = $1 AND u.id = $2 ORDER BY a.system_id, r.name, r.id LIMIT $3"
+);
+
+/// The roles a user of the tenant holds on any system of the tenant, by system and then by
+/// name, in one query; at most `limit` rows, so the last system's roles may be cut short when
+/// that many come back.
+pub async fn every_held_role(
+    db: &Db,
+    tenant_id: &str,
+    user_id: &str,
+    limit: i64,
+) -> StoreResult<Vec<HeldRole>> {
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(EVERY_HELD_ROLE).bind(tenant_id).bind(user_id).bind(limit).fetch_all(pool).await?),
     )
 }
 

@@ -153,6 +153,39 @@ on_both_databases! {
         ]));
     }
 
+    async fn a_person_with_roles_on_several_systems_gets_each_systems_own_roles(app) {
+        let w = world(&app).await;
+        let auth = app.authority();
+        let auditor = auth.create_role(&w.t.tenant, "Auditor").await.unwrap();
+        let installer = auth.create_role(&w.t.tenant, "Installer").await.unwrap();
+        let second = auth.create_system(&w.t.tenant, "Second").await.unwrap();
+        auth.assign_role(&w.t.tenant, &w.user, &second, &auditor.id).await.unwrap();
+        auth.assign_role(&w.t.tenant, &w.user, &second, &installer.id).await.unwrap();
+        let roles_on = |system: String| {
+            let (app, token) = (&app, &w.user_token);
+            async move {
+                let body = gql(app, Some(token), MINT, json!({ "s": system, "d": "1D" })).await;
+                match body["data"]["createLocalApiToken"]["jwt"].as_str() {
+                    Some(jwt) => claims_of(jwt.strip_prefix("CLOUD-").unwrap())["roles"].clone(),
+                    None => json!(code(&body)),
+                }
+            }
+        };
+        // The first mint reads every role the person holds; each system keeps its own.
+        assert_eq!(roles_on(w.system.clone()).await, json!([{ "uuid": w.role, "name": "Domain Owner" }]));
+        assert_eq!(roles_on(second.clone()).await, json!([
+            { "uuid": auditor.id, "name": "Auditor" },
+            { "uuid": installer.id, "name": "Installer" },
+        ]));
+        // A role given in the database without a word to this process (by another node, or
+        // an operator) on a system that was not among them counts at once: what was read is
+        // never taken to mean a role is missing.
+        let third = auth.create_system(&w.t.tenant, "Third").await.unwrap();
+        assert_eq!(roles_on(third.clone()).await, json!("FORBIDDEN"));
+        lanyard::store::users::assign_role(auth.db(), &w.user, &third, &auditor.id, 0).await.unwrap();
+        assert_eq!(roles_on(third).await, json!([{ "uuid": auditor.id, "name": "Auditor" }]));
+    }
+
     async fn minting_needs_a_person_with_a_role_and_a_sane_duration(app) {
         let w = world(&app).await;
         let elsewhere = app.authority().create_system(&w.t.tenant, "Not mine").await.unwrap();
