@@ -27,6 +27,7 @@ pub mod keys;
 pub mod limiter;
 pub mod local_tokens;
 pub mod mail;
+pub mod revoked;
 pub mod signin;
 pub mod systems;
 pub mod tenants;
@@ -119,6 +120,8 @@ pub struct Authority {
     pub(crate) keyrings: KeyRings,
     pub(crate) auth_failures: limiter::FailureLimiter,
     pub(crate) token_cache: token_cache::TokenCache,
+    /// The revocation list, so verifying a token no one presented before asks no database.
+    pub(crate) revoked: revoked::RevokedTokens,
     pub(crate) mailer: Arc<dyn mail::Mailer>,
     /// Tenants by slug. Tenants are never renamed or deleted, so an entry never goes stale;
     /// misses are not remembered, so a tenant created by another process is found.
@@ -154,6 +157,7 @@ impl Authority {
             keyrings: KeyRings::default(),
             auth_failures: limiter::FailureLimiter::new(10, 60),
             token_cache: Default::default(),
+            revoked: Default::default(),
             mailer: Arc::new(mail::NoMailer),
             tenant_cache: Default::default(),
             client_cache: Default::default(),
@@ -209,9 +213,11 @@ impl Authority {
                 self.keyrings.forget(tenant_id);
                 self.token_cache.forget(|k| &k.tenant.id == tenant_id);
             }
-            Event::AccessTokenRevoked { tenant_id, jti } => self
-                .token_cache
-                .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.jti == jti),
+            Event::AccessTokenRevoked { tenant_id, jti } => {
+                self.revoked.add(jti);
+                self.token_cache
+                    .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.jti == jti);
+            }
             Event::ClientDeleted {
                 tenant_id,
                 client_id,
@@ -242,6 +248,7 @@ impl Authority {
                 self.client_cache.write().expect("client cache").clear();
                 self.holdings.forget_all();
                 self.keyrings.forget_all();
+                self.revoked.reset();
                 self.token_cache.forget(|_| true);
             }
         }

@@ -2,8 +2,9 @@
 //! introspection (RFC 7662) and revocation (RFC 7009).
 //!
 //! Verification is the one place that decides whether an access token is good: signature by a
-//! published key of the tenant, `typ`, `iss`, `aud`, time claims, the revocation list, and the
-//! client (and for a person's token, the user) still existing. The HTTP door uses it for introspection; the MQTT and GraphQL doors
+//! published key of the tenant, `typ`, `iss`, `aud`, time claims, the revocation list (held in
+//! memory, see [`revoked`](super::revoked)), and the client (and for a person's token, the
+//! user) still existing. The HTTP door uses it for introspection; the MQTT and GraphQL doors
 //! use the same function. A token that passed is remembered until its `exp` (see
 //! [`token_cache`](super::token_cache)), so presenting it again costs no database round trip.
 
@@ -268,7 +269,9 @@ impl Authority {
             log_internal("checking a token", &e);
             TokenRejected::Unavailable
         };
-        if revocations::is_revoked(&self.db, &claims.jti)
+        if self
+            .revoked
+            .contains(&self.db, &claims.jti, now)
             .await
             .map_err(unavailable)?
         {
@@ -411,7 +414,7 @@ impl Authority {
             return Ok(false);
         }
         if tokens
-            && (revocations::is_revoked(&self.db, jti).await?
+            && (self.revoked.contains(&self.db, jti, self.now()).await?
                 || !clients::exists(&self.db, &tenant.id, client_id).await?
                 || (sub != client_id && users::find(&self.db, &tenant.id, sub).await?.is_none()))
         {
@@ -422,6 +425,10 @@ impl Authority {
 
     /// Forgets revocations of tokens that expired anyway.
     pub async fn prune_revocations_once(&self) -> super::Result<u64> {
-        Ok(revocations::prune(&self.db, self.now()).await?)
+        let pruned = revocations::prune(&self.db, self.now()).await?;
+        if pruned > 0 {
+            self.revoked.reset();
+        }
+        Ok(pruned)
     }
 }

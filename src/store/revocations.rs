@@ -32,6 +32,15 @@ pub async fn is_revoked(db: &Db, jti: &str) -> StoreResult<bool> {
     Ok(n > 0)
 }
 
+const UNEXPIRED: &str = "SELECT jti FROM revoked_tokens WHERE expires_at >= $1 LIMIT $2";
+
+/// The ids of revoked tokens that have not expired at `now`, at most `limit` of them.
+pub async fn unexpired(db: &Db, now: i64, limit: i64) -> StoreResult<Vec<String>> {
+    Ok(
+        on_pool!(db, pool => sqlx::query_scalar(UNEXPIRED).bind(now).bind(limit).fetch_all(pool).await?),
+    )
+}
+
 const PRUNE: &str = "DELETE FROM revoked_tokens WHERE expires_at < $1";
 
 /// Forgets revocations of tokens that have expired anyway.

@@ -115,6 +115,27 @@ mod postgres {
         );
         assert!(V5::connect(&b, &other_id, &other_token).await.is_err());
 
+        // So is a token node B never saw: it holds the revocation list in memory.
+        let unseen = a.admin_token(&w.t).await;
+        assert!(a.is_active(&w.t, &unseen).await);
+        let res = a
+            .post_form(
+                "/t/acme/oauth2/revoke",
+                Some((&w.t.admin_id, &w.t.admin_secret)),
+                &format!("token={}", urlencode(&unseen)),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        let mut refused = false;
+        for _ in 0..50 {
+            if V4::connect(&b, "unseen", &unseen).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "node B accepts a token revoked on node A");
+
         // A client secret rotated through node A stops working on node B at once.
         b.admin_token(&w.t).await;
         let reg = a

@@ -69,6 +69,26 @@ on_both_databases! {
         assert!(!app.is_active(&t, &token).await);
     }
 
+    async fn pruning_expired_revocations_keeps_the_others(app) {
+        let t = app.tenant("acme").await;
+        let early = app.admin_token(&t).await;
+        app.clock.advance(1_800);
+        let late = app.admin_token(&t).await;
+        for token in [&early, &late] {
+            assert_eq!(revoke(&app, "acme", &t.admin_id, &t.admin_secret, token).await.status(), 200);
+        }
+        // The first token has expired (an hour's lifetime), the second has not.
+        app.clock.advance(1_801);
+        assert_eq!(app.authority().prune_revocations_once().await.unwrap(), 1);
+        assert!(!app.is_active(&t, &late).await);
+        assert!(!app.is_active(&t, &early).await);
+        // A token never presented before is checked against the list read again.
+        let fresh = app.admin_token(&t).await;
+        assert_eq!(revoke(&app, "acme", &t.admin_id, &t.admin_secret, &fresh).await.status(), 200);
+        assert!(!app.is_active(&t, &fresh).await);
+        assert!(app.is_active(&t, &app.admin_token(&t).await).await);
+    }
+
     async fn a_client_cannot_revoke_another_clients_token_without_the_admin_scope(app) {
         let t = app.tenant("acme").await;
         let (id, secret) = app
