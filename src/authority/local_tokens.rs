@@ -240,6 +240,10 @@ impl Authority {
         if let Some(device) = device {
             claims["device"] = device.into();
         }
+        let inserts = self
+            .local_token_inserts
+            .get_or_init(|| local_tokens::Inserts::start(self.db.clone()));
+        let coming = inserts.expect();
         let token = format!(
             "{}{}",
             self.settings.tokens.local_token_prefix,
@@ -264,10 +268,7 @@ impl Authority {
         };
         // As the list will show it, read back or not.
         let listed = local_token_view(&keys, row.clone());
-        self.local_token_inserts
-            .get_or_init(|| local_tokens::Inserts::start(self.db.clone()))
-            .insert(row)
-            .await?;
+        inserts.insert(row, coming).await?;
         tracing::info!(tenant = %tenant.slug, system = %system_id, token = %id, "local API token minted");
         self.emit(Event::LocalTokensChanged {
             tenant_id: tenant.id.clone(),

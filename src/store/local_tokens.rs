@@ -1,6 +1,11 @@
 //! Local API tokens.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, timeout_at};
 
 use super::{Db, StoreError, StoreResult, on_pool, on_writer};
 
@@ -73,22 +78,48 @@ async fn insert_rows(db: &Db, rows: &[&LocalTokenRow]) -> StoreResult<()> {
 
 type Pending = (LocalTokenRow, oneshot::Sender<StoreResult<()>>);
 
+/// How long the rows of tokens being signed are waited for before a write: about one signature.
+const MAX_WAIT: Duration = Duration::from_millis(2);
+
 /// Inserts tokens minted at the same time together (a group commit): each write to the
 /// database costs far more than a row in it, and minting is a burst of inserts. A row is
-/// written at once when nothing else is being written; rows that arrive meanwhile wait and go
-/// in the next statement together. Every caller gets its own row's answer: when a statement of
-/// several rows fails, each is tried alone.
+/// written at once unless other tokens are being signed ([`Inserts::expect`]): their rows are
+/// waited for (at most [`MAX_WAIT`]) and go in the same statement, as do rows that arrive while
+/// a statement is written. Every caller gets its own row's answer: when a statement of several
+/// rows fails, each is tried alone.
 pub struct Inserts {
     queue: mpsc::UnboundedSender<Pending>,
+    /// Rows announced by [`Inserts::expect`] and not yet queued.
+    coming: Arc<AtomicUsize>,
+}
+
+/// A row that will be inserted soon: the writer waits a little for it. Given back with the row
+/// to [`Inserts::insert`], or dropped when the mint fails.
+pub struct Coming(Arc<AtomicUsize>);
+
+impl Drop for Coming {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Inserts {
     /// Starts the writing task on the current Tokio runtime; it ends when `Inserts` is dropped.
     pub fn start(db: Db) -> Inserts {
         let (queue, mut arrived) = mpsc::unbounded_channel::<Pending>();
+        let coming = Arc::new(AtomicUsize::new(0));
+        let expected = coming.clone();
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while arrived.recv_many(&mut batch, MAX_ROWS_PER_INSERT).await > 0 {
+                let until = Instant::now() + MAX_WAIT;
+                while batch.len() < MAX_ROWS_PER_INSERT && expected.load(Ordering::SeqCst) > 0 {
+                    let room = MAX_ROWS_PER_INSERT - batch.len();
+                    match timeout_at(until, arrived.recv_many(&mut batch, room)).await {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
                 let rows: Vec<&LocalTokenRow> = batch.iter().map(|(row, _)| row).collect();
                 match insert_rows(&db, &rows).await {
                     Ok(()) => batch.drain(..).for_each(|(_, done)| {
@@ -105,15 +136,22 @@ impl Inserts {
                 }
             }
         });
-        Inserts { queue }
+        Inserts { queue, coming }
     }
 
-    /// Inserts one token's row; returns once it is committed.
-    pub async fn insert(&self, row: LocalTokenRow) -> StoreResult<()> {
+    /// Announces a row about to be made (a token being signed), so the writer waits for it.
+    pub fn expect(&self) -> Coming {
+        self.coming.fetch_add(1, Ordering::SeqCst);
+        Coming(self.coming.clone())
+    }
+
+    /// Inserts one token's row, announced by `coming`; returns once it is committed.
+    pub async fn insert(&self, row: LocalTokenRow, coming: Coming) -> StoreResult<()> {
         let (done, answer) = oneshot::channel();
-        self.queue
-            .send((row, done))
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        let queued = self.queue.send((row, done));
+        // Queued first, then no longer coming: the writer sees one or the other.
+        drop(coming);
+        queued.map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
         answer
             .await
             .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
