@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::holdings::{self, Holding};
 use super::keyring::TenantKeys;
@@ -112,6 +111,25 @@ pub struct ChangedToken {
 pub struct MintedToken {
     pub id: String,
     pub token: String,
+}
+
+/// A local token's claims (SPEC §3), in the order they are written.
+#[derive(Serialize)]
+struct LocalTokenClaims<'a> {
+    aud: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<&'a str>,
+    /// `None`: permanent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<i64>,
+    iat: i64,
+    iss: &'a str,
+    jti: &'a str,
+    name: &'a str,
+    nbf: i64,
+    roles: &'a [RoleClaim<'a>],
+    sub: &'a str,
+    typename: &'static str,
 }
 
 #[derive(Serialize)]
@@ -219,27 +237,23 @@ impl Authority {
                 name: &r.name,
             })
             .collect();
-        let mut claims = json!({
-            "jti": id,
-            "sub": user_id,
-            "iss": tenant.issuer,
-            "aud": system_id,
-            "iat": now,
-            "nbf": now,
-            "name": holding.user_name,
-            "typename": "USER",
-            "roles": role_claims,
-        });
-        if let Some(exp) = exp {
-            claims["exp"] = exp.into();
-        }
         let (name, device) = match lifetime {
             Lifetime::For { device, .. } => (None, device),
             Lifetime::Permanent { name } => (Some(name), None),
         };
-        if let Some(device) = device {
-            claims["device"] = device.into();
-        }
+        let claims = LocalTokenClaims {
+            aud: system_id,
+            device,
+            exp,
+            iat: now,
+            iss: &tenant.issuer,
+            jti: &id,
+            name: &holding.user_name,
+            nbf: now,
+            roles: &role_claims,
+            sub: user_id,
+            typename: "USER",
+        };
         let inserts = self
             .local_token_inserts
             .get_or_init(|| local_tokens::Inserts::start(self.db.clone()));
@@ -249,15 +263,31 @@ impl Authority {
             self.settings.tokens.local_token_prefix,
             jws::sign(&signer.key, &signer.kid, "JWT", &claims)
         );
+        // As the list shows it: the signer's key is published.
+        let listed = LocalToken {
+            id: id.clone(),
+            system_id: system_id.to_owned(),
+            status: LocalTokenStatus::Activated,
+            subject_id: user_id.to_owned(),
+            subject_name: holding.user_name.clone(),
+            roles: holding.roles.clone(),
+            name: name.map(str::to_owned),
+            requested_device: device.map(str::to_owned),
+            not_before: now,
+            expires_at: exp,
+            created_at: now,
+            updated_at: now,
+            token: Some(token.clone()),
+        };
         let row = local_tokens::LocalTokenRow {
             id: id.clone(),
             tenant_id: tenant.id.clone(),
-            system_id: system_id.to_owned(),
-            user_id: user_id.to_owned(),
-            user_name: holding.user_name.clone(),
+            system_id: listed.system_id.clone(),
+            user_id: listed.subject_id.clone(),
+            user_name: listed.subject_name.clone(),
             roles: serde_json::to_string(&role_claims).expect("roles serialise"),
-            name: name.map(str::to_owned),
-            requested_device: device.map(str::to_owned),
+            name: listed.name.clone(),
+            requested_device: listed.requested_device.clone(),
             kid: signer.kid.clone(),
             token: token.clone(),
             status: "ACTIVATED".into(),
@@ -266,8 +296,6 @@ impl Authority {
             created_at: now,
             updated_at: now,
         };
-        // As the list will show it, read back or not.
-        let listed = local_token_view(&keys, row.clone());
         inserts.insert(row, coming).await?;
         tracing::info!(tenant = %tenant.slug, system = %system_id, token = %id, "local API token minted");
         self.emit(Event::LocalTokensChanged {

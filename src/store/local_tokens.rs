@@ -37,13 +37,25 @@ const MAX_ROWS_PER_INSERT: usize = 64;
 
 /// Statements for up to this many rows are prepared once and kept; larger ones, rare, each time,
 /// so they do not push the other statements out of the connection's cache.
-const MAX_ROWS_KEPT: usize = 8;
+const MAX_ROWS_KEPT: usize = 16;
 
 /// Inserts rows in one statement: all of them or none.
 async fn insert_rows(db: &Db, rows: &[&LocalTokenRow]) -> StoreResult<()> {
+    // SQLite finds the number of a `$N` parameter by scanning the names of all parameters
+    // before it, so binding hundreds of them costs more than the insert; plain `?` are numbered
+    // by their place.
+    let sqlite = matches!(db, Db::Sqlite { .. });
     let values: Vec<String> = (0..rows.len())
         .map(|r| {
-            let params: Vec<String> = (1..=15).map(|c| format!("${}", r * 15 + c)).collect();
+            let params: Vec<String> = (1..=15)
+                .map(|c| {
+                    if sqlite {
+                        "?".to_owned()
+                    } else {
+                        format!("${}", r * 15 + c)
+                    }
+                })
+                .collect();
             format!("({})", params.join(", "))
         })
         .collect();

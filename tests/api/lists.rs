@@ -75,6 +75,35 @@ async fn mint(app: &TestApp, w: &World, duration: &str) -> (String, String) {
 }
 
 on_both_databases! {
+    async fn a_list_as_minted_is_the_list_read_back_from_the_database(app) {
+        let w = world(&app).await;
+        let (mut gw, _) = gateway(&app, &w).await;
+        gql(
+            &app,
+            Some(&w.user_token),
+            "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\", requestedDevice: \"Kitchen panel\") { uuid } }",
+            json!({ "s": w.system }),
+        )
+        .await;
+        next_list(&mut gw).await;
+        gql(
+            &app,
+            Some(&w.user_token),
+            "mutation($s: UUID!) { createPermanentLocalApiToken(systemUuid: $s, name: \"Installer\") { uuid } }",
+            json!({ "s": w.system }),
+        )
+        .await;
+        let as_minted = gw.message(WAIT).await.expect("a list").payload;
+        let app = app.restart().await;
+        let (_, as_read) = gateway(&app, &w).await;
+        assert_eq!(serde_json::from_slice::<Value>(&as_minted).unwrap(), as_read);
+        let entries = as_read.as_array().unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0]["requestedDevice"], "Kitchen panel");
+        assert_eq!(entries[1]["name"], "Installer");
+        assert_eq!(entries[1]["roles"].as_array().unwrap().len(), 1);
+    }
+
     async fn a_minted_token_reaches_its_systems_list_and_a_revoked_one_shows_revoked(app) {
         let w = world(&app).await;
         let (mut gw, first) = gateway(&app, &w).await;
