@@ -855,7 +855,10 @@ async fn main() {
         let (tokens_per_s, cpu_per_token) = token_endpoint(&l, run).await;
         one_core = (one_core + openssl_signs(None, secs as u32)) / 2.0;
         two_cores = (two_cores + openssl_signs(Some(2), secs as u32)) / 2.0;
-        let bare_sign = 1e6 / one_core.max(1.0);
+        // The server signs with both cores busy, where a signature costs more CPU than on one
+        // core alone (the cores share what is under them): a bare signature is measured alike.
+        let bare_sign = 2e6 / two_cores.max(1.0);
+        let idle_sign = 1e6 / one_core.max(1.0);
         rows.push(at_least(
             "client_credentials tokens/s",
             format!("{tokens_per_s:.0}/s"),
@@ -867,7 +870,9 @@ async fn main() {
         rows.push(row(
             "CPU µs per token",
             format!("{cpu_per_token:.0} µs"),
-            format!("one signature {bare_sign:.0} µs"),
+            format!(
+                "one signature with both cores signing {bare_sign:.0} µs (one core alone {idle_sign:.0} µs)"
+            ),
             Some(cpu_per_token / bare_sign),
             "≤ 1.15×",
             Some(cpu_per_token <= 1.15 * bare_sign),

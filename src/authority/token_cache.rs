@@ -19,7 +19,15 @@ use crate::domain::ScopeSet;
 /// At most this many tokens are remembered; beyond it, new ones are verified every time.
 const CAPACITY: usize = 200_000;
 
-type Key = [u8; 32];
+/// A token's place in the cache: its SHA-256, computed once per check.
+pub struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    pub fn of(token: &str) -> CacheKey {
+        let d = digest::digest(&digest::SHA256, token.as_bytes());
+        CacheKey(d.as_ref().try_into().expect("SHA-256 is 32 bytes"))
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct KnownToken {
@@ -31,13 +39,8 @@ pub struct KnownToken {
 
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<Key, Arc<KnownToken>>>,
+    entries: Mutex<HashMap<[u8; 32], Arc<KnownToken>>>,
     generation: AtomicU64,
-}
-
-fn key(token: &str) -> Key {
-    let d = digest::digest(&digest::SHA256, token.as_bytes());
-    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 impl TokenCache {
@@ -46,15 +49,15 @@ impl TokenCache {
         self.generation.load(Ordering::SeqCst)
     }
 
-    pub fn get(&self, token: &str, now: i64) -> Option<Arc<KnownToken>> {
+    pub fn get(&self, key: &CacheKey, now: i64) -> Option<Arc<KnownToken>> {
         let entries = self.entries.lock().expect("token cache lock");
         entries
-            .get(&key(token))
+            .get(&key.0)
             .filter(|known| now < known.verified.claims.exp)
             .cloned()
     }
 
-    pub fn insert(&self, token: &str, known: Arc<KnownToken>, checked_in: u64, now: i64) {
+    pub fn insert(&self, key: CacheKey, known: Arc<KnownToken>, checked_in: u64, now: i64) {
         let mut entries = self.entries.lock().expect("token cache lock");
         if self.generation.load(Ordering::SeqCst) != checked_in {
             return;
@@ -65,7 +68,7 @@ impl TokenCache {
                 return;
             }
         }
-        entries.insert(key(token), known);
+        entries.insert(key.0, known);
     }
 
     /// Forgets every token the predicate picks, and fails inserts of checks already running.

@@ -11,7 +11,7 @@
 use std::sync::{Arc, LazyLock};
 
 use super::clients::Client;
-use super::token_cache::KnownToken;
+use super::token_cache::{CacheKey, KnownToken};
 use super::{Authority, Event, Tenant, log_internal};
 use crate::crypto::{JwsError, Secret, SecretHash, jws};
 use crate::domain::claims::ACCESS_TOKEN_TYP;
@@ -236,12 +236,23 @@ impl Authority {
         tenant: &Tenant,
         token: &str,
     ) -> Result<Arc<KnownToken>, TokenRejected> {
-        let now = self.now();
-        if let Some(known) = self.token_cache.get(token, now)
+        let key = CacheKey::of(token);
+        if let Some(known) = self.token_cache.get(&key, self.now())
             && known.tenant.id == tenant.id
         {
             return Ok(known);
         }
+        self.verify_unknown(tenant, token, key).await
+    }
+
+    /// Every check of a token not found in the cache (under `key`), which is then remembered.
+    async fn verify_unknown(
+        &self,
+        tenant: &Tenant,
+        token: &str,
+        key: CacheKey,
+    ) -> Result<Arc<KnownToken>, TokenRejected> {
+        let now = self.now();
         let generation = self.token_cache.generation();
         let keys = self.keyring(tenant).await.map_err(|e| {
             log_internal("loading signing keys", &e);
@@ -302,8 +313,7 @@ impl Authority {
                 kid: verified.kid,
             },
         });
-        self.token_cache
-            .insert(token, known.clone(), generation, now);
+        self.token_cache.insert(key, known.clone(), generation, now);
         Ok(known)
     }
 
@@ -312,7 +322,8 @@ impl Authority {
     /// [`Authority::verify_access_token`] applies. A `Bearer ` prefix is tolerated.
     pub async fn verify_bearer(&self, token: &str) -> Result<Arc<KnownToken>, TokenRejected> {
         let token = token.strip_prefix("Bearer ").unwrap_or(token);
-        if let Some(known) = self.token_cache.get(token, self.now()) {
+        let key = CacheKey::of(token);
+        if let Some(known) = self.token_cache.get(&key, self.now()) {
             return Ok(known);
         }
         // Only picks the tenant whose keys and issuer the token is then checked against.
@@ -326,7 +337,7 @@ impl Authority {
                 TokenRejected::Unavailable
             })?
             .ok_or(TokenRejected::WrongAudience)?;
-        self.verify_known(&tenant, token).await
+        self.verify_unknown(&tenant, token, key).await
     }
 
     /// Token introspection (RFC 7662) for an authenticated confidential client of the tenant.
