@@ -88,7 +88,13 @@ async fn insert_rows(db: &Db, rows: &[&LocalTokenRow]) -> StoreResult<()> {
     Ok(())
 }
 
-type Pending = (LocalTokenRow, oneshot::Sender<StoreResult<()>>);
+/// A row waiting to be written, and who waits for it.
+struct Pending {
+    row: LocalTokenRow,
+    /// Dropped by the writer once it holds the row.
+    coming: Option<Coming>,
+    done: oneshot::Sender<StoreResult<()>>,
+}
 
 /// How long the rows of tokens being signed are waited for before a write: about one signature.
 const MAX_WAIT: Duration = Duration::from_millis(2);
@@ -101,12 +107,12 @@ const MAX_WAIT: Duration = Duration::from_millis(2);
 /// rows fails, each is tried alone.
 pub struct Inserts {
     queue: mpsc::UnboundedSender<Pending>,
-    /// Rows announced by [`Inserts::expect`] and not yet queued.
+    /// Rows announced by [`Inserts::expect`] that the writer does not hold yet.
     coming: Arc<AtomicUsize>,
 }
 
-/// A row that will be inserted soon: the writer waits a little for it. Given back with the row
-/// to [`Inserts::insert`], or dropped when the mint fails.
+/// A row that will be inserted soon: the writer waits a little for it. Given with the row to
+/// [`Inserts::insert`], or dropped when the mint fails.
 pub struct Coming(Arc<AtomicUsize>);
 
 impl Drop for Coming {
@@ -122,27 +128,31 @@ impl Inserts {
         let coming = Arc::new(AtomicUsize::new(0));
         let expected = coming.clone();
         tokio::spawn(async move {
-            let mut batch = Vec::new();
+            let mut batch: Vec<Pending> = Vec::new();
             while arrived.recv_many(&mut batch, MAX_ROWS_PER_INSERT).await > 0 {
                 let until = Instant::now() + MAX_WAIT;
-                while batch.len() < MAX_ROWS_PER_INSERT && expected.load(Ordering::SeqCst) > 0 {
+                loop {
+                    batch.iter_mut().for_each(|p| drop(p.coming.take()));
+                    if batch.len() >= MAX_ROWS_PER_INSERT || expected.load(Ordering::SeqCst) == 0 {
+                        break;
+                    }
                     let room = MAX_ROWS_PER_INSERT - batch.len();
                     match timeout_at(until, arrived.recv_many(&mut batch, room)).await {
                         Ok(n) if n > 0 => {}
                         _ => break,
                     }
                 }
-                let rows: Vec<&LocalTokenRow> = batch.iter().map(|(row, _)| row).collect();
+                let rows: Vec<&LocalTokenRow> = batch.iter().map(|p| &p.row).collect();
                 match insert_rows(&db, &rows).await {
-                    Ok(()) => batch.drain(..).for_each(|(_, done)| {
-                        let _ = done.send(Ok(()));
+                    Ok(()) => batch.drain(..).for_each(|p| {
+                        let _ = p.done.send(Ok(()));
                     }),
                     Err(e) if batch.len() == 1 => {
-                        let _ = batch.remove(0).1.send(Err(e));
+                        let _ = batch.remove(0).done.send(Err(e));
                     }
                     Err(_) => {
-                        for (row, done) in batch.drain(..) {
-                            let _ = done.send(insert_rows(&db, &[&row]).await);
+                        for p in batch.drain(..) {
+                            let _ = p.done.send(insert_rows(&db, &[&p.row]).await);
                         }
                     }
                 }
@@ -160,10 +170,14 @@ impl Inserts {
     /// Inserts one token's row, announced by `coming`; returns once it is committed.
     pub async fn insert(&self, row: LocalTokenRow, coming: Coming) -> StoreResult<()> {
         let (done, answer) = oneshot::channel();
-        let queued = self.queue.send((row, done));
-        // Queued first, then no longer coming: the writer sees one or the other.
-        drop(coming);
-        queued.map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        let pending = Pending {
+            row,
+            coming: Some(coming),
+            done,
+        };
+        self.queue
+            .send(pending)
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
         answer
             .await
             .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
