@@ -102,9 +102,9 @@ const MAX_WAIT: Duration = Duration::from_millis(2);
 /// Inserts tokens minted at the same time together (a group commit): each write to the
 /// database costs far more than a row in it, and minting is a burst of inserts. A row is
 /// written at once unless other tokens are being signed ([`Inserts::expect`]): their rows are
-/// waited for (at most [`MAX_WAIT`]) and go in the same statement, as do rows that arrive while
-/// a statement is written. Every caller gets its own row's answer: when a statement of several
-/// rows fails, each is tried alone.
+/// waited for (at most 2 ms, about one signature) and go in the same statement, as do rows that
+/// arrive while a statement is written. Every caller gets its own row's answer: when a
+/// statement of several rows fails, each is tried alone.
 pub struct Inserts {
     queue: mpsc::UnboundedSender<Pending>,
     /// Rows announced by [`Inserts::expect`] that the writer does not hold yet.
