@@ -49,6 +49,10 @@ impl App {
         let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mailer = crate::mailer::from_settings(&settings.mailer)?;
         let authority = Arc::new(open_authority(settings, clock).await?.with_mailer(mailer));
+        let other_nodes = authority
+            .listen_to_other_nodes()
+            .await
+            .context("listening to the other nodes' announcements (PostgreSQL LISTEN)")?;
         authority
             .maintain_keys_once()
             .await
@@ -88,9 +92,13 @@ impl App {
                 tracing::error!("http server stopped: {e}");
             }
         }));
-        tasks.push(tokio::spawn(
-            authority.clone().follow_other_nodes(stopped.clone()),
-        ));
+        if let Some(listener) = other_nodes {
+            tasks.push(tokio::spawn(
+                authority
+                    .clone()
+                    .follow_other_nodes(listener, stopped.clone()),
+            ));
+        }
         tasks.push(tokio::spawn(background_jobs(authority.clone(), stopped)));
 
         Ok(App {

@@ -256,21 +256,20 @@ impl Authority {
         let _ = self.events.send(event);
     }
 
-    /// Acts on the changes other nodes announce, until `stopped`. Returns at once on SQLite
-    /// (a single node). A lost connection may lose announcements: the doors then hear
-    /// [`Event::Resync`] and re-check what they hold.
+    /// Starts listening to the other nodes' announcements: `None` on SQLite (a single node).
+    /// Done before the doors open, so nothing they remember can have missed one.
+    pub async fn listen_to_other_nodes(&self) -> Result<Option<crate::store::events::Listener>> {
+        Ok(crate::store::events::Listener::connect(&self.db).await?)
+    }
+
+    /// Acts on the changes other nodes announce through `listener`, until `stopped`. A lost
+    /// connection may lose announcements: the doors then hear [`Event::Resync`] and re-check
+    /// what they hold.
     pub async fn follow_other_nodes(
         self: Arc<Self>,
+        mut listener: crate::store::events::Listener,
         mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut listener = match crate::store::events::Listener::connect(&self.db).await {
-            Ok(Some(l)) => l,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!("cannot listen to the other nodes' announcements: {e}");
-                return;
-            }
-        };
         loop {
             let received = tokio::select! {
                 _ = stopped.changed() => return,
