@@ -80,8 +80,14 @@ impl Mailer for FileMailer {
                 chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
                 uuid::Uuid::new_v4().simple()
             );
+            // Written under a hidden name, then renamed: whoever picks up `*.eml` files never
+            // reads one half-written.
+            let partial = self.dir.join(format!(".{name}.partial"));
+            tokio::fs::write(&partial, formatted)
+                .await
+                .with_context(|| format!("mailer.dir: cannot write {}", partial.display()))?;
             let path = self.dir.join(name);
-            tokio::fs::write(&path, formatted)
+            tokio::fs::rename(&partial, &path)
                 .await
                 .with_context(|| format!("mailer.dir: cannot write {}", path.display()))?;
             Ok(())

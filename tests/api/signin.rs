@@ -64,7 +64,11 @@ pub async fn send_otp(app: &TestApp, slug: &str, body: Value) -> reqwest::Respon
 
 fn outbox_files(app: &TestApp) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(&app.settings.mailer.dir)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files
