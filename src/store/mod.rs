@@ -46,6 +46,8 @@ pub enum Db {
     Sqlite {
         reader: Arc<sqlite::Connections>,
         writer: Arc<sqlite::Connections>,
+        /// `None` for a database in memory, which has no log.
+        checkpoints: Option<Arc<sqlite::Checkpoints>>,
     },
     Postgres(PgPool),
 }
@@ -173,24 +175,32 @@ impl Db {
                     source,
                 })?;
             }
-            let writer = Arc::new(
-                sqlite::Connections::open(&options, 1)
-                    .await
-                    .map_err(sqlite_err)?,
-            );
             if options.get_filename() == Path::new(":memory:") {
                 // A second connection would open a second, empty database.
+                let writer = Arc::new(
+                    sqlite::Connections::open(&options, 1)
+                        .await
+                        .map_err(sqlite_err)?,
+                );
                 return Ok(Db::Sqlite {
                     reader: writer.clone(),
                     writer,
+                    checkpoints: None,
                 });
             }
+            let (writer, checkpoints) = sqlite::Connections::open_writer(&options)
+                .await
+                .map_err(sqlite_err)?;
             let reader = Arc::new(
                 sqlite::Connections::open(&options.read_only(true), max_connections)
                     .await
                     .map_err(sqlite_err)?,
             );
-            Ok(Db::Sqlite { reader, writer })
+            Ok(Db::Sqlite {
+                reader,
+                writer,
+                checkpoints: Some(Arc::new(checkpoints)),
+            })
         } else {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
@@ -228,7 +238,14 @@ impl Db {
 
     pub async fn close(&self) {
         match self {
-            Db::Sqlite { reader, writer } => {
+            Db::Sqlite {
+                reader,
+                writer,
+                checkpoints,
+            } => {
+                if let Some(checkpoints) = checkpoints {
+                    checkpoints.close().await;
+                }
                 reader.close().await;
                 writer.close().await;
             }
