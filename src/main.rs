@@ -42,12 +42,26 @@ enum Command {
     Config,
 }
 
+/// What is logged when `RUST_LOG` is not set.
+const DEFAULT_LOG: &str = "info,sqlx=warn,rumqttd=off";
+
+/// The log filter for `RUST_LOG`. rumqttd's router is an internal part of the broker whose
+/// spans, even at level `error`, are made for every message it routes; they stay off unless
+/// `RUST_LOG` names rumqttd.
+fn log_filter(rust_log: Option<String>) -> String {
+    match rust_log {
+        None => DEFAULT_LOG.to_owned(),
+        Some(filter) if filter.contains("rumqttd") => filter,
+        Some(filter) => format!("{filter},rumqttd=off"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,rumqttd=off".into()),
+            tracing_subscriber::EnvFilter::try_new(log_filter(std::env::var("RUST_LOG").ok()))
+                .unwrap_or_else(|_| DEFAULT_LOG.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -104,5 +118,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", settings.to_redacted_toml());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_router_logs_only_when_asked_for_by_name() {
+        assert_eq!(log_filter(None), DEFAULT_LOG);
+        assert_eq!(log_filter(Some("warn".into())), "warn,rumqttd=off");
+        assert_eq!(
+            log_filter(Some("debug,rumqttd=trace".into())),
+            "debug,rumqttd=trace"
+        );
     }
 }
