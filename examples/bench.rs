@@ -3,11 +3,13 @@
 //! first; `--quick` runs each figure for about a second and only checks that it was produced.
 //!
 //! Every figure is a ratio against its reference, because the machines are shared and noisy;
-//! where it can, the reference is measured just before and just after the figure:
+//! where it can, the reference is measured around the figure (just before and just after, or in
+//! turn with it):
 //! - RSA signatures in lanyard's own library (aws-lc-rs) against `openssl speed rsa2048`;
 //! - the token endpoint against `openssl speed rsa2048` (1 core and `-multi 2`), with the
 //!   server's own CPU time per token from `/proc/<pid>/stat`;
-//! - GraphQL `createLocalApiToken` against the token endpoint, round 10,000 systems;
+//! - GraphQL `createLocalApiToken` against the token endpoint, a second of each in turn, round
+//!   10,000 systems;
 //! - MQTT CONNECT with a real RS256 token, and a reconnect storm, against Mosquitto's anonymous
 //!   CONNECT;
 //! - publish throughput (QoS 0 and 1, 100-byte payloads, one and four subscribers) against
