@@ -27,7 +27,7 @@ pub struct Connections {
     idle: Mutex<Vec<SqliteConnection>>,
     free: Semaphore,
     size: u32,
-    /// Told each time a connection comes back: the writer's tell [`Checkpoints`].
+    /// Notified each time a connection comes back: the writer's wakes its [`Checkpoints`].
     returned: Option<Arc<Notify>>,
 }
 
