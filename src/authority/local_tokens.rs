@@ -256,7 +256,7 @@ impl Authority {
         };
         let inserts = self
             .local_token_inserts
-            .get_or_init(|| local_tokens::Inserts::start(self.db.clone()));
+            .get_or_init(|| local_tokens::Inserts::start(self.db.clone(), self.node_id.clone()));
         let coming = inserts.expect();
         let token = format!(
             "{}{}",
@@ -366,7 +366,7 @@ impl Authority {
             caller.require(LOCAL_TOKENS_WRITE)?;
         }
         let now = self.now();
-        local_tokens::revoke(&self.db, &tenant.id, id, now).await?;
+        local_tokens::revoke(&self.db, &tenant.id, id, now, &self.node_id).await?;
         tracing::info!(tenant = %tenant.slug, token = %id, "local API token revoked");
         self.emit(Event::LocalTokensChanged {
             tenant_id: tenant.id.clone(),
@@ -490,10 +490,11 @@ fn group_holdings(held: Vec<users::HeldRole>) -> Vec<(String, Arc<Holding>)> {
 }
 
 impl Authority {
-    /// What may have changed systems' lists at or after `since` (tokens minted or revoked,
-    /// systems created), here or on another node.
+    /// What may have changed systems' lists at or after `since` elsewhere (tokens minted or
+    /// revoked by another node or process, systems created): this node announces its own
+    /// changes as it makes them ([`Event::LocalTokensChanged`]).
     pub async fn list_changes_since(&self, since: i64) -> Result<Vec<ListChange>> {
-        Ok(local_tokens::list_changes_since(&self.db, since)
+        Ok(local_tokens::list_changes_since(&self.db, since, &self.node_id)
             .await?
             .into_iter()
             .map(|c| ListChange {

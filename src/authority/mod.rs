@@ -137,7 +137,8 @@ pub struct Authority {
     /// first mint (it needs the runtime).
     pub(crate) local_token_inserts: std::sync::OnceLock<crate::store::local_tokens::Inserts>,
     events: broadcast::Sender<Event>,
-    /// Tells this node's announcements from the others'.
+    /// This node (this process, while it runs): tells its announcements from the others', and
+    /// the token rows it changed.
     node_id: String,
 }
 
@@ -184,6 +185,11 @@ impl Authority {
 
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    /// This node's id, new each time the process starts.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// Changes as they happen in this process.

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,6 +68,9 @@ pub struct Gate {
     expiries: Mutex<retained::Expiries>,
     /// When the reconciliation last looked at the database.
     reconciled_at: Mutex<i64>,
+    /// Whether a change made here may not have been published (its announcement was missed, or
+    /// publishing it failed): the next reconciliation then republishes everything.
+    behind: AtomicBool,
 }
 
 impl Gate {
@@ -131,7 +135,7 @@ impl Gate {
             Event::KeysChanged { tenant_id, slug } => {
                 self.recheck(Some(&tenant_id), false).await;
                 if let Err(e) = self.republish_tenant(&slug).await {
-                    tracing::warn!("mqtt: publishing the keys of {slug}: {e:#}");
+                    self.fell_behind(&format!("publishing the keys of {slug}"), &e);
                 }
             }
         }
@@ -184,24 +188,32 @@ impl Gate {
                     read.entry(tenant_id).or_default().extend(systems);
                 }
             }
-            Err(e) => tracing::warn!("mqtt: publishing token lists: {e:#}"),
+            Err(e) => self.fell_behind("publishing token lists", &e),
         }
         self.republish_lists(read).await;
         if missed > 0 {
-            self.missed_events(missed).await;
+            self.events_missed(missed).await;
         }
     }
 
-    /// Events were lost (the channel overflowed): every session is checked again. Lists and
-    /// keys follow at the next reconciliation.
-    async fn missed_events(&self, missed: u64) {
+    /// Events were lost (the channel overflowed): every session is checked again, and the next
+    /// reconciliation republishes every key set and list. The one step taken then.
+    pub async fn events_missed(&self, missed: u64) {
         tracing::warn!("mqtt: missed {missed} authority events; re-checking every session");
+        self.behind.store(true, Ordering::SeqCst);
         self.recheck(None, true).await;
+    }
+
+    /// A change made here may not have reached the devices: the next reconciliation, which
+    /// otherwise reads only changes made elsewhere, republishes everything.
+    fn fell_behind(&self, what: &str, e: &anyhow::Error) {
+        tracing::warn!("mqtt: {what}: {e:#}; everything is republished at the next reconciliation");
+        self.behind.store(true, Ordering::SeqCst);
     }
 
     async fn republish_lists(&self, lists: Lists) {
         if let Err(e) = self.publish_lists(lists).await {
-            tracing::warn!("mqtt: publishing token lists: {e:#}");
+            self.fell_behind("publishing token lists", &e);
         }
     }
 
@@ -316,6 +328,7 @@ impl Broker {
             retained: Mutex::default(),
             expiries: Mutex::default(),
             reconciled_at: Mutex::new(authority.now()),
+            behind: AtomicBool::new(false),
             authority: authority.clone(),
         });
         // Retained state is in place before the first client can subscribe.
@@ -462,7 +475,7 @@ async fn follow_authority(
             _ = sweep.tick() => {
                 gate.end_expired_sessions_once();
                 if let Err(e) = gate.expire_lists_once().await {
-                    tracing::warn!("mqtt: republishing expired token lists: {e:#}");
+                    gate.fell_behind("republishing expired token lists", &e);
                 }
             }
             _ = reconcile.tick() => {
@@ -472,7 +485,7 @@ async fn follow_authority(
             }
             event = events.recv() => match event {
                 Ok(event) => gate.on_events(event, &mut events).await,
-                Err(broadcast::error::RecvError::Lagged(missed)) => gate.missed_events(missed).await,
+                Err(broadcast::error::RecvError::Lagged(missed)) => gate.events_missed(missed).await,
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         }

@@ -7,14 +7,19 @@
 //! earliest expiry is kept in time order, and only the due ones are looked at), and when the
 //! reconciliation sees a change another process made (a JWKS that changed unannounced also
 //! ends the sessions its keys no longer cover and republishes its tenant's lists, as a key
-//! event would). A token minted here is put into its list
-//! as the mint announced it (`TokenList::with`); every other change reads the lists it
-//! touched, several in one query. The reconciliation reads only the lists of changed token rows
-//! that the published lists do not show (`TokenList::shows`).
+//! event would). A token minted here is put into its list as the mint announced it
+//! (`TokenList::with`); every other change reads the lists it touched, several in one query.
+//!
+//! The reconciliation reads only the token rows changed elsewhere (each row names the node that
+//! last changed it), and of those the lists only where the published list does not show the
+//! change (`TokenList::shows`). When a change made here may not have been published (events
+//! were missed, or publishing failed), the gate is behind, and the next reconciliation
+//! republishes every list instead.
 //! One task publishes, and a payload equal to the last one is not sent again, so a newer list
 //! is never overtaken by an older one.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use rumqttd::protocol::Publish;
@@ -197,9 +202,19 @@ impl Gate {
     }
 
     /// Brings the retained topics in line with the database: every tenant's JWKS, and the
-    /// lists of systems changed since the last run. The one step of the reconciliation, which
-    /// is how changes made by another process reach the devices.
+    /// lists of systems changed elsewhere since the last run, or every list when this node fell
+    /// behind on its own changes. The one step of the reconciliation, which is how changes
+    /// made by another process reach the devices.
     pub async fn reconcile_once(&self) -> anyhow::Result<()> {
+        let everything = self.behind.swap(false, Ordering::SeqCst);
+        let done = self.reconcile(everything).await;
+        if done.is_err() && everything {
+            self.behind.store(true, Ordering::SeqCst);
+        }
+        done
+    }
+
+    async fn reconcile(&self, everything: bool) -> anyhow::Result<()> {
         let now = self.authority.now();
         // Advanced only after a run that completed: a database that was away for a while
         // leaves nothing behind.
@@ -210,10 +225,16 @@ impl Gate {
                 // The keys changed and no announcement said so: act as on one.
                 self.recheck(Some(&tenant.id), false).await;
                 self.publish_tenant_lists(tenant).await?;
+            } else if everything {
+                self.publish_tenant_lists(tenant).await?;
             }
         }
-        // Only lists that do not show a change already are read: most changes were made here
-        // and published as they happened.
+        if everything {
+            *self.reconciled_at.lock().expect("reconcile lock") = now;
+            return Ok(());
+        }
+        // Only lists that do not show a change made elsewhere already are read: a change made
+        // here was published as it happened.
         let mut unseen = Lists::new();
         let changes = self.authority.list_changes_since(since).await?;
         {

@@ -32,27 +32,30 @@ pub struct LocalTokenRow {
 
 const COLUMNS: &str = "id, tenant_id, system_id, user_id, user_name, roles, name, requested_device, kid, token, status, not_before, expires_at, created_at, updated_at";
 
-/// Rows in one multi-row `INSERT`: 15 parameters each, well inside both databases' limits.
+/// Parameters a row takes in an `INSERT`: its columns, and the node that writes it.
+const PARAMS_PER_ROW: usize = 16;
+
+/// Rows in one multi-row `INSERT`: 16 parameters each, well inside both databases' limits.
 const MAX_ROWS_PER_INSERT: usize = 64;
 
 /// Statements for up to this many rows are prepared once and kept; larger ones, rare, each time,
 /// so they do not push the other statements out of the connection's cache.
 const MAX_ROWS_KEPT: usize = 16;
 
-/// Inserts rows in one statement: all of them or none.
-async fn insert_rows(db: &Db, rows: &[&LocalTokenRow]) -> StoreResult<()> {
+/// Inserts rows in one statement, as written by `node`: all of them or none.
+async fn insert_rows(db: &Db, node: &str, rows: &[&LocalTokenRow]) -> StoreResult<()> {
     // SQLite finds the number of a `$N` parameter by scanning the names of all parameters
     // before it, so binding hundreds of them costs more than the insert; plain `?` are numbered
     // by their place.
     let sqlite = matches!(db, Db::Sqlite { .. });
     let values: Vec<String> = (0..rows.len())
         .map(|r| {
-            let params: Vec<String> = (1..=15)
+            let params: Vec<String> = (1..=PARAMS_PER_ROW)
                 .map(|c| {
                     if sqlite {
                         "?".to_owned()
                     } else {
-                        format!("${}", r * 15 + c)
+                        format!("${}", r * PARAMS_PER_ROW + c)
                     }
                 })
                 .collect();
@@ -60,7 +63,7 @@ async fn insert_rows(db: &Db, rows: &[&LocalTokenRow]) -> StoreResult<()> {
         })
         .collect();
     let sql = format!(
-        "INSERT INTO local_api_tokens ({COLUMNS}) VALUES {}",
+        "INSERT INTO local_api_tokens ({COLUMNS}, written_by) VALUES {}",
         values.join(", ")
     );
     on_writer!(db, pool => {
@@ -81,7 +84,8 @@ async fn insert_rows(db: &Db, rows: &[&LocalTokenRow]) -> StoreResult<()> {
                 .bind(t.not_before)
                 .bind(t.expires_at)
                 .bind(t.created_at)
-                .bind(t.updated_at);
+                .bind(t.updated_at)
+                .bind(node);
         }
         query.execute(pool).await?.rows_affected()
     });
@@ -122,8 +126,9 @@ impl Drop for Coming {
 }
 
 impl Inserts {
-    /// Starts the writing task on the current Tokio runtime; it ends when `Inserts` is dropped.
-    pub fn start(db: Db) -> Inserts {
+    /// Starts the writing task on the current Tokio runtime, which writes rows as `node`'s; it
+    /// ends when `Inserts` is dropped.
+    pub fn start(db: Db, node: String) -> Inserts {
         let (queue, mut arrived) = mpsc::unbounded_channel::<Pending>();
         let coming = Arc::new(AtomicUsize::new(0));
         let expected = coming.clone();
@@ -143,7 +148,7 @@ impl Inserts {
                     }
                 }
                 let rows: Vec<&LocalTokenRow> = batch.iter().map(|p| &p.row).collect();
-                match insert_rows(&db, &rows).await {
+                match insert_rows(&db, &node, &rows).await {
                     Ok(()) => batch.drain(..).for_each(|p| {
                         let _ = p.done.send(Ok(()));
                     }),
@@ -152,7 +157,7 @@ impl Inserts {
                     }
                     Err(_) => {
                         for p in batch.drain(..) {
-                            let _ = p.done.send(insert_rows(&db, &[&p.row]).await);
+                            let _ = p.done.send(insert_rows(&db, &node, &[&p.row]).await);
                         }
                     }
                 }
@@ -227,26 +232,30 @@ pub async fn for_systems(
     }))
 }
 
-const REVOKE: &str = "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = $3
+const REVOKE: &str =
+    "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = $3, written_by = $4
     WHERE tenant_id = $1 AND id = $2 AND status = 'ACTIVATED'";
 
-pub async fn revoke(db: &Db, tenant_id: &str, id: &str, now: i64) -> StoreResult<()> {
-    on_writer!(db, pool => sqlx::query(REVOKE).bind(tenant_id).bind(id).bind(now).execute(pool).await?.rows_affected());
+/// Revokes a token, as `node`.
+pub async fn revoke(db: &Db, tenant_id: &str, id: &str, now: i64, node: &str) -> StoreResult<()> {
+    on_writer!(db, pool => sqlx::query(REVOKE).bind(tenant_id).bind(id).bind(now).bind(node).execute(pool).await?.rows_affected());
     Ok(())
 }
 
-const REVOKE_FOR_USER: &str = "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = $3
+const REVOKE_FOR_USER: &str =
+    "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = $3, written_by = $4
     WHERE tenant_id = $1 AND user_id = $2 AND status = 'ACTIVATED' RETURNING system_id";
 
-/// Revokes every token of a user; returns the systems whose lists changed.
+/// Revokes every token of a user, as `node`; returns the systems whose lists changed.
 pub async fn revoke_for_user(
     db: &Db,
     tenant_id: &str,
     user_id: &str,
     now: i64,
+    node: &str,
 ) -> StoreResult<Vec<String>> {
     Ok(
-        on_writer!(db, pool => sqlx::query_scalar(REVOKE_FOR_USER).bind(tenant_id).bind(user_id).bind(now).fetch_all(pool).await?),
+        on_writer!(db, pool => sqlx::query_scalar(REVOKE_FOR_USER).bind(tenant_id).bind(user_id).bind(now).bind(node).fetch_all(pool).await?),
     )
 }
 
@@ -261,11 +270,13 @@ pub struct ListChange {
 }
 
 const CHANGED_SINCE: &str = "SELECT tenant_id, system_id, id, status, updated_at
-    FROM local_api_tokens WHERE updated_at >= $1
+    FROM local_api_tokens WHERE updated_at >= $1 AND (written_by IS NULL OR written_by <> $2)
     UNION ALL SELECT tenant_id, id, NULL, NULL, NULL FROM systems WHERE created_at >= $1";
 
-/// What may have changed lists at or after `since`: tokens minted or revoked, systems created.
-/// How a node learns of changes made by another.
-pub async fn list_changes_since(db: &Db, since: i64) -> StoreResult<Vec<ListChange>> {
-    Ok(on_pool!(db, pool => sqlx::query_as(CHANGED_SINCE).bind(since).fetch_all(pool).await?))
+/// What may have changed lists at or after `since` other than `node` itself: tokens minted or
+/// revoked by others, and systems created. How a node learns of changes made by another.
+pub async fn list_changes_since(db: &Db, since: i64, node: &str) -> StoreResult<Vec<ListChange>> {
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(CHANGED_SINCE).bind(since).bind(node).fetch_all(pool).await?),
+    )
 }

@@ -384,3 +384,49 @@ async fn the_topic_of_a_system_removed_from_the_database_is_cleared() {
     fresh.subscribe(&list_topic(&w.system)).await;
     assert!(fresh.message(Duration::from_millis(500)).await.is_none());
 }
+
+/// Revokes the token `id` in the database as the process `node` would (`None`: one that does
+/// not say), and announces nothing.
+async fn revoke_unannounced(app: &TestApp, id: &str, node: Option<&str>) {
+    let lanyard::store::Db::Sqlite { writer, .. } = app.authority().db() else {
+        unreachable!()
+    };
+    sqlx::query(
+        "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = updated_at + 1, written_by = $1
+         WHERE id = $2",
+    )
+    .bind(node)
+    .bind(id)
+    .execute(&mut *writer.acquire().await.unwrap())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_change_this_node_made_is_read_back_only_once_it_missed_announcements() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let w = world(&app).await;
+    let (mut gw, _) = gateway(&app, &w).await;
+    let (id, _) = mint(&app, &w, "1D").await;
+    assert_eq!(next_list(&mut gw).await[0]["status"], "ACTIVATED");
+    revoke_unannounced(&app, &id, Some(app.authority().node_id())).await;
+    // This node publishes its changes as it makes them: the reconciliation does not read them.
+    app.app().mqtt().reconcile_once().await.unwrap();
+    assert!(gw.message(Duration::from_millis(500)).await.is_none());
+    // Once announcements were missed, it republishes everything.
+    app.app().mqtt().events_missed(1).await;
+    app.app().mqtt().reconcile_once().await.unwrap();
+    assert_eq!(next_list(&mut gw).await[0]["status"], "REVOKED");
+}
+
+#[tokio::test]
+async fn a_change_by_a_process_that_does_not_name_itself_is_read() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let w = world(&app).await;
+    let (mut gw, _) = gateway(&app, &w).await;
+    let (id, _) = mint(&app, &w, "1D").await;
+    assert_eq!(next_list(&mut gw).await[0]["status"], "ACTIVATED");
+    revoke_unannounced(&app, &id, None).await;
+    app.app().mqtt().reconcile_once().await.unwrap();
+    assert_eq!(next_list(&mut gw).await[0]["status"], "REVOKED");
+}
