@@ -484,7 +484,13 @@ async fn follow_authority(
                 }
             }
             event = events.recv() => match event {
-                Ok(event) => gate.on_events(event, &mut events).await,
+                Ok(event) => {
+                    // Tokens committed together are answered together: letting their tasks
+                    // run first publishes them together, each list once and in one hand-over
+                    // to the router.
+                    tokio::task::yield_now().await;
+                    gate.on_events(event, &mut events).await
+                }
                 Err(broadcast::error::RecvError::Lagged(missed)) => gate.events_missed(missed).await,
                 Err(broadcast::error::RecvError::Closed) => return,
             },
