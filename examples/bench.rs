@@ -512,12 +512,24 @@ fn connect_packet(client_id: &str, password: Option<&str>) -> Vec<u8> {
 }
 
 /// Connects, waits for a successful CONNACK; the stream stays open.
+/// Connects from 127.0.0.2 to 127.0.0.254 in turn. A connection closed by the client leaves its
+/// port in TIME_WAIT for a minute: from one address, the 28,000 ports of the ephemeral range
+/// run out within two seconds of CONNECTs, and the kernel's search for a free port then costs
+/// the load generator more than the CONNECT costs the server.
+async fn connect_spread(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = (NEXT.fetch_add(1, Ordering::Relaxed) % 253) as u8;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 2 + n], 0)))?;
+    socket.connect(addr).await
+}
+
 async fn mqtt_connect(
     addr: SocketAddr,
     client_id: &str,
     password: Option<&str>,
 ) -> Option<TcpStream> {
-    let mut s = TcpStream::connect(addr).await.ok()?;
+    let mut s = connect_spread(addr).await.ok()?;
     s.set_nodelay(true).ok()?;
     s.write_all(&connect_packet(client_id, password))
         .await
