@@ -494,19 +494,21 @@ impl Authority {
     /// revoked by another node or process, systems created): this node announces its own
     /// changes as it makes them ([`Event::LocalTokensChanged`]).
     pub async fn list_changes_since(&self, since: i64) -> Result<Vec<ListChange>> {
-        Ok(local_tokens::list_changes_since(&self.db, since, &self.node_id)
-            .await?
-            .into_iter()
-            .map(|c| ListChange {
-                token: c.id.map(|id| ChangedToken {
-                    id,
-                    activated: c.status.as_deref() == Some("ACTIVATED"),
-                    updated_at: c.updated_at.unwrap_or_default(),
-                }),
-                tenant_id: c.tenant_id,
-                system_id: c.system_id,
-            })
-            .collect())
+        Ok(
+            local_tokens::list_changes_since(&self.db, since, &self.node_id)
+                .await?
+                .into_iter()
+                .map(|c| ListChange {
+                    token: c.id.map(|id| ChangedToken {
+                        id,
+                        activated: c.status.as_deref() == Some("ACTIVATED"),
+                        updated_at: c.updated_at.unwrap_or_default(),
+                    }),
+                    tenant_id: c.tenant_id,
+                    system_id: c.system_id,
+                })
+                .collect(),
+        )
     }
 
     /// The tenant's systems.

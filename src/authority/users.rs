@@ -95,7 +95,8 @@ impl Authority {
     /// them, and their access tokens and MQTT sessions end.
     pub async fn delete_user(&self, tenant: &Tenant, id: &str) -> Result<()> {
         let now = self.now();
-        let systems = local_tokens::revoke_for_user(&self.db, &tenant.id, id, now, &self.node_id).await?;
+        let systems =
+            local_tokens::revoke_for_user(&self.db, &tenant.id, id, now, &self.node_id).await?;
         if !users::delete(&self.db, &tenant.id, id).await? {
             return Err(Error::NotFound(format!("no user {id}")));
         }
