@@ -385,6 +385,16 @@ async fn the_topic_of_a_system_removed_from_the_database_is_cleared() {
     assert!(fresh.message(Duration::from_millis(500)).await.is_none());
 }
 
+/// A server on SQLite, a token minted there, and the system's device, which has its list.
+async fn a_listed_token() -> (TestApp, V4, String) {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let w = world(&app).await;
+    let (mut gw, _) = gateway(&app, &w).await;
+    let (id, _) = mint(&app, &w, "1D").await;
+    assert_eq!(next_list(&mut gw).await[0]["status"], "ACTIVATED");
+    (app, gw, id)
+}
+
 /// Revokes the token `id` in the database as the process `node` would (`None`: one that does
 /// not say), and announces nothing.
 async fn revoke_unannounced(app: &TestApp, id: &str, node: Option<&str>) {
@@ -404,11 +414,7 @@ async fn revoke_unannounced(app: &TestApp, id: &str, node: Option<&str>) {
 
 #[tokio::test]
 async fn a_change_this_node_made_is_read_back_only_once_it_missed_announcements() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
-    let w = world(&app).await;
-    let (mut gw, _) = gateway(&app, &w).await;
-    let (id, _) = mint(&app, &w, "1D").await;
-    assert_eq!(next_list(&mut gw).await[0]["status"], "ACTIVATED");
+    let (app, mut gw, id) = a_listed_token().await;
     revoke_unannounced(&app, &id, Some(app.authority().node_id())).await;
     // This node publishes its changes as it makes them: the reconciliation does not read them.
     app.app().mqtt().reconcile_once().await.unwrap();
@@ -421,11 +427,7 @@ async fn a_change_this_node_made_is_read_back_only_once_it_missed_announcements(
 
 #[tokio::test]
 async fn a_change_by_a_process_that_does_not_name_itself_is_read() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
-    let w = world(&app).await;
-    let (mut gw, _) = gateway(&app, &w).await;
-    let (id, _) = mint(&app, &w, "1D").await;
-    assert_eq!(next_list(&mut gw).await[0]["status"], "ACTIVATED");
+    let (app, mut gw, id) = a_listed_token().await;
     revoke_unannounced(&app, &id, None).await;
     app.app().mqtt().reconcile_once().await.unwrap();
     assert_eq!(next_list(&mut gw).await[0]["status"], "REVOKED");
