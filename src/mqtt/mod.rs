@@ -81,6 +81,19 @@ impl Gate {
             .await;
     }
 
+    /// Publishes messages as lanyard itself, in order, in one hand-over to the router: the
+    /// feeder's and the router's threads are woken once for all of them.
+    pub(crate) async fn publish_all(&self, publishes: Vec<Publish>) {
+        if publishes.is_empty() {
+            return;
+        }
+        let packets = publishes
+            .into_iter()
+            .map(|publish| Packet::Publish(publish, None))
+            .collect();
+        self.router.send_all(self.internal_link, packets).await;
+    }
+
     /// Whether the router and its feeder still run.
     pub fn is_ready(&self) -> bool {
         self.router.is_running()

@@ -16,7 +16,8 @@
 //! were missed, or publishing failed), the gate is behind, and the next reconciliation
 //! republishes every list instead.
 //! One task publishes, and a payload equal to the last one is not sent again, so a newer list
-//! is never overtaken by an older one.
+//! is never overtaken by an older one. The lists one step changes reach the router in one
+//! hand-over, which wakes the feeder's and the router's threads once, not once a list.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -48,20 +49,16 @@ impl Retained {
 }
 
 impl Gate {
-    /// Publishes a retained message of lanyard's own, unless the topic holds it already;
-    /// returns whether it did.
-    async fn publish_retained(&self, topic: String, message: Retained) -> bool {
+    /// Records a retained message of lanyard's own; the publish to make, unless the topic
+    /// holds that message already.
+    fn retain(&self, topic: String, message: Retained) -> Option<Publish> {
         let payload = message.payload().clone();
-        {
-            let mut retained = self.retained.lock().expect("retained lock");
-            if retained.get(&topic).map(Retained::payload) == Some(&payload) {
-                return false;
-            }
-            retained.insert(topic.clone(), message);
+        let mut retained = self.retained.lock().expect("retained lock");
+        if retained.get(&topic).map(Retained::payload) == Some(&payload) {
+            return None;
         }
-        self.publish(Publish::new(Bytes::from(topic), payload, true))
-            .await;
-        true
+        retained.insert(topic.clone(), message);
+        Some(Publish::new(Bytes::from(topic), payload, true))
     }
 
     /// lanyard's current message on one of its retained topics.
@@ -78,7 +75,11 @@ impl Gate {
         let keys = self.authority.keyring(tenant).await?;
         let topic = self.permissions.jwks_topic(tenant.slug.as_str());
         let jwks = Bytes::from(keys.jwks.as_bytes().to_vec());
-        Ok(self.publish_retained(topic, Retained::Jwks(jwks)).await)
+        let Some(publish) = self.retain(topic, Retained::Jwks(jwks)) else {
+            return Ok(false);
+        };
+        self.publish_all(vec![publish]).await;
+        Ok(true)
     }
 
     /// Publishes the lists of some of a tenant's systems (each named once), read together, and
@@ -92,6 +93,7 @@ impl Gate {
             .authority
             .systems_local_tokens(tenant, system_ids)
             .await?;
+        let mut publishes = Vec::new();
         for (system_id, tokens) in system_ids.iter().zip(lists) {
             if let Some(next) = tokens.iter().filter_map(|t| t.expires_at).min() {
                 self.note_expiry(next, &tenant.id, system_id);
@@ -99,9 +101,9 @@ impl Gate {
             let topic = self
                 .permissions
                 .token_list_topic(tenant.slug.as_str(), system_id);
-            self.publish_retained(topic, Retained::List(TokenList::of(&tokens)))
-                .await;
+            publishes.extend(self.retain(topic, Retained::List(TokenList::of(&tokens))));
         }
+        self.publish_all(publishes).await;
         Ok(())
     }
 
@@ -129,6 +131,7 @@ impl Gate {
                 .push(token);
         }
         let mut unread = Lists::new();
+        let mut publishes = Vec::new();
         for ((tenant_id, system_id), tokens) in by_list {
             let Some(tenant) = self.authority.tenant_by_id(&tenant_id).await? else {
                 continue;
@@ -149,8 +152,9 @@ impl Gate {
             for at in tokens.iter().filter_map(|t| t.expires_at) {
                 self.note_expiry(at, &tenant_id, &system_id);
             }
-            self.publish_retained(topic, Retained::List(list)).await;
+            publishes.extend(self.retain(topic, Retained::List(list)));
         }
+        self.publish_all(publishes).await;
         Ok(unread)
     }
 

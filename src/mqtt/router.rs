@@ -60,6 +60,11 @@ enum Command {
         key: u64,
         packet: Packet,
     },
+    /// Packets for one link, handed to the router together: it is woken once for all.
+    SendAll {
+        key: u64,
+        packets: Vec<Packet>,
+    },
     /// Deregisters the link (a DISCONNECT is the only way rumqttd forgets one) and drops it.
     Close {
         key: u64,
@@ -144,6 +149,19 @@ impl RouterLinks {
                                     return;
                                 }
                             }
+                            Command::SendAll { key, mut packets } => {
+                                let Some((tx, _)) = links.open.get_mut(&key) else {
+                                    continue;
+                                };
+                                // The router takes everything waiting on the link when it
+                                // is told of the last packet.
+                                let Some(last) = packets.pop() else { continue };
+                                tx.buffer().extend(packets);
+                                if let Err(LinkError::Send(_)) = tx.send(last).await {
+                                    tracing::error!("the MQTT router stopped");
+                                    return;
+                                }
+                            }
                             Command::Close { key } => links.close(key).await,
                             Command::Forget { key } => {
                                 links.open.remove(&key);
@@ -179,6 +197,11 @@ impl RouterLinks {
 
     pub async fn send(&self, key: u64, packet: Packet) {
         let _ = self.commands.send(Command::Send { key, packet }).await;
+    }
+
+    /// Sends `packets` on the link `key`, in order, in one hand-over to the router.
+    pub async fn send_all(&self, key: u64, packets: Vec<Packet>) {
+        let _ = self.commands.send(Command::SendAll { key, packets }).await;
     }
 
     pub async fn close(&self, key: u64) {
