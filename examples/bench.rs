@@ -219,27 +219,36 @@ seed = true
         ),
     )
     .unwrap();
+    // The log goes to a file, as a deployment's would: a pipe would wake the benchmark for
+    // every line lanyard logs (a mint logs one) and put that on the figures.
+    let log_path = dir.join("lanyard.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(bin)
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "warn,lanyard=info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(log)
         .spawn()
         .expect("lanyard starts");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
     let (mut http, mut mqtt) = (None, None);
-    let mut lines = stderr.lines();
+    let started = Instant::now();
     while http.is_none() || mqtt.is_none() {
-        let line = lines.next().expect("lanyard logs its ports").unwrap();
-        if let Some(a) = line.split("http listening on ").nth(1) {
-            http = a.trim().parse().ok();
-        }
-        if let Some(a) = line.split("mqtt listening on ").nth(1) {
-            mqtt = a.trim().parse().ok();
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "lanyard logs its ports within a minute; see {}",
+            log_path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        for line in std::fs::read_to_string(&log_path).unwrap().lines() {
+            if let Some(a) = line.split("http listening on ").nth(1) {
+                http = a.trim().parse().ok();
+            }
+            if let Some(a) = line.split("mqtt listening on ").nth(1) {
+                mqtt = a.trim().parse().ok();
+            }
         }
     }
-    std::thread::spawn(move || for _ in lines {});
     let stdout = child.stdout.take().unwrap();
     let mut out = String::new();
     if first_start {
