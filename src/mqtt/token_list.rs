@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Value, json};
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::authority::{LocalToken, LocalTokenStatus};
@@ -19,29 +19,74 @@ fn rfc3339(secs: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// One entry of a system's list (SPEC §4).
-fn entry(t: &LocalToken) -> Value {
-    let mut e = json!({
-        "uuid": t.id,
-        "createdAt": rfc3339(t.created_at),
-        "updatedAt": rfc3339(t.updated_at),
-        "status": t.status,
-        "expiresAt": t.expires_at.map(rfc3339),
-        "notBefore": rfc3339(t.not_before),
-        "systemUuid": t.system_id,
-        "roles": t.roles.iter().map(|r| json!({ "uuid": r.id, "name": r.name })).collect::<Vec<_>>(),
-        "subject": { "uuid": t.subject_id, "name": t.subject_name, "type": "USER" },
-    });
-    if let (LocalTokenStatus::Activated, Some(token)) = (t.status, &t.token) {
-        e["token"] = token.clone().into();
-    }
-    if let Some(name) = &t.name {
-        e["name"] = name.clone().into();
-    }
-    if let Some(device) = &t.requested_device {
-        e["requestedDevice"] = device.clone().into();
-    }
-    e
+/// One entry of a system's list (SPEC §4). The members are in alphabetical order, as lists
+/// have always been written; `expiresAt` is `null` for a permanent token, and the token itself
+/// is listed only while it is ACTIVATED.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry<'a> {
+    created_at: String,
+    expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    not_before: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested_device: Option<&'a str>,
+    roles: Vec<EntryRole<'a>>,
+    status: LocalTokenStatus,
+    subject: Subject<'a>,
+    system_uuid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+    updated_at: String,
+    uuid: &'a str,
+}
+
+#[derive(Serialize)]
+struct EntryRole<'a> {
+    name: &'a str,
+    uuid: &'a str,
+}
+
+#[derive(Serialize)]
+struct Subject<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    uuid: &'a str,
+}
+
+/// Writes the entry of `t` to `out`.
+fn write_entry(out: &mut Vec<u8>, t: &LocalToken) {
+    let entry = Entry {
+        created_at: rfc3339(t.created_at),
+        expires_at: t.expires_at.map(rfc3339),
+        name: t.name.as_deref(),
+        not_before: rfc3339(t.not_before),
+        requested_device: t.requested_device.as_deref(),
+        roles: t
+            .roles
+            .iter()
+            .map(|r| EntryRole {
+                name: &r.name,
+                uuid: &r.id,
+            })
+            .collect(),
+        status: t.status,
+        subject: Subject {
+            name: &t.subject_name,
+            kind: "USER",
+            uuid: &t.subject_id,
+        },
+        system_uuid: &t.system_id,
+        token: match t.status {
+            LocalTokenStatus::Activated => t.token.as_deref(),
+            LocalTokenStatus::Revoked => None,
+        },
+        updated_at: rfc3339(t.updated_at),
+        uuid: &t.id,
+    };
+    serde_json::to_writer(out, &entry).expect("an entry serialises");
 }
 
 /// What the index knows of one listed token.
@@ -80,7 +125,7 @@ impl TokenList {
                 payload.push(b',');
             }
             let start = payload.len();
-            serde_json::to_writer(&mut payload, &entry(t)).expect("an entry serialises");
+            write_entry(&mut payload, t);
             listed = listed.and_then(|mut listed| {
                 listed.push(Listed {
                     created_at: t.created_at,
@@ -113,7 +158,8 @@ impl TokenList {
         }
         let order = (token.created_at, id);
         let at = listed.partition_point(|l| l.order() < order);
-        let entry = serde_json::to_vec(&entry(token)).expect("an entry serialises");
+        let mut entry = Vec::with_capacity(1024);
+        write_entry(&mut entry, token);
         let (insert_at, bytes, start) = match listed.get(at) {
             // Before the entry now at `at`: the new entry and a comma.
             Some(next) => (next.start, [entry.as_slice(), b","].concat(), next.start),
@@ -165,6 +211,7 @@ impl TokenList {
 mod tests {
     use super::*;
     use crate::authority::Role;
+    use serde_json::json;
 
     fn token(id: u128, created_at: i64) -> LocalToken {
         LocalToken {
@@ -185,6 +232,47 @@ mod tests {
             updated_at: created_at,
             token: Some("CLOUD-a.b.c".into()),
         }
+    }
+
+    #[test]
+    fn an_entry_has_the_members_of_spec_4_in_alphabetical_order() {
+        let mut t = token(7, 1_700_000_000);
+        // serde_json writes an object's members sorted by name.
+        let expected = json!({
+            "uuid": t.id,
+            "createdAt": "2023-11-14T22:13:20Z",
+            "updatedAt": "2023-11-14T22:13:20Z",
+            "status": "ACTIVATED",
+            "expiresAt": "2023-11-14T22:14:20Z",
+            "notBefore": "2023-11-14T22:13:20Z",
+            "systemUuid": t.system_id,
+            "roles": [{ "uuid": "r", "name": "Owner" }],
+            "subject": { "uuid": "u", "name": "Ada", "type": "USER" },
+            "token": "CLOUD-a.b.c",
+            "requestedDevice": "Panel",
+        });
+        let listed = |t: &LocalToken| {
+            String::from_utf8(TokenList::of(std::slice::from_ref(t)).payload().to_vec())
+        };
+        assert_eq!(listed(&t).unwrap(), format!("[{expected}]"));
+        // Permanent, named and revoked: `expiresAt` null, and the token no longer listed.
+        t.expires_at = None;
+        t.name = Some("Door".into());
+        t.requested_device = None;
+        t.status = LocalTokenStatus::Revoked;
+        let expected = json!({
+            "uuid": t.id,
+            "createdAt": "2023-11-14T22:13:20Z",
+            "updatedAt": "2023-11-14T22:13:20Z",
+            "status": "REVOKED",
+            "expiresAt": null,
+            "notBefore": "2023-11-14T22:13:20Z",
+            "systemUuid": t.system_id,
+            "roles": [{ "uuid": "r", "name": "Owner" }],
+            "subject": { "uuid": "u", "name": "Ada", "type": "USER" },
+            "name": "Door",
+        });
+        assert_eq!(listed(&t).unwrap(), format!("[{expected}]"));
     }
 
     #[test]

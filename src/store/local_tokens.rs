@@ -1,5 +1,6 @@
 //! Local API tokens.
 
+use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -48,24 +49,21 @@ async fn insert_rows(db: &Db, node: &str, rows: &[&LocalTokenRow]) -> StoreResul
     // before it, so binding hundreds of them costs more than the insert; plain `?` are numbered
     // by their place.
     let sqlite = matches!(db, Db::Sqlite { .. });
-    let values: Vec<String> = (0..rows.len())
-        .map(|r| {
-            let params: Vec<String> = (1..=PARAMS_PER_ROW)
-                .map(|c| {
-                    if sqlite {
-                        "?".to_owned()
-                    } else {
-                        format!("${}", r * PARAMS_PER_ROW + c)
-                    }
-                })
-                .collect();
-            format!("({})", params.join(", "))
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO local_api_tokens ({COLUMNS}, written_by) VALUES {}",
-        values.join(", ")
-    );
+    let mut sql = format!("INSERT INTO local_api_tokens ({COLUMNS}, written_by) VALUES ");
+    for r in 0..rows.len() {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 1..=PARAMS_PER_ROW {
+            if c > 1 {
+                sql.push_str(", ");
+            }
+            if sqlite {
+                sql.push('?');
+            } else {
+                write!(sql, "${}", r * PARAMS_PER_ROW + c).expect("writing to a String");
+            }
+        }
+        sql.push(')');
+    }
     on_writer!(db, pool => {
         let mut query = sqlx::query(&sql).persistent(rows.len() <= MAX_ROWS_KEPT);
         for t in rows {
