@@ -78,7 +78,7 @@ impl Gate {
         let Some(publish) = self.retain(topic, Retained::Jwks(jwks)) else {
             return Ok(false);
         };
-        self.publish_all(vec![publish]).await;
+        self.publish(publish).await;
         Ok(true)
     }
 
