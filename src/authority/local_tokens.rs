@@ -301,7 +301,7 @@ impl Authority {
         self.emit(Event::LocalTokensChanged {
             tenant_id: tenant.id.clone(),
             system_id: system_id.to_owned(),
-            minted: Some(Box::new(listed)),
+            minted: Some(Arc::new(listed)),
         });
         Ok(MintedToken { id, token })
     }

@@ -79,9 +79,10 @@ pub enum Event {
         tenant_id: String,
         system_id: String,
         /// The token, as listed, when the change is that it was minted here: the list can take
-        /// it in without being read again. Not announced to other nodes.
+        /// it in without being read again; shared, not copied, by every receiver. Not announced
+        /// to other nodes.
         #[serde(skip)]
-        minted: Option<Box<LocalToken>>,
+        minted: Option<Arc<LocalToken>>,
     },
 }
 

@@ -20,6 +20,7 @@
 //! hand-over, which wakes the feeder's and the router's threads once, not once a list.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -121,9 +122,9 @@ impl Gate {
     /// read instead: those not published yet, or already showing one of the tokens.
     pub(crate) async fn add_minted(
         &self,
-        minted: Vec<(String, String, Box<LocalToken>)>,
+        minted: Vec<(String, String, Arc<LocalToken>)>,
     ) -> anyhow::Result<Lists> {
-        let mut by_list: BTreeMap<(String, String), Vec<Box<LocalToken>>> = BTreeMap::new();
+        let mut by_list: BTreeMap<(String, String), Vec<Arc<LocalToken>>> = BTreeMap::new();
         for (tenant_id, system_id, token) in minted {
             by_list
                 .entry((tenant_id, system_id))
