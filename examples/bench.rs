@@ -12,7 +12,7 @@
 //! - GraphQL `createLocalApiToken` against the token endpoint, a second of each in turn, round
 //!   10,000 systems;
 //! - MQTT CONNECT with a real RS256 token, and a reconnect storm, against Mosquitto's anonymous
-//!   CONNECT;
+//!   CONNECT, a second of each in turn;
 //! - publish throughput (QoS 0 and 1, 100-byte payloads, one and four subscribers) against
 //!   Mosquitto;
 //! - mint → device latency across those systems; restart time with each holding 10 tokens;
@@ -44,7 +44,7 @@ struct Args {
     only: Vec<String>,
 }
 
-/// About how long fresh RS256 CONNECTs are measured for.
+/// How long fresh RS256 CONNECTs, and the reconnect storm, are measured for (a second at a time).
 const FRESH_RUN: Duration = Duration::from_secs(3);
 
 /// The figures `--only` knows.
@@ -574,6 +574,36 @@ async fn connect_cycle(addr: SocketAddr, client_id: &str, password: Option<&str>
     }
 }
 
+/// CONNECT cycles by 16 clients, each with a token of `tokens` used once, for `duration` or
+/// until the tokens run out: seconds taken and successful CONNECTs.
+async fn fresh_connects(addr: SocketAddr, tokens: Vec<String>, duration: Duration) -> (f64, u64) {
+    let tokens = Arc::new(tokens);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..16)
+        .map(|w| {
+            let (tokens, next) = (tokens.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut ok = 0u64;
+                while Instant::now() < deadline {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(t) = tokens.get(i) else { break };
+                    if connect_cycle(addr, &format!("c{w}-{i}"), Some(t)).await {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for w in workers {
+        ok += w.await.unwrap();
+    }
+    (started.elapsed().as_secs_f64(), ok)
+}
+
 fn subscribe_packet(filter: &str, qos: u8) -> Vec<u8> {
     let mut body = vec![0, 1];
     mqtt_string(filter.as_bytes(), &mut body);
@@ -1058,67 +1088,72 @@ async fn main() {
         ));
     }
 
-    // 3. MQTT CONNECT/s: fresh tokens (each verified once), then a reconnect storm.
+    // 3. MQTT CONNECT/s: fresh tokens (each verified once), then a reconnect storm, each in turn
+    // with Mosquitto a second at a time, from a Mosquitto second to a Mosquitto second, so that
+    // the two meet the same neighbours.
     let mut mosq = None;
     if args.wants("connect") {
-        eprintln!("- MQTT CONNECT");
+        eprintln!("- MQTT CONNECT, in turn with Mosquitto");
         let mqtt = l.mqtt;
-        // Mosquitto is measured just before and just after lanyard, and the mean is used.
         let m = mosq.get_or_insert_with(|| start_mosquitto(work.path()));
         let (maddr, mpid) = (m.addr, m.child.id());
-        let mosquitto_connects = move || {
-            drive(16, run, move |w| async move {
+        let rounds = if args.quick {
+            1
+        } else {
+            FRESH_RUN.as_secs() as usize
+        };
+        let slice = if args.quick {
+            run
+        } else {
+            Duration::from_secs(1)
+        };
+        let mosquitto_second = async || {
+            let cpu0 = cpu_seconds(mpid);
+            let (per_s, n) = drive(16, slice, move |w| async move {
                 connect_cycle(maddr, &format!("m{w}"), None).await
             })
-        };
-        let mcpu0 = cpu_seconds(mpid);
-        let (mosq_before, n_mosq) = mosquitto_connects().await;
-        let mosq_cpu = (cpu_seconds(mpid) - mcpu0) / n_mosq.max(1) as f64 * 1e6;
-        // Each token is used once, so every CONNECT verifies a signature: enough of them for
-        // `FRESH_RUN` at Mosquitto's pace, because a short run weighs its start-up too much.
-        let fresh_count = if args.quick {
-            500
-        } else {
-            (mosq_before * FRESH_RUN.as_secs_f64()) as usize
-        };
-        let fresh: Vec<String> = futures::stream::iter(0..fresh_count)
-            .map(|_| client_token(&http, &l, &l.device_id, &l.device_secret))
-            .buffer_unordered(8)
-            .collect()
             .await;
-        let fresh = Arc::new(fresh);
-        let next = Arc::new(AtomicU64::new(0));
-        let cpu0 = cpu_seconds(l.pid());
-        let started = Instant::now();
-        let mut workers = Vec::new();
-        for w in 0..16 {
-            let (f, nx) = (fresh.clone(), next.clone());
-            workers.push(tokio::spawn(async move {
-                let mut ok = 0u64;
-                loop {
-                    let i = nx.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(t) = f.get(i) else { break };
-                    if connect_cycle(mqtt, &format!("c{w}-{i}"), Some(t)).await {
-                        ok += 1;
-                    }
-                }
-                ok
-            }));
+            (per_s, n, cpu_seconds(mpid) - cpu0)
+        };
+        let mut mosq_seconds = vec![mosquitto_second().await];
+        let (mut fresh_n, mut fresh_secs, mut fresh_cpu) = (0u64, 0.0, 0.0);
+        let (mut storm_n, mut storm_secs) = (0u64, 0.0);
+        let mut storm_token = None;
+        for _ in 0..rounds {
+            // Each token is used once, so every CONNECT verifies a signature: a third more of
+            // them than Mosquitto's last second would use, fetched eight at a time.
+            let want = (mosq_seconds.last().unwrap().0 * slice.as_secs_f64() * 4.0 / 3.0) as usize;
+            let fresh: Vec<String> = futures::stream::iter(0..want.max(100))
+                .map(|_| client_token(&http, &l, &l.device_id, &l.device_secret))
+                .buffer_unordered(8)
+                .collect()
+                .await;
+            storm_token.get_or_insert_with(|| fresh[0].clone());
+            let cpu0 = cpu_seconds(l.pid());
+            let (secs, n) = fresh_connects(mqtt, fresh, slice).await;
+            fresh_cpu += cpu_seconds(l.pid()) - cpu0;
+            (fresh_secs, fresh_n) = (fresh_secs + secs, fresh_n + n);
+            mosq_seconds.push(mosquitto_second().await);
+            let t = storm_token.clone().unwrap();
+            let started = Instant::now();
+            let (_, n) = drive(16, slice, move |w| {
+                let t = t.clone();
+                async move { connect_cycle(mqtt, &format!("storm-{w}"), Some(&t)).await }
+            })
+            .await;
+            (storm_secs, storm_n) = (storm_secs + started.elapsed().as_secs_f64(), storm_n + n);
+            mosq_seconds.push(mosquitto_second().await);
         }
-        let mut n_fresh = 0;
-        for w in workers {
-            n_fresh += w.await.unwrap();
-        }
-        let connects_fresh = n_fresh as f64 / started.elapsed().as_secs_f64();
-        let cpu_per_connect = (cpu_seconds(l.pid()) - cpu0) / n_fresh.max(1) as f64 * 1e6;
-        let storm_token = fresh[0].clone();
-        let (connects_storm, _) = drive(16, run, move |w| {
-            let t = storm_token.clone();
-            async move { connect_cycle(mqtt, &format!("storm-{w}"), Some(&t)).await }
-        })
-        .await;
-        let (mosq_after, _) = mosquitto_connects().await;
-        let connects_mosq = (mosq_before + mosq_after) / 2.0;
+        let connects_fresh = fresh_n as f64 / fresh_secs;
+        let cpu_per_connect = fresh_cpu / fresh_n.max(1) as f64 * 1e6;
+        let connects_storm = storm_n as f64 / storm_secs;
+        // The first and the last Mosquitto second stand for half a round each.
+        let rates: Vec<f64> = mosq_seconds.iter().map(|m| m.0).collect();
+        let last = rates.len() - 1;
+        let connects_mosq =
+            (rates[1..last].iter().sum::<f64>() + (rates[0] + rates[last]) / 2.0) / last as f64;
+        let mosq_n: u64 = mosq_seconds.iter().map(|m| m.1).sum();
+        let mosq_cpu = mosq_seconds.iter().map(|m| m.2).sum::<f64>() / mosq_n.max(1) as f64 * 1e6;
         rows.push(at_least(
             "MQTT CONNECT/s, fresh RS256 tokens",
             format!("{connects_fresh:.0}/s ({cpu_per_connect:.0} µs CPU each)"),
