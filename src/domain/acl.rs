@@ -304,6 +304,37 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_grants_only_its_action() {
+        let p = perms(vec![
+            rule("up/#", AclAction::Publish, None),
+            rule("down/#", AclAction::Subscribe, None),
+        ]);
+        let none = ScopeSet::default();
+        let me = who("dev", None, &none);
+        assert!(p.may_publish(&me, &topic("up/x")));
+        assert!(!p.may_subscribe(&me, &filter("up/x")));
+        assert!(p.may_subscribe(&me, &filter("down/x")));
+        assert!(!p.may_publish(&me, &topic("down/x")));
+    }
+
+    #[test]
+    fn dollar_topics_stay_closed_even_to_a_rule_an_identity_fills_with_one() {
+        // A client id may begin with `$`: the rule it fills must still not open `$` topics.
+        let p = perms(vec![
+            rule("#", AclAction::PublishSubscribe, None),
+            rule("{client_id}/#", AclAction::PublishSubscribe, None),
+        ]);
+        let none = ScopeSet::default();
+        let dollar = who("$SYS", None, &none);
+        assert!(!p.may_publish(&dollar, &topic("$SYS/x")));
+        assert!(!p.may_subscribe(&dollar, &filter("$SYS/#")));
+        assert!(!p.may_subscribe(&dollar, &filter("$share/g/$SYS/#")));
+        let dev = who("dev", None, &none);
+        assert!(!p.may_subscribe(&dev, &filter("$SYS/#")));
+        assert!(p.may_subscribe(&dev, &filter("#")));
+    }
+
+    #[test]
     fn a_rule_with_a_scope_applies_only_to_tokens_carrying_it() {
         let p = perms(vec![rule("r/#", AclAction::Subscribe, Some("sensor:read"))]);
         let none = ScopeSet::default();

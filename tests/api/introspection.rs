@@ -159,6 +159,15 @@ on_both_databases! {
         assert!(!app.is_active(&t, &token).await);
     }
 
+    async fn a_token_one_tenant_has_verified_is_inactive_at_another(app) {
+        // Verified tokens are remembered; the memory must not carry one across tenants.
+        let acme = app.tenant("acme").await;
+        let beta = app.tenant("beta").await;
+        let token = app.admin_token(&acme).await;
+        assert!(app.is_active(&acme, &token).await);
+        assert!(!app.is_active(&beta, &token).await);
+    }
+
     async fn a_deleted_clients_tokens_are_inactive(app) {
         let t = app.tenant("acme").await;
         let other = app.tenant("acme").await;

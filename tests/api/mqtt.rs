@@ -842,6 +842,68 @@ async fn a_stored_session_is_not_resumed_by_another_principal() {
     );
 }
 
+#[tokio::test]
+async fn a_stored_session_is_not_resumed_under_other_permissions() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.mqtt.acl = vec![
+            rule("feed/#", AclAction::Publish, None),
+            rule("feed/#", AclAction::Subscribe, Some("sensor:read")),
+        ];
+    })
+    .await;
+    let t = app.tenant("acme").await;
+    for scope in ["sensor:read", "video:gold"] {
+        app.authority()
+            .create_scope(&t.tenant, scope, None)
+            .await
+            .unwrap();
+    }
+    let (id, secret) = app
+        .client(
+            &t,
+            NewClient {
+                name: "reader".into(),
+                scopes: ScopeSet::parse("sensor:read video:gold").unwrap(),
+                grant_types: vec![GrantType::ClientCredentials],
+                ..NewClient::default()
+            },
+        )
+        .await;
+    let reader = app.token("acme", &id, &secret).await;
+    // The same client, this time with only one of its scopes.
+    let res = app
+        .post_form(
+            "/t/acme/oauth2/token",
+            Some((&id, &secret)),
+            "grant_type=client_credentials&scope=video:gold",
+        )
+        .await;
+    let body: serde_json::Value = res.json().await.unwrap();
+    let narrower = body["access_token"].as_str().unwrap().to_owned();
+
+    let mut options =
+        rumqttc::MqttOptions::new("keeper", "127.0.0.1", app.app().mqtt_addr().port());
+    options.set_credentials("d", reader);
+    options.set_clean_session(false);
+    let mut a = V4::with_options(options.clone()).await.unwrap();
+    assert_eq!(a.subscribe("feed/#").await, Sub4::Success(QoS::AtLeastOnce));
+    a.client.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Without sensor:read the subscription it made with it does not come back.
+    options.set_credentials("d", narrower.clone());
+    let mut back = V4::with_options(options).await.unwrap();
+    let publisher = V4::connect(&app, "pub", &narrower).await.unwrap();
+    publisher
+        .client
+        .publish("feed/1", QoS::AtLeastOnce, false, b"s".to_vec())
+        .await
+        .unwrap();
+    assert!(
+        back.message(QUIET).await.is_none(),
+        "a subscription outlived its scope"
+    );
+}
+
 /// Waits until the router holds `n` links; the feeder counts them as it handles commands.
 async fn router_links_settle(app: &TestApp, n: usize) {
     let mqtt = app.app().mqtt();

@@ -83,6 +83,18 @@ on_both_databases! {
         assert_eq!(error_of(none).await.1["error"], "invalid_client");
     }
 
+    async fn a_confidential_client_must_present_its_secret(app) {
+        let t = app.tenant("acme").await;
+        // Its id alone is how a public client identifies itself; a confidential one needs more.
+        let id_only = format!("grant_type=client_credentials&client_id={}", t.admin_id);
+        let (status, body) = error_of(app.post_form("/t/acme/oauth2/token", None, &id_only).await).await;
+        assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")));
+        let token = app.admin_token(&t).await;
+        let introspect = format!("client_id={}&token={token}", t.admin_id);
+        let res = app.post_form("/t/acme/oauth2/introspect", None, &introspect).await;
+        assert_eq!(res.status(), 401);
+    }
+
     async fn repeated_failed_authentication_is_rate_limited(app) {
         let t = app.tenant("acme").await;
         for _ in 0..10 {
