@@ -285,6 +285,10 @@ impl Authority {
         let mut issued = self
             .issue_access_token(tenant, &user.id, client, scope.clone())
             .await?;
+        if !client.grant_types.contains(&GrantType::RefreshToken) {
+            // A refresh token is optional (RFC 6749 §5.1) and of no use to this client.
+            return Ok(issued);
+        }
         let refresh = Secret::generate();
         let now = self.now();
         refresh_tokens::insert(

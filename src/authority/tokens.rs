@@ -41,7 +41,7 @@ pub struct IssuedToken {
     pub access_token: String,
     pub expires_in: i64,
     pub scope: ScopeSet,
-    /// For people's sign-in: the next refresh token.
+    /// For people's sign-in, to a client allowed the refresh grant: the next refresh token.
     pub refresh_token: Option<Secret>,
 }
 

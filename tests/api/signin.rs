@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use lanyard::authority::NewClient;
+use lanyard::domain::GrantType;
 use lanyard::domain::ScopeSet;
 use serde_json::{Value, json};
 
@@ -130,6 +131,25 @@ async fn refresh(app: &TestApp, slug: &str, client_id: &str, token: &str) -> req
         &format!(
             "grant_type=refresh_token&client_id={client_id}&refresh_token={}",
             urlencode(token)
+        ),
+    )
+    .await
+}
+
+async fn refresh_with_scope(
+    app: &TestApp,
+    slug: &str,
+    client_id: &str,
+    token: &str,
+    scope: &str,
+) -> reqwest::Response {
+    app.post_form(
+        &format!("/t/{slug}/oauth2/token"),
+        None,
+        &format!(
+            "grant_type=refresh_token&client_id={client_id}&refresh_token={}&scope={}",
+            urlencode(token),
+            urlencode(scope)
         ),
     )
     .await
@@ -315,6 +335,47 @@ on_both_databases! {
         assert_eq!(error_of(refresh(&app, "acme", &client, &r1).await).await, "invalid_grant");
         assert_eq!(error_of(refresh(&app, "acme", &client, &r2).await).await, "invalid_grant");
         assert_eq!(error_of(refresh(&app, "acme", &client, "garbage").await).await, "invalid_grant");
+    }
+
+    async fn a_client_uses_only_the_grants_it_was_given(app) {
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "").await;
+        // A machine client (client_credentials only) cannot redeem a code.
+        let (machine, secret) = app.client(&t, NewClient { name: "Gateway".into(), ..NewClient::default() }).await;
+        let otp = format!(
+            "grant_type={}&email={}&code=123456",
+            urlencode("urn:lanyard:params:oauth:grant-type:otp"),
+            urlencode("ada@example.com")
+        );
+        let res = app.post_form("/t/acme/oauth2/token", Some((&machine, &secret)), &otp).await;
+        assert_eq!(error_of(res).await, "unauthorized_client");
+        // An app that signs people in but may not refresh gets no refresh token, and cannot use
+        // another app's.
+        let kiosk = NewClient { name: "Kiosk".into(), public: true, grant_types: vec![GrantType::Otp], ..NewClient::default() };
+        let (kiosk, _) = app.client(&t, kiosk).await;
+        let tokens = sign_in(&app, "acme", &kiosk, "ada@example.com").await;
+        assert!(tokens["access_token"].is_string());
+        assert!(tokens.get("refresh_token").is_none(), "{tokens}");
+        let other = app_client(&app, &t).await;
+        let theirs = sign_in(&app, "acme", &other, "ada@example.com").await;
+        let r = theirs["refresh_token"].as_str().unwrap();
+        assert_eq!(error_of(refresh(&app, "acme", &kiosk, r).await).await, "unauthorized_client");
+        assert_eq!(refresh(&app, "acme", &other, r).await.status(), 200);
+    }
+
+    async fn a_refresh_narrows_the_scope_and_never_widens_it(app) {
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "sensor:read video:gold").await;
+        let client = app_client(&app, &t).await;
+        let tokens = sign_in(&app, "acme", &client, "ada@example.com").await;
+        let r1 = tokens["refresh_token"].as_str().unwrap();
+        let res = refresh_with_scope(&app, "acme", &client, r1, "sensor:read").await;
+        assert_eq!(res.status(), 200);
+        let narrowed: Value = res.json().await.unwrap();
+        assert_eq!(narrowed["scope"], "sensor:read");
+        let r2 = narrowed["refresh_token"].as_str().unwrap();
+        let res = refresh_with_scope(&app, "acme", &client, r2, "sensor:read video:gold").await;
+        assert_eq!(error_of(res).await, "invalid_scope");
     }
 
     async fn of_concurrent_refreshes_exactly_one_succeeds(app) {
