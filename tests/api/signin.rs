@@ -125,15 +125,7 @@ pub async fn redeem(
 }
 
 async fn refresh(app: &TestApp, slug: &str, client_id: &str, token: &str) -> reqwest::Response {
-    app.post_form(
-        &format!("/t/{slug}/oauth2/token"),
-        None,
-        &format!(
-            "grant_type=refresh_token&client_id={client_id}&refresh_token={}",
-            urlencode(token)
-        ),
-    )
-    .await
+    refresh_with_scope(app, slug, client_id, token, None).await
 }
 
 async fn refresh_with_scope(
@@ -141,18 +133,17 @@ async fn refresh_with_scope(
     slug: &str,
     client_id: &str,
     token: &str,
-    scope: &str,
+    scope: Option<&str>,
 ) -> reqwest::Response {
-    app.post_form(
-        &format!("/t/{slug}/oauth2/token"),
-        None,
-        &format!(
-            "grant_type=refresh_token&client_id={client_id}&refresh_token={}&scope={}",
-            urlencode(token),
-            urlencode(scope)
-        ),
-    )
-    .await
+    let mut form = format!(
+        "grant_type=refresh_token&client_id={client_id}&refresh_token={}",
+        urlencode(token)
+    );
+    if let Some(scope) = scope {
+        form.push_str(&format!("&scope={}", urlencode(scope)));
+    }
+    app.post_form(&format!("/t/{slug}/oauth2/token"), None, &form)
+        .await
 }
 
 async fn userinfo(app: &TestApp, slug: &str, token: &str) -> reqwest::Response {
@@ -369,12 +360,12 @@ on_both_databases! {
         let client = app_client(&app, &t).await;
         let tokens = sign_in(&app, "acme", &client, "ada@example.com").await;
         let r1 = tokens["refresh_token"].as_str().unwrap();
-        let res = refresh_with_scope(&app, "acme", &client, r1, "sensor:read").await;
+        let res = refresh_with_scope(&app, "acme", &client, r1, Some("sensor:read")).await;
         assert_eq!(res.status(), 200);
         let narrowed: Value = res.json().await.unwrap();
         assert_eq!(narrowed["scope"], "sensor:read");
         let r2 = narrowed["refresh_token"].as_str().unwrap();
-        let res = refresh_with_scope(&app, "acme", &client, r2, "sensor:read video:gold").await;
+        let res = refresh_with_scope(&app, "acme", &client, r2, Some("sensor:read video:gold")).await;
         assert_eq!(error_of(res).await, "invalid_scope");
     }
 
