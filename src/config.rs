@@ -27,6 +27,7 @@ pub struct Settings {
     pub tokens: TokenSettings,
     pub mailer: MailerSettings,
     pub demo: DemoSettings,
+    pub limits: LimitSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +36,10 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     /// The base of every issuer: `iss = "{public_url}/t/{slug}"`.
     pub public_url: String,
+    /// A connection must send a request's headers within this time (SPEC §7).
+    pub header_timeout: Period,
+    /// An idle keep-alive connection is closed after this time.
+    pub idle_timeout: Period,
 }
 
 impl Default for HttpSettings {
@@ -42,6 +47,8 @@ impl Default for HttpSettings {
         HttpSettings {
             listen: ([127, 0, 0, 1], 8080).into(),
             public_url: "http://127.0.0.1:8080".into(),
+            header_timeout: Period::from_secs(10),
+            idle_timeout: Period::from_secs(60),
         }
     }
 }
@@ -106,6 +113,11 @@ pub struct MqttSettings {
     /// PEM certificate chain and private key of the TLS listener.
     pub tls_cert_file: String,
     pub tls_key_file: String,
+    /// A connection whose unsent output passes this many bytes is ended (SPEC §7).
+    pub max_queued_bytes: u64,
+    /// How long a 3.1.1 persistent session is kept after its client leaves; 5.0 clients say
+    /// it themselves (Session Expiry Interval), up to this long.
+    pub session_expiry: Period,
     /// Topic permissions beyond the built-in ones (SPEC §4).
     pub acl: Vec<AclRule>,
 }
@@ -121,6 +133,8 @@ impl Default for MqttSettings {
             tls_listen: String::new(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            max_queued_bytes: 16 * 1024 * 1024,
+            session_expiry: Period::from_secs(86_400),
             acl: Vec::new(),
         }
     }
@@ -149,6 +163,10 @@ pub struct TokenSettings {
     pub key_rotation_interval: Period,
     /// How long a refresh token may wait to be used; each use gives a new one.
     pub refresh_token_ttl: Period,
+    /// The unexpired, unrevoked local API tokens one person may hold on one system.
+    pub max_local_tokens_per_system: u32,
+    /// How long a revoked permanent local API token stays in its system's list.
+    pub revoked_listing: Period,
 }
 
 impl Default for TokenSettings {
@@ -160,6 +178,27 @@ impl Default for TokenSettings {
             key_publish_ahead: Period::from_secs(600),
             key_rotation_interval: Period::from_secs(90 * 86_400),
             refresh_token_ttl: Period::from_secs(30 * 86_400),
+            max_local_tokens_per_system: 50,
+            revoked_listing: Period::from_secs(30 * 86_400),
+        }
+    }
+}
+
+/// What keeps one source or one slow request from taking the service from others (SPEC §7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Open connections one source address may hold on each listener.
+    pub connections_per_ip: u32,
+    /// After SIGTERM, the process ends within this time whatever is still running.
+    pub shutdown_timeout: Period,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            connections_per_ip: 1_000,
+            shutdown_timeout: Period::from_secs(10),
         }
     }
 }
@@ -357,6 +396,25 @@ impl Settings {
         }
         if self.mqtt.max_connections == 0 {
             return Err(invalid("mqtt.max_connections must be at least 1"));
+        }
+        if self.mqtt.max_queued_bytes < 64 * 1024 {
+            return Err(invalid("mqtt.max_queued_bytes must be at least 65536"));
+        }
+        if self.http.header_timeout.as_secs() == 0 || self.http.idle_timeout.as_secs() == 0 {
+            return Err(invalid(
+                "http.header_timeout and http.idle_timeout must be at least 1s",
+            ));
+        }
+        if self.limits.connections_per_ip == 0 {
+            return Err(invalid("limits.connections_per_ip must be at least 1"));
+        }
+        if self.limits.shutdown_timeout.as_secs() == 0 {
+            return Err(invalid("limits.shutdown_timeout must be at least 1s"));
+        }
+        if self.tokens.max_local_tokens_per_system == 0 {
+            return Err(invalid(
+                "tokens.max_local_tokens_per_system must be at least 1",
+            ));
         }
         let local_prefix = &self.tokens.local_token_prefix;
         if local_prefix.len() > 32
