@@ -2,11 +2,16 @@
 //! async-graphql.
 //!
 //! Callers authenticate with a lanyard access token (`Authorization: Bearer`); its `aud` is the
-//! tenant. Resolvers ([`schema`]) call the authority's use-cases and map its errors once to
+//! tenant. The token is checked before the body is read: a request without a valid one is
+//! answered `401` whatever its document (only the GraphiQL page and its assets, served from the
+//! binary, are open). A document's cost is then bounded before the engine validates it
+//! ([`documents`]: each fragment counted once per use, no more than [`MAX_MINTS`] mint fields a
+//! request, a batch counted whole), new documents are measured on the blocking pool, and a
+//! request that still runs past its time budget is ended. Resolvers ([`schema`]) call the authority's use-cases and map its errors once to
 //! `extensions.code` (`UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `BAD_USER_INPUT`,
 //! `CONFLICT`, `INTERNAL`); errors the engine raises itself (syntax, unknown fields, wrong
 //! types, limits) are `BAD_USER_INPUT`. Query depth and complexity, batch size and the body
-//! are limited; parsed queries are remembered (`documents`). This module imports nothing of the
+//! are limited; checked documents are remembered. This module imports nothing of the
 //! other doors.
 
 use std::sync::Arc;
@@ -15,7 +20,7 @@ use async_graphql::{BatchRequest, BatchResponse, EmptySubscription, Schema, Serv
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -34,6 +39,10 @@ pub type LanyardSchema = Schema<Query, Mutation, EmptySubscription>;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Operations in one batch.
 pub const MAX_BATCH: usize = 10;
+/// Mint fields in one request, a batch counted whole (SPEC §7).
+pub const MAX_MINTS: u64 = 20;
+/// A request still running after this long is ended.
+const EXECUTION_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
 const MAX_DEPTH: usize = 8;
 const MAX_COMPLEXITY: usize = 250;
 
@@ -71,6 +80,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
     };
     Router::new()
         .route("/graphql", get(graphiql).post(execute))
+        .route("/graphql/assets/{name}", get(graphiql_asset))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -85,6 +95,25 @@ async fn execute(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // Who calls is settled before anything of the document is read (SPEC §7): an anonymous
+    // request costs a header lookup, whatever its body holds.
+    let caller = match bearer(&headers) {
+        None => return unauthenticated("send a lanyard access token as Authorization: Bearer"),
+        Some(token) => match state.authority.verify_bearer(token).await {
+            Ok(known) => Caller::new(known.tenant.clone(), known.verified.claims.clone()),
+            Err(TokenRejected::Unavailable) => {
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "INTERNAL",
+                    "the token cannot be checked right now; try again later",
+                );
+            }
+            Err(e) => {
+                tracing::debug!("graphql: token refused: {e}");
+                return unauthenticated("the access token is not valid here");
+            }
+        },
+    };
     let Ok(body) = body else {
         return error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -92,7 +121,7 @@ async fn execute(
             "the request body is larger than 64 KiB",
         );
     };
-    let mut batch: BatchRequest = match serde_json::from_slice(&body) {
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
             return error_response(
@@ -111,34 +140,21 @@ async fn execute(
             &format!("at most {MAX_BATCH} operations per batch"),
         );
     }
-    batch
-        .iter_mut()
-        .for_each(|request| state.documents.prepare(request));
-    let caller = match bearer(&headers) {
-        None => None,
-        Some(token) => match state.authority.verify_bearer(token).await {
-            Ok(known) => Some(Caller::new(
-                known.tenant.clone(),
-                known.verified.claims.clone(),
-            )),
-            Err(TokenRejected::Unavailable) => {
-                return error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "INTERNAL",
-                    "the token cannot be checked right now; try again later",
-                );
-            }
-            Err(e) => {
-                tracing::debug!("graphql: token refused: {e}");
-                None
-            }
-        },
+    let batch = match prepare(&state.documents, batch).await {
+        Ok(batch) => batch,
+        Err(documents::Refused(message)) => {
+            return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &message);
+        }
     };
-    let batch = match caller {
-        Some(caller) => batch.data(caller),
-        None => batch,
+    let run = state.schema.execute_batch(batch.data(caller));
+    let Ok(mut response) = tokio::time::timeout(EXECUTION_BUDGET, run).await else {
+        tracing::warn!("graphql: a request ran past its {EXECUTION_BUDGET:?} budget and was ended");
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "INTERNAL",
+            "the request took too long and was ended; what it changed before is kept",
+        );
     };
-    let mut response = state.schema.execute_batch(batch).await;
     match &mut response {
         BatchResponse::Single(r) => r.errors.iter_mut().for_each(code_engine_error),
         BatchResponse::Batch(rs) => rs
@@ -147,6 +163,52 @@ async fn execute(
             .for_each(code_engine_error),
     }
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(response)).into_response()
+}
+
+/// Gives every request of the batch its checked document, and refuses the whole batch if one
+/// document costs too much or all of them together mint more than [`MAX_MINTS`] tokens.
+/// Documents seen before are found inline; new ones are parsed and measured on the blocking
+/// pool, off the threads that serve other requests.
+async fn prepare(
+    documents: &Arc<documents::Documents>,
+    mut batch: BatchRequest,
+) -> Result<BatchRequest, documents::Refused> {
+    let mut mints = 0u64;
+    let mut unknown = false;
+    for request in batch.iter_mut() {
+        match documents.remembered(request) {
+            Some(cost) => mints += cost.mints,
+            None => unknown = true,
+        }
+    }
+    if unknown {
+        let documents = documents.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut mints = 0u64;
+            for request in batch.iter_mut() {
+                mints += documents.check(request)?.mints;
+            }
+            Ok::<_, documents::Refused>((batch, mints))
+        })
+        .await
+        .map_err(|_| documents::Refused("the query could not be read".into()))??;
+        (batch, mints) = checked;
+    }
+    if mints > MAX_MINTS {
+        return Err(documents::Refused(format!(
+            "a request may mint at most {MAX_MINTS} local API tokens; this one asks for {mints}"
+        )));
+    }
+    Ok(batch)
+}
+
+fn unauthenticated(message: &str) -> Response {
+    let mut response = error_response(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 /// Errors raised by the engine (parse, validation, limits) carry no code: they are the
@@ -164,31 +226,69 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-async fn graphiql() -> Html<&'static str> {
-    Html(GRAPHIQL)
+async fn graphiql() -> Response {
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        Html(GRAPHIQL),
+    )
+        .into_response()
 }
 
-/// GraphiQL from its CDN, pointed at this endpoint; the token goes in the Headers tab.
+/// GraphiQL's scripts and styles, served from the binary: the page works where no other host
+/// can be reached. Versions and licences: `src/graphql/graphiql/LICENSES.txt`.
+async fn graphiql_asset(Path(name): Path<String>) -> Response {
+    let (body, kind): (&'static [u8], &str) = match name.as_str() {
+        "graphiql.min.js" => (
+            include_bytes!("graphiql/graphiql.min.js"),
+            "text/javascript",
+        ),
+        "graphiql.min.css" => (include_bytes!("graphiql/graphiql.min.css"), "text/css"),
+        "react.production.min.js" => (
+            include_bytes!("graphiql/react.production.min.js"),
+            "text/javascript",
+        ),
+        "react-dom.production.min.js" => (
+            include_bytes!("graphiql/react-dom.production.min.js"),
+            "text/javascript",
+        ),
+        "start.js" => (GRAPHIQL_START.as_bytes(), "text/javascript"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The GraphiQL page, pointed at this endpoint; the token goes in the Headers tab.
 const GRAPHIQL: &str = r#"<!doctype html>
 <html lang="en">
 <head>
   <meta charset="utf-8">
   <title>lanyard GraphQL</title>
-  <link rel="stylesheet" href="https://unpkg.com/graphiql@3/graphiql.min.css">
+  <link rel="stylesheet" href="/graphql/assets/graphiql.min.css">
 </head>
 <body style="margin:0;height:100vh">
   <div id="graphiql" style="height:100vh"></div>
-  <script crossorigin src="https://unpkg.com/react@18/umd/react.production.min.js"></script>
-  <script crossorigin src="https://unpkg.com/react-dom@18/umd/react-dom.production.min.js"></script>
-  <script crossorigin src="https://unpkg.com/graphiql@3/graphiql.min.js"></script>
-  <script>
-    ReactDOM.createRoot(document.getElementById('graphiql')).render(
-      React.createElement(GraphiQL, {
-        fetcher: GraphiQL.createFetcher({ url: '/graphql' }),
-        defaultHeaders: '{"Authorization": "Bearer <access token>"}',
-      })
-    );
-  </script>
+  <script src="/graphql/assets/react.production.min.js"></script>
+  <script src="/graphql/assets/react-dom.production.min.js"></script>
+  <script src="/graphql/assets/graphiql.min.js"></script>
+  <script src="/graphql/assets/start.js"></script>
 </body>
 </html>
+"#;
+
+const GRAPHIQL_START: &str = r#"ReactDOM.createRoot(document.getElementById('graphiql')).render(
+  React.createElement(GraphiQL, {
+    fetcher: GraphiQL.createFetcher({ url: '/graphql' }),
+    defaultHeaders: '{"Authorization": "Bearer <access token>"}',
+  })
+);
 "#;

@@ -315,10 +315,19 @@ async fn post_batch(app: &TestApp, token: &str, n: usize) -> reqwest::Response {
 async fn bad_requests_get_graphql_errors_with_codes() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let w = world(&app).await;
-    let no_token = gql(&app, None, "{ me { sub } }", json!({})).await;
-    assert_eq!(code(&no_token), "UNAUTHENTICATED");
-    let bad_token = gql(&app, Some("garbage"), "{ me { sub } }", json!({})).await;
-    assert_eq!(code(&bad_token), "UNAUTHENTICATED");
+    for token in [None, Some("garbage")] {
+        let mut req = app
+            .http
+            .post(app.url("/graphql"))
+            .json(&json!({ "query": "{ me { sub } }" }));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 401);
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        assert_eq!(code(&res.json().await.unwrap()), "UNAUTHENTICATED");
+    }
     for query in [
         "{ me { sub ",
         "{ nope }",
@@ -354,6 +363,7 @@ async fn bad_requests_get_graphql_errors_with_codes() {
     let res = app
         .http
         .post(app.url("/graphql"))
+        .bearer_auth(&w.admin_token)
         .json(&huge)
         .send()
         .await
@@ -362,6 +372,7 @@ async fn bad_requests_get_graphql_errors_with_codes() {
     let res = app
         .http
         .post(app.url("/graphql"))
+        .bearer_auth(&w.admin_token)
         .body("not json")
         .send()
         .await
