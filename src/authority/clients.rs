@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::local_tokens::LOCAL_TOKENS_READ;
 use super::tenants::validate_name;
 use super::{Authority, Error, Event, Result, Tenant};
 use crate::crypto::Secret;
@@ -67,6 +68,17 @@ impl Client {
     }
 }
 
+/// The `lanyard:` scopes of `scopes` that `held` lacks, space-separated; empty when none.
+pub(crate) fn admin_scopes_missing(scopes: &ScopeSet, held: &ScopeSet) -> String {
+    scopes
+        .difference(held)
+        .iter()
+        .filter(|s| s.is_admin())
+        .map(Scope::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn valid_client_id(id: &str) -> bool {
     (3..=64).contains(&id.len())
         && id
@@ -118,7 +130,9 @@ impl Authority {
     }
 
     /// Checks that `scopes` exist in the tenant (or in the admin catalogue) and that the caller,
-    /// holding `granted_by` (`None`: the operator at the command line), holds them all itself.
+    /// holding `granted_by` (`None`: the operator at the command line), may hand them out: a
+    /// `lanyard:` scope only if it holds it itself; the tenant's own scopes always (SPEC §2 —
+    /// otherwise nobody could ever hand out a scope an admin just created).
     pub(crate) async fn check_grantable(
         &self,
         tenant: &Tenant,
@@ -126,15 +140,10 @@ impl Authority {
         granted_by: Option<&ScopeSet>,
     ) -> Result<()> {
         if let Some(held) = granted_by {
-            let missing = scopes.difference(held);
+            let missing = admin_scopes_missing(scopes, held);
             if !missing.is_empty() {
                 return Err(Error::Forbidden(format!(
-                    "cannot grant scopes the caller does not hold: {}",
-                    missing
-                        .iter()
-                        .map(Scope::as_str)
-                        .collect::<Vec<_>>()
-                        .join(" ")
+                    "cannot grant scopes the caller does not hold: {missing}"
                 )));
             }
         }
@@ -145,6 +154,31 @@ impl Authority {
             )));
         }
         Ok(())
+    }
+
+    /// The client `client_id`, if a caller holding `managed_by` (`None`: the operator at the
+    /// command line) may manage it: only a caller holding every `lanyard:` scope the client holds
+    /// may rotate its secret, change or delete it (SPEC §6), or whoever holds
+    /// `lanyard:clients:write` could take over the tenant's admin client.
+    async fn managed_client(
+        &self,
+        tenant: &Tenant,
+        client_id: &str,
+        managed_by: Option<&ScopeSet>,
+    ) -> Result<Client> {
+        let row = clients::find(&self.db, &tenant.id, client_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no client {client_id}")))?;
+        let client = Client::from_row(&row);
+        if let Some(held) = managed_by {
+            let missing = admin_scopes_missing(&client.scopes, held);
+            if !missing.is_empty() {
+                return Err(Error::Forbidden(format!(
+                    "client {client_id} holds scopes the caller does not: {missing}"
+                )));
+            }
+        }
+        Ok(client)
     }
 
     /// Registers a client. `granted_by` is the caller's own scopes: a caller grants only what it
@@ -158,6 +192,15 @@ impl Authority {
         let name = validate_name(&new.name)?;
         self.check_grantable(tenant, &new.scopes, granted_by)
             .await?;
+        // A bound client reads its system's token list over MQTT: binding is reading (SPEC §6).
+        if new.system_id.is_some()
+            && let Some(held) = granted_by
+            && !held.contains_str(LOCAL_TOKENS_READ)
+        {
+            return Err(Error::Forbidden(format!(
+                "binding a client to a system lets it read the system's tokens: this needs the scope {LOCAL_TOKENS_READ}"
+            )));
+        }
         let grant_types = if new.grant_types.is_empty() {
             GrantType::defaults(new.public)
         } else {
@@ -215,12 +258,15 @@ impl Authority {
         })
     }
 
-    /// Replaces a confidential client's secret; the old one stops working at once.
+    /// Replaces a confidential client's secret; the old one stops working at once. The caller
+    /// (`managed_by`) must hold every `lanyard:` scope the client holds.
     pub async fn rotate_client_secret(
         &self,
         tenant: &Tenant,
         client_id: &str,
+        managed_by: Option<&ScopeSet>,
     ) -> Result<ClientRegistration> {
+        self.managed_client(tenant, client_id, managed_by).await?;
         let secret = Secret::generate();
         let now = self.now();
         if !clients::set_secret(&self.db, &tenant.id, client_id, &secret.hash().0, now).await? {
@@ -271,8 +317,15 @@ impl Authority {
             .remove(&(tenant_id.to_owned(), client_id.to_owned()));
     }
 
-    /// Deletes a client; its access tokens stop verifying (the client must still exist).
-    pub async fn delete_client(&self, tenant: &Tenant, client_id: &str) -> Result<()> {
+    /// Deletes a client; its access tokens stop verifying (the client must still exist). The
+    /// caller (`managed_by`) must hold every `lanyard:` scope the client holds.
+    pub async fn delete_client(
+        &self,
+        tenant: &Tenant,
+        client_id: &str,
+        managed_by: Option<&ScopeSet>,
+    ) -> Result<()> {
+        self.managed_client(tenant, client_id, managed_by).await?;
         if !clients::delete(&self.db, &tenant.id, client_id).await? {
             return Err(Error::NotFound(format!("no client {client_id}")));
         }

@@ -209,7 +209,13 @@ impl Authority {
             nbf: now,
             exp: now + ttl,
             jti: uuid::Uuid::new_v4().to_string(),
-            system: client.system_id.clone(),
+            // The binding marks the client's own tokens; a person signing in through a bound
+            // app is not the system's device (SPEC §6).
+            system: if subject == client.client_id {
+                client.system_id.clone()
+            } else {
+                None
+            },
         };
         Ok(IssuedToken {
             access_token: jws::sign(&signer.key, &signer.kid, ACCESS_TOKEN_TYP, &claims),

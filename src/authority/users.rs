@@ -92,8 +92,26 @@ impl Authority {
     }
 
     /// Deletes a user: their local API tokens show as REVOKED, their refresh tokens die with
-    /// them, and their access tokens and MQTT sessions end.
-    pub async fn delete_user(&self, tenant: &Tenant, id: &str) -> Result<()> {
+    /// them, and their access tokens and MQTT sessions end. The caller (`managed_by`; `None`:
+    /// the operator) must hold every `lanyard:` scope the user holds.
+    pub async fn delete_user(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        managed_by: Option<&ScopeSet>,
+    ) -> Result<()> {
+        let user = self
+            .user(tenant, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no user {id}")))?;
+        if let Some(held) = managed_by {
+            let missing = super::clients::admin_scopes_missing(&user.scopes, held);
+            if !missing.is_empty() {
+                return Err(Error::Forbidden(format!(
+                    "user {id} holds scopes the caller does not: {missing}"
+                )));
+            }
+        }
         let now = self.now();
         let systems =
             local_tokens::revoke_for_user(&self.db, &tenant.id, id, now, &self.node_id).await?;

@@ -391,7 +391,8 @@ impl Mutation {
         })
     }
 
-    /// Needs `lanyard:users:write`; the user gets only scopes the caller holds.
+    /// Needs `lanyard:users:write`; the user gets only `lanyard:` scopes the caller holds (the
+    /// tenant's own scopes freely).
     async fn create_user(
         &self,
         ctx: &Context<'_>,
@@ -418,12 +419,12 @@ impl Mutation {
         })
     }
 
-    /// Needs `lanyard:users:write`. The user's local tokens show as REVOKED and their
-    /// sessions end.
+    /// Needs `lanyard:users:write`, and every `lanyard:` scope the user holds. The user's local
+    /// tokens show as REVOKED and their sessions end.
     async fn delete_user(&self, ctx: &Context<'_>, uuid: Uuid) -> Result<bool> {
         let caller = caller_with(ctx, "lanyard:users:write")?;
         authority(ctx)
-            .delete_user(&caller.tenant, &uuid.to_string())
+            .delete_user(&caller.tenant, &uuid.to_string(), Some(&caller.scopes))
             .await
             .map_err(mapped)?;
         Ok(true)
@@ -468,8 +469,9 @@ impl Mutation {
         })
     }
 
-    /// Needs `lanyard:clients:write`; the client gets only scopes the caller holds. The secret
-    /// is in the answer and nowhere else.
+    /// Needs `lanyard:clients:write`; the client gets only `lanyard:` scopes the caller holds
+    /// (the tenant's own scopes freely). Binding it to a system (`systemUuid`) also needs
+    /// `lanyard:local-tokens:read`. The secret is in the answer and nowhere else.
     async fn create_client(
         &self,
         ctx: &Context<'_>,
@@ -496,7 +498,7 @@ impl Mutation {
         Ok(registration.into())
     }
 
-    /// Needs `lanyard:clients:write`.
+    /// Needs `lanyard:clients:write`, and every `lanyard:` scope the client holds.
     async fn rotate_client_secret(
         &self,
         ctx: &Context<'_>,
@@ -504,17 +506,18 @@ impl Mutation {
     ) -> Result<ClientRegistration> {
         let caller = caller_with(ctx, "lanyard:clients:write")?;
         let registration = authority(ctx)
-            .rotate_client_secret(&caller.tenant, &client_id)
+            .rotate_client_secret(&caller.tenant, &client_id, Some(&caller.scopes))
             .await
             .map_err(mapped)?;
         Ok(registration.into())
     }
 
-    /// Needs `lanyard:clients:write`. The client's tokens stop working and its MQTT sessions end.
+    /// Needs `lanyard:clients:write`, and every `lanyard:` scope the client holds. The client's
+    /// tokens stop working and its MQTT sessions end.
     async fn delete_client(&self, ctx: &Context<'_>, client_id: String) -> Result<bool> {
         let caller = caller_with(ctx, "lanyard:clients:write")?;
         authority(ctx)
-            .delete_client(&caller.tenant, &client_id)
+            .delete_client(&caller.tenant, &client_id, Some(&caller.scopes))
             .await
             .map_err(mapped)?;
         Ok(true)

@@ -244,7 +244,7 @@ on_both_databases! {
         let t = app.tenant("acme").await;
         // Used once before, so the server knows the client (and its old secret) already.
         app.admin_token(&t).await;
-        let reg = app.authority().rotate_client_secret(&t.tenant, &t.admin_id).await.unwrap();
+        let reg = app.authority().rotate_client_secret(&t.tenant, &t.admin_id, None).await.unwrap();
         let new_secret = reg.client_secret.unwrap();
         assert_ne!(new_secret.expose(), t.admin_secret);
         let res = app
@@ -257,7 +257,7 @@ on_both_databases! {
             .client(&t, NewClient { name: "app".into(), public: true, ..NewClient::default() })
             .await;
         for id in [public_id.as_str(), "nobody"] {
-            let err = app.authority().rotate_client_secret(&t.tenant, id).await.unwrap_err();
+            let err = app.authority().rotate_client_secret(&t.tenant, id, None).await.unwrap_err();
             assert!(matches!(err, lanyard::authority::Error::NotFound(_)), "{id}: {err}");
         }
     }
