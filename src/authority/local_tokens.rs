@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::holdings::{self, Holding};
 use super::keyring::TenantKeys;
+use super::tally::Reserved;
 use super::tenants::validate_name;
 use super::{Authority, Error, Event, Result, Role, Tenant};
 use crate::crypto::jws;
@@ -87,6 +88,9 @@ pub struct LocalToken {
     pub updated_at: i64,
     /// The token itself, while ACTIVATED.
     pub token: Option<String>,
+    /// When the token leaves its system's list: at its expiry, or `tokens.revoked_listing`
+    /// after a permanent token's revocation; `None`: not while it stays as it is.
+    pub listed_until: Option<i64>,
 }
 
 /// A change to a system's list found in the database.
@@ -226,6 +230,8 @@ impl Authority {
             .signer
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("tenant {} has no ACTIVE signing key", tenant.slug))?;
+        self.count_against_cap(&keys, tenant, user_id, system_id, exp, now)
+            .await?;
         // Time-ordered: a new token's id sorts after the others', so the database's index of
         // ids grows at its end, and tokens of one second are listed in the order minted.
         let id = uuid::Uuid::now_v7().to_string();
@@ -278,6 +284,7 @@ impl Authority {
             created_at: now,
             updated_at: now,
             token: Some(token.clone()),
+            listed_until: exp,
         };
         let row = local_tokens::LocalTokenRow {
             id: id.clone(),
@@ -296,7 +303,10 @@ impl Authority {
             created_at: now,
             updated_at: now,
         };
-        inserts.insert(row, coming).await?;
+        if let Err(e) = inserts.insert(row, coming).await {
+            self.tally.forget(&tenant.id, user_id, system_id);
+            return Err(e.into());
+        }
         tracing::info!(tenant = %tenant.slug, system = %system_id, token = %id, "local API token minted");
         self.emit(Event::LocalTokensChanged {
             tenant_id: tenant.id.clone(),
@@ -304,6 +314,37 @@ impl Authority {
             minted: Some(Arc::new(listed)),
         });
         Ok(MintedToken { id, token })
+    }
+
+    /// Counts a token expiring at `exp` against the person's cap on the system (SPEC §7), or
+    /// refuses it with `CONFLICT` when they already hold `tokens.max_local_tokens_per_system`.
+    async fn count_against_cap(
+        &self,
+        keys: &TenantKeys,
+        tenant: &Tenant,
+        user_id: &str,
+        system_id: &str,
+        exp: Option<i64>,
+        now: i64,
+    ) -> Result<()> {
+        let cap = self.settings.tokens.max_local_tokens_per_system as usize;
+        let who = (tenant.id.as_str(), user_id, system_id);
+        let mut reserved = self.tally.reserve(who, exp, cap, now);
+        if reserved == Reserved::Unknown {
+            let live = local_tokens::live_expiries(&self.db, who, now, cap + 1)
+                .await?
+                .into_iter()
+                .filter(|(_, kid)| keys.verifier(kid).is_some())
+                .map(|(exp, _)| exp)
+                .collect();
+            reserved = self.tally.reserve_read(who, live, exp, cap);
+        }
+        match reserved {
+            Reserved::Full => Err(Error::Conflict(format!(
+                "you hold {cap} live local API tokens on this system, the most one person may; revoke one first"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The user's name and roles on the system, from memory when read before; `None` when
@@ -367,6 +408,7 @@ impl Authority {
         }
         let now = self.now();
         local_tokens::revoke(&self.db, &tenant.id, id, now, &self.node_id).await?;
+        self.tally.forget(&tenant.id, &row.user_id, &row.system_id);
         tracing::info!(tenant = %tenant.slug, token = %id, "local API token revoked");
         self.emit(Event::LocalTokensChanged {
             tenant_id: tenant.id.clone(),
@@ -376,7 +418,11 @@ impl Authority {
         let row = local_tokens::find(&self.db, &tenant.id, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no local API token {id}")))?;
-        Ok(local_token_view(&*self.keyring(tenant).await?, row))
+        Ok(local_token_view(
+            &*self.keyring(tenant).await?,
+            row,
+            self.revoked_listing(),
+        ))
     }
 
     /// The tokens of a system that have not expired, for a caller holding a role on it or
@@ -395,6 +441,11 @@ impl Authority {
             }
         }
         self.system_local_tokens(tenant, system_id).await
+    }
+
+    /// How long a revoked permanent token stays listed, in seconds.
+    fn revoked_listing(&self) -> i64 {
+        self.settings.tokens.revoked_listing.as_secs_i64()
     }
 
     /// Every listed token of a system, as the system's devices see them.
@@ -418,7 +469,14 @@ impl Authority {
         let now = self.now();
         let mut lists = Vec::with_capacity(system_ids.len());
         for chunk in system_ids.chunks(local_tokens::MAX_SYSTEMS_PER_READ) {
-            let rows = local_tokens::for_systems(&self.db, &tenant.id, chunk, now).await?;
+            let rows = local_tokens::for_systems(
+                &self.db,
+                &tenant.id,
+                chunk,
+                now,
+                now - self.revoked_listing(),
+            )
+            .await?;
             let at: HashMap<&str, usize> = chunk
                 .iter()
                 .enumerate()
@@ -427,7 +485,7 @@ impl Authority {
             lists.resize_with(lists.len() + chunk.len(), Vec::new);
             for row in rows {
                 if let Some(&i) = at.get(row.system_id.as_str()) {
-                    lists[i].push(local_token_view(&keys, row));
+                    lists[i].push(local_token_view(&keys, row, self.revoked_listing()));
                 }
             }
         }
@@ -435,8 +493,13 @@ impl Authority {
     }
 }
 
-/// A stored token as listed: REVOKED also while the key that signed it is not published.
-fn local_token_view(keys: &TenantKeys, row: local_tokens::LocalTokenRow) -> LocalToken {
+/// A stored token as listed: REVOKED also while the key that signed it is not published. A
+/// revoked permanent token is listed for `revoked_listing` seconds after its revocation.
+fn local_token_view(
+    keys: &TenantKeys,
+    row: local_tokens::LocalTokenRow,
+    revoked_listing: i64,
+) -> LocalToken {
     let signed_by_published_key = keys.verifier(&row.kid).is_some();
     let status = if row.status == "ACTIVATED" && signed_by_published_key {
         LocalTokenStatus::Activated
@@ -464,6 +527,11 @@ fn local_token_view(keys: &TenantKeys, row: local_tokens::LocalTokenRow) -> Loca
         created_at: row.created_at,
         updated_at: row.updated_at,
         token: (status == LocalTokenStatus::Activated).then_some(row.token),
+        listed_until: match row.expires_at {
+            Some(exp) => Some(exp),
+            None if row.status == "REVOKED" => Some(row.updated_at + revoked_listing),
+            None => None,
+        },
     }
 }
 

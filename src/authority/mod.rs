@@ -30,6 +30,7 @@ pub mod mail;
 pub mod revoked;
 pub mod signin;
 pub mod systems;
+pub mod tally;
 pub mod tenants;
 pub mod token_cache;
 pub mod tokens;
@@ -134,6 +135,8 @@ pub struct Authority {
         RwLock<HashMap<(String, String), Arc<crate::store::clients::ClientRow>>>,
     /// People's names and roles on systems, which every local API token carries.
     pub(crate) holdings: holdings::Holdings,
+    /// Live local tokens per person and system, against the cap.
+    pub(crate) tally: tally::Tally,
     /// Writes minted local tokens, those minted together in one statement; started at the
     /// first mint (it needs the runtime).
     pub(crate) local_token_inserts: std::sync::OnceLock<crate::store::local_tokens::Inserts>,
@@ -164,6 +167,7 @@ impl Authority {
             tenant_cache: Default::default(),
             client_cache: Default::default(),
             holdings: Default::default(),
+            tally: Default::default(),
             local_token_inserts: Default::default(),
             events,
             node_id: uuid::Uuid::new_v4().to_string(),

@@ -96,7 +96,7 @@ impl Gate {
             .await?;
         let mut publishes = Vec::new();
         for (system_id, tokens) in system_ids.iter().zip(lists) {
-            if let Some(next) = tokens.iter().filter_map(|t| t.expires_at).min() {
+            if let Some(next) = tokens.iter().filter_map(|t| t.listed_until).min() {
                 self.note_expiry(next, &tenant.id, system_id);
             }
             let topic = self
@@ -150,7 +150,7 @@ impl Gate {
                 unread.entry(tenant_id).or_default().insert(system_id);
                 continue;
             };
-            for at in tokens.iter().filter_map(|t| t.expires_at) {
+            for at in tokens.iter().filter_map(|t| t.listed_until) {
                 self.note_expiry(at, &tenant_id, &system_id);
             }
             publishes.extend(self.retain(topic, Retained::List(list)));

@@ -231,6 +231,7 @@ mod tests {
             created_at,
             updated_at: created_at,
             token: Some("CLOUD-a.b.c".into()),
+            listed_until: Some(created_at + 60),
         }
     }
 

@@ -198,13 +198,14 @@ pub async fn find(db: &Db, tenant_id: &str, id: &str) -> StoreResult<Option<Loca
 pub const MAX_SYSTEMS_PER_READ: usize = 512;
 
 /// The tokens of some of the tenant's systems (at most [`MAX_SYSTEMS_PER_READ`]) that have not
-/// expired at `now` (permanent ones always), by system, each system's oldest first: one query
-/// for all of them.
+/// expired at `now` (permanent ones unless revoked before `revoked_before`), by system, each
+/// system's oldest first: one query for all of them.
 pub async fn for_systems(
     db: &Db,
     tenant_id: &str,
     system_ids: &[&str],
     now: i64,
+    revoked_before: i64,
 ) -> StoreResult<Vec<LocalTokenRow>> {
     assert!(system_ids.len() <= MAX_SYSTEMS_PER_READ);
     let Some(last) = system_ids.last() else {
@@ -213,21 +214,45 @@ pub async fn for_systems(
     // The list of ids is as long as the next power of two, the last one repeated: a handful of
     // statements to prepare and keep, however many systems are asked for.
     let width = system_ids.len().next_power_of_two();
-    let params: Vec<String> = (0..width).map(|i| format!("${}", i + 3)).collect();
+    let params: Vec<String> = (0..width).map(|i| format!("${}", i + 4)).collect();
     let sql = format!(
         "SELECT {COLUMNS} FROM local_api_tokens
          WHERE tenant_id = $1 AND (expires_at IS NULL OR expires_at > $2)
+           AND NOT (expires_at IS NULL AND status = 'REVOKED' AND updated_at <= $3)
            AND system_id IN ({})
          ORDER BY system_id, created_at, id",
         params.join(", ")
     );
     Ok(on_pool!(db, pool => {
-        let mut query = sqlx::query_as(&sql).bind(tenant_id).bind(now);
+        let mut query = sqlx::query_as(&sql).bind(tenant_id).bind(now).bind(revoked_before);
         for system_id in system_ids.iter().chain(std::iter::repeat_n(last, width - system_ids.len())) {
             query = query.bind(*system_id);
         }
         query.fetch_all(pool).await?
     }))
+}
+
+const LIVE_EXPIRIES: &str = "SELECT expires_at, kid FROM local_api_tokens
+    WHERE tenant_id = $1 AND user_id = $2 AND system_id = $3 AND status = 'ACTIVATED'
+      AND (expires_at IS NULL OR expires_at > $4)
+    LIMIT $5";
+
+/// The expiry and signing key of up to `limit` of a person's unexpired, unrevoked tokens on a
+/// system: what counts against their cap.
+pub async fn live_expiries(
+    db: &Db,
+    (tenant_id, user_id, system_id): (&str, &str, &str),
+    now: i64,
+    limit: usize,
+) -> StoreResult<Vec<(Option<i64>, String)>> {
+    Ok(on_pool!(db, pool => sqlx::query_as(LIVE_EXPIRIES)
+        .bind(tenant_id)
+        .bind(user_id)
+        .bind(system_id)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(pool)
+        .await?))
 }
 
 const REVOKE: &str =

@@ -164,7 +164,7 @@ on_both_databases! {
         assert_eq!(list[0]["status"], "REVOKED", "{list}");
         app.authority().reactivate_signing_key(&w.t.tenant, &kid).await.unwrap();
         assert_eq!(next_list(&mut gw).await[0]["status"], "ACTIVATED");
-        app.authority().delete_user(&w.t.tenant, &w.user).await.unwrap();
+        app.authority().delete_user(&w.t.tenant, &w.user, None).await.unwrap();
         assert_eq!(next_list(&mut gw).await[0]["status"], "REVOKED");
     }
 
@@ -275,7 +275,11 @@ async fn every_system_has_its_list_from_the_start_and_a_new_one_at_once() {
 
 #[tokio::test]
 async fn concurrent_mints_all_reach_the_list_and_a_list_of_500_tokens_still_publishes() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    // One person mints them all here; many people share a system's list in practice.
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.tokens.max_local_tokens_per_system = 1000
+    })
+    .await;
     let w = world(&app).await;
     let (mut gw, _) = gateway(&app, &w).await;
     let mints = (0..10).map(|_| mint(&app, &w, "1D"));

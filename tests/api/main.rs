@@ -5,6 +5,7 @@
 #[macro_use]
 mod helpers;
 
+mod authority;
 mod cli;
 mod discovery;
 mod graphql;
