@@ -313,7 +313,8 @@ impl Authority {
     }
 
     /// Revokes the sign-in a refresh token belongs to (RFC 7009), if the caller may: the
-    /// client it was issued to, or a client holding `lanyard:clients:write`. Returns false when
+    /// client it was issued to, or a client holding `lanyard:clients:write` and every `lanyard:`
+    /// scope of the sign-in. Returns false when
     /// the string is no refresh token of this tenant.
     pub(crate) async fn revoke_refresh_token(
         &self,
@@ -331,12 +332,8 @@ impl Authority {
         else {
             return Ok(false);
         };
-        if row.client_id != caller.client_id && !caller.scopes.contains_str("lanyard:clients:write")
-        {
-            return Err(OAuthError::new(
-                OAuthErrorCode::UnauthorizedClient,
-                "the token was not issued to this client",
-            ));
+        if row.client_id != caller.client_id {
+            super::tokens::may_revoke_others(caller, &row.scope)?;
         }
         refresh_tokens::revoke_family(&self.db, &row.family_id)
             .await

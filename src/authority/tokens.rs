@@ -371,7 +371,8 @@ impl Authority {
     /// Token revocation (RFC 7009), of access tokens and of refresh tokens (which ends the whole
     /// sign-in they belong to). A token that is invalid, expired or already revoked is not an
     /// error (§2.2). A client may revoke the tokens issued to it; a client holding
-    /// `lanyard:clients:write` may revoke any token of the tenant.
+    /// `lanyard:clients:write` may revoke other tokens of the tenant that carry no `lanyard:`
+    /// scope it lacks (SPEC §6: a caller never acts on a principal with more rights).
     pub async fn revoke(
         &self,
         tenant: &Tenant,
@@ -390,13 +391,8 @@ impl Authority {
             Err(_) => return Ok(()),
         };
         let claims = &verified.claims;
-        if claims.client_id != client.client_id
-            && !client.scopes.contains_str("lanyard:clients:write")
-        {
-            return Err(OAuthError::new(
-                OAuthErrorCode::UnauthorizedClient,
-                "the token was not issued to this client",
-            ));
+        if claims.client_id != client.client_id {
+            may_revoke_others(&client, &claims.scope)?;
         }
         revocations::revoke(&self.db, &tenant.id, &claims.jti, claims.exp, self.now())
             .await
@@ -448,4 +444,25 @@ impl Authority {
         }
         Ok(pruned)
     }
+}
+
+/// Refuses unless `client` may revoke a token issued to another client that carries `scope`:
+/// it needs `lanyard:clients:write` and every `lanyard:` scope the token carries, so a client
+/// admin cannot keep the tenant admin's tokens revoked.
+pub(crate) fn may_revoke_others(client: &Client, scope: &str) -> Result<(), OAuthError> {
+    let carried = ScopeSet::parse(scope).unwrap_or_default();
+    if !client.scopes.contains_str("lanyard:clients:write") {
+        return Err(OAuthError::new(
+            OAuthErrorCode::UnauthorizedClient,
+            "the token was not issued to this client",
+        ));
+    }
+    let missing = super::clients::admin_scopes_missing(&carried, &client.scopes);
+    if !missing.is_empty() {
+        return Err(OAuthError::new(
+            OAuthErrorCode::UnauthorizedClient,
+            format!("the token carries scopes this client does not hold: {missing}"),
+        ));
+    }
+    Ok(())
 }

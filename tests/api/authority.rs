@@ -225,6 +225,28 @@ on_both_databases! {
         assert_eq!(code(&body), "NOT_FOUND", "{body}");
     }
 
+    async fn a_client_admin_cannot_revoke_the_tokens_of_a_client_holding_more(app) {
+        let w = world(&app).await;
+        let (narrow_id, _) = narrow_client(&app, &w, "lanyard:clients:write").await;
+        let narrow_secret = app.authority().rotate_client_secret(&w.t.tenant, &narrow_id, None).await.unwrap();
+        let narrow_secret = narrow_secret.client_secret.unwrap().expose().to_owned();
+        let revoke = |token: String| {
+            let (app, id, secret) = (&app, narrow_id.clone(), narrow_secret.clone());
+            async move {
+                app.post_form("/t/acme/oauth2/revoke", Some((&id, &secret)), &format!("token={}", urlencode(&token))).await
+            }
+        };
+        let res = revoke(w.admin_token.clone()).await;
+        assert_eq!(res.status(), 400);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized_client", "{body}");
+        assert!(app.is_active(&w.t, &w.admin_token).await, "the admin's token still works");
+        // A token carrying nothing it lacks is its to revoke.
+        let (_, plain_token) = narrow_client(&app, &w, "").await;
+        assert_eq!(revoke(plain_token.clone()).await.status(), 200);
+        assert!(!app.is_active(&w.t, &plain_token).await);
+    }
+
     async fn a_user_admin_cannot_delete_a_person_holding_more(app) {
         let w = world(&app).await;
         let (_, users_admin) = narrow_client(&app, &w, "lanyard:users:write").await;
