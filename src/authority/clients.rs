@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use super::local_tokens::LOCAL_TOKENS_READ;
+use super::caller::{CLIENTS_WRITE, LOCAL_TOKENS_READ, SCOPES_WRITE, admin_scopes_missing};
 use super::tenants::validate_name;
-use super::{Authority, Error, Event, Result, Tenant};
+use super::{Actor, Authority, Error, Event, Result, Tenant};
 use crate::crypto::Secret;
 use crate::crypto::secret::random_id;
 use crate::domain::{GrantType, Scope, ScopeSet};
@@ -68,17 +68,6 @@ impl Client {
     }
 }
 
-/// The `lanyard:` scopes of `scopes` that `held` lacks, space-separated; empty when none.
-pub(crate) fn admin_scopes_missing(scopes: &ScopeSet, held: &ScopeSet) -> String {
-    scopes
-        .difference(held)
-        .iter()
-        .filter(|s| s.is_admin())
-        .map(Scope::as_str)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn valid_client_id(id: &str) -> bool {
     (3..=64).contains(&id.len())
         && id
@@ -99,10 +88,13 @@ impl Authority {
     /// Defines a tenant scope. The `lanyard:` namespace is reserved.
     pub async fn create_scope(
         &self,
-        tenant: &Tenant,
+        by: impl Into<Actor<'_>>,
         name: &str,
         description: Option<&str>,
     ) -> Result<Scope> {
+        let by = by.into();
+        by.require(SCOPES_WRITE)?;
+        let tenant = by.tenant();
         let scope = Scope::parse(name).map_err(|e| Error::Invalid(e.to_string()))?;
         if scope.is_admin() {
             return Err(Error::Invalid(
@@ -129,17 +121,11 @@ impl Authority {
         Ok(scope)
     }
 
-    /// Checks that `scopes` exist in the tenant (or in the admin catalogue) and that the caller,
-    /// holding `granted_by` (`None`: the operator at the command line), may hand them out: a
-    /// `lanyard:` scope only if it holds it itself; the tenant's own scopes always (SPEC §2 —
-    /// otherwise nobody could ever hand out a scope an admin just created).
-    pub(crate) async fn check_grantable(
-        &self,
-        tenant: &Tenant,
-        scopes: &ScopeSet,
-        granted_by: Option<&ScopeSet>,
-    ) -> Result<()> {
-        if let Some(held) = granted_by {
+    /// Checks that `scopes` exist in the tenant (or in the admin catalogue) and that the actor
+    /// may hand them out: a `lanyard:` scope only if it holds it itself; the tenant's own scopes
+    /// always (SPEC §2 — otherwise nobody could ever hand out a scope an admin just created).
+    pub(crate) async fn check_grantable(&self, by: Actor<'_>, scopes: &ScopeSet) -> Result<()> {
+        if let Some(held) = by.scopes() {
             let missing = admin_scopes_missing(scopes, held);
             if !missing.is_empty() {
                 return Err(Error::Forbidden(format!(
@@ -147,7 +133,7 @@ impl Authority {
                 )));
             }
         }
-        let custom = self.custom_scopes(tenant).await?;
+        let custom = self.custom_scopes(by.tenant()).await?;
         if let Some(unknown) = scopes.iter().find(|s| !s.is_admin() && !custom.contains(s)) {
             return Err(Error::Invalid(format!(
                 "scope {unknown} is not defined in this tenant"
@@ -156,50 +142,37 @@ impl Authority {
         Ok(())
     }
 
-    /// The client `client_id`, if a caller holding `managed_by` (`None`: the operator at the
-    /// command line) may manage it: only a caller holding every `lanyard:` scope the client holds
-    /// may rotate its secret, change or delete it (SPEC §6), or whoever holds
-    /// `lanyard:clients:write` could take over the tenant's admin client.
-    async fn managed_client(
-        &self,
-        tenant: &Tenant,
-        client_id: &str,
-        managed_by: Option<&ScopeSet>,
-    ) -> Result<Client> {
-        let row = clients::find(&self.db, &tenant.id, client_id)
+    /// The client `client_id`, if the actor may manage it: only an actor holding every
+    /// `lanyard:` scope the client holds may rotate its secret, change or delete it (SPEC §6), or
+    /// whoever holds `lanyard:clients:write` could take over the tenant's admin client.
+    async fn managed_client(&self, by: Actor<'_>, client_id: &str) -> Result<Client> {
+        let row = clients::find(&self.db, &by.tenant().id, client_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no client {client_id}")))?;
         let client = Client::from_row(&row);
-        if let Some(held) = managed_by {
-            let missing = admin_scopes_missing(&client.scopes, held);
-            if !missing.is_empty() {
-                return Err(Error::Forbidden(format!(
-                    "client {client_id} holds scopes the caller does not: {missing}"
-                )));
-            }
-        }
+        by.require_all_admin(&client.scopes, &format!("client {client_id}"))?;
         Ok(client)
     }
 
-    /// Registers a client. `granted_by` is the caller's own scopes: a caller grants only what it
-    /// holds (`None` for the operator at the command line).
+    /// Registers a client, with only `lanyard:` scopes the actor holds (and any of the tenant's
+    /// own); binding it to a system also needs `lanyard:local-tokens:read`.
     pub async fn create_client(
         &self,
-        tenant: &Tenant,
+        by: impl Into<Actor<'_>>,
         new: NewClient,
-        granted_by: Option<&ScopeSet>,
     ) -> Result<ClientRegistration> {
+        let by = by.into();
+        by.require(CLIENTS_WRITE)?;
+        let tenant = by.tenant();
         let name = validate_name(&new.name)?;
-        self.check_grantable(tenant, &new.scopes, granted_by)
-            .await?;
+        self.check_grantable(by, &new.scopes).await?;
         // A bound client reads its system's token list over MQTT: binding is reading (SPEC §6).
-        if new.system_id.is_some()
-            && let Some(held) = granted_by
-            && !held.contains_str(LOCAL_TOKENS_READ)
-        {
-            return Err(Error::Forbidden(format!(
-                "binding a client to a system lets it read the system's tokens: this needs the scope {LOCAL_TOKENS_READ}"
-            )));
+        if new.system_id.is_some() {
+            by.require(LOCAL_TOKENS_READ).map_err(|_| {
+                Error::Forbidden(format!(
+                    "binding a client to a system lets it read the system's tokens: this needs the scope {LOCAL_TOKENS_READ}"
+                ))
+            })?;
         }
         let grant_types = if new.grant_types.is_empty() {
             GrantType::defaults(new.public)
@@ -258,15 +231,17 @@ impl Authority {
         })
     }
 
-    /// Replaces a confidential client's secret; the old one stops working at once. The caller
-    /// (`managed_by`) must hold every `lanyard:` scope the client holds.
+    /// Replaces a confidential client's secret; the old one stops working at once. The actor
+    /// must hold every `lanyard:` scope the client holds.
     pub async fn rotate_client_secret(
         &self,
-        tenant: &Tenant,
+        by: impl Into<Actor<'_>>,
         client_id: &str,
-        managed_by: Option<&ScopeSet>,
     ) -> Result<ClientRegistration> {
-        self.managed_client(tenant, client_id, managed_by).await?;
+        let by = by.into();
+        by.require(CLIENTS_WRITE)?;
+        let tenant = by.tenant();
+        self.managed_client(by, client_id).await?;
         let secret = Secret::generate();
         let now = self.now();
         if !clients::set_secret(&self.db, &tenant.id, client_id, &secret.hash().0, now).await? {
@@ -318,14 +293,12 @@ impl Authority {
     }
 
     /// Deletes a client; its access tokens stop verifying (the client must still exist). The
-    /// caller (`managed_by`) must hold every `lanyard:` scope the client holds.
-    pub async fn delete_client(
-        &self,
-        tenant: &Tenant,
-        client_id: &str,
-        managed_by: Option<&ScopeSet>,
-    ) -> Result<()> {
-        self.managed_client(tenant, client_id, managed_by).await?;
+    /// actor must hold every `lanyard:` scope the client holds.
+    pub async fn delete_client(&self, by: impl Into<Actor<'_>>, client_id: &str) -> Result<()> {
+        let by = by.into();
+        by.require(CLIENTS_WRITE)?;
+        let tenant = by.tenant();
+        self.managed_client(by, client_id).await?;
         if !clients::delete(&self.db, &tenant.id, client_id).await? {
             return Err(Error::NotFound(format!("no client {client_id}")));
         }

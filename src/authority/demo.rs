@@ -43,7 +43,6 @@ impl Authority {
                     client_id: Some(DEMO_DEVICE_CLIENT.into()),
                     ..NewClient::default()
                 },
-                None,
             )
             .await?;
         let role = self.create_role(&tenant, "Domain Owner").await?;
@@ -54,7 +53,6 @@ impl Authority {
                 "Demo User",
                 ScopeSet::default(),
                 Default::default(),
-                None,
             )
             .await?;
         self.assign_role(&tenant, &user.id, &system_id, &role.id)
@@ -68,7 +66,6 @@ impl Authority {
                     client_id: Some(DEMO_APP_CLIENT.into()),
                     ..NewClient::default()
                 },
-                None,
             )
             .await?;
         Ok(Some(DemoSeed {

@@ -8,8 +8,9 @@
 
 use anyhow::Context;
 
+use super::caller::{KEYS_READ, KEYS_WRITE};
 use super::keyring::KeyInfo;
-use super::{Authority, Error, Event, Result, Tenant};
+use super::{Actor, Authority, Error, Event, Result, Tenant};
 use crate::crypto::SigningKey;
 use crate::domain::KeyStatus;
 use crate::store::signing_keys::{self, NewKey, Replacement};
@@ -50,7 +51,13 @@ impl Authority {
     }
 
     /// The tenant's keys, oldest first, in every state.
-    pub async fn signing_keys(&self, tenant: &Tenant) -> Result<Vec<KeyInfo>> {
+    pub async fn signing_keys(&self, by: impl Into<Actor<'_>>) -> Result<Vec<KeyInfo>> {
+        let by = by.into();
+        by.require(KEYS_READ)?;
+        self.keys_of(by.tenant()).await
+    }
+
+    async fn keys_of(&self, tenant: &Tenant) -> Result<Vec<KeyInfo>> {
         Ok(self.keyring(tenant).await?.keys.clone())
     }
 
@@ -62,7 +69,7 @@ impl Authority {
     }
 
     async fn key_info(&self, tenant: &Tenant, kid: &str) -> Result<KeyInfo> {
-        self.signing_keys(tenant)
+        self.keys_of(tenant)
             .await?
             .into_iter()
             .find(|k| k.kid == kid)
@@ -71,7 +78,10 @@ impl Authority {
 
     /// Adds a PENDING key that starts signing after `tokens.key_publish_ahead`; the current key
     /// is retired then.
-    pub async fn rotate_signing_key(&self, tenant: &Tenant) -> Result<KeyInfo> {
+    pub async fn rotate_signing_key(&self, by: impl Into<Actor<'_>>) -> Result<KeyInfo> {
+        let by = by.into();
+        by.require(KEYS_WRITE)?;
+        let tenant = by.tenant();
         let now = self.now();
         let activates_at = now + self.settings.tokens.key_publish_ahead.as_secs_i64();
         let key = self
@@ -93,13 +103,20 @@ impl Authority {
 
     /// Removes the key from the JWKS at once; everything it signed stops verifying. If it was the
     /// signer, the pending key takes over at once, or a new key is created to.
-    pub async fn invalidate_signing_key(&self, tenant: &Tenant, kid: &str) -> Result<KeyInfo> {
+    pub async fn invalidate_signing_key(
+        &self,
+        by: impl Into<Actor<'_>>,
+        kid: &str,
+    ) -> Result<KeyInfo> {
+        let by = by.into();
+        by.require(KEYS_WRITE)?;
+        let tenant = by.tenant();
         let current = self.key_info(tenant, kid).await?;
         if current.status == KeyStatus::Invalidated {
             return Ok(current);
         }
         let now = self.now();
-        let keys = self.signing_keys(tenant).await?;
+        let keys = self.keys_of(tenant).await?;
         let pending = keys.iter().find(|k| k.status == KeyStatus::Pending);
         let new_key;
         let replacement = match (current.status, pending) {
@@ -124,7 +141,14 @@ impl Authority {
 
     /// Publishes an invalidated key again. It comes back RETIRED: it verifies what it signed, but
     /// another key has taken over signing.
-    pub async fn reactivate_signing_key(&self, tenant: &Tenant, kid: &str) -> Result<KeyInfo> {
+    pub async fn reactivate_signing_key(
+        &self,
+        by: impl Into<Actor<'_>>,
+        kid: &str,
+    ) -> Result<KeyInfo> {
+        let by = by.into();
+        by.require(KEYS_WRITE)?;
+        let tenant = by.tenant();
         let current = self.key_info(tenant, kid).await?;
         if current.status != KeyStatus::Invalidated {
             return Err(Error::Conflict(format!(
@@ -145,7 +169,10 @@ impl Authority {
     }
 
     /// Deletes a key for good. The signing key cannot be deleted: rotate or invalidate it first.
-    pub async fn delete_signing_key(&self, tenant: &Tenant, kid: &str) -> Result<()> {
+    pub async fn delete_signing_key(&self, by: impl Into<Actor<'_>>, kid: &str) -> Result<()> {
+        let by = by.into();
+        by.require(KEYS_WRITE)?;
+        let tenant = by.tenant();
         let current = self.key_info(tenant, kid).await?;
         if current.status == KeyStatus::Active {
             return Err(Error::Conflict(format!(

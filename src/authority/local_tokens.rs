@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::caller::SYSTEMS_READ;
 use super::holdings::{self, Holding};
 use super::keyring::TenantKeys;
 use super::tally::Reserved;
 use super::tenants::validate_name;
-use super::{Authority, Error, Event, Result, Role, Tenant};
+use super::{Actor, Authority, Caller, Error, Event, Result, Role, Tenant};
 use crate::crypto::jws;
-use crate::domain::{AccessClaims, Period, ScopeSet};
+use crate::domain::Period;
 use crate::store::{local_tokens, systems, users};
 
 /// The shortest lifetime a local token may have.
@@ -25,44 +26,7 @@ pub const MIN_DURATION_SECS: u64 = 60;
 /// `exp` must fit a signed 32-bit time, which constrained devices parse.
 const MAX_EXP: i64 = i32::MAX as i64;
 
-/// The scope that lets a caller revoke any local token of the tenant.
-pub const LOCAL_TOKENS_WRITE: &str = "lanyard:local-tokens:write";
-/// The scope that lets a caller list any system's local tokens.
-pub const LOCAL_TOKENS_READ: &str = "lanyard:local-tokens:read";
-
-/// Who calls a use-case: a verified access token of a tenant.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub tenant: Tenant,
-    pub claims: AccessClaims,
-    pub scopes: ScopeSet,
-}
-
-impl Caller {
-    pub fn new(tenant: Tenant, claims: AccessClaims) -> Caller {
-        let scopes = ScopeSet::parse(&claims.scope).unwrap_or_default();
-        Caller {
-            tenant,
-            claims,
-            scopes,
-        }
-    }
-
-    /// The user behind the token, if it is a person's token (a client's own has `sub` =
-    /// `client_id`).
-    pub fn user_id(&self) -> Option<&str> {
-        (self.claims.sub != self.claims.client_id).then_some(self.claims.sub.as_str())
-    }
-
-    /// Refuses unless the token carries `scope`.
-    pub fn require(&self, scope: &str) -> Result<()> {
-        if self.scopes.contains_str(scope) {
-            Ok(())
-        } else {
-            Err(Error::Forbidden(format!("this needs the scope {scope}")))
-        }
-    }
-}
+pub use super::caller::{LOCAL_TOKENS_READ, LOCAL_TOKENS_WRITE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -580,7 +544,10 @@ impl Authority {
     }
 
     /// The tenant's systems.
-    pub async fn systems(&self, tenant: &Tenant) -> Result<Vec<(String, String)>> {
+    pub async fn systems(&self, by: impl Into<Actor<'_>>) -> Result<Vec<(String, String)>> {
+        let by = by.into();
+        by.require(SYSTEMS_READ)?;
+        let tenant = by.tenant();
         Ok(systems::list(&self.db, &tenant.id)
             .await?
             .into_iter()

@@ -19,6 +19,7 @@ use crate::crypto::KeyEncryptionKey;
 use crate::domain::Clock;
 use crate::store::{Db, StoreError};
 
+pub mod caller;
 pub mod clients;
 pub mod demo;
 pub mod holdings;
@@ -36,9 +37,10 @@ pub mod token_cache;
 pub mod tokens;
 pub mod users;
 
+pub use caller::{Actor, Caller};
 pub use clients::{ClientRegistration, NewClient};
 pub use keyring::KeyRings;
-pub use local_tokens::{Caller, LocalToken, LocalTokenStatus, MintedToken};
+pub use local_tokens::{LocalToken, LocalTokenStatus, MintedToken};
 pub use tenants::Tenant;
 pub use token_cache::KnownToken;
 pub use tokens::{ClientCredentials, IssuedToken, TokenRejected, VerifiedAccessToken};

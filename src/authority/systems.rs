@@ -1,12 +1,16 @@
 //! Systems: the gateways, locks and building controllers local API tokens are addressed to.
 
+use super::caller::SYSTEMS_WRITE;
 use super::tenants::validate_name;
-use super::{Authority, Result, Tenant};
+use super::{Actor, Authority, Result};
 use crate::store::systems;
 
 impl Authority {
     /// Creates a system and returns its uuid.
-    pub async fn create_system(&self, tenant: &Tenant, name: &str) -> Result<String> {
+    pub async fn create_system(&self, by: impl Into<Actor<'_>>, name: &str) -> Result<String> {
+        let by = by.into();
+        by.require(SYSTEMS_WRITE)?;
+        let tenant = by.tenant();
         let name = validate_name(name)?;
         let id = uuid::Uuid::new_v4().to_string();
         systems::insert(

@@ -145,7 +145,6 @@ impl Authority {
                     grant_types: vec![GrantType::ClientCredentials],
                     ..NewClient::default()
                 },
-                None,
             )
             .await?;
         Ok(Bootstrap {

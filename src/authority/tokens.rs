@@ -451,13 +451,13 @@ impl Authority {
 /// admin cannot keep the tenant admin's tokens revoked.
 pub(crate) fn may_revoke_others(client: &Client, scope: &str) -> Result<(), OAuthError> {
     let carried = ScopeSet::parse(scope).unwrap_or_default();
-    if !client.scopes.contains_str("lanyard:clients:write") {
+    if !client.scopes.contains_str(super::caller::CLIENTS_WRITE) {
         return Err(OAuthError::new(
             OAuthErrorCode::UnauthorizedClient,
             "the token was not issued to this client",
         ));
     }
-    let missing = super::clients::admin_scopes_missing(&carried, &client.scopes);
+    let missing = super::caller::admin_scopes_missing(&carried, &client.scopes);
     if !missing.is_empty() {
         return Err(OAuthError::new(
             OAuthErrorCode::UnauthorizedClient,

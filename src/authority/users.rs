@@ -3,8 +3,9 @@
 
 use serde_json::{Map, Value};
 
+use super::caller::{ROLES_WRITE, USERS_WRITE};
 use super::tenants::validate_name;
-use super::{Authority, Error, Event, Result, Tenant};
+use super::{Actor, Authority, Error, Event, Result, Tenant};
 use crate::domain::{Email, ScopeSet};
 use crate::store::{StoreError, local_tokens, systems, users};
 
@@ -40,20 +41,21 @@ impl User {
 }
 
 impl Authority {
-    /// Creates a user. `granted_by` is the caller's scopes: the user gets only scopes the caller
-    /// holds (`None` for the operator).
+    /// Creates a user, with only `lanyard:` scopes the actor holds (and any of the tenant's own).
     pub async fn create_user(
         &self,
-        tenant: &Tenant,
+        by: impl Into<Actor<'_>>,
         email: &str,
         name: &str,
         scopes: ScopeSet,
         metadata: Map<String, Value>,
-        granted_by: Option<&ScopeSet>,
     ) -> Result<User> {
+        let by = by.into();
+        by.require(USERS_WRITE)?;
+        let tenant = by.tenant();
         let email = Email::parse(email).map_err(|e| Error::Invalid(e.to_string()))?;
         let name = validate_name(name)?;
-        self.check_grantable(tenant, &scopes, granted_by).await?;
+        self.check_grantable(by, &scopes).await?;
         let metadata_text = Value::Object(metadata.clone()).to_string();
         if metadata_text.len() > MAX_METADATA_BYTES {
             return Err(Error::Invalid("user metadata is at most 8 KiB".into()));
@@ -92,26 +94,17 @@ impl Authority {
     }
 
     /// Deletes a user: their local API tokens show as REVOKED, their refresh tokens die with
-    /// them, and their access tokens and MQTT sessions end. The caller (`managed_by`; `None`:
-    /// the operator) must hold every `lanyard:` scope the user holds.
-    pub async fn delete_user(
-        &self,
-        tenant: &Tenant,
-        id: &str,
-        managed_by: Option<&ScopeSet>,
-    ) -> Result<()> {
+    /// them, and their access tokens and MQTT sessions end. The actor must hold every `lanyard:`
+    /// scope the user holds.
+    pub async fn delete_user(&self, by: impl Into<Actor<'_>>, id: &str) -> Result<()> {
+        let by = by.into();
+        by.require(USERS_WRITE)?;
+        let tenant = by.tenant();
         let user = self
             .user(tenant, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no user {id}")))?;
-        if let Some(held) = managed_by {
-            let missing = super::clients::admin_scopes_missing(&user.scopes, held);
-            if !missing.is_empty() {
-                return Err(Error::Forbidden(format!(
-                    "user {id} holds scopes the caller does not: {missing}"
-                )));
-            }
-        }
+        by.require_all_admin(&user.scopes, &format!("user {id}"))?;
         let now = self.now();
         let systems =
             local_tokens::revoke_for_user(&self.db, &tenant.id, id, now, &self.node_id).await?;
@@ -136,7 +129,10 @@ impl Authority {
         Ok(())
     }
 
-    pub async fn create_role(&self, tenant: &Tenant, name: &str) -> Result<Role> {
+    pub async fn create_role(&self, by: impl Into<Actor<'_>>, name: &str) -> Result<Role> {
+        let by = by.into();
+        by.require(ROLES_WRITE)?;
+        let tenant = by.tenant();
         let name = validate_name(name)?;
         let row = users::RoleRow {
             id: uuid::Uuid::new_v4().to_string(),
@@ -159,11 +155,14 @@ impl Authority {
     /// Gives a user a role on a system. All three must belong to the tenant.
     pub async fn assign_role(
         &self,
-        tenant: &Tenant,
+        by: impl Into<Actor<'_>>,
         user_id: &str,
         system_id: &str,
         role_id: &str,
     ) -> Result<()> {
+        let by = by.into();
+        by.require(ROLES_WRITE)?;
+        let tenant = by.tenant();
         if users::find(&self.db, &tenant.id, user_id).await?.is_none() {
             return Err(Error::NotFound(format!("no user {user_id}")));
         }

@@ -44,13 +44,6 @@ fn caller<'a>(ctx: &Context<'a>) -> Result<&'a Caller> {
     })
 }
 
-/// The caller, if its token carries `scope`.
-fn caller_with<'a>(ctx: &Context<'a>, scope: &str) -> Result<&'a Caller> {
-    let caller = caller(ctx)?;
-    caller.require(scope).map_err(mapped)?;
-    Ok(caller)
-}
-
 fn time(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or_default()
 }
@@ -254,11 +247,8 @@ impl Query {
 
     /// Needs `lanyard:systems:read`.
     async fn systems(&self, ctx: &Context<'_>) -> Result<Vec<System>> {
-        let caller = caller_with(ctx, "lanyard:systems:read")?;
-        let systems = authority(ctx)
-            .systems(&caller.tenant)
-            .await
-            .map_err(mapped)?;
+        let caller = caller(ctx)?;
+        let systems = authority(ctx).systems(caller).await.map_err(mapped)?;
         Ok(systems
             .into_iter()
             .map(|(id, name)| System {
@@ -270,11 +260,8 @@ impl Query {
 
     /// Needs `lanyard:keys:read`.
     async fn signing_keys(&self, ctx: &Context<'_>) -> Result<Vec<SigningKey>> {
-        let caller = caller_with(ctx, "lanyard:keys:read")?;
-        let keys = authority(ctx)
-            .signing_keys(&caller.tenant)
-            .await
-            .map_err(mapped)?;
+        let caller = caller(ctx)?;
+        let keys = authority(ctx).signing_keys(caller).await.map_err(mapped)?;
         Ok(keys
             .into_iter()
             .map(|k| SigningKey {
@@ -367,9 +354,9 @@ impl Mutation {
 
     /// Needs `lanyard:systems:write`.
     async fn create_system(&self, ctx: &Context<'_>, name: String) -> Result<System> {
-        let caller = caller_with(ctx, "lanyard:systems:write")?;
+        let caller = caller(ctx)?;
         let id = authority(ctx)
-            .create_system(&caller.tenant, &name)
+            .create_system(caller, &name)
             .await
             .map_err(mapped)?;
         Ok(System {
@@ -380,9 +367,9 @@ impl Mutation {
 
     /// Needs `lanyard:roles:write`.
     async fn create_role(&self, ctx: &Context<'_>, name: String) -> Result<Role> {
-        let caller = caller_with(ctx, "lanyard:roles:write")?;
+        let caller = caller(ctx)?;
         let role = authority(ctx)
-            .create_role(&caller.tenant, &name)
+            .create_role(caller, &name)
             .await
             .map_err(mapped)?;
         Ok(Role {
@@ -400,15 +387,14 @@ impl Mutation {
         name: String,
         scopes: Option<Vec<String>>,
     ) -> Result<User> {
-        let caller = caller_with(ctx, "lanyard:users:write")?;
+        let caller = caller(ctx)?;
         let user = authority(ctx)
             .create_user(
-                &caller.tenant,
+                caller,
                 &email,
                 &name,
                 self::scopes(scopes)?,
                 Default::default(),
-                Some(&caller.scopes),
             )
             .await
             .map_err(mapped)?;
@@ -422,9 +408,9 @@ impl Mutation {
     /// Needs `lanyard:users:write`, and every `lanyard:` scope the user holds. The user's local
     /// tokens show as REVOKED and their sessions end.
     async fn delete_user(&self, ctx: &Context<'_>, uuid: Uuid) -> Result<bool> {
-        let caller = caller_with(ctx, "lanyard:users:write")?;
+        let caller = caller(ctx)?;
         authority(ctx)
-            .delete_user(&caller.tenant, &uuid.to_string(), Some(&caller.scopes))
+            .delete_user(caller, &uuid.to_string())
             .await
             .map_err(mapped)?;
         Ok(true)
@@ -438,10 +424,10 @@ impl Mutation {
         system_uuid: Uuid,
         role_uuid: Uuid,
     ) -> Result<bool> {
-        let caller = caller_with(ctx, "lanyard:roles:write")?;
+        let caller = caller(ctx)?;
         authority(ctx)
             .assign_role(
-                &caller.tenant,
+                caller,
                 &user_uuid.to_string(),
                 &system_uuid.to_string(),
                 &role_uuid.to_string(),
@@ -458,9 +444,9 @@ impl Mutation {
         name: String,
         description: Option<String>,
     ) -> Result<Scope> {
-        let caller = caller_with(ctx, "lanyard:scopes:write")?;
+        let caller = caller(ctx)?;
         let scope = authority(ctx)
-            .create_scope(&caller.tenant, &name, description.as_deref())
+            .create_scope(caller, &name, description.as_deref())
             .await
             .map_err(mapped)?;
         Ok(Scope {
@@ -477,7 +463,7 @@ impl Mutation {
         ctx: &Context<'_>,
         input: CreateClientInput,
     ) -> Result<ClientRegistration> {
-        let caller = caller_with(ctx, "lanyard:clients:write")?;
+        let caller = caller(ctx)?;
         let new = NewClient {
             name: input.name,
             scopes: scopes(input.scopes)?,
@@ -492,7 +478,7 @@ impl Mutation {
             ..NewClient::default()
         };
         let registration = authority(ctx)
-            .create_client(&caller.tenant, new, Some(&caller.scopes))
+            .create_client(caller, new)
             .await
             .map_err(mapped)?;
         Ok(registration.into())
@@ -504,9 +490,9 @@ impl Mutation {
         ctx: &Context<'_>,
         client_id: String,
     ) -> Result<ClientRegistration> {
-        let caller = caller_with(ctx, "lanyard:clients:write")?;
+        let caller = caller(ctx)?;
         let registration = authority(ctx)
-            .rotate_client_secret(&caller.tenant, &client_id, Some(&caller.scopes))
+            .rotate_client_secret(caller, &client_id)
             .await
             .map_err(mapped)?;
         Ok(registration.into())
@@ -515,9 +501,9 @@ impl Mutation {
     /// Needs `lanyard:clients:write`, and every `lanyard:` scope the client holds. The client's
     /// tokens stop working and its MQTT sessions end.
     async fn delete_client(&self, ctx: &Context<'_>, client_id: String) -> Result<bool> {
-        let caller = caller_with(ctx, "lanyard:clients:write")?;
+        let caller = caller(ctx)?;
         authority(ctx)
-            .delete_client(&caller.tenant, &client_id, Some(&caller.scopes))
+            .delete_client(caller, &client_id)
             .await
             .map_err(mapped)?;
         Ok(true)
@@ -526,9 +512,9 @@ impl Mutation {
     /// Needs `lanyard:keys:write`. The new key is published at once and signs after
     /// `tokens.key_publish_ahead`.
     async fn rotate_signing_key(&self, ctx: &Context<'_>) -> Result<SigningKey> {
-        let caller = caller_with(ctx, "lanyard:keys:write")?;
+        let caller = caller(ctx)?;
         let key = authority(ctx)
-            .rotate_signing_key(&caller.tenant)
+            .rotate_signing_key(caller)
             .await
             .map_err(mapped)?;
         Ok(SigningKey {
@@ -539,9 +525,9 @@ impl Mutation {
 
     /// Needs `lanyard:keys:write`. Withdraws the key from both JWKS at once.
     async fn invalidate_signing_key(&self, ctx: &Context<'_>, kid: String) -> Result<SigningKey> {
-        let caller = caller_with(ctx, "lanyard:keys:write")?;
+        let caller = caller(ctx)?;
         let key = authority(ctx)
-            .invalidate_signing_key(&caller.tenant, &kid)
+            .invalidate_signing_key(caller, &kid)
             .await
             .map_err(mapped)?;
         Ok(SigningKey {
@@ -552,9 +538,9 @@ impl Mutation {
 
     /// Needs `lanyard:keys:write`.
     async fn reactivate_signing_key(&self, ctx: &Context<'_>, kid: String) -> Result<SigningKey> {
-        let caller = caller_with(ctx, "lanyard:keys:write")?;
+        let caller = caller(ctx)?;
         let key = authority(ctx)
-            .reactivate_signing_key(&caller.tenant, &kid)
+            .reactivate_signing_key(caller, &kid)
             .await
             .map_err(mapped)?;
         Ok(SigningKey {
@@ -565,9 +551,9 @@ impl Mutation {
 
     /// Needs `lanyard:keys:write`. Final.
     async fn delete_signing_key(&self, ctx: &Context<'_>, kid: String) -> Result<bool> {
-        let caller = caller_with(ctx, "lanyard:keys:write")?;
+        let caller = caller(ctx)?;
         authority(ctx)
-            .delete_signing_key(&caller.tenant, &kid)
+            .delete_signing_key(caller, &kid)
             .await
             .map_err(mapped)?;
         Ok(true)

@@ -228,7 +228,7 @@ on_both_databases! {
     async fn a_client_admin_cannot_revoke_the_tokens_of_a_client_holding_more(app) {
         let w = world(&app).await;
         let (narrow_id, _) = narrow_client(&app, &w, "lanyard:clients:write").await;
-        let narrow_secret = app.authority().rotate_client_secret(&w.t.tenant, &narrow_id, None).await.unwrap();
+        let narrow_secret = app.authority().rotate_client_secret(&w.t.tenant, &narrow_id).await.unwrap();
         let narrow_secret = narrow_secret.client_secret.unwrap().expose().to_owned();
         let revoke = |token: String| {
             let (app, id, secret) = (&app, narrow_id.clone(), narrow_secret.clone());

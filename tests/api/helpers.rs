@@ -180,7 +180,7 @@ impl TestApp {
     pub async fn client(&self, tenant: &TestTenant, new: NewClient) -> (String, String) {
         let reg = self
             .authority()
-            .create_client(&tenant.tenant, new, None)
+            .create_client(&tenant.tenant, new)
             .await
             .expect("client registered");
         let secret = reg
@@ -262,6 +262,25 @@ impl TestApp {
             .map(|k| k["kid"].as_str().unwrap().to_owned())
             .collect()
     }
+}
+
+/// A client of `t` holding `scope`, as the authority sees a caller (no token needed).
+pub fn client_caller(t: &TestTenant, scope: &str) -> lanyard::authority::Caller {
+    lanyard::authority::Caller::new(
+        t.tenant.clone(),
+        lanyard::domain::AccessClaims {
+            iss: t.tenant.issuer.clone(),
+            sub: "caller".into(),
+            aud: t.slug.clone(),
+            client_id: "caller".into(),
+            scope: scope.into(),
+            iat: 0,
+            nbf: 0,
+            exp: i64::MAX,
+            jti: "caller".into(),
+            system: None,
+        },
+    )
 }
 
 pub fn urlencode(s: &str) -> String {

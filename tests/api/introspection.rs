@@ -173,7 +173,7 @@ on_both_databases! {
         let other = app.tenant("acme").await;
         let token = app.admin_token(&other).await;
         assert!(app.is_active(&t, &token).await);
-        app.authority().delete_client(&t.tenant, &other.admin_id, None).await.unwrap();
+        app.authority().delete_client(&t.tenant, &other.admin_id).await.unwrap();
         assert!(!app.is_active(&t, &token).await);
     }
 }

@@ -164,7 +164,7 @@ on_both_databases! {
         assert_eq!(list[0]["status"], "REVOKED", "{list}");
         app.authority().reactivate_signing_key(&w.t.tenant, &kid).await.unwrap();
         assert_eq!(next_list(&mut gw).await[0]["status"], "ACTIVATED");
-        app.authority().delete_user(&w.t.tenant, &w.user, None).await.unwrap();
+        app.authority().delete_user(&w.t.tenant, &w.user).await.unwrap();
         assert_eq!(next_list(&mut gw).await[0]["status"], "REVOKED");
     }
 

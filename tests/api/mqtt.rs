@@ -992,7 +992,7 @@ on_both_databases! {
         let (_, bystander_token) = device(&app, &t, None, "").await;
         let mut v5 = V5::connect(&app, &id, &token).await.unwrap();
         let mut bystander = V5::connect(&app, "bystander", &bystander_token).await.unwrap();
-        app.authority().delete_client(&t.tenant, &id, None).await.unwrap();
+        app.authority().delete_client(&t.tenant, &id).await.unwrap();
         assert_eq!(v5.disconnected().await, DisconnectReasonCode::NotAuthorized);
         assert_eq!(V5::connect(&app, &id, &token).await.err(), Some(V5Code::NotAuthorized));
         assert!(bystander.next(QUIET).await.is_none(), "another client's session ended");
@@ -1005,7 +1005,7 @@ on_both_databases! {
         let tokens = crate::signin::sign_in(&app, "acme", &client, "ada@example.com").await;
         let token = tokens["access_token"].as_str().unwrap();
         let mut v5 = V5::connect(&app, "ada-phone", token).await.expect("a person's token connects");
-        app.authority().delete_user(&t.tenant, &ada.id, None).await.unwrap();
+        app.authority().delete_user(&t.tenant, &ada.id).await.unwrap();
         assert_eq!(v5.disconnected().await, DisconnectReasonCode::NotAuthorized);
         assert_eq!(V5::connect(&app, "ada-phone", token).await.err(), Some(V5Code::NotAuthorized));
     }

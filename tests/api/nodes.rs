@@ -138,7 +138,7 @@ mod postgres {
         b.admin_token(&w.t).await;
         let reg = a
             .authority()
-            .rotate_client_secret(&w.t.tenant, &w.t.admin_id, None)
+            .rotate_client_secret(&w.t.tenant, &w.t.admin_id)
             .await
             .unwrap();
         let mut refused = false;

@@ -57,7 +57,7 @@ on_both_databases! {
         );
         app.authority().rotate_signing_key(&t.tenant).await.unwrap();
         assert_eq!(events.recv().await.unwrap(), Event::KeysChanged { tenant_id: t.tenant.id.clone(), slug: "acme".into() });
-        app.authority().delete_client(&t.tenant, &other.admin_id, None).await.unwrap();
+        app.authority().delete_client(&t.tenant, &other.admin_id).await.unwrap();
         assert_eq!(events.recv().await.unwrap(), Event::ClientDeleted { tenant_id: t.tenant.id.clone(), client_id: other.admin_id.clone() });
     }
 

@@ -30,7 +30,6 @@ pub async fn person(app: &TestApp, t: &TestTenant, email: &str, scopes: &str) ->
             "Ada Lovelace",
             ScopeSet::parse(scopes).unwrap(),
             metadata.as_object().unwrap().clone(),
-            None,
         )
         .await
         .unwrap();

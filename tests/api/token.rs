@@ -244,7 +244,7 @@ on_both_databases! {
         let t = app.tenant("acme").await;
         // Used once before, so the server knows the client (and its old secret) already.
         app.admin_token(&t).await;
-        let reg = app.authority().rotate_client_secret(&t.tenant, &t.admin_id, None).await.unwrap();
+        let reg = app.authority().rotate_client_secret(&t.tenant, &t.admin_id).await.unwrap();
         let new_secret = reg.client_secret.unwrap();
         assert_ne!(new_secret.expose(), t.admin_secret);
         let res = app
@@ -257,7 +257,7 @@ on_both_databases! {
             .client(&t, NewClient { name: "app".into(), public: true, ..NewClient::default() })
             .await;
         for id in [public_id.as_str(), "nobody"] {
-            let err = app.authority().rotate_client_secret(&t.tenant, id, None).await.unwrap_err();
+            let err = app.authority().rotate_client_secret(&t.tenant, id).await.unwrap_err();
             assert!(matches!(err, lanyard::authority::Error::NotFound(_)), "{id}: {err}");
         }
     }
@@ -278,23 +278,23 @@ on_both_databases! {
             ..NewClient::default()
         };
         // A scope the tenant never defined.
-        assert!(matches!(auth.create_client(&t.tenant, new("video:gold"), None).await, Err(Error::Invalid(_))));
+        assert!(matches!(auth.create_client(&t.tenant, new("video:gold")).await, Err(Error::Invalid(_))));
         // A caller grants only scopes it holds itself.
-        let held = ScopeSet::parse("sensor:read").unwrap();
-        let escalation = auth.create_client(&t.tenant, new("sensor:read lanyard:keys:write"), Some(&held)).await;
+        let held = client_caller(&t, "lanyard:clients:write sensor:read");
+        let escalation = auth.create_client(&held, new("sensor:read lanyard:keys:write")).await;
         assert!(matches!(escalation, Err(Error::Forbidden(_))), "{escalation:?}");
-        auth.create_client(&t.tenant, new("sensor:read"), Some(&held)).await.unwrap();
+        auth.create_client(&held, new("sensor:read")).await.unwrap();
         // A public client has no secret, so no client_credentials.
         let public_cc = NewClient {
             public: true,
             grant_types: vec![GrantType::ClientCredentials],
             ..new("")
         };
-        assert!(matches!(auth.create_client(&t.tenant, public_cc, None).await, Err(Error::Invalid(_))));
+        assert!(matches!(auth.create_client(&t.tenant, public_cc).await, Err(Error::Invalid(_))));
         // A system of another tenant, or none at all, cannot be bound.
         let other = app.tenant("other").await;
         let foreign = auth.create_system(&other.tenant, "Elsewhere").await.unwrap();
         let bound = NewClient { system_id: Some(foreign), ..new("") };
-        assert!(matches!(auth.create_client(&t.tenant, bound, None).await, Err(Error::NotFound(_))));
+        assert!(matches!(auth.create_client(&t.tenant, bound).await, Err(Error::NotFound(_))));
     }
 }
