@@ -144,13 +144,23 @@ impl Authority {
 
     /// The client `client_id`, if the actor may manage it: only an actor holding every
     /// `lanyard:` scope the client holds may rotate its secret, change or delete it (SPEC §6), or
-    /// whoever holds `lanyard:clients:write` could take over the tenant's admin client.
+    /// whoever holds `lanyard:clients:write` could take over the tenant's admin client; and a
+    /// client bound to a system also needs `lanyard:local-tokens:read`, as binding one does.
     async fn managed_client(&self, by: Actor<'_>, client_id: &str) -> Result<Client> {
         let row = clients::find(&self.db, &by.tenant().id, client_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no client {client_id}")))?;
         let client = Client::from_row(&row);
         by.require_all_admin(&client.scopes, &format!("client {client_id}"))?;
+        // Whoever holds a bound client's secret reads its system's tokens: taking one over is
+        // binding (SPEC §6).
+        if client.system_id.is_some() {
+            by.require(LOCAL_TOKENS_READ).map_err(|_| {
+                Error::Forbidden(format!(
+                    "client {client_id} is bound to a system and reads its tokens: managing it needs the scope {LOCAL_TOKENS_READ}"
+                ))
+            })?;
+        }
         Ok(client)
     }
 

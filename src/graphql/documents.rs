@@ -33,6 +33,8 @@ pub const MAX_FRAGMENT_NESTING: usize = 32;
 pub const MAX_EXPANDED_SELECTIONS: u64 = 500;
 /// The fields whose resolvers mint a local API token.
 const MINT_FIELDS: [&str; 2] = ["createLocalApiToken", "createPermanentLocalApiToken"];
+/// The fields whose resolvers read a whole list from the database.
+const LIST_FIELDS: [&str; 2] = ["localApiTokens", "systems"];
 
 /// What a checked document costs, each fragment counted once per use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub struct Cost {
     pub selections: u64,
     /// Fields that mint a local API token.
     pub mints: u64,
+    /// Fields that read a whole list (a system's tokens, the tenant's systems).
+    pub lists: u64,
 }
 
 impl Cost {
@@ -48,6 +52,7 @@ impl Cost {
         Cost {
             selections: self.selections.saturating_add(other.selections),
             mints: self.mints.saturating_add(other.mints),
+            lists: self.lists.saturating_add(other.lists),
         }
     }
 }
@@ -78,7 +83,7 @@ impl Documents {
 
     /// Parses and measures the request's query, gives the request its parsed form and returns
     /// its cost. Linear in the query's length; call it off the reactor. A query that does not
-    /// parse is left to the engine, which answers with the syntax error, at no cost.
+    /// parse is refused with the parser's message, so nobody parses it again.
     pub fn check(&self, request: &mut Request) -> Result<Cost, Refused> {
         if let Some(cost) = self.remembered(request) {
             return Ok(cost);
@@ -89,9 +94,8 @@ impl Documents {
                 "the query nests {depth} levels of brackets; at most {MAX_NESTING} are allowed"
             )));
         }
-        let Ok(document) = parse_query(&request.query) else {
-            return Ok(Cost::default());
-        };
+        let document = parse_query(&request.query)
+            .map_err(|e| Refused(format!("the query does not parse: {e}")))?;
         let cost = measure(&document)?;
         if request.query.len() <= MAX_QUERY_BYTES {
             let mut checked = self.checked.lock().expect("documents lock");
@@ -194,22 +198,24 @@ impl<'a> Measure<'a> {
             let one = match &item.node {
                 Selection::Field(field) => {
                     let field = &field.node;
+                    let name = field.name.node.as_str();
                     let own = Cost {
                         selections: 1,
-                        mints: MINT_FIELDS.contains(&field.name.node.as_str()) as u64,
+                        mints: MINT_FIELDS.contains(&name) as u64,
+                        lists: LIST_FIELDS.contains(&name) as u64,
                     };
                     own.add(self.selection_set(&field.selection_set, fragment_depth)?)
                 }
                 Selection::InlineFragment(inline) => Cost {
                     selections: 1,
-                    mints: 0,
+                    ..Cost::default()
                 }
                 .add(self.selection_set(&inline.node.selection_set, fragment_depth)?),
                 Selection::FragmentSpread(spread) => {
                     let name = spread.node.fragment_name.node.as_str();
                     Cost {
                         selections: 1,
-                        mints: 0,
+                        ..Cost::default()
                     }
                     .add(self.fragment(name, fragment_depth + 1)?)
                 }

@@ -5,9 +5,10 @@
 //! tenant. The token is checked before the body is read: a request without a valid one is
 //! answered `401` whatever its document (only the GraphiQL page and its assets, served from the
 //! binary, are open). A document's cost is then bounded before the engine validates it
-//! ([`documents`]: each fragment counted once per use, no more than [`MAX_MINTS`] mint fields a
-//! request, a batch counted whole), new documents are measured on the blocking pool, and a
-//! request that still runs past its time budget is ended. Resolvers ([`schema`]) call the authority's use-cases and map its errors once to
+//! ([`documents`]: each fragment counted once per use, no more than [`MAX_MINTS`] mint fields and
+//! [`MAX_LISTS`] list reads a request, a batch counted whole), new documents are parsed and
+//! measured on the blocking pool, two at a time, and a request that still runs past its time
+//! budget is ended. Resolvers ([`schema`]) call the authority's use-cases and map its errors once to
 //! `extensions.code` (`UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `BAD_USER_INPUT`,
 //! `CONFLICT`, `INTERNAL`); errors the engine raises itself (syntax, unknown fields, wrong
 //! types, limits) are `BAD_USER_INPUT`. Query depth and complexity, batch size and the body
@@ -41,6 +42,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_BATCH: usize = 10;
 /// Mint fields in one request, a batch counted whole (SPEC §7).
 pub const MAX_MINTS: u64 = 20;
+/// Fields reading a whole list in one request, a batch counted whole.
+pub const MAX_LISTS: u64 = 10;
+/// New documents parsed at once, the rest waiting their turn.
+static PARSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 /// A request still running after this long is ended.
 const EXECUTION_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
 const MAX_DEPTH: usize = 8;
@@ -166,37 +171,56 @@ async fn execute(
 }
 
 /// Gives every request of the batch its checked document, and refuses the whole batch if one
-/// document costs too much or all of them together mint more than [`MAX_MINTS`] tokens.
+/// document costs too much or does not parse, or all of them together mint more than
+/// [`MAX_MINTS`] tokens or read more than [`MAX_LISTS`] lists.
 /// Documents seen before are found inline; new ones are parsed and measured on the blocking
 /// pool, off the threads that serve other requests.
 async fn prepare(
     documents: &Arc<documents::Documents>,
     mut batch: BatchRequest,
 ) -> Result<BatchRequest, documents::Refused> {
-    let mut mints = 0u64;
+    let mut cost = documents::Cost::default();
     let mut unknown = false;
     for request in batch.iter_mut() {
         match documents.remembered(request) {
-            Some(cost) => mints += cost.mints,
+            Some(one) => {
+                cost.mints += one.mints;
+                cost.lists += one.lists;
+            }
             None => unknown = true,
         }
     }
     if unknown {
+        // A parse holds several times its text in memory: a few at a time, however many
+        // requests bring new documents at once.
+        let _turn = PARSING
+            .acquire()
+            .await
+            .map_err(|_| documents::Refused("the server is shutting down".into()))?;
         let documents = documents.clone();
         let checked = tokio::task::spawn_blocking(move || {
-            let mut mints = 0u64;
+            let mut total = documents::Cost::default();
             for request in batch.iter_mut() {
-                mints += documents.check(request)?.mints;
+                let cost = documents.check(request)?;
+                total.mints += cost.mints;
+                total.lists += cost.lists;
             }
-            Ok::<_, documents::Refused>((batch, mints))
+            Ok::<_, documents::Refused>((batch, total))
         })
         .await
         .map_err(|_| documents::Refused("the query could not be read".into()))??;
-        (batch, mints) = checked;
+        (batch, cost) = checked;
     }
-    if mints > MAX_MINTS {
+    if cost.mints > MAX_MINTS {
         return Err(documents::Refused(format!(
-            "a request may mint at most {MAX_MINTS} local API tokens; this one asks for {mints}"
+            "a request may mint at most {MAX_MINTS} local API tokens; this one asks for {}",
+            cost.mints
+        )));
+    }
+    if cost.lists > MAX_LISTS {
+        return Err(documents::Refused(format!(
+            "a request may read at most {MAX_LISTS} lists (localApiTokens, systems); this one asks for {}",
+            cost.lists
         )));
     }
     Ok(batch)

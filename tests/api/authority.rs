@@ -199,6 +199,22 @@ on_both_databases! {
         assert_eq!(list().await["data"]["localApiTokens"].as_array().unwrap().len(), 20);
     }
 
+    async fn a_request_reading_more_than_ten_lists_is_refused_whole(app) {
+        let w = world(&app).await;
+        let reads = |n: usize| {
+            let fields: Vec<String> = (0..n).map(|i| format!("l{i}: localApiTokens(systemUuid: $s) {{ uuid }}")).collect();
+            json!({ "query": format!("query($s: UUID!) {{ {} }}", fields.join(" ")), "variables": { "s": w.system } })
+        };
+        let (status, body) = post_graphql(&app, Some(&w.user_token), &json!([reads(6), reads(5)])).await;
+        assert_eq!((status, code(&body)), (400, "BAD_USER_INPUT"), "{body}");
+        let (status, body) = post_graphql(&app, Some(&w.user_token), &json!([reads(5), reads(5)])).await;
+        assert_eq!(status, 200, "{body}");
+        // A document that does not parse is refused once, with the parser's message.
+        let (status, body) = post_graphql(&app, Some(&w.user_token), &json!({ "query": "{ me { sub " })).await;
+        assert_eq!((status, code(&body)), (400, "BAD_USER_INPUT"), "{body}");
+        assert!(body["errors"][0]["message"].as_str().unwrap().contains("does not parse"), "{body}");
+    }
+
     async fn a_client_admin_cannot_take_over_or_delete_a_client_holding_more(app) {
         let w = world(&app).await;
         let (narrow_id, narrow) = narrow_client(&app, &w, "lanyard:clients:write").await;
@@ -286,6 +302,17 @@ on_both_databases! {
         let (_, reader) = narrow_client(&app, &w, "lanyard:clients:write lanyard:local-tokens:read").await;
         let body = gql(&app, Some(&reader), bind, json!({ "s": w.system })).await;
         assert!(body["data"]["createClient"]["clientId"].is_string(), "{body}");
+        // Taking over a bound device is binding too: its new secret would read the list.
+        let (device_id, _) = device(&app, &w.t, Some(&w.system), "").await;
+        for op in [
+            "mutation($c: String!) { rotateClientSecret(clientId: $c) { clientSecret } }",
+            "mutation($c: String!) { deleteClient(clientId: $c) }",
+        ] {
+            let body = gql(&app, Some(&clients_admin), op, json!({ "c": device_id })).await;
+            assert_eq!(code(&body), "FORBIDDEN", "{op}: {body}");
+        }
+        let body = gql(&app, Some(&reader), "mutation($c: String!) { rotateClientSecret(clientId: $c) { clientSecret } }", json!({ "c": device_id })).await;
+        assert!(body["data"]["rotateClientSecret"]["clientSecret"].is_string(), "{body}");
     }
 
     async fn a_person_signing_in_through_a_bound_app_is_not_the_systems_device(app) {
