@@ -7,6 +7,11 @@
 //! `{slug}`, `{client_id}`, `{sub}` and `{system}`. An identity value that is empty or holds
 //! `+`, `#`, `/` or NUL fills no placeholder, so nobody widens a rule by choosing a strange name.
 //!
+//! `{client_id}` fills only for a client's own token (`client_credentials`, where `sub` is the
+//! `client_id`): every person signing in through one app carries that app's `client_id`, so a
+//! tree keyed by it would be shared by all of them. A person's token leaves `{client_id}`
+//! unfilled, and the rule does not apply to it; people's own trees are keyed by `{sub}`.
+//!
 //! A subscription is granted only when one rule alone covers every topic its filter can match
 //! ([`covers`]); a filter that only the union of several rules would cover is refused, which
 //! can refuse too much but never grants too much.
@@ -85,7 +90,7 @@ impl AclRule {
         let mut out = self.topic.clone();
         for (placeholder, value) in [
             ("{slug}", Some(who.slug)),
-            ("{client_id}", Some(who.client_id)),
+            ("{client_id}", who.own_client_id()),
             ("{sub}", Some(who.sub)),
             ("{system}", who.system),
         ] {
@@ -115,6 +120,14 @@ pub struct Identity<'a> {
     pub sub: &'a str,
     pub system: Option<&'a str>,
     pub scopes: &'a ScopeSet,
+}
+
+impl<'a> Identity<'a> {
+    /// The `client_id` when the token is the client's own (`client_credentials`: its `sub` is
+    /// the `client_id`); None for a person's token, which names the app they signed in through.
+    pub fn own_client_id(&self) -> Option<&'a str> {
+        (self.sub == self.client_id).then_some(self.client_id)
+    }
 }
 
 /// The permission rules of one broker.
@@ -301,6 +314,57 @@ mod tests {
         assert!(!sys.may_subscribe(&who("dev", None, &none), &filter("s/x")));
         assert!(sys.may_subscribe(&who("dev", Some("x"), &none), &filter("s/x")));
         assert!(!sys.may_publish(&who("dev", Some("x"), &none), &topic("s/x")));
+    }
+
+    fn person<'a>(app: &'a str, sub: &'a str, scopes: &'a ScopeSet) -> Identity<'a> {
+        Identity {
+            slug: "acme",
+            client_id: app,
+            sub,
+            system: None,
+            scopes,
+        }
+    }
+
+    #[test]
+    fn a_client_id_tree_belongs_to_the_clients_own_tokens_not_to_people_of_the_app() {
+        let p = perms(vec![rule(
+            "tenants/{slug}/clients/{client_id}/#",
+            AclAction::PublishSubscribe,
+            None,
+        )]);
+        let none = ScopeSet::default();
+        let device = who("app", None, &none);
+        assert!(p.may_publish(&device, &topic("tenants/acme/clients/app/cmd")));
+        assert!(p.may_subscribe(&device, &filter("tenants/acme/clients/app/#")));
+        let ada = person("app", "u-ada", &none);
+        assert!(!p.may_publish(&ada, &topic("tenants/acme/clients/app/cmd")));
+        assert!(!p.may_subscribe(&ada, &filter("tenants/acme/clients/app/#")));
+        assert!(!p.may_subscribe(&ada, &filter("tenants/acme/clients/app/cmd")));
+    }
+
+    #[test]
+    fn people_of_one_app_each_get_their_own_sub_tree() {
+        let p = perms(vec![
+            rule(
+                "tenants/{slug}/clients/{client_id}/#",
+                AclAction::PublishSubscribe,
+                None,
+            ),
+            rule(
+                "tenants/{slug}/users/{sub}/#",
+                AclAction::PublishSubscribe,
+                None,
+            ),
+        ]);
+        let none = ScopeSet::default();
+        let ada = person("app", "u-ada", &none);
+        let bob = person("app", "u-bob", &none);
+        assert!(p.may_subscribe(&ada, &filter("tenants/acme/users/u-ada/#")));
+        assert!(p.may_publish(&ada, &topic("tenants/acme/users/u-ada/lock")));
+        assert!(!p.may_subscribe(&bob, &filter("tenants/acme/users/u-ada/#")));
+        assert!(!p.may_publish(&bob, &topic("tenants/acme/users/u-ada/lock")));
+        assert!(!p.may_subscribe(&bob, &filter("tenants/acme/users/+/lock")));
     }
 
     #[test]

@@ -1377,3 +1377,77 @@ async fn the_jwks_arrives_once_per_subscribe_also_on_resubscribe_and_resumed_ses
         );
     }
 }
+
+/// lanyard with the `[[mqtt.acl]]` rules of the shipped `broker.toml`.
+async fn with_shipped_rules() -> TestApp {
+    let shipped = lanyard::config::Settings::from_toml(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/broker.toml"
+    )))
+    .unwrap();
+    TestApp::spawn_with(Backend::Sqlite, |s| s.mqtt.acl = shipped.mqtt.acl).await
+}
+
+#[tokio::test]
+async fn two_people_of_one_app_neither_read_nor_speak_for_each_other() {
+    let app = with_shipped_rules().await;
+    let t = app.tenant("acme").await;
+    let client = crate::signin::app_client(&app, &t).await;
+    let ada = crate::signin::person(&app, &t, "ada@example.com", "").await;
+    let bob = crate::signin::person(&app, &t, "bob@example.com", "").await;
+    let token_of = |tokens: serde_json::Value| tokens["access_token"].as_str().unwrap().to_owned();
+    let ada_token = token_of(crate::signin::sign_in(&app, "acme", &client, &ada.email).await);
+    let bob_token = token_of(crate::signin::sign_in(&app, "acme", &client, &bob.email).await);
+
+    let mut ada_phone = V5::connect(&app, "ada-phone", &ada_token).await.unwrap();
+    let mut bob_phone = V5::connect(&app, "bob-phone", &bob_token).await.unwrap();
+    // The app's tree is its own client's, not every person's who signs in through it.
+    let app_tree = format!("tenants/acme/clients/{client}/#");
+    assert_eq!(ada_phone.subscribe(&app_tree).await, Sub5::NotAuthorized);
+    assert_eq!(bob_phone.subscribe(&app_tree).await, Sub5::NotAuthorized);
+    // Each has a tree of their own.
+    let ada_tree = format!("tenants/acme/users/{}/#", ada.id);
+    assert_eq!(
+        ada_phone.subscribe(&ada_tree).await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
+    assert_eq!(bob_phone.subscribe(&ada_tree).await, Sub5::NotAuthorized);
+    // Bob can neither publish as Ada nor into the app's tree.
+    for topic in [
+        format!("tenants/acme/users/{}/lock", ada.id),
+        format!("tenants/acme/clients/{client}/lock"),
+    ] {
+        bob_phone
+            .client
+            .publish(&topic, Q5::AtLeastOnce, false, b"unlock 1234".to_vec())
+            .await
+            .unwrap();
+        loop {
+            match bob_phone.next(WAIT).await {
+                Some(Ok(P5::PubAck(ack))) => {
+                    assert_eq!(ack.reason, PubAckReason::NotAuthorized, "{topic}");
+                    break;
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("no PUBACK: {other:?}"),
+            }
+        }
+    }
+    // Ada's own message reaches her.
+    ada_phone
+        .client
+        .publish(
+            format!("tenants/acme/users/{}/lock", ada.id),
+            Q5::AtLeastOnce,
+            false,
+            b"lock".to_vec(),
+        )
+        .await
+        .unwrap();
+    let msg = ada_phone.message(WAIT).await.expect("her own message");
+    assert_eq!(&msg.payload[..], b"lock");
+    assert!(
+        ada_phone.message(QUIET).await.is_none(),
+        "Bob's message reached Ada"
+    );
+}
