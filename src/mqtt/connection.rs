@@ -7,6 +7,14 @@
 //! (§3.1.2.5, with its delay on 5.0), the client's Maximum Packet Size (5.0 §3.1.2.11.4), and
 //! ending a session with a DISCONNECT and reason (5.0 §3.14).
 //!
+//! What a client asks for costs it, not others: lanyard's own retained message goes out once per
+//! SUBSCRIBE packet however often the packet names the topic, and a connection whose unsent
+//! output passes `mqtt.max_queued_bytes` (a client that asks and never reads) is ended, on 5.0
+//! with DISCONNECT 0x97 (Quota exceeded), and what it did not read is dropped. Deliveries from
+//! the router stop at half that limit until the client has read them, so a slow reader is slowed,
+//! not ended. While the output waits for a client that does not read, lanyard can still end the
+//! session (revocation, expiry); the goodbye then gets `GOODBYE_TIMEOUT` to be written.
+//!
 //! A clean session gets its router link when it first subscribes or publishes: a connection
 //! that only authenticates, or idles, costs the router nothing. A persistent session opens its
 //! link during the CONNECT, because the router keeps its state.
@@ -20,7 +28,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rumqttd::Notification;
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::{
@@ -53,6 +61,9 @@ const READ_CHUNK: usize = 8 * 1024;
 /// A write buffer grown beyond this by one large message is let go once it is empty again: a
 /// device that received a long token list once should not hold its size while it idles.
 const KEEP_BUFFER: usize = 16 * 1024;
+/// How long the goodbye (5.0 DISCONNECT with its reason) may take to write: a client that does
+/// not read is closed without it.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a session ended, which decides the goodbye and the will.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +78,9 @@ enum Outcome {
     Ended(EndReason),
     /// The router dropped the link.
     RouterGone,
+    /// The output waiting for the client passed `mqtt.max_queued_bytes`: it does not read what
+    /// it asks for (SPEC §7).
+    Overflow,
 }
 
 /// Serves one accepted connection until it closes. `permit` counts it against the limit.
@@ -419,6 +433,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             for topic in topics {
                 self.deliver_current(&topic);
             }
+            if self.overflowing() {
+                return Outcome::Overflow;
+            }
         }
         loop {
             // Frames already buffered (pipelined after the CONNECT, or read together). Boxed,
@@ -428,8 +445,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             {
                 return outcome;
             }
-            if !self.flush().await {
-                return Outcome::Lost { keep_alive: false };
+            if let Err(outcome) = self.flush().await {
+                return outcome;
             }
             if self.buf.is_empty() && self.buf.capacity() > 0 {
                 // A waiting connection holds no read buffer (see `poll_read_some`).
@@ -470,12 +487,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Passes on a notification and whatever else the router already delivered, without
-    /// waiting.
+    /// waiting, up to half of `mqtt.max_queued_bytes` of output.
     fn forward_all(&mut self, first: Option<Notification>) -> Option<Outcome> {
         if let Some(outcome) = self.forward(first) {
             return Some(outcome);
         }
         for _ in 0..WRITE_BATCH {
+            // The rest waits in the router until this is written: a slow reader slows its own
+            // deliveries down rather than piling them up here.
+            if self.out.len() >= self.gate.max_queued_bytes / 2 {
+                break;
+            }
             let link = self.session.link.as_mut()?;
             match now_or_never(link.rx.next()) {
                 Some(Ok(more)) => {
@@ -487,7 +509,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 None => break,
             }
         }
-        None
+        self.overflowing().then_some(Outcome::Overflow)
+    }
+
+    /// Whether the output waiting for the client passed `mqtt.max_queued_bytes`. Checked after
+    /// every packet that may add to it, so one read of pipelined requests cannot pile up more
+    /// than one answer beyond the limit.
+    fn overflowing(&self) -> bool {
+        self.out.len() > self.gate.max_queued_bytes
     }
 
     /// Handles every complete frame in the read buffer.
@@ -516,6 +545,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             if let Some(outcome) = self.incoming(packet, qos, pkid).await {
                 return Some(outcome);
+            }
+            if self.overflowing() {
+                return Some(Outcome::Overflow);
             }
         }
     }
@@ -608,6 +640,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Packet::Subscribe(subscribe, props) => {
                 let mut codes = Vec::with_capacity(subscribe.filters.len());
                 let mut allowed = Vec::new();
+                // lanyard's topics this packet subscribes to anew (the router replays those)
+                // and again (the gate delivers those): each once per packet, however often the
+                // packet names it.
+                let mut fresh = BTreeSet::new();
+                let mut again = BTreeSet::new();
                 for filter in subscribe.filters {
                     let refusal = match TopicFilter::parse(&filter.path) {
                         Err(_) if v5 => Some(SubscribeReasonCode::TopicFilterInvalid),
@@ -618,17 +655,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     if refusal.is_none() {
                         if self.gate.permissions.is_reserved(&filter.path)
                             && TopicName::parse(&filter.path).is_ok()
-                            && !self.session.lanyard_topics.insert(filter.path.clone())
                         {
-                            // Subscribed already: the router will not replay it (MQTT §3.3.1.3
-                            // asks for the retained message on every subscribe).
-                            self.deliver_current(&filter.path);
+                            if self.session.lanyard_topics.insert(filter.path.clone()) {
+                                fresh.insert(filter.path.clone());
+                            } else if !fresh.contains(&filter.path) {
+                                // Subscribed already: the router will not replay it (MQTT
+                                // §3.3.1.3 asks for the retained message on every subscribe).
+                                again.insert(filter.path.clone());
+                            }
                         }
                         allowed.push(filter);
                     } else {
                         tracing::debug!(client = %self.session.key, filter = %filter.path, "mqtt: subscription refused");
                     }
                     codes.push(refusal);
+                }
+                for topic in &again {
+                    self.deliver_current(topic);
                 }
                 let pkid = subscribe.pkid;
                 if allowed.is_empty() {
@@ -835,17 +878,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .extend_from_slice(&[0xe0, 0x02, codec::disconnect_reason(reason), 0x00]);
     }
 
-    async fn flush(&mut self) -> bool {
-        if self.out.is_empty() {
-            return true;
+    /// Writes the output waiting for the client. A client that does not read keeps this
+    /// waiting, so lanyard's ending the session (revocation, expiry) is heard here too.
+    async fn flush(&mut self) -> Result<(), Outcome> {
+        while !self.out.is_empty() {
+            tokio::select! {
+                written = self.stream.write(&self.out) => match written {
+                    Ok(n) if n > 0 => self.out.advance(n),
+                    _ => return Err(Outcome::Lost { keep_alive: false }),
+                },
+                reason = &mut self.session.ended => {
+                    return Err(Outcome::Ended(reason.unwrap_or(EndReason::NotAuthorized)));
+                }
+            }
         }
-        let ok = self.stream.write_all(&self.out).await.is_ok();
         if self.out.capacity() > KEEP_BUFFER {
             self.out = BytesMut::new();
-        } else {
-            self.out.clear();
         }
-        ok
+        tokio::select! {
+            flushed = self.stream.flush() => flushed.map_err(|_| Outcome::Lost { keep_alive: false }),
+            reason = &mut self.session.ended => {
+                Err(Outcome::Ended(reason.unwrap_or(EndReason::NotAuthorized)))
+            }
+        }
+    }
+
+    /// The last write: what is waiting, the goodbye, and the close, within `GOODBYE_TIMEOUT`.
+    async fn write_goodbye(&mut self) {
+        let goodbye = async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
     }
 
     /// Says goodbye (5.0: DISCONNECT with a reason), releases the router link and the session,
@@ -861,13 +925,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Some(DisconnectReasonCode::ServerShuttingDown)
             }
             Outcome::RouterGone => Some(DisconnectReasonCode::UnspecifiedError),
+            Outcome::Overflow => Some(DisconnectReasonCode::QuotaExceeded),
             Outcome::Disconnected { .. } | Outcome::Lost { keep_alive: false } => None,
         };
+        if outcome == Outcome::Overflow {
+            // What did not fit is not sent: whole packets only, since the output was written
+            // out completely before the last packet was handled.
+            self.out = BytesMut::new();
+        }
         if let (Version::V5, Some(reason)) = (self.session.version, reason) {
             self.write_disconnect(reason);
         }
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
+        self.write_goodbye().await;
         if let Some(link) = &self.session.link {
             if outcome == Outcome::Ended(EndReason::TakenOver) && self.session.persistent {
                 // The new connection's link, under the same name, replaced this one.

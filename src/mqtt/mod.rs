@@ -61,6 +61,8 @@ pub struct Gate {
     /// lanyard's own link into the router, for wills and its own messages.
     internal_link: u64,
     pub(crate) max_packet_size: usize,
+    /// A connection whose unsent output passes this is ended (SPEC §7).
+    pub(crate) max_queued_bytes: usize,
     pub(crate) connect_timeout: Duration,
     /// What lanyard last published on each of its retained topics.
     retained: Mutex<HashMap<String, retained::Retained>>,
@@ -337,6 +339,7 @@ impl Broker {
             sessions: Sessions::default(),
             internal_link: internal.key,
             max_packet_size: settings.max_packet_size as usize,
+            max_queued_bytes: usize::try_from(settings.max_queued_bytes).unwrap_or(usize::MAX),
             connect_timeout: Duration::from_secs(settings.connect_timeout.as_secs()),
             retained: Mutex::default(),
             expiries: Mutex::default(),

@@ -905,7 +905,7 @@ async fn a_stored_session_is_not_resumed_under_other_permissions() {
 }
 
 /// Waits until the router holds `n` links; the feeder counts them as it handles commands.
-async fn router_links_settle(app: &TestApp, n: usize) {
+pub async fn router_links_settle(app: &TestApp, n: usize) {
     let mqtt = app.app().mqtt();
     let deadline = tokio::time::Instant::now() + WAIT;
     while mqtt.router_links() != n && tokio::time::Instant::now() < deadline {
