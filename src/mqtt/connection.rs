@@ -568,6 +568,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// The name under which the router knows a shared subscription (`$share/{group}/{filter}`);
+    /// None for any other filter. rumqttd keys a shared group by its name alone, across tenants
+    /// and filters, so the router sees a group named after the tenant, the group and the filter:
+    /// equal group names of two tenants are two groups (SPEC §7), and so are one tenant's equal
+    /// group names on two filters (MQTT 5.0 §4.8.2: a shared subscription is its group and its
+    /// filter). The client never sees the name: no packet to it carries a filter.
+    fn router_filter(&self, path: &str) -> Option<String> {
+        let filter = TopicFilter::parse(path).ok()?;
+        let group = filter.share_group()?;
+        let mut named = Vec::with_capacity(group.len() + filter.filter().len() + 1);
+        named.extend_from_slice(group.as_bytes());
+        named.push(0);
+        named.extend_from_slice(filter.filter().as_bytes());
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &named);
+        let hash: String = digest.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let tenant = &self.session.grant.tenant.id;
+        Some(format!("$share/{tenant}:{hash}/{}", filter.filter()))
+    }
+
     /// The router link's key, opening the link first if the session has none yet.
     async fn link(&mut self) -> Option<u64> {
         if self.session.link.is_none() {
@@ -664,6 +686,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                                 again.insert(filter.path.clone());
                             }
                         }
+                        let mut filter = filter;
+                        if let Some(path) = self.router_filter(&filter.path) {
+                            filter.path = path;
+                        }
                         allowed.push(filter);
                     } else {
                         tracing::debug!(client = %self.session.key, filter = %filter.path, "mqtt: subscription refused");
@@ -694,13 +720,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         .await;
                 }
             }
-            Packet::Unsubscribe(unsubscribe, props) => {
+            Packet::Unsubscribe(mut unsubscribe, props) => {
                 // The router acknowledges only filters it held, once per filter: the gate
                 // answers for the whole packet instead.
                 let pkid = unsubscribe.pkid;
                 let reasons = vec![UnsubAckReason::Success; unsubscribe.filters.len()];
-                for filter in &unsubscribe.filters {
+                for filter in &mut unsubscribe.filters {
                     self.session.lanyard_topics.remove(filter);
+                    if let Some(path) = self.router_filter(filter) {
+                        *filter = path;
+                    }
                 }
                 self.answer_router(Packet::Unsubscribe(unsubscribe, props))
                     .await;

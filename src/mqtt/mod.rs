@@ -10,6 +10,9 @@
 //! revocation, a deleted client or an invalidated key. An optional second listener speaks the
 //! same over TLS (rustls).
 //!
+//! Shared subscriptions (`$share/{group}/…`) are renamed at the gate per tenant and filter
+//! (`connection`), since rumqttd's router keys their groups by name alone.
+//!
 //! The gate also publishes lanyard's own retained messages ([`retained`]: each tenant's JWKS and
 //! each system's token list) through its own link.
 //!

@@ -1451,3 +1451,54 @@ async fn two_people_of_one_app_neither_read_nor_speak_for_each_other() {
         "Bob's message reached Ada"
     );
 }
+
+#[tokio::test]
+async fn shared_subscription_groups_of_equal_names_stay_apart_across_tenants_and_filters() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.mqtt.acl = vec![rule("tenants/{slug}/#", AclAction::PublishSubscribe, None)];
+    })
+    .await;
+    let mut subscribers = Vec::new();
+    let mut publishers = Vec::new();
+    for slug in ["acme", "demo"] {
+        let t = app.tenant(slug).await;
+        let (_, token) = device(&app, &t, None, "").await;
+        // Same group name, same topic layout; in acme also a second filter under that name.
+        let filters = match slug {
+            "acme" => vec!["feed", "other"],
+            _ => vec!["feed"],
+        };
+        for topic in filters {
+            let mut sub = V5::connect(&app, &format!("sub-{topic}"), &token)
+                .await
+                .unwrap();
+            let filter = format!("$share/g/tenants/{slug}/{topic}");
+            assert_eq!(sub.subscribe(&filter).await, Sub5::Success(Q5::AtLeastOnce));
+            subscribers.push((format!("tenants/{slug}/{topic}"), sub));
+        }
+        publishers.push(V5::connect(&app, "pub", &token).await.unwrap());
+    }
+    for round in 0..4 {
+        for (i, (topic, _)) in subscribers.iter().enumerate() {
+            let publisher = &publishers[usize::from(!topic.starts_with("tenants/acme"))];
+            publisher
+                .client
+                .publish(topic, Q5::AtLeastOnce, false, format!("{i}-{round}"))
+                .await
+                .unwrap();
+        }
+    }
+    for (i, (topic, sub)) in subscribers.iter_mut().enumerate() {
+        for round in 0..4 {
+            let msg = sub
+                .message(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("{topic}: message {round} did not arrive"));
+            assert_eq!(msg.payload, format!("{i}-{round}").as_bytes(), "{topic}");
+        }
+        assert!(
+            sub.message(QUIET).await.is_none(),
+            "{topic}: a stranger's message"
+        );
+    }
+}
