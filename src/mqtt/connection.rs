@@ -992,9 +992,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let delay = Duration::from_secs(session.will_delay as u64);
                 let key = session.key.clone();
                 let sender = gate.clone();
+                let grant = session.grant.clone();
                 let task = tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    sender.publish(publish).await;
+                    sender.publish_delayed_will(&grant, publish).await;
                     sender.sessions.will_sent(&key);
                 });
                 gate.sessions

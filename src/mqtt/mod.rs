@@ -117,26 +117,50 @@ impl Gate {
             .end_where(EndReason::Expired, |g| g.verified.claims.exp <= now)
     }
 
+    /// The permission of the grants `pick` selects was withdrawn: their live sessions end and
+    /// their pending wills are dropped.
+    fn withdraw(&self, pick: impl Fn(&crate::authority::KnownToken) -> bool) {
+        self.sessions.end_where(EndReason::NotAuthorized, &pick);
+        self.sessions.drop_wills_where(&pick);
+    }
+
+    /// Publishes a will whose delay has passed, unless its grant was withdrawn meanwhile (an
+    /// announcement this node missed, or one that came while the will was being set).
+    pub(crate) async fn publish_delayed_will(&self, grant: &sessions::Grant, will: Publish) {
+        let claims = &grant.verified.claims;
+        let valid = self
+            .authority
+            .grant_still_valid(
+                grant.tenant.slug.as_str(),
+                &grant.verified.kid,
+                &claims.client_id,
+                &claims.sub,
+                &claims.jti,
+                true,
+            )
+            .await;
+        // An answer the database cannot give now keeps the will, as it keeps sessions.
+        if !matches!(valid, Ok(false)) {
+            self.publish(will).await;
+        }
+    }
+
     async fn on_event(&self, event: Event) {
         match event {
             Event::AccessTokenRevoked { tenant_id, jti } => {
-                self.sessions.end_where(EndReason::NotAuthorized, |g| {
-                    g.tenant.id == tenant_id && g.verified.claims.jti == jti
-                });
+                self.withdraw(|g| g.tenant.id == tenant_id && g.verified.claims.jti == jti);
             }
             Event::ClientDeleted {
                 tenant_id,
                 client_id,
             } => {
-                self.sessions.end_where(EndReason::NotAuthorized, |g| {
+                self.withdraw(|g| {
                     g.tenant.id == tenant_id && g.verified.claims.client_id == client_id
                 });
                 self.sessions.forget_owner(&tenant_id, &client_id);
             }
             Event::UserDeleted { tenant_id, user_id } => {
-                self.sessions.end_where(EndReason::NotAuthorized, |g| {
-                    g.tenant.id == tenant_id && g.verified.claims.sub == user_id
-                });
+                self.withdraw(|g| g.tenant.id == tenant_id && g.verified.claims.sub == user_id);
             }
             Event::Resync => self.recheck(None, true).await,
             // Tokens issued before a secret rotation stay valid until they expire; a new role
@@ -246,9 +270,9 @@ impl Gate {
 
     /// Ends the sessions (of one tenant, or all) whose signing key is no longer published, and
     /// with `tokens` also those whose token was revoked or whose client is gone: used when
-    /// events may have been missed.
+    /// events may have been missed. Their pending wills are dropped too.
     async fn recheck(&self, tenant_id: Option<&str>, tokens: bool) {
-        for grant in self.sessions.live_grants() {
+        for grant in self.sessions.grants_in_force() {
             if tenant_id.is_some_and(|t| t != grant.tenant.id) {
                 continue;
             }
@@ -266,7 +290,7 @@ impl Gate {
                 .await;
             // An answer the database cannot give now keeps the session: the next check decides.
             if matches!(valid, Ok(false)) {
-                self.sessions.end_where(EndReason::NotAuthorized, |g| {
+                self.withdraw(|g| {
                     let c = &g.verified.claims;
                     c.jti == claims.jti && c.client_id == claims.client_id
                 });

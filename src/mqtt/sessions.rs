@@ -5,6 +5,8 @@
 //! for a persistent session, afterwards too, so another principal can neither take it over nor
 //! resume it. Ending a live session (token revoked or expired, client deleted, key invalidated)
 //! sends its connection an [`EndReason`]; the connection says goodbye in its protocol's words.
+//! A delayed will waits here too, and is dropped when its grant is withdrawn (token revoked,
+//! client or person deleted, key invalidated), as the session would have been ended.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -209,18 +211,45 @@ impl Sessions {
         ended
     }
 
-    /// Forgets the stored sessions of a deleted client, so its ids can be used again.
-    pub fn forget_owner(&self, tenant_id: &str, client_id: &str) {
+    /// Drops the pending wills of sessions whose grant `pick` selects: their token, client or
+    /// person was revoked or deleted (SPEC §7). Returns how many.
+    pub fn drop_wills_where(&self, pick: impl Fn(&KnownToken) -> bool) -> usize {
         let mut entries = self.entries.lock().expect("sessions lock");
-        entries.retain(|_, e| !(e.grant.tenant.id == tenant_id && owner(&e.grant).0 == client_id));
+        let mut dropped = 0;
+        entries.retain(|_, entry| {
+            if entry.live.is_none()
+                && pick(&entry.grant)
+                && let Some(will) = entry.pending_will.take()
+            {
+                will.abort();
+                dropped += 1;
+                return entry.persistent;
+            }
+            true
+        });
+        dropped
     }
 
-    /// The grants of every live session, to re-check them when events may have been missed.
-    pub fn live_grants(&self) -> Vec<Grant> {
+    /// Forgets the stored sessions of a deleted client, so its ids can be used again; their
+    /// pending wills are dropped.
+    pub fn forget_owner(&self, tenant_id: &str, client_id: &str) {
+        let mut entries = self.entries.lock().expect("sessions lock");
+        entries.retain(|_, e| {
+            let forget = e.grant.tenant.id == tenant_id && owner(&e.grant).0 == client_id;
+            if forget && let Some(will) = e.pending_will.take() {
+                will.abort();
+            }
+            !forget
+        });
+    }
+
+    /// The grants of every live session and every pending will, to re-check them when events
+    /// may have been missed or a key changed.
+    pub fn grants_in_force(&self) -> Vec<Grant> {
         let entries = self.entries.lock().expect("sessions lock");
         entries
             .values()
-            .filter(|e| e.live.is_some())
+            .filter(|e| e.live.is_some() || e.pending_will.is_some())
             .map(|e| e.grant.clone())
             .collect()
     }

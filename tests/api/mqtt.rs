@@ -1502,3 +1502,78 @@ async fn shared_subscription_groups_of_equal_names_stay_apart_across_tenants_and
         );
     }
 }
+
+#[tokio::test]
+async fn a_pending_will_is_dropped_when_its_token_is_revoked_or_its_client_deleted() {
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, LastWillProperties};
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (_, watcher_token) = device(&app, &t, None, "").await;
+    let mut watcher = V4::connect(&app, "watcher", &watcher_token).await.unwrap();
+    watcher.subscribe("status/#").await;
+    let with_will = |id: &str, token: &str| {
+        let mut options = options_v5(&app, id, token);
+        let mut props = ConnectProperties::new();
+        props.session_expiry_interval = Some(60);
+        options.set_connect_properties(props);
+        let will_props = LastWillProperties {
+            delay_interval: Some(1),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        };
+        options.set_last_will(LastWill::new(
+            format!("status/{id}"),
+            "door open",
+            Q5::AtMostOnce,
+            false,
+            Some(will_props),
+        ));
+        options.set_clean_start(false);
+        options
+    };
+    // One device's token is revoked while its will waits.
+    let (_, revoked) = device(&app, &t, None, "").await;
+    drop(
+        V5::with_options(with_will("revoked", &revoked))
+            .await
+            .unwrap(),
+    );
+    // Another device's client is deleted through GraphQL while its will waits.
+    let (deleted_id, deleted) = device(&app, &t, None, "").await;
+    drop(
+        V5::with_options(with_will("deleted", &deleted))
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let res = app
+        .post_form(
+            "/t/acme/oauth2/revoke",
+            Some((&t.admin_id, &t.admin_secret)),
+            &format!("token={}", urlencode(&revoked)),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let admin = app.admin_token(&t).await;
+    let body = crate::graphql::gql(
+        &app,
+        Some(&admin),
+        "mutation($id: String!) { deleteClient(clientId: $id) }",
+        serde_json::json!({ "id": deleted_id }),
+    )
+    .await;
+    assert_eq!(body["data"]["deleteClient"], true, "{body}");
+    // A third device that just went away still leaves its will.
+    let (_, kept) = device(&app, &t, None, "").await;
+    drop(V5::with_options(with_will("kept", &kept)).await.unwrap());
+    let msg = watcher.message(WAIT).await.expect("the untouched will");
+    assert_eq!(msg.topic, "status/kept");
+    assert!(
+        watcher.message(Duration::from_millis(1500)).await.is_none(),
+        "a will outlived its token or client"
+    );
+}
