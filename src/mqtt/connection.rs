@@ -16,8 +16,10 @@
 //! session (revocation, expiry); the goodbye then gets `GOODBYE_TIMEOUT` to be written.
 //!
 //! A clean session gets its router link when it first subscribes or publishes: a connection
-//! that only authenticates, or idles, costs the router nothing. A persistent session opens its
-//! link during the CONNECT, because the router keeps its state.
+//! that only authenticates, or idles, costs the router nothing. A session the router must resume
+//! or keep (Clean Start 0, or a Session Expiry Interval) opens its link during the CONNECT,
+//! under the client's own name. A session that does not outlive its connection (5.0 Session
+//! Expiry 0), or whose permission was withdrawn, is discarded from the router when it closes.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::{Future, poll_fn};
@@ -120,7 +122,10 @@ struct Session {
     seq: u64,
     /// The router link, once opened.
     link: Option<Box<Link>>,
-    persistent: bool,
+    /// The router holds the session under the client's own name (see `router`).
+    named_link: bool,
+    /// The session outlives the connection (its expiry is not 0).
+    kept: bool,
     ended: oneshot::Receiver<EndReason>,
     /// The token the session was granted under: tenant, client, subject, system, scopes.
     grant: Grant,
@@ -290,8 +295,21 @@ where
     }
 
     let key = Key::new(&known.tenant.id, &client_id);
-    let persistent = !connect.clean_session;
-    let Some(claim) = gate.sessions.claim(&key, &known, persistent) else {
+    // Clean Start 0 (3.1.1: Clean Session 0) resumes a stored session. How long the session
+    // outlives its connection: 3.1.1 persistent sessions `mqtt.session_expiry`; 5.0 what the
+    // client asks (MQTT 5.0 §3.1.2.11.2, absent = 0), at most that long.
+    let resume = !connect.clean_session;
+    let props = props.as_ref();
+    let asked_expiry = props.and_then(|p| p.session_expiry_interval);
+    let expiry = match version {
+        Version::V4 if resume => gate.session_expiry,
+        Version::V4 => 0,
+        Version::V5 => asked_expiry.unwrap_or(0).min(gate.session_expiry),
+    };
+    // The router holds the session under the client's name when it may resume one or must
+    // keep it.
+    let named_link = resume || expiry > 0;
+    let Some(claim) = gate.sessions.claim(&key, &known, expiry) else {
         let code = refused(
             ConnectReturnCode::NotAuthorized,
             "client id held by another principal",
@@ -304,18 +322,20 @@ where
         client_id: client_id.clone(),
         clean,
     };
-    // A stored session is discarded when the new one is clean, and when it was granted under
-    // other permissions (or belonged to a deleted client that used the same id).
-    if ((persistent && !claim.may_resume) || (!persistent && claim.held_persistent))
+    let resumed = resume && claim.may_resume;
+    // A stored session is discarded when the new one starts clean, and when it was granted
+    // under other permissions (or belonged to a deleted client that used the same id).
+    if ((named_link && !resumed) || (!named_link && claim.held_persistent))
         && let Some(link) = gate.router.open(named(true)).await
     {
         gate.router.close(link.key).await;
     }
     let mut link = None;
     let mut session_present = false;
-    if persistent {
+    if named_link {
         let Some(opened) = gate.router.open(named(false)).await else {
-            gate.sessions.release(&key, claim.seq, BTreeSet::new());
+            gate.sessions
+                .release(&key, claim.seq, BTreeSet::new(), gate.authority.now());
             let code = unavailable(version);
             refuse(
                 stream,
@@ -325,7 +345,7 @@ where
             .await;
             return None;
         };
-        session_present = opened.session_present && claim.may_resume;
+        session_present = opened.session_present && resumed;
         link = Some(Box::new(Link {
             key: opened.key,
             rx: opened.rx,
@@ -341,6 +361,10 @@ where
         assigned_client_identifier: assigned,
         // No topic-alias maximum is advertised: rumqttd keys aliases by filter, not topic.
         topic_alias_max: None,
+        // A shorter expiry than asked is announced (MQTT 5.0 §3.2.2.3.2).
+        session_expiry_interval: asked_expiry
+            .filter(|asked| *asked != expiry)
+            .map(|_| expiry),
         ..ConnAckProperties::default()
     });
     let mut out = BytesMut::new();
@@ -348,25 +372,28 @@ where
     if stream.write_all(&out).await.is_err() {
         if let Some(link) = link {
             gate.router.close(link.key).await;
+            if expiry == 0 {
+                gate.router.discard(&known.tenant.id, &client_id).await;
+            }
         }
-        gate.sessions.release(&key, claim.seq, BTreeSet::new());
+        gate.sessions
+            .release(&key, claim.seq, BTreeSet::new(), gate.authority.now());
         return None;
     }
     tracing::debug!(%peer, client = %client_id, tenant = %known.tenant.slug, "mqtt: connected");
 
-    let props = props.as_ref();
-    let session_expiry = props.and_then(|p| p.session_expiry_interval).unwrap_or(0);
     let will_delay = will_props
         .as_ref()
         .and_then(|p| p.delay_interval)
         .unwrap_or(0)
-        .min(session_expiry);
+        .min(expiry);
     Some(Session {
         version,
         key,
         seq: claim.seq,
         link,
-        persistent,
+        named_link,
+        kept: expiry > 0,
         ended: claim.ended,
         grant: known.clone(),
         // MQTT §3.1.2.10: one and a half times the keep-alive without a packet ends it.
@@ -966,12 +993,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.write_disconnect(reason);
         }
         self.write_goodbye().await;
+        let taken_over = outcome == Outcome::Ended(EndReason::TakenOver);
+        // A session whose permission was withdrawn is not kept: what it held is freed.
+        let withdrawn = outcome == Outcome::Ended(EndReason::NotAuthorized);
         if let Some(link) = &self.session.link {
-            if outcome == Outcome::Ended(EndReason::TakenOver) && self.session.persistent {
+            if taken_over && self.session.named_link {
                 // The new connection's link, under the same name, replaced this one.
                 self.gate.router.forget(link.key).await;
             } else {
                 self.gate.router.close(link.key).await;
+                if self.session.named_link && (!self.session.kept || withdrawn) {
+                    let key = &self.session.key;
+                    self.gate
+                        .router
+                        .discard(key.tenant_id(), key.client_id())
+                        .await;
+                }
             }
         }
         let gate = self.gate.clone();
@@ -982,8 +1019,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Outcome::Ended(EndReason::NotAuthorized) => false,
             _ => true,
         };
+        let now = gate.authority.now();
         gate.sessions
-            .release(&session.key, session.seq, session.lanyard_topics);
+            .release(&session.key, session.seq, session.lanyard_topics, now);
+        if withdrawn {
+            gate.sessions.forget_stored(&session.key);
+        }
         if let (true, Some(will)) = (will, session.will) {
             let publish = Publish::new(will.topic, will.message, will.retain);
             if session.will_delay == 0 {

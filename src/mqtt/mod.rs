@@ -52,6 +52,8 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 /// by another process (the `bootstrap` command, another node) reach the devices: within this
 /// plus the keyring's reload age (SPEC §1: 5 s).
 const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
+/// How often stored sessions are checked for their expiry.
+const SESSION_SWEEP: Duration = Duration::from_secs(5);
 /// How often retained topics of tenants and systems removed from the database are cleared.
 const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
 
@@ -66,6 +68,8 @@ pub struct Gate {
     pub(crate) max_packet_size: usize,
     /// A connection whose unsent output passes this is ended (SPEC §7).
     pub(crate) max_queued_bytes: usize,
+    /// The longest a stored session is kept (`mqtt.session_expiry`), in seconds.
+    pub(crate) session_expiry: u32,
     pub(crate) connect_timeout: Duration,
     /// What lanyard last published on each of its retained topics.
     retained: Mutex<HashMap<String, retained::Retained>>,
@@ -108,6 +112,24 @@ impl Gate {
     /// subscribed or published.
     pub fn router_links(&self) -> usize {
         self.router.open_links()
+    }
+
+    /// Ends the stored sessions whose Session Expiry Interval (5.0) or `mqtt.session_expiry`
+    /// (3.1.1) has passed since their connection closed, and frees what the router held for
+    /// them (subscriptions, queued messages). The one step of the session sweep; returns how
+    /// many ended.
+    pub async fn expire_sessions_once(&self) -> usize {
+        let expired = self.sessions.expire(self.authority.now());
+        for key in &expired {
+            self.router.discard(key.tenant_id(), key.client_id()).await;
+        }
+        expired.len()
+    }
+
+    /// Sessions stored without a connection: persistent ones until they expire, and those
+    /// whose delayed will waits.
+    pub fn stored_sessions(&self) -> usize {
+        self.sessions.stored()
     }
 
     /// Ends every session whose token's `exp` has passed. The one step of the expiry sweep.
@@ -157,7 +179,9 @@ impl Gate {
                 self.withdraw(|g| {
                     g.tenant.id == tenant_id && g.verified.claims.client_id == client_id
                 });
-                self.sessions.forget_owner(&tenant_id, &client_id);
+                for key in self.sessions.forget_owner(&tenant_id, &client_id) {
+                    self.router.discard(key.tenant_id(), key.client_id()).await;
+                }
             }
             Event::UserDeleted { tenant_id, user_id } => {
                 self.withdraw(|g| g.tenant.id == tenant_id && g.verified.claims.sub == user_id);
@@ -367,6 +391,7 @@ impl Broker {
             internal_link: internal.key,
             max_packet_size: settings.max_packet_size as usize,
             max_queued_bytes: usize::try_from(settings.max_queued_bytes).unwrap_or(usize::MAX),
+            session_expiry: u32::try_from(settings.session_expiry.as_secs()).unwrap_or(u32::MAX),
             connect_timeout: Duration::from_secs(settings.connect_timeout.as_secs()),
             retained: Mutex::default(),
             expiries: Mutex::default(),
@@ -498,7 +523,8 @@ async fn accept_loop(
     gate.sessions.end_where(EndReason::ShuttingDown, |_| true);
 }
 
-/// Ends sessions as the authority announces changes, and as their tokens expire.
+/// Ends sessions as the authority announces changes, as their tokens expire, and as stored
+/// sessions expire.
 async fn follow_authority(
     gate: Arc<Gate>,
     mut events: broadcast::Receiver<Event>,
@@ -507,9 +533,13 @@ async fn follow_authority(
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
     let mut reconcile = tokio::time::interval(RECONCILE_PERIOD);
     let mut orphans = tokio::time::interval(ORPHAN_SWEEP);
+    let mut stored = tokio::time::interval(SESSION_SWEEP);
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
+            _ = stored.tick() => {
+                gate.expire_sessions_once().await;
+            }
             _ = orphans.tick() => {
                 if let Err(e) = gate.clear_orphans_once().await {
                     tracing::warn!("mqtt: clearing retained topics of removed systems: {e:#}");

@@ -1577,3 +1577,152 @@ async fn a_pending_will_is_dropped_when_its_token_is_revoked_or_its_client_delet
         "a will outlived its token or client"
     );
 }
+
+/// A device client and its secret, to ask for fresh tokens as the clock moves on.
+async fn device_with_secret(app: &TestApp, t: &TestTenant) -> (String, String) {
+    app.client(
+        t,
+        NewClient {
+            name: "device".into(),
+            grant_types: vec![GrantType::ClientCredentials],
+            ..NewClient::default()
+        },
+    )
+    .await
+}
+
+/// Publishes one QoS 1 message as a fresh client of `t`.
+async fn publish_once(app: &TestApp, token: &str, topic: &str) {
+    let mut publisher = V4::connect(app, "publisher", token).await.unwrap();
+    publisher
+        .client
+        .publish(topic, QoS::AtLeastOnce, false, b"queued".to_vec())
+        .await
+        .unwrap();
+    loop {
+        match publisher.next(WAIT).await {
+            Some(Ok(P4::PubAck(_))) => break,
+            Some(Ok(_)) => continue,
+            other => panic!("no PUBACK: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stored_session_ends_after_its_expiry_and_frees_what_it_held() {
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (id, secret) = device_with_secret(&app, &t).await;
+    let token = app.token("acme", &id, &secret).await;
+    let before = app.app().mqtt().stored_sessions();
+    // A 3.1.1 persistent session and a 5.0 session asking for ten minutes, each subscribed;
+    // a message waits for each while they are away.
+    let mut v4_options = rumqttc::MqttOptions::new("v4", "127.0.0.1", app.app().mqtt_addr().port());
+    v4_options.set_credentials("d", token.clone());
+    v4_options.set_clean_session(false);
+    let mut v4 = V4::with_options(v4_options.clone()).await.unwrap();
+    v4.subscribe("queue/v4").await;
+    let mut v5_options = options_v5(&app, "v5", &token);
+    v5_options.set_clean_start(false);
+    let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+    props.session_expiry_interval = Some(600);
+    v5_options.set_connect_properties(props.clone());
+    let mut v5 = V5::with_options(v5_options.clone()).await.unwrap();
+    v5.subscribe("queue/v5").await;
+    v4.client.disconnect().await.unwrap();
+    v5.client.disconnect().await.unwrap();
+    drop((v4, v5));
+    publish_once(&app, &token, "queue/v4").await;
+    publish_once(&app, &token, "queue/v5").await;
+    let gate = app.app().mqtt();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gate.stored_sessions() < before + 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gate.stored_sessions(), before + 2);
+
+    // Within its expiry the 5.0 session stays; past it, it is gone.
+    app.clock.advance(599);
+    gate.expire_sessions_once().await;
+    assert_eq!(gate.stored_sessions(), before + 2);
+    app.clock.advance(2);
+    gate.expire_sessions_once().await;
+    assert_eq!(gate.stored_sessions(), before + 1);
+    // The 3.1.1 session lasts mqtt.session_expiry (1D).
+    app.clock.advance(86_400 - 603);
+    gate.expire_sessions_once().await;
+    assert_eq!(gate.stored_sessions(), before + 1);
+    app.clock.advance(3);
+    gate.expire_sessions_once().await;
+    assert_eq!(gate.stored_sessions(), before, "expired sessions are freed");
+
+    // Coming back asking to resume, each finds nothing: no session, no queued message.
+    let token = app.token("acme", &id, &secret).await;
+    v4_options.set_credentials("d", token.clone());
+    let mut v4 = V4::with_options(v4_options).await.unwrap();
+    v5_options.set_credentials("d", token.clone());
+    let mut v5 = V5::with_options(v5_options).await.unwrap();
+    assert!(
+        !v5.connack.session_present,
+        "5.0 session present after expiry"
+    );
+    assert!(
+        v4.message(QUIET).await.is_none(),
+        "3.1.1: a message of the expired session"
+    );
+    assert!(
+        v5.message(QUIET).await.is_none(),
+        "5.0: a message of the expired session"
+    );
+}
+
+#[tokio::test]
+async fn a_v5_session_with_expiry_zero_ends_with_its_connection() {
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (_, token) = device(&app, &t, None, "").await;
+    let before = app.app().mqtt().stored_sessions();
+    let mut options = options_v5(&app, "brief", &token);
+    options.set_clean_start(false);
+    let mut v5 = V5::with_options(options.clone()).await.unwrap();
+    v5.subscribe("queue/brief").await;
+    v5.client.disconnect().await.unwrap();
+    drop(v5);
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(app.app().mqtt().stored_sessions(), before);
+    publish_once(&app, &token, "queue/brief").await;
+    let mut back = V5::with_options(options).await.unwrap();
+    assert!(
+        !back.connack.session_present,
+        "a session with expiry 0 was kept"
+    );
+    assert!(
+        back.message(QUIET).await.is_none(),
+        "a message for an ended session"
+    );
+}
+
+#[tokio::test]
+async fn a_v5_session_started_clean_with_an_expiry_is_kept() {
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (_, token) = device(&app, &t, None, "").await;
+    let mut options = options_v5(&app, "kept", &token);
+    let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+    props.session_expiry_interval = Some(600);
+    options.set_connect_properties(props);
+    let mut v5 = V5::with_options(options.clone()).await.unwrap();
+    v5.subscribe("queue/kept").await;
+    v5.client.disconnect().await.unwrap();
+    drop(v5);
+    tokio::time::sleep(QUIET).await;
+    publish_once(&app, &token, "queue/kept").await;
+    options.set_clean_start(false);
+    let mut back = V5::with_options(options).await.unwrap();
+    assert!(back.connack.session_present);
+    let msg = back
+        .message(WAIT)
+        .await
+        .expect("the message kept for the session");
+    assert_eq!(&msg.payload[..], b"queued");
+}
