@@ -467,10 +467,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         loop {
             // Frames already buffered (pipelined after the CONNECT, or read together). Boxed,
             // like every large step, so that a waiting connection's future stays small.
-            if !self.buf.is_empty()
-                && let Some(outcome) = Box::pin(self.process_buffered()).await
-            {
-                return outcome;
+            if !self.buf.is_empty() {
+                let unread = self.buf.len();
+                if let Some(outcome) = Box::pin(self.process_buffered()).await {
+                    return outcome;
+                }
+                // Keep-alive counts whole control packets (MQTT §3.1.2.10), not bytes: a
+                // packet trickled in a byte at a time does not hold the connection open.
+                if self.buf.len() < unread
+                    && let (Some(sleep), Some(k)) =
+                        (keep_alive.as_mut().as_pin_mut(), self.session.keep_alive)
+                {
+                    sleep.reset(Instant::now() + k);
+                }
             }
             if let Err(outcome) = self.flush().await {
                 return outcome;
@@ -487,14 +496,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 read = poll_fn(|cx| poll_read_some(&mut self.stream, &mut self.buf, cx)) => {
                     match read {
-                        Ok(n) if n > 0 => {
-                            if let (Some(sleep), Some(k)) =
-                                (keep_alive.as_mut().as_pin_mut(), self.session.keep_alive)
-                            {
-                                sleep.reset(Instant::now() + k);
-                            }
-                            false
-                        }
+                        Ok(n) if n > 0 => false,
                         _ => return Outcome::Lost { keep_alive: false },
                     }
                 }

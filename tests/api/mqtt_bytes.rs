@@ -492,3 +492,34 @@ async fn a_client_that_stops_reading_is_still_ended_when_its_token_is_revoked() 
     crate::mqtt::router_links_settle(&app, base).await;
     assert!(until_closed(&mut s).await.is_some());
 }
+
+#[tokio::test]
+async fn a_packet_trickled_in_a_byte_at_a_time_does_not_keep_a_connection_alive() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = token(&app).await;
+    let mut s = connect_raw(&app, connect_keep_alive(5, "trickle", &token, 1)).await;
+    let answer = read_some(&mut s).await;
+    assert_eq!(answer[0], 0x20, "CONNACK: {answer:02x?}");
+    // A PUBLISH announcing 200 KB, sent a byte every 300 ms: bytes arrive well within the
+    // keep-alive, a packet never does.
+    s.write_all(&[0x30, 0xc0, 0x9a, 0x0c]).await.unwrap();
+    let mut closed_early = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if s.write_all(b"x").await.is_err() {
+            closed_early = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            if n == 0 || buf[..n].ends_with(&[0xe0, 0x02, 0x8d, 0x00]) {
+                closed_early = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        closed_early,
+        "a never-finished packet kept the connection alive"
+    );
+}
