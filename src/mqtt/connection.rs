@@ -459,9 +459,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let topics: Vec<String> = self.session.lanyard_topics.iter().cloned().collect();
             for topic in topics {
                 self.deliver_current(&topic);
-            }
-            if self.overflowing() {
-                return Outcome::Overflow;
+                if self.overflowing() {
+                    return Outcome::Overflow;
+                }
             }
         }
         loop {
@@ -727,6 +727,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 for topic in &again {
                     self.deliver_current(topic);
+                    if self.overflowing() {
+                        return Some(Outcome::Overflow);
+                    }
                 }
                 let pkid = subscribe.pkid;
                 if allowed.is_empty() {
