@@ -1002,13 +1002,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // A session whose permission was withdrawn is not kept: what it held is freed.
         let withdrawn = outcome == Outcome::Ended(EndReason::NotAuthorized);
         if let Some(link) = &self.session.link {
+            let key = &self.session.key;
             if taken_over && self.session.named_link {
-                // The new connection's link, under the same name, replaced this one.
+                // The new connection's link, under the same name, replaced this one, or will;
+                // a DISCONNECT would reach it.
                 self.gate.router.forget(link.key).await;
+                if !self.session.kept {
+                    // Unless it did take the name (the feeder knows), the router still holds
+                    // this session, which does not outlive its connection.
+                    self.gate
+                        .router
+                        .discard(key.tenant_id(), key.client_id())
+                        .await;
+                }
             } else {
                 self.gate.router.close(link.key).await;
                 if self.session.named_link && (!self.session.kept || withdrawn) {
-                    let key = &self.session.key;
                     self.gate
                         .router
                         .discard(key.tenant_id(), key.client_id())

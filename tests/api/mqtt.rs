@@ -1726,3 +1726,38 @@ async fn a_v5_session_started_clean_with_an_expiry_is_kept() {
         .expect("the message kept for the session");
     assert_eq!(&msg.payload[..], b"queued");
 }
+
+#[tokio::test]
+async fn v5_sessions_with_expiry_zero_taken_over_by_clean_ones_leave_nothing_in_the_router() {
+    // The router holds at most max_connections + 16 links: leaked ones would fill it.
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.mqtt.acl = vec![rule("#", AclAction::PublishSubscribe, None)];
+        s.mqtt.max_connections = 4;
+    })
+    .await;
+    let t = app.tenant("acme").await;
+    let (_, token) = device(&app, &t, None, "").await;
+    for round in 0..30 {
+        let id = format!("phone-{round}");
+        let mut options = options_v5(&app, &id, &token);
+        options.set_clean_start(false);
+        let mut first = V5::with_options(options).await.unwrap();
+        assert_eq!(
+            first.subscribe("x/#").await,
+            Sub5::Success(Q5::AtLeastOnce),
+            "round {round}"
+        );
+        // The same device again, clean: the first connection is taken over.
+        let mut second = V5::connect(&app, &id, &token).await.unwrap();
+        assert_eq!(
+            first.disconnected().await,
+            DisconnectReasonCode::SessionTakenOver
+        );
+        assert_eq!(
+            second.subscribe("x/#").await,
+            Sub5::Success(Q5::AtLeastOnce),
+            "round {round}"
+        );
+        second.client.disconnect().await.unwrap();
+    }
+}
