@@ -10,7 +10,9 @@
 //! `{client_id}` fills only for a client's own token (`client_credentials`, where `sub` is the
 //! `client_id`): every person signing in through one app carries that app's `client_id`, so a
 //! tree keyed by it would be shared by all of them. A person's token leaves `{client_id}`
-//! unfilled, and the rule does not apply to it; people's own trees are keyed by `{sub}`.
+//! unfilled, and the rule does not apply to it; people's own trees are keyed by `{sub}`. Likewise
+//! a system binding counts for the bound client's own token only (`{system}` and the built-in
+//! grant of the system's token list): a person signing in through a bound app is not the device.
 //!
 //! A subscription is granted only when one rule alone covers every topic its filter can match
 //! ([`covers`]); a filter that only the union of several rules would cover is refused, which
@@ -92,7 +94,7 @@ impl AclRule {
             ("{slug}", Some(who.slug)),
             ("{client_id}", who.own_client_id()),
             ("{sub}", Some(who.sub)),
-            ("{system}", who.system),
+            ("{system}", who.bound_system()),
         ] {
             if out.contains(placeholder) {
                 out = out.replace(placeholder, safe_value(value?)?);
@@ -127,6 +129,13 @@ impl<'a> Identity<'a> {
     /// the `client_id`); None for a person's token, which names the app they signed in through.
     pub fn own_client_id(&self) -> Option<&'a str> {
         (self.sub == self.client_id).then_some(self.client_id)
+    }
+
+    /// The system the token's client is bound to, for the client's own token only: a binding
+    /// marks the device, not the people who sign in through a bound app (SPEC §6), whatever
+    /// claim their token carries.
+    pub fn bound_system(&self) -> Option<&'a str> {
+        self.own_client_id().and(self.system)
     }
 }
 
@@ -205,7 +214,7 @@ impl Permissions {
             return Vec::new();
         };
         let mut grants = vec![self.jwks_topic(slug)];
-        if let Some(system) = who.system.and_then(safe_value) {
+        if let Some(system) = who.bound_system().and_then(safe_value) {
             grants.push(self.token_list_topic(slug, system));
         }
         if who.scopes.contains_str(LOCAL_TOKENS_READ) {
@@ -341,6 +350,27 @@ mod tests {
         assert!(!p.may_publish(&ada, &topic("tenants/acme/clients/app/cmd")));
         assert!(!p.may_subscribe(&ada, &filter("tenants/acme/clients/app/#")));
         assert!(!p.may_subscribe(&ada, &filter("tenants/acme/clients/app/cmd")));
+    }
+
+    #[test]
+    fn a_binding_opens_the_systems_topics_to_the_device_not_to_people_of_the_app() {
+        let p = perms(vec![rule(
+            "tenants/{slug}/systems/{system}/#",
+            AclAction::PublishSubscribe,
+            None,
+        )]);
+        let none = ScopeSet::default();
+        let list = filter("drivr/v1/acme/authorization/localApiTokens/s1");
+        let device = who("app", Some("s1"), &none);
+        assert!(p.may_subscribe(&device, &list));
+        assert!(p.may_subscribe(&device, &filter("tenants/acme/systems/s1/#")));
+        let ada = Identity {
+            system: Some("s1"),
+            ..person("app", "u-ada", &none)
+        };
+        assert!(!p.may_subscribe(&ada, &list));
+        assert!(!p.may_subscribe(&ada, &filter("tenants/acme/systems/s1/#")));
+        assert!(!p.may_publish(&ada, &topic("tenants/acme/systems/s1/unlock")));
     }
 
     #[test]

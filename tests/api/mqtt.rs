@@ -1761,3 +1761,41 @@ async fn v5_sessions_with_expiry_zero_taken_over_by_clean_ones_leave_nothing_in_
         second.client.disconnect().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn people_signing_in_through_a_bound_app_do_not_get_its_systems_topics() {
+    let app = with_shipped_rules().await;
+    let t = app.tenant("acme").await;
+    let system = system(&app, &t).await;
+    let (bound_app, _) = app
+        .client(
+            &t,
+            NewClient {
+                name: "Gateway App".into(),
+                public: true,
+                system_id: Some(system.clone()),
+                ..NewClient::default()
+            },
+        )
+        .await;
+    let ada = crate::signin::person(&app, &t, "ada@example.com", "").await;
+    let tokens = crate::signin::sign_in(&app, "acme", &bound_app, &ada.email).await;
+    let token = tokens["access_token"].as_str().unwrap();
+    let mut phone = V5::connect(&app, "ada-phone", token).await.unwrap();
+    // The system's list holds other people's live local tokens; its tree is its devices'.
+    let list = format!("drivr/v1/acme/authorization/localApiTokens/{system}");
+    assert_eq!(phone.subscribe(&list).await, Sub5::NotAuthorized);
+    let tree = format!("tenants/acme/systems/{system}/#");
+    assert_eq!(phone.subscribe(&tree).await, Sub5::NotAuthorized);
+    // The system's own device still has both.
+    let (device_id, device_token) = device(&app, &t, Some(&system), "").await;
+    let mut gateway = V5::connect(&app, &device_id, &device_token).await.unwrap();
+    assert_eq!(
+        gateway.subscribe(&list).await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
+    assert_eq!(
+        gateway.subscribe(&tree).await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
+}
