@@ -7,8 +7,10 @@
 //! checks every SUBSCRIBE and PUBLISH against the [`Permissions`], and relays what is allowed
 //! into the router through links ([`router`]). [`sessions`] knows who holds which client
 //! identifier, so sessions can be ended when their token expires or the authority announces a
-//! revocation, a deleted client or an invalidated key. An optional second listener speaks the
-//! same over TLS (rustls).
+//! revocation, a deleted client or an invalidated key (which also drops the pending wills they
+//! left), and stored sessions end when their expiry has passed
+//! ([`Gate::expire_sessions_once`]). An optional second listener speaks the same over TLS
+//! (rustls).
 //!
 //! Shared subscriptions (`$share/{group}/…`) are renamed at the gate per tenant and filter
 //! (`connection`), since rumqttd's router keys their groups by name alone.

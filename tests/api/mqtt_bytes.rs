@@ -511,11 +511,12 @@ async fn a_packet_trickled_in_a_byte_at_a_time_does_not_keep_a_connection_alive(
             break;
         }
         let mut buf = [0u8; 64];
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
-            if n == 0 || buf[..n].ends_with(&[0xe0, 0x02, 0x8d, 0x00]) {
-                closed_early = true;
-                break;
-            }
+        let read = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await;
+        if let Ok(Ok(n)) = read
+            && (n == 0 || buf[..n].ends_with(&[0xe0, 0x02, 0x8d, 0x00]))
+        {
+            closed_early = true;
+            break;
         }
     }
     assert!(
