@@ -564,6 +564,40 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_rules_keep_people_of_one_app_apart() {
+        use crate::domain::ScopeSet;
+        use crate::domain::acl::Identity;
+        use crate::domain::topic::{TopicFilter, TopicName};
+        let shipped = Settings::from_toml(include_str!("../broker.toml")).unwrap();
+        let p = shipped.mqtt.permissions();
+        let none = ScopeSet::default();
+        let person = |sub| Identity {
+            slug: "acme",
+            client_id: "app",
+            sub,
+            system: None,
+            scopes: &none,
+        };
+        let (ada, bob) = (person("u-ada"), person("u-bob"));
+        let filter = |f| TopicFilter::parse(f).unwrap();
+        let topic = |t| TopicName::parse(t).unwrap();
+        for who in [&ada, &bob] {
+            assert!(!p.may_subscribe(who, &filter("tenants/acme/clients/app/#")));
+            assert!(!p.may_publish(who, &topic("tenants/acme/clients/app/unlock")));
+        }
+        assert!(p.may_subscribe(&ada, &filter("tenants/acme/users/u-ada/#")));
+        assert!(p.may_publish(&ada, &topic("tenants/acme/users/u-ada/unlock")));
+        assert!(!p.may_subscribe(&bob, &filter("tenants/acme/users/u-ada/#")));
+        assert!(!p.may_publish(&bob, &topic("tenants/acme/users/u-ada/unlock")));
+        let device = Identity {
+            client_id: "app",
+            sub: "app",
+            ..ada
+        };
+        assert!(p.may_subscribe(&device, &filter("tenants/acme/clients/app/#")));
+    }
+
+    #[test]
     fn the_shipped_file_parses_and_documents_every_key() {
         let text = include_str!("../broker.toml");
         Settings::from_toml(text).expect("broker.toml is valid");

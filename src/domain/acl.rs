@@ -7,6 +7,13 @@
 //! `{slug}`, `{client_id}`, `{sub}` and `{system}`. An identity value that is empty or holds
 //! `+`, `#`, `/` or NUL fills no placeholder, so nobody widens a rule by choosing a strange name.
 //!
+//! `{client_id}` fills only for a client's own token (`client_credentials`, where `sub` is the
+//! `client_id`): every person signing in through one app carries that app's `client_id`, so a
+//! tree keyed by it would be shared by all of them. A person's token leaves `{client_id}`
+//! unfilled, and the rule does not apply to it; people's own trees are keyed by `{sub}`. Likewise
+//! a system binding counts for the bound client's own token only (`{system}` and the built-in
+//! grant of the system's token list): a person signing in through a bound app is not the device.
+//!
 //! A subscription is granted only when one rule alone covers every topic its filter can match
 //! ([`covers`]); a filter that only the union of several rules would cover is refused, which
 //! can refuse too much but never grants too much.
@@ -85,9 +92,9 @@ impl AclRule {
         let mut out = self.topic.clone();
         for (placeholder, value) in [
             ("{slug}", Some(who.slug)),
-            ("{client_id}", Some(who.client_id)),
+            ("{client_id}", who.own_client_id()),
             ("{sub}", Some(who.sub)),
-            ("{system}", who.system),
+            ("{system}", who.bound_system()),
         ] {
             if out.contains(placeholder) {
                 out = out.replace(placeholder, safe_value(value?)?);
@@ -115,6 +122,21 @@ pub struct Identity<'a> {
     pub sub: &'a str,
     pub system: Option<&'a str>,
     pub scopes: &'a ScopeSet,
+}
+
+impl<'a> Identity<'a> {
+    /// The `client_id` when the token is the client's own (`client_credentials`: its `sub` is
+    /// the `client_id`); None for a person's token, which names the app they signed in through.
+    pub fn own_client_id(&self) -> Option<&'a str> {
+        (self.sub == self.client_id).then_some(self.client_id)
+    }
+
+    /// The system the token's client is bound to, for the client's own token only: a binding
+    /// marks the device, not the people who sign in through a bound app (SPEC §6), whatever
+    /// claim their token carries.
+    pub fn bound_system(&self) -> Option<&'a str> {
+        self.own_client_id().and(self.system)
+    }
 }
 
 /// The permission rules of one broker.
@@ -192,7 +214,7 @@ impl Permissions {
             return Vec::new();
         };
         let mut grants = vec![self.jwks_topic(slug)];
-        if let Some(system) = who.system.and_then(safe_value) {
+        if let Some(system) = who.bound_system().and_then(safe_value) {
             grants.push(self.token_list_topic(slug, system));
         }
         if who.scopes.contains_str(LOCAL_TOKENS_READ) {
@@ -301,6 +323,78 @@ mod tests {
         assert!(!sys.may_subscribe(&who("dev", None, &none), &filter("s/x")));
         assert!(sys.may_subscribe(&who("dev", Some("x"), &none), &filter("s/x")));
         assert!(!sys.may_publish(&who("dev", Some("x"), &none), &topic("s/x")));
+    }
+
+    fn person<'a>(app: &'a str, sub: &'a str, scopes: &'a ScopeSet) -> Identity<'a> {
+        Identity {
+            slug: "acme",
+            client_id: app,
+            sub,
+            system: None,
+            scopes,
+        }
+    }
+
+    #[test]
+    fn a_client_id_tree_belongs_to_the_clients_own_tokens_not_to_people_of_the_app() {
+        let p = perms(vec![rule(
+            "tenants/{slug}/clients/{client_id}/#",
+            AclAction::PublishSubscribe,
+            None,
+        )]);
+        let none = ScopeSet::default();
+        let device = who("app", None, &none);
+        assert!(p.may_publish(&device, &topic("tenants/acme/clients/app/cmd")));
+        assert!(p.may_subscribe(&device, &filter("tenants/acme/clients/app/#")));
+        let ada = person("app", "u-ada", &none);
+        assert!(!p.may_publish(&ada, &topic("tenants/acme/clients/app/cmd")));
+        assert!(!p.may_subscribe(&ada, &filter("tenants/acme/clients/app/#")));
+        assert!(!p.may_subscribe(&ada, &filter("tenants/acme/clients/app/cmd")));
+    }
+
+    #[test]
+    fn a_binding_opens_the_systems_topics_to_the_device_not_to_people_of_the_app() {
+        let p = perms(vec![rule(
+            "tenants/{slug}/systems/{system}/#",
+            AclAction::PublishSubscribe,
+            None,
+        )]);
+        let none = ScopeSet::default();
+        let list = filter("drivr/v1/acme/authorization/localApiTokens/s1");
+        let device = who("app", Some("s1"), &none);
+        assert!(p.may_subscribe(&device, &list));
+        assert!(p.may_subscribe(&device, &filter("tenants/acme/systems/s1/#")));
+        let ada = Identity {
+            system: Some("s1"),
+            ..person("app", "u-ada", &none)
+        };
+        assert!(!p.may_subscribe(&ada, &list));
+        assert!(!p.may_subscribe(&ada, &filter("tenants/acme/systems/s1/#")));
+        assert!(!p.may_publish(&ada, &topic("tenants/acme/systems/s1/unlock")));
+    }
+
+    #[test]
+    fn people_of_one_app_each_get_their_own_sub_tree() {
+        let p = perms(vec![
+            rule(
+                "tenants/{slug}/clients/{client_id}/#",
+                AclAction::PublishSubscribe,
+                None,
+            ),
+            rule(
+                "tenants/{slug}/users/{sub}/#",
+                AclAction::PublishSubscribe,
+                None,
+            ),
+        ]);
+        let none = ScopeSet::default();
+        let ada = person("app", "u-ada", &none);
+        let bob = person("app", "u-bob", &none);
+        assert!(p.may_subscribe(&ada, &filter("tenants/acme/users/u-ada/#")));
+        assert!(p.may_publish(&ada, &topic("tenants/acme/users/u-ada/lock")));
+        assert!(!p.may_subscribe(&bob, &filter("tenants/acme/users/u-ada/#")));
+        assert!(!p.may_publish(&bob, &topic("tenants/acme/users/u-ada/lock")));
+        assert!(!p.may_subscribe(&bob, &filter("tenants/acme/users/+/lock")));
     }
 
     #[test]

@@ -7,9 +7,19 @@
 //! (§3.1.2.5, with its delay on 5.0), the client's Maximum Packet Size (5.0 §3.1.2.11.4), and
 //! ending a session with a DISCONNECT and reason (5.0 §3.14).
 //!
+//! What a client asks for costs it, not others: lanyard's own retained message goes out once per
+//! SUBSCRIBE packet however often the packet names the topic, and a connection whose unsent
+//! output passes `mqtt.max_queued_bytes` (a client that asks and never reads) is ended, on 5.0
+//! with DISCONNECT 0x97 (Quota exceeded), and what it did not read is dropped. Deliveries from
+//! the router stop at half that limit until the client has read them, so a slow reader is slowed,
+//! not ended. While the output waits for a client that does not read, lanyard can still end the
+//! session (revocation, expiry); the goodbye then gets `GOODBYE_TIMEOUT` to be written.
+//!
 //! A clean session gets its router link when it first subscribes or publishes: a connection
-//! that only authenticates, or idles, costs the router nothing. A persistent session opens its
-//! link during the CONNECT, because the router keeps its state.
+//! that only authenticates, or idles, costs the router nothing. A session the router must resume
+//! or keep (Clean Start 0, or a Session Expiry Interval) opens its link during the CONNECT,
+//! under the client's own name. A session that does not outlive its connection (5.0 Session
+//! Expiry 0), or whose permission was withdrawn, is discarded from the router when it closes.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::{Future, poll_fn};
@@ -20,7 +30,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rumqttd::Notification;
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::{
@@ -53,6 +63,9 @@ const READ_CHUNK: usize = 8 * 1024;
 /// A write buffer grown beyond this by one large message is let go once it is empty again: a
 /// device that received a long token list once should not hold its size while it idles.
 const KEEP_BUFFER: usize = 16 * 1024;
+/// How long the goodbye (5.0 DISCONNECT with its reason) may take to write: a client that does
+/// not read is closed without it.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a session ended, which decides the goodbye and the will.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +80,9 @@ enum Outcome {
     Ended(EndReason),
     /// The router dropped the link.
     RouterGone,
+    /// The output waiting for the client passed `mqtt.max_queued_bytes`: it does not read what
+    /// it asks for (SPEC §7).
+    Overflow,
 }
 
 /// Serves one accepted connection until it closes. `permit` counts it against the limit.
@@ -106,7 +122,10 @@ struct Session {
     seq: u64,
     /// The router link, once opened.
     link: Option<Box<Link>>,
-    persistent: bool,
+    /// The router holds the session under the client's own name (see `router`).
+    named_link: bool,
+    /// The session outlives the connection (its expiry is not 0).
+    kept: bool,
     ended: oneshot::Receiver<EndReason>,
     /// The token the session was granted under: tenant, client, subject, system, scopes.
     grant: Grant,
@@ -276,8 +295,21 @@ where
     }
 
     let key = Key::new(&known.tenant.id, &client_id);
-    let persistent = !connect.clean_session;
-    let Some(claim) = gate.sessions.claim(&key, &known, persistent) else {
+    // Clean Start 0 (3.1.1: Clean Session 0) resumes a stored session. How long the session
+    // outlives its connection: 3.1.1 persistent sessions `mqtt.session_expiry`; 5.0 what the
+    // client asks (MQTT 5.0 §3.1.2.11.2, absent = 0), at most that long.
+    let resume = !connect.clean_session;
+    let props = props.as_ref();
+    let asked_expiry = props.and_then(|p| p.session_expiry_interval);
+    let expiry = match version {
+        Version::V4 if resume => gate.session_expiry,
+        Version::V4 => 0,
+        Version::V5 => asked_expiry.unwrap_or(0).min(gate.session_expiry),
+    };
+    // The router holds the session under the client's name when it may resume one or must
+    // keep it.
+    let named_link = resume || expiry > 0;
+    let Some(claim) = gate.sessions.claim(&key, &known, expiry) else {
         let code = refused(
             ConnectReturnCode::NotAuthorized,
             "client id held by another principal",
@@ -290,18 +322,20 @@ where
         client_id: client_id.clone(),
         clean,
     };
-    // A stored session is discarded when the new one is clean, and when it was granted under
-    // other permissions (or belonged to a deleted client that used the same id).
-    if ((persistent && !claim.may_resume) || (!persistent && claim.held_persistent))
+    let resumed = resume && claim.may_resume;
+    // A stored session is discarded when the new one starts clean, and when it was granted
+    // under other permissions (or belonged to a deleted client that used the same id).
+    if ((named_link && !resumed) || (!named_link && claim.held_persistent))
         && let Some(link) = gate.router.open(named(true)).await
     {
         gate.router.close(link.key).await;
     }
     let mut link = None;
     let mut session_present = false;
-    if persistent {
+    if named_link {
         let Some(opened) = gate.router.open(named(false)).await else {
-            gate.sessions.release(&key, claim.seq, BTreeSet::new());
+            gate.sessions
+                .release(&key, claim.seq, BTreeSet::new(), gate.authority.now());
             let code = unavailable(version);
             refuse(
                 stream,
@@ -311,7 +345,7 @@ where
             .await;
             return None;
         };
-        session_present = opened.session_present && claim.may_resume;
+        session_present = opened.session_present && resumed;
         link = Some(Box::new(Link {
             key: opened.key,
             rx: opened.rx,
@@ -327,6 +361,10 @@ where
         assigned_client_identifier: assigned,
         // No topic-alias maximum is advertised: rumqttd keys aliases by filter, not topic.
         topic_alias_max: None,
+        // A shorter expiry than asked is announced (MQTT 5.0 §3.2.2.3.2).
+        session_expiry_interval: asked_expiry
+            .filter(|asked| *asked != expiry)
+            .map(|_| expiry),
         ..ConnAckProperties::default()
     });
     let mut out = BytesMut::new();
@@ -334,25 +372,28 @@ where
     if stream.write_all(&out).await.is_err() {
         if let Some(link) = link {
             gate.router.close(link.key).await;
+            if expiry == 0 {
+                gate.router.discard(&known.tenant.id, &client_id).await;
+            }
         }
-        gate.sessions.release(&key, claim.seq, BTreeSet::new());
+        gate.sessions
+            .release(&key, claim.seq, BTreeSet::new(), gate.authority.now());
         return None;
     }
     tracing::debug!(%peer, client = %client_id, tenant = %known.tenant.slug, "mqtt: connected");
 
-    let props = props.as_ref();
-    let session_expiry = props.and_then(|p| p.session_expiry_interval).unwrap_or(0);
     let will_delay = will_props
         .as_ref()
         .and_then(|p| p.delay_interval)
         .unwrap_or(0)
-        .min(session_expiry);
+        .min(expiry);
     Some(Session {
         version,
         key,
         seq: claim.seq,
         link,
-        persistent,
+        named_link,
+        kept: expiry > 0,
         ended: claim.ended,
         grant: known.clone(),
         // MQTT §3.1.2.10: one and a half times the keep-alive without a packet ends it.
@@ -418,18 +459,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let topics: Vec<String> = self.session.lanyard_topics.iter().cloned().collect();
             for topic in topics {
                 self.deliver_current(&topic);
+                if self.overflowing() {
+                    return Outcome::Overflow;
+                }
             }
         }
         loop {
             // Frames already buffered (pipelined after the CONNECT, or read together). Boxed,
             // like every large step, so that a waiting connection's future stays small.
-            if !self.buf.is_empty()
-                && let Some(outcome) = Box::pin(self.process_buffered()).await
-            {
-                return outcome;
+            if !self.buf.is_empty() {
+                let unread = self.buf.len();
+                if let Some(outcome) = Box::pin(self.process_buffered()).await {
+                    return outcome;
+                }
+                // Keep-alive counts whole control packets (MQTT §3.1.2.10), not bytes: a
+                // packet trickled in a byte at a time does not hold the connection open.
+                if self.buf.len() < unread
+                    && let (Some(sleep), Some(k)) =
+                        (keep_alive.as_mut().as_pin_mut(), self.session.keep_alive)
+                {
+                    sleep.reset(Instant::now() + k);
+                }
             }
-            if !self.flush().await {
-                return Outcome::Lost { keep_alive: false };
+            if let Err(outcome) = self.flush().await {
+                return outcome;
             }
             if self.buf.is_empty() && self.buf.capacity() > 0 {
                 // A waiting connection holds no read buffer (see `poll_read_some`).
@@ -443,14 +496,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 read = poll_fn(|cx| poll_read_some(&mut self.stream, &mut self.buf, cx)) => {
                     match read {
-                        Ok(n) if n > 0 => {
-                            if let (Some(sleep), Some(k)) =
-                                (keep_alive.as_mut().as_pin_mut(), self.session.keep_alive)
-                            {
-                                sleep.reset(Instant::now() + k);
-                            }
-                            false
-                        }
+                        Ok(n) if n > 0 => false,
                         _ => return Outcome::Lost { keep_alive: false },
                     }
                 }
@@ -470,12 +516,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Passes on a notification and whatever else the router already delivered, without
-    /// waiting.
+    /// waiting, up to half of `mqtt.max_queued_bytes` of output.
     fn forward_all(&mut self, first: Option<Notification>) -> Option<Outcome> {
         if let Some(outcome) = self.forward(first) {
             return Some(outcome);
         }
         for _ in 0..WRITE_BATCH {
+            // The rest waits in the router until this is written: a slow reader slows its own
+            // deliveries down rather than piling them up here.
+            if self.out.len() >= self.gate.max_queued_bytes / 2 {
+                break;
+            }
             let link = self.session.link.as_mut()?;
             match now_or_never(link.rx.next()) {
                 Some(Ok(more)) => {
@@ -487,7 +538,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 None => break,
             }
         }
-        None
+        self.overflowing().then_some(Outcome::Overflow)
+    }
+
+    /// Whether the output waiting for the client passed `mqtt.max_queued_bytes`. Checked after
+    /// every packet that may add to it, so one read of pipelined requests cannot pile up more
+    /// than one answer beyond the limit.
+    fn overflowing(&self) -> bool {
+        self.out.len() > self.gate.max_queued_bytes
     }
 
     /// Handles every complete frame in the read buffer.
@@ -517,6 +575,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if let Some(outcome) = self.incoming(packet, qos, pkid).await {
                 return Some(outcome);
             }
+            if self.overflowing() {
+                return Some(Outcome::Overflow);
+            }
         }
     }
 
@@ -534,6 +595,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             system: claims.system.as_deref(),
             scopes: &s.grant.scopes,
         }
+    }
+
+    /// The name under which the router knows a shared subscription (`$share/{group}/{filter}`);
+    /// None for any other filter. rumqttd keys a shared group by its name alone, across tenants
+    /// and filters, so the router sees a group named after the tenant, the group and the filter:
+    /// equal group names of two tenants are two groups (SPEC §7), and so are one tenant's equal
+    /// group names on two filters (MQTT 5.0 §4.8.2: a shared subscription is its group and its
+    /// filter). The client never sees the name: no packet to it carries a filter.
+    fn router_filter(&self, path: &str) -> Option<String> {
+        let filter = TopicFilter::parse(path).ok()?;
+        let group = filter.share_group()?;
+        let mut named = Vec::with_capacity(group.len() + filter.filter().len() + 1);
+        named.extend_from_slice(group.as_bytes());
+        named.push(0);
+        named.extend_from_slice(filter.filter().as_bytes());
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &named);
+        let hash: String = digest.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let tenant = &self.session.grant.tenant.id;
+        Some(format!("$share/{tenant}:{hash}/{}", filter.filter()))
     }
 
     /// The router link's key, opening the link first if the session has none yet.
@@ -608,6 +691,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Packet::Subscribe(subscribe, props) => {
                 let mut codes = Vec::with_capacity(subscribe.filters.len());
                 let mut allowed = Vec::new();
+                // lanyard's topics this packet subscribes to anew (the router replays those)
+                // and again (the gate delivers those): each once per packet, however often the
+                // packet names it.
+                let mut fresh = BTreeSet::new();
+                let mut again = BTreeSet::new();
                 for filter in subscribe.filters {
                     let refusal = match TopicFilter::parse(&filter.path) {
                         Err(_) if v5 => Some(SubscribeReasonCode::TopicFilterInvalid),
@@ -618,17 +706,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     if refusal.is_none() {
                         if self.gate.permissions.is_reserved(&filter.path)
                             && TopicName::parse(&filter.path).is_ok()
-                            && !self.session.lanyard_topics.insert(filter.path.clone())
                         {
-                            // Subscribed already: the router will not replay it (MQTT §3.3.1.3
-                            // asks for the retained message on every subscribe).
-                            self.deliver_current(&filter.path);
+                            if self.session.lanyard_topics.insert(filter.path.clone()) {
+                                fresh.insert(filter.path.clone());
+                            } else if !fresh.contains(&filter.path) {
+                                // Subscribed already: the router will not replay it (MQTT
+                                // §3.3.1.3 asks for the retained message on every subscribe).
+                                again.insert(filter.path.clone());
+                            }
+                        }
+                        let mut filter = filter;
+                        if let Some(path) = self.router_filter(&filter.path) {
+                            filter.path = path;
                         }
                         allowed.push(filter);
                     } else {
                         tracing::debug!(client = %self.session.key, filter = %filter.path, "mqtt: subscription refused");
                     }
                     codes.push(refusal);
+                }
+                for topic in &again {
+                    self.deliver_current(topic);
+                    if self.overflowing() {
+                        return Some(Outcome::Overflow);
+                    }
                 }
                 let pkid = subscribe.pkid;
                 if allowed.is_empty() {
@@ -651,13 +752,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         .await;
                 }
             }
-            Packet::Unsubscribe(unsubscribe, props) => {
+            Packet::Unsubscribe(mut unsubscribe, props) => {
                 // The router acknowledges only filters it held, once per filter: the gate
                 // answers for the whole packet instead.
                 let pkid = unsubscribe.pkid;
                 let reasons = vec![UnsubAckReason::Success; unsubscribe.filters.len()];
-                for filter in &unsubscribe.filters {
+                for filter in &mut unsubscribe.filters {
                     self.session.lanyard_topics.remove(filter);
+                    if let Some(path) = self.router_filter(filter) {
+                        *filter = path;
+                    }
                 }
                 self.answer_router(Packet::Unsubscribe(unsubscribe, props))
                     .await;
@@ -835,17 +939,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .extend_from_slice(&[0xe0, 0x02, codec::disconnect_reason(reason), 0x00]);
     }
 
-    async fn flush(&mut self) -> bool {
-        if self.out.is_empty() {
-            return true;
+    /// Writes the output waiting for the client. A client that does not read keeps this
+    /// waiting, so lanyard's ending the session (revocation, expiry) is heard here too.
+    async fn flush(&mut self) -> Result<(), Outcome> {
+        while !self.out.is_empty() {
+            tokio::select! {
+                written = self.stream.write(&self.out) => match written {
+                    Ok(n) if n > 0 => self.out.advance(n),
+                    _ => return Err(Outcome::Lost { keep_alive: false }),
+                },
+                reason = &mut self.session.ended => {
+                    return Err(Outcome::Ended(reason.unwrap_or(EndReason::NotAuthorized)));
+                }
+            }
         }
-        let ok = self.stream.write_all(&self.out).await.is_ok();
         if self.out.capacity() > KEEP_BUFFER {
             self.out = BytesMut::new();
-        } else {
-            self.out.clear();
         }
-        ok
+        tokio::select! {
+            flushed = self.stream.flush() => flushed.map_err(|_| Outcome::Lost { keep_alive: false }),
+            reason = &mut self.session.ended => {
+                Err(Outcome::Ended(reason.unwrap_or(EndReason::NotAuthorized)))
+            }
+        }
+    }
+
+    /// The last write: what is waiting, the goodbye, and the close, within `GOODBYE_TIMEOUT`.
+    async fn write_goodbye(&mut self) {
+        let goodbye = async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
     }
 
     /// Says goodbye (5.0: DISCONNECT with a reason), releases the router link and the session,
@@ -861,19 +986,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Some(DisconnectReasonCode::ServerShuttingDown)
             }
             Outcome::RouterGone => Some(DisconnectReasonCode::UnspecifiedError),
+            Outcome::Overflow => Some(DisconnectReasonCode::QuotaExceeded),
             Outcome::Disconnected { .. } | Outcome::Lost { keep_alive: false } => None,
         };
+        if outcome == Outcome::Overflow {
+            // What did not fit is not sent: whole packets only, since the output was written
+            // out completely before the last packet was handled.
+            self.out = BytesMut::new();
+        }
         if let (Version::V5, Some(reason)) = (self.session.version, reason) {
             self.write_disconnect(reason);
         }
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
+        self.write_goodbye().await;
+        let taken_over = outcome == Outcome::Ended(EndReason::TakenOver);
+        // A session whose permission was withdrawn is not kept: what it held is freed.
+        let withdrawn = outcome == Outcome::Ended(EndReason::NotAuthorized);
         if let Some(link) = &self.session.link {
-            if outcome == Outcome::Ended(EndReason::TakenOver) && self.session.persistent {
-                // The new connection's link, under the same name, replaced this one.
+            let key = &self.session.key;
+            if taken_over && self.session.named_link {
+                // The new connection's link, under the same name, replaced this one, or will;
+                // a DISCONNECT would reach it.
                 self.gate.router.forget(link.key).await;
+                if !self.session.kept {
+                    // Unless it did take the name (the feeder knows), the router still holds
+                    // this session, which does not outlive its connection.
+                    self.gate
+                        .router
+                        .discard(key.tenant_id(), key.client_id())
+                        .await;
+                }
             } else {
                 self.gate.router.close(link.key).await;
+                if self.session.named_link && (!self.session.kept || withdrawn) {
+                    self.gate
+                        .router
+                        .discard(key.tenant_id(), key.client_id())
+                        .await;
+                }
             }
         }
         let gate = self.gate.clone();
@@ -884,8 +1033,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Outcome::Ended(EndReason::NotAuthorized) => false,
             _ => true,
         };
+        let now = gate.authority.now();
         gate.sessions
-            .release(&session.key, session.seq, session.lanyard_topics);
+            .release(&session.key, session.seq, session.lanyard_topics, now);
+        if withdrawn {
+            gate.sessions.forget_stored(&session.key);
+        }
         if let (true, Some(will)) = (will, session.will) {
             let publish = Publish::new(will.topic, will.message, will.retain);
             if session.will_delay == 0 {
@@ -894,9 +1047,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let delay = Duration::from_secs(session.will_delay as u64);
                 let key = session.key.clone();
                 let sender = gate.clone();
+                let grant = session.grant.clone();
                 let task = tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    sender.publish(publish).await;
+                    sender.publish_delayed_will(&grant, publish).await;
                     sender.sessions.will_sent(&key);
                 });
                 gate.sessions

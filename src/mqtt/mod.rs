@@ -7,8 +7,13 @@
 //! checks every SUBSCRIBE and PUBLISH against the [`Permissions`], and relays what is allowed
 //! into the router through links ([`router`]). [`sessions`] knows who holds which client
 //! identifier, so sessions can be ended when their token expires or the authority announces a
-//! revocation, a deleted client or an invalidated key. An optional second listener speaks the
-//! same over TLS (rustls).
+//! revocation, a deleted client or an invalidated key (which also drops the pending wills they
+//! left), and stored sessions end when their expiry has passed
+//! ([`Gate::expire_sessions_once`]). An optional second listener speaks the same over TLS
+//! (rustls).
+//!
+//! Shared subscriptions (`$share/{group}/…`) are renamed at the gate per tenant and filter
+//! (`connection`), since rumqttd's router keys their groups by name alone.
 //!
 //! The gate also publishes lanyard's own retained messages ([`retained`]: each tenant's JWKS and
 //! each system's token list) through its own link.
@@ -49,6 +54,8 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 /// by another process (the `bootstrap` command, another node) reach the devices: within this
 /// plus the keyring's reload age (SPEC §1: 5 s).
 const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
+/// How often stored sessions are checked for their expiry.
+const SESSION_SWEEP: Duration = Duration::from_secs(5);
 /// How often retained topics of tenants and systems removed from the database are cleared.
 const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
 
@@ -61,6 +68,10 @@ pub struct Gate {
     /// lanyard's own link into the router, for wills and its own messages.
     internal_link: u64,
     pub(crate) max_packet_size: usize,
+    /// A connection whose unsent output passes this is ended (SPEC §7).
+    pub(crate) max_queued_bytes: usize,
+    /// The longest a stored session is kept (`mqtt.session_expiry`), in seconds.
+    pub(crate) session_expiry: u32,
     pub(crate) connect_timeout: Duration,
     /// What lanyard last published on each of its retained topics.
     retained: Mutex<HashMap<String, retained::Retained>>,
@@ -105,6 +116,24 @@ impl Gate {
         self.router.open_links()
     }
 
+    /// Ends the stored sessions whose Session Expiry Interval (5.0) or `mqtt.session_expiry`
+    /// (3.1.1) has passed since their connection closed, and frees what the router held for
+    /// them (subscriptions, queued messages). The one step of the session sweep; returns how
+    /// many ended.
+    pub async fn expire_sessions_once(&self) -> usize {
+        let expired = self.sessions.expire(self.authority.now());
+        for key in &expired {
+            self.router.discard(key.tenant_id(), key.client_id()).await;
+        }
+        expired.len()
+    }
+
+    /// Sessions stored without a connection: persistent ones until they expire, and those
+    /// whose delayed will waits.
+    pub fn stored_sessions(&self) -> usize {
+        self.sessions.stored()
+    }
+
     /// Ends every session whose token's `exp` has passed. The one step of the expiry sweep.
     pub fn end_expired_sessions_once(&self) -> usize {
         let now = self.authority.now();
@@ -112,26 +141,52 @@ impl Gate {
             .end_where(EndReason::Expired, |g| g.verified.claims.exp <= now)
     }
 
+    /// The permission of the grants `pick` selects was withdrawn: their live sessions end and
+    /// their pending wills are dropped.
+    fn withdraw(&self, pick: impl Fn(&crate::authority::KnownToken) -> bool) {
+        self.sessions.end_where(EndReason::NotAuthorized, &pick);
+        self.sessions.drop_wills_where(&pick);
+    }
+
+    /// Publishes a will whose delay has passed, unless its grant was withdrawn meanwhile (an
+    /// announcement this node missed, or one that came while the will was being set).
+    pub(crate) async fn publish_delayed_will(&self, grant: &sessions::Grant, will: Publish) {
+        let claims = &grant.verified.claims;
+        let valid = self
+            .authority
+            .grant_still_valid(
+                grant.tenant.slug.as_str(),
+                &grant.verified.kid,
+                &claims.client_id,
+                &claims.sub,
+                &claims.jti,
+                true,
+            )
+            .await;
+        // An answer the database cannot give now keeps the will, as it keeps sessions.
+        if !matches!(valid, Ok(false)) {
+            self.publish(will).await;
+        }
+    }
+
     async fn on_event(&self, event: Event) {
         match event {
             Event::AccessTokenRevoked { tenant_id, jti } => {
-                self.sessions.end_where(EndReason::NotAuthorized, |g| {
-                    g.tenant.id == tenant_id && g.verified.claims.jti == jti
-                });
+                self.withdraw(|g| g.tenant.id == tenant_id && g.verified.claims.jti == jti);
             }
             Event::ClientDeleted {
                 tenant_id,
                 client_id,
             } => {
-                self.sessions.end_where(EndReason::NotAuthorized, |g| {
+                self.withdraw(|g| {
                     g.tenant.id == tenant_id && g.verified.claims.client_id == client_id
                 });
-                self.sessions.forget_owner(&tenant_id, &client_id);
+                for key in self.sessions.forget_owner(&tenant_id, &client_id) {
+                    self.router.discard(key.tenant_id(), key.client_id()).await;
+                }
             }
             Event::UserDeleted { tenant_id, user_id } => {
-                self.sessions.end_where(EndReason::NotAuthorized, |g| {
-                    g.tenant.id == tenant_id && g.verified.claims.sub == user_id
-                });
+                self.withdraw(|g| g.tenant.id == tenant_id && g.verified.claims.sub == user_id);
             }
             Event::Resync => self.recheck(None, true).await,
             // Tokens issued before a secret rotation stay valid until they expire; a new role
@@ -241,9 +296,9 @@ impl Gate {
 
     /// Ends the sessions (of one tenant, or all) whose signing key is no longer published, and
     /// with `tokens` also those whose token was revoked or whose client is gone: used when
-    /// events may have been missed.
+    /// events may have been missed. Their pending wills are dropped too.
     async fn recheck(&self, tenant_id: Option<&str>, tokens: bool) {
-        for grant in self.sessions.live_grants() {
+        for grant in self.sessions.grants_in_force() {
             if tenant_id.is_some_and(|t| t != grant.tenant.id) {
                 continue;
             }
@@ -261,7 +316,7 @@ impl Gate {
                 .await;
             // An answer the database cannot give now keeps the session: the next check decides.
             if matches!(valid, Ok(false)) {
-                self.sessions.end_where(EndReason::NotAuthorized, |g| {
+                self.withdraw(|g| {
                     let c = &g.verified.claims;
                     c.jti == claims.jti && c.client_id == claims.client_id
                 });
@@ -337,6 +392,8 @@ impl Broker {
             sessions: Sessions::default(),
             internal_link: internal.key,
             max_packet_size: settings.max_packet_size as usize,
+            max_queued_bytes: usize::try_from(settings.max_queued_bytes).unwrap_or(usize::MAX),
+            session_expiry: u32::try_from(settings.session_expiry.as_secs()).unwrap_or(u32::MAX),
             connect_timeout: Duration::from_secs(settings.connect_timeout.as_secs()),
             retained: Mutex::default(),
             expiries: Mutex::default(),
@@ -468,7 +525,8 @@ async fn accept_loop(
     gate.sessions.end_where(EndReason::ShuttingDown, |_| true);
 }
 
-/// Ends sessions as the authority announces changes, and as their tokens expire.
+/// Ends sessions as the authority announces changes, as their tokens expire, and as stored
+/// sessions expire.
 async fn follow_authority(
     gate: Arc<Gate>,
     mut events: broadcast::Receiver<Event>,
@@ -477,9 +535,13 @@ async fn follow_authority(
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
     let mut reconcile = tokio::time::interval(RECONCILE_PERIOD);
     let mut orphans = tokio::time::interval(ORPHAN_SWEEP);
+    let mut stored = tokio::time::interval(SESSION_SWEEP);
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
+            _ = stored.tick() => {
+                gate.expire_sessions_once().await;
+            }
             _ = orphans.tick() => {
                 if let Err(e) = gate.clear_orphans_once().await {
                     tracing::warn!("mqtt: clearing retained topics of removed systems: {e:#}");

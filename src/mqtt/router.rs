@@ -11,7 +11,10 @@
 //! The router remembers every client identifier it has seen (a clean session leaves a record
 //! behind), and a clean session needs no name there: the gate keeps sessions apart itself. So a
 //! clean session's link borrows one of the feeder's pooled identifiers and returns it on close,
-//! and only persistent sessions are opened under their client's own identifier.
+//! and only sessions the router must keep or resume are opened under their client's own
+//! identifier. rumqttd never expires a stored session; the gate discards it ([`RouterLinks::discard`])
+//! when it expires, and the feeder, which sees every open and close in order, skips the discard
+//! if a connection has taken the name up again meanwhile.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,12 +77,26 @@ enum Command {
     Forget {
         key: u64,
     },
+    /// Discards the session stored under a name, unless a link of that name is open by the
+    /// time the feeder gets to it (a new connection resumed or replaced it meanwhile).
+    Discard {
+        tenant_id: String,
+        client_id: String,
+    },
 }
 
-/// The feeder's links, and the pooled identifiers not in use.
+/// A link the feeder holds: its sending half, and the pooled identifier or the name it uses.
+struct Held {
+    tx: LinkTx,
+    pooled: Option<u64>,
+    name: Option<(String, String)>,
+}
+
+/// The feeder's links, the names of the named ones, and the pooled identifiers not in use.
 #[derive(Default)]
 struct Links {
-    open: HashMap<u64, (LinkTx, Option<u64>)>,
+    open: HashMap<u64, Held>,
+    names: HashMap<(String, String), u64>,
     next_key: u64,
     free_ids: Vec<u64>,
     next_id: u64,
@@ -119,19 +136,19 @@ impl RouterLinks {
                     .expect("a current-thread runtime");
                 runtime.block_on(async move {
                     let mut links = Links::default();
+                    let build = |client_id: &str, tenant_id: String, clean: bool| {
+                        LinkBuilder::new(client_id, router_tx.clone())
+                            .tenant_id(Some(tenant_id))
+                            .clean_session(clean)
+                            .build()
+                            .map_err(|e| match e {
+                                LinkError::Send(_) => None,
+                                refused => Some(refused.to_string()),
+                            })
+                    };
                     while let Some(command) = queue.recv().await {
                         match command {
                             Command::Open { session, reply } => {
-                                let build = |client_id: &str, tenant_id: String, clean: bool| {
-                                    LinkBuilder::new(client_id, router_tx.clone())
-                                        .tenant_id(Some(tenant_id))
-                                        .clean_session(clean)
-                                        .build()
-                                        .map_err(|e| match e {
-                                            LinkError::Send(_) => None,
-                                            refused => Some(refused.to_string()),
-                                        })
-                                };
                                 let Some(opened) = links.open(session, build) else {
                                     tracing::error!("the MQTT router stopped");
                                     return;
@@ -142,7 +159,7 @@ impl RouterLinks {
                                 }
                             }
                             Command::Send { key, packet } => {
-                                if let Some((tx, _)) = links.open.get_mut(&key)
+                                if let Some(Held { tx, .. }) = links.open.get_mut(&key)
                                     && let Err(LinkError::Send(_)) = tx.send(packet).await
                                 {
                                     tracing::error!("the MQTT router stopped");
@@ -150,7 +167,7 @@ impl RouterLinks {
                                 }
                             }
                             Command::SendAll { key, mut packets } => {
-                                let Some((tx, _)) = links.open.get_mut(&key) else {
+                                let Some(Held { tx, .. }) = links.open.get_mut(&key) else {
                                     continue;
                                 };
                                 // The router takes everything waiting on the link when it
@@ -164,7 +181,30 @@ impl RouterLinks {
                             }
                             Command::Close { key } => links.close(key).await,
                             Command::Forget { key } => {
-                                links.open.remove(&key);
+                                links.remove(key);
+                            }
+                            Command::Discard {
+                                tenant_id,
+                                client_id,
+                            } => {
+                                let name = (tenant_id, client_id);
+                                if links.names.contains_key(&name) {
+                                    continue;
+                                }
+                                let (tenant_id, client_id) = name;
+                                let session = LinkSession::Named {
+                                    tenant_id,
+                                    client_id,
+                                    clean: true,
+                                };
+                                match links.open(session, build) {
+                                    None => {
+                                        tracing::error!("the MQTT router stopped");
+                                        return;
+                                    }
+                                    Some(Some(link)) => links.close(link.key).await,
+                                    Some(None) => {}
+                                }
                             }
                         }
                         open_count.store(links.open.len(), Ordering::Relaxed);
@@ -213,6 +253,16 @@ impl RouterLinks {
     pub async fn forget(&self, key: u64) {
         let _ = self.commands.send(Command::Forget { key }).await;
     }
+
+    /// Discards the session the router stores under a name, and what it holds (subscriptions,
+    /// queued messages), unless a link of that name is open when the feeder gets to it.
+    pub async fn discard(&self, tenant_id: &str, client_id: &str) {
+        let command = Command::Discard {
+            tenant_id: tenant_id.to_owned(),
+            client_id: client_id.to_owned(),
+        };
+        let _ = self.commands.send(command).await;
+    }
 }
 
 impl Links {
@@ -238,10 +288,16 @@ impl Links {
                 clean,
             } => (tenant_id, client_id, clean, None),
         };
+        let name = pooled
+            .is_none()
+            .then(|| (tenant_id.clone(), client_id.clone()));
         match build(&client_id, tenant_id, clean) {
             Ok((tx, rx, ack)) => {
                 self.next_key += 1;
-                self.open.insert(self.next_key, (tx, pooled));
+                if let Some(name) = &name {
+                    self.names.insert(name.clone(), self.next_key);
+                }
+                self.open.insert(self.next_key, Held { tx, pooled, name });
                 let session_present = matches!(
                     Option::<Packet>::from(ack),
                     Some(Packet::ConnAck(ack, _)) if ack.session_present
@@ -264,12 +320,23 @@ impl Links {
     /// Deregisters a link; its pooled identifier is free again once the router has seen the
     /// DISCONNECT, which it handles before any later CONNECT from this thread.
     async fn close(&mut self, key: u64) {
-        if let Some((mut tx, pooled)) = self.open.remove(&key) {
+        if let Some(mut held) = self.remove(key) {
             let disconnect = Disconnect {
                 reason_code: DisconnectReasonCode::NormalDisconnection,
             };
-            let _ = tx.send(Packet::Disconnect(disconnect, None)).await;
-            self.free_ids.extend(pooled);
+            let _ = held.tx.send(Packet::Disconnect(disconnect, None)).await;
+            self.free_ids.extend(held.pooled);
         }
+    }
+
+    /// Drops a link from the feeder's books (its name too, while it is the one holding it).
+    fn remove(&mut self, key: u64) -> Option<Held> {
+        let held = self.open.remove(&key)?;
+        if let Some(name) = &held.name
+            && self.names.get(name) == Some(&key)
+        {
+            self.names.remove(name);
+        }
+        Some(held)
     }
 }

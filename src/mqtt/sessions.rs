@@ -5,6 +5,10 @@
 //! for a persistent session, afterwards too, so another principal can neither take it over nor
 //! resume it. Ending a live session (token revoked or expired, client deleted, key invalidated)
 //! sends its connection an [`EndReason`]; the connection says goodbye in its protocol's words.
+//! A stored session ends `expiry` seconds after its connection closed (MQTT 5.0 §3.1.2.11.2;
+//! 3.1.1 persistent sessions get `mqtt.session_expiry`): [`Sessions::expire`] forgets it, and the
+//! gate discards what the router held for it. A delayed will waits here too, and is dropped when its grant is withdrawn (token revoked,
+//! client or person deleted, key invalidated), as the session would have been ended.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -53,7 +57,11 @@ struct Live {
 struct Entry {
     /// The grant the session is, or was last, held under.
     grant: Grant,
+    /// The session is kept after its connection closes, for `expiry` seconds.
     persistent: bool,
+    expiry: u32,
+    /// When a stored session ends: `expiry` after its connection closed.
+    expires_at: Option<i64>,
     live: Option<Live>,
     pending_will: Option<AbortHandle>,
     /// lanyard's own exact topics the stored session subscribes to (see `LanyardTopics`).
@@ -91,6 +99,10 @@ impl Key {
     pub fn client_id(&self) -> &str {
         self.0.split_once('/').map_or("", |(_, client)| client)
     }
+
+    pub fn tenant_id(&self) -> &str {
+        self.0.split_once('/').map_or("", |(tenant, _)| tenant)
+    }
 }
 
 /// The client identifier: what logs name a session by.
@@ -103,8 +115,10 @@ impl fmt::Display for Key {
 impl Sessions {
     /// Claims the session `key` for the owner of `grant`; None if another principal holds it
     /// (connected, or as a stored persistent session). A live session of the same owner is
-    /// ended.
-    pub fn claim(&self, key: &Key, grant: &Grant, persistent: bool) -> Option<Claim> {
+    /// ended. The session is kept for `expiry` seconds after its connection closes (0: it ends
+    /// with the connection).
+    pub fn claim(&self, key: &Key, grant: &Grant, expiry: u32) -> Option<Claim> {
+        let persistent = expiry > 0;
         let mut entries = self.entries.lock().expect("sessions lock");
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let (end, ended) = oneshot::channel();
@@ -132,6 +146,8 @@ impl Sessions {
                     topics = std::mem::take(&mut entry.topics);
                 }
                 entry.persistent = persistent;
+                entry.expiry = expiry;
+                entry.expires_at = None;
                 entry.grant = grant.clone();
                 entry.live = Some(live);
             }
@@ -142,6 +158,8 @@ impl Sessions {
                     Entry {
                         grant: grant.clone(),
                         persistent,
+                        expiry,
+                        expires_at: None,
                         live: Some(live),
                         pending_will: None,
                         topics: BTreeSet::new(),
@@ -158,19 +176,54 @@ impl Sessions {
         })
     }
 
-    /// The connection holding claim `seq` ended. A clean session is forgotten; a persistent
-    /// one stays owned, with the lanyard topics it subscribes to.
-    pub fn release(&self, key: &Key, seq: u64, topics: BTreeSet<String>) {
+    /// The connection holding claim `seq` ended at `now`. A clean session is forgotten; a
+    /// persistent one stays owned, with the lanyard topics it subscribes to, until it expires.
+    pub fn release(&self, key: &Key, seq: u64, topics: BTreeSet<String>, now: i64) {
         let mut entries = self.entries.lock().expect("sessions lock");
         if let Some(entry) = entries.get_mut(key)
             && entry.live.as_ref().is_some_and(|l| l.seq == seq)
         {
             entry.live = None;
             entry.topics = topics;
+            entry.expires_at = Some(now.saturating_add(i64::from(entry.expiry)));
             if !entry.persistent && entry.pending_will.is_none() {
                 entries.remove(key);
             }
         }
+    }
+
+    /// Forgets the stored sessions whose expiry has come by `now` (MQTT 5.0 §3.1.2.11.2); a
+    /// pending will is sent first. Returns their keys: the router still holds their state.
+    pub fn expire(&self, now: i64) -> Vec<Key> {
+        let mut entries = self.entries.lock().expect("sessions lock");
+        let mut expired = Vec::new();
+        entries.retain(|key, entry| {
+            let due = entry.live.is_none()
+                && entry.pending_will.is_none()
+                && entry.expires_at.is_some_and(|at| at <= now);
+            if due {
+                expired.push(key.clone());
+            }
+            !due
+        });
+        expired
+    }
+
+    /// Forgets the stored session `key` (not a live one): its permission was withdrawn.
+    pub fn forget_stored(&self, key: &Key) {
+        let mut entries = self.entries.lock().expect("sessions lock");
+        if entries
+            .get(key)
+            .is_some_and(|e| e.live.is_none() && e.pending_will.is_none())
+        {
+            entries.remove(key);
+        }
+    }
+
+    /// Sessions stored without a connection (persistent ones, and those with a pending will).
+    pub fn stored(&self) -> usize {
+        let entries = self.entries.lock().expect("sessions lock");
+        entries.values().filter(|e| e.live.is_none()).count()
     }
 
     /// A delayed will for `key`; connecting again with the same client identifier cancels it.
@@ -209,18 +262,52 @@ impl Sessions {
         ended
     }
 
-    /// Forgets the stored sessions of a deleted client, so its ids can be used again.
-    pub fn forget_owner(&self, tenant_id: &str, client_id: &str) {
+    /// Drops the pending wills of sessions whose grant `pick` selects: their token, client or
+    /// person was revoked or deleted (SPEC §7). Returns how many.
+    pub fn drop_wills_where(&self, pick: impl Fn(&KnownToken) -> bool) -> usize {
         let mut entries = self.entries.lock().expect("sessions lock");
-        entries.retain(|_, e| !(e.grant.tenant.id == tenant_id && owner(&e.grant).0 == client_id));
+        let mut dropped = 0;
+        entries.retain(|_, entry| {
+            if entry.live.is_none()
+                && pick(&entry.grant)
+                && let Some(will) = entry.pending_will.take()
+            {
+                will.abort();
+                dropped += 1;
+                return entry.persistent;
+            }
+            true
+        });
+        dropped
     }
 
-    /// The grants of every live session, to re-check them when events may have been missed.
-    pub fn live_grants(&self) -> Vec<Grant> {
+    /// Forgets the sessions of a deleted client, so its ids can be used again; their pending
+    /// wills are dropped. Returns the keys of those stored: the router still holds their state.
+    pub fn forget_owner(&self, tenant_id: &str, client_id: &str) -> Vec<Key> {
+        let mut entries = self.entries.lock().expect("sessions lock");
+        let mut stored = Vec::new();
+        entries.retain(|key, e| {
+            let forget = e.grant.tenant.id == tenant_id && owner(&e.grant).0 == client_id;
+            if forget {
+                if let Some(will) = e.pending_will.take() {
+                    will.abort();
+                }
+                if e.live.is_none() {
+                    stored.push(key.clone());
+                }
+            }
+            !forget
+        });
+        stored
+    }
+
+    /// The grants of every live session and every pending will, to re-check them when events
+    /// may have been missed or a key changed.
+    pub fn grants_in_force(&self) -> Vec<Grant> {
         let entries = self.entries.lock().expect("sessions lock");
         entries
             .values()
-            .filter(|e| e.live.is_some())
+            .filter(|e| e.live.is_some() || e.pending_will.is_some())
             .map(|e| e.grant.clone())
             .collect()
     }

@@ -906,7 +906,7 @@ async fn a_stored_session_is_not_resumed_under_other_permissions() {
 }
 
 /// Waits until the router holds `n` links; the feeder counts them as it handles commands.
-async fn router_links_settle(app: &TestApp, n: usize) {
+pub async fn router_links_settle(app: &TestApp, n: usize) {
     let mqtt = app.app().mqtt();
     let deadline = tokio::time::Instant::now() + WAIT;
     while mqtt.router_links() != n && tokio::time::Instant::now() < deadline {
@@ -1377,4 +1377,426 @@ async fn the_jwks_arrives_once_per_subscribe_also_on_resubscribe_and_resumed_ses
             "5.0 subscribe {round}: delivered twice"
         );
     }
+}
+
+/// lanyard with the `[[mqtt.acl]]` rules of the shipped `broker.toml`.
+async fn with_shipped_rules() -> TestApp {
+    let shipped = lanyard::config::Settings::from_toml(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/broker.toml"
+    )))
+    .unwrap();
+    TestApp::spawn_with(Backend::Sqlite, |s| s.mqtt.acl = shipped.mqtt.acl).await
+}
+
+#[tokio::test]
+async fn two_people_of_one_app_neither_read_nor_speak_for_each_other() {
+    let app = with_shipped_rules().await;
+    let t = app.tenant("acme").await;
+    let client = crate::signin::app_client(&app, &t).await;
+    let ada = crate::signin::person(&app, &t, "ada@example.com", "").await;
+    let bob = crate::signin::person(&app, &t, "bob@example.com", "").await;
+    let token_of = |tokens: serde_json::Value| tokens["access_token"].as_str().unwrap().to_owned();
+    let ada_token = token_of(crate::signin::sign_in(&app, "acme", &client, &ada.email).await);
+    let bob_token = token_of(crate::signin::sign_in(&app, "acme", &client, &bob.email).await);
+
+    let mut ada_phone = V5::connect(&app, "ada-phone", &ada_token).await.unwrap();
+    let mut bob_phone = V5::connect(&app, "bob-phone", &bob_token).await.unwrap();
+    // The app's tree is its own client's, not every person's who signs in through it.
+    let app_tree = format!("tenants/acme/clients/{client}/#");
+    assert_eq!(ada_phone.subscribe(&app_tree).await, Sub5::NotAuthorized);
+    assert_eq!(bob_phone.subscribe(&app_tree).await, Sub5::NotAuthorized);
+    // Each has a tree of their own.
+    let ada_tree = format!("tenants/acme/users/{}/#", ada.id);
+    assert_eq!(
+        ada_phone.subscribe(&ada_tree).await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
+    assert_eq!(bob_phone.subscribe(&ada_tree).await, Sub5::NotAuthorized);
+    // Bob can neither publish as Ada nor into the app's tree.
+    for topic in [
+        format!("tenants/acme/users/{}/lock", ada.id),
+        format!("tenants/acme/clients/{client}/lock"),
+    ] {
+        bob_phone
+            .client
+            .publish(&topic, Q5::AtLeastOnce, false, b"unlock 1234".to_vec())
+            .await
+            .unwrap();
+        loop {
+            match bob_phone.next(WAIT).await {
+                Some(Ok(P5::PubAck(ack))) => {
+                    assert_eq!(ack.reason, PubAckReason::NotAuthorized, "{topic}");
+                    break;
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("no PUBACK: {other:?}"),
+            }
+        }
+    }
+    // Ada's own message reaches her.
+    ada_phone
+        .client
+        .publish(
+            format!("tenants/acme/users/{}/lock", ada.id),
+            Q5::AtLeastOnce,
+            false,
+            b"lock".to_vec(),
+        )
+        .await
+        .unwrap();
+    let msg = ada_phone.message(WAIT).await.expect("her own message");
+    assert_eq!(&msg.payload[..], b"lock");
+    assert!(
+        ada_phone.message(QUIET).await.is_none(),
+        "Bob's message reached Ada"
+    );
+}
+
+#[tokio::test]
+async fn shared_subscription_groups_of_equal_names_stay_apart_across_tenants_and_filters() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.mqtt.acl = vec![rule("tenants/{slug}/#", AclAction::PublishSubscribe, None)];
+    })
+    .await;
+    let mut subscribers = Vec::new();
+    let mut publishers = Vec::new();
+    for slug in ["acme", "demo"] {
+        let t = app.tenant(slug).await;
+        let (_, token) = device(&app, &t, None, "").await;
+        // Same group name, same topic layout; in acme also a second filter under that name.
+        let filters = match slug {
+            "acme" => vec!["feed", "other"],
+            _ => vec!["feed"],
+        };
+        for topic in filters {
+            let mut sub = V5::connect(&app, &format!("sub-{topic}"), &token)
+                .await
+                .unwrap();
+            let filter = format!("$share/g/tenants/{slug}/{topic}");
+            assert_eq!(sub.subscribe(&filter).await, Sub5::Success(Q5::AtLeastOnce));
+            subscribers.push((format!("tenants/{slug}/{topic}"), sub));
+        }
+        publishers.push(V5::connect(&app, "pub", &token).await.unwrap());
+    }
+    for round in 0..4 {
+        for (i, (topic, _)) in subscribers.iter().enumerate() {
+            let publisher = &publishers[usize::from(!topic.starts_with("tenants/acme"))];
+            publisher
+                .client
+                .publish(topic, Q5::AtLeastOnce, false, format!("{i}-{round}"))
+                .await
+                .unwrap();
+        }
+    }
+    for (i, (topic, sub)) in subscribers.iter_mut().enumerate() {
+        for round in 0..4 {
+            let msg = sub
+                .message(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("{topic}: message {round} did not arrive"));
+            assert_eq!(msg.payload, format!("{i}-{round}").as_bytes(), "{topic}");
+        }
+        assert!(
+            sub.message(QUIET).await.is_none(),
+            "{topic}: a stranger's message"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pending_will_is_dropped_when_its_token_is_revoked_or_its_client_deleted() {
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, LastWillProperties};
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (_, watcher_token) = device(&app, &t, None, "").await;
+    let mut watcher = V4::connect(&app, "watcher", &watcher_token).await.unwrap();
+    watcher.subscribe("status/#").await;
+    let with_will = |id: &str, token: &str| {
+        let mut options = options_v5(&app, id, token);
+        let mut props = ConnectProperties::new();
+        props.session_expiry_interval = Some(60);
+        options.set_connect_properties(props);
+        let will_props = LastWillProperties {
+            delay_interval: Some(1),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        };
+        options.set_last_will(LastWill::new(
+            format!("status/{id}"),
+            "door open",
+            Q5::AtMostOnce,
+            false,
+            Some(will_props),
+        ));
+        options.set_clean_start(false);
+        options
+    };
+    // One device's token is revoked while its will waits.
+    let (_, revoked) = device(&app, &t, None, "").await;
+    drop(
+        V5::with_options(with_will("revoked", &revoked))
+            .await
+            .unwrap(),
+    );
+    // Another device's client is deleted through GraphQL while its will waits.
+    let (deleted_id, deleted) = device(&app, &t, None, "").await;
+    drop(
+        V5::with_options(with_will("deleted", &deleted))
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let res = app
+        .post_form(
+            "/t/acme/oauth2/revoke",
+            Some((&t.admin_id, &t.admin_secret)),
+            &format!("token={}", urlencode(&revoked)),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let admin = app.admin_token(&t).await;
+    let body = crate::graphql::gql(
+        &app,
+        Some(&admin),
+        "mutation($id: String!) { deleteClient(clientId: $id) }",
+        serde_json::json!({ "id": deleted_id }),
+    )
+    .await;
+    assert_eq!(body["data"]["deleteClient"], true, "{body}");
+    // A third device that just went away still leaves its will.
+    let (_, kept) = device(&app, &t, None, "").await;
+    drop(V5::with_options(with_will("kept", &kept)).await.unwrap());
+    let msg = watcher.message(WAIT).await.expect("the untouched will");
+    assert_eq!(msg.topic, "status/kept");
+    assert!(
+        watcher.message(Duration::from_millis(1500)).await.is_none(),
+        "a will outlived its token or client"
+    );
+}
+
+/// A device client and its secret, to ask for fresh tokens as the clock moves on.
+async fn device_with_secret(app: &TestApp, t: &TestTenant) -> (String, String) {
+    app.client(
+        t,
+        NewClient {
+            name: "device".into(),
+            grant_types: vec![GrantType::ClientCredentials],
+            ..NewClient::default()
+        },
+    )
+    .await
+}
+
+/// Publishes one QoS 1 message as a fresh client of `t`.
+async fn publish_once(app: &TestApp, token: &str, topic: &str) {
+    let mut publisher = V4::connect(app, "publisher", token).await.unwrap();
+    publisher
+        .client
+        .publish(topic, QoS::AtLeastOnce, false, b"queued".to_vec())
+        .await
+        .unwrap();
+    loop {
+        match publisher.next(WAIT).await {
+            Some(Ok(P4::PubAck(_))) => break,
+            Some(Ok(_)) => continue,
+            other => panic!("no PUBACK: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stored_session_ends_after_its_expiry_and_frees_what_it_held() {
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (id, secret) = device_with_secret(&app, &t).await;
+    let token = app.token("acme", &id, &secret).await;
+    let before = app.app().mqtt().stored_sessions();
+    // A 3.1.1 persistent session and a 5.0 session asking for ten minutes, each subscribed;
+    // a message waits for each while they are away.
+    let mut v4_options = rumqttc::MqttOptions::new("v4", "127.0.0.1", app.app().mqtt_addr().port());
+    v4_options.set_credentials("d", token.clone());
+    v4_options.set_clean_session(false);
+    let mut v4 = V4::with_options(v4_options.clone()).await.unwrap();
+    v4.subscribe("queue/v4").await;
+    let mut v5_options = options_v5(&app, "v5", &token);
+    v5_options.set_clean_start(false);
+    let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+    props.session_expiry_interval = Some(600);
+    v5_options.set_connect_properties(props.clone());
+    let mut v5 = V5::with_options(v5_options.clone()).await.unwrap();
+    v5.subscribe("queue/v5").await;
+    v4.client.disconnect().await.unwrap();
+    v5.client.disconnect().await.unwrap();
+    drop((v4, v5));
+    publish_once(&app, &token, "queue/v4").await;
+    publish_once(&app, &token, "queue/v5").await;
+    let gate = app.app().mqtt();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gate.stored_sessions() < before + 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gate.stored_sessions(), before + 2);
+
+    // Within its expiry the 5.0 session stays; past it, it is gone.
+    app.clock.advance(599);
+    gate.expire_sessions_once().await;
+    assert_eq!(gate.stored_sessions(), before + 2);
+    app.clock.advance(2);
+    gate.expire_sessions_once().await;
+    assert_eq!(gate.stored_sessions(), before + 1);
+    // The 3.1.1 session lasts mqtt.session_expiry (1D).
+    app.clock.advance(86_400 - 603);
+    gate.expire_sessions_once().await;
+    assert_eq!(gate.stored_sessions(), before + 1);
+    app.clock.advance(3);
+    gate.expire_sessions_once().await;
+    assert_eq!(gate.stored_sessions(), before, "expired sessions are freed");
+
+    // Coming back asking to resume, each finds nothing: no session, no queued message.
+    let token = app.token("acme", &id, &secret).await;
+    v4_options.set_credentials("d", token.clone());
+    let mut v4 = V4::with_options(v4_options).await.unwrap();
+    v5_options.set_credentials("d", token.clone());
+    let mut v5 = V5::with_options(v5_options).await.unwrap();
+    assert!(
+        !v5.connack.session_present,
+        "5.0 session present after expiry"
+    );
+    assert!(
+        v4.message(QUIET).await.is_none(),
+        "3.1.1: a message of the expired session"
+    );
+    assert!(
+        v5.message(QUIET).await.is_none(),
+        "5.0: a message of the expired session"
+    );
+}
+
+#[tokio::test]
+async fn a_v5_session_with_expiry_zero_ends_with_its_connection() {
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (_, token) = device(&app, &t, None, "").await;
+    let before = app.app().mqtt().stored_sessions();
+    let mut options = options_v5(&app, "brief", &token);
+    options.set_clean_start(false);
+    let mut v5 = V5::with_options(options.clone()).await.unwrap();
+    v5.subscribe("queue/brief").await;
+    v5.client.disconnect().await.unwrap();
+    drop(v5);
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(app.app().mqtt().stored_sessions(), before);
+    publish_once(&app, &token, "queue/brief").await;
+    let mut back = V5::with_options(options).await.unwrap();
+    assert!(
+        !back.connack.session_present,
+        "a session with expiry 0 was kept"
+    );
+    assert!(
+        back.message(QUIET).await.is_none(),
+        "a message for an ended session"
+    );
+}
+
+#[tokio::test]
+async fn a_v5_session_started_clean_with_an_expiry_is_kept() {
+    let app = wide_open().await;
+    let t = app.tenant("acme").await;
+    let (_, token) = device(&app, &t, None, "").await;
+    let mut options = options_v5(&app, "kept", &token);
+    let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+    props.session_expiry_interval = Some(600);
+    options.set_connect_properties(props);
+    let mut v5 = V5::with_options(options.clone()).await.unwrap();
+    v5.subscribe("queue/kept").await;
+    v5.client.disconnect().await.unwrap();
+    drop(v5);
+    tokio::time::sleep(QUIET).await;
+    publish_once(&app, &token, "queue/kept").await;
+    options.set_clean_start(false);
+    let mut back = V5::with_options(options).await.unwrap();
+    assert!(back.connack.session_present);
+    let msg = back
+        .message(WAIT)
+        .await
+        .expect("the message kept for the session");
+    assert_eq!(&msg.payload[..], b"queued");
+}
+
+#[tokio::test]
+async fn v5_sessions_with_expiry_zero_taken_over_by_clean_ones_leave_nothing_in_the_router() {
+    // The router holds at most max_connections + 16 links: leaked ones would fill it.
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.mqtt.acl = vec![rule("#", AclAction::PublishSubscribe, None)];
+        s.mqtt.max_connections = 4;
+    })
+    .await;
+    let t = app.tenant("acme").await;
+    let (_, token) = device(&app, &t, None, "").await;
+    for round in 0..30 {
+        let id = format!("phone-{round}");
+        let mut options = options_v5(&app, &id, &token);
+        options.set_clean_start(false);
+        let mut first = V5::with_options(options).await.unwrap();
+        assert_eq!(
+            first.subscribe("x/#").await,
+            Sub5::Success(Q5::AtLeastOnce),
+            "round {round}"
+        );
+        // The same device again, clean: the first connection is taken over.
+        let mut second = V5::connect(&app, &id, &token).await.unwrap();
+        assert_eq!(
+            first.disconnected().await,
+            DisconnectReasonCode::SessionTakenOver
+        );
+        assert_eq!(
+            second.subscribe("x/#").await,
+            Sub5::Success(Q5::AtLeastOnce),
+            "round {round}"
+        );
+        second.client.disconnect().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn people_signing_in_through_a_bound_app_do_not_get_its_systems_topics() {
+    let app = with_shipped_rules().await;
+    let t = app.tenant("acme").await;
+    let system = system(&app, &t).await;
+    let (bound_app, _) = app
+        .client(
+            &t,
+            NewClient {
+                name: "Gateway App".into(),
+                public: true,
+                system_id: Some(system.clone()),
+                ..NewClient::default()
+            },
+        )
+        .await;
+    let ada = crate::signin::person(&app, &t, "ada@example.com", "").await;
+    let tokens = crate::signin::sign_in(&app, "acme", &bound_app, &ada.email).await;
+    let token = tokens["access_token"].as_str().unwrap();
+    let mut phone = V5::connect(&app, "ada-phone", token).await.unwrap();
+    // The system's list holds other people's live local tokens; its tree is its devices'.
+    let list = format!("drivr/v1/acme/authorization/localApiTokens/{system}");
+    assert_eq!(phone.subscribe(&list).await, Sub5::NotAuthorized);
+    let tree = format!("tenants/acme/systems/{system}/#");
+    assert_eq!(phone.subscribe(&tree).await, Sub5::NotAuthorized);
+    // The system's own device still has both.
+    let (device_id, device_token) = device(&app, &t, Some(&system), "").await;
+    let mut gateway = V5::connect(&app, &device_id, &device_token).await.unwrap();
+    assert_eq!(
+        gateway.subscribe(&list).await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
+    assert_eq!(
+        gateway.subscribe(&tree).await,
+        Sub5::Success(Q5::AtLeastOnce)
+    );
 }

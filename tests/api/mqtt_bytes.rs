@@ -359,3 +359,168 @@ async fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives() {
         "PINGRESP after 3 s of pings: {answers:02x?}"
     );
 }
+
+/// A 5.0 SUBSCRIBE of `filters` at QoS 0, without properties.
+fn subscribe_v5(pkid: u16, filters: &[&str]) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    body.push(0); // no properties
+    for filter in filters {
+        string(filter.as_bytes(), &mut body);
+        body.push(0);
+    }
+    packet(0x82, &body)
+}
+
+/// Everything the server sends until it closes; None if it is still open after a few seconds
+/// of silence.
+async fn until_closed(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(out),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_device_that_pipelines_resubscribes_to_its_token_list_and_never_reads_is_ended() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.mqtt.max_queued_bytes = 64 * 1024).await;
+    let w = crate::graphql::world(&app).await;
+    // A list of a few kilobytes.
+    for _ in 0..8 {
+        let body = crate::graphql::gql(
+            &app,
+            Some(&w.user_token),
+            "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { uuid } }",
+            serde_json::json!({ "s": w.system }),
+        )
+        .await;
+        assert!(body["errors"].is_null(), "{body}");
+    }
+    let (id, token) = device(&app, &w.t, Some(&w.system), "").await;
+    let list = format!("drivr/v1/acme/authorization/localApiTokens/{}", w.system);
+    // Each SUBSCRIBE asks for the list several times over; a few kilobytes of them ask for
+    // megabytes of answers.
+    let mut attack = connect(5, &id, Some(&token));
+    for pkid in 1..=200u16 {
+        attack.extend(subscribe_v5(pkid, &[&list, &list, &list]));
+    }
+    assert!(attack.len() < 64 * 1024);
+    let mut s = connect_raw(&app, attack).await;
+    let seen = until_closed(&mut s)
+        .await
+        .expect("a client that does not read what it asks for is ended");
+    assert!(
+        seen.ends_with(&[0xe0, 0x02, 0x97, 0x00]),
+        "5.0: DISCONNECT 0x97 (quota exceeded) last"
+    );
+    assert!(
+        seen.len() < 1024 * 1024,
+        "{} bytes were sent to a client that never read",
+        seen.len()
+    );
+    // Others are still served.
+    let mut other = V4::connect(&app, "other", &token).await.unwrap();
+    other.subscribe(&list).await;
+    other
+        .message(Duration::from_secs(3))
+        .await
+        .expect("the list");
+}
+
+#[tokio::test]
+async fn a_subscribe_naming_lanyards_topic_several_times_delivers_it_once() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = token(&app).await;
+    let mut s = connect_raw(&app, connect(5, "twice", Some(&token))).await;
+    let jwks = "drivr/v1/acme/jwks";
+    let count = |bytes: &[u8]| {
+        // Each retained JWKS publish carries the topic once.
+        bytes
+            .windows(jwks.len())
+            .filter(|w| *w == jwks.as_bytes())
+            .count()
+    };
+    s.write_all(&subscribe_v5(1, &[jwks, jwks, jwks]))
+        .await
+        .unwrap();
+    assert_eq!(count(&read_some(&mut s).await), 1, "first subscribe");
+    s.write_all(&subscribe_v5(2, &[jwks, jwks, jwks]))
+        .await
+        .unwrap();
+    assert_eq!(count(&read_some(&mut s).await), 1, "subscribe again");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_still_ended_when_its_token_is_revoked() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.mqtt.max_queued_bytes = 256 * 1024 * 1024;
+    })
+    .await;
+    let w = crate::graphql::world(&app).await;
+    for _ in 0..8 {
+        crate::graphql::gql(
+            &app,
+            Some(&w.user_token),
+            "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { uuid } }",
+            serde_json::json!({ "s": w.system }),
+        )
+        .await;
+    }
+    let (id, token) = device(&app, &w.t, Some(&w.system), "").await;
+    let base = app.app().mqtt().router_links();
+    let list = format!("drivr/v1/acme/authorization/localApiTokens/{}", w.system);
+    // Far more answers than the socket buffers hold, and not one of them read.
+    let mut stuck = connect(5, &id, Some(&token));
+    for pkid in 1..=3000u16 {
+        stuck.extend(subscribe_v5(pkid, &[&list]));
+    }
+    let mut s = connect_raw(&app, stuck).await;
+    crate::mqtt::router_links_settle(&app, base + 1).await;
+    let res = app
+        .post_form(
+            "/t/acme/oauth2/revoke",
+            Some((&w.t.admin_id, &w.t.admin_secret)),
+            &format!("token={}", urlencode(&token)),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    // The session ends although its client never read: its link is gone before anything is.
+    crate::mqtt::router_links_settle(&app, base).await;
+    assert!(until_closed(&mut s).await.is_some());
+}
+
+#[tokio::test]
+async fn a_packet_trickled_in_a_byte_at_a_time_does_not_keep_a_connection_alive() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = token(&app).await;
+    let mut s = connect_raw(&app, connect_keep_alive(5, "trickle", &token, 1)).await;
+    let answer = read_some(&mut s).await;
+    assert_eq!(answer[0], 0x20, "CONNACK: {answer:02x?}");
+    // A PUBLISH announcing 200 KB, sent a byte every 300 ms: bytes arrive well within the
+    // keep-alive, a packet never does.
+    s.write_all(&[0x30, 0xc0, 0x9a, 0x0c]).await.unwrap();
+    let mut closed_early = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if s.write_all(b"x").await.is_err() {
+            closed_early = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await;
+        if let Ok(Ok(n)) = read
+            && (n == 0 || buf[..n].ends_with(&[0xe0, 0x02, 0x8d, 0x00]))
+        {
+            closed_early = true;
+            break;
+        }
+    }
+    assert!(
+        closed_early,
+        "a never-finished packet kept the connection alive"
+    );
+}
