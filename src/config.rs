@@ -106,7 +106,8 @@ pub struct MqttSettings {
     pub max_packet_size: u32,
     /// How long a new connection may take to send its CONNECT.
     pub connect_timeout: Period,
-    /// Connections beyond this many are refused (CONNACK "server unavailable").
+    /// Connections beyond this many are closed at once; the open-file budget may lower it
+    /// (see `connections`).
     pub max_connections: u32,
     /// An MQTT-over-TLS listener, e.g. `0.0.0.0:8883`; empty: none.
     pub tls_listen: String,

@@ -21,6 +21,7 @@ mod error;
 mod form;
 mod health;
 mod oauth;
+pub mod serve;
 
 pub use error::OAuthResponse;
 

@@ -231,3 +231,94 @@ fn a_taken_port_stops_the_start_naming_the_key() {
     ];
     fails_naming(dir.path(), &["serve"], env, "http.listen");
 }
+
+/// Starts `lanyard serve` on free ports in `dir`; returns the child and its HTTP address, read
+/// from the start-up log line.
+fn serve_in(dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .current_dir(dir)
+        .arg("serve")
+        .env_remove("LANYARD_CONFIG")
+        .env("RUST_LOG", "info")
+        .env("LANYARD_HTTP__LISTEN", "127.0.0.1:0")
+        .env("LANYARD_MQTT__LISTEN", "127.0.0.1:0")
+        .env("LANYARD_DEMO__SEED", "false")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lanyard starts");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("lanyard logs its HTTP address before it ends")
+            .unwrap();
+        if let Some(at) = line.find("http listening on ") {
+            break line[at + "http listening on ".len()..]
+                .trim()
+                .parse()
+                .unwrap();
+        }
+    };
+    // The rest of the log is read and dropped, so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+/// Waits up to `deadline` for the child to end; kills it if it does not.
+fn ends_within(child: &mut std::process::Child, deadline: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_process_even_while_a_request_is_stuck() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, http) = serve_in(
+        dir.path(),
+        &[
+            ("LANYARD_LIMITS__SHUTDOWN_TIMEOUT", "1s"),
+            // Nothing but the shutdown may end the stuck request.
+            ("LANYARD_HTTP__HEADER_TIMEOUT", "5m"),
+            ("LANYARD_HTTP__IDLE_TIMEOUT", "5m"),
+        ],
+    );
+    // A request whose body never finishes: its handler waits for the rest.
+    let mut stuck = tokio::net::TcpStream::connect(http).await.unwrap();
+    stuck
+        .write_all(
+            b"POST /t/acme/oauth2/token HTTP/1.1\r\nHost: lanyard.test\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ngrant_type=",
+        )
+        .await
+        .unwrap();
+    let res = reqwest::get(format!("http://{http}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // The signal comes while lanyard serves, well after its start.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // SAFETY: kill sends a signal to the child this test started.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(sent, 0);
+    let status = tokio::task::spawn_blocking(move || {
+        ends_within(&mut child, std::time::Duration::from_secs(30)).then(|| child.wait().unwrap())
+    })
+    .await
+    .unwrap();
+    let status = status.expect("lanyard did not end after SIGTERM");
+    // It ended by itself, not by the signal's default action.
+    assert!(status.code().is_some(), "{status:?}");
+    drop(stuck);
+}

@@ -6,6 +6,7 @@
 mod helpers;
 
 mod cli;
+mod connections;
 mod discovery;
 mod graphql;
 mod introspection;

@@ -1,0 +1,160 @@
+//! Connections as an attacker holds them: half-sent requests, idle sockets, many from one
+//! address. Each is closed (at once when it is one too many, after `http.header_timeout` when
+//! it is slow) while everyone else is still served (SPEC §7).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::helpers::*;
+use crate::mqtt_bytes::connect;
+
+/// A test deadline, far beyond any timeout configured here: reaching it means "never".
+const NEVER: Duration = Duration::from_secs(30);
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all loopback).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(to).await.expect("the listener accepts")
+}
+
+/// Whether the server closes `stream` before `deadline` (whatever it sends first is read and
+/// dropped).
+async fn closed_within(stream: &mut TcpStream, deadline: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(deadline, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A reqwest client whose connections come from `from`.
+fn client_from(from: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(from.parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn healthz_from(app: &TestApp, from: &str) -> u16 {
+    client_from(from)
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz answers")
+        .status()
+        .as_u16()
+}
+
+/// Sends a CONNECT with a password that is no token from `from` and returns the answer's
+/// first byte (0x20: a CONNACK), or `None` when the connection was closed instead.
+async fn mqtt_answer_from(app: &TestApp, from: &str) -> Option<u8> {
+    let mut stream = connect_from(from, app.app().mqtt_addr()).await;
+    stream
+        .write_all(&connect(4, "probe", Some("not-a-token")))
+        .await
+        .ok()?;
+    let mut first = [0u8; 1];
+    tokio::time::timeout(NEVER, stream.read_exact(&mut first))
+        .await
+        .expect("the broker answers or closes")
+        .ok()?;
+    Some(first[0])
+}
+
+async fn mqtt_answers_from(app: &TestApp, from: &str) -> u8 {
+    mqtt_answer_from(app, from).await.expect("a CONNACK")
+}
+
+const HALF_A_REQUEST: &[u8] = b"POST /t/acme/oauth2/token HTTP/1.1\r\nHost: lanyard.test\r\n";
+
+#[tokio::test]
+async fn half_sent_requests_are_closed_after_the_header_timeout_while_others_are_served() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.http.header_timeout = "1s".parse().unwrap();
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut stream = connect_from("127.0.0.1", app.app().http_addr()).await;
+        stream.write_all(HALF_A_REQUEST).await.unwrap();
+        slow.push(stream);
+    }
+    // Idle sockets that never send a byte are held to the same deadline.
+    for _ in 0..50 {
+        slow.push(connect_from("127.0.0.1", app.app().http_addr()).await);
+    }
+    assert_eq!(healthz_from(&app, "127.0.0.2").await, 200);
+    for stream in &mut slow {
+        assert!(
+            closed_within(stream, NEVER).await,
+            "a half-sent request was held open"
+        );
+    }
+    assert_eq!(healthz_from(&app, "127.0.0.1").await, 200);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_of_one_address_are_closed_at_once_on_each_listener() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.limits.connections_per_ip = 40;
+        // Long enough that only the cap can close what this test sees closed.
+        s.http.header_timeout = "5m".parse().unwrap();
+        s.mqtt.connect_timeout = "5m".parse().unwrap();
+    })
+    .await;
+    let (http, mqtt) = (app.app().http_addr(), app.app().mqtt_addr());
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut stream = connect_from("127.0.0.1", http).await;
+        stream.write_all(HALF_A_REQUEST).await.unwrap();
+        held.push(stream);
+        held.push(connect_from("127.0.0.1", mqtt).await);
+    }
+    for to in [http, mqtt] {
+        for _ in 0..20 {
+            let mut excess = connect_from("127.0.0.1", to).await;
+            assert!(
+                closed_within(&mut excess, NEVER).await,
+                "a connection beyond the cap was kept"
+            );
+        }
+    }
+    // Another address is served on both listeners meanwhile.
+    assert_eq!(healthz_from(&app, "127.0.0.2").await, 200);
+    assert_eq!(mqtt_answers_from(&app, "127.0.0.2").await, 0x20);
+    let res = client_from("127.0.0.2")
+        .post(app.url("/t/acme/oauth2/token"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404, "the token endpoint answers");
+    // Closing one makes room for one more.
+    held.truncate(79);
+    let answered = tokio::time::timeout(NEVER, async {
+        loop {
+            if let Some(answer) = mqtt_answer_from(&app, "127.0.0.1").await {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        answered.ok(),
+        Some(0x20),
+        "the freed place was not given again"
+    );
+}
