@@ -238,6 +238,17 @@ impl Authority {
         if found.client_id != client.client_id {
             return Err(bad());
         }
+        // The scope is checked before the token is used up: a refused request must leave the
+        // token good, or its next honest use would count as reuse and end the sign-in.
+        let granted = ScopeSet::parse(&found.scope).unwrap_or_default();
+        if let Some(requested) = &requested
+            && !requested.is_subset(&granted)
+        {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidScope,
+                "a refresh can only narrow the scope of the sign-in",
+            ));
+        }
         let Some(row) = refresh_tokens::take(&self.db, &tenant.id, &hash.0, now)
             .await
             .map_err(server_error("using a refresh token"))?
@@ -259,15 +270,6 @@ impl Authority {
                 OAuthError::server_error()
             })?
             .ok_or_else(bad)?;
-        let granted = ScopeSet::parse(&row.scope).unwrap_or_default();
-        if let Some(requested) = &requested
-            && !requested.is_subset(&granted)
-        {
-            return Err(OAuthError::new(
-                OAuthErrorCode::InvalidScope,
-                "a refresh can only narrow the scope of the sign-in",
-            ));
-        }
         // The user's grants may have shrunk since the sign-in.
         let scope = narrow(&narrow(&user.scopes, Some(&granted)), requested.as_ref());
         self.issue_user_tokens(tenant, &client, &user, scope, &row.family_id)

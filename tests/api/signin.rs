@@ -369,6 +369,26 @@ on_both_databases! {
         assert_eq!(error_of(res).await, "invalid_scope");
     }
 
+    async fn a_refresh_refused_for_a_wider_scope_leaves_the_token_good(app) {
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "sensor:read video:gold").await;
+        let client = app_client(&app, &t).await;
+        let tokens = sign_in(&app, "acme", &client, "ada@example.com").await;
+        let r1 = tokens["refresh_token"].as_str().unwrap();
+        let res = refresh_with_scope(&app, "acme", &client, r1, Some("sensor:read")).await;
+        let narrowed: Value = res.json().await.unwrap();
+        let r2 = narrowed["refresh_token"].as_str().unwrap();
+        let res = refresh_with_scope(&app, "acme", &client, r2, Some("sensor:read video:gold")).await;
+        assert_eq!(error_of(res).await, "invalid_scope");
+        // The refused request used nothing up: the same token still refreshes, and the
+        // sign-in goes on.
+        let res = refresh_with_scope(&app, "acme", &client, r2, Some("sensor:read")).await;
+        assert_eq!(res.status(), 200);
+        let next: Value = res.json().await.unwrap();
+        let r3 = next["refresh_token"].as_str().unwrap();
+        assert_eq!(refresh(&app, "acme", &client, r3).await.status(), 200);
+    }
+
     async fn of_concurrent_refreshes_exactly_one_succeeds(app) {
         let t = app.tenant("acme").await;
         person(&app, &t, "ada@example.com", "").await;
