@@ -1,7 +1,9 @@
 //! Rate limiting of failed client authentication (SPEC §3: 429 after 10 failures a minute).
 //!
-//! Counted per presented `client_id`, whether or not such a client exists, so the limit itself
-//! tells an attacker nothing. The table is bounded: when full, windows that have ended are
+//! Counted per presented `client_id` and source address, whether or not such a client exists,
+//! so the limit itself tells an attacker nothing and one source's failures slow down no other.
+//! A limited source is refused only when its credentials are wrong (see
+//! `Authority::authenticate_client`). The table is bounded: when full, windows that have ended are
 //! dropped first, and if it is still full the oldest entry goes.
 
 use std::collections::HashMap;
