@@ -165,6 +165,7 @@ pub async fn userinfo(
 pub async fn send_otp(
     State(state): State<HttpState>,
     Path(slug): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     #[derive(serde::Deserialize)]
@@ -183,7 +184,12 @@ pub async fn send_otp(
     })?;
     state
         .authority
-        .send_otp(&tenant, &request.email, &request.client_id)
+        .send_otp(
+            &tenant,
+            &request.email,
+            &request.client_id,
+            crate::connections::source_key(peer.ip()),
+        )
         .await?;
     Ok((
         axum::http::StatusCode::ACCEPTED,
