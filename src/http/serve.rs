@@ -9,6 +9,9 @@
 //! - A connection with no request open is closed after `http.idle_timeout` without a byte
 //!   (keep-alive between requests), and so is one whose open request moves no byte in either
 //!   direction for that long (a body that stops coming, a response nobody reads).
+//! - A request head holds at most 64 KiB; HTTP/2 connections carry at most 32 requests at once
+//!   and buffer at most 64 KiB of a stream's body ahead of its handler, so an open connection
+//!   pins little memory.
 //! - On shutdown the listener stops accepting and each connection finishes the request it is
 //!   serving (hyper's graceful shutdown); the process's own deadline (`app`) ends the rest.
 //!
@@ -34,6 +37,15 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::connections::{PerSource, Permits};
+
+/// The most a request head (HTTP/1 read buffer, HTTP/2 header list) may hold. hyper's defaults
+/// (about 400 KiB, and 16 MiB for HTTP/2) let each of a source's connections pin that much
+/// memory; a lanyard request's head is a few KiB (a bearer token is the largest part).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// HTTP/2: concurrent requests on one connection, and how much of a body a stream (four
+/// streams' worth for the connection) may send ahead of the handler reading it.
+const MAX_STREAMS: u32 = 32;
+const STREAM_WINDOW: u32 = 64 * 1024;
 
 /// What the listener enforces.
 pub struct Limits {
@@ -111,7 +123,14 @@ async fn serve_connection(
             response
         }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_concurrent_streams(MAX_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(STREAM_WINDOW * 4);
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let watchdog = activity.watchdog(limits.header_timeout, limits.idle_timeout);

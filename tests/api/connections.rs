@@ -158,3 +158,22 @@ async fn connections_beyond_the_cap_of_one_address_are_closed_at_once_on_each_li
         "the freed place was not given again"
     );
 }
+
+#[tokio::test]
+async fn a_request_head_too_large_is_refused_without_being_held() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let mut stream = connect_from("127.0.0.1", app.app().http_addr()).await;
+    let padding = "a".repeat(200 * 1024);
+    let request =
+        format!("GET /healthz HTTP/1.1\r\nHost: lanyard.test\r\nX-Padding: {padding}\r\n\r\n");
+    // The server may stop reading before the whole head is sent.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(NEVER, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "a 200 KiB head was read whole: {answer}"
+    );
+    assert_eq!(healthz_from(&app, "127.0.0.1").await, 200);
+}
