@@ -232,11 +232,20 @@ fn a_taken_port_stops_the_start_naming_the_key() {
     fails_naming(dir.path(), &["serve"], env, "http.listen");
 }
 
-/// Starts `lanyard serve` on free ports in `dir`; returns the child and its HTTP address, read
-/// from the start-up log line.
-fn serve_in(dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, std::net::SocketAddr) {
+/// A `lanyard serve` child: its listeners, and its log as far as it has been read.
+struct Served {
+    child: std::process::Child,
+    http: std::net::SocketAddr,
+    mqtt: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// Starts `lanyard serve` on free ports in `dir`, with `env`, and `open_files` as its soft and
+/// hard `RLIMIT_NOFILE` when given; returns once both listeners are logged.
+fn serve_in(dir: &Path, env: &[(&str, &str)], open_files: Option<u64>) -> Served {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lanyard"));
+    command
         .current_dir(dir)
         .arg("serve")
         .env_remove("LANYARD_CONFIG")
@@ -246,25 +255,55 @@ fn serve_in(dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, std::net:
         .env("LANYARD_DEMO__SEED", "false")
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("lanyard starts");
+        .stderr(std::process::Stdio::piped());
+    if let Some(limit) = open_files {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit as libc::rlim_t,
+                    rlim_max: limit as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn().expect("lanyard starts");
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (mut http, mut mqtt) = (None, None);
+    while http.is_none() || mqtt.is_none() {
         let line = lines
             .next()
-            .expect("lanyard logs its HTTP address before it ends")
+            .expect("lanyard logs its listeners before it ends")
             .unwrap();
-        if let Some(at) = line.find("http listening on ") {
-            break line[at + "http listening on ".len()..]
-                .trim()
-                .parse()
-                .unwrap();
+        for (marker, addr) in [
+            ("http listening on ", &mut http),
+            ("mqtt listening on ", &mut mqtt),
+        ] {
+            if let Some(at) = line.find(marker) {
+                *addr = Some(line[at + marker.len()..].trim().parse().unwrap());
+            }
         }
-    };
-    // The rest of the log is read and dropped, so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
+        log.lock().unwrap().push_str(&(line + "\n"));
+    }
+    // The rest of the log is kept as it comes, so the child never blocks on a full pipe.
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    Served {
+        child,
+        http: http.unwrap(),
+        mqtt: mqtt.unwrap(),
+        log,
+    }
 }
 
 /// Waits up to `deadline` for the child to end; kills it if it does not.
@@ -285,7 +324,9 @@ fn ends_within(child: &mut std::process::Child, deadline: std::time::Duration) -
 async fn sigterm_ends_the_process_even_while_a_request_is_stuck() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, http) = serve_in(
+    let Served {
+        mut child, http, ..
+    } = serve_in(
         dir.path(),
         &[
             ("LANYARD_LIMITS__SHUTDOWN_TIMEOUT", "1s"),
@@ -293,6 +334,7 @@ async fn sigterm_ends_the_process_even_while_a_request_is_stuck() {
             ("LANYARD_HTTP__HEADER_TIMEOUT", "5m"),
             ("LANYARD_HTTP__IDLE_TIMEOUT", "5m"),
         ],
+        None,
     );
     // A request whose body never finishes: its handler waits for the rest.
     let mut stuck = tokio::net::TcpStream::connect(http).await.unwrap();
@@ -321,4 +363,66 @@ async fn sigterm_ends_the_process_even_while_a_request_is_stuck() {
     // It ended by itself, not by the signal's default action.
     assert!(status.code().is_some(), "{status:?}");
     drop(stuck);
+}
+
+#[tokio::test]
+async fn connections_from_many_addresses_stay_within_the_open_file_limit() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    // 400 descriptors: after the headroom, about 50 HTTP and 150 MQTT connections.
+    let mut served = serve_in(
+        dir.path(),
+        &[
+            ("LANYARD_HTTP__HEADER_TIMEOUT", "5m"),
+            ("LANYARD_MQTT__CONNECT_TIMEOUT", "5m"),
+        ],
+        Some(400),
+    );
+    // 400 connections, one from each of 400 loopback addresses: the cap per address does not
+    // help here, the budget must.
+    let mut held = Vec::new();
+    for i in 0..400u32 {
+        let from = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 1, 0, 1)) + i);
+        let to = if i % 2 == 0 { served.http } else { served.mqtt };
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        held.push(socket.connect(to).await.expect("the kernel accepts"));
+    }
+    // The excess is closed at once; what is kept stays open (its timeouts are minutes).
+    let closed = futures::future::join_all(held.iter_mut().map(|stream| async move {
+        let mut buf = [0u8; 16];
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), stream.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }))
+    .await
+    .into_iter()
+    .filter(|closed| *closed)
+    .count();
+    assert!(
+        closed >= 100,
+        "only {closed} of 400 connections were closed"
+    );
+    assert!(closed < 400, "every connection was closed");
+    drop(held);
+    // Once they are gone, lanyard answers again.
+    let healthz = format!("http://{}/healthz", served.http);
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            if let Ok(res) = reqwest::get(&healthz).await
+                && res.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let log = served.log.lock().unwrap().clone();
+    let _ = served.child.kill();
+    let _ = served.child.wait();
+    assert!(answered.is_ok(), "lanyard stopped answering: {log}");
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(log.contains("connections: open-file limit 400"), "{log}");
 }
