@@ -177,3 +177,42 @@ async fn a_request_head_too_large_is_refused_without_being_held() {
     );
     assert_eq!(healthz_from(&app, "127.0.0.1").await, 200);
 }
+
+/// Sends a GET for `/healthz` on `stream` and reads its answer (a small, complete response).
+async fn healthz_on(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: lanyard.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"ok") {
+        let n = tokio::time::timeout(NEVER, stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_waits_the_idle_timeout_between_requests_then_is_closed() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.http.header_timeout = "1s".parse().unwrap();
+        s.http.idle_timeout = "3s".parse().unwrap();
+    })
+    .await;
+    let mut stream = connect_from("127.0.0.1", app.app().http_addr()).await;
+    assert!(healthz_on(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // Idle between requests longer than the header timeout: the header timeout counts from a
+    // request's first byte, not from the last answer.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(healthz_on(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // Left idle, it is closed.
+    assert!(
+        closed_within(&mut stream, NEVER).await,
+        "an idle keep-alive connection was held open"
+    );
+}
