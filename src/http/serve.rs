@@ -6,6 +6,8 @@
 //!   open-file budget is used up ([`crate::connections`]).
 //! - A request's head must arrive within `http.header_timeout` of its first byte; the first
 //!   request of a connection within `http.header_timeout` of the accept.
+//! - A request's body must arrive whole within `http.header_timeout` of its head; after that,
+//!   reading it fails and the handler answers 400.
 //! - A connection with no request open is closed after `http.idle_timeout` without a byte
 //!   (keep-alive between requests), and so is one whose open request moves no byte in either
 //!   direction for that long (a body that stops coming, a response nobody reads).
@@ -113,7 +115,16 @@ async fn serve_connection(
         activity: activity.clone(),
     });
     let requests = activity.clone();
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+    let body_time = limits.header_timeout;
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let deadline = Instant::now() + body_time;
+        let mut request = request.map(|body| {
+            axum::body::Body::new(BodyDeadline {
+                inner: body,
+                deadline,
+                sleep: None,
+            })
+        });
         request.extensions_mut().insert(ConnectInfo(peer));
         let open = requests.request_started();
         let router = router.clone();
@@ -242,6 +253,47 @@ impl Drop for OpenRequest {
     fn drop(&mut self) {
         self.0.last.store(self.0.now(), Ordering::Relaxed);
         self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request body that must have arrived whole by `deadline`; after it, reading it fails (the
+/// handler answers that it could not be read) instead of waiting for a trickle.
+struct BodyDeadline {
+    inner: Incoming,
+    deadline: Instant,
+    /// Made the first time the body is not all there when asked for.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for BodyDeadline {
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = self.deadline;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(
+                "the request body did not arrive within http.header_timeout".into(),
+            )));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -216,3 +216,43 @@ async fn a_keep_alive_connection_waits_the_idle_timeout_between_requests_then_is
         "an idle keep-alive connection was held open"
     );
 }
+
+#[tokio::test]
+async fn a_body_sent_a_byte_at_a_time_is_cut_off_after_the_header_timeout() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.http.header_timeout = "1s".parse().unwrap();
+    })
+    .await;
+    app.tenant("acme").await;
+    let mut stream = connect_from("127.0.0.1", app.app().http_addr()).await;
+    stream
+        .write_all(
+            b"POST /t/acme/oauth2/token HTTP/1.1\r\nHost: lanyard.test\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // A byte every 200 ms keeps the connection busy, far within the idle timeout, but the
+    // body as a whole is late.
+    let mut answer = Vec::new();
+    let answered = tokio::time::timeout(NEVER, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            if stream.write_all(b"a").await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+                Err(_) => {}
+                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "the trickling body was waited for");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+}
