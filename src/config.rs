@@ -36,7 +36,8 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     /// The base of every issuer: `iss = "{public_url}/t/{slug}"`.
     pub public_url: String,
-    /// A connection must send a request's headers within this time (SPEC §7).
+    /// A connection must send a request's headers within this time, and then its body within
+    /// as long again (SPEC §7).
     pub header_timeout: Period,
     /// An idle keep-alive connection is closed after this time.
     pub idle_timeout: Period,
