@@ -139,6 +139,29 @@ fn raise_open_file_limit() -> (u64, Option<u64>) {
     (8192, None)
 }
 
+/// Lets a warning through at most once a second: a flood of refused connections must not
+/// become a flood of log lines.
+#[derive(Default)]
+pub struct WarnOnce {
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl WarnOnce {
+    /// Whether to warn now; `false` within a second of the last `true`.
+    pub fn ready(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last.load(Ordering::Relaxed);
+        now > last
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// One listener's share of the budget.
 #[derive(Clone)]
 pub struct Permits(Arc<Semaphore>);

@@ -38,7 +38,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use crate::connections::{PerSource, Permits};
+use crate::connections::{PerSource, Permits, WarnOnce};
 
 /// The most a request head (HTTP/1 read buffer, HTTP/2 header list) may hold. hyper's defaults
 /// (about 400 KiB, and 16 MiB for HTTP/2) let each of a source's connections pin that much
@@ -66,6 +66,7 @@ pub async fn serve(
     mut stopped: watch::Receiver<bool>,
 ) {
     let limits = Arc::new(limits);
+    let full = WarnOnce::default();
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -87,7 +88,9 @@ pub async fn serve(
             continue;
         };
         let Some(permit) = limits.permits.try_take() else {
-            tracing::warn!(%peer, "http: connection limit reached, closing a new connection");
+            if full.ready() {
+                tracing::warn!(%peer, "http: connection limit reached, closing new connections");
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::authority::{Authority, Event};
-use crate::connections::{PerSource, Permits};
+use crate::connections::{PerSource, Permits, WarnOnce};
 use crate::domain::acl::Permissions;
 
 pub mod codec;
@@ -431,6 +431,7 @@ async fn accept_loop(
     (limit, per_source): (Permits, Arc<PerSource>),
     mut stopped: watch::Receiver<bool>,
 ) {
+    let full = WarnOnce::default();
     loop {
         let accepted = tokio::select! {
             _ = stopped.wait_for(|s| *s) => break,
@@ -452,7 +453,9 @@ async fn accept_loop(
             continue;
         };
         let Some(permit) = limit.try_take() else {
-            tracing::warn!(%peer, "mqtt: connection limit reached, closing a new connection");
+            if full.ready() {
+                tracing::warn!(%peer, "mqtt: connection limit reached, closing new connections");
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
