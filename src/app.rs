@@ -1,6 +1,8 @@
 //! The composition root: builds the store, the authority and the doors, binds the listeners and
 //! runs the background jobs. `main`, the tests and the examples all start lanyard through
-//! [`App::build`], which returns once the listeners are bound (port 0 picks free ports).
+//! [`App::build`], which returns once the listeners are bound (port 0 picks free ports). It also
+//! reads the open-file limit and splits it between the listeners ([`crate::connections`]), and
+//! [`App::run_until_signalled`] holds the process to `limits.shutdown_timeout` after a signal.
 
 use std::net::SocketAddr;
 use std::path::Path;

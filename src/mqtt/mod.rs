@@ -8,7 +8,9 @@
 //! into the router through links ([`router`]). [`sessions`] knows who holds which client
 //! identifier, so sessions can be ended when their token expires or the authority announces a
 //! revocation, a deleted client or an invalidated key. An optional second listener speaks the
-//! same over TLS (rustls).
+//! same over TLS (rustls). Each listener closes at once a connection beyond
+//! `limits.connections_per_ip` from one source, and both together beyond the MQTT share of the
+//! open-file budget ([`crate::connections`]).
 //!
 //! The gate also publishes lanyard's own retained messages ([`retained`]: each tenant's JWKS and
 //! each system's token list) through its own link.
