@@ -1,6 +1,8 @@
 //! The composition root: builds the store, the authority and the doors, binds the listeners and
 //! runs the background jobs. `main`, the tests and the examples all start lanyard through
-//! [`App::build`], which returns once the listeners are bound (port 0 picks free ports).
+//! [`App::build`], which returns once the listeners are bound (port 0 picks free ports). It also
+//! reads the open-file limit and splits it between the listeners ([`crate::connections`]), and
+//! [`App::run_until_signalled`] holds the process to `limits.shutdown_timeout` after a signal.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::authority::Authority;
 use crate::authority::demo::DemoSeed;
 use crate::config::Settings;
+use crate::connections::{FileBudget, PerSource, Permits};
 use crate::crypto::KeyEncryptionKey;
 use crate::domain::{Clock, SystemClock};
 use crate::mqtt::Broker;
@@ -74,24 +77,32 @@ impl App {
             );
         }
 
+        let settings = authority.settings();
+        let budget = FileBudget::at_start(
+            settings.database.max_connections,
+            settings.mqtt.max_connections,
+        );
+        tracing::info!("{}", budget.describe(settings.limits.connections_per_ip));
+        let http_limits = crate::http::serve::Limits {
+            permits: Permits::new(budget.http),
+            per_source: PerSource::new(settings.limits.connections_per_ip),
+            header_timeout: Duration::from_secs(settings.http.header_timeout.as_secs()),
+            idle_timeout: Duration::from_secs(settings.http.idle_timeout.as_secs()),
+        };
+
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        let broker = Broker::start(authority.clone(), stopped.clone(), &mut tasks).await?;
+        let broker =
+            Broker::start(authority.clone(), budget.mqtt, stopped.clone(), &mut tasks).await?;
         let gate = broker.gate().clone();
         let router = crate::http::router(authority.clone(), Arc::new(move || gate.is_ready()))
             .merge(crate::graphql::router(authority.clone()));
-        let mut http_stop = stopped.clone();
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!("http server stopped: {e}");
-            }
-        }));
+        tasks.push(tokio::spawn(crate::http::serve::serve(
+            listener,
+            router,
+            http_limits,
+            stopped.clone(),
+        )));
         if let Some(listener) = other_nodes {
             tasks.push(tokio::spawn(
                 authority
@@ -138,11 +149,23 @@ impl App {
         self.demo.as_ref()
     }
 
-    /// Serves until ctrl-c or SIGTERM, then shuts down.
-    pub async fn run_until_signalled(self) -> anyhow::Result<()> {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        self.shutdown().await;
+    /// Serves until ctrl-c or SIGTERM, then ends within `limits.shutdown_timeout` (SPEC §7):
+    /// open requests and connections get three quarters of it to finish; at the end of it the
+    /// process exits whatever is still running, even a thread that never returns.
+    pub async fn run_until_signalled(self, signals: Signals) -> anyhow::Result<()> {
+        signals.received().await;
+        let limit =
+            Duration::from_secs(self.authority.settings().limits.shutdown_timeout.as_secs());
+        tracing::info!("shutting down (at most {}s)", limit.as_secs());
+        exit_after(limit);
+        if tokio::time::timeout(limit * 3 / 4, self.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown did not finish within limits.shutdown_timeout; ending what still runs"
+            );
+        }
         Ok(())
     }
 
@@ -246,25 +269,65 @@ async fn background_jobs(authority: Arc<Authority>, mut stopped: watch::Receiver
     }
 }
 
-async fn wait_for_signal() {
+/// Ends the process after `after`, from a thread of its own: the last resort of a shutdown,
+/// should the runtime not get there by itself.
+fn exit_after(after: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("lanyard-exit".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            eprintln!("lanyard: shutdown took too long; exiting");
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the shutdown deadline: {e}");
+    }
+}
+
+/// SIGTERM and ctrl-c, listened for from the moment this is made: `serve` makes it before it
+/// builds the app, so a signal that arrives while the app starts is not lost (nor does it end
+/// the process the hard way).
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    pub fn listen() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                terminate: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn received(mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = next(&mut self.terminate) => {}
+                () = next(&mut self.interrupt) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -36,7 +36,8 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     /// The base of every issuer: `iss = "{public_url}/t/{slug}"`.
     pub public_url: String,
-    /// A connection must send a request's headers within this time (SPEC §7).
+    /// A connection must send a request's headers within this time, and then its body within
+    /// as long again (SPEC §7).
     pub header_timeout: Period,
     /// An idle keep-alive connection is closed after this time.
     pub idle_timeout: Period,
@@ -106,7 +107,8 @@ pub struct MqttSettings {
     pub max_packet_size: u32,
     /// How long a new connection may take to send its CONNECT.
     pub connect_timeout: Period,
-    /// Connections beyond this many are refused (CONNACK "server unavailable").
+    /// Connections beyond this many are closed at once; the open-file budget may lower it
+    /// (see `connections`).
     pub max_connections: u32,
     /// An MQTT-over-TLS listener, e.g. `0.0.0.0:8883`; empty: none.
     pub tls_listen: String,

@@ -3,6 +3,7 @@
 //! The guided tour, outside in:
 //! - [`app`]: the composition root: builds everything, binds the listeners, runs the jobs.
 //! - [`config`]: the settings tree: defaults, `broker.toml`, `LANYARD_*` overrides.
+//! - [`connections`]: the open-file budget and per-source caps every listener shares.
 //! - [`http`]: the HTTP door: OAuth endpoints, people's sign-in, discovery, health.
 //! - [`graphql`]: the GraphQL door: local API tokens and management.
 //! - [`mqtt`]: the MQTT door: lanyard's listener, permissions and sessions over rumqttd's router.
@@ -16,6 +17,7 @@
 pub mod app;
 pub mod authority;
 pub mod config;
+pub mod connections;
 pub mod crypto;
 pub mod domain;
 pub mod graphql;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use lanyard::app::{App, open_authority};
+use lanyard::app::{App, Signals, open_authority};
 use lanyard::config::{Settings, Sources};
 use lanyard::domain::{Slug, SystemClock};
 
@@ -73,7 +73,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Blocking work still running must not hold the exit: `serve` has had its shutdown time.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -89,6 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
+            let signals = Signals::listen();
             let app = App::build(settings).await?;
             if let Some(seed) = app.demo() {
                 print!(
@@ -100,7 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                 );
             }
-            app.run_until_signalled().await
+            app.run_until_signalled(signals).await
         }
         Command::Migrate => {
             open_authority(settings, Arc::new(SystemClock)).await?;

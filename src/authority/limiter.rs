@@ -1,8 +1,10 @@
 //! Rate limiting of failed client authentication (SPEC §3: 429 after 10 failures a minute).
 //!
-//! Counted per presented `client_id`, whether or not such a client exists, so the limit itself
-//! tells an attacker nothing. The table is bounded: when full, windows that have ended are
-//! dropped first, and if it is still full the oldest entry goes.
+//! Counted per presented `client_id` and source address, whether or not such a client exists,
+//! so the limit itself tells an attacker nothing and one source's failures slow down no other.
+//! A limited source is refused only when its credentials are wrong (see
+//! `Authority::authenticate_client`). The table is bounded: when full, windows that have ended are
+//! dropped (at most once a window), and while it is still full new keys go uncounted.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,7 +16,15 @@ const MAX_ENTRIES: usize = 100_000;
 pub struct FailureLimiter {
     max_failures: u32,
     window_secs: i64,
-    windows: Mutex<HashMap<String, (UnixTime, u32)>>,
+    windows: Mutex<Windows>,
+}
+
+#[derive(Default)]
+struct Windows {
+    by_key: HashMap<String, (UnixTime, u32)>,
+    /// When ended windows were last dropped: at most once a window, so a full table costs a
+    /// failure no scan of it.
+    swept_at: UnixTime,
 }
 
 impl FailureLimiter {
@@ -22,32 +32,36 @@ impl FailureLimiter {
         FailureLimiter {
             max_failures,
             window_secs,
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::new(Windows::default()),
         }
     }
 
     /// `Some(seconds to wait)` when `key` has used up its failures in the current window.
     pub fn blocked(&self, key: &str, now: UnixTime) -> Option<u64> {
         let map = self.windows.lock().expect("limiter lock");
-        let (start, count) = *map.get(key)?;
+        let (start, count) = *map.by_key.get(key)?;
         let ends = start + self.window_secs;
         (now < ends && count >= self.max_failures).then(|| (ends - now) as u64)
     }
 
+    /// Counts a failure of `key`. While the table is full of windows that have not ended, a
+    /// new key goes uncounted: the limit is a brake on guessing 256-bit secrets, not what keeps
+    /// them safe, and a flood of made-up keys must cost each request no more than a lookup.
     pub fn record_failure(&self, key: &str, now: UnixTime) {
-        let mut map = self.windows.lock().expect("limiter lock");
-        if map.len() >= MAX_ENTRIES && !map.contains_key(key) {
-            map.retain(|_, (start, _)| now < *start + self.window_secs);
-            if map.len() >= MAX_ENTRIES
-                && let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, (s, _))| *s)
-                    .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
+        let mut guard = self.windows.lock().expect("limiter lock");
+        let windows = &mut *guard;
+        if windows.by_key.len() >= MAX_ENTRIES && !windows.by_key.contains_key(key) {
+            if now < windows.swept_at + self.window_secs {
+                return;
+            }
+            windows.swept_at = now;
+            let window = self.window_secs;
+            windows.by_key.retain(|_, (start, _)| now < *start + window);
+            if windows.by_key.len() >= MAX_ENTRIES {
+                return;
             }
         }
-        let entry = map.entry(key.to_owned()).or_insert((now, 0));
+        let entry = windows.by_key.entry(key.to_owned()).or_insert((now, 0));
         if now >= entry.0 + self.window_secs {
             *entry = (now, 0);
         }
@@ -69,5 +83,25 @@ mod tests {
         assert_eq!(limiter.blocked("c", 110), Some(50));
         assert_eq!(limiter.blocked("other", 110), None);
         assert_eq!(limiter.blocked("c", 160), None);
+    }
+
+    #[test]
+    fn a_full_table_counts_no_new_key_until_its_windows_end() {
+        let limiter = FailureLimiter::new(1, 60);
+        for i in 0..MAX_ENTRIES {
+            limiter.record_failure(&i.to_string(), 100);
+        }
+        limiter.record_failure("new", 110);
+        assert_eq!(limiter.blocked("new", 110), None);
+        assert_eq!(
+            limiter.blocked("0", 110),
+            Some(50),
+            "counted keys stay counted"
+        );
+        // Once the windows have ended (and a window after the last sweep), the next failure
+        // clears them and is counted.
+        limiter.record_failure("new", 171);
+        assert_eq!(limiter.blocked("new", 171), Some(60));
+        assert_eq!(limiter.windows.lock().unwrap().by_key.len(), 1);
     }
 }

@@ -3,9 +3,18 @@
 //!
 //! Codes are six digits, bound to the client that asked, valid 10 minutes, dead after 5 wrong
 //! attempts, and consumed by one conditional `UPDATE`, so of concurrent redemptions exactly one
-//! wins. Asking for a code always gets the same answer, whether the user exists or not, and the
-//! mail is sent in the background so timing says nothing either. Refresh tokens are 256-bit,
-//! stored as SHA-256, rotated on every use; presenting one already used revokes its family.
+//! wins. Only the newest code for a person and an app works (the last asked for, by a strictly
+//! increasing number, not by the second it was made): asking again replaces the code, so at
+//! most one code per person and app can be guessed at. Asking for a code always gets the same
+//! answer, whether the user exists or not, and the mail is sent in the background so timing
+//! says nothing either. Requests are limited per address (5 in 15 minutes, known or not) and
+//! per source address (100 in 15 minutes), never per app; a request naming a client that does
+//! not exist or lacks the OTP grant counts against its source only. Refresh tokens are 256-bit,
+//! stored as SHA-256, rotated on every use; presenting one already used revokes its family. A
+//! refresh that is refused before the token is checked out (another client, a wider scope)
+//! leaves the token good.
+
+use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
@@ -24,8 +33,8 @@ pub const CODE_TTL_SECS: i64 = 600;
 pub const CODE_MAX_ATTEMPTS: i64 = 5;
 /// At most this many codes per email per window (the next request gets 429).
 pub const CODES_PER_EMAIL: i64 = 5;
-/// At most this many codes per client per window.
-pub const CODES_PER_CLIENT: i64 = 200;
+/// At most this many requests for codes from one source address per window, in all tenants.
+pub const CODES_PER_SOURCE: i64 = 100;
 /// The rate-limit window.
 pub const CODE_WINDOW_SECS: i64 = 900;
 
@@ -59,12 +68,15 @@ fn code_hash(id: &str, code: &str) -> SecretHash {
 impl Authority {
     /// Sends a sign-in code to `email` for `client_id`, if that user and client exist and the
     /// client may use the OTP grant. The answer is the same either way; only the rate limits
-    /// (per email and per client) and a malformed address are told apart.
+    /// (per address and per source, never per app: SPEC §7) and a malformed address are told
+    /// apart. A request naming no usable client counts against its source only, so naming a
+    /// made-up app cannot lock anybody's address.
     pub async fn send_otp(
         &self,
         tenant: &Tenant,
         email: &str,
         client_id: &str,
+        source: IpAddr,
     ) -> Result<(), OAuthError> {
         let email = Email::parse(email).map_err(|e| OAuthError::invalid_request(e.to_string()))?;
         if client_id.is_empty() || client_id.len() > 256 {
@@ -77,22 +89,23 @@ impl Authority {
         let limited = |what: &str| {
             let mut e = OAuthError::new(
                 OAuthErrorCode::TooManyRequests,
-                format!("too many sign-in codes requested for this {what}; try again later"),
+                format!("too many sign-in codes requested {what}; try again later"),
             );
             e.retry_after = Some(CODE_WINDOW_SECS as u64);
             e
         };
+        let source = source.to_string();
+        let from_source = otp::count_for_source_since(&self.db, &source, since)
+            .await
+            .map_err(server_error("counting sign-in codes"))?;
+        if from_source >= CODES_PER_SOURCE {
+            return Err(limited("from this network address"));
+        }
         let sent = otp::count_for_email_since(&self.db, &tenant.id, email.as_str(), since)
             .await
             .map_err(server_error("counting sign-in codes"))?;
         if sent >= CODES_PER_EMAIL {
-            return Err(limited("address"));
-        }
-        let by_client = otp::count_for_client_since(&self.db, &tenant.id, client_id, since)
-            .await
-            .map_err(server_error("counting sign-in codes"))?;
-        if by_client >= CODES_PER_CLIENT {
-            return Err(limited("client"));
+            return Err(limited("for this address"));
         }
         let client = clients::find(&self.db, &tenant.id, client_id)
             .await
@@ -103,26 +116,32 @@ impl Authority {
             log_internal("user lookup", &e);
             OAuthError::server_error()
         })?;
-        // Every request is recorded, for the rate limit; one that reaches nobody gets a code
-        // nobody knows.
+        // Every request is recorded, for the rate limits; one that reaches nobody gets a code
+        // nobody knows, and one naming no usable client is recorded under no address.
         let id = uuid::Uuid::new_v4().to_string();
         let code = six_digits();
         let hash = match (&client, &user) {
             (Some(_), Some(_)) => code_hash(&id, &code),
             _ => SecretHash::of(&random_bytes::<32>()),
         };
+        let counted_address = if client.is_some() {
+            email.to_string()
+        } else {
+            String::new()
+        };
         otp::insert(
             &self.db,
             &otp::OtpRow {
                 id: id.clone(),
                 tenant_id: tenant.id.clone(),
-                email: email.to_string(),
+                email: counted_address,
                 client_id: client_id.to_owned(),
                 code_hash: hash.0.to_vec(),
                 attempts: 0,
                 used: false,
                 created_at: now,
                 expires_at: now + CODE_TTL_SECS,
+                source,
             },
         )
         .await
@@ -238,6 +257,17 @@ impl Authority {
         if found.client_id != client.client_id {
             return Err(bad());
         }
+        // The scope is checked before the token is used up: a refused request must leave the
+        // token good, or its next honest use would count as reuse and end the sign-in.
+        let granted = ScopeSet::parse(&found.scope).unwrap_or_default();
+        if let Some(requested) = &requested
+            && !requested.is_subset(&granted)
+        {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidScope,
+                "a refresh can only narrow the scope of the sign-in",
+            ));
+        }
         let Some(row) = refresh_tokens::take(&self.db, &tenant.id, &hash.0, now)
             .await
             .map_err(server_error("using a refresh token"))?
@@ -259,15 +289,6 @@ impl Authority {
                 OAuthError::server_error()
             })?
             .ok_or_else(bad)?;
-        let granted = ScopeSet::parse(&row.scope).unwrap_or_default();
-        if let Some(requested) = &requested
-            && !requested.is_subset(&granted)
-        {
-            return Err(OAuthError::new(
-                OAuthErrorCode::InvalidScope,
-                "a refresh can only narrow the scope of the sign-in",
-            ));
-        }
         // The user's grants may have shrunk since the sign-in.
         let scope = narrow(&narrow(&user.scopes, Some(&granted)), requested.as_ref());
         self.issue_user_tokens(tenant, &client, &user, scope, &row.family_id)

@@ -8,6 +8,7 @@
 //! use the same function. A token that passed is remembered until its `exp` (see
 //! [`token_cache`](super::token_cache)), so presenting it again costs no database round trip.
 
+use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
 use super::clients::Client;
@@ -33,6 +34,9 @@ pub struct ClientCredentials {
     pub client_id: String,
     /// None for a public client identifying itself.
     pub secret: Option<Secret>,
+    /// The network address the credentials came from, as the rate limit counts it (the door
+    /// folds an IPv6 address to its /64); `None` where a door has none.
+    pub source: Option<IpAddr>,
 }
 
 /// A token response (RFC 6749 §5.1).
@@ -82,22 +86,19 @@ pub enum TokenRejected {
 impl Authority {
     /// Authenticates a client of `tenant`. A confidential client must present its secret; a
     /// public client identifies itself by `client_id` alone. An unknown client and a wrong secret
-    /// get the same answer after the same work; failures are rate limited per `client_id`.
+    /// get the same answer after the same work. Failures are rate limited per `client_id` and
+    /// source address (SPEC §3, §7): a source that failed too often gets 429 instead of 401 for
+    /// its next failures, while the right credentials are always accepted, from any source, so
+    /// nobody can lock a client out by failing in its name.
     pub async fn authenticate_client(
         &self,
         tenant: &Tenant,
         creds: &ClientCredentials,
     ) -> Result<Client, OAuthError> {
         let now = self.now();
-        let limit_key = format!("{}:{}", tenant.id, creds.client_id);
-        if let Some(wait) = self.auth_failures.blocked(&limit_key, now) {
-            let mut e = OAuthError::new(
-                OAuthErrorCode::TooManyRequests,
-                "too many failed client authentications; try again later",
-            );
-            e.retry_after = Some(wait);
-            return Err(e);
-        }
+        let source = creds.source.map(|ip| ip.to_string()).unwrap_or_default();
+        let limit_key = format!("{}:{}:{source}", tenant.id, creds.client_id);
+        let blocked = self.auth_failures.blocked(&limit_key, now);
         let too_long = creds.client_id.len() > MAX_CREDENTIAL_LEN
             || creds
                 .secret
@@ -131,6 +132,14 @@ impl Authority {
         match row {
             Some(r) if authenticated => Ok(Client::from_row(&r)),
             _ => {
+                if let Some(wait) = blocked {
+                    let mut e = OAuthError::new(
+                        OAuthErrorCode::TooManyRequests,
+                        "too many failed client authentications; try again later",
+                    );
+                    e.retry_after = Some(wait);
+                    return Err(e);
+                }
                 self.auth_failures.record_failure(&limit_key, now);
                 Err(OAuthError::invalid_client())
             }

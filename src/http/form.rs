@@ -6,6 +6,7 @@
 //! more than once"), and an empty value counts as absent (§3.1).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -101,6 +102,16 @@ fn printable(name: &str) -> String {
 pub fn client_credentials(
     headers: &HeaderMap,
     form: &Form,
+    source: SocketAddr,
+) -> Result<ClientCredentials, OAuthError> {
+    let mut creds = presented_credentials(headers, form)?;
+    creds.source = Some(crate::connections::source_key(source.ip()));
+    Ok(creds)
+}
+
+fn presented_credentials(
+    headers: &HeaderMap,
+    form: &Form,
 ) -> Result<ClientCredentials, OAuthError> {
     let basic = match headers.get(header::AUTHORIZATION) {
         None => None,
@@ -138,6 +149,7 @@ pub fn client_credentials(
             Ok(ClientCredentials {
                 client_id: client_id.to_owned(),
                 secret: form.get("client_secret").map(Secret::new),
+                source: None,
             })
         }
     }
@@ -160,6 +172,7 @@ fn parse_basic(encoded: &str) -> Result<ClientCredentials, OAuthError> {
     Ok(ClientCredentials {
         client_id: id,
         secret: (!secret.is_empty()).then(|| Secret::new(secret)),
+        source: None,
     })
 }
 

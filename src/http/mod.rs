@@ -1,5 +1,7 @@
 //! The HTTP door (axum): OAuth endpoints under `/t/{slug}` (token, introspection, revocation,
 //! userinfo, sign-in codes), discovery, health. GraphQL is its own door, merged in by `app`.
+//! [`serve`] is the listener both are served on: connection caps, header and idle timeouts,
+//! and the source address each request carries for the rate limits.
 //!
 //! Handlers are three steps: extract and parse, call the authority, map the answer. No SQL or
 //! JWT code lives here; status codes are chosen in `error.rs` alone. This module does not import
@@ -21,6 +23,7 @@ mod error;
 mod form;
 mod health;
 mod oauth;
+pub mod serve;
 
 pub use error::OAuthResponse;
 

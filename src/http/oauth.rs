@@ -3,7 +3,9 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -18,6 +20,7 @@ type Answer = Result<Response, OAuthResponse>;
 pub async fn token(
     State(state): State<HttpState>,
     Path(slug): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
@@ -31,14 +34,14 @@ pub async fn token(
     })?;
     let issued = match grant {
         GrantType::ClientCredentials => {
-            let creds = client_credentials(&headers, &form)?;
+            let creds = client_credentials(&headers, &form, peer)?;
             state
                 .authority
                 .client_credentials_grant(&tenant, &creds, form.get("scope"))
                 .await?
         }
         GrantType::Otp => {
-            let creds = client_credentials(&headers, &form)?;
+            let creds = client_credentials(&headers, &form, peer)?;
             state
                 .authority
                 .otp_grant(
@@ -51,7 +54,7 @@ pub async fn token(
                 .await?
         }
         GrantType::RefreshToken => {
-            let creds = client_credentials(&headers, &form)?;
+            let creds = client_credentials(&headers, &form, peer)?;
             state
                 .authority
                 .refresh_grant(
@@ -85,12 +88,13 @@ pub async fn token(
 pub async fn introspect(
     State(state): State<HttpState>,
     Path(slug): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let tenant = tenant(&state.authority, &slug).await?;
     let form = Form::from_request(&headers, body)?;
-    let caller = client_credentials(&headers, &form)?;
+    let caller = client_credentials(&headers, &form, peer)?;
     let token = form.require("token")?;
     let body = match state.authority.introspect(&tenant, &caller, token).await? {
         None => json!({ "active": false }),
@@ -120,12 +124,13 @@ pub async fn introspect(
 pub async fn revoke(
     State(state): State<HttpState>,
     Path(slug): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let tenant = tenant(&state.authority, &slug).await?;
     let form = Form::from_request(&headers, body)?;
-    let caller = client_credentials(&headers, &form)?;
+    let caller = client_credentials(&headers, &form, peer)?;
     let token = form.require("token")?;
     // token_type_hint is only a hint (RFC 7009 §2.1): every kind of token is searched anyway.
     state.authority.revoke(&tenant, &caller, token).await?;
@@ -160,6 +165,7 @@ pub async fn userinfo(
 pub async fn send_otp(
     State(state): State<HttpState>,
     Path(slug): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     #[derive(serde::Deserialize)]
@@ -178,7 +184,12 @@ pub async fn send_otp(
     })?;
     state
         .authority
-        .send_otp(&tenant, &request.email, &request.client_id)
+        .send_otp(
+            &tenant,
+            &request.email,
+            &request.client_id,
+            crate::connections::source_key(peer.ip()),
+        )
         .await?;
     Ok((
         axum::http::StatusCode::ACCEPTED,

@@ -10,7 +10,9 @@
 //! revocation, a deleted client or an invalidated key (which also drops the pending wills they
 //! left), and stored sessions end when their expiry has passed
 //! ([`Gate::expire_sessions_once`]). An optional second listener speaks the same over TLS
-//! (rustls).
+//! (rustls). Each listener closes at once a connection beyond `limits.connections_per_ip` from
+//! one source, and both together beyond the MQTT share of the open-file budget
+//! ([`crate::connections`]).
 //!
 //! Shared subscriptions (`$share/{group}/…`) are renamed at the gate per tenant and filter
 //! (`connection`), since rumqttd's router keys their groups by name alone.
@@ -30,11 +32,12 @@ use std::time::Duration;
 use anyhow::Context;
 use rumqttd::protocol::{Packet, Publish};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::authority::{Authority, Event};
+use crate::connections::{PerSource, Permits, WarnOnce};
 use crate::domain::acl::Permissions;
 
 pub mod codec;
@@ -333,9 +336,12 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts the router, binds `mqtt.listen` and serves until `stopped` turns true.
+    /// Starts the router, binds `mqtt.listen` and serves until `stopped` turns true, holding
+    /// at most `max_connections` (`mqtt.max_connections` within the open-file budget, see
+    /// [`crate::connections`]) on its listeners together.
     pub async fn start(
         authority: Arc<Authority>,
+        max_connections: usize,
         stopped: watch::Receiver<bool>,
         tasks: &mut Vec<JoinHandle<()>>,
     ) -> anyhow::Result<Broker> {
@@ -359,7 +365,6 @@ impl Broker {
             }
             None => None,
         };
-        let max_connections = settings.max_connections as usize;
         let router = RouterLinks::start(max_connections + 16);
         let internal = router
             .open(LinkSession::Named {
@@ -405,12 +410,13 @@ impl Broker {
         gate.publish_everything().await?;
         tracing::info!("mqtt listening on {addr}");
 
-        let limit = Arc::new(Semaphore::new(max_connections));
+        let limit = Permits::new(max_connections);
+        let per_source = authority.settings().limits.connections_per_ip;
         tasks.push(tokio::spawn(accept_loop(
             listener,
             None,
             gate.clone(),
-            limit.clone(),
+            (limit.clone(), PerSource::new(per_source)),
             stopped.clone(),
         )));
         let mut tls_addr = None;
@@ -422,7 +428,7 @@ impl Broker {
                 listener,
                 Some(acceptor),
                 gate.clone(),
-                limit,
+                (limit, PerSource::new(per_source)),
                 stopped.clone(),
             )));
         }
@@ -481,9 +487,10 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     gate: Arc<Gate>,
-    limit: Arc<Semaphore>,
+    (limit, per_source): (Permits, Arc<PerSource>),
     mut stopped: watch::Receiver<bool>,
 ) {
+    let full = WarnOnce::default();
     loop {
         let accepted = tokio::select! {
             _ = stopped.wait_for(|s| *s) => break,
@@ -498,20 +505,31 @@ async fn accept_loop(
                 continue;
             }
         };
-        // Connections that have not finished their CONNECT count too, and time out.
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "mqtt: connection limit reached, closing a new connection");
+        // Connections that have not finished their CONNECT count too, and time out. Both
+        // limits close the excess at once, before anything is read from it (SPEC §7).
+        let Some(slot) = per_source.admit(peer.ip()) else {
+            tracing::debug!(%peer, "mqtt: too many connections from this source; closed");
+            continue;
+        };
+        let Some(permit) = limit.try_take() else {
+            if full.ready() {
+                tracing::warn!(%peer, "mqtt: connection limit reached, closing new connections");
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
         let gate = gate.clone();
         match &tls {
             None => {
-                tokio::spawn(connection::serve(gate, stream, peer, permit));
+                tokio::spawn(async move {
+                    connection::serve(gate, stream, peer, permit).await;
+                    drop(slot);
+                });
             }
             Some(acceptor) => {
                 let handshake = acceptor.accept(stream);
                 tokio::spawn(async move {
+                    let _slot = slot;
                     // The handshake gets the CONNECT timeout too, so a stalled one is let go.
                     match tokio::time::timeout(gate.connect_timeout, handshake).await {
                         Ok(Ok(stream)) => connection::serve(gate, stream, peer, permit).await,

@@ -1,4 +1,8 @@
-//! One-time sign-in codes.
+//! One-time sign-in codes, and the record of every request for one (the rate limits count
+//! them per address and per source).
+//!
+//! `seq` orders the codes strictly as they were asked for: PostgreSQL draws it from a sequence,
+//! SQLite (one writer) takes the next number in the same statement.
 
 use super::{Db, StoreResult, on_pool, on_writer};
 
@@ -13,14 +17,26 @@ pub struct OtpRow {
     pub used: bool,
     pub created_at: i64,
     pub expires_at: i64,
+    /// The address that asked for the code.
+    pub source: String,
 }
 
-const INSERT: &str =
-    "INSERT INTO otp_codes (id, tenant_id, email, client_id, code_hash, created_at, expires_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const INSERT: &str = "INSERT INTO otp_codes
+    (id, tenant_id, email, client_id, code_hash, created_at, expires_at, source)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// SQLite has no sequence: the next `seq` is taken in the statement, which the single writer
+/// runs alone.
+const INSERT_SQLITE: &str = "INSERT INTO otp_codes
+    (id, tenant_id, email, client_id, code_hash, created_at, expires_at, source, seq)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT COALESCE(MAX(seq), 0) + 1 FROM otp_codes))";
 
 pub async fn insert(db: &Db, o: &OtpRow) -> StoreResult<()> {
-    on_writer!(db, pool => sqlx::query(INSERT)
+    let sql = match db {
+        Db::Sqlite { .. } => INSERT_SQLITE,
+        Db::Postgres(_) => INSERT,
+    };
+    on_writer!(db, pool => sqlx::query(sql)
         .bind(&o.id)
         .bind(&o.tenant_id)
         .bind(&o.email)
@@ -28,6 +44,7 @@ pub async fn insert(db: &Db, o: &OtpRow) -> StoreResult<()> {
         .bind(&o.code_hash)
         .bind(o.created_at)
         .bind(o.expires_at)
+        .bind(&o.source)
         .execute(pool)
         .await?
         .rows_affected());
@@ -49,26 +66,22 @@ pub async fn count_for_email_since(
     )
 }
 
-const COUNT_CLIENT_SINCE: &str =
-    "SELECT COUNT(*) FROM otp_codes WHERE tenant_id = $1 AND client_id = $2 AND created_at > $3";
+const COUNT_SOURCE_SINCE: &str =
+    "SELECT COUNT(*) FROM otp_codes WHERE source = $1 AND created_at > $2";
 
-pub async fn count_for_client_since(
-    db: &Db,
-    tenant_id: &str,
-    client_id: &str,
-    since: i64,
-) -> StoreResult<i64> {
+/// Requests from one source address since `since`, in every tenant (for the rate limit).
+pub async fn count_for_source_since(db: &Db, source: &str, since: i64) -> StoreResult<i64> {
     Ok(
-        on_pool!(db, pool => sqlx::query_scalar(COUNT_CLIENT_SINCE).bind(tenant_id).bind(client_id).bind(since).fetch_one(pool).await?),
+        on_pool!(db, pool => sqlx::query_scalar(COUNT_SOURCE_SINCE).bind(source).bind(since).fetch_one(pool).await?),
     )
 }
 
-const LATEST: &str =
-    "SELECT id, tenant_id, email, client_id, code_hash, attempts, used, created_at, expires_at
+const LATEST: &str = "SELECT id, tenant_id, email, client_id, code_hash, attempts, used,
+    created_at, expires_at, source
     FROM otp_codes WHERE tenant_id = $1 AND email = $2 AND client_id = $3
-    ORDER BY created_at DESC, id DESC LIMIT 1";
+    ORDER BY seq DESC LIMIT 1";
 
-/// The newest code issued for this email to this client.
+/// The newest code issued for this email to this client: the last one asked for.
 pub async fn latest(
     db: &Db,
     tenant_id: &str,

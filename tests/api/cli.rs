@@ -231,3 +231,198 @@ fn a_taken_port_stops_the_start_naming_the_key() {
     ];
     fails_naming(dir.path(), &["serve"], env, "http.listen");
 }
+
+/// A `lanyard serve` child: its listeners, and its log as far as it has been read.
+struct Served {
+    child: std::process::Child,
+    http: std::net::SocketAddr,
+    mqtt: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// Starts `lanyard serve` on free ports in `dir`, with `env`, and `open_files` as its soft and
+/// hard `RLIMIT_NOFILE` when given; returns once both listeners are logged.
+fn serve_in(dir: &Path, env: &[(&str, &str)], open_files: Option<u64>) -> Served {
+    use std::io::BufRead;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lanyard"));
+    command
+        .current_dir(dir)
+        .arg("serve")
+        .env_remove("LANYARD_CONFIG")
+        .env("RUST_LOG", "info")
+        .env("LANYARD_HTTP__LISTEN", "127.0.0.1:0")
+        .env("LANYARD_MQTT__LISTEN", "127.0.0.1:0")
+        .env("LANYARD_DEMO__SEED", "false")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if let Some(limit) = open_files {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit as libc::rlim_t,
+                    rlim_max: limit as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn().expect("lanyard starts");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (mut http, mut mqtt) = (None, None);
+    while http.is_none() || mqtt.is_none() {
+        let line = lines
+            .next()
+            .expect("lanyard logs its listeners before it ends")
+            .unwrap();
+        for (marker, addr) in [
+            ("http listening on ", &mut http),
+            ("mqtt listening on ", &mut mqtt),
+        ] {
+            if let Some(at) = line.find(marker) {
+                *addr = Some(line[at + marker.len()..].trim().parse().unwrap());
+            }
+        }
+        log.lock().unwrap().push_str(&(line + "\n"));
+    }
+    // The rest of the log is kept as it comes, so the child never blocks on a full pipe.
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    Served {
+        child,
+        http: http.unwrap(),
+        mqtt: mqtt.unwrap(),
+        log,
+    }
+}
+
+/// Waits up to `deadline` for the child to end; kills it if it does not.
+fn ends_within(child: &mut std::process::Child, deadline: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_process_even_while_a_request_is_stuck() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let Served {
+        mut child, http, ..
+    } = serve_in(
+        dir.path(),
+        &[
+            ("LANYARD_LIMITS__SHUTDOWN_TIMEOUT", "1s"),
+            // Nothing but the shutdown may end the stuck request.
+            ("LANYARD_HTTP__HEADER_TIMEOUT", "5m"),
+            ("LANYARD_HTTP__IDLE_TIMEOUT", "5m"),
+        ],
+        None,
+    );
+    // A request whose body never finishes: its handler waits for the rest.
+    let mut stuck = tokio::net::TcpStream::connect(http).await.unwrap();
+    stuck
+        .write_all(
+            b"POST /t/acme/oauth2/token HTTP/1.1\r\nHost: lanyard.test\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ngrant_type=",
+        )
+        .await
+        .unwrap();
+    let res = reqwest::get(format!("http://{http}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // The signal comes while lanyard serves, well after its start.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // SAFETY: kill sends a signal to the child this test started.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(sent, 0);
+    let status = tokio::task::spawn_blocking(move || {
+        ends_within(&mut child, std::time::Duration::from_secs(30)).then(|| child.wait().unwrap())
+    })
+    .await
+    .unwrap();
+    let status = status.expect("lanyard did not end after SIGTERM");
+    // It ended by itself, not by the signal's default action.
+    assert!(status.code().is_some(), "{status:?}");
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn connections_from_many_addresses_stay_within_the_open_file_limit() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    // 400 descriptors: after the headroom, about 50 HTTP and 150 MQTT connections.
+    let mut served = serve_in(
+        dir.path(),
+        &[
+            ("LANYARD_HTTP__HEADER_TIMEOUT", "5m"),
+            ("LANYARD_MQTT__CONNECT_TIMEOUT", "5m"),
+        ],
+        Some(400),
+    );
+    // 400 connections, one from each of 400 loopback addresses: the cap per address does not
+    // help here, the budget must.
+    let mut held = Vec::new();
+    for i in 0..400u32 {
+        let from = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 1, 0, 1)) + i);
+        let to = if i % 2 == 0 { served.http } else { served.mqtt };
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        held.push(socket.connect(to).await.expect("the kernel accepts"));
+    }
+    // The excess is closed at once; what is kept stays open (its timeouts are minutes).
+    let closed = futures::future::join_all(held.iter_mut().map(|stream| async move {
+        let mut buf = [0u8; 16];
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), stream.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }))
+    .await
+    .into_iter()
+    .filter(|closed| *closed)
+    .count();
+    assert!(
+        closed >= 100,
+        "only {closed} of 400 connections were closed"
+    );
+    assert!(closed < 400, "every connection was closed");
+    drop(held);
+    // Once they are gone, lanyard answers again.
+    let healthz = format!("http://{}/healthz", served.http);
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            if let Ok(res) = reqwest::get(&healthz).await
+                && res.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let log = served.log.lock().unwrap().clone();
+    let _ = served.child.kill();
+    let _ = served.child.wait();
+    assert!(answered.is_ok(), "lanyard stopped answering: {log}");
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(log.contains("connections: open-file limit 400"), "{log}");
+}

@@ -7,6 +7,7 @@ mod helpers;
 
 mod authority;
 mod cli;
+mod connections;
 mod discovery;
 mod graphql;
 mod introspection;

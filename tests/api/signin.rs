@@ -145,6 +145,19 @@ async fn refresh_with_scope(
         .await
 }
 
+/// A `send-otp` sent from the loopback address `from`.
+async fn send_otp_from(app: &TestApp, from: &str, slug: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::builder()
+        .local_address(from.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+        .post(app.url(&format!("/t/{slug}/auth/send-otp")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn userinfo(app: &TestApp, slug: &str, token: &str) -> reqwest::Response {
     app.http
         .get(app.url(&format!("/t/{slug}/oauth2/userinfo")))
@@ -249,6 +262,71 @@ on_both_databases! {
         app.clock.advance(15 * 60 + 1);
         let res = send_otp(&app, "acme", json!({ "email": "x@example.com", "client_id": client })).await;
         assert_eq!(res.status(), 202, "the window moves on");
+    }
+
+    async fn naming_an_app_that_does_not_exist_locks_nobody_out(app) {
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "").await;
+        let client = app_client(&app, &t).await;
+        let (machine, _) = app.client(&t, NewClient { name: "Gateway".into(), ..NewClient::default() }).await;
+        // An attacker names the victim's address with apps that cannot sign anybody in.
+        for unusable in ["no-such-client", machine.as_str()] {
+            for _ in 0..6 {
+                let body = json!({ "email": "ada@example.com", "client_id": unusable });
+                assert_eq!(send_otp(&app, "acme", body).await.status(), 202);
+            }
+        }
+        // The victim still gets her code and signs in.
+        let tokens = sign_in(&app, "acme", &client, "ada@example.com").await;
+        assert!(tokens["access_token"].is_string());
+    }
+
+    async fn one_source_asking_for_many_codes_locks_no_other_source_out_of_the_app(app) {
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "").await;
+        let client = app_client(&app, &t).await;
+        let mut refused = 0;
+        for i in 0..201 {
+            let body = json!({ "email": format!("user{i}@example.com"), "client_id": client });
+            let res = send_otp_from(&app, "127.0.0.3", "acme", body).await;
+            match res.status().as_u16() {
+                202 => {}
+                429 => refused += 1,
+                other => panic!("send-otp answered {other}"),
+            }
+        }
+        assert!(refused > 0, "one source asked for 201 codes unhindered");
+        // The flooding source is limited, the app is not: a person elsewhere still signs in.
+        let before = outbox_files(&app).len();
+        let body = json!({ "email": "ada@example.com", "client_id": client });
+        assert_eq!(send_otp_from(&app, "127.0.0.4", "acme", body).await.status(), 202);
+        let (code, _) = code_for(&app, "ada@example.com", before).await;
+        assert_eq!(redeem(&app, "acme", &client, "ada@example.com", &code).await.status(), 200);
+    }
+
+    async fn the_newest_of_two_codes_asked_for_within_one_second_works(app) {
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "").await;
+        let client = app_client(&app, &t).await;
+        // The test clock stands still: both codes are asked for within one second. Which of
+        // two rows of one second came first was once a coin toss; eight rounds make it certain.
+        for _ in 0..8 {
+            let body = json!({ "email": "ada@example.com", "client_id": client });
+            let before = outbox_files(&app).len();
+            assert_eq!(send_otp(&app, "acme", body.clone()).await.status(), 202);
+            let (older, _) = code_for(&app, "ada@example.com", before).await;
+            assert_eq!(send_otp(&app, "acme", body).await.status(), 202);
+            let (newest, _) = code_for(&app, "ada@example.com", before + 1).await;
+            if older != newest {
+                // Asking again replaced the older code.
+                let res = redeem(&app, "acme", &client, "ada@example.com", &older).await;
+                assert_eq!(error_of(res).await, "invalid_grant", "the replaced code worked");
+            }
+            let res = redeem(&app, "acme", &client, "ada@example.com", &newest).await;
+            assert_eq!(res.status(), 200, "the newest mailed code was refused");
+            // Past the per-address window, for the next round.
+            app.clock.advance(15 * 60 + 1);
+        }
     }
 
     async fn codes_are_bound_to_their_client_expire_and_die_after_five_wrong_attempts(app) {
@@ -366,6 +444,26 @@ on_both_databases! {
         let r2 = narrowed["refresh_token"].as_str().unwrap();
         let res = refresh_with_scope(&app, "acme", &client, r2, Some("sensor:read video:gold")).await;
         assert_eq!(error_of(res).await, "invalid_scope");
+    }
+
+    async fn a_refresh_refused_for_a_wider_scope_leaves_the_token_good(app) {
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "sensor:read video:gold").await;
+        let client = app_client(&app, &t).await;
+        let tokens = sign_in(&app, "acme", &client, "ada@example.com").await;
+        let r1 = tokens["refresh_token"].as_str().unwrap();
+        let res = refresh_with_scope(&app, "acme", &client, r1, Some("sensor:read")).await;
+        let narrowed: Value = res.json().await.unwrap();
+        let r2 = narrowed["refresh_token"].as_str().unwrap();
+        let res = refresh_with_scope(&app, "acme", &client, r2, Some("sensor:read video:gold")).await;
+        assert_eq!(error_of(res).await, "invalid_scope");
+        // The refused request used nothing up: the same token still refreshes, and the
+        // sign-in goes on.
+        let res = refresh_with_scope(&app, "acme", &client, r2, Some("sensor:read")).await;
+        assert_eq!(res.status(), 200);
+        let next: Value = res.json().await.unwrap();
+        let r3 = next["refresh_token"].as_str().unwrap();
+        assert_eq!(refresh(&app, "acme", &client, r3).await.status(), 200);
     }
 
     async fn of_concurrent_refreshes_exactly_one_succeeds(app) {

@@ -103,17 +103,95 @@ on_both_databases! {
                 .await;
             assert_eq!(res.status(), 401);
         }
-        // Now even the right secret waits: guessing cannot go on.
+        // Guessing from this source is slowed down...
         let res = app
-            .post_form("/t/acme/oauth2/token", Some((&t.admin_id, &t.admin_secret)), "grant_type=client_credentials")
+            .post_form("/t/acme/oauth2/token", Some((&t.admin_id, "guess")), "grant_type=client_credentials")
             .await;
         assert_eq!(res.status(), 429);
         assert!(res.headers().contains_key("retry-after"));
+        // ...but the right secret is always accepted, from that source too.
+        app.token("acme", &t.admin_id, &t.admin_secret).await;
         // Another client is not affected, and the window passes.
         let other = app.tenant("acme").await;
         app.token("acme", &other.admin_id, &other.admin_secret).await;
         app.clock.advance(61);
-        app.token("acme", &t.admin_id, &t.admin_secret).await;
+        let res = app
+            .post_form("/t/acme/oauth2/token", Some((&t.admin_id, "guess")), "grant_type=client_credentials")
+            .await;
+        assert_eq!(res.status(), 401);
+    }
+
+    async fn failed_authentication_in_a_clients_name_locks_it_out_nowhere(app) {
+        let t = app.tenant("acme").await;
+        let public = app
+            .client(&t, NewClient { name: "Energy App".into(), public: true, ..NewClient::default() })
+            .await
+            .0;
+        let from = |ip: &str| {
+            reqwest::Client::builder()
+                .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+                .build()
+                .unwrap()
+        };
+        let attacker = from("127.0.0.5");
+        let token_url = app.url("/t/acme/oauth2/token");
+        for _ in 0..12 {
+            // Wrong secrets for the admin client, and a secret for a public app that has none.
+            let res = attacker
+                .post(&token_url)
+                .basic_auth(&t.admin_id, Some("guess"))
+                .form(&[("grant_type", "client_credentials")])
+                .send()
+                .await
+                .unwrap();
+            assert!([401, 429].contains(&res.status().as_u16()));
+            let res = attacker
+                .post(&token_url)
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", "garbage"),
+                    ("client_id", public.as_str()),
+                    ("client_secret", "guess"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert!([401, 429].contains(&res.status().as_u16()));
+        }
+        // From another source both clients are served at once, failures are merely failures.
+        let victim = from("127.0.0.6");
+        let res = victim
+            .post(&token_url)
+            .basic_auth(&t.admin_id, Some(&t.admin_secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let res = victim
+            .post(&token_url)
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", "garbage"), ("client_id", public.as_str())])
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = error_of(res).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "the app was locked out");
+        let res = victim
+            .post(&token_url)
+            .basic_auth(&t.admin_id, Some("wrong"))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        // The public app identifies itself from the attacker's source too.
+        let res = attacker
+            .post(&token_url)
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", "garbage"), ("client_id", public.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400);
     }
 
     async fn scopes_are_all_allowed_by_default_and_never_more(app) {
