@@ -189,6 +189,19 @@ impl Lanyard {
         self.child.id()
     }
 
+    /// The MQTT connections lanyard's open-file budget allows, from the line it logs at start
+    /// ("… at most H http and M mqtt connections …"), less a few for the benchmark's own token
+    /// requests.
+    fn mqtt_budget(&self) -> usize {
+        let log = std::fs::read_to_string(self.dir.join("lanyard.log")).unwrap_or_default();
+        log.lines()
+            .find_map(|l| {
+                let rest = l.split(" http and ").nth(1)?;
+                rest.split_whitespace().next()?.parse::<usize>().ok()
+            })
+            .map_or(usize::MAX, |m| m.saturating_sub(16))
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
     }
@@ -1296,7 +1309,11 @@ async fn main() {
             &idle_server.device_secret,
         )
         .await;
-        let idle = if args.quick { 500 } else { idle_connections() };
+        let idle = if args.quick {
+            500
+        } else {
+            idle_connections().min(idle_server.mqtt_budget())
+        };
         let base_ours = rss_kib(idle_server.pid());
         let base_theirs = rss_kib(mosq.child.id());
         // One server's connections at a time, so this process needs descriptors for one side.

@@ -26,8 +26,10 @@ const FIXED_HEADROOM: u64 = 128;
 /// Descriptors kept per database connection (SQLite holds the database, its WAL and its shared
 /// memory file open; PostgreSQL one socket).
 const PER_DATABASE_CONNECTION: u64 = 4;
-/// Of what is left, the MQTT listeners get at most this share, the HTTP listener the rest.
-const MQTT_SHARE_PERCENT: u64 = 75;
+/// Of what is left, the HTTP listener keeps a quarter, at most this many; the MQTT listeners
+/// (a fleet's devices, most of the connections) get the rest, up to `mqtt.max_connections`, and
+/// HTTP then whatever MQTT does not take.
+const HTTP_RESERVE_MAX: u64 = 2048;
 
 /// How many connections each door may hold, from the open-file limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +56,8 @@ impl FileBudget {
         )
     }
 
-    /// The split for a given limit: headroom first, then MQTT up to its configured maximum and
-    /// its share, then HTTP the rest. Each door gets at least one connection.
+    /// The split for a given limit: headroom first, a reserve for HTTP, then MQTT up to its
+    /// configured maximum, then HTTP the rest. Each door gets at least one connection.
     pub fn split(
         open_files: u64,
         raised_from: Option<u64>,
@@ -67,8 +69,9 @@ impl FileBudget {
         let database = (u64::from(database_connections) + 2) * PER_DATABASE_CONNECTION;
         let headroom = FIXED_HEADROOM + database + open_files / 32;
         let total = open_files.saturating_sub(headroom).max(2);
+        let http_reserve = (total / 4).clamp(1, HTTP_RESERVE_MAX);
         let mqtt = u64::from(mqtt_max_connections)
-            .min(total * MQTT_SHARE_PERCENT / 100)
+            .min(total - http_reserve)
             .max(1);
         let http = total.saturating_sub(mqtt).max(1);
         FileBudget {
