@@ -1,0 +1,267 @@
+//! The session's inbound half: each packet from the client, checked against the permissions
+//! before anything reaches the router (SPEC §4). A refused publish reaches no one (5.0: PUBACK or
+//! PUBREC `0x87`; 3.1.1 has no refusal, so it is acknowledged and dropped); a refused filter gets
+//! its failure code in the SUBACK (merged with the router's answers on the way out); shared
+//! subscriptions are renamed per tenant and filter; lanyard's own retained topics are delivered
+//! once per SUBSCRIBE packet.
+
+use std::collections::BTreeSet;
+
+use rumqttd::protocol::{
+    DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::codec::{self, FrameError, Version};
+use super::connection::{Connection, Outcome};
+use super::handshake::Link;
+use super::router::LinkSession;
+use crate::domain::acl::Identity;
+use crate::domain::topic::{TopicFilter, TopicName};
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Handles every complete frame in the read buffer.
+    pub(super) async fn process_buffered(&mut self) -> Option<Outcome> {
+        loop {
+            let frame = match codec::frame(&self.buf, self.gate.max_packet_size) {
+                Ok(frame) => frame,
+                Err(FrameError::Incomplete) => return None,
+                Err(FrameError::Malformed) => {
+                    return Some(Outcome::Violation(DisconnectReasonCode::MalformedPacket));
+                }
+                Err(FrameError::TooLarge { .. }) => {
+                    return Some(Outcome::Violation(DisconnectReasonCode::PacketTooLarge));
+                }
+            };
+            if !codec::client_may_send(&frame) || frame.packet_type == codec::CONNECT {
+                return Some(Outcome::Violation(DisconnectReasonCode::ProtocolError));
+            }
+            let (qos, pkid) = if frame.packet_type == codec::PUBLISH {
+                codec::publish_qos_pkid(&self.buf, &frame)
+            } else {
+                (0, 0)
+            };
+            let Some(packet) = codec::decode(self.session.version, &mut self.buf, &frame) else {
+                return Some(Outcome::Violation(DisconnectReasonCode::MalformedPacket));
+            };
+            if let Some(outcome) = self.incoming(packet, qos, pkid).await {
+                return Some(outcome);
+            }
+            if self.overflowing() {
+                return Some(Outcome::Overflow);
+            }
+        }
+    }
+
+    pub(super) fn identity(&self) -> Identity<'_> {
+        let s = &self.session;
+        let claims = &s.grant.verified.claims;
+        Identity {
+            slug: s.grant.tenant.slug.as_str(),
+            client_id: &claims.client_id,
+            sub: &claims.sub,
+            system: claims.system.as_deref(),
+            scopes: &s.grant.scopes,
+        }
+    }
+
+    /// The name under which the router knows a shared subscription (`$share/{group}/{filter}`);
+    /// None for any other filter. rumqttd keys a shared group by its name alone, across tenants
+    /// and filters, so the router sees a group named after the tenant, the group and the filter:
+    /// equal group names of two tenants are two groups (SPEC §7), and so are one tenant's equal
+    /// group names on two filters (MQTT 5.0 §4.8.2: a shared subscription is its group and its
+    /// filter). The client never sees the name: no packet to it carries a filter.
+    pub(super) fn router_filter(&self, path: &str) -> Option<String> {
+        let filter = TopicFilter::parse(path).ok()?;
+        let group = filter.share_group()?;
+        let mut named = Vec::with_capacity(group.len() + filter.filter().len() + 1);
+        named.extend_from_slice(group.as_bytes());
+        named.push(0);
+        named.extend_from_slice(filter.filter().as_bytes());
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &named);
+        let hash: String = digest.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let tenant = &self.session.grant.tenant.id;
+        Some(format!("$share/{tenant}:{hash}/{}", filter.filter()))
+    }
+
+    /// The router link's key, opening the link first if the session has none yet.
+    pub(super) async fn link(&mut self) -> Option<u64> {
+        if self.session.link.is_none() {
+            let opened = self.gate.router.open(LinkSession::Clean).await?;
+            self.session.link = Some(Box::new(Link {
+                key: opened.key,
+                rx: opened.rx,
+            }));
+        }
+        self.session.link.as_ref().map(|l| l.key)
+    }
+
+    /// Relays a packet that answers the router: without a link, there is nothing to answer.
+    pub(super) async fn answer_router(&self, packet: Packet) {
+        if let Some(link) = &self.session.link {
+            self.gate.router.send(link.key, packet).await;
+        }
+    }
+
+    /// One packet from the client.
+    pub(super) async fn incoming(&mut self, packet: Packet, qos: u8, pkid: u16) -> Option<Outcome> {
+        let v5 = self.session.version == Version::V5;
+        match packet {
+            Packet::Publish(publish, props) => {
+                if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
+                    // No alias maximum was advertised, so a client may not use aliases.
+                    return Some(Outcome::Violation(DisconnectReasonCode::TopicAliasInvalid));
+                }
+                let Some(topic) = std::str::from_utf8(&publish.topic)
+                    .ok()
+                    .and_then(|t| TopicName::parse(t).ok())
+                else {
+                    return Some(Outcome::Violation(DisconnectReasonCode::TopicNameInvalid));
+                };
+                if self.gate.permissions.may_publish(&self.identity(), &topic) {
+                    let Some(link) = self.link().await else {
+                        return Some(Outcome::RouterGone);
+                    };
+                    self.gate
+                        .router
+                        .send(link, Packet::Publish(publish, props))
+                        .await;
+                    return None;
+                }
+                tracing::debug!(client = %self.session.key, %topic, "mqtt: publish refused");
+                match qos {
+                    // 3.1.1 has no refusal for a publish: it is acknowledged and dropped.
+                    1 => {
+                        let reason = if v5 {
+                            PubAckReason::NotAuthorized
+                        } else {
+                            PubAckReason::Success
+                        };
+                        self.write(Packet::PubAck(PubAck { pkid, reason }, None));
+                    }
+                    2 => {
+                        let reason = if v5 {
+                            PubRecReason::NotAuthorized
+                        } else {
+                            PubRecReason::Success
+                        };
+                        if !v5 {
+                            self.own().refused_qos2.insert(pkid);
+                        }
+                        self.write(Packet::PubRec(PubRec { pkid, reason }, None));
+                    }
+                    _ => {}
+                }
+            }
+            Packet::Subscribe(subscribe, props) => {
+                let mut codes = Vec::with_capacity(subscribe.filters.len());
+                let mut allowed = Vec::new();
+                // lanyard's topics this packet subscribes to anew (the router replays those)
+                // and again (the gate delivers those): each once per packet, however often the
+                // packet names it.
+                let mut fresh = BTreeSet::new();
+                let mut again = BTreeSet::new();
+                for filter in subscribe.filters {
+                    let refusal = match TopicFilter::parse(&filter.path) {
+                        Err(_) if v5 => Some(SubscribeReasonCode::TopicFilterInvalid),
+                        Ok(f) if self.gate.permissions.may_subscribe(&self.identity(), &f) => None,
+                        _ if v5 => Some(SubscribeReasonCode::NotAuthorized),
+                        _ => Some(SubscribeReasonCode::Failure),
+                    };
+                    if refusal.is_none() {
+                        if self.gate.permissions.is_reserved(&filter.path)
+                            && TopicName::parse(&filter.path).is_ok()
+                        {
+                            if self.session.lanyard_topics.insert(filter.path.clone()) {
+                                fresh.insert(filter.path.clone());
+                            } else if !fresh.contains(&filter.path) {
+                                // Subscribed already: the router will not replay it (MQTT
+                                // §3.3.1.3 asks for the retained message on every subscribe).
+                                again.insert(filter.path.clone());
+                            }
+                        }
+                        let mut filter = filter;
+                        if let Some(path) = self.router_filter(&filter.path) {
+                            filter.path = path;
+                        }
+                        allowed.push(filter);
+                    } else {
+                        tracing::debug!(client = %self.session.key, filter = %filter.path, "mqtt: subscription refused");
+                    }
+                    codes.push(refusal);
+                }
+                for topic in &again {
+                    self.deliver_current(topic);
+                    if self.overflowing() {
+                        return Some(Outcome::Overflow);
+                    }
+                }
+                let pkid = subscribe.pkid;
+                if allowed.is_empty() {
+                    let return_codes = codes.into_iter().flatten().collect();
+                    self.write(Packet::SubAck(SubAck { pkid, return_codes }, None));
+                } else {
+                    if codes.iter().any(Option::is_some) {
+                        self.own().subscriptions.insert(pkid, codes);
+                    }
+                    let subscribe = Subscribe {
+                        pkid,
+                        filters: allowed,
+                    };
+                    let Some(link) = self.link().await else {
+                        return Some(Outcome::RouterGone);
+                    };
+                    self.gate
+                        .router
+                        .send(link, Packet::Subscribe(subscribe, props))
+                        .await;
+                }
+            }
+            Packet::Unsubscribe(mut unsubscribe, props) => {
+                // The router acknowledges only filters it held, once per filter: the gate
+                // answers for the whole packet instead.
+                let pkid = unsubscribe.pkid;
+                let reasons = vec![UnsubAckReason::Success; unsubscribe.filters.len()];
+                for filter in &mut unsubscribe.filters {
+                    self.session.lanyard_topics.remove(filter);
+                    if let Some(path) = self.router_filter(filter) {
+                        *filter = path;
+                    }
+                }
+                self.answer_router(Packet::Unsubscribe(unsubscribe, props))
+                    .await;
+                self.write(Packet::UnsubAck(UnsubAck { pkid, reasons }, None));
+            }
+            Packet::PubAck(ack, _) => self.answer_router(Packet::PubAck(ack, None)).await,
+            Packet::PubRec(rec, _) => self.answer_router(Packet::PubRec(rec, None)).await,
+            Packet::PubComp(comp, _) => self.answer_router(Packet::PubComp(comp, None)).await,
+            Packet::PubRel(rel, _) => {
+                if self
+                    .own
+                    .as_mut()
+                    .is_some_and(|o| o.refused_qos2.remove(&rel.pkid))
+                {
+                    let comp = PubComp {
+                        pkid: rel.pkid,
+                        reason: PubCompReason::Success,
+                    };
+                    self.write(Packet::PubComp(comp, None));
+                } else {
+                    self.answer_router(Packet::PubRel(rel, None)).await;
+                }
+            }
+            Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
+            Packet::Disconnect(disconnect, _) => {
+                let will =
+                    disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                return Some(Outcome::Disconnected { will });
+            }
+            _ => return Some(Outcome::Violation(DisconnectReasonCode::ProtocolError)),
+        }
+        None
+    }
+}
