@@ -2,7 +2,7 @@
 //! async-graphql.
 //!
 //! Callers authenticate with a lanyard access token (`Authorization: Bearer`); its `aud` is the
-//! tenant. The token is checked before the body is read: a request without a valid one is
+//! tenant. The token is checked before the body is parsed: a request without a valid one is
 //! answered `401` whatever its document (only the GraphiQL page and its assets, served from the
 //! binary, are open). A document's cost is then bounded before the engine validates it
 //! ([`documents`]: each fragment counted once per use, no more than [`MAX_MINTS`] mint fields and

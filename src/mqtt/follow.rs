@@ -36,21 +36,30 @@ impl Gate {
         self.sessions.drop_wills_where(&pick);
     }
 
-    /// Publishes a will whose delay has passed, unless its grant was withdrawn meanwhile (an
-    /// announcement this node missed, or one that came while the will was being set).
-    pub(crate) async fn publish_delayed_will(&self, grant: &sessions::Grant, will: Publish) {
+    /// Whether a grant is still good as far as its signing key goes and, with `tokens`, its
+    /// revocation, its client and its person: asked of the database.
+    async fn grant_still_valid(
+        &self,
+        grant: &sessions::Grant,
+        tokens: bool,
+    ) -> crate::authority::Result<bool> {
         let claims = &grant.verified.claims;
-        let valid = self
-            .authority
+        self.authority
             .grant_still_valid(
                 grant.tenant.slug.as_str(),
                 &grant.verified.kid,
                 &claims.client_id,
                 &claims.sub,
                 &claims.jti,
-                true,
+                tokens,
             )
-            .await;
+            .await
+    }
+
+    /// Publishes a will whose delay has passed, unless its grant was withdrawn meanwhile (an
+    /// announcement this node missed, or one that came while the will was being set).
+    pub(crate) async fn publish_delayed_will(&self, grant: &sessions::Grant, will: Publish) {
+        let valid = self.grant_still_valid(grant, true).await;
         // An answer the database cannot give now keeps the will, as it keeps sessions.
         if !matches!(valid, Ok(false)) {
             self.publish(will).await;
@@ -191,17 +200,7 @@ impl Gate {
                 continue;
             }
             let claims = &grant.verified.claims;
-            let valid = self
-                .authority
-                .grant_still_valid(
-                    grant.tenant.slug.as_str(),
-                    &grant.verified.kid,
-                    &claims.client_id,
-                    &claims.sub,
-                    &claims.jti,
-                    tokens,
-                )
-                .await;
+            let valid = self.grant_still_valid(&grant, tokens).await;
             // An answer the database cannot give now keeps the session: the next check decides.
             if matches!(valid, Ok(false)) {
                 self.withdraw(|g| {
