@@ -149,9 +149,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         } else {
                             PubRecReason::Success
                         };
-                        if !v5 {
-                            self.own().refused_qos2.insert(pkid);
-                        }
+                        // A 5.0 PUBREC 0x87 ends the flow (§4.3.3), but clients such as paho
+                        // send the PUBREL anyway: it is answered here, or the router, which
+                        // never saw the message, would end the connection.
+                        self.own().refused_qos2.insert(pkid);
                         self.write(Packet::PubRec(PubRec { pkid, reason }, None));
                     }
                     _ => {}
@@ -245,9 +246,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .as_mut()
                     .is_some_and(|o| o.refused_qos2.remove(&rel.pkid))
                 {
+                    // 3.1.1 completes the flow it acknowledged; 5.0 says the refused packet
+                    // id is not in flight (§3.7.2.1).
+                    let reason = if v5 {
+                        PubCompReason::PacketIdentifierNotFound
+                    } else {
+                        PubCompReason::Success
+                    };
                     let comp = PubComp {
                         pkid: rel.pkid,
-                        reason: PubCompReason::Success,
+                        reason,
                     };
                     self.write(Packet::PubComp(comp, None));
                 } else {

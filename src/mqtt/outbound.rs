@@ -37,7 +37,7 @@ pub(super) struct OwnAnswers {
     /// SUBSCRIBE packet ids relayed with some filters refused: each position's refusal, or None
     /// where the router's answer goes.
     pub(super) subscriptions: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
-    /// 3.1.1 QoS 2 publishes refused after PUBREC: their PUBREL is answered here.
+    /// QoS 2 publishes refused at PUBREC: their PUBREL is answered here.
     pub(super) refused_qos2: HashSet<u16>,
     /// QoS 2 messages too large for the client, acknowledged to the router on its behalf.
     pub(super) dropped_qos2: HashSet<u16>,

@@ -526,3 +526,49 @@ async fn a_packet_trickled_in_a_byte_at_a_time_does_not_keep_a_connection_alive(
         "a never-finished packet kept the connection alive"
     );
 }
+
+/// Clients such as paho send the PUBREL of a QoS 2 publish even after a 5.0 PUBREC `0x87`. It
+/// is answered (PUBCOMP `0x92`, Packet Identifier not found) and the connection stays, also
+/// once the session has a router link: the router never saw the message and would end it.
+#[tokio::test]
+async fn a_pubrel_after_a_refused_qos2_publish_is_answered_and_the_connection_stays() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = token(&app).await;
+    let mut stream = connect_raw(&app, connect(5, "paho-like", Some(&token))).await;
+    stream
+        .write_all(&subscribe_v5(1, &["drivr/v1/acme/jwks"]))
+        .await
+        .unwrap();
+    let answers = read_some(&mut stream).await;
+    assert!(answers.contains(&0x90), "a SUBACK: {answers:02x?}");
+    // PUBLISH QoS 2 under lanyard's prefix, packet id 7, no properties.
+    let mut body = Vec::new();
+    string(b"drivr/v1/acme/jwks", &mut body);
+    body.extend_from_slice(&7u16.to_be_bytes());
+    body.push(0);
+    body.extend_from_slice(b"{}");
+    stream.write_all(&packet(0x34, &body)).await.unwrap();
+    let pubrec = read_some(&mut stream).await;
+    // PUBREC, its length, packet id 7, reason 0x87 (Not authorized).
+    assert_eq!(
+        (pubrec.first(), pubrec.get(2..5)),
+        (Some(&0x50), Some(&[0x00, 0x07, 0x87][..])),
+        "{pubrec:02x?}"
+    );
+    // PUBREL 7 anyway, then a PINGREQ.
+    stream
+        .write_all(&[0x62, 0x02, 0x00, 0x07, 0xc0, 0x00])
+        .await
+        .unwrap();
+    let answers = read_some(&mut stream).await;
+    // PUBCOMP, its length, packet id 7, reason 0x92 (Packet Identifier not found).
+    assert_eq!(
+        (answers.first(), answers.get(2..5)),
+        (Some(&0x70), Some(&[0x00, 0x07, 0x92][..])),
+        "{answers:02x?}"
+    );
+    assert!(
+        answers.ends_with(&[0xd0, 0x00]),
+        "still connected: {answers:02x?}"
+    );
+}
