@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::caller::{CLIENTS_WRITE, LOCAL_TOKENS_READ, SCOPES_WRITE, admin_scopes_missing};
-use super::tenants::validate_name;
+use super::validate_name;
 use super::{Actor, Authority, Error, Event, Result, Tenant};
 use crate::crypto::Secret;
 use crate::crypto::secret::random_id;

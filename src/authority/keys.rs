@@ -8,8 +8,8 @@
 
 use anyhow::Context;
 
+use super::cache::keyring::KeyInfo;
 use super::caller::{KEYS_READ, KEYS_WRITE};
-use super::keyring::KeyInfo;
 use super::{Actor, Authority, Error, Event, Result, Tenant};
 use crate::crypto::SigningKey;
 use crate::domain::KeyStatus;

@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::cache::holdings::{self, Holding};
+use super::cache::keyring::TenantKeys;
+use super::cache::tally::Reserved;
 use super::caller::SYSTEMS_READ;
-use super::holdings::{self, Holding};
-use super::keyring::TenantKeys;
-use super::tally::Reserved;
-use super::tenants::validate_name;
+use super::validate_name;
 use super::{Actor, Authority, Caller, Error, Event, Result, Role, Tenant};
 use crate::crypto::jws;
 use crate::domain::Period;

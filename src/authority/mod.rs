@@ -19,30 +19,26 @@ use crate::crypto::KeyEncryptionKey;
 use crate::domain::Clock;
 use crate::store::{Db, StoreError};
 
+pub mod cache;
 pub mod caller;
 pub mod clients;
 pub mod demo;
-pub mod holdings;
-pub mod keyring;
 pub mod keys;
 pub mod limiter;
 pub mod local_tokens;
 pub mod mail;
-pub mod revoked;
 pub mod signin;
 pub mod systems;
-pub mod tally;
 pub mod tenants;
-pub mod token_cache;
 pub mod tokens;
 pub mod users;
 
+pub use cache::keyring::KeyRings;
+pub use cache::token_cache::KnownToken;
 pub use caller::{Actor, Caller};
 pub use clients::{ClientRegistration, NewClient};
-pub use keyring::KeyRings;
 pub use local_tokens::{LocalToken, LocalTokenStatus, MintedToken};
 pub use tenants::Tenant;
-pub use token_cache::KnownToken;
 pub use tokens::{ClientCredentials, IssuedToken, TokenRejected, VerifiedAccessToken};
 pub use users::{Role, User};
 
@@ -123,9 +119,9 @@ pub struct Authority {
     pub(crate) kek: KeyEncryptionKey,
     pub(crate) keyrings: KeyRings,
     pub(crate) auth_failures: limiter::FailureLimiter,
-    pub(crate) token_cache: token_cache::TokenCache,
+    pub(crate) token_cache: cache::token_cache::TokenCache,
     /// The revocation list, so verifying a token no one presented before asks no database.
-    pub(crate) revoked: revoked::RevokedTokens,
+    pub(crate) revoked: cache::revoked::RevokedTokens,
     pub(crate) mailer: Arc<dyn mail::Mailer>,
     /// Tenants by slug. Tenants are never renamed or deleted, so an entry never goes stale;
     /// misses are not remembered, so a tenant created by another process is found.
@@ -136,9 +132,9 @@ pub struct Authority {
     pub(crate) client_cache:
         RwLock<HashMap<(String, String), Arc<crate::store::clients::ClientRow>>>,
     /// People's names and roles on systems, which every local API token carries.
-    pub(crate) holdings: holdings::Holdings,
+    pub(crate) holdings: cache::holdings::Holdings,
     /// Live local tokens per person and system, against the cap.
-    pub(crate) tally: tally::Tally,
+    pub(crate) tally: cache::tally::Tally,
     /// Writes minted local tokens, those minted together in one statement; started at the
     /// first mint (it needs the runtime).
     pub(crate) local_token_inserts: std::sync::OnceLock<crate::store::local_tokens::Inserts>,
@@ -320,4 +316,16 @@ impl Authority {
 /// Logs an unexpected failure with its cause chain; the caller answers with a generic error.
 pub(crate) fn log_internal(context: &str, error: &dyn std::fmt::Display) {
     tracing::error!("{context}: {error:#}");
+}
+
+/// Display names: 1 to 200 characters, no control characters.
+pub(crate) fn validate_name(name: &str) -> Result<&str> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 200 || trimmed.chars().any(char::is_control)
+    {
+        return Err(Error::Invalid(
+            "a name must be 1 to 200 characters without control characters".into(),
+        ));
+    }
+    Ok(trimmed)
 }

@@ -1,7 +1,7 @@
 //! Systems: the gateways, locks and building controllers local API tokens are addressed to.
 
 use super::caller::SYSTEMS_WRITE;
-use super::tenants::validate_name;
+use super::validate_name;
 use super::{Actor, Authority, Result};
 use crate::store::systems;
 

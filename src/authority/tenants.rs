@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::clients::NewClient;
-use super::{Authority, Error, Event, Result};
+use super::{Authority, Error, Event, Result, validate_name};
 use crate::domain::{GrantType, ScopeSet, Slug};
 use crate::store::{StoreError, tenants};
 
@@ -159,16 +159,4 @@ impl Authority {
             issuer: tenant.issuer,
         })
     }
-}
-
-/// Display names: 1 to 200 characters, no control characters.
-pub(crate) fn validate_name(name: &str) -> Result<&str> {
-    let trimmed = name.trim();
-    if trimmed.is_empty() || trimmed.chars().count() > 200 || trimmed.chars().any(char::is_control)
-    {
-        return Err(Error::Invalid(
-            "a name must be 1 to 200 characters without control characters".into(),
-        ));
-    }
-    Ok(trimmed)
 }

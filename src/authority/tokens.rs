@@ -11,8 +11,8 @@
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
+use super::cache::token_cache::{CacheKey, KnownToken};
 use super::clients::Client;
-use super::token_cache::{CacheKey, KnownToken};
 use super::{Authority, Event, Tenant, log_internal};
 use crate::crypto::{JwsError, Secret, SecretHash, jws};
 use crate::domain::claims::ACCESS_TOKEN_TYP;

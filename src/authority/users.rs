@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::caller::{ROLES_WRITE, USERS_WRITE};
-use super::tenants::validate_name;
+use super::validate_name;
 use super::{Actor, Authority, Error, Event, Result, Tenant};
 use crate::domain::{Email, ScopeSet};
 use crate::store::{StoreError, local_tokens, systems, users};

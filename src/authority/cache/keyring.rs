@@ -1,7 +1,7 @@
 //! Each tenant's keys held parsed in memory: the signer, the verifiers and the JWKS document.
 //!
 //! A keyring is rebuilt from the database when this process changes the tenant's keys (an
-//! [`Event::KeysChanged`](super::Event)) and at the latest [`MAX_AGE`] after it was loaded, which
+//! [`Event::KeysChanged`](crate::authority::Event)) and at the latest [`MAX_AGE`] after it was loaded, which
 //! is how changes made by another process (the `bootstrap` command, another node) are seen.
 //! Private keys are unsealed and parsed once per `kid` and kept, so a refresh costs one query.
 
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 
-use super::{Authority, Result, Tenant};
+use crate::authority::{Authority, Result, Tenant};
 use crate::crypto::{SigningKey, VerifyingKey};
 use crate::domain::KeyStatus;
 use crate::store::signing_keys::{self, KeyRow};
@@ -61,14 +61,14 @@ pub struct KeyRings {
 }
 
 impl KeyRings {
-    pub(super) fn forget(&self, tenant_id: &str) {
+    pub(in crate::authority) fn forget(&self, tenant_id: &str) {
         self.tenants
             .write()
             .expect("keyring lock")
             .remove(tenant_id);
     }
 
-    pub(super) fn forget_all(&self) {
+    pub(in crate::authority) fn forget_all(&self) {
         self.tenants.write().expect("keyring lock").clear();
     }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::digest;
 
-use super::{Tenant, VerifiedAccessToken};
+use crate::authority::{Tenant, VerifiedAccessToken};
 use crate::domain::ScopeSet;
 
 /// At most this many tokens are remembered; beyond it, new ones are verified every time.

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::Role;
+use crate::authority::Role;
 
 /// A person's name and the roles they hold on one system, by role name.
 #[derive(Debug, Clone, PartialEq, Eq)]

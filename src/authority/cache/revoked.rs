@@ -4,8 +4,8 @@
 //!
 //! The list is read from the database at the first check, then kept up to date with the
 //! revocations this process makes and those other nodes announce
-//! ([`super::Event::AccessTokenRevoked`]). When announcements may have been missed
-//! ([`super::Event::Resync`]) and after expired revocations are pruned, it is read again; an id
+//! ([`crate::authority::Event::AccessTokenRevoked`]). When announcements may have been missed
+//! ([`crate::authority::Event::Resync`]) and after expired revocations are pruned, it is read again; an id
 //! announced while it is being read is kept whatever the read returns. With more revocations
 //! than [`CAPACITY`], every check asks the database instead (and the list is read again a
 //! minute later).
