@@ -42,6 +42,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_BATCH: usize = 10;
 /// Mint fields in one request, a batch counted whole (SPEC §7).
 pub const MAX_MINTS: u64 = 20;
+/// Errors reported per operation; the rest are left out.
+const MAX_ERRORS: usize = 20;
 /// Fields reading a whole list in one request, a batch counted whole.
 pub const MAX_LISTS: u64 = 10;
 /// New documents parsed at once, the rest waiting their turn.
@@ -160,12 +162,15 @@ async fn execute(
             "the request took too long and was ended; what it changed before is kept",
         );
     };
-    match &mut response {
-        BatchResponse::Single(r) => r.errors.iter_mut().for_each(code_engine_error),
-        BatchResponse::Batch(rs) => rs
-            .iter_mut()
-            .flat_map(|r| r.errors.iter_mut())
-            .for_each(code_engine_error),
+    let responses = match &mut response {
+        BatchResponse::Single(r) => std::slice::from_mut(r),
+        BatchResponse::Batch(rs) => rs.as_mut_slice(),
+    };
+    for r in responses {
+        // A document naming thousands of unknown variables or arguments would otherwise be
+        // answered with an error each: an answer many times the request's size.
+        r.errors.truncate(MAX_ERRORS);
+        r.errors.iter_mut().for_each(code_engine_error);
     }
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(response)).into_response()
 }

@@ -123,6 +123,25 @@ async fn fragment_bombs_are_refused_at_once_and_the_service_keeps_answering() {
 }
 
 #[tokio::test]
+async fn a_document_full_of_mistakes_gets_a_short_answer() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let w = world(&app).await;
+    let variables: Vec<String> = (0..2000).map(|i| format!("$v{i}: Int")).collect();
+    let query = format!("query({}) {{ me {{ sub }} }}", variables.join(", "));
+    let (status, body) = post_graphql(&app, Some(&w.admin_token), &json!({ "query": query })).await;
+    assert_eq!(status, 200);
+    let errors = body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(
+        !errors.is_empty() && errors.len() <= 20,
+        "{} errors",
+        errors.len()
+    );
+    assert_eq!(code(&body), "BAD_USER_INPUT");
+}
+
+#[tokio::test]
 async fn the_graphql_page_works_without_reaching_another_host() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let page = app
