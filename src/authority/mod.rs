@@ -23,6 +23,7 @@ pub mod cache;
 pub mod caller;
 pub mod clients;
 pub mod demo;
+pub mod grants;
 pub mod keys;
 pub mod limiter;
 pub mod local_tokens;
@@ -37,9 +38,10 @@ pub use cache::keyring::KeyRings;
 pub use cache::token_cache::KnownToken;
 pub use caller::{Actor, Caller};
 pub use clients::{ClientRegistration, NewClient};
+pub use grants::{ClientCredentials, GrantRequest, IssuedToken};
 pub use local_tokens::{LocalToken, LocalTokenStatus, MintedToken};
 pub use tenants::Tenant;
-pub use tokens::{ClientCredentials, IssuedToken, TokenRejected, VerifiedAccessToken};
+pub use tokens::{TokenRejected, VerifiedAccessToken};
 pub use users::{Role, User};
 
 /// Something changed that other parts may need to act on. On PostgreSQL, events are also
@@ -311,11 +313,6 @@ impl Authority {
         self.db.ping().await?;
         Ok(())
     }
-}
-
-/// Logs an unexpected failure with its cause chain; the caller answers with a generic error.
-pub(crate) fn log_internal(context: &str, error: &dyn std::fmt::Display) {
-    tracing::error!("{context}: {error:#}");
 }
 
 /// Display names: 1 to 200 characters, no control characters.

@@ -1,5 +1,5 @@
-//! People's sign-in (SPEC §3): one-time codes sent by mail, the OTP grant, rotating refresh
-//! tokens, and userinfo.
+//! People's sign-in (SPEC §3): one-time codes sent by mail, ending a sign-in, and userinfo. The
+//! grants that redeem codes and refresh tokens are in [`grants`](super::grants).
 //!
 //! Codes are six digits, bound to the client that asked, valid 10 minutes, dead after 5 wrong
 //! attempts, and consumed by one conditional `UPDATE`, so of concurrent redemptions exactly one
@@ -16,16 +16,14 @@
 
 use std::net::IpAddr;
 
-use serde_json::{Map, Value};
-use subtle::ConstantTimeEq;
-
 use super::clients::Client;
 use super::mail::Mail;
 use super::tokens::TokenRejected;
-use super::{Authority, IssuedToken, Tenant, User, log_internal};
-use crate::crypto::{Secret, SecretHash, random_bytes};
-use crate::domain::{Email, GrantType, OAuthError, OAuthErrorCode, ScopeSet};
+use super::{Authority, Tenant};
+use crate::crypto::{SecretHash, random_bytes};
+use crate::domain::{Email, GrantType, Internal, OAuthError, OAuthErrorCode};
 use crate::store::{StoreError, clients, otp, refresh_tokens};
+use serde_json::{Map, Value};
 
 /// How long a code is good for.
 pub const CODE_TTL_SECS: i64 = 600;
@@ -38,15 +36,8 @@ pub const CODES_PER_SOURCE: i64 = 100;
 /// The rate-limit window.
 pub const CODE_WINDOW_SECS: i64 = 900;
 
-fn server_error(context: &str) -> impl Fn(StoreError) -> OAuthError + '_ {
-    move |e| {
-        log_internal(context, &e);
-        OAuthError::server_error()
-    }
-}
-
-fn invalid_grant(description: &str) -> OAuthError {
-    OAuthError::new(OAuthErrorCode::InvalidGrant, description)
+fn server_error(context: &'static str) -> impl Fn(StoreError) -> OAuthError {
+    move |e| OAuthError::server_error(Internal::new(context, e))
 }
 
 /// A uniformly random six-digit code.
@@ -61,7 +52,7 @@ fn six_digits() -> String {
 }
 
 /// The stored form of a code: bound to its row, so equal codes do not hash alike.
-fn code_hash(id: &str, code: &str) -> SecretHash {
+pub(super) fn code_hash(id: &str, code: &str) -> SecretHash {
     SecretHash::of(format!("{id}:{code}").as_bytes())
 }
 
@@ -112,10 +103,10 @@ impl Authority {
             .map_err(server_error("client lookup"))?
             .map(|row| Client::from_row(&row))
             .filter(|c| c.grant_types.contains(&GrantType::Otp));
-        let user = self.user_by_email(tenant, &email).await.map_err(|e| {
-            log_internal("user lookup", &e);
-            OAuthError::server_error()
-        })?;
+        let user = self
+            .user_by_email(tenant, &email)
+            .await
+            .map_err(|e| OAuthError::server_error(Internal::new("user lookup", e)))?;
         // Every request is recorded, for the rate limits; one that reaches nobody gets a code
         // nobody knows, and one naming no usable client is recorded under no address.
         let id = uuid::Uuid::new_v4().to_string();
@@ -167,172 +158,6 @@ impl Authority {
         Ok(())
     }
 
-    /// The OTP grant: a code from [`Authority::send_otp`] for a token pair. The scope is the
-    /// user's granted scopes, narrowed to `scope` when given.
-    pub async fn otp_grant(
-        &self,
-        tenant: &Tenant,
-        creds: &super::ClientCredentials,
-        email: &str,
-        code: &str,
-        scope: Option<&str>,
-    ) -> Result<IssuedToken, OAuthError> {
-        let client = self.authenticate_client(tenant, creds).await?;
-        if !client.grant_types.contains(&GrantType::Otp) {
-            return Err(OAuthError::new(
-                OAuthErrorCode::UnauthorizedClient,
-                "this client may not use the one-time-code grant",
-            ));
-        }
-        let requested = parse_scope(scope)?;
-        let email = Email::parse(email).map_err(|e| OAuthError::invalid_request(e.to_string()))?;
-        let wrong = || invalid_grant("the code is wrong, expired or used up; ask for a new one");
-        if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(wrong());
-        }
-        let now = self.now();
-        let row = otp::latest(&self.db, &tenant.id, email.as_str(), &client.client_id)
-            .await
-            .map_err(server_error("reading a sign-in code"))?
-            .ok_or_else(wrong)?;
-        if row.used || row.expires_at <= now || row.attempts >= CODE_MAX_ATTEMPTS {
-            return Err(wrong());
-        }
-        let matches: bool = code_hash(&row.id, code).0.ct_eq(&row.code_hash[..]).into();
-        if !matches {
-            otp::record_failed_attempt(&self.db, &row.id)
-                .await
-                .map_err(server_error("recording a failed attempt"))?;
-            return Err(wrong());
-        }
-        if !otp::consume(&self.db, &row.id, CODE_MAX_ATTEMPTS, now)
-            .await
-            .map_err(server_error("consuming a sign-in code"))?
-        {
-            return Err(wrong());
-        }
-        let user = self
-            .user_by_email(tenant, &email)
-            .await
-            .map_err(|e| {
-                log_internal("user lookup", &e);
-                OAuthError::server_error()
-            })?
-            .ok_or_else(wrong)?;
-        let scope = narrow(&user.scopes, requested.as_ref());
-        let family = uuid::Uuid::new_v4().to_string();
-        self.issue_user_tokens(tenant, &client, &user, scope, &family)
-            .await
-    }
-
-    /// The refresh grant (RFC 6749 §6) with rotation: the token is used up and a new one
-    /// returned; a used one presented again revokes every token of its sign-in.
-    pub async fn refresh_grant(
-        &self,
-        tenant: &Tenant,
-        creds: &super::ClientCredentials,
-        refresh_token: &str,
-        scope: Option<&str>,
-    ) -> Result<IssuedToken, OAuthError> {
-        let client = self.authenticate_client(tenant, creds).await?;
-        if !client.grant_types.contains(&GrantType::RefreshToken) {
-            return Err(OAuthError::new(
-                OAuthErrorCode::UnauthorizedClient,
-                "this client may not use the refresh_token grant",
-            ));
-        }
-        let requested = parse_scope(scope)?;
-        let bad = || invalid_grant("the refresh token is not valid");
-        if refresh_token.len() > 256 {
-            return Err(bad());
-        }
-        let hash = SecretHash::of(refresh_token.as_bytes());
-        let now = self.now();
-        let Some(found) = refresh_tokens::find(&self.db, &tenant.id, &hash.0)
-            .await
-            .map_err(server_error("reading a refresh token"))?
-        else {
-            return Err(bad());
-        };
-        if found.client_id != client.client_id {
-            return Err(bad());
-        }
-        // The scope is checked before the token is used up: a refused request must leave the
-        // token good, or its next honest use would count as reuse and end the sign-in.
-        let granted = ScopeSet::parse(&found.scope).unwrap_or_default();
-        if let Some(requested) = &requested
-            && !requested.is_subset(&granted)
-        {
-            return Err(OAuthError::new(
-                OAuthErrorCode::InvalidScope,
-                "a refresh can only narrow the scope of the sign-in",
-            ));
-        }
-        let Some(row) = refresh_tokens::take(&self.db, &tenant.id, &hash.0, now)
-            .await
-            .map_err(server_error("using a refresh token"))?
-        else {
-            if found.used && !found.revoked {
-                // RFC 9700 §4.14.2: reuse means the token leaked; end the whole sign-in.
-                refresh_tokens::revoke_family(&self.db, &found.family_id)
-                    .await
-                    .map_err(server_error("revoking a refresh token family"))?;
-                tracing::warn!(tenant = %tenant.slug, user = %found.user_id, "refresh token reused; its sign-in was revoked");
-            }
-            return Err(bad());
-        };
-        let user = self
-            .user(tenant, &row.user_id)
-            .await
-            .map_err(|e| {
-                log_internal("user lookup", &e);
-                OAuthError::server_error()
-            })?
-            .ok_or_else(bad)?;
-        // The user's grants may have shrunk since the sign-in.
-        let scope = narrow(&narrow(&user.scopes, Some(&granted)), requested.as_ref());
-        self.issue_user_tokens(tenant, &client, &user, scope, &row.family_id)
-            .await
-    }
-
-    async fn issue_user_tokens(
-        &self,
-        tenant: &Tenant,
-        client: &Client,
-        user: &User,
-        scope: ScopeSet,
-        family: &str,
-    ) -> Result<IssuedToken, OAuthError> {
-        let mut issued = self
-            .issue_access_token(tenant, &user.id, client, scope.clone())
-            .await?;
-        if !client.grant_types.contains(&GrantType::RefreshToken) {
-            // A refresh token is optional (RFC 6749 §5.1) and of no use to this client.
-            return Ok(issued);
-        }
-        let refresh = Secret::generate();
-        let now = self.now();
-        refresh_tokens::insert(
-            &self.db,
-            &refresh_tokens::RefreshRow {
-                token_hash: refresh.hash().0.to_vec(),
-                family_id: family.to_owned(),
-                tenant_id: tenant.id.clone(),
-                user_id: user.id.clone(),
-                client_id: client.client_id.clone(),
-                scope: scope.to_string(),
-                used: false,
-                revoked: false,
-                created_at: now,
-                expires_at: now + self.settings.tokens.refresh_token_ttl.as_secs_i64(),
-            },
-        )
-        .await
-        .map_err(server_error("storing a refresh token"))?;
-        issued.refresh_token = Some(refresh);
-        Ok(issued)
-    }
-
     /// Revokes the sign-in a refresh token belongs to (RFC 7009), if the caller may: the
     /// client it was issued to, or a client holding `lanyard:clients:write` and every `lanyard:`
     /// scope of the sign-in. Returns false when
@@ -371,7 +196,7 @@ impl Authority {
     ) -> Result<Map<String, Value>, OAuthError> {
         let verified = match self.verify_access_token(tenant, bearer).await {
             Ok(v) => v,
-            Err(TokenRejected::Unavailable) => return Err(OAuthError::server_error()),
+            Err(TokenRejected::Unavailable(cause)) => return Err(OAuthError::server_error(cause)),
             Err(e) => return Err(OAuthError::new(OAuthErrorCode::InvalidToken, e.to_string())),
         };
         let claims = verified.claims;
@@ -383,10 +208,7 @@ impl Authority {
         let user = self
             .user(tenant, &claims.sub)
             .await
-            .map_err(|e| {
-                log_internal("user lookup", &e);
-                OAuthError::server_error()
-            })?
+            .map_err(|e| OAuthError::server_error(Internal::new("user lookup", e)))?
             .ok_or_else(|| {
                 OAuthError::new(OAuthErrorCode::InvalidToken, "the user no longer exists")
             })?;
@@ -400,22 +222,5 @@ impl Authority {
     /// Forgets sign-in codes that expired more than a rate-limit window ago.
     pub async fn prune_codes_once(&self) -> super::Result<u64> {
         Ok(otp::prune(&self.db, self.now() - CODE_WINDOW_SECS).await?)
-    }
-}
-
-fn parse_scope(scope: Option<&str>) -> Result<Option<ScopeSet>, OAuthError> {
-    scope
-        .map(|s| {
-            ScopeSet::parse(s)
-                .map_err(|e| OAuthError::new(OAuthErrorCode::InvalidScope, e.to_string()))
-        })
-        .transpose()
-}
-
-/// `held` narrowed to `requested` (all of `held` when nothing is requested).
-fn narrow(held: &ScopeSet, requested: Option<&ScopeSet>) -> ScopeSet {
-    match requested {
-        None => held.clone(),
-        Some(r) => held.iter().filter(|s| r.contains(s)).cloned().collect(),
     }
 }

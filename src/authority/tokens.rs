@@ -1,5 +1,5 @@
-//! Access tokens: the `client_credentials` grant, verification as every door needs it,
-//! introspection (RFC 7662) and revocation (RFC 7009).
+//! Access tokens once issued (by [`grants`](super::grants)): verification as every door needs
+//! it, introspection (RFC 7662) and revocation (RFC 7009).
 //!
 //! Verification is the one place that decides whether an access token is good: signature by a
 //! published key of the tenant, `typ`, `iss`, `aud`, time claims, the revocation list (held in
@@ -8,47 +8,19 @@
 //! use the same function. A token that passed is remembered until its `exp` (see
 //! [`token_cache`](super::token_cache)), so presenting it again costs no database round trip.
 
-use std::net::IpAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use super::cache::token_cache::{CacheKey, KnownToken};
 use super::clients::Client;
-use super::{Authority, Event, Tenant, log_internal};
-use crate::crypto::{JwsError, Secret, SecretHash, jws};
+use super::grants::ClientCredentials;
+use super::{Authority, Event, Tenant};
+use crate::crypto::{JwsError, jws};
 use crate::domain::claims::ACCESS_TOKEN_TYP;
-use crate::domain::{AccessClaims, GrantType, OAuthError, OAuthErrorCode, ScopeSet};
+use crate::domain::{AccessClaims, Internal, OAuthError, OAuthErrorCode, ScopeSet};
 use crate::store::{clients, revocations, users};
 
 /// A token whose `nbf` is at most this far ahead is accepted: clocks of nodes differ a little.
 pub const NOT_BEFORE_LEEWAY_SECS: i64 = 30;
-/// Longer client ids and secrets are refused before any lookup.
-const MAX_CREDENTIAL_LEN: usize = 256;
-
-/// Compared against when the client does not exist, so an unknown client costs what a wrong
-/// secret costs.
-static DUMMY_HASH: LazyLock<SecretHash> = LazyLock::new(|| Secret::generate().hash());
-
-/// Credentials presented by a client (RFC 6749 §2.3.1).
-#[derive(Debug, Clone)]
-pub struct ClientCredentials {
-    pub client_id: String,
-    /// None for a public client identifying itself.
-    pub secret: Option<Secret>,
-    /// The network address the credentials came from, as the rate limit counts it (the door
-    /// folds an IPv6 address to its /64); `None` where a door has none.
-    pub source: Option<IpAddr>,
-}
-
-/// A token response (RFC 6749 §5.1).
-#[derive(Debug, Clone)]
-pub struct IssuedToken {
-    pub access_token: String,
-    pub expires_in: i64,
-    pub scope: ScopeSet,
-    /// For people's sign-in, to a client allowed the refresh grant: the next refresh token.
-    pub refresh_token: Option<Secret>,
-}
-
 /// An access token that passed every check.
 #[derive(Debug, Clone)]
 pub struct VerifiedAccessToken {
@@ -80,160 +52,10 @@ pub enum TokenRejected {
     #[error("the token's user no longer exists")]
     UserGone,
     #[error("the token could not be checked right now")]
-    Unavailable,
+    Unavailable(Internal),
 }
 
 impl Authority {
-    /// Authenticates a client of `tenant`. A confidential client must present its secret; a
-    /// public client identifies itself by `client_id` alone. An unknown client and a wrong secret
-    /// get the same answer after the same work. Failures are rate limited per `client_id` and
-    /// source address (SPEC §3, §7): a source that failed too often gets 429 instead of 401 for
-    /// its next failures, while the right credentials are always accepted, from any source, so
-    /// nobody can lock a client out by failing in its name.
-    pub async fn authenticate_client(
-        &self,
-        tenant: &Tenant,
-        creds: &ClientCredentials,
-    ) -> Result<Client, OAuthError> {
-        let now = self.now();
-        let source = creds.source.map(|ip| ip.to_string()).unwrap_or_default();
-        let limit_key = format!("{}:{}:{source}", tenant.id, creds.client_id);
-        let blocked = self.auth_failures.blocked(&limit_key, now);
-        let too_long = creds.client_id.len() > MAX_CREDENTIAL_LEN
-            || creds
-                .secret
-                .as_ref()
-                .is_some_and(|s| s.expose().len() > MAX_CREDENTIAL_LEN);
-        let row = if too_long {
-            None
-        } else {
-            self.client_row(&tenant.id, &creds.client_id)
-                .await
-                .map_err(|e| {
-                    log_internal("client lookup", &e);
-                    OAuthError::server_error()
-                })?
-        };
-        let stored = row
-            .as_ref()
-            .and_then(|r| r.secret_hash.as_deref())
-            .and_then(SecretHash::from_slice);
-        let authenticated = match (&row, &creds.secret) {
-            (Some(r), None) => r.is_public,
-            (Some(r), Some(secret)) => {
-                !r.is_public && stored.as_ref().is_some_and(|h| h.matches(secret))
-            }
-            (None, Some(secret)) => {
-                let _ = DUMMY_HASH.matches(secret);
-                false
-            }
-            (None, None) => false,
-        };
-        match row {
-            Some(r) if authenticated => Ok(Client::from_row(&r)),
-            _ => {
-                if let Some(wait) = blocked {
-                    let mut e = OAuthError::new(
-                        OAuthErrorCode::TooManyRequests,
-                        "too many failed client authentications; try again later",
-                    );
-                    e.retry_after = Some(wait);
-                    return Err(e);
-                }
-                self.auth_failures.record_failure(&limit_key, now);
-                Err(OAuthError::invalid_client())
-            }
-        }
-    }
-
-    /// The `client_credentials` grant (RFC 6749 §4.4). `scope` absent: every scope the client is
-    /// allowed; any scope it is not allowed: `invalid_scope`.
-    pub async fn client_credentials_grant(
-        &self,
-        tenant: &Tenant,
-        creds: &ClientCredentials,
-        scope: Option<&str>,
-    ) -> Result<IssuedToken, OAuthError> {
-        let client = self.authenticate_client(tenant, creds).await?;
-        if client.public || !client.grant_types.contains(&GrantType::ClientCredentials) {
-            return Err(OAuthError::new(
-                OAuthErrorCode::UnauthorizedClient,
-                "this client may not use the client_credentials grant",
-            ));
-        }
-        let scope = match scope {
-            None => client.scopes.clone(),
-            Some(requested) => {
-                let requested = ScopeSet::parse(requested)
-                    .map_err(|e| OAuthError::new(OAuthErrorCode::InvalidScope, e.to_string()))?;
-                let refused = requested.difference(&client.scopes);
-                if !refused.is_empty() {
-                    return Err(OAuthError::new(
-                        OAuthErrorCode::InvalidScope,
-                        format!(
-                            "scope not allowed for this client: {}",
-                            refused
-                                .iter()
-                                .map(|s| s.as_str())
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        ),
-                    ));
-                }
-                requested
-            }
-        };
-        self.issue_access_token(tenant, &client.client_id, &client, scope)
-            .await
-    }
-
-    /// Signs an access token for `subject` (a user uuid, or the client id itself).
-    pub(crate) async fn issue_access_token(
-        &self,
-        tenant: &Tenant,
-        subject: &str,
-        client: &Client,
-        scope: ScopeSet,
-    ) -> Result<IssuedToken, OAuthError> {
-        let keys = self.keyring(tenant).await.map_err(|e| {
-            log_internal("loading signing keys", &e);
-            OAuthError::server_error()
-        })?;
-        let Some(signer) = &keys.signer else {
-            log_internal(
-                "issuing a token",
-                &format!("tenant {} has no ACTIVE signing key", tenant.slug),
-            );
-            return Err(OAuthError::server_error());
-        };
-        let now = self.now();
-        let ttl = self.settings.tokens.access_token_ttl.as_secs_i64();
-        let claims = AccessClaims {
-            iss: tenant.issuer.clone(),
-            sub: subject.to_owned(),
-            aud: tenant.slug.to_string(),
-            client_id: client.client_id.clone(),
-            scope: scope.to_string(),
-            iat: now,
-            nbf: now,
-            exp: now + ttl,
-            jti: uuid::Uuid::new_v4().to_string(),
-            // The binding marks the client's own tokens; a person signing in through a bound
-            // app is not the system's device (SPEC §6).
-            system: if subject == client.client_id {
-                client.system_id.clone()
-            } else {
-                None
-            },
-        };
-        Ok(IssuedToken {
-            access_token: jws::sign(&signer.key, &signer.kid, ACCESS_TOKEN_TYP, &claims),
-            expires_in: ttl,
-            scope,
-            refresh_token: None,
-        })
-    }
-
     /// Verifies an access token of `tenant` with every check (see the module docs).
     pub async fn verify_access_token(
         &self,
@@ -269,10 +91,10 @@ impl Authority {
     ) -> Result<Arc<KnownToken>, TokenRejected> {
         let now = self.now();
         let generation = self.token_cache.generation();
-        let keys = self.keyring(tenant).await.map_err(|e| {
-            log_internal("loading signing keys", &e);
-            TokenRejected::Unavailable
-        })?;
+        let keys = self
+            .keyring(tenant)
+            .await
+            .map_err(|e| TokenRejected::Unavailable(Internal::new("loading signing keys", e)))?;
         let verified = jws::verify(token, |kid| keys.verifier(kid))?;
         if verified.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
             return Err(TokenRejected::NotAnAccessToken);
@@ -292,8 +114,7 @@ impl Authority {
             return Err(TokenRejected::NotYetValid);
         }
         let unavailable = |e: crate::store::StoreError| {
-            log_internal("checking a token", &e);
-            TokenRejected::Unavailable
+            TokenRejected::Unavailable(Internal::new("checking a token", e))
         };
         if self
             .revoked
@@ -347,10 +168,7 @@ impl Authority {
         let tenant = self
             .tenant(&slug)
             .await
-            .map_err(|e| {
-                log_internal("looking up a tenant", &e);
-                TokenRejected::Unavailable
-            })?
+            .map_err(|e| TokenRejected::Unavailable(Internal::new("looking up a tenant", e)))?
             .ok_or(TokenRejected::WrongAudience)?;
         self.verify_unknown(&tenant, token, key).await
     }
@@ -372,7 +190,7 @@ impl Authority {
         }
         match self.verify_access_token(tenant, token).await {
             Ok(v) => Ok(Some(v)),
-            Err(TokenRejected::Unavailable) => Err(OAuthError::server_error()),
+            Err(TokenRejected::Unavailable(cause)) => Err(OAuthError::server_error(cause)),
             Err(_) => Ok(None),
         }
     }
@@ -396,7 +214,7 @@ impl Authority {
         }
         let verified = match self.verify_access_token(tenant, token).await {
             Ok(v) => v,
-            Err(TokenRejected::Unavailable) => return Err(OAuthError::server_error()),
+            Err(TokenRejected::Unavailable(cause)) => return Err(OAuthError::server_error(cause)),
             Err(_) => return Ok(()),
         };
         let claims = &verified.claims;
@@ -405,10 +223,7 @@ impl Authority {
         }
         revocations::revoke(&self.db, &tenant.id, &claims.jti, claims.exp, self.now())
             .await
-            .map_err(|e| {
-                log_internal("revoking a token", &e);
-                OAuthError::server_error()
-            })?;
+            .map_err(|e| OAuthError::server_error(Internal::new("revoking a token", e)))?;
         tracing::info!(tenant = %tenant.slug, jti = %claims.jti, "access token revoked");
         self.emit(Event::AccessTokenRevoked {
             tenant_id: tenant.id.clone(),

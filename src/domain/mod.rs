@@ -1,5 +1,5 @@
-//! Pure types and rules: identifiers, scopes, durations, claims, OAuth errors, the clock, and
-//! MQTT topics with their permissions.
+//! Pure types and rules: identifiers, scopes, durations, claims, OAuth errors and the internal
+//! failures doors log, the clock, and MQTT topics with their permissions.
 //!
 //! Everything that crosses a door is parsed into one of these types at the edge, so the use-cases
 //! in `authority/` only ever see values that are already valid. This module imports no web
@@ -10,6 +10,7 @@ pub mod claims;
 pub mod clock;
 pub mod email;
 pub mod grant;
+pub mod internal;
 pub mod keys;
 pub mod oauth;
 pub mod period;
@@ -21,6 +22,7 @@ pub use claims::AccessClaims;
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use email::Email;
 pub use grant::GrantType;
+pub use internal::Internal;
 pub use keys::KeyStatus;
 pub use oauth::{OAuthError, OAuthErrorCode};
 pub use period::Period;

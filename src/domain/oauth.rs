@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::Internal;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OAuthErrorCode {
     InvalidRequest,
@@ -45,6 +47,8 @@ pub struct OAuthError {
     pub description: String,
     /// Seconds after which a rate-limited caller may retry.
     pub retry_after: Option<u64>,
+    /// For `server_error`: what went wrong, for the door to log; never sent.
+    pub internal: Option<Internal>,
 }
 
 impl OAuthError {
@@ -53,6 +57,7 @@ impl OAuthError {
             code,
             description: description.into(),
             retry_after: None,
+            internal: None,
         }
     }
 
@@ -72,11 +77,14 @@ impl OAuthError {
         Self::new(OAuthErrorCode::NotFound, "no such tenant")
     }
 
-    pub fn server_error() -> Self {
-        Self::new(
+    /// `server_error`, carrying its cause to the door that logs it.
+    pub fn server_error(cause: Internal) -> Self {
+        let mut e = Self::new(
             OAuthErrorCode::ServerError,
             "the server could not complete the request; try again later",
-        )
+        );
+        e.internal = Some(cause);
+        e
     }
 }
 

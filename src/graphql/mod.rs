@@ -108,7 +108,8 @@ async fn execute(
         None => return unauthenticated("send a lanyard access token as Authorization: Bearer"),
         Some(token) => match state.authority.verify_bearer(token).await {
             Ok(known) => Caller::new(known.tenant.clone(), known.verified.claims.clone()),
-            Err(TokenRejected::Unavailable) => {
+            Err(TokenRejected::Unavailable(cause)) => {
+                cause.log("graphql");
                 return error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "INTERNAL",

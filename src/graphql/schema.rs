@@ -25,7 +25,8 @@ fn mapped(e: authority::Error) -> async_graphql::Error {
         authority::Error::Invalid(m) => error("BAD_USER_INPUT", m),
         authority::Error::Forbidden(m) => error("FORBIDDEN", m),
         authority::Error::Internal(e) => {
-            authority::log_internal("graphql", &e);
+            // Logged here, once; the caller gets no internals.
+            tracing::error!("graphql: {e:#}");
             error("INTERNAL", "the server could not complete the request")
         }
     }

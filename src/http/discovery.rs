@@ -8,9 +8,8 @@ use serde_json::json;
 
 use super::error::OAuthResponse;
 use super::{HttpState, tenant};
-use crate::authority::log_internal;
 use crate::domain::scope::ADMIN_CATALOGUE;
-use crate::domain::{GrantType, OAuthError};
+use crate::domain::{GrantType, Internal, OAuthError};
 
 /// Verifiers may cache the JWKS this long; a new key is published `key_publish_ahead` (minutes)
 /// before it signs, so a minute of caching never hides a key in use.
@@ -21,10 +20,11 @@ pub async fn metadata(
     Path(slug): Path<String>,
 ) -> Result<Response, OAuthResponse> {
     let tenant = tenant(&state.authority, &slug).await?;
-    let custom = state.authority.custom_scopes(&tenant).await.map_err(|e| {
-        log_internal("listing scopes", &e);
-        OAuthError::server_error()
-    })?;
+    let custom = state
+        .authority
+        .custom_scopes(&tenant)
+        .await
+        .map_err(|e| OAuthError::server_error(Internal::new("listing scopes", e)))?;
     let mut scopes: Vec<String> = custom.iter().map(|s| s.to_string()).collect();
     scopes.extend(ADMIN_CATALOGUE.iter().map(|s| s.to_string()));
     let issuer = &tenant.issuer;
@@ -55,10 +55,11 @@ pub async fn jwks(
     Path(slug): Path<String>,
 ) -> Result<Response, OAuthResponse> {
     let tenant = tenant(&state.authority, &slug).await?;
-    let keys = state.authority.keyring(&tenant).await.map_err(|e| {
-        log_internal("loading signing keys", &e);
-        OAuthError::server_error()
-    })?;
+    let keys = state
+        .authority
+        .keyring(&tenant)
+        .await
+        .map_err(|e| OAuthError::server_error(Internal::new("loading signing keys", e)))?;
     let cache = HeaderValue::from_str(&format!("public, max-age={JWKS_MAX_AGE_SECS}"))
         .expect("a valid header value");
     Ok((

@@ -1,4 +1,5 @@
-//! OAuth errors as HTTP responses (RFC 6749 §5.2): the only place status codes are chosen.
+//! OAuth errors as HTTP responses (RFC 6749 §5.2): the only place status codes are chosen, and
+//! where the cause of a `server_error` is logged.
 
 use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -29,6 +30,10 @@ impl From<OAuthError> for OAuthResponse {
 impl IntoResponse for OAuthResponse {
     fn into_response(self) -> Response {
         let e = self.0;
+        if let Some(cause) = &e.internal {
+            // Logged here, once; the client gets the description alone.
+            cause.log("http");
+        }
         let status = match e.code {
             OAuthErrorCode::InvalidClient | OAuthErrorCode::InvalidToken => {
                 StatusCode::UNAUTHORIZED

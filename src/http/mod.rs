@@ -74,9 +74,9 @@ async fn tenant(authority: &Authority, slug: &str) -> Result<Tenant, OAuthError>
     match authority.tenant(slug).await {
         Ok(Some(t)) => Ok(t),
         Ok(None) => Err(OAuthError::unknown_tenant()),
-        Err(e) => {
-            crate::authority::log_internal("tenant lookup", &e);
-            Err(OAuthError::server_error())
-        }
+        Err(e) => Err(OAuthError::server_error(crate::domain::Internal::new(
+            "tenant lookup",
+            e,
+        ))),
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use super::error::{OAuthResponse, no_store};
 use super::form::{Form, client_credentials};
 use super::{HttpState, tenant};
+use crate::authority::GrantRequest;
 use crate::domain::{GrantType, OAuthError, OAuthErrorCode};
 
 type Answer = Result<Response, OAuthResponse>;
@@ -32,39 +33,15 @@ pub async fn token(
             "grant_type is not supported",
         )
     })?;
-    let issued = match grant {
-        GrantType::ClientCredentials => {
-            let creds = client_credentials(&headers, &form, peer)?;
-            state
-                .authority
-                .client_credentials_grant(&tenant, &creds, form.get("scope"))
-                .await?
-        }
-        GrantType::Otp => {
-            let creds = client_credentials(&headers, &form, peer)?;
-            state
-                .authority
-                .otp_grant(
-                    &tenant,
-                    &creds,
-                    form.require("email")?,
-                    form.require("code")?,
-                    form.get("scope"),
-                )
-                .await?
-        }
-        GrantType::RefreshToken => {
-            let creds = client_credentials(&headers, &form, peer)?;
-            state
-                .authority
-                .refresh_grant(
-                    &tenant,
-                    &creds,
-                    form.require("refresh_token")?,
-                    form.get("scope"),
-                )
-                .await?
-        }
+    let request = match grant {
+        GrantType::ClientCredentials => GrantRequest::ClientCredentials,
+        GrantType::Otp => GrantRequest::Otp {
+            email: form.require("email")?,
+            code: form.require("code")?,
+        },
+        GrantType::RefreshToken => GrantRequest::Refresh {
+            refresh_token: form.require("refresh_token")?,
+        },
         other => {
             return Err(OAuthError::new(
                 OAuthErrorCode::UnsupportedGrantType,
@@ -73,6 +50,11 @@ pub async fn token(
             .into());
         }
     };
+    let creds = client_credentials(&headers, &form, peer)?;
+    let issued = state
+        .authority
+        .grant(&tenant, &creds, request, form.get("scope"))
+        .await?;
     let mut body = json!({
         "access_token": issued.access_token,
         "token_type": "Bearer",

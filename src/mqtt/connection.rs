@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use super::Gate;
 use super::codec::Version;
-use super::handshake::{self, Exit, Link, Session};
+use super::handshake::{self, Exit, Link, Refusal, Session};
 use super::outbound::OwnAnswers;
 use super::sessions::EndReason;
 
@@ -109,6 +109,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 client_id,
                 refusal,
             }) => {
+                if let Refusal::Unavailable(cause) = &refusal {
+                    cause.log("mqtt");
+                }
                 tracing::info!(%peer, client = %client_id, "mqtt: CONNECT refused: {refusal}");
                 handshake::answer(&mut stream, version, &refusal).await;
                 return None;

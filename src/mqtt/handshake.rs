@@ -23,6 +23,7 @@ use super::codec::{self, FrameError, Version};
 use super::router::LinkSession;
 use super::sessions::{EndReason, Grant, Key};
 use crate::authority::TokenRejected;
+use crate::domain::Internal;
 use crate::domain::acl::Identity;
 use crate::domain::topic::TopicName;
 
@@ -54,9 +55,10 @@ pub(super) enum Refusal {
     WillTopic,
     #[error("client id held by another principal")]
     ClientIdHeld,
-    /// lanyard cannot serve the CONNECT now: the client may try again.
-    #[error("{0}")]
-    Unavailable(&'static str),
+    /// lanyard cannot serve the CONNECT now: the client may try again. The cause is logged
+    /// once, where the refusal is answered.
+    #[error("the server cannot serve it now")]
+    Unavailable(Internal),
 }
 
 impl Refusal {
@@ -226,9 +228,7 @@ where
     }
     let known: Grant = match gate.authority.verify_bearer(password).await {
         Ok(known) => known,
-        Err(TokenRejected::Unavailable) => {
-            return Err(refused(Refusal::Unavailable("token cannot be checked now")));
-        }
+        Err(TokenRejected::Unavailable(cause)) => return Err(refused(Refusal::Unavailable(cause))),
         Err(e) => return Err(refused(Refusal::Token(e.to_string()))),
     };
     let claims = &known.verified.claims;
@@ -288,7 +288,10 @@ where
         let Some(opened) = gate.router.open(named(false)).await else {
             gate.sessions
                 .release(&key, claim.seq, BTreeSet::new(), gate.authority.now());
-            return Err(refused(Refusal::Unavailable("the router refused the link")));
+            return Err(refused(Refusal::Unavailable(Internal::msg(
+                "linking a session",
+                "the router refused the link",
+            ))));
         };
         session_present = opened.session_present && resumed;
         link = Some(Box::new(Link {

@@ -426,3 +426,70 @@ async fn connections_from_many_addresses_stay_within_the_open_file_limit() {
     assert!(!log.contains("Too many open files"), "{log}");
     assert!(log.contains("connections: open-file limit 400"), "{log}");
 }
+
+#[tokio::test]
+async fn a_server_failure_is_logged_once_with_its_cause_and_answered_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = lanyard(dir.path(), &["bootstrap", "--tenant", "acme"], NO_ENV);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let Served {
+        mut child,
+        http,
+        log,
+        ..
+    } = serve_in(dir.path(), &[], None);
+    // The database loses a table under the running server.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}/data/lanyard.db",
+        dir.path().display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("ALTER TABLE clients RENAME TO clients_elsewhere")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+
+    // A client nobody has seen must be looked up, and the lookup fails.
+    let res = reqwest::Client::new()
+        .post(format!("http://{http}/t/acme/oauth2/token"))
+        .basic_auth("nobody-knows-me", Some("secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 500);
+    let body = res.text().await.unwrap();
+    assert!(body.contains("\"server_error\""), "{body}");
+    assert!(
+        !body.contains("clients"),
+        "internals reached the client: {body}"
+    );
+
+    // The log tells what failed and why, once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let logged = loop {
+        let logged = log.lock().unwrap().clone();
+        if logged.contains("no such table: clients") || std::time::Instant::now() > deadline {
+            break logged;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let lines: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("no such table: clients"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logged}");
+    assert!(
+        lines[0].contains("ERROR") && lines[0].contains("client lookup"),
+        "{}",
+        lines[0]
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,415 @@
+//! The token endpoint (RFC 6749): client authentication and the grants — `client_credentials`
+//! (§4.4), the one-time code of SPEC §3 and refresh with rotation (§6).
+//!
+//! Every grant opens the same way, in [`Authority::grant`]: the client is authenticated, must be
+//! allowed the grant, and the requested scope is parsed. Then each does its own part and every
+//! access token is signed in one place ([`Authority::issue_access_token`]). Sending codes,
+//! revoking a sign-in and userinfo live in [`signin`](super::signin); verifying, introspecting
+//! and revoking access tokens in [`tokens`](super::tokens).
+
+use std::net::IpAddr;
+use std::sync::LazyLock;
+
+use subtle::ConstantTimeEq;
+
+use super::clients::Client;
+use super::signin::{CODE_MAX_ATTEMPTS, code_hash};
+use super::{Authority, Tenant, User};
+use crate::crypto::{Secret, SecretHash, jws};
+use crate::domain::claims::ACCESS_TOKEN_TYP;
+use crate::domain::{
+    AccessClaims, Email, GrantType, Internal, OAuthError, OAuthErrorCode, ScopeSet,
+};
+use crate::store::{StoreError, otp, refresh_tokens};
+
+/// Longer client ids and secrets are refused before any lookup.
+const MAX_CREDENTIAL_LEN: usize = 256;
+
+/// Compared against when the client does not exist, so an unknown client costs what a wrong
+/// secret costs.
+static DUMMY_HASH: LazyLock<SecretHash> = LazyLock::new(|| Secret::generate().hash());
+
+/// Credentials presented by a client (RFC 6749 §2.3.1).
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    /// None for a public client identifying itself.
+    pub secret: Option<Secret>,
+    /// The network address the credentials came from, as the rate limit counts it (the door
+    /// folds an IPv6 address to its /64); `None` where a door has none.
+    pub source: Option<IpAddr>,
+}
+
+/// What a token request asks for, beyond the client and the scope.
+#[derive(Debug, Clone, Copy)]
+pub enum GrantRequest<'a> {
+    /// The client's own token.
+    ClientCredentials,
+    /// A person's sign-in with a code mailed by [`Authority::send_otp`].
+    Otp { email: &'a str, code: &'a str },
+    /// The next token pair of a sign-in.
+    Refresh { refresh_token: &'a str },
+}
+
+impl GrantRequest<'_> {
+    pub fn grant_type(&self) -> GrantType {
+        match self {
+            GrantRequest::ClientCredentials => GrantType::ClientCredentials,
+            GrantRequest::Otp { .. } => GrantType::Otp,
+            GrantRequest::Refresh { .. } => GrantType::RefreshToken,
+        }
+    }
+}
+
+/// A token response (RFC 6749 §5.1).
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub scope: ScopeSet,
+    /// For people's sign-in, to a client allowed the refresh grant: the next refresh token.
+    pub refresh_token: Option<Secret>,
+}
+
+fn server_error(context: &'static str) -> impl Fn(StoreError) -> OAuthError {
+    move |e| OAuthError::server_error(Internal::new(context, e))
+}
+
+fn invalid_grant(description: &str) -> OAuthError {
+    OAuthError::new(OAuthErrorCode::InvalidGrant, description)
+}
+
+impl Authority {
+    /// Authenticates a client of `tenant`. A confidential client must present its secret; a
+    /// public client identifies itself by `client_id` alone. An unknown client and a wrong secret
+    /// get the same answer after the same work. Failures are rate limited per `client_id` and
+    /// source address (SPEC §3, §7): a source that failed too often gets 429 instead of 401 for
+    /// its next failures, while the right credentials are always accepted, from any source, so
+    /// nobody can lock a client out by failing in its name.
+    pub async fn authenticate_client(
+        &self,
+        tenant: &Tenant,
+        creds: &ClientCredentials,
+    ) -> Result<Client, OAuthError> {
+        let now = self.now();
+        let source = creds.source.map(|ip| ip.to_string()).unwrap_or_default();
+        let limit_key = format!("{}:{}:{source}", tenant.id, creds.client_id);
+        let blocked = self.auth_failures.blocked(&limit_key, now);
+        let too_long = creds.client_id.len() > MAX_CREDENTIAL_LEN
+            || creds
+                .secret
+                .as_ref()
+                .is_some_and(|s| s.expose().len() > MAX_CREDENTIAL_LEN);
+        let row = if too_long {
+            None
+        } else {
+            self.client_row(&tenant.id, &creds.client_id)
+                .await
+                .map_err(server_error("client lookup"))?
+        };
+        let stored = row
+            .as_ref()
+            .and_then(|r| r.secret_hash.as_deref())
+            .and_then(SecretHash::from_slice);
+        let authenticated = match (&row, &creds.secret) {
+            (Some(r), None) => r.is_public,
+            (Some(r), Some(secret)) => {
+                !r.is_public && stored.as_ref().is_some_and(|h| h.matches(secret))
+            }
+            (None, Some(secret)) => {
+                let _ = DUMMY_HASH.matches(secret);
+                false
+            }
+            (None, None) => false,
+        };
+        match row {
+            Some(r) if authenticated => Ok(Client::from_row(&r)),
+            _ => {
+                if let Some(wait) = blocked {
+                    let mut e = OAuthError::new(
+                        OAuthErrorCode::TooManyRequests,
+                        "too many failed client authentications; try again later",
+                    );
+                    e.retry_after = Some(wait);
+                    return Err(e);
+                }
+                self.auth_failures.record_failure(&limit_key, now);
+                Err(OAuthError::invalid_client())
+            }
+        }
+    }
+
+    /// A token request: the client authenticated by `creds`, allowed the grant `request` names
+    /// (`client_credentials` only for a confidential client), `scope` well formed; then the
+    /// grant's own part. `scope` absent: everything the client (or the person) holds.
+    pub async fn grant(
+        &self,
+        tenant: &Tenant,
+        creds: &ClientCredentials,
+        request: GrantRequest<'_>,
+        scope: Option<&str>,
+    ) -> Result<IssuedToken, OAuthError> {
+        let client = self.authenticate_client(tenant, creds).await?;
+        let grant_type = request.grant_type();
+        let allowed = client.grant_types.contains(&grant_type)
+            && !(client.public && grant_type == GrantType::ClientCredentials);
+        if !allowed {
+            let name = match grant_type {
+                GrantType::Otp => "one-time-code",
+                other => other.as_str(),
+            };
+            return Err(OAuthError::new(
+                OAuthErrorCode::UnauthorizedClient,
+                format!("this client may not use the {name} grant"),
+            ));
+        }
+        let requested = scope
+            .map(|s| {
+                ScopeSet::parse(s)
+                    .map_err(|e| OAuthError::new(OAuthErrorCode::InvalidScope, e.to_string()))
+            })
+            .transpose()?;
+        match request {
+            GrantRequest::ClientCredentials => {
+                self.client_credentials(tenant, &client, requested).await
+            }
+            GrantRequest::Otp { email, code } => {
+                self.otp(tenant, &client, email, code, requested).await
+            }
+            GrantRequest::Refresh { refresh_token } => {
+                self.refresh(tenant, &client, refresh_token, requested)
+                    .await
+            }
+        }
+    }
+
+    /// `client_credentials`: any scope the client is not allowed is `invalid_scope`.
+    async fn client_credentials(
+        &self,
+        tenant: &Tenant,
+        client: &Client,
+        requested: Option<ScopeSet>,
+    ) -> Result<IssuedToken, OAuthError> {
+        let scope = match requested {
+            None => client.scopes.clone(),
+            Some(requested) => {
+                let refused = requested.difference(&client.scopes);
+                if !refused.is_empty() {
+                    return Err(OAuthError::new(
+                        OAuthErrorCode::InvalidScope,
+                        format!(
+                            "scope not allowed for this client: {}",
+                            refused
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ),
+                    ));
+                }
+                requested
+            }
+        };
+        self.issue_access_token(tenant, &client.client_id, client, scope)
+            .await
+    }
+
+    /// The one-time code for a token pair: the person's granted scopes, narrowed to those
+    /// requested.
+    async fn otp(
+        &self,
+        tenant: &Tenant,
+        client: &Client,
+        email: &str,
+        code: &str,
+        requested: Option<ScopeSet>,
+    ) -> Result<IssuedToken, OAuthError> {
+        let email = Email::parse(email).map_err(|e| OAuthError::invalid_request(e.to_string()))?;
+        let wrong = || invalid_grant("the code is wrong, expired or used up; ask for a new one");
+        if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(wrong());
+        }
+        let now = self.now();
+        let row = otp::latest(&self.db, &tenant.id, email.as_str(), &client.client_id)
+            .await
+            .map_err(server_error("reading a sign-in code"))?
+            .ok_or_else(wrong)?;
+        if row.used || row.expires_at <= now || row.attempts >= CODE_MAX_ATTEMPTS {
+            return Err(wrong());
+        }
+        let matches: bool = code_hash(&row.id, code).0.ct_eq(&row.code_hash[..]).into();
+        if !matches {
+            otp::record_failed_attempt(&self.db, &row.id)
+                .await
+                .map_err(server_error("recording a failed attempt"))?;
+            return Err(wrong());
+        }
+        if !otp::consume(&self.db, &row.id, CODE_MAX_ATTEMPTS, now)
+            .await
+            .map_err(server_error("consuming a sign-in code"))?
+        {
+            return Err(wrong());
+        }
+        let user = self
+            .user_by_email(tenant, &email)
+            .await
+            .map_err(|e| OAuthError::server_error(Internal::new("user lookup", e)))?
+            .ok_or_else(wrong)?;
+        let scope = narrow(&user.scopes, requested.as_ref());
+        let family = uuid::Uuid::new_v4().to_string();
+        self.issue_user_tokens(tenant, client, &user, scope, &family)
+            .await
+    }
+
+    /// Refresh with rotation: the token is used up and a new one returned; a used one presented
+    /// again revokes every token of its sign-in (RFC 9700 §4.14.2).
+    async fn refresh(
+        &self,
+        tenant: &Tenant,
+        client: &Client,
+        refresh_token: &str,
+        requested: Option<ScopeSet>,
+    ) -> Result<IssuedToken, OAuthError> {
+        let bad = || invalid_grant("the refresh token is not valid");
+        if refresh_token.len() > 256 {
+            return Err(bad());
+        }
+        let hash = SecretHash::of(refresh_token.as_bytes());
+        let now = self.now();
+        let Some(found) = refresh_tokens::find(&self.db, &tenant.id, &hash.0)
+            .await
+            .map_err(server_error("reading a refresh token"))?
+        else {
+            return Err(bad());
+        };
+        if found.client_id != client.client_id {
+            return Err(bad());
+        }
+        // The scope is checked before the token is used up: a refused request must leave the
+        // token good, or its next honest use would count as reuse and end the sign-in.
+        let granted = ScopeSet::parse(&found.scope).unwrap_or_default();
+        if let Some(requested) = &requested
+            && !requested.is_subset(&granted)
+        {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidScope,
+                "a refresh can only narrow the scope of the sign-in",
+            ));
+        }
+        let Some(row) = refresh_tokens::take(&self.db, &tenant.id, &hash.0, now)
+            .await
+            .map_err(server_error("using a refresh token"))?
+        else {
+            if found.used && !found.revoked {
+                refresh_tokens::revoke_family(&self.db, &found.family_id)
+                    .await
+                    .map_err(server_error("revoking a refresh token family"))?;
+                tracing::warn!(tenant = %tenant.slug, user = %found.user_id, "refresh token reused; its sign-in was revoked");
+            }
+            return Err(bad());
+        };
+        let user = self
+            .user(tenant, &row.user_id)
+            .await
+            .map_err(|e| OAuthError::server_error(Internal::new("user lookup", e)))?
+            .ok_or_else(bad)?;
+        // The user's grants may have shrunk since the sign-in.
+        let scope = narrow(&narrow(&user.scopes, Some(&granted)), requested.as_ref());
+        self.issue_user_tokens(tenant, client, &user, scope, &row.family_id)
+            .await
+    }
+
+    /// An access token for `user` and, to a client allowed the refresh grant, a refresh token
+    /// of the sign-in `family`.
+    async fn issue_user_tokens(
+        &self,
+        tenant: &Tenant,
+        client: &Client,
+        user: &User,
+        scope: ScopeSet,
+        family: &str,
+    ) -> Result<IssuedToken, OAuthError> {
+        let mut issued = self
+            .issue_access_token(tenant, &user.id, client, scope.clone())
+            .await?;
+        if !client.grant_types.contains(&GrantType::RefreshToken) {
+            // A refresh token is optional (RFC 6749 §5.1) and of no use to this client.
+            return Ok(issued);
+        }
+        let refresh = Secret::generate();
+        let now = self.now();
+        refresh_tokens::insert(
+            &self.db,
+            &refresh_tokens::RefreshRow {
+                token_hash: refresh.hash().0.to_vec(),
+                family_id: family.to_owned(),
+                tenant_id: tenant.id.clone(),
+                user_id: user.id.clone(),
+                client_id: client.client_id.clone(),
+                scope: scope.to_string(),
+                used: false,
+                revoked: false,
+                created_at: now,
+                expires_at: now + self.settings.tokens.refresh_token_ttl.as_secs_i64(),
+            },
+        )
+        .await
+        .map_err(server_error("storing a refresh token"))?;
+        issued.refresh_token = Some(refresh);
+        Ok(issued)
+    }
+
+    /// Signs an access token for `subject` (a user uuid, or the client id itself).
+    pub(crate) async fn issue_access_token(
+        &self,
+        tenant: &Tenant,
+        subject: &str,
+        client: &Client,
+        scope: ScopeSet,
+    ) -> Result<IssuedToken, OAuthError> {
+        let keys = self
+            .keyring(tenant)
+            .await
+            .map_err(|e| OAuthError::server_error(Internal::new("loading signing keys", e)))?;
+        let Some(signer) = &keys.signer else {
+            return Err(OAuthError::server_error(Internal::msg(
+                "issuing a token",
+                format!("tenant {} has no ACTIVE signing key", tenant.slug),
+            )));
+        };
+        let now = self.now();
+        let ttl = self.settings.tokens.access_token_ttl.as_secs_i64();
+        let claims = AccessClaims {
+            iss: tenant.issuer.clone(),
+            sub: subject.to_owned(),
+            aud: tenant.slug.to_string(),
+            client_id: client.client_id.clone(),
+            scope: scope.to_string(),
+            iat: now,
+            nbf: now,
+            exp: now + ttl,
+            jti: uuid::Uuid::new_v4().to_string(),
+            // The binding marks the client's own tokens; a person signing in through a bound
+            // app is not the system's device (SPEC §6).
+            system: if subject == client.client_id {
+                client.system_id.clone()
+            } else {
+                None
+            },
+        };
+        Ok(IssuedToken {
+            access_token: jws::sign(&signer.key, &signer.kid, ACCESS_TOKEN_TYP, &claims),
+            expires_in: ttl,
+            scope,
+            refresh_token: None,
+        })
+    }
+}
+
+/// `held` narrowed to `requested` (all of `held` when nothing is requested).
+fn narrow(held: &ScopeSet, requested: Option<&ScopeSet>) -> ScopeSet {
+    match requested {
+        None => held.clone(),
+        Some(r) => held.iter().filter(|s| r.contains(s)).cloned().collect(),
+    }
+}
