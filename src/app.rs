@@ -199,7 +199,7 @@ pub async fn open_authority(
 async fn load_key_encryption_key(settings: &Settings, db: &Db) -> anyhow::Result<KeyEncryptionKey> {
     if !settings.keys.encryption_key.is_empty() {
         return Ok(KeyEncryptionKey::from_base64(
-            &settings.keys.encryption_key,
+            settings.keys.encryption_key.expose(),
         )?);
     }
     let path = &settings.keys.encryption_key_file;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::Period;
 use crate::domain::acl::{AclRule, Permissions};
+use crate::domain::topic::TopicPrefix;
 
 /// The config file used when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "broker.toml";
@@ -71,30 +72,22 @@ impl Default for DatabaseSettings {
     }
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeySettings {
-    /// The key-encryption key, 32 bytes in base64. Prefer `LANYARD_KEYS__ENCRYPTION_KEY`.
-    /// Empty: use (or, on an empty database, create) `encryption_key_file`.
-    pub encryption_key: String,
+    /// The key-encryption key, 32 bytes in base64 (checked at load). Prefer
+    /// `LANYARD_KEYS__ENCRYPTION_KEY`. Empty: use (or, on an empty database, create)
+    /// `encryption_key_file`.
+    pub encryption_key: SecretSetting,
     pub encryption_key_file: PathBuf,
 }
 
 impl Default for KeySettings {
     fn default() -> Self {
         KeySettings {
-            encryption_key: String::new(),
+            encryption_key: SecretSetting::default(),
             encryption_key_file: PathBuf::from("data/lanyard.kek"),
         }
-    }
-}
-
-impl std::fmt::Debug for KeySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeySettings")
-            .field("encryption_key", &"<redacted>")
-            .field("encryption_key_file", &self.encryption_key_file)
-            .finish()
     }
 }
 
@@ -102,7 +95,7 @@ impl std::fmt::Debug for KeySettings {
 #[serde(default, deny_unknown_fields)]
 pub struct MqttSettings {
     pub listen: SocketAddr,
-    pub topic_prefix: String,
+    pub topic_prefix: TopicPrefix,
     /// The largest packet a client may send, in bytes.
     pub max_packet_size: u32,
     /// How long a new connection may take to send its CONNECT.
@@ -110,8 +103,9 @@ pub struct MqttSettings {
     /// Connections beyond this many are closed at once; the open-file budget may lower it
     /// (see `connections`).
     pub max_connections: u32,
-    /// An MQTT-over-TLS listener, e.g. `0.0.0.0:8883`; empty: none.
-    pub tls_listen: String,
+    /// An MQTT-over-TLS listener, e.g. `0.0.0.0:8883`; empty (`None`): none.
+    #[serde(with = "optional_address")]
+    pub tls_listen: Option<SocketAddr>,
     /// PEM certificate chain and private key of the TLS listener.
     pub tls_cert_file: String,
     pub tls_key_file: String,
@@ -128,11 +122,11 @@ impl Default for MqttSettings {
     fn default() -> Self {
         MqttSettings {
             listen: ([0, 0, 0, 0], 1883).into(),
-            topic_prefix: "drivr/v1".into(),
+            topic_prefix: TopicPrefix::parse("drivr/v1").expect("a valid prefix"),
             max_packet_size: 256 * 1024,
             connect_timeout: Period::from_secs(10),
             max_connections: 100_000,
-            tls_listen: String::new(),
+            tls_listen: None,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             max_queued_bytes: 16 * 1024 * 1024,
@@ -143,14 +137,9 @@ impl Default for MqttSettings {
 }
 
 impl MqttSettings {
-    /// The TLS listener's address, if one is configured (`validate` checked it parses).
-    pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls_listen.parse().ok()
-    }
-
     /// The permission rules, built-in and configured. `validate` has already checked them.
     pub fn permissions(&self) -> Permissions {
-        Permissions::new(&self.topic_prefix, self.acl.clone()).expect("validated at load")
+        Permissions::new(self.topic_prefix.as_str(), self.acl.clone()).expect("validated at load")
     }
 }
 
@@ -216,7 +205,7 @@ pub enum MailerKind {
     Log,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MailerSettings {
     pub kind: MailerKind,
@@ -227,10 +216,20 @@ pub struct MailerSettings {
     pub smtp_port: u16,
     pub smtp_username: String,
     /// Prefer `LANYARD_MAILER__SMTP_PASSWORD`.
-    pub smtp_password: String,
-    /// `starttls` (upgrade a plain connection; the default, port 587), `tls` (TLS from the
-    /// first byte, port 465) or `none` (only for a relay on the same host).
-    pub smtp_security: String,
+    pub smtp_password: SecretSetting,
+    pub smtp_security: SmtpSecurity,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Upgrade a plain connection (the default, port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// None: only for a relay on the same host.
+    None,
 }
 
 impl Default for MailerSettings {
@@ -242,24 +241,68 @@ impl Default for MailerSettings {
             smtp_host: String::new(),
             smtp_port: 587,
             smtp_username: String::new(),
-            smtp_password: String::new(),
-            smtp_security: "starttls".into(),
+            smtp_password: SecretSetting::default(),
+            smtp_security: SmtpSecurity::Starttls,
         }
     }
 }
 
-impl std::fmt::Debug for MailerSettings {
+/// A secret in the settings (the key-encryption key, the SMTP password): read with
+/// [`SecretSetting::expose`], shown as `<redacted>` everywhere else (`Debug`, `lanyard config`).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretSetting(String);
+
+impl SecretSetting {
+    pub fn new(text: impl Into<String>) -> Self {
+        SecretSetting(text.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn shown(&self) -> &'static str {
+        if self.0.is_empty() { "" } else { "<redacted>" }
+    }
+}
+
+impl std::fmt::Debug for SecretSetting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MailerSettings")
-            .field("kind", &self.kind)
-            .field("dir", &self.dir)
-            .field("from", &self.from)
-            .field("smtp_host", &self.smtp_host)
-            .field("smtp_port", &self.smtp_port)
-            .field("smtp_username", &self.smtp_username)
-            .field("smtp_password", &"<redacted>")
-            .field("smtp_security", &self.smtp_security)
-            .finish()
+        write!(f, "{:?}", self.shown())
+    }
+}
+
+impl Serialize for SecretSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.shown())
+    }
+}
+
+/// `mqtt.tls_listen`: an address, or the empty string for none.
+mod optional_address {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&addr.map(|a| a.to_string()).unwrap_or_default())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            D::Error::custom(format!(
+                "{text:?} is not an address like \"0.0.0.0:8883\" (leave it empty for no TLS listener)"
+            ))
+        })
     }
 }
 
@@ -362,19 +405,8 @@ impl Settings {
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections must be at least 1"));
         }
-        let prefix = &self.mqtt.topic_prefix;
-        if prefix.is_empty()
-            || prefix.starts_with('/')
-            || prefix.ends_with('/')
-            || prefix.starts_with('$')
-            || prefix.contains(['+', '#', '\0'])
-            || prefix.split('/').any(str::is_empty)
-        {
-            return Err(invalid(format!(
-                "mqtt.topic_prefix = {prefix:?} must be topic levels like \"drivr/v1\": no wildcards, no empty levels, not starting with '$'"
-            )));
-        }
-        Permissions::new(prefix, self.mqtt.acl.clone()).map_err(invalid)?;
+        Permissions::new(self.mqtt.topic_prefix.as_str(), self.mqtt.acl.clone())
+            .map_err(invalid)?;
         if self.mqtt.max_packet_size < 1024 || self.mqtt.max_packet_size > 16 * 1024 * 1024 {
             return Err(invalid(
                 "mqtt.max_packet_size must be between 1024 and 16777216 bytes",
@@ -383,18 +415,12 @@ impl Settings {
         if self.mqtt.connect_timeout.as_secs() == 0 || self.mqtt.connect_timeout.as_secs() > 300 {
             return Err(invalid("mqtt.connect_timeout must be between 1s and 5m"));
         }
-        if !self.mqtt.tls_listen.is_empty() {
-            if self.mqtt.tls_listen.parse::<SocketAddr>().is_err() {
-                return Err(invalid(format!(
-                    "mqtt.tls_listen = {:?} is not an address like \"0.0.0.0:8883\" (leave it empty for no TLS listener)",
-                    self.mqtt.tls_listen
-                )));
-            }
-            if self.mqtt.tls_cert_file.is_empty() || self.mqtt.tls_key_file.is_empty() {
-                return Err(invalid(
-                    "mqtt.tls_listen needs mqtt.tls_cert_file and mqtt.tls_key_file (PEM files)",
-                ));
-            }
+        if self.mqtt.tls_listen.is_some()
+            && (self.mqtt.tls_cert_file.is_empty() || self.mqtt.tls_key_file.is_empty())
+        {
+            return Err(invalid(
+                "mqtt.tls_listen needs mqtt.tls_cert_file and mqtt.tls_key_file (PEM files)",
+            ));
         }
         if self.mqtt.max_connections == 0 {
             return Err(invalid("mqtt.max_connections must be at least 1"));
@@ -456,14 +482,9 @@ impl Settings {
         if m.kind == MailerKind::Smtp && m.smtp_host.is_empty() {
             return Err(invalid("mailer.kind = \"smtp\" needs mailer.smtp_host"));
         }
-        if !matches!(m.smtp_security.as_str(), "starttls" | "tls" | "none") {
-            return Err(invalid(format!(
-                "mailer.smtp_security = {:?} must be \"starttls\", \"tls\" or \"none\"",
-                m.smtp_security
-            )));
-        }
         if !self.keys.encryption_key.is_empty()
-            && crate::crypto::KeyEncryptionKey::from_base64(&self.keys.encryption_key).is_err()
+            && crate::crypto::KeyEncryptionKey::from_base64(self.keys.encryption_key.expose())
+                .is_err()
         {
             return Err(invalid(
                 "keys.encryption_key must be 32 random bytes in base64 (e.g. `openssl rand -base64 32`)",
@@ -479,14 +500,7 @@ impl Settings {
 
     /// The effective settings as TOML, with secrets redacted (the `config` command).
     pub fn to_redacted_toml(&self) -> String {
-        let mut shown = self.clone();
-        if !shown.keys.encryption_key.is_empty() {
-            shown.keys.encryption_key = "<redacted>".into();
-        }
-        if !shown.mailer.smtp_password.is_empty() {
-            shown.mailer.smtp_password = "<redacted>".into();
-        }
-        toml::to_string(&shown).expect("settings always serialise")
+        toml::to_string(self).expect("settings always serialise")
     }
 }
 
@@ -696,7 +710,7 @@ mod tests {
     #[test]
     fn the_printed_config_hides_the_encryption_key() {
         let mut s = Settings::default();
-        s.keys.encryption_key = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=".into();
+        s.keys.encryption_key = SecretSetting::new("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=");
         let printed = s.to_redacted_toml();
         assert!(!printed.contains("c2VjcmV0"));
         assert!(printed.contains("<redacted>"));

@@ -11,7 +11,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::authority::mail::{Mail, Mailer, SendResult};
-use crate::config::{MailerKind, MailerSettings};
+use crate::config::{MailerKind, MailerSettings, SmtpSecurity};
 
 /// The mailer `settings` ask for.
 pub fn from_settings(settings: &MailerSettings) -> anyhow::Result<Arc<dyn Mailer>> {
@@ -29,19 +29,21 @@ pub fn from_settings(settings: &MailerSettings) -> anyhow::Result<Arc<dyn Mailer
         }
         MailerKind::Smtp => {
             let host = settings.smtp_host.as_str();
-            let builder = match settings.smtp_security.as_str() {
-                "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
-                "none" => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+            let builder = match settings.smtp_security {
+                SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
+                SmtpSecurity::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
                     host,
                 )),
-                _ => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
+                SmtpSecurity::Starttls => {
+                    AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+                }
             }
             .with_context(|| format!("mailer.smtp_host = {host:?}"))?;
             let mut builder = builder.port(settings.smtp_port);
             if !settings.smtp_username.is_empty() {
                 builder = builder.credentials(Credentials::new(
                     settings.smtp_username.clone(),
-                    settings.smtp_password.clone(),
+                    settings.smtp_password.expose().to_owned(),
                 ));
             }
             Arc::new(SmtpMailer {

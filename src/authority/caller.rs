@@ -6,7 +6,7 @@
 //! what: the doors only turn a token into a [`Caller`].
 
 use super::{Error, Result, Tenant};
-use crate::domain::{AccessClaims, ScopeSet};
+use crate::domain::{AccessClaims, ScopeSet, UserId};
 
 /// The scope that lets a caller revoke any local token of the tenant.
 pub const LOCAL_TOKENS_WRITE: &str = "lanyard:local-tokens:write";
@@ -41,9 +41,12 @@ impl Caller {
     }
 
     /// The user behind the token, if it is a person's token (a client's own has `sub` =
-    /// `client_id`).
-    pub fn user_id(&self) -> Option<&str> {
-        (self.claims.sub != self.claims.client_id).then_some(self.claims.sub.as_str())
+    /// `client_id`; a person's `sub` is their id).
+    pub fn user_id(&self) -> Option<UserId> {
+        if self.claims.sub == self.claims.client_id {
+            return None;
+        }
+        UserId::parse(&self.claims.sub).ok()
     }
 
     /// Refuses unless the token carries `scope`.

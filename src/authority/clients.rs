@@ -10,7 +10,7 @@ use super::validate_name;
 use super::{Actor, Authority, Error, Event, Result, Tenant};
 use crate::crypto::Secret;
 use crate::crypto::secret::random_id;
-use crate::domain::{GrantType, Scope, ScopeSet};
+use crate::domain::{ClientId, GrantType, Scope, ScopeSet, SystemId};
 use crate::store::{StoreError, clients, scopes, systems};
 
 /// A client to register.
@@ -22,15 +22,15 @@ pub struct NewClient {
     pub grant_types: Vec<GrantType>,
     pub public: bool,
     /// Bind the client to one system (its gateway or device).
-    pub system_id: Option<String>,
-    /// A fixed `client_id` instead of a random one (the demo seed); `[A-Za-z0-9._-]{3,64}`.
-    pub client_id: Option<String>,
+    pub system_id: Option<SystemId>,
+    /// A fixed `client_id` instead of a random one (the demo seed).
+    pub client_id: Option<ClientId>,
 }
 
 /// What a registration returns, once (RFC 7591 §3.2.1 names).
 #[derive(Debug, Clone)]
 pub struct ClientRegistration {
-    pub client_id: String,
+    pub client_id: ClientId,
     /// Confidential clients only; never retrievable again.
     pub client_secret: Option<Secret>,
     pub client_id_issued_at: i64,
@@ -41,18 +41,18 @@ pub struct ClientRegistration {
 /// A registered client as the use-cases see it.
 #[derive(Debug, Clone)]
 pub struct Client {
-    pub client_id: String,
+    pub client_id: ClientId,
     pub name: String,
     pub public: bool,
     pub scopes: ScopeSet,
     pub grant_types: Vec<GrantType>,
-    pub system_id: Option<String>,
+    pub system_id: Option<SystemId>,
 }
 
 impl Client {
     pub(crate) fn from_row(row: &clients::ClientRow) -> Client {
         Client {
-            client_id: row.client_id.clone(),
+            client_id: ClientId::stored(row.client_id.clone()),
             name: row.name.clone(),
             public: row.is_public,
             // Stored scopes were validated when written; a scope dropped from the catalogue since
@@ -63,16 +63,9 @@ impl Client {
                 .filter_map(|s| Scope::parse(s).ok())
                 .collect(),
             grant_types: GrantType::split(&row.grant_types),
-            system_id: row.system_id.clone(),
+            system_id: row.system_id.clone().map(SystemId::stored),
         }
     }
-}
-
-fn valid_client_id(id: &str) -> bool {
-    (3..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl Authority {
@@ -205,25 +198,20 @@ impl Authority {
             return Err(Error::NotFound(format!("no system {system_id}")));
         }
         let client_id = match new.client_id {
-            Some(id) if valid_client_id(&id) => id,
-            Some(_) => {
-                return Err(Error::Invalid(
-                    "a client_id is 3 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'".into(),
-                ));
-            }
-            None => random_id(16),
+            Some(id) => id,
+            None => ClientId::parse(&random_id(16)).expect("a random id is a client id"),
         };
         let secret = (!new.public).then(Secret::generate);
         let now = self.now();
         let row = clients::ClientRow {
-            client_id: client_id.clone(),
-            tenant_id: tenant.id.clone(),
+            client_id: client_id.to_string(),
+            tenant_id: tenant.id.to_string(),
             name: name.to_owned(),
             is_public: new.public,
             secret_hash: secret.as_ref().map(|s| s.hash().0.to_vec()),
             scopes: new.scopes.to_string(),
             grant_types: GrantType::join(&grant_types),
-            system_id: new.system_id,
+            system_id: new.system_id.map(String::from),
             metadata: "{}".into(),
             created_at: now,
             secret_rotated_at: now,
@@ -232,7 +220,7 @@ impl Authority {
             StoreError::Conflict => Error::Conflict(format!("client {client_id} already exists")),
             other => other.into(),
         })?;
-        tracing::info!(tenant = %tenant.slug, client_id, "client registered");
+        tracing::info!(tenant = %tenant.slug, %client_id, "client registered");
         Ok(ClientRegistration {
             client_id,
             client_secret: secret,
@@ -246,7 +234,7 @@ impl Authority {
     pub async fn rotate_client_secret(
         &self,
         by: impl Into<Actor<'_>>,
-        client_id: &str,
+        client_id: &ClientId,
     ) -> Result<ClientRegistration> {
         let by = by.into();
         by.require(CLIENTS_WRITE)?;
@@ -260,14 +248,14 @@ impl Authority {
             )));
         }
         self.emit(Event::ClientSecretRotated {
-            tenant_id: tenant.id.clone(),
-            client_id: client_id.to_owned(),
+            tenant_id: tenant.id.to_string(),
+            client_id: client_id.to_string(),
         });
         let row = clients::find(&self.db, &tenant.id, client_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no client {client_id}")))?;
         Ok(ClientRegistration {
-            client_id: client_id.to_owned(),
+            client_id: client_id.clone(),
             client_secret: Some(secret),
             client_id_issued_at: row.created_at,
             client_secret_expires_at: 0,
@@ -304,7 +292,11 @@ impl Authority {
 
     /// Deletes a client; its access tokens stop verifying (the client must still exist). The
     /// actor must hold every `lanyard:` scope the client holds.
-    pub async fn delete_client(&self, by: impl Into<Actor<'_>>, client_id: &str) -> Result<()> {
+    pub async fn delete_client(
+        &self,
+        by: impl Into<Actor<'_>>,
+        client_id: &ClientId,
+    ) -> Result<()> {
         let by = by.into();
         by.require(CLIENTS_WRITE)?;
         let tenant = by.tenant();
@@ -312,10 +304,10 @@ impl Authority {
         if !clients::delete(&self.db, &tenant.id, client_id).await? {
             return Err(Error::NotFound(format!("no client {client_id}")));
         }
-        tracing::info!(tenant = %tenant.slug, client_id, "client deleted");
+        tracing::info!(tenant = %tenant.slug, %client_id, "client deleted");
         self.emit(Event::ClientDeleted {
-            tenant_id: tenant.id.clone(),
-            client_id: client_id.to_owned(),
+            tenant_id: tenant.id.to_string(),
+            client_id: client_id.to_string(),
         });
         Ok(())
     }

@@ -4,7 +4,7 @@
 
 use super::{Authority, NewClient, Result, Tenant};
 use crate::crypto::Secret;
-use crate::domain::{GrantType, ScopeSet, Slug};
+use crate::domain::{ClientId, GrantType, ScopeSet, Slug, SystemId};
 use crate::store::tenants;
 
 pub const DEMO_SLUG: &str = "demo";
@@ -16,10 +16,10 @@ pub const DEMO_USER_EMAIL: &str = "demo@example.com";
 #[derive(Debug)]
 pub struct DemoSeed {
     pub tenant: Tenant,
-    pub system_id: String,
-    pub device_client_id: String,
+    pub system_id: SystemId,
+    pub device_client_id: ClientId,
     pub device_secret: Secret,
-    pub app_client_id: String,
+    pub app_client_id: ClientId,
     pub user_email: String,
 }
 
@@ -40,7 +40,9 @@ impl Authority {
                     scopes: ScopeSet::default(),
                     grant_types: vec![GrantType::ClientCredentials],
                     system_id: Some(system_id.clone()),
-                    client_id: Some(DEMO_DEVICE_CLIENT.into()),
+                    client_id: Some(
+                        ClientId::parse(DEMO_DEVICE_CLIENT).expect("a valid client id"),
+                    ),
                     ..NewClient::default()
                 },
             )
@@ -63,7 +65,7 @@ impl Authority {
                 NewClient {
                     name: "Demo App".into(),
                     public: true,
-                    client_id: Some(DEMO_APP_CLIENT.into()),
+                    client_id: Some(ClientId::parse(DEMO_APP_CLIENT).expect("a valid client id")),
                     ..NewClient::default()
                 },
             )

@@ -18,7 +18,8 @@ use super::{Authority, Tenant, User};
 use crate::crypto::{Secret, SecretHash, jws};
 use crate::domain::claims::ACCESS_TOKEN_TYP;
 use crate::domain::{
-    AccessClaims, Email, GrantType, Internal, OAuthError, OAuthErrorCode, ScopeSet,
+    AccessClaims, Email, GrantType, Internal, OAuthError, OAuthErrorCode, ScopeSet, SystemId,
+    UserId,
 };
 use crate::store::{StoreError, otp, refresh_tokens};
 
@@ -309,7 +310,7 @@ impl Authority {
             return Err(bad());
         };
         let user = self
-            .user(tenant, &row.user_id)
+            .user(tenant, &UserId::stored(row.user_id))
             .await
             .map_err(|e| OAuthError::server_error(Internal::new("user lookup", e)))?
             .ok_or_else(bad)?;
@@ -343,9 +344,9 @@ impl Authority {
             &refresh_tokens::RefreshRow {
                 token_hash: refresh.hash().0.to_vec(),
                 family_id: family.to_owned(),
-                tenant_id: tenant.id.clone(),
-                user_id: user.id.clone(),
-                client_id: client.client_id.clone(),
+                tenant_id: tenant.id.to_string(),
+                user_id: user.id.to_string(),
+                client_id: client.client_id.to_string(),
                 scope: scope.to_string(),
                 used: false,
                 revoked: false,
@@ -383,7 +384,7 @@ impl Authority {
             iss: tenant.issuer.clone(),
             sub: subject.to_owned(),
             aud: tenant.slug.to_string(),
-            client_id: client.client_id.clone(),
+            client_id: client.client_id.to_string(),
             scope: scope.to_string(),
             iat: now,
             nbf: now,
@@ -391,8 +392,8 @@ impl Authority {
             jti: uuid::Uuid::new_v4().to_string(),
             // The binding marks the client's own tokens; a person signing in through a bound
             // app is not the system's device (SPEC §6).
-            system: if subject == client.client_id {
-                client.system_id.clone()
+            system: if client.client_id == subject {
+                client.system_id.as_ref().map(SystemId::to_string)
             } else {
                 None
             },

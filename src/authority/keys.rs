@@ -63,7 +63,7 @@ impl Authority {
 
     fn key_changed(&self, tenant: &Tenant) {
         self.emit(Event::KeysChanged {
-            tenant_id: tenant.id.clone(),
+            tenant_id: tenant.id.to_string(),
             slug: tenant.slug.to_string(),
         });
     }

@@ -18,7 +18,7 @@ use super::caller::SYSTEMS_READ;
 use super::validate_name;
 use super::{Actor, Authority, Caller, Error, Event, Result, Role, Tenant};
 use crate::crypto::jws;
-use crate::domain::Period;
+use crate::domain::{LocalTokenId, Period, RoleId, SystemId, UserId};
 use crate::store::{local_tokens, systems, users};
 
 /// The shortest lifetime a local token may have.
@@ -38,10 +38,10 @@ pub enum LocalTokenStatus {
 /// A local API token as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalToken {
-    pub id: String,
-    pub system_id: String,
+    pub id: LocalTokenId,
+    pub system_id: SystemId,
     pub status: LocalTokenStatus,
-    pub subject_id: String,
+    pub subject_id: UserId,
     pub subject_name: String,
     pub roles: Vec<Role>,
     pub name: Option<String>,
@@ -77,7 +77,7 @@ pub struct ChangedToken {
 /// A freshly minted token: the only time the caller sees it outside the system's list.
 #[derive(Debug, Clone)]
 pub struct MintedToken {
-    pub id: String,
+    pub id: LocalTokenId,
     pub token: String,
 }
 
@@ -118,7 +118,7 @@ impl Authority {
     pub async fn create_local_token(
         &self,
         caller: &Caller,
-        system_id: &str,
+        system_id: &SystemId,
         requested_device: Option<&str>,
         duration: &str,
     ) -> Result<MintedToken> {
@@ -152,7 +152,7 @@ impl Authority {
     pub async fn create_permanent_local_token(
         &self,
         caller: &Caller,
-        system_id: &str,
+        system_id: &SystemId,
         name: &str,
     ) -> Result<MintedToken> {
         let name = validate_name(name)?;
@@ -163,7 +163,7 @@ impl Authority {
     async fn mint(
         &self,
         caller: &Caller,
-        system_id: &str,
+        system_id: &SystemId,
         lifetime: Lifetime<'_>,
     ) -> Result<MintedToken> {
         let tenant = &caller.tenant;
@@ -173,7 +173,7 @@ impl Authority {
             Error::Forbidden("local API tokens are minted for people; sign in as a user".into())
         })?;
         let holding = self
-            .holding(&tenant.id, user_id, system_id)
+            .holding(&tenant.id, &user_id, system_id)
             .await?
             .ok_or_else(forbidden)?;
         let now = self.now();
@@ -194,11 +194,11 @@ impl Authority {
             .signer
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("tenant {} has no ACTIVE signing key", tenant.slug))?;
-        self.count_against_cap(&keys, tenant, user_id, system_id, exp, now)
+        self.count_against_cap(&keys, tenant, &user_id, system_id, exp, now)
             .await?;
         // Time-ordered: a new token's id sorts after the others', so the database's index of
         // ids grows at its end, and tokens of one second are listed in the order minted.
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = LocalTokenId::from(uuid::Uuid::now_v7());
         let role_claims: Vec<RoleClaim> = holding
             .roles
             .iter()
@@ -221,7 +221,7 @@ impl Authority {
             name: &holding.user_name,
             nbf: now,
             roles: &role_claims,
-            sub: user_id,
+            sub: &user_id,
             typename: "USER",
         };
         let inserts = self
@@ -236,9 +236,9 @@ impl Authority {
         // As the list shows it: the signer's key is published.
         let listed = LocalToken {
             id: id.clone(),
-            system_id: system_id.to_owned(),
+            system_id: system_id.clone(),
             status: LocalTokenStatus::Activated,
-            subject_id: user_id.to_owned(),
+            subject_id: user_id.clone(),
             subject_name: holding.user_name.clone(),
             roles: holding.roles.clone(),
             name: name.map(str::to_owned),
@@ -251,10 +251,10 @@ impl Authority {
             listed_until: exp,
         };
         let row = local_tokens::LocalTokenRow {
-            id: id.clone(),
-            tenant_id: tenant.id.clone(),
-            system_id: listed.system_id.clone(),
-            user_id: listed.subject_id.clone(),
+            id: id.to_string(),
+            tenant_id: tenant.id.to_string(),
+            system_id: listed.system_id.to_string(),
+            user_id: listed.subject_id.to_string(),
             user_name: listed.subject_name.clone(),
             roles: serde_json::to_string(&role_claims).expect("roles serialise"),
             name: listed.name.clone(),
@@ -268,13 +268,13 @@ impl Authority {
             updated_at: now,
         };
         if let Err(e) = inserts.insert(row, coming).await {
-            self.tally.forget(&tenant.id, user_id, system_id);
+            self.tally.forget(&tenant.id, &user_id, system_id);
             return Err(e.into());
         }
         tracing::info!(tenant = %tenant.slug, system = %system_id, token = %id, "local API token minted");
         self.emit(Event::LocalTokensChanged {
-            tenant_id: tenant.id.clone(),
-            system_id: system_id.to_owned(),
+            tenant_id: tenant.id.to_string(),
+            system_id: system_id.to_string(),
             minted: Some(Arc::new(listed)),
         });
         Ok(MintedToken { id, token })
@@ -362,12 +362,16 @@ impl Authority {
 
     /// Revokes a local token: its subject may, and so may a caller with
     /// `lanyard:local-tokens:write`.
-    pub async fn revoke_local_token(&self, caller: &Caller, id: &str) -> Result<LocalToken> {
+    pub async fn revoke_local_token(
+        &self,
+        caller: &Caller,
+        id: &LocalTokenId,
+    ) -> Result<LocalToken> {
         let tenant = &caller.tenant;
         let row = local_tokens::find(&self.db, &tenant.id, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no local API token {id}")))?;
-        if caller.user_id() != Some(row.user_id.as_str()) {
+        if caller.user_id().is_none_or(|me| me != row.user_id) {
             caller.require(LOCAL_TOKENS_WRITE)?;
         }
         let now = self.now();
@@ -375,7 +379,7 @@ impl Authority {
         self.tally.forget(&tenant.id, &row.user_id, &row.system_id);
         tracing::info!(tenant = %tenant.slug, token = %id, "local API token revoked");
         self.emit(Event::LocalTokensChanged {
-            tenant_id: tenant.id.clone(),
+            tenant_id: tenant.id.to_string(),
             system_id: row.system_id.clone(),
             minted: None,
         });
@@ -391,7 +395,11 @@ impl Authority {
 
     /// The tokens of a system that have not expired, for a caller holding a role on it or
     /// `lanyard:local-tokens:read`.
-    pub async fn local_tokens(&self, caller: &Caller, system_id: &str) -> Result<Vec<LocalToken>> {
+    pub async fn local_tokens(
+        &self,
+        caller: &Caller,
+        system_id: &SystemId,
+    ) -> Result<Vec<LocalToken>> {
         let tenant = &caller.tenant;
         if !caller.scopes.contains_str(LOCAL_TOKENS_READ) {
             let forbidden = || Error::Forbidden("you hold no role on this system".into());
@@ -399,7 +407,7 @@ impl Authority {
             if systems::find(&self.db, &tenant.id, system_id)
                 .await?
                 .is_none()
-                || self.roles_on_system(user_id, system_id).await?.is_empty()
+                || self.roles_on_system(&user_id, system_id).await?.is_empty()
             {
                 return Err(forbidden());
             }
@@ -470,18 +478,24 @@ fn local_token_view(
     } else {
         LocalTokenStatus::Revoked
     };
-    let roles: Vec<serde_json::Value> = serde_json::from_str(&row.roles).unwrap_or_default();
+    /// A role as the token's `roles` claim carries it, and the row keeps it.
+    #[derive(serde::Deserialize)]
+    struct StoredRole {
+        uuid: RoleId,
+        name: String,
+    }
+    let roles: Vec<StoredRole> = serde_json::from_str(&row.roles).unwrap_or_default();
     LocalToken {
-        id: row.id,
-        system_id: row.system_id,
+        id: LocalTokenId::stored(row.id),
+        system_id: SystemId::stored(row.system_id),
         status,
-        subject_id: row.user_id,
+        subject_id: UserId::stored(row.user_id),
         subject_name: row.user_name,
         roles: roles
-            .iter()
+            .into_iter()
             .map(|r| Role {
-                id: r["uuid"].as_str().unwrap_or_default().to_owned(),
-                name: r["name"].as_str().unwrap_or_default().to_owned(),
+                id: r.uuid,
+                name: r.name,
             })
             .collect(),
         name: row.name,
@@ -504,7 +518,7 @@ fn group_holdings(held: Vec<users::HeldRole>) -> Vec<(String, Arc<Holding>)> {
     let mut out: Vec<(String, Holding)> = Vec::new();
     for h in held {
         let role = Role {
-            id: h.role.id,
+            id: RoleId::stored(h.role.id),
             name: h.role.name,
         };
         match out.last_mut() {
@@ -544,14 +558,14 @@ impl Authority {
     }
 
     /// The tenant's systems.
-    pub async fn systems(&self, by: impl Into<Actor<'_>>) -> Result<Vec<(String, String)>> {
+    pub async fn systems(&self, by: impl Into<Actor<'_>>) -> Result<Vec<(SystemId, String)>> {
         let by = by.into();
         by.require(SYSTEMS_READ)?;
         let tenant = by.tenant();
         Ok(systems::list(&self.db, &tenant.id)
             .await?
             .into_iter()
-            .map(|s| (s.id, s.name))
+            .map(|s| (SystemId::stored(s.id), s.name))
             .collect())
     }
 }

@@ -21,7 +21,7 @@ use super::mail::Mail;
 use super::tokens::TokenRejected;
 use super::{Authority, Tenant};
 use crate::crypto::{SecretHash, random_bytes};
-use crate::domain::{Email, GrantType, Internal, OAuthError, OAuthErrorCode};
+use crate::domain::{Email, GrantType, Internal, OAuthError, OAuthErrorCode, UserId};
 use crate::store::{StoreError, clients, otp, refresh_tokens};
 use serde_json::{Map, Value};
 
@@ -124,7 +124,7 @@ impl Authority {
             &self.db,
             &otp::OtpRow {
                 id: id.clone(),
-                tenant_id: tenant.id.clone(),
+                tenant_id: tenant.id.to_string(),
                 email: counted_address,
                 client_id: client_id.to_owned(),
                 code_hash: hash.0.to_vec(),
@@ -205,15 +205,15 @@ impl Authority {
                 "this is a client's token; userinfo is about people",
             ));
         }
+        let gone = || OAuthError::new(OAuthErrorCode::InvalidToken, "the user no longer exists");
+        let user_id = UserId::parse(&claims.sub).map_err(|_| gone())?;
         let user = self
-            .user(tenant, &claims.sub)
+            .user(tenant, &user_id)
             .await
             .map_err(|e| OAuthError::server_error(Internal::new("user lookup", e)))?
-            .ok_or_else(|| {
-                OAuthError::new(OAuthErrorCode::InvalidToken, "the user no longer exists")
-            })?;
+            .ok_or_else(gone)?;
         let mut out = user.metadata.clone();
-        out.insert("sub".into(), user.id.into());
+        out.insert("sub".into(), user.id.to_string().into());
         out.insert("email".into(), user.email.into());
         out.insert("name".into(), user.name.into());
         Ok(out)

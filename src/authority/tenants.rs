@@ -4,13 +4,13 @@ use serde::Serialize;
 
 use super::clients::NewClient;
 use super::{Authority, Error, Event, Result, validate_name};
-use crate::domain::{GrantType, ScopeSet, Slug};
+use crate::domain::{GrantType, ScopeSet, Slug, TenantId};
 use crate::store::{StoreError, tenants};
 
 /// A tenant as the use-cases see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
-    pub id: String,
+    pub id: TenantId,
     pub slug: Slug,
     pub name: String,
     /// `{public_url}/t/{slug}`.
@@ -33,7 +33,7 @@ impl Authority {
         let slug = Slug::parse(&row.slug).map_err(anyhow::Error::from)?;
         Ok(Tenant {
             issuer: self.settings.issuer(slug.as_str()),
-            id: row.id,
+            id: TenantId::stored(row.id),
             slug,
             name: row.name,
         })
@@ -111,7 +111,7 @@ impl Authority {
         let tenant = self.tenant_from_row(row)?;
         tracing::info!(tenant = %tenant.slug, "tenant created");
         self.emit(Event::KeysChanged {
-            tenant_id: tenant.id.clone(),
+            tenant_id: tenant.id.to_string(),
             slug: tenant.slug.to_string(),
         });
         Ok(tenant)
@@ -149,7 +149,7 @@ impl Authority {
             .await?;
         Ok(Bootstrap {
             tenant: tenant.slug.to_string(),
-            client_id: registration.client_id,
+            client_id: registration.client_id.into(),
             client_secret: registration
                 .client_secret
                 .map(|s| s.expose().to_owned())

@@ -226,7 +226,7 @@ impl Authority {
             .map_err(|e| OAuthError::server_error(Internal::new("revoking a token", e)))?;
         tracing::info!(tenant = %tenant.slug, jti = %claims.jti, "access token revoked");
         self.emit(Event::AccessTokenRevoked {
-            tenant_id: tenant.id.clone(),
+            tenant_id: tenant.id.to_string(),
             jti: claims.jti.clone(),
         });
         Ok(())

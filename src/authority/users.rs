@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use super::caller::{ROLES_WRITE, USERS_WRITE};
 use super::validate_name;
 use super::{Actor, Authority, Error, Event, Result, Tenant};
-use crate::domain::{Email, ScopeSet};
+use crate::domain::{Email, RoleId, ScopeSet, SystemId, UserId};
 use crate::store::{StoreError, local_tokens, systems, users};
 
 /// The largest metadata object accepted, serialised.
@@ -14,7 +14,7 @@ const MAX_METADATA_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
-    pub id: String,
+    pub id: UserId,
     pub email: String,
     pub name: String,
     pub scopes: ScopeSet,
@@ -24,14 +24,14 @@ pub struct User {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Role {
-    pub id: String,
+    pub id: RoleId,
     pub name: String,
 }
 
 impl User {
     fn from_row(row: users::UserRow) -> User {
         User {
-            id: row.id,
+            id: UserId::stored(row.id),
             email: row.email,
             name: row.name,
             scopes: ScopeSet::parse(&row.scopes).unwrap_or_default(),
@@ -61,8 +61,8 @@ impl Authority {
             return Err(Error::Invalid("user metadata is at most 8 KiB".into()));
         }
         let row = users::UserRow {
-            id: uuid::Uuid::new_v4().to_string(),
-            tenant_id: tenant.id.clone(),
+            id: UserId::generate().into(),
+            tenant_id: tenant.id.to_string(),
             email: email.to_string(),
             name: name.to_owned(),
             scopes: scopes.to_string(),
@@ -77,7 +77,7 @@ impl Authority {
         Ok(User::from_row(row))
     }
 
-    pub async fn user(&self, tenant: &Tenant, id: &str) -> Result<Option<User>> {
+    pub async fn user(&self, tenant: &Tenant, id: &UserId) -> Result<Option<User>> {
         Ok(users::find(&self.db, &tenant.id, id)
             .await?
             .map(User::from_row))
@@ -96,7 +96,7 @@ impl Authority {
     /// Deletes a user: their local API tokens show as REVOKED, their refresh tokens die with
     /// them, and their access tokens and MQTT sessions end. The actor must hold every `lanyard:`
     /// scope the user holds.
-    pub async fn delete_user(&self, by: impl Into<Actor<'_>>, id: &str) -> Result<()> {
+    pub async fn delete_user(&self, by: impl Into<Actor<'_>>, id: &UserId) -> Result<()> {
         let by = by.into();
         by.require(USERS_WRITE)?;
         let tenant = by.tenant();
@@ -113,15 +113,15 @@ impl Authority {
         }
         tracing::info!(tenant = %tenant.slug, user = %id, "user deleted");
         self.emit(Event::UserDeleted {
-            tenant_id: tenant.id.clone(),
-            user_id: id.to_owned(),
+            tenant_id: tenant.id.to_string(),
+            user_id: id.to_string(),
         });
         let mut systems = systems;
         systems.sort();
         systems.dedup();
         for system_id in systems {
             self.emit(Event::LocalTokensChanged {
-                tenant_id: tenant.id.clone(),
+                tenant_id: tenant.id.to_string(),
                 system_id,
                 minted: None,
             });
@@ -135,8 +135,8 @@ impl Authority {
         let tenant = by.tenant();
         let name = validate_name(name)?;
         let row = users::RoleRow {
-            id: uuid::Uuid::new_v4().to_string(),
-            tenant_id: tenant.id.clone(),
+            id: RoleId::generate().into(),
+            tenant_id: tenant.id.to_string(),
             name: name.to_owned(),
             created_at: self.now(),
         };
@@ -147,7 +147,7 @@ impl Authority {
                 other => other.into(),
             })?;
         Ok(Role {
-            id: row.id,
+            id: RoleId::stored(row.id),
             name: row.name,
         })
     }
@@ -156,9 +156,9 @@ impl Authority {
     pub async fn assign_role(
         &self,
         by: impl Into<Actor<'_>>,
-        user_id: &str,
-        system_id: &str,
-        role_id: &str,
+        user_id: &UserId,
+        system_id: &SystemId,
+        role_id: &RoleId,
     ) -> Result<()> {
         let by = by.into();
         by.require(ROLES_WRITE)?;
@@ -180,9 +180,9 @@ impl Authority {
         }
         users::assign_role(&self.db, user_id, system_id, role_id, self.now()).await?;
         self.emit(Event::RoleAssigned {
-            tenant_id: tenant.id.clone(),
-            user_id: user_id.to_owned(),
-            system_id: system_id.to_owned(),
+            tenant_id: tenant.id.to_string(),
+            user_id: user_id.to_string(),
+            system_id: system_id.to_string(),
         });
         Ok(())
     }
@@ -193,7 +193,7 @@ impl Authority {
             .await?
             .into_iter()
             .map(|r| Role {
-                id: r.id,
+                id: RoleId::stored(r.id),
                 name: r.name,
             })
             .collect())

@@ -22,6 +22,56 @@ pub struct TopicFilter {
 #[error("{0:?} is not a valid MQTT topic")]
 pub struct InvalidTopic(pub String);
 
+/// `mqtt.topic_prefix`: the topic levels under which lanyard publishes (`drivr/v1`). No
+/// wildcards, no empty levels, not starting with `$`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TopicPrefix(String);
+
+/// A `mqtt.topic_prefix` that cannot be one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} must be topic levels like \"drivr/v1\": no wildcards, no empty levels, not starting with '$'"
+)]
+pub struct InvalidPrefix(String);
+
+impl TopicPrefix {
+    pub fn parse(input: &str) -> Result<Self, InvalidPrefix> {
+        let valid = !input.is_empty()
+            && !input.starts_with('$')
+            && !input.contains(['+', '#', '\0'])
+            && input.split('/').all(|level| !level.is_empty());
+        if valid {
+            Ok(TopicPrefix(input.to_owned()))
+        } else {
+            Err(InvalidPrefix(input.chars().take(80).collect()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TopicPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for TopicPrefix {
+    type Error = InvalidPrefix;
+    fn try_from(text: String) -> Result<Self, InvalidPrefix> {
+        Self::parse(&text)
+    }
+}
+
+impl From<TopicPrefix> for String {
+    fn from(prefix: TopicPrefix) -> String {
+        prefix.0
+    }
+}
+
 impl TopicName {
     pub fn parse(input: &str) -> Result<Self, InvalidTopic> {
         if input.is_empty() || input.len() > MAX_LEN || input.contains(['+', '#', '\0']) {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::authority::{self, Authority, Caller, LocalToken, LocalTokenStatus, NewClient};
-use crate::domain::{GrantType as DomainGrant, KeyStatus as DomainKeyStatus, ScopeSet};
+use crate::domain::{ClientId, GrantType as DomainGrant, KeyStatus as DomainKeyStatus, ScopeSet};
 
 type Result<T> = std::result::Result<T, async_graphql::Error>;
 
@@ -30,6 +30,11 @@ fn mapped(e: authority::Error) -> async_graphql::Error {
             error("INTERNAL", "the server could not complete the request")
         }
     }
+}
+
+/// A `clientId` argument: text that cannot be a client id is the caller's mistake.
+fn client_id_input(text: &str) -> Result<ClientId> {
+    ClientId::parse(text).map_err(|e| error("BAD_USER_INPUT", e.to_string()))
 }
 
 fn authority<'a>(ctx: &Context<'a>) -> &'a Arc<Authority> {
@@ -82,24 +87,20 @@ pub struct TokenSubject {
     pub name: String,
 }
 
-fn uuid(s: &str) -> Uuid {
-    Uuid::parse_str(s).unwrap_or_default()
-}
-
 impl From<LocalToken> for LocalApiToken {
     fn from(t: LocalToken) -> Self {
         LocalApiToken {
-            uuid: uuid(&t.id),
+            uuid: t.id.uuid(),
             status: match t.status {
                 LocalTokenStatus::Activated => LocalApiTokenStatus::Activated,
                 LocalTokenStatus::Revoked => LocalApiTokenStatus::Revoked,
             },
-            system_uuid: uuid(&t.system_id),
+            system_uuid: t.system_id.uuid(),
             expires_at: t.expires_at.map(time),
             not_before: time(t.not_before),
             created_at: time(t.created_at),
             subject: TokenSubject {
-                uuid: uuid(&t.subject_id),
+                uuid: t.subject_id.uuid(),
                 name: t.subject_name,
             },
             name: t.name,
@@ -203,7 +204,7 @@ pub struct ClientRegistration {
 impl From<authority::ClientRegistration> for ClientRegistration {
     fn from(r: authority::ClientRegistration) -> Self {
         ClientRegistration {
-            client_id: r.client_id,
+            client_id: r.client_id.into(),
             client_secret: r.client_secret.map(|s| s.expose().to_owned()),
             client_id_issued_at: r.client_id_issued_at,
             client_secret_expires_at: r.client_secret_expires_at,
@@ -240,7 +241,7 @@ impl Query {
     ) -> Result<Vec<LocalApiToken>> {
         let caller = caller(ctx)?;
         let tokens = authority(ctx)
-            .local_tokens(caller, &system_uuid.to_string())
+            .local_tokens(caller, &system_uuid.into())
             .await
             .map_err(mapped)?;
         Ok(tokens.into_iter().map(Into::into).collect())
@@ -253,7 +254,7 @@ impl Query {
         Ok(systems
             .into_iter()
             .map(|(id, name)| System {
-                uuid: uuid(&id),
+                uuid: id.uuid(),
                 name,
             })
             .collect())
@@ -276,11 +277,11 @@ impl Query {
         let caller = caller(ctx)?;
         let user = match caller.user_id() {
             Some(id) => authority(ctx)
-                .user(&caller.tenant, id)
+                .user(&caller.tenant, &id)
                 .await
                 .map_err(mapped)?
                 .map(|u| User {
-                    uuid: uuid(&u.id),
+                    uuid: u.id.uuid(),
                     email: u.email,
                     name: u.name,
                 }),
@@ -313,7 +314,7 @@ impl Mutation {
         let minted = authority(ctx)
             .create_local_token(
                 caller,
-                &system_uuid.to_string(),
+                &system_uuid.into(),
                 requested_device.as_deref(),
                 &duration,
             )
@@ -321,7 +322,7 @@ impl Mutation {
             .map_err(mapped)?;
         Ok(CreatedLocalApiToken {
             jwt: minted.token,
-            uuid: uuid(&minted.id),
+            uuid: minted.id.uuid(),
         })
     }
 
@@ -334,12 +335,12 @@ impl Mutation {
     ) -> Result<CreatedLocalApiToken> {
         let caller = caller(ctx)?;
         let minted = authority(ctx)
-            .create_permanent_local_token(caller, &system_uuid.to_string(), &name)
+            .create_permanent_local_token(caller, &system_uuid.into(), &name)
             .await
             .map_err(mapped)?;
         Ok(CreatedLocalApiToken {
             jwt: minted.token,
-            uuid: uuid(&minted.id),
+            uuid: minted.id.uuid(),
         })
     }
 
@@ -347,7 +348,7 @@ impl Mutation {
     async fn revoke_local_api_token(&self, ctx: &Context<'_>, uuid: Uuid) -> Result<LocalApiToken> {
         let caller = caller(ctx)?;
         let token = authority(ctx)
-            .revoke_local_token(caller, &uuid.to_string())
+            .revoke_local_token(caller, &uuid.into())
             .await
             .map_err(mapped)?;
         Ok(token.into())
@@ -361,7 +362,7 @@ impl Mutation {
             .await
             .map_err(mapped)?;
         Ok(System {
-            uuid: uuid(&id),
+            uuid: id.uuid(),
             name: name.trim().to_owned(),
         })
     }
@@ -374,7 +375,7 @@ impl Mutation {
             .await
             .map_err(mapped)?;
         Ok(Role {
-            uuid: uuid(&role.id),
+            uuid: role.id.uuid(),
             name: role.name,
         })
     }
@@ -400,7 +401,7 @@ impl Mutation {
             .await
             .map_err(mapped)?;
         Ok(User {
-            uuid: uuid(&user.id),
+            uuid: user.id.uuid(),
             email: user.email,
             name: user.name,
         })
@@ -411,7 +412,7 @@ impl Mutation {
     async fn delete_user(&self, ctx: &Context<'_>, uuid: Uuid) -> Result<bool> {
         let caller = caller(ctx)?;
         authority(ctx)
-            .delete_user(caller, &uuid.to_string())
+            .delete_user(caller, &uuid.into())
             .await
             .map_err(mapped)?;
         Ok(true)
@@ -429,9 +430,9 @@ impl Mutation {
         authority(ctx)
             .assign_role(
                 caller,
-                &user_uuid.to_string(),
-                &system_uuid.to_string(),
-                &role_uuid.to_string(),
+                &user_uuid.into(),
+                &system_uuid.into(),
+                &role_uuid.into(),
             )
             .await
             .map_err(mapped)?;
@@ -475,7 +476,7 @@ impl Mutation {
                 .map(Into::into)
                 .collect(),
             public: input.public.unwrap_or(false),
-            system_id: input.system_uuid.map(|u| u.to_string()),
+            system_id: input.system_uuid.map(Into::into),
             ..NewClient::default()
         };
         let registration = authority(ctx)
@@ -493,7 +494,7 @@ impl Mutation {
     ) -> Result<ClientRegistration> {
         let caller = caller(ctx)?;
         let registration = authority(ctx)
-            .rotate_client_secret(caller, &client_id)
+            .rotate_client_secret(caller, &client_id_input(&client_id)?)
             .await
             .map_err(mapped)?;
         Ok(registration.into())
@@ -504,7 +505,7 @@ impl Mutation {
     async fn delete_client(&self, ctx: &Context<'_>, client_id: String) -> Result<bool> {
         let caller = caller(ctx)?;
         authority(ctx)
-            .delete_client(caller, &client_id)
+            .delete_client(caller, &client_id_input(&client_id)?)
             .await
             .map_err(mapped)?;
         Ok(true)

@@ -196,7 +196,7 @@ impl Gate {
     /// events may have been missed. Their pending wills are dropped too.
     pub(super) async fn recheck(&self, tenant_id: Option<&str>, tokens: bool) {
         for grant in self.sessions.grants_in_force() {
-            if tenant_id.is_some_and(|t| t != grant.tenant.id) {
+            if tenant_id.is_some_and(|t| grant.tenant.id != t) {
                 continue;
             }
             let claims = &grant.verified.claims;

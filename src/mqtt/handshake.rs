@@ -270,7 +270,7 @@ where
         return Err(refused(Refusal::ClientIdHeld));
     };
     let named = |clean| LinkSession::Named {
-        tenant_id: known.tenant.id.clone(),
+        tenant_id: known.tenant.id.to_string(),
         client_id: client_id.clone(),
         clean,
     };

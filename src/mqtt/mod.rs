@@ -163,7 +163,7 @@ impl Broker {
             )
         })?;
         let addr = listener.local_addr()?;
-        let tls = match settings.tls_addr() {
+        let tls = match settings.tls_listen {
             Some(tls_addr) => {
                 let acceptor =
                     listener::tls_acceptor(&settings.tls_cert_file, &settings.tls_key_file)?;

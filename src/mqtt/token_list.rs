@@ -110,15 +110,14 @@ impl Listed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenList {
     payload: Bytes,
-    /// `None` when a token's id is not a UUID: the list is then only ever replaced whole.
-    listed: Option<Vec<Listed>>,
+    listed: Vec<Listed>,
 }
 
 impl TokenList {
     /// The list of `tokens`, which come in the database's order.
     pub fn of(tokens: &[LocalToken]) -> TokenList {
         let mut payload = Vec::with_capacity(tokens.len() * 1024 + 2);
-        let mut listed = Some(Vec::with_capacity(tokens.len()));
+        let mut listed = Vec::with_capacity(tokens.len());
         payload.push(b'[');
         for (i, t) in tokens.iter().enumerate() {
             if i > 0 {
@@ -126,15 +125,12 @@ impl TokenList {
             }
             let start = payload.len();
             write_entry(&mut payload, t);
-            listed = listed.and_then(|mut listed| {
-                listed.push(Listed {
-                    created_at: t.created_at,
-                    id: Uuid::try_parse(&t.id).ok()?,
-                    updated_at: t.updated_at,
-                    activated: t.status == LocalTokenStatus::Activated,
-                    start,
-                });
-                Some(listed)
+            listed.push(Listed {
+                created_at: t.created_at,
+                id: t.id.uuid(),
+                updated_at: t.updated_at,
+                activated: t.status == LocalTokenStatus::Activated,
+                start,
             });
         }
         payload.push(b']');
@@ -148,11 +144,10 @@ impl TokenList {
         &self.payload
     }
 
-    /// The list with `token` (just minted) in its place; `None` when it is listed already or
-    /// its id is not a UUID.
+    /// The list with `token` (just minted) in its place; `None` when it is listed already.
     pub fn with(&self, token: &LocalToken) -> Option<TokenList> {
-        let listed = self.listed.as_ref()?;
-        let id = Uuid::try_parse(&token.id).ok()?;
+        let listed = &self.listed;
+        let id = token.id.uuid();
         if listed.iter().any(|l| l.id == id) {
             return None;
         }
@@ -190,7 +185,7 @@ impl TokenList {
         }));
         Some(TokenList {
             payload: Bytes::from(payload),
-            listed: Some(extended),
+            listed: extended,
         })
     }
 
@@ -202,7 +197,6 @@ impl TokenList {
         };
         self.listed
             .iter()
-            .flatten()
             .any(|l| l.id == id && l.updated_at == updated_at && l.activated == activated)
     }
 }
@@ -211,17 +205,18 @@ impl TokenList {
 mod tests {
     use super::*;
     use crate::authority::Role;
+    use crate::domain::SystemId;
     use serde_json::json;
 
     fn token(id: u128, created_at: i64) -> LocalToken {
         LocalToken {
-            id: Uuid::from_u128(id).to_string(),
-            system_id: "5f0c4a4e-3b39-4a4c-9d6e-2b0f6f1f7c11".into(),
+            id: Uuid::from_u128(id).into(),
+            system_id: SystemId::parse("5f0c4a4e-3b39-4a4c-9d6e-2b0f6f1f7c11").unwrap(),
             status: LocalTokenStatus::Activated,
-            subject_id: "u".into(),
+            subject_id: Uuid::from_u128(7).into(),
             subject_name: "Ada".into(),
             roles: vec![Role {
-                id: "r".into(),
+                id: Uuid::from_u128(8).into(),
                 name: "Owner".into(),
             }],
             name: None,
@@ -247,8 +242,8 @@ mod tests {
             "expiresAt": "2023-11-14T22:14:20Z",
             "notBefore": "2023-11-14T22:13:20Z",
             "systemUuid": t.system_id,
-            "roles": [{ "uuid": "r", "name": "Owner" }],
-            "subject": { "uuid": "u", "name": "Ada", "type": "USER" },
+            "roles": [{ "uuid": "00000000-0000-0000-0000-000000000008", "name": "Owner" }],
+            "subject": { "uuid": "00000000-0000-0000-0000-000000000007", "name": "Ada", "type": "USER" },
             "token": "CLOUD-a.b.c",
             "requestedDevice": "Panel",
         });
@@ -269,8 +264,8 @@ mod tests {
             "expiresAt": null,
             "notBefore": "2023-11-14T22:13:20Z",
             "systemUuid": t.system_id,
-            "roles": [{ "uuid": "r", "name": "Owner" }],
-            "subject": { "uuid": "u", "name": "Ada", "type": "USER" },
+            "roles": [{ "uuid": "00000000-0000-0000-0000-000000000008", "name": "Owner" }],
+            "subject": { "uuid": "00000000-0000-0000-0000-000000000007", "name": "Ada", "type": "USER" },
             "name": "Door",
         });
         assert_eq!(listed(&t).unwrap(), format!("[{expected}]"));
@@ -307,15 +302,5 @@ mod tests {
         assert!(!list.shows(&t.id, true, 101));
         assert!(!list.shows(&token(8, 100).id, true, 100));
         assert!(!list.shows("not-a-uuid", true, 100));
-    }
-
-    #[test]
-    fn a_list_with_an_id_that_is_no_uuid_is_published_but_never_extended() {
-        let mut odd = token(1, 100);
-        odd.id = "legacy-id".into();
-        let list = TokenList::of(&[odd.clone()]);
-        assert!(list.payload().starts_with(b"[{"));
-        assert_eq!(list.with(&token(2, 200)), None);
-        assert!(!list.shows(&odd.id, true, 100));
     }
 }

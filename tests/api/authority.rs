@@ -43,7 +43,7 @@ async fn post_graphql(app: &TestApp, token: Option<&str>, body: &Value) -> (u16,
 }
 
 /// A client of `w`'s tenant holding just `scopes`, and its token.
-async fn narrow_client(app: &TestApp, w: &World, scopes: &str) -> (String, String) {
+async fn narrow_client(app: &TestApp, w: &World, scopes: &str) -> (ClientId, String) {
     let (id, secret) = app
         .client(
             &w.t,
@@ -258,6 +258,10 @@ on_both_databases! {
         // An unknown client is NOT_FOUND, whoever asks.
         let body = gql(&app, Some(&narrow), "mutation { deleteClient(clientId: \"nobody-here\") }", json!({})).await;
         assert_eq!(code(&body), "NOT_FOUND", "{body}");
+        // Text that cannot be a client id is the caller's mistake, and says so.
+        let body = gql(&app, Some(&narrow), "mutation { deleteClient(clientId: \"a/../b\") }", json!({})).await;
+        assert_eq!(code(&body), "BAD_USER_INPUT", "{body}");
+        assert!(body["errors"][0]["message"].as_str().unwrap().contains("is not a client id"), "{body}");
     }
 
     async fn a_client_admin_cannot_revoke_the_tokens_of_a_client_holding_more(app) {

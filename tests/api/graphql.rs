@@ -41,9 +41,9 @@ pub fn code(body: &Value) -> &str {
 /// A tenant with a system, a role on it, and a person holding that role, signed in.
 pub struct World {
     pub t: TestTenant,
-    pub system: String,
-    pub role: String,
-    pub user: String,
+    pub system: SystemId,
+    pub role: RoleId,
+    pub user: UserId,
     pub user_token: String,
     pub admin_token: String,
 }
@@ -161,7 +161,7 @@ on_both_databases! {
         let second = auth.create_system(&w.t.tenant, "Second").await.unwrap();
         auth.assign_role(&w.t.tenant, &w.user, &second, &auditor.id).await.unwrap();
         auth.assign_role(&w.t.tenant, &w.user, &second, &installer.id).await.unwrap();
-        let roles_on = |system: String| {
+        let roles_on = |system: SystemId| {
             let (app, token) = (&app, &w.user_token);
             async move {
                 let body = gql(app, Some(token), MINT, json!({ "s": system, "d": "1D" })).await;

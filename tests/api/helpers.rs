@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lanyard::app::App;
 use lanyard::authority::{Authority, NewClient, Tenant};
 use lanyard::config::Settings;
+pub use lanyard::domain::{ClientId, LocalTokenId, RoleId, SystemId, UserId};
 use lanyard::domain::{ManualClock, Slug};
 use serde_json::Value;
 
@@ -89,7 +90,7 @@ pub struct TestApp {
 pub struct TestTenant {
     pub tenant: Tenant,
     pub slug: String,
-    pub admin_id: String,
+    pub admin_id: ClientId,
     pub admin_secret: String,
 }
 
@@ -171,13 +172,13 @@ impl TestApp {
         TestTenant {
             tenant: self.authority().tenant(slug).await.unwrap().unwrap(),
             slug: slug.into(),
-            admin_id: out.client_id,
+            admin_id: ClientId::parse(&out.client_id).unwrap(),
             admin_secret: out.client_secret,
         }
     }
 
     /// Registers a client and returns its id and secret (empty for a public client).
-    pub async fn client(&self, tenant: &TestTenant, new: NewClient) -> (String, String) {
+    pub async fn client(&self, tenant: &TestTenant, new: NewClient) -> (ClientId, String) {
         let reg = self
             .authority()
             .create_client(&tenant.tenant, new)

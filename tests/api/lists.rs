@@ -26,7 +26,7 @@ async fn gateway(app: &TestApp, w: &World) -> (V4, Value) {
 }
 
 /// A client with `lanyard:local-tokens:read`, subscribed to the system's (empty) list.
-async fn list_reader(app: &TestApp, w: &World) -> (V4, String, String) {
+async fn list_reader(app: &TestApp, w: &World) -> (V4, ClientId, String) {
     let (id, token) = device(app, &w.t, None, "lanyard:local-tokens:read").await;
     let mut reader = V4::connect(app, &id, &token).await.unwrap();
     reader.subscribe(&list_topic(&w.system)).await;
@@ -46,7 +46,7 @@ fn person_caller(w: &World) -> lanyard::authority::Caller {
         w.t.tenant.clone(),
         lanyard::domain::AccessClaims {
             iss: w.t.tenant.issuer.clone(),
-            sub: w.user.clone(),
+            sub: w.user.to_string(),
             aud: "acme".into(),
             client_id: "app".into(),
             scope: String::new(),
@@ -232,7 +232,7 @@ on_both_databases! {
         )
         .await
         .unwrap();
-        other.revoke_local_token(&person_caller(&w), &id).await.unwrap();
+        other.revoke_local_token(&person_caller(&w), &LocalTokenId::parse(&id).unwrap()).await.unwrap();
         let msg = gw.message(Duration::from_secs(5)).await.expect("the list within 5 s");
         let list: Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(list[0]["uuid"], id.as_str());
@@ -350,7 +350,7 @@ async fn a_change_committed_while_the_server_was_down_is_published_before_it_acc
                 .create_local_token(&caller, &system, None, "1D")
                 .await
                 .unwrap();
-            *noted.lock().unwrap() = token.id;
+            *noted.lock().unwrap() = token.id.to_string();
         })
         .await;
     let minted = minted.lock().unwrap().clone();
@@ -376,7 +376,7 @@ async fn the_topic_of_a_system_removed_from_the_database_is_cleared() {
         unreachable!()
     };
     sqlx::query("DELETE FROM systems WHERE id = $1")
-        .bind(&w.system)
+        .bind(w.system.as_str())
         .execute(&mut *writer.acquire().await.unwrap())
         .await
         .unwrap();

@@ -64,7 +64,7 @@ async fn sign_in_codes_go_out_through_the_smtp_server() {
         s.mailer.kind = lanyard::config::MailerKind::Smtp;
         s.mailer.smtp_host = "127.0.0.1".into();
         s.mailer.smtp_port = port;
-        s.mailer.smtp_security = "none".into();
+        s.mailer.smtp_security = lanyard::config::SmtpSecurity::None;
         s.mailer.from = "Acme Sign-in <signin@acme.example>".into();
     })
     .await;

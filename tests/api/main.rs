@@ -16,6 +16,8 @@ mod lists;
 mod mail;
 mod mqtt;
 mod mqtt_bytes;
+#[path = "../support/mqtt_packets.rs"]
+mod mqtt_packets;
 mod nodes;
 mod revocation;
 mod signin;

@@ -26,7 +26,7 @@ pub async fn device(
     t: &TestTenant,
     system: Option<&str>,
     scopes: &str,
-) -> (String, String) {
+) -> (ClientId, String) {
     let (id, secret) = app
         .client(
             t,
@@ -34,7 +34,7 @@ pub async fn device(
                 name: "device".into(),
                 scopes: ScopeSet::parse(scopes).unwrap(),
                 grant_types: vec![GrantType::ClientCredentials],
-                system_id: system.map(Into::into),
+                system_id: system.map(|s| SystemId::parse(s).unwrap()),
                 ..NewClient::default()
             },
         )
@@ -43,7 +43,7 @@ pub async fn device(
     (id, token)
 }
 
-pub async fn system(app: &TestApp, t: &TestTenant) -> String {
+pub async fn system(app: &TestApp, t: &TestTenant) -> SystemId {
     app.authority()
         .create_system(&t.tenant, "Gateway")
         .await
@@ -1067,11 +1067,12 @@ async fn the_last_will_is_published_when_a_connection_is_lost_but_not_after_disc
     );
 
     // A raw connection with a will that just drops.
-    let mut raw = crate::mqtt_bytes::connect_raw(
-        &app,
-        crate::mqtt_bytes::connect_v4_with_will("rude", &token, "status/rude", b"lost"),
-    )
-    .await;
+    let rude = crate::mqtt_packets::Connect {
+        login: Some(("device", &token)),
+        will: Some(("status/rude", b"lost")),
+        ..crate::mqtt_packets::Connect::new(4, "rude")
+    };
+    let mut raw = crate::mqtt_bytes::connect_raw(&app, rude.bytes()).await;
     assert_eq!(
         crate::mqtt_bytes::read_some(&mut raw).await,
         vec![0x20, 0x02, 0x00, 0x00]
@@ -1119,7 +1120,7 @@ async fn a_message_larger_than_a_v5_client_accepts_is_dropped_not_fatal() {
 async fn with_tls() -> TestApp {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.mqtt.tls_listen = "127.0.0.1:0".into();
+        s.mqtt.tls_listen = Some("127.0.0.1:0".parse().unwrap());
         s.mqtt.tls_cert_file = format!("{fixtures}/tls-cert.pem");
         s.mqtt.tls_key_file = format!("{fixtures}/tls-key.pem");
         s.mqtt.connect_timeout = lanyard::domain::Period::from_secs(1);
@@ -1178,7 +1179,7 @@ async fn a_tls_handshake_that_never_completes_is_closed_after_the_timeout() {
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
     plain
-        .write_all(&[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0])
+        .write_all(&crate::mqtt_packets::Connect::new(4, "").bytes())
         .await
         .unwrap();
     let mut buf = [0u8; 64];
@@ -1334,7 +1335,8 @@ async fn the_jwks_arrives_once_per_subscribe_also_on_resubscribe_and_resumed_ses
     let topic = "drivr/v1/acme/jwks";
     let is_jwks = |p: &[u8]| serde_json::from_slice::<serde_json::Value>(p).unwrap() == jwks;
 
-    let mut options = rumqttc::MqttOptions::new(&id, "127.0.0.1", app.app().mqtt_addr().port());
+    let mut options =
+        rumqttc::MqttOptions::new(id.as_str(), "127.0.0.1", app.app().mqtt_addr().port());
     options.set_credentials("device", token.clone());
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(false);
@@ -1580,7 +1582,7 @@ async fn a_pending_will_is_dropped_when_its_token_is_revoked_or_its_client_delet
 }
 
 /// A device client and its secret, to ask for fresh tokens as the clock moves on.
-async fn device_with_secret(app: &TestApp, t: &TestTenant) -> (String, String) {
+async fn device_with_secret(app: &TestApp, t: &TestTenant) -> (ClientId, String) {
     app.client(
         t,
         NewClient {

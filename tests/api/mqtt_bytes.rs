@@ -8,75 +8,25 @@ use tokio::net::TcpStream;
 
 use crate::helpers::*;
 use crate::mqtt::{V4, V5, device, wide_open};
+use crate::mqtt_packets::{Connect, PINGREQ, Publish, fixed_header, pubrel, subscribe};
 
-fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            return;
-        }
-    }
-}
-
-fn string(s: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    remaining_length(body.len(), &mut out);
-    out.extend_from_slice(body);
-    out
-}
-
-/// A CONNECT with clean session, user name and password; `level` 4 or 5.
+/// A CONNECT with clean session and keep-alive 60, and with a password the user name `device`;
+/// `level` 4 or 5 (or another, to be refused).
 pub fn connect(level: u8, client_id: &str, password: Option<&str>) -> Vec<u8> {
-    let mut body = Vec::new();
-    string(b"MQTT", &mut body);
-    body.push(level);
-    body.push(if password.is_some() { 0xc2 } else { 0x02 });
-    body.extend_from_slice(&60u16.to_be_bytes());
-    if level == 5 {
-        body.push(0); // no properties
+    Connect {
+        login: password.map(|p| ("device", p)),
+        ..Connect::new(level, client_id)
     }
-    string(client_id.as_bytes(), &mut body);
-    if let Some(p) = password {
-        string(b"device", &mut body);
-        string(p.as_bytes(), &mut body);
-    }
-    packet(0x10, &body)
+    .bytes()
 }
 
-pub fn connect_v4_with_will(
-    client_id: &str,
-    password: &str,
-    topic: &str,
-    message: &[u8],
-) -> Vec<u8> {
-    let mut body = Vec::new();
-    string(b"MQTT", &mut body);
-    body.push(4);
-    body.push(0xc6); // user name, password, will (QoS 0), clean session
-    body.extend_from_slice(&60u16.to_be_bytes());
-    string(client_id.as_bytes(), &mut body);
-    string(topic.as_bytes(), &mut body);
-    string(message, &mut body);
-    string(b"device", &mut body);
-    string(password.as_bytes(), &mut body);
-    packet(0x10, &body)
-}
-
+/// A 3.1.1 PUBLISH at QoS 0.
 fn publish(topic: &str, payload: &[u8], retain: bool) -> Vec<u8> {
-    let mut body = Vec::new();
-    string(topic.as_bytes(), &mut body);
-    body.extend_from_slice(payload);
-    packet(0x30 | retain as u8, &body)
+    Publish {
+        retain,
+        ..Publish::new(4, topic, payload)
+    }
+    .bytes()
 }
 
 pub async fn connect_raw(app: &TestApp, bytes: Vec<u8>) -> TcpStream {
@@ -250,9 +200,9 @@ async fn garbage_half_packets_and_server_only_packets_cost_only_their_connection
 async fn oversized_packets_are_refused_with_a_reason() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| s.mqtt.max_packet_size = 4096).await;
     let token = token(&app).await;
-    // A packet announcing more than the limit, without sending it.
+    // A PUBLISH announcing 2 MiB, more than the limit, without sending it.
     let mut bytes = connect(5, "big", Some(&token));
-    bytes.extend([0x30, 0xff, 0xff, 0x7f]);
+    bytes.extend(fixed_header(0x30, 2_097_151));
     let mut s = connect_raw(&app, bytes).await;
     let answer = read_some(&mut s).await;
     assert!(answer.ends_with(&[0xe0, 0x02, 0x95, 0x00]), "{answer:02x?}");
@@ -311,10 +261,12 @@ async fn connections_that_never_send_connect_are_bounded_and_timed_out() {
 
 /// A CONNECT with a chosen keep-alive.
 fn connect_keep_alive(level: u8, client_id: &str, password: &str, keep_alive: u16) -> Vec<u8> {
-    let mut bytes = connect(level, client_id, Some(password));
-    let at = 2 + 6 + 1 + 1 + (bytes[1] & 0x80 != 0) as usize; // header, name, level, flags
-    bytes[at..at + 2].copy_from_slice(&keep_alive.to_be_bytes());
-    bytes
+    Connect {
+        keep_alive,
+        login: Some(("device", password)),
+        ..Connect::new(level, client_id)
+    }
+    .bytes()
 }
 
 #[tokio::test]
@@ -350,11 +302,11 @@ async fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives() {
     let mut awake = connect_raw(&app, connect_keep_alive(4, "awake", &token, 1)).await;
     assert_eq!(read_some(&mut awake).await, vec![0x20, 2, 0, 0]);
     for _ in 0..4 {
-        awake.write_all(&[0xc0, 0x00]).await.unwrap();
+        awake.write_all(&PINGREQ).await.unwrap();
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     let mut answers = Vec::new();
-    awake.write_all(&[0xc0, 0x00]).await.unwrap();
+    awake.write_all(&PINGREQ).await.unwrap();
     answers.extend(read_some(&mut awake).await);
     assert!(
         answers.ends_with(&[0xd0, 0x00]),
@@ -364,13 +316,7 @@ async fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives() {
 
 /// A 5.0 SUBSCRIBE of `filters` at QoS 0, without properties.
 fn subscribe_v5(pkid: u16, filters: &[&str]) -> Vec<u8> {
-    let mut body = pkid.to_be_bytes().to_vec();
-    body.push(0); // no properties
-    for filter in filters {
-        string(filter.as_bytes(), &mut body);
-        body.push(0);
-    }
-    packet(0x82, &body)
+    subscribe(5, pkid, filters, 0)
 }
 
 /// Everything the server sends until it closes; None if it is still open after a few seconds
@@ -504,7 +450,7 @@ async fn a_packet_trickled_in_a_byte_at_a_time_does_not_keep_a_connection_alive(
     assert_eq!(answer[0], 0x20, "CONNACK: {answer:02x?}");
     // A PUBLISH announcing 200 KB, sent a byte every 300 ms: bytes arrive well within the
     // keep-alive, a packet never does.
-    s.write_all(&[0x30, 0xc0, 0x9a, 0x0c]).await.unwrap();
+    s.write_all(&fixed_header(0x30, 200_000)).await.unwrap();
     let mut closed_early = false;
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -542,12 +488,12 @@ async fn a_pubrel_after_a_refused_qos2_publish_is_answered_and_the_connection_st
     let answers = read_some(&mut stream).await;
     assert!(answers.contains(&0x90), "a SUBACK: {answers:02x?}");
     // PUBLISH QoS 2 under lanyard's prefix, packet id 7, no properties.
-    let mut body = Vec::new();
-    string(b"drivr/v1/acme/jwks", &mut body);
-    body.extend_from_slice(&7u16.to_be_bytes());
-    body.push(0);
-    body.extend_from_slice(b"{}");
-    stream.write_all(&packet(0x34, &body)).await.unwrap();
+    let publish = Publish {
+        qos: 2,
+        packet_id: 7,
+        ..Publish::new(5, "drivr/v1/acme/jwks", b"{}")
+    };
+    stream.write_all(&publish.bytes()).await.unwrap();
     let pubrec = read_some(&mut stream).await;
     // PUBREC, its length, packet id 7, reason 0x87 (Not authorized).
     assert_eq!(
@@ -557,7 +503,7 @@ async fn a_pubrel_after_a_refused_qos2_publish_is_answered_and_the_connection_st
     );
     // PUBREL 7 anyway, then a PINGREQ.
     stream
-        .write_all(&[0x62, 0x02, 0x00, 0x07, 0xc0, 0x00])
+        .write_all(&[&pubrel(7)[..], &PINGREQ].concat())
         .await
         .unwrap();
     let answers = read_some(&mut stream).await;

@@ -53,12 +53,12 @@ on_both_databases! {
         revoke(&app, "acme", &t.admin_id, &t.admin_secret, &token).await;
         assert_eq!(
             events.recv().await.unwrap(),
-            Event::AccessTokenRevoked { tenant_id: t.tenant.id.clone(), jti: claims_jti(&token) }
+            Event::AccessTokenRevoked { tenant_id: t.tenant.id.to_string(), jti: claims_jti(&token) }
         );
         app.authority().rotate_signing_key(&t.tenant).await.unwrap();
-        assert_eq!(events.recv().await.unwrap(), Event::KeysChanged { tenant_id: t.tenant.id.clone(), slug: "acme".into() });
+        assert_eq!(events.recv().await.unwrap(), Event::KeysChanged { tenant_id: t.tenant.id.to_string(), slug: "acme".into() });
         app.authority().delete_client(&t.tenant, &other.admin_id).await.unwrap();
-        assert_eq!(events.recv().await.unwrap(), Event::ClientDeleted { tenant_id: t.tenant.id.clone(), client_id: other.admin_id.clone() });
+        assert_eq!(events.recv().await.unwrap(), Event::ClientDeleted { tenant_id: t.tenant.id.to_string(), client_id: other.admin_id.to_string() });
     }
 
     async fn revocation_survives_a_restart(app) {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 pub struct Person {
-    pub id: String,
+    pub id: UserId,
     pub email: String,
 }
 
@@ -40,7 +40,7 @@ pub async fn person(app: &TestApp, t: &TestTenant, email: &str, scopes: &str) ->
 }
 
 /// A public app client that may sign people in.
-pub async fn app_client(app: &TestApp, t: &TestTenant) -> String {
+pub async fn app_client(app: &TestApp, t: &TestTenant) -> ClientId {
     app.client(
         t,
         NewClient {

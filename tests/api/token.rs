@@ -334,8 +334,8 @@ on_both_databases! {
         let (public_id, _) = app
             .client(&t, NewClient { name: "app".into(), public: true, ..NewClient::default() })
             .await;
-        for id in [public_id.as_str(), "nobody"] {
-            let err = app.authority().rotate_client_secret(&t.tenant, id).await.unwrap_err();
+        for id in [public_id, ClientId::parse("nobody").unwrap()] {
+            let err = app.authority().rotate_client_secret(&t.tenant, &id).await.unwrap_err();
             assert!(matches!(err, lanyard::authority::Error::NotFound(_)), "{id}: {err}");
         }
     }

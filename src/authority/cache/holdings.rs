@@ -226,7 +226,12 @@ mod tests {
         Arc::new(Holding {
             user_name: "Ada".into(),
             roles: vec![Role {
-                id: role.into(),
+                // One id per name, so equal names are the same role.
+                id: uuid::Uuid::from_u128(
+                    role.bytes()
+                        .fold(1u128, |h, b| h.wrapping_mul(31).wrapping_add(b.into())),
+                )
+                .into(),
                 name: role.into(),
             }],
         })

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::authority::{Authority, Result, Tenant};
 use crate::crypto::{SigningKey, VerifyingKey};
-use crate::domain::KeyStatus;
+use crate::domain::{KeyStatus, TenantId};
 use crate::store::signing_keys::{self, KeyRow};
 
 /// How long a keyring is trusted before it is reloaded.
@@ -56,7 +56,7 @@ impl TenantKeys {
 
 #[derive(Default)]
 pub struct KeyRings {
-    tenants: RwLock<HashMap<String, Arc<TenantKeys>>>,
+    tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
     private: Mutex<HashMap<String, Arc<SigningKey>>>,
 }
 
