@@ -1,6 +1,9 @@
 //! The types and resolvers of the GraphQL schema. Each resolver takes the caller from the
-//! request, checks the `lanyard:` scope its operation needs, calls one use-case and maps the
-//! answer; the rules themselves live in the authority.
+//! request, calls one use-case (which checks who may) and maps the answer; the rules themselves
+//! live in the authority.
+//!
+//! One file, past 500 lines, on purpose: it is the schema's table of contents, every type next
+//! to the resolvers that return it, in the order `schema.graphql` (generated from it) lists them.
 
 use std::sync::Arc;
 

@@ -1,0 +1,214 @@
+//! lanyard's benchmarks, side by side with a reference measured in the same run (targets in
+//! docs/performance.md). Run through `bench/run`, which builds the release binary
+//! first; `--quick` runs each figure for about a second and only checks that it was produced.
+//!
+//! Every figure is a ratio against its reference, because the machines are shared and noisy;
+//! where it can, the reference is measured around the figure (just before and just after, or in
+//! turn with it):
+//! - RSA signatures in lanyard's own library (aws-lc-rs) against `openssl speed rsa2048`;
+//! - the token endpoint against `openssl speed rsa2048` (`-multi <cores>` a second at a time in turn
+//!   with it, one core before and after), with the server's own CPU time per token from
+//!   `/proc/<pid>/stat`;
+//! - GraphQL `createLocalApiToken` against the token endpoint, a second of each in turn, round
+//!   10,000 systems;
+//! - MQTT CONNECT with a real RS256 token, and a reconnect storm, against Mosquitto's anonymous
+//!   CONNECT, a second of each in turn;
+//! - publish throughput (QoS 0 and 1, 100-byte payloads, one and four subscribers) against
+//!   Mosquitto;
+//! - mint → device latency across those systems; restart time with each holding 10 tokens;
+//! - RSS with many idle authenticated connections against Mosquitto's.
+//!
+//! The load generators run in this process; the CPU they took is printed too. HTTP load goes
+//! over plain keep-alive connections with requests written out once, so that it takes little.
+//! `--only tokens,graphql,…` measures just the named figures and their references.
+//!
+//! This file runs the figures in order and prints the table. Each figure has a module of its own
+//! in `examples/bench/` (`tokens`, `graphql`, `connect`, `publish`, `latency`, `idle`,
+//! `restart`); `procs` starts the servers and the references and reads their CPU time and
+//! memory, `setup` gets tokens and systems from lanyard, `load` and `mqtt_client` generate the
+//! load, and `report` holds the table. The MQTT packets are written by
+//! `tests/support/mqtt_packets.rs`, which the API tests use as well.
+
+mod connect;
+mod graphql;
+mod idle;
+mod latency;
+mod load;
+mod mqtt_client;
+#[path = "../../tests/support/mqtt_packets.rs"]
+mod mqtt_packets;
+mod procs;
+mod publish;
+mod report;
+mod restart;
+mod setup;
+mod tokens;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use procs::{cpu_seconds, openssl_signs, own_pid, start_lanyard, start_mosquitto};
+use setup::person_token;
+
+struct Args {
+    lanyard: PathBuf,
+    quick: bool,
+    /// `--only a,b`: just these figures (and what they are measured against), for profiling.
+    only: Vec<String>,
+}
+
+/// The figures `--only` knows.
+const FIGURES: [&str; 7] = [
+    "tokens", "graphql", "connect", "publish", "latency", "idle", "restart",
+];
+
+impl Args {
+    fn wants(&self, figure: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|f| f == figure)
+    }
+}
+
+fn args() -> Args {
+    let mut lanyard = PathBuf::from("target/release/lanyard");
+    let mut quick = false;
+    let mut only = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--lanyard" => lanyard = it.next().expect("--lanyard PATH").into(),
+            "--only" => {
+                let list = it.next().expect("--only FIGURE,…");
+                only = list.split(',').map(str::to_owned).collect();
+                if let Some(f) = only.iter().find(|f| !FIGURES.contains(&f.as_str())) {
+                    panic!("unknown figure {f}; known: {}", FIGURES.join(", "));
+                }
+            }
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    Args {
+        lanyard,
+        quick,
+        only,
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = args();
+    let secs = if args.quick { 1 } else { 5 };
+    let run = Duration::from_secs(secs);
+    let work = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    let mut loadgen_before = cpu_seconds(own_pid());
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+
+    // The RSA ceiling on one core, measured again after the token endpoint: the figures use
+    // the mean of the two, so a neighbour's load that comes or goes skews it less. The ceiling
+    // on all cores (OpenSSL signing on every core the machine has, as the server may) is
+    // measured in turn with the token endpoint itself (on its own without it).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+    let mut one_core = openssl_signs(None, secs as u32);
+    eprintln!("openssl rsa2048: {one_core:.0} signs/s on 1 core");
+    if args.wants("tokens") {
+        // Not a load generator: its CPU is left out of theirs.
+        let (signature, signing_cpu) = tokens::signature(run, one_core);
+        loadgen_before += signing_cpu;
+        rows.push(signature);
+    }
+
+    let l = start_lanyard(&args.lanyard, &work.path().join("lanyard"));
+
+    // 1. client_credentials tokens/s.
+    let all_cores = if args.wants("tokens") {
+        eprintln!("- token endpoint");
+        let endpoint = tokens::endpoint(&l, secs, cores, one_core).await;
+        rows.extend(endpoint.rows);
+        one_core = endpoint.one_core;
+        endpoint.all_cores
+    } else {
+        openssl_signs(Some(cores), secs as u32)
+    };
+
+    let person = person_token(&http, &l).await;
+    // The systems the person holds a role on: GraphQL mints go round them, the latency figure
+    // listens on them, and the restart figure fills each with tokens.
+    let mut system_ids: Vec<String> = Vec::new();
+    let mut admin = None;
+    // Tokens minted so far, round the systems from the first.
+    let mut minted = 0u64;
+    if args.wants("graphql") || args.wants("latency") || args.wants("restart") {
+        let count = if args.quick { 20 } else { 10_000 };
+        eprintln!("- {count} systems");
+        let systems = setup::systems(&http, &l, &args.lanyard, &person, count).await;
+        system_ids = systems.ids;
+        admin = Some(systems.admin);
+    }
+
+    // 2. GraphQL createLocalApiToken per second, round the systems, against the token endpoint
+    // measured in turn with it.
+    if args.wants("graphql") {
+        eprintln!("- GraphQL mints, in turn with the token endpoint");
+        let (figure, mints) = graphql::measure(&l, &person, &system_ids, run).await;
+        rows.push(figure);
+        minted = mints;
+    }
+
+    // 3. MQTT CONNECT/s: fresh tokens (each verified once), then a reconnect storm, each in turn
+    // with Mosquitto.
+    let mut mosq = None;
+    if args.wants("connect") {
+        eprintln!("- MQTT CONNECT, in turn with Mosquitto");
+        let m = mosq.get_or_insert_with(|| start_mosquitto(work.path()));
+        rows.extend(connect::measure(&http, &l, m, args.quick, run).await);
+    }
+
+    // 4. Publish throughput.
+    if args.wants("publish") {
+        eprintln!("- publish throughput");
+        let m = mosq.get_or_insert_with(|| start_mosquitto(work.path()));
+        rows.extend(publish::measure(&http, &l, m, args.quick).await);
+    }
+    drop(mosq);
+
+    // 5. Mint → device latency, across the systems.
+    if args.wants("latency") {
+        let admin = admin.as_ref().expect("systems were created");
+        eprintln!("- mint → device latency");
+        rows.push(latency::measure(&http, &l, admin, &person, &system_ids, args.quick).await);
+    }
+
+    // 6. Idle authenticated connections: RSS against Mosquitto, both in fresh processes.
+    if args.wants("idle") {
+        eprintln!("- idle connections");
+        rows.push(idle::measure(&http, &args.lanyard, work.path(), args.quick).await);
+    }
+
+    // 7. Restart with many systems × 10 tokens: time until the listener accepts.
+    if args.wants("restart") {
+        eprintln!("- restart");
+        rows.push(restart::measure(&http, l, &args.lanyard, &person, &system_ids, minted).await);
+    }
+
+    let loadgen = cpu_seconds(own_pid()) - loadgen_before;
+    report::print_table(&rows);
+    println!(
+        "\nload generators: {loadgen:.1} s of CPU in this process; openssl rsa2048: {one_core:.0}/s on 1 core, {all_cores:.0}/s on {cores}{}",
+        if args.quick {
+            " (quick run: figures are not meaningful)"
+        } else {
+            ""
+        }
+    );
+    let missing = report::missing(&rows);
+    if missing > 0 {
+        // Returned, not exited: what the run started is stopped and removed on the way out.
+        eprintln!("{missing} figure(s) were not produced");
+        return std::process::ExitCode::FAILURE;
+    }
+    std::process::ExitCode::SUCCESS
+}
