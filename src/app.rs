@@ -3,6 +3,8 @@
 //! [`App::build`], which returns once the listeners are bound (port 0 picks free ports). It also
 //! reads the open-file limit and splits it between the listeners ([`crate::connections`]), and
 //! [`App::run_until_signalled`] holds the process to `limits.shutdown_timeout` after a signal.
+//! With `metrics.listen` set it makes the process's [`Metrics`], hands them to the authority
+//! and the doors, times every HTTP request, and serves `GET /metrics` on a listener of its own.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,6 +22,7 @@ use crate::config::Settings;
 use crate::connections::{FileBudget, PerSource, Permits};
 use crate::crypto::KeyEncryptionKey;
 use crate::domain::{Clock, SystemClock};
+use crate::metrics::Metrics;
 use crate::mqtt::Broker;
 use crate::store::{Db, signing_keys};
 
@@ -27,9 +30,12 @@ use crate::store::{Db, signing_keys};
 const KEY_JOB_PERIOD: Duration = Duration::from_secs(1);
 /// How often expired revocations are forgotten.
 const PRUNE_PERIOD: Duration = Duration::from_secs(600);
+/// Connections the metrics listener holds at once (a Prometheus server keeps one).
+const METRICS_CONNECTIONS: usize = 16;
 
 pub struct App {
     http_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     broker: Broker,
     authority: Arc<Authority>,
     demo: Option<DemoSeed>,
@@ -51,7 +57,16 @@ impl App {
         // rustls may see two crypto providers compiled in (lettre brings ring); use aws-lc-rs.
         let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mailer = crate::mailer::from_settings(&settings.mailer)?;
-        let authority = Arc::new(open_authority(settings, clock).await?.with_mailer(mailer));
+        let metrics = match settings.metrics.listen {
+            Some(_) => Metrics::new(),
+            None => Metrics::off(),
+        };
+        let authority = Arc::new(
+            open_authority(settings, clock)
+                .await?
+                .with_mailer(mailer)
+                .with_metrics(metrics.clone()),
+        );
         let other_nodes = authority
             .listen_to_other_nodes()
             .await
@@ -71,6 +86,22 @@ impl App {
         })?;
         let http_addr = listener.local_addr()?;
         tracing::info!("http listening on {http_addr}");
+        let metrics_listener = match authority.settings().metrics.listen {
+            Some(listen) => Some(TcpListener::bind(listen).await.with_context(|| {
+                format!(
+                    "metrics.listen: cannot listen on {listen}; choose a free address or port 0, or leave it empty for no metrics"
+                )
+            })?),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                tracing::info!("metrics listening on {addr}");
+                Some(addr)
+            }
+            None => None,
+        };
         if matches!(authority.db(), Db::Sqlite { .. }) {
             tracing::info!(
                 "database: SQLite, one node only; several nodes share a PostgreSQL database"
@@ -92,11 +123,45 @@ impl App {
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        let broker =
-            Broker::start(authority.clone(), budget.mqtt, stopped.clone(), &mut tasks).await?;
+        let broker = Broker::start(
+            authority.clone(),
+            metrics.clone(),
+            budget.mqtt,
+            stopped.clone(),
+            &mut tasks,
+        )
+        .await?;
         let gate = broker.gate().clone();
-        let router = crate::http::router(authority.clone(), Arc::new(move || gate.is_ready()))
-            .merge(crate::graphql::router(authority.clone()));
+        let mut router = crate::http::router(
+            authority.clone(),
+            Arc::new(move || gate.is_ready()),
+            metrics.clone(),
+        )
+        .merge(crate::graphql::router(authority.clone(), metrics.clone()));
+        if let Some(listener) = metrics_listener {
+            router = router.layer(axum::middleware::from_fn_with_state(
+                metrics.clone(),
+                crate::metrics::time_requests,
+            ));
+            let db = authority.db().clone();
+            metrics.sample_on_scrape(move |m| {
+                for (pool, size, idle) in db.pool_sizes() {
+                    m.set_db_pool(pool, size, idle);
+                }
+            });
+            let metrics_limits = crate::http::serve::Limits {
+                permits: Permits::new(METRICS_CONNECTIONS),
+                per_source: PerSource::new(METRICS_CONNECTIONS as u32),
+                header_timeout: http_limits.header_timeout,
+                idle_timeout: http_limits.idle_timeout,
+            };
+            tasks.push(tokio::spawn(crate::http::serve::serve(
+                listener,
+                crate::metrics::router(metrics.clone()),
+                metrics_limits,
+                stopped.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(crate::http::serve::serve(
             listener,
             router,
@@ -114,6 +179,7 @@ impl App {
 
         Ok(App {
             http_addr,
+            metrics_addr,
             broker,
             authority,
             demo,
@@ -124,6 +190,11 @@ impl App {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The metrics listener's address (`GET /metrics`), unless `metrics.listen` is empty.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn mqtt_addr(&self) -> SocketAddr {

@@ -29,6 +29,7 @@ pub struct Settings {
     pub mailer: MailerSettings,
     pub demo: DemoSettings,
     pub limits: LimitSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,6 +176,24 @@ impl Default for TokenSettings {
     }
 }
 
+/// Prometheus metrics (SPEC §14).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where `GET /metrics` is served; empty (`None`): no metrics listener, and nothing is
+    /// recorded.
+    #[serde(with = "optional_address")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            listen: Some(([127, 0, 0, 1], 9464).into()),
+        }
+    }
+}
+
 /// What keeps one source or one slow request from taking the service from others (SPEC §7).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -283,7 +302,7 @@ impl Serialize for SecretSetting {
     }
 }
 
-/// `mqtt.tls_listen`: an address, or the empty string for none.
+/// `mqtt.tls_listen`, `metrics.listen`: an address, or the empty string for none.
 mod optional_address {
     use std::net::SocketAddr;
 
@@ -300,7 +319,7 @@ mod optional_address {
         }
         text.parse().map(Some).map_err(|_| {
             D::Error::custom(format!(
-                "{text:?} is not an address like \"0.0.0.0:8883\" (leave it empty for no TLS listener)"
+                "{text:?} is not an address like \"127.0.0.1:9464\" (leave it empty for no listener)"
             ))
         })
     }
@@ -645,6 +664,22 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("a/{nope}"), "{err}");
+    }
+
+    #[test]
+    fn the_metrics_listener_is_on_by_default_and_empty_turns_it_off() {
+        let s = from("", &[]).unwrap();
+        assert_eq!(s.metrics.listen, Some(([127, 0, 0, 1], 9464).into()));
+        let s = from("[metrics]\nlisten = \"\"\n", &[]).unwrap();
+        assert_eq!(s.metrics.listen, None);
+        let s = from("", &[("LANYARD_METRICS__LISTEN", "")]).unwrap();
+        assert_eq!(s.metrics.listen, None);
+        let s = from("", &[("LANYARD_METRICS__LISTEN", "127.0.0.1:0")]).unwrap();
+        assert_eq!(s.metrics.listen.map(|a| a.port()), Some(0));
+        let err = from("[metrics]\nlisten = \"everywhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
     }
 
     #[test]

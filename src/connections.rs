@@ -167,13 +167,22 @@ impl WarnOnce {
 
 /// One listener's share of the budget.
 #[derive(Clone)]
-pub struct Permits(Arc<Semaphore>);
+pub struct Permits(Arc<Semaphore>, usize);
 
 impl Permits {
     pub fn new(connections: usize) -> Permits {
-        Permits(Arc::new(Semaphore::new(
-            connections.min(Semaphore::MAX_PERMITS),
-        )))
+        let connections = connections.min(Semaphore::MAX_PERMITS);
+        Permits(Arc::new(Semaphore::new(connections)), connections)
+    }
+
+    /// How many connections the share holds.
+    pub fn limit(&self) -> usize {
+        self.1
+    }
+
+    /// How many places are taken now.
+    pub fn in_use(&self) -> usize {
+        self.1.saturating_sub(self.0.available_permits())
     }
 
     /// A place for one more connection, or `None` when the share is used up.

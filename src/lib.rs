@@ -8,6 +8,7 @@
 //! - [`graphql`]: the GraphQL door: local API tokens and management.
 //! - [`mqtt`]: the MQTT door: lanyard's listener, permissions and sessions over rumqttd's router.
 //! - [`mailer`]: the mail adapters (file, SMTP, log) behind the authority's mail port.
+//! - [`metrics`]: the Prometheus families every room records into, served on `metrics.listen`.
 //! - [`authority`]: the use-cases every door shares: tenants, keys, clients, tokens, people,
 //!   local API tokens.
 //! - [`store`]: persistence on SQLite or PostgreSQL.
@@ -23,5 +24,6 @@ pub mod domain;
 pub mod graphql;
 pub mod http;
 pub mod mailer;
+pub mod metrics;
 pub mod mqtt;
 pub mod store;

@@ -21,6 +21,7 @@ use crate::domain::{
     AccessClaims, Email, GrantType, Internal, OAuthError, OAuthErrorCode, ScopeSet, SystemId,
     UserId,
 };
+use crate::metrics::Signed;
 use crate::store::{StoreError, otp, refresh_tokens};
 
 /// Longer client ids and secrets are refused before any lookup.
@@ -398,8 +399,11 @@ impl Authority {
                 None
             },
         };
+        let signing = self.metrics.signing(Signed::AccessToken);
+        let access_token = jws::sign(&signer.key, &signer.kid, ACCESS_TOKEN_TYP, &claims);
+        drop(signing);
         Ok(IssuedToken {
-            access_token: jws::sign(&signer.key, &signer.kid, ACCESS_TOKEN_TYP, &claims),
+            access_token,
             expires_in: ttl,
             scope,
             refresh_token: None,

@@ -22,6 +22,7 @@ use super::validate_name;
 use super::{Actor, Authority, Caller, Error, Event, Result, Role, Tenant};
 use crate::crypto::jws;
 use crate::domain::{LocalTokenId, Period, RoleId, SystemId, UserId};
+use crate::metrics::Signed;
 use crate::store::{local_tokens, systems, users};
 
 /// The shortest lifetime a local token may have.
@@ -231,11 +232,10 @@ impl Authority {
             .local_token_inserts
             .get_or_init(|| local_tokens::Inserts::start(self.db.clone(), self.node_id.clone()));
         let coming = inserts.expect();
-        let token = format!(
-            "{}{}",
-            self.settings.tokens.local_token_prefix,
-            jws::sign(&signer.key, &signer.kid, "JWT", &claims)
-        );
+        let signing = self.metrics.signing(Signed::LocalToken);
+        let signed = jws::sign(&signer.key, &signer.kid, "JWT", &claims);
+        drop(signing);
+        let token = format!("{}{signed}", self.settings.tokens.local_token_prefix);
         // As the list shows it: the signer's key is published.
         let listed = LocalToken {
             id: id.clone(),
@@ -275,6 +275,7 @@ impl Authority {
             return Err(e.into());
         }
         tracing::info!(tenant = %tenant.slug, system = %system_id, token = %id, "local API token minted");
+        self.metrics.local_token_minted(exp.is_none());
         self.emit(Event::LocalTokensChanged {
             tenant_id: tenant.id.to_string(),
             system_id: system_id.to_string(),

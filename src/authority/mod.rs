@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use crate::config::Settings;
 use crate::crypto::KeyEncryptionKey;
 use crate::domain::Clock;
+use crate::metrics::Metrics;
 use crate::store::{Db, StoreError};
 
 pub mod cache;
@@ -125,6 +126,8 @@ pub struct Authority {
     /// The revocation list, so verifying a token no one presented before asks no database.
     pub(crate) revoked: cache::revoked::RevokedTokens,
     pub(crate) mailer: Arc<dyn mail::Mailer>,
+    /// What the use-cases record: signatures, tokens minted, tokens refused on verification.
+    pub(crate) metrics: Arc<Metrics>,
     /// Tenants by slug. Tenants are never renamed or deleted, so an entry never goes stale;
     /// misses are not remembered, so a tenant created by another process is found.
     pub(crate) tenant_cache: RwLock<HashMap<String, Tenant>>,
@@ -164,6 +167,7 @@ impl Authority {
             token_cache: Default::default(),
             revoked: Default::default(),
             mailer: Arc::new(mail::NoMailer),
+            metrics: Metrics::off(),
             tenant_cache: Default::default(),
             client_cache: Default::default(),
             holdings: Default::default(),
@@ -178,6 +182,17 @@ impl Authority {
     pub fn with_mailer(mut self, mailer: Arc<dyn mail::Mailer>) -> Self {
         self.mailer = mailer;
         self
+    }
+
+    /// Records into `metrics`, the database's connection waits too.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.db = self.db.measured(metrics.db_waits());
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn settings(&self) -> &Settings {
@@ -204,7 +219,7 @@ impl Authority {
 
     /// Acts on a change made here, and announces it to the other nodes.
     pub(crate) fn emit(&self, event: Event) {
-        if matches!(self.db, Db::Postgres(_)) {
+        if matches!(self.db, Db::Postgres { .. }) {
             let announcement =
                 serde_json::json!({ "node": self.node_id, "event": event }).to_string();
             let db = self.db.clone();

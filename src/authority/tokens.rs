@@ -55,6 +55,31 @@ pub enum TokenRejected {
     Unavailable(Internal),
 }
 
+impl TokenRejected {
+    /// The reason as labelled in `lanyard_token_rejections_total`, one of
+    /// [`crate::metrics::TOKEN_REJECTIONS`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenRejected::Jws(JwsError::Malformed) => "malformed",
+            TokenRejected::Jws(JwsError::TooLong) => "too_long",
+            TokenRejected::Jws(JwsError::Algorithm) => "algorithm",
+            TokenRejected::Jws(JwsError::ForbiddenHeader) => "forbidden_header",
+            TokenRejected::Jws(JwsError::UnknownKey) => "unknown_key",
+            TokenRejected::Jws(JwsError::Signature) => "signature",
+            TokenRejected::NotAnAccessToken => "not_an_access_token",
+            TokenRejected::MalformedClaims => "malformed_claims",
+            TokenRejected::WrongIssuer => "wrong_issuer",
+            TokenRejected::WrongAudience => "wrong_audience",
+            TokenRejected::Expired => "expired",
+            TokenRejected::NotYetValid => "not_yet_valid",
+            TokenRejected::Revoked => "revoked",
+            TokenRejected::ClientGone => "client_gone",
+            TokenRejected::UserGone => "user_gone",
+            TokenRejected::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
 impl Authority {
     /// Verifies an access token of `tenant` with every check (see the module docs).
     pub async fn verify_access_token(
@@ -62,8 +87,16 @@ impl Authority {
         tenant: &Tenant,
         token: &str,
     ) -> Result<VerifiedAccessToken, TokenRejected> {
-        let known = self.verify_known(tenant, token).await?;
-        Ok(known.verified.clone())
+        match self.verify_known(tenant, token).await {
+            Ok(known) => Ok(known.verified.clone()),
+            Err(e) => Err(self.rejected(e)),
+        }
+    }
+
+    /// Counts a refusal (`lanyard_token_rejections_total`) and passes it on.
+    fn rejected(&self, e: TokenRejected) -> TokenRejected {
+        self.metrics.token_rejected(e.reason());
+        e
     }
 
     /// [`Authority::verify_access_token`], answered with the entry it leaves in the token
@@ -157,6 +190,10 @@ impl Authority {
     /// tenant is the one the token's `aud` names, and then every check of
     /// [`Authority::verify_access_token`] applies. A `Bearer ` prefix is tolerated.
     pub async fn verify_bearer(&self, token: &str) -> Result<Arc<KnownToken>, TokenRejected> {
+        self.find_bearer(token).await.map_err(|e| self.rejected(e))
+    }
+
+    async fn find_bearer(&self, token: &str) -> Result<Arc<KnownToken>, TokenRejected> {
         let token = token.strip_prefix("Bearer ").unwrap_or(token);
         let key = CacheKey::of(token);
         if let Some(known) = self.token_cache.get(&key, self.now()) {
@@ -289,4 +326,34 @@ pub(crate) fn may_revoke_others(client: &Client, scope: &str) -> Result<(), OAut
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_one_the_metrics_know() {
+        let internal = Internal::msg("test", "down");
+        let all = [
+            TokenRejected::Jws(JwsError::Malformed),
+            TokenRejected::Jws(JwsError::TooLong),
+            TokenRejected::Jws(JwsError::Algorithm),
+            TokenRejected::Jws(JwsError::ForbiddenHeader),
+            TokenRejected::Jws(JwsError::UnknownKey),
+            TokenRejected::Jws(JwsError::Signature),
+            TokenRejected::NotAnAccessToken,
+            TokenRejected::MalformedClaims,
+            TokenRejected::WrongIssuer,
+            TokenRejected::WrongAudience,
+            TokenRejected::Expired,
+            TokenRejected::NotYetValid,
+            TokenRejected::Revoked,
+            TokenRejected::ClientGone,
+            TokenRejected::UserGone,
+            TokenRejected::Unavailable(internal),
+        ];
+        let reasons: Vec<&str> = all.iter().map(TokenRejected::reason).collect();
+        assert_eq!(reasons, crate::metrics::TOKEN_REJECTIONS);
+    }
 }

@@ -23,6 +23,21 @@ pub enum OAuthErrorCode {
 }
 
 impl OAuthErrorCode {
+    /// Every code, in the order declared.
+    pub const ALL: [OAuthErrorCode; 11] = [
+        OAuthErrorCode::InvalidRequest,
+        OAuthErrorCode::InvalidClient,
+        OAuthErrorCode::InvalidGrant,
+        OAuthErrorCode::UnauthorizedClient,
+        OAuthErrorCode::UnsupportedGrantType,
+        OAuthErrorCode::InvalidScope,
+        OAuthErrorCode::UnsupportedTokenType,
+        OAuthErrorCode::InvalidToken,
+        OAuthErrorCode::NotFound,
+        OAuthErrorCode::TooManyRequests,
+        OAuthErrorCode::ServerError,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             OAuthErrorCode::InvalidRequest => "invalid_request",

@@ -28,6 +28,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::authority::{Authority, Caller, TokenRejected};
+use crate::metrics::{GraphqlOutcome, Metrics};
 
 mod documents;
 pub mod schema;
@@ -76,14 +77,16 @@ struct GraphqlState {
     schema: LanyardSchema,
     authority: Arc<Authority>,
     documents: Arc<documents::Documents>,
+    metrics: Arc<Metrics>,
 }
 
 /// `/graphql`, to be merged into the HTTP server.
-pub fn router(authority: Arc<Authority>) -> Router {
+pub fn router(authority: Arc<Authority>, metrics: Arc<Metrics>) -> Router {
     let state = GraphqlState {
         schema: build_schema(authority.clone()),
         authority,
         documents: Default::default(),
+        metrics,
     };
     Router::new()
         .route("/graphql", get(graphiql).post(execute))
@@ -97,71 +100,117 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// `POST /graphql`, timed by outcome (`lanyard_graphql_request_duration_seconds`).
 async fn execute(
     State(state): State<GraphqlState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let (response, had_errors) = answer(&state, &headers, body).await;
+    let outcome = match response.status() {
+        StatusCode::OK if had_errors => GraphqlOutcome::Errors,
+        StatusCode::OK => GraphqlOutcome::Ok,
+        StatusCode::UNAUTHORIZED => GraphqlOutcome::Unauthenticated,
+        StatusCode::SERVICE_UNAVAILABLE => GraphqlOutcome::Unavailable,
+        _ => GraphqlOutcome::BadRequest,
+    };
+    state.metrics.graphql_request(outcome, started.elapsed());
+    response
+}
+
+/// The answer to a GraphQL request, and whether an operation answered 200 had errors.
+async fn answer(
+    state: &GraphqlState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> (Response, bool) {
+    let response = match run(state, headers, body).await {
+        Ok(response) => response,
+        Err(refused) => return (refused, false),
+    };
+    let had_errors = match &response {
+        BatchResponse::Single(r) => !r.errors.is_empty(),
+        BatchResponse::Batch(rs) => rs.iter().any(|r| !r.errors.is_empty()),
+    };
+    let answered = ([(header::CACHE_CONTROL, "no-store")], axum::Json(response)).into_response();
+    (answered, had_errors)
+}
+
+/// Runs a request: its operations' answers, or the refusal of the whole request.
+async fn run(
+    state: &GraphqlState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<BatchResponse, Response> {
     // Who calls is settled before anything of the document is read (SPEC §7): an anonymous
     // request costs a header lookup, whatever its body holds.
-    let caller = match bearer(&headers) {
-        None => return unauthenticated("send a lanyard access token as Authorization: Bearer"),
+    let caller = match bearer(headers) {
+        None => {
+            return Err(unauthenticated(
+                "send a lanyard access token as Authorization: Bearer",
+            ));
+        }
         Some(token) => match state.authority.verify_bearer(token).await {
             Ok(known) => Caller::new(known.tenant.clone(), known.verified.claims.clone()),
             Err(TokenRejected::Unavailable(cause)) => {
                 cause.log("graphql");
-                return error_response(
+                return Err(error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "INTERNAL",
                     "the token cannot be checked right now; try again later",
-                );
+                ));
             }
             Err(e) => {
                 tracing::debug!("graphql: token refused: {e}");
-                return unauthenticated("the access token is not valid here");
+                return Err(unauthenticated("the access token is not valid here"));
             }
         },
     };
     let Ok(body) = body else {
-        return error_response(
+        return Err(error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             "BAD_USER_INPUT",
             "the request body is larger than 64 KiB",
-        );
+        ));
     };
     let batch: BatchRequest = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
-            return error_response(
+            return Err(error_response(
                 StatusCode::BAD_REQUEST,
                 "BAD_USER_INPUT",
                 &format!("the body is not a GraphQL request: {e}"),
-            );
+            ));
         }
     };
     if let BatchRequest::Batch(requests) = &batch
         && requests.len() > MAX_BATCH
     {
-        return error_response(
+        return Err(error_response(
             StatusCode::BAD_REQUEST,
             "BAD_USER_INPUT",
             &format!("at most {MAX_BATCH} operations per batch"),
-        );
+        ));
     }
     let batch = match prepare(&state.documents, batch).await {
         Ok(batch) => batch,
         Err(documents::Refused(message)) => {
-            return error_response(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &message);
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &message,
+            ));
         }
     };
     let run = state.schema.execute_batch(batch.data(caller));
     let Ok(mut response) = tokio::time::timeout(EXECUTION_BUDGET, run).await else {
         tracing::warn!("graphql: a request ran past its {EXECUTION_BUDGET:?} budget and was ended");
-        return error_response(
+        return Err(error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "INTERNAL",
             "the request took too long and was ended; what it changed before is kept",
-        );
+        ));
     };
     let responses = match &mut response {
         BatchResponse::Single(r) => std::slice::from_mut(r),
@@ -173,7 +222,7 @@ async fn execute(
         r.errors.truncate(MAX_ERRORS);
         r.errors.iter_mut().for_each(code_engine_error);
     }
-    ([(header::CACHE_CONTROL, "no-store")], axum::Json(response)).into_response()
+    Ok(response)
 }
 
 /// Gives every request of the batch its checked document, and refuses the whole batch if one

@@ -17,6 +17,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::authority::{Authority, Tenant};
 use crate::domain::OAuthError;
+use crate::metrics::Metrics;
 
 mod discovery;
 mod error;
@@ -31,12 +32,17 @@ pub use error::OAuthResponse;
 pub struct HttpState {
     pub authority: Arc<Authority>,
     pub broker_ready: ReadinessCheck,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Whether another part of the process (the MQTT broker) can serve; `/readyz` asks it.
 pub type ReadinessCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
-pub fn router(authority: Arc<Authority>, broker_ready: ReadinessCheck) -> Router {
+pub fn router(
+    authority: Arc<Authority>,
+    broker_ready: ReadinessCheck,
+    metrics: Arc<Metrics>,
+) -> Router {
     let tenant_routes = Router::new()
         .route(
             "/.well-known/openid-configuration",
@@ -66,6 +72,7 @@ pub fn router(authority: Arc<Authority>, broker_ready: ReadinessCheck) -> Router
         .with_state(HttpState {
             authority,
             broker_ready,
+            metrics,
         })
 }
 

@@ -18,6 +18,8 @@ use crate::domain::{GrantType, OAuthError, OAuthErrorCode};
 
 type Answer = Result<Response, OAuthResponse>;
 
+/// The token endpoint; every answer counted (`lanyard_tokens_issued_total` by grant,
+/// `lanyard_token_refusals_total` by error code).
 pub async fn token(
     State(state): State<HttpState>,
     Path(slug): Path<String>,
@@ -25,8 +27,27 @@ pub async fn token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let tenant = tenant(&state.authority, &slug).await?;
-    let form = Form::from_request(&headers, body)?;
+    match issue(&state, &slug, peer, &headers, body).await {
+        Ok((response, grant)) => {
+            state.metrics.token_issued(grant);
+            Ok(response)
+        }
+        Err(refused) => {
+            state.metrics.token_refused(refused.0.code);
+            Err(refused)
+        }
+    }
+}
+
+async fn issue(
+    state: &HttpState,
+    slug: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Response, GrantType), OAuthResponse> {
+    let tenant = tenant(&state.authority, slug).await?;
+    let form = Form::from_request(headers, body)?;
     let grant: GrantType = form.require("grant_type")?.parse().map_err(|_| {
         OAuthError::new(
             OAuthErrorCode::UnsupportedGrantType,
@@ -50,7 +71,7 @@ pub async fn token(
             .into());
         }
     };
-    let creds = client_credentials(&headers, &form, peer)?;
+    let creds = client_credentials(headers, &form, peer)?;
     let issued = state
         .authority
         .grant(&tenant, &creds, request, form.get("scope"))
@@ -64,7 +85,7 @@ pub async fn token(
     if let Some(refresh) = &issued.refresh_token {
         body["refresh_token"] = refresh.expose().into();
     }
-    Ok((no_store(), Json(body)).into_response())
+    Ok(((no_store(), Json(body)).into_response(), grant))
 }
 
 pub async fn introspect(

@@ -102,13 +102,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut buf = BytesMut::with_capacity(1024);
         let deadline = Instant::now() + gate.connect_timeout;
         let session = match handshake::handshake(&gate, &mut stream, &mut buf, deadline).await {
-            Ok(session) => session,
-            Err(Exit::Closed) => return None,
+            Ok(session) => {
+                gate.metrics.mqtt_connect("success");
+                session
+            }
+            Err(Exit::Closed) => {
+                gate.metrics.mqtt_connect("closed");
+                return None;
+            }
             Err(Exit::Refused {
                 version,
                 client_id,
                 refusal,
             }) => {
+                gate.metrics.mqtt_connect(refusal.outcome(version));
                 if let Refusal::Unavailable(cause) = &refusal {
                     cause.log("mqtt");
                 }

@@ -82,6 +82,38 @@ impl Refusal {
     }
 }
 
+impl Refusal {
+    /// How the CONNECT ended, as `lanyard_mqtt_connects_total` labels it: the name of the
+    /// CONNACK code [`Refusal::code`] answers, or `closed` where none is sent.
+    pub(super) fn outcome(&self, version: Version) -> &'static str {
+        match self {
+            Refusal::ProtocolLevel => "unacceptable_protocol_version",
+            other => other.code(version).map_or("closed", code_name),
+        }
+    }
+}
+
+/// A CONNACK code by its name in the MQTT specifications, one of
+/// [`crate::metrics::CONNECT_CODES`] for the codes lanyard answers (3.1.1's "server
+/// unavailable" and 5.0's share a name, as do the other pairs).
+pub(super) fn code_name(code: ConnectReturnCode) -> &'static str {
+    use ConnectReturnCode as C;
+    match code {
+        C::Success => "success",
+        C::RefusedProtocolVersion | C::UnsupportedProtocolVersion => {
+            "unacceptable_protocol_version"
+        }
+        C::ClientIdentifierNotValid => "client_identifier_not_valid",
+        C::ServiceUnavailable | C::ServerUnavailable => "server_unavailable",
+        C::BadUserNamePassword => "bad_user_name_or_password",
+        C::NotAuthorized => "not_authorized",
+        C::MalformedPacket => "malformed_packet",
+        C::PacketTooLarge => "packet_too_large",
+        // Codes lanyard never answers a CONNECT with.
+        _ => "closed",
+    }
+}
+
 /// How a handshake ends without a session.
 pub(super) enum Exit {
     /// Closed without an answer: not a CONNECT, nothing in time, or the client went away.
@@ -357,4 +389,35 @@ where
             BTreeSet::new()
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_is_one_the_metrics_know() {
+        let refusals = [
+            Refusal::ProtocolLevel,
+            Refusal::TooLarge,
+            Refusal::Malformed,
+            Refusal::ClientId("x"),
+            Refusal::NoPassword,
+            Refusal::Token("x".into()),
+            Refusal::WillTopic,
+            Refusal::ClientIdHeld,
+            Refusal::Unavailable(Internal::msg("test", "down")),
+        ];
+        let mut seen = vec![code_name(ConnectReturnCode::Success)];
+        for version in [Version::V4, Version::V5] {
+            for refusal in &refusals {
+                seen.push(refusal.outcome(version));
+            }
+        }
+        seen.sort();
+        seen.dedup();
+        let mut known = crate::metrics::CONNECT_CODES.to_vec();
+        known.sort();
+        assert_eq!(seen, known);
+    }
 }

@@ -122,7 +122,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 else {
                     return Some(Outcome::Violation(DisconnectReasonCode::TopicNameInvalid));
                 };
-                if self.gate.permissions.may_publish(&self.identity(), &topic) {
+                let allowed = self.gate.permissions.may_publish(&self.identity(), &topic);
+                self.gate.metrics.mqtt_received(allowed);
+                if allowed {
                     let Some(link) = self.link().await else {
                         return Some(Outcome::RouterGone);
                     };

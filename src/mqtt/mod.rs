@@ -39,6 +39,7 @@ use tokio::task::JoinHandle;
 use crate::authority::Authority;
 use crate::connections::{PerSource, Permits};
 use crate::domain::acl::Permissions;
+use crate::metrics::Metrics;
 
 pub mod codec;
 pub mod connection;
@@ -58,6 +59,8 @@ use sessions::{EndReason, Sessions};
 /// What every connection shares.
 pub struct Gate {
     pub(crate) authority: Arc<Authority>,
+    /// Connections, CONNECT outcomes, messages and retained publishes are counted here.
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) permissions: Permissions,
     pub(crate) router: RouterLinks,
     pub(crate) sessions: Sessions,
@@ -151,6 +154,7 @@ impl Broker {
     /// [`crate::connections`]) on its listeners together.
     pub async fn start(
         authority: Arc<Authority>,
+        metrics: Arc<Metrics>,
         max_connections: usize,
         stopped: watch::Receiver<bool>,
         tasks: &mut Vec<JoinHandle<()>>,
@@ -216,12 +220,16 @@ impl Broker {
             reconciled_at: Mutex::new(authority.now()),
             behind: AtomicBool::new(false),
             authority: authority.clone(),
+            metrics: metrics.clone(),
         });
         // Retained state is in place before the first client can subscribe.
         gate.publish_everything().await?;
         tracing::info!("mqtt listening on {addr}");
 
         let limit = Permits::new(max_connections);
+        let counted = limit.clone();
+        metrics
+            .sample_on_scrape(move |m| m.set_mqtt_connections(counted.in_use(), counted.limit()));
         let per_source = authority.settings().limits.connections_per_ip;
         tasks.push(tokio::spawn(listener::accept_loop(
             listener,

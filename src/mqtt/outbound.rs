@@ -48,8 +48,20 @@ pub(super) struct OwnAnswers {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Passes on a notification and whatever else the router already delivered, without
     /// waiting, up to half of `mqtt.max_queued_bytes` of output.
+    /// The messages among them are counted once for all (`lanyard_mqtt_messages_delivered_total`).
     pub(super) fn forward_all(&mut self, first: Option<Notification>) -> Option<Outcome> {
-        if let Some(outcome) = self.forward(first) {
+        let mut delivered = 0;
+        let outcome = self.forward_batch(first, &mut delivered);
+        self.gate.metrics.mqtt_delivered(delivered);
+        outcome
+    }
+
+    fn forward_batch(
+        &mut self,
+        first: Option<Notification>,
+        delivered: &mut u64,
+    ) -> Option<Outcome> {
+        if let Some(outcome) = self.forward(first, delivered) {
             return Some(outcome);
         }
         for _ in 0..WRITE_BATCH {
@@ -61,7 +73,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let link = self.session.link.as_mut()?;
             match now_or_never(link.rx.next()) {
                 Some(Ok(more)) => {
-                    if let Some(outcome) = self.forward(more) {
+                    if let Some(outcome) = self.forward(more, delivered) {
                         return Some(outcome);
                     }
                 }
@@ -96,8 +108,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// One notification from the router, passed on to the client.
-    pub(super) fn forward(&mut self, notification: Option<Notification>) -> Option<Outcome> {
+    /// One notification from the router, passed on to the client; a message sent adds one to
+    /// `delivered`.
+    pub(super) fn forward(
+        &mut self,
+        notification: Option<Notification>,
+        delivered: &mut u64,
+    ) -> Option<Outcome> {
         let packet = match notification? {
             Notification::Unschedule => {
                 self.wake_link = true;
@@ -140,20 +157,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.write(Packet::PubRel(rel, props));
                 }
             }
-            Packet::Publish(publish, props) => self.forward_publish(publish, props),
+            Packet::Publish(publish, props) => {
+                if self.forward_publish(publish, props) {
+                    *delivered += 1;
+                }
+            }
             Packet::Disconnect(..) => return Some(Outcome::RouterGone),
             other => self.write(other),
         }
         None
     }
 
-    /// A message for the client. One larger than the client's Maximum Packet Size is dropped
-    /// and acknowledged to the router as if delivered (MQTT 5.0 §3.1.2.11.4).
+    /// A message for the client; whether it is sent. One larger than the client's Maximum
+    /// Packet Size is dropped and acknowledged to the router as if delivered (MQTT 5.0
+    /// §3.1.2.11.4).
     pub(super) fn forward_publish(
         &mut self,
         publish: Publish,
         props: Option<rumqttd::protocol::PublishProperties>,
-    ) {
+    ) -> bool {
         let start = self.out.len();
         if codec::encode(
             self.session.version,
@@ -163,19 +185,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         .is_none()
         {
             self.out.truncate(start);
-            return;
+            return false;
         }
         let Some(max) = self.session.client_max_packet else {
-            return;
+            return true;
         };
         let max = max as usize;
         if self.out.len() - start <= max {
-            return;
+            return true;
         }
         let encoded = self.out.split_off(start);
         tracing::warn!(client = %self.session.key, size = encoded.len(), max, "mqtt: a message larger than the client's Maximum Packet Size was not sent");
         let Ok(frame) = codec::frame(&encoded, usize::MAX) else {
-            return;
+            return false;
         };
         let (qos, pkid) = codec::publish_qos_pkid(&encoded, &frame);
         match qos {
@@ -196,6 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             _ => {}
         }
+        false
     }
 
     /// Sends lanyard's current retained message of `topic`, if it has one, as a retained
@@ -211,6 +234,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .is_some_and(|max| self.out.len() - start > max as usize)
             {
                 self.out.truncate(start);
+            } else {
+                self.gate.metrics.mqtt_delivered(1);
             }
         }
     }

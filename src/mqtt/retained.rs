@@ -29,6 +29,7 @@ use rumqttd::protocol::Publish;
 use super::Gate;
 use super::token_list::TokenList;
 use crate::authority::{LocalToken, Tenant};
+use crate::metrics::RetainedTopic;
 
 /// How far back the reconciliation looks beyond its last run: clocks of nodes differ a little.
 const RECONCILE_OVERLAP_SECS: i64 = 5;
@@ -58,6 +59,10 @@ impl Gate {
         if retained.get(&topic).map(Retained::payload) == Some(&payload) {
             return None;
         }
+        self.metrics.retained_published(match message {
+            Retained::Jwks(_) => RetainedTopic::Jwks,
+            Retained::List(_) => RetainedTopic::TokenList,
+        });
         retained.insert(topic.clone(), message);
         Some(Publish::new(Bytes::from(topic), payload, true))
     }

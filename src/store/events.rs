@@ -10,7 +10,7 @@ pub const CHANNEL: &str = "lanyard_events";
 
 /// Announces `payload` (at most 8000 bytes) to every node listening; nothing on SQLite.
 pub async fn notify(db: &Db, payload: &str) -> StoreResult<()> {
-    if let Db::Postgres(pool) = db {
+    if let Db::Postgres { pool, .. } = db {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(payload)
@@ -25,7 +25,7 @@ pub struct Listener(PgListener);
 
 impl Listener {
     pub async fn connect(db: &Db) -> StoreResult<Option<Listener>> {
-        let Db::Postgres(pool) = db else {
+        let Db::Postgres { pool, .. } = db else {
             return Ok(None);
         };
         let mut listener = PgListener::connect_with(pool).await?;

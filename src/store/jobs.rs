@@ -12,7 +12,7 @@ pub struct JobLock(Option<Transaction<'static, Postgres>>);
 pub async fn try_lock(db: &Db, job: i64) -> StoreResult<Option<JobLock>> {
     match db {
         Db::Sqlite { .. } => Ok(Some(JobLock(None))),
-        Db::Postgres(pool) => {
+        Db::Postgres { pool, .. } => {
             let mut tx = pool.begin().await?;
             let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
                 .bind(job)

@@ -22,6 +22,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
+use crate::metrics::DbWaits;
+
 pub mod clients;
 pub mod events;
 pub mod jobs;
@@ -48,56 +50,81 @@ pub enum Db {
         writer: Arc<sqlite::Connections>,
         /// `None` for a database in memory, which has no log.
         checkpoints: Option<Arc<sqlite::Checkpoints>>,
+        waits: DbWaits,
     },
-    Postgres(PgPool),
+    Postgres {
+        pool: PgPool,
+        waits: DbWaits,
+    },
 }
 
-/// Runs `$body` with `$pool` bound to an executor that reads (a SQLite connection, or the
-/// PostgreSQL pool); the body is compiled once per driver and uses `$pool` once.
+/// Runs `$body` with `$pool` bound to a connection that reads (on SQLite a read-only one); the
+/// body is compiled once per driver and uses `$pool` once. The wait for the connection is timed
+/// (`lanyard_db_wait_seconds{kind="read"}`).
 macro_rules! on_pool {
     ($db:expr, $pool:ident => $body:expr) => {
-        $crate::store::on_side!($db, reader, $pool => $body)
+        $crate::store::on_side!($db, reader, Read, $pool => $body)
     };
 }
 
-/// Runs `$body`, a single statement that writes, with `$pool` bound to an executor that writes.
+/// Runs `$body`, a single statement that writes, with `$pool` bound to a connection that writes
+/// (on SQLite the writer).
 macro_rules! on_writer {
     ($db:expr, $pool:ident => $body:expr) => {
-        $crate::store::on_side!($db, writer, $pool => $body)
+        $crate::store::on_side!($db, writer, Write, $pool => $body)
     };
 }
 
-/// [`on_pool!`] and [`on_writer!`]: `$side` names the SQLite connections to use.
+/// [`on_pool!`] and [`on_writer!`]: `$side` names the SQLite connections to use, `$kind` the
+/// [`DbKind`](crate::metrics::DbKind) the wait is recorded as. On PostgreSQL the connection is
+/// taken from the pool here, as the pool would take it for the statement, so that the wait is
+/// measured apart from the statement.
 macro_rules! on_side {
-    ($db:expr, $side:ident, $pool:ident => $body:expr) => {
+    ($db:expr, $side:ident, $kind:ident, $pool:ident => $body:expr) => {
         match $db {
             $crate::store::Db::Sqlite {
-                $side: connections, ..
+                $side: connections,
+                waits,
+                ..
             } => {
+                let waited = waits.start($crate::metrics::DbKind::$kind);
                 let mut conn = connections.acquire().await?;
+                drop(waited);
                 let $pool = &mut *conn;
                 $body
             }
-            $crate::store::Db::Postgres($pool) => $body,
+            $crate::store::Db::Postgres { pool, waits } => {
+                let waited = waits.start($crate::metrics::DbKind::$kind);
+                let mut conn = pool.acquire().await?;
+                drop(waited);
+                let $pool = &mut *conn;
+                $body
+            }
         }
     };
 }
 
 /// Runs `$body` inside a transaction bound to `$tx` and commits it; an early return (`?`) rolls
 /// back. On SQLite the write lock is taken up front (`BEGIN IMMEDIATE`), so a read followed by a
-/// write in one transaction cannot fail half-way with `SQLITE_BUSY`.
+/// write in one transaction cannot fail half-way with `SQLITE_BUSY`. The wait for the
+/// connection is timed (`kind="transaction"`).
 macro_rules! in_transaction {
     ($db:expr, $tx:ident => $body:expr) => {
         match $db {
-            $crate::store::Db::Sqlite { writer, .. } => {
+            $crate::store::Db::Sqlite { writer, waits, .. } => {
+                let waited = waits.start($crate::metrics::DbKind::Transaction);
                 let mut conn = writer.acquire().await?;
+                drop(waited);
                 let mut $tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
                 let out = $body;
                 $tx.commit().await?;
                 out
             }
-            $crate::store::Db::Postgres(pool) => {
-                let mut $tx = pool.begin().await?;
+            $crate::store::Db::Postgres { pool, waits } => {
+                let waited = waits.start($crate::metrics::DbKind::Transaction);
+                let mut conn = pool.acquire().await?;
+                drop(waited);
+                let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
                 let out = $body;
                 $tx.commit().await?;
                 out
@@ -186,6 +213,7 @@ impl Db {
                     reader: writer.clone(),
                     writer,
                     checkpoints: None,
+                    waits: DbWaits::default(),
                 });
             }
             let (writer, checkpoints) = sqlite::Connections::open_writer(&options)
@@ -200,6 +228,7 @@ impl Db {
                 reader,
                 writer,
                 checkpoints: Some(Arc::new(checkpoints)),
+                waits: DbWaits::default(),
             })
         } else {
             let pool = PgPoolOptions::new()
@@ -211,7 +240,31 @@ impl Db {
                     url: redact_password(url),
                     source,
                 })?;
-            Ok(Db::Postgres(pool))
+            Ok(Db::Postgres {
+                pool,
+                waits: DbWaits::default(),
+            })
+        }
+    }
+
+    /// This database with its connection waits timed by `waits`.
+    pub fn measured(mut self, waits: DbWaits) -> Db {
+        match &mut self {
+            Db::Sqlite { waits: w, .. } | Db::Postgres { waits: w, .. } => *w = waits,
+        }
+        self
+    }
+
+    /// Each pool's connections, open and not lent out: `(pool, open, idle)`.
+    pub fn pool_sizes(&self) -> Vec<(&'static str, u32, u32)> {
+        match self {
+            Db::Sqlite { reader, writer, .. } => vec![
+                ("read", reader.size(), reader.idle()),
+                ("write", writer.size(), writer.idle()),
+            ],
+            Db::Postgres { pool, .. } => {
+                vec![("postgres", pool.size(), pool.num_idle() as u32)]
+            }
         }
     }
 
@@ -225,7 +278,7 @@ impl Db {
                     .map_err(sqlx::migrate::MigrateError::from)?;
                 SQLITE_MIGRATIONS.run(&mut *conn).await?
             }
-            Db::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+            Db::Postgres { pool, .. } => POSTGRES_MIGRATIONS.run(pool).await?,
         }
         Ok(())
     }
@@ -242,6 +295,7 @@ impl Db {
                 reader,
                 writer,
                 checkpoints,
+                ..
             } => {
                 if let Some(checkpoints) = checkpoints {
                     checkpoints.close().await;
@@ -249,7 +303,7 @@ impl Db {
                 reader.close().await;
                 writer.close().await;
             }
-            Db::Postgres(pool) => pool.close().await,
+            Db::Postgres { pool, .. } => pool.close().await,
         }
     }
 }

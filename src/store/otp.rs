@@ -34,7 +34,7 @@ const INSERT_SQLITE: &str = "INSERT INTO otp_codes
 pub async fn insert(db: &Db, o: &OtpRow) -> StoreResult<()> {
     let sql = match db {
         Db::Sqlite { .. } => INSERT_SQLITE,
-        Db::Postgres(_) => INSERT,
+        Db::Postgres { .. } => INSERT,
     };
     on_writer!(db, pool => sqlx::query(sql)
         .bind(&o.id)

@@ -67,6 +67,16 @@ impl Connections {
         Ok((writer, checkpoints))
     }
 
+    /// How many connections there are.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// How many are not lent out now.
+    pub fn idle(&self) -> u32 {
+        self.free.available_permits() as u32
+    }
+
     /// A free connection, waiting for one if all are lent.
     pub async fn acquire(&self) -> sqlx::Result<Lent<'_>> {
         let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.free.acquire())

@@ -94,6 +94,7 @@ async fn the_demo_seed_runs_once_on_an_empty_database() {
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
     settings.http.public_url = PUBLIC_URL.into();
     settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    settings.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
     settings.database.url = format!("sqlite://{}/lanyard.db", dir.path().display());
     settings.keys.encryption_key_file = dir.path().join("lanyard.kek");
     settings.mailer.dir = dir.path().join("outbox");
@@ -252,6 +253,7 @@ fn serve_in(dir: &Path, env: &[(&str, &str)], open_files: Option<u64>) -> Served
         .env("RUST_LOG", "info")
         .env("LANYARD_HTTP__LISTEN", "127.0.0.1:0")
         .env("LANYARD_MQTT__LISTEN", "127.0.0.1:0")
+        .env("LANYARD_METRICS__LISTEN", "127.0.0.1:0")
         .env("LANYARD_DEMO__SEED", "false")
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())

@@ -106,6 +106,7 @@ impl TestApp {
         settings.http.listen = "127.0.0.1:0".parse().unwrap();
         settings.http.public_url = PUBLIC_URL.into();
         settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+        settings.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
         settings.database.url = database_url(&backend, dir.path()).await;
         settings.database.max_connections = 5;
         settings.keys.encryption_key_file = dir.path().join("lanyard.kek");

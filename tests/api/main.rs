@@ -14,6 +14,7 @@ mod introspection;
 mod keys;
 mod lists;
 mod mail;
+mod metrics;
 mod mqtt;
 mod mqtt_bytes;
 #[path = "../support/mqtt_packets.rs"]
