@@ -1,6 +1,7 @@
 //! Prometheus metrics (SPEC §14) through the real metrics listener: every family moved by the
 //! doors, the scrape checked by `promtool check metrics` and read by a real Prometheus server,
-//! the listener off or its port taken.
+//! the listener off or its port taken, and the operator material in `docs/` (alert rules
+//! checked by `promtool check rules`, the dashboard naming only families that exist).
 //!
 //! `promtool` and `prometheus` come from Debian's `prometheus` package; without them the tests
 //! that need them say `SKIPPED:` and why, which `.ci/run` refuses.
@@ -319,7 +320,10 @@ fn check_families(text: &str) {
     assert_eq!(value("lanyard_build_info", &[]), 1.0);
     let served = families(text);
     assert_eq!(served.len(), 17, "{served:?}");
-    assert!(served.iter().all(|f| f.starts_with("lanyard_")), "{served:?}");
+    assert!(
+        served.iter().all(|f| f.starts_with("lanyard_")),
+        "{served:?}"
+    );
 }
 
 /// `promtool check metrics` on a scrape: nothing found.
@@ -512,4 +516,85 @@ async fn the_metrics_listener_answers_only_get_metrics() {
             .unwrap();
         assert_eq!(res.status(), 404, "{method} {path}");
     }
+}
+
+/// The metric names a PromQL expression uses (`lanyard_…`), histogram series by their family.
+fn names_in(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("lanyard_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.insert(family.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_alert_rules_use_families_lanyard_serves() {
+    let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/docs");
+    let (app, _mqtt, text) = exercised(Backend::Sqlite).await;
+    let served = families(&text);
+
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{docs}/grafana-dashboard.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(
+                target["expr"]
+                    .as_str()
+                    .expect("a PromQL expression")
+                    .to_owned(),
+            );
+        }
+    }
+    assert!(
+        exprs.len() >= 7,
+        "the dashboard has a panel for each family group"
+    );
+    let alerts = std::fs::read_to_string(format!("{docs}/alerts.yml")).unwrap();
+    exprs.extend(
+        alerts
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("expr:"))
+            .map(str::to_owned),
+    );
+    let mut used = BTreeSet::new();
+    for expr in &exprs {
+        used.extend(names_in(expr));
+    }
+    assert!(used.len() >= 8, "{used:?}");
+    for name in &used {
+        assert!(
+            served.contains(name),
+            "{name} is used in docs/ but lanyard serves no such family"
+        );
+    }
+
+    if available("promtool") {
+        let out = Command::new("promtool")
+            .args(["check", "rules", &format!("{docs}/alerts.yml")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        skipped("promtool not found: `apt-get install prometheus` to check docs/alerts.yml");
+    }
+    drop(app);
 }
