@@ -16,7 +16,9 @@
 //! - publish throughput (QoS 0 and 1, 100-byte payloads, one and four subscribers) against
 //!   Mosquitto;
 //! - mint → device latency across those systems; restart time with each holding 10 tokens;
-//! - RSS with many idle authenticated connections against Mosquitto's.
+//! - RSS with many idle authenticated connections against Mosquitto's;
+//! - tokens/s and CONNECT/s with the metrics listener on against a lanyard with it off, a
+//!   second of each in turn.
 //!
 //! The load generators run in this process; the CPU they took is printed too. HTTP load goes
 //! over plain keep-alive connections with requests written out once, so that it takes little.
@@ -24,7 +26,7 @@
 //!
 //! This file runs the figures in order and prints the table. Each figure has a module of its own
 //! in `examples/bench/` (`tokens`, `graphql`, `connect`, `publish`, `latency`, `idle`,
-//! `restart`); `procs` starts the servers and the references and reads their CPU time and
+//! `restart`, `metrics`); `procs` starts the servers and the references and reads their CPU time and
 //! memory, `setup` gets tokens and systems from lanyard, `load` and `mqtt_client` generate the
 //! load, and `report` holds the table. The MQTT packets are written by
 //! `tests/support/mqtt_packets.rs`, which the API tests use as well.
@@ -34,6 +36,7 @@ mod graphql;
 mod idle;
 mod latency;
 mod load;
+mod metrics;
 mod mqtt_client;
 #[path = "../../tests/support/mqtt_packets.rs"]
 mod mqtt_packets;
@@ -58,8 +61,8 @@ struct Args {
 }
 
 /// The figures `--only` knows.
-const FIGURES: [&str; 7] = [
-    "tokens", "graphql", "connect", "publish", "latency", "idle", "restart",
+const FIGURES: [&str; 8] = [
+    "tokens", "graphql", "connect", "publish", "latency", "idle", "restart", "metrics",
 ];
 
 impl Args {
@@ -192,6 +195,12 @@ async fn main() -> std::process::ExitCode {
     if args.wants("restart") {
         eprintln!("- restart");
         rows.push(restart::measure(&http, l, &args.lanyard, &person, &system_ids, minted).await);
+    }
+
+    // 8. What recording metrics costs: two more lanyards, with the metrics listener and without.
+    if args.wants("metrics") {
+        eprintln!("- metrics on against metrics off, in turn");
+        rows.extend(metrics::measure(&http, &args.lanyard, work.path(), args.quick, run).await);
     }
 
     let loadgen = cpu_seconds(own_pid()) - loadgen_before;

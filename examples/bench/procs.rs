@@ -41,6 +41,8 @@ pub struct Lanyard {
     pub dir: PathBuf,
     pub http: SocketAddr,
     pub mqtt: SocketAddr,
+    /// The metrics listener (`GET /metrics`), when it is on.
+    pub metrics: Option<SocketAddr>,
     /// The demo device's client credentials, printed by the demo seed on the first start
     /// (empty on a later start of the same folder).
     pub device_id: String,
@@ -77,12 +79,18 @@ impl Drop for Lanyard {
     }
 }
 
-/// Starts lanyard on its embedded defaults plus a data folder of its own, free ports, and a rule
-/// that lets the benchmark's clients publish under `bench/`. Two limits are lifted: every client
-/// of the benchmark comes from one address, and one person mints all its tokens, so the
-/// per-address connection cap and the per-person token cap would measure themselves, not
-/// lanyard's speed.
+/// Starts lanyard on its embedded defaults plus a data folder of its own, free ports (the
+/// metrics listener's too, on by default as in a deployment), and a rule that lets the
+/// benchmark's clients publish under `bench/`. Two limits are lifted: every client of the
+/// benchmark comes from one address, and one person mints all its tokens, so the per-address
+/// connection cap and the per-person token cap would measure themselves, not lanyard's speed.
 pub fn start_lanyard(bin: &Path, dir: &Path) -> Lanyard {
+    start_lanyard_with(bin, dir, true)
+}
+
+/// [`start_lanyard`], with the metrics listener on or off (`metrics.listen = ""`: nothing is
+/// recorded).
+pub fn start_lanyard_with(bin: &Path, dir: &Path, metrics: bool) -> Lanyard {
     // The demo seed (and its message on stdout) happens on the first start only.
     let first_start = !dir.join("lanyard.db").exists();
     std::fs::create_dir_all(dir).unwrap();
@@ -110,7 +118,10 @@ dir = "{outbox}"
 seed = true
 [limits]
 connections_per_ip = 1000000
+[metrics]
+listen = "{metrics_listen}"
 "#,
+            metrics_listen = if metrics { "127.0.0.1:0" } else { "" },
             db = dir.join("lanyard.db").display(),
             kek = dir.join("lanyard.kek").display(),
             outbox = dir.join("outbox").display(),
@@ -129,9 +140,9 @@ connections_per_ip = 1000000
         .stderr(log)
         .spawn()
         .expect("lanyard starts");
-    let (mut http, mut mqtt) = (None, None);
+    let (mut http, mut mqtt, mut metrics_addr) = (None, None, None);
     let started = Instant::now();
-    while http.is_none() || mqtt.is_none() {
+    while http.is_none() || mqtt.is_none() || (metrics && metrics_addr.is_none()) {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "lanyard logs its ports within a minute; see {}",
@@ -144,6 +155,9 @@ connections_per_ip = 1000000
             }
             if let Some(a) = line.split("mqtt listening on ").nth(1) {
                 mqtt = a.trim().parse().ok();
+            }
+            if let Some(a) = line.split("metrics listening on ").nth(1) {
+                metrics_addr = a.trim().parse().ok();
             }
         }
     }
@@ -173,6 +187,7 @@ connections_per_ip = 1000000
         dir: dir.to_owned(),
         http: http.unwrap(),
         mqtt: mqtt.unwrap(),
+        metrics: metrics_addr,
     }
 }
 

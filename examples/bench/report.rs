@@ -45,7 +45,11 @@ pub fn at_least(
         value,
         reference,
         Some(ours / theirs.max(1e-9)),
-        &format!("≥ {min:.1}×"),
+        &if (min * 10.0).fract() == 0.0 {
+            format!("≥ {min:.1}×")
+        } else {
+            format!("≥ {min:.2}×")
+        },
         Some(ours >= min * theirs),
     )
 }
