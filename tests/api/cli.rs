@@ -227,10 +227,17 @@ fn a_taken_port_stops_the_start_naming_the_key() {
     let addr = taken.local_addr().unwrap().to_string();
     let db = format!("sqlite://{}/l.db", dir.path().display());
     let env = [
-        ("LANYARD_HTTP__LISTEN", addr),
-        ("LANYARD_DATABASE__URL", db),
+        ("LANYARD_HTTP__LISTEN", addr.clone()),
+        ("LANYARD_DATABASE__URL", db.clone()),
     ];
     fails_naming(dir.path(), &["serve"], env, "http.listen");
+    let env = [
+        ("LANYARD_HTTP__LISTEN", "127.0.0.1:0".to_owned()),
+        ("LANYARD_MQTT__LISTEN", "127.0.0.1:0".to_owned()),
+        ("LANYARD_METRICS__LISTEN", addr),
+        ("LANYARD_DATABASE__URL", db),
+    ];
+    fails_naming(dir.path(), &["serve"], env, "metrics.listen");
 }
 
 /// A `lanyard serve` child: its listeners, and its log as far as it has been read.
