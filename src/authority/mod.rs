@@ -106,6 +106,9 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => Error::Conflict("it already exists".into()),
+            StoreError::KeyEncryptionKeyReplaced => {
+                Error::Internal(StoreError::KeyEncryptionKeyReplaced.into())
+            }
             StoreError::Database(e) => Error::Internal(e.into()),
         }
     }

@@ -25,6 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 pub mod clients;
 pub mod events;
 pub mod jobs;
+pub mod key_encryption;
 pub mod local_tokens;
 pub mod otp;
 pub mod refresh_tokens;
@@ -113,6 +114,12 @@ pub enum StoreError {
     /// A unique constraint refused the write.
     #[error("the record already exists")]
     Conflict,
+    /// A signing key was sealed under a key-encryption key the database no longer records
+    /// (`lanyard rekey` replaced it while this node ran): it is not stored.
+    #[error(
+        "the database records another key-encryption key (rekeyed?): restart this node with the new one"
+    )]
+    KeyEncryptionKeyReplaced,
     #[error(transparent)]
     Database(sqlx::Error),
 }

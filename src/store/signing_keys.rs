@@ -4,7 +4,7 @@
 //! indexes (one ACTIVE, one PENDING per tenant) make it impossible for concurrent nodes to end
 //! with two signers, whatever order their steps interleave in.
 
-use super::{Db, StoreResult, in_transaction, on_pool, on_writer};
+use super::{Db, StoreError, StoreResult, in_transaction, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyRow {
@@ -32,11 +32,17 @@ pub struct NewKey {
     pub sealed_private_key: Vec<u8>,
     pub created_at: i64,
     pub activates_at: Option<i64>,
+    /// The check value of the key-encryption key that sealed it: the key is stored only while
+    /// the database records this one.
+    pub kek_check: String,
 }
 
+/// Inserts nothing when the recorded check value is another key-encryption key's (the caller
+/// sees no row written).
 pub(super) const INSERT_KEY: &str = "INSERT INTO signing_keys
     (kid, tenant_id, status, public_n, public_e, sealed_private_key, created_at, activates_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7)";
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $7
+    WHERE EXISTS (SELECT 1 FROM key_encryption WHERE id = 1 AND check_value = $9)";
 
 impl NewKey {
     pub(super) fn bind<'q, DB: sqlx::Database>(
@@ -59,12 +65,18 @@ impl NewKey {
             .bind(&self.sealed_private_key)
             .bind(self.created_at)
             .bind(self.activates_at)
+            .bind(&self.kek_check)
     }
 }
 
-/// Stores a PENDING key. If the tenant already has one, `StoreError::Conflict`.
+/// Stores a PENDING key. If the tenant already has one, `StoreError::Conflict`; if the key was
+/// sealed under a key-encryption key the database no longer records,
+/// `StoreError::KeyEncryptionKeyReplaced`.
 pub async fn insert(db: &Db, key: &NewKey) -> StoreResult<()> {
-    on_writer!(db, pool => key.bind(sqlx::query(INSERT_KEY)).execute(pool).await?.rows_affected());
+    let written = on_writer!(db, pool => key.bind(sqlx::query(INSERT_KEY)).execute(pool).await?.rows_affected());
+    if written == 0 {
+        return Err(StoreError::KeyEncryptionKeyReplaced);
+    }
     Ok(())
 }
 

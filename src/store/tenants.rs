@@ -1,7 +1,7 @@
 //! Tenants. A tenant is created together with its first signing key, in one transaction.
 
 use super::signing_keys::{INSERT_KEY, NewKey};
-use super::{Db, StoreResult, in_transaction, on_pool};
+use super::{Db, StoreError, StoreResult, in_transaction, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TenantRow {
@@ -24,7 +24,11 @@ pub async fn create(db: &Db, tenant: &TenantRow, first_key: &NewKey) -> StoreRes
             .bind(tenant.created_at)
             .execute(&mut *tx)
             .await?;
-        first_key.bind(sqlx::query(INSERT_KEY)).execute(&mut *tx).await?;
+        let written = first_key.bind(sqlx::query(INSERT_KEY)).execute(&mut *tx).await?;
+        if written.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Err(StoreError::KeyEncryptionKeyReplaced);
+        }
     });
     Ok(())
 }

@@ -11,6 +11,7 @@ mod connections;
 mod discovery;
 mod graphql;
 mod introspection;
+mod kek;
 mod keys;
 mod lists;
 mod mail;
