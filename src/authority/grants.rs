@@ -1,18 +1,15 @@
-//! The token endpoint (RFC 6749): client authentication and the grants — `client_credentials`
-//! (§4.4), the one-time code of SPEC §3 and refresh with rotation (§6).
+//! The token endpoint's grants (RFC 6749): `client_credentials` (§4.4), the one-time code of
+//! SPEC §3 and refresh with rotation (§6).
 //!
-//! Every grant opens the same way, in [`Authority::grant`]: the client is authenticated, must be
-//! allowed the grant, and the requested scope is parsed. Then each does its own part and every
+//! Every grant opens the same way, in [`Authority::grant`]: the client is authenticated
+//! ([`Authority::authenticate_client`], with the clients), must be allowed the grant, and the requested scope is parsed. Then each does its own part and every
 //! access token is signed in one place ([`Authority::issue_access_token`]). Sending codes,
 //! revoking a sign-in and userinfo live in [`signin`](super::signin); verifying, introspecting
 //! and revoking access tokens in [`tokens`](super::tokens).
 
-use std::net::IpAddr;
-use std::sync::LazyLock;
-
 use subtle::ConstantTimeEq;
 
-use super::clients::Client;
+use super::clients::{Client, ClientCredentials};
 use super::signin::{CODE_MAX_ATTEMPTS, code_hash};
 use super::{Authority, Tenant, User};
 use crate::crypto::{Secret, SecretHash, jws};
@@ -22,24 +19,6 @@ use crate::domain::{
     UserId,
 };
 use crate::store::{StoreError, otp, refresh_tokens};
-
-/// Longer client ids and secrets are refused before any lookup.
-const MAX_CREDENTIAL_LEN: usize = 256;
-
-/// Compared against when the client does not exist, so an unknown client costs what a wrong
-/// secret costs.
-static DUMMY_HASH: LazyLock<SecretHash> = LazyLock::new(|| Secret::generate().hash());
-
-/// Credentials presented by a client (RFC 6749 §2.3.1).
-#[derive(Debug, Clone)]
-pub struct ClientCredentials {
-    pub client_id: String,
-    /// None for a public client identifying itself.
-    pub secret: Option<Secret>,
-    /// The network address the credentials came from, as the rate limit counts it (the door
-    /// folds an IPv6 address to its /64); `None` where a door has none.
-    pub source: Option<IpAddr>,
-}
 
 /// What a token request asks for, beyond the client and the scope.
 #[derive(Debug, Clone, Copy)]
@@ -81,66 +60,6 @@ fn invalid_grant(description: &str) -> OAuthError {
 }
 
 impl Authority {
-    /// Authenticates a client of `tenant`. A confidential client must present its secret; a
-    /// public client identifies itself by `client_id` alone. An unknown client and a wrong secret
-    /// get the same answer after the same work. Failures are rate limited per `client_id` and
-    /// source address (SPEC §3, §7): a source that failed too often gets 429 instead of 401 for
-    /// its next failures, while the right credentials are always accepted, from any source, so
-    /// nobody can lock a client out by failing in its name.
-    pub async fn authenticate_client(
-        &self,
-        tenant: &Tenant,
-        creds: &ClientCredentials,
-    ) -> Result<Client, OAuthError> {
-        let now = self.now();
-        let source = creds.source.map(|ip| ip.to_string()).unwrap_or_default();
-        let limit_key = format!("{}:{}:{source}", tenant.id, creds.client_id);
-        let blocked = self.auth_failures.blocked(&limit_key, now);
-        let too_long = creds.client_id.len() > MAX_CREDENTIAL_LEN
-            || creds
-                .secret
-                .as_ref()
-                .is_some_and(|s| s.expose().len() > MAX_CREDENTIAL_LEN);
-        let row = if too_long {
-            None
-        } else {
-            self.client_row(&tenant.id, &creds.client_id)
-                .await
-                .map_err(server_error("client lookup"))?
-        };
-        let stored = row
-            .as_ref()
-            .and_then(|r| r.secret_hash.as_deref())
-            .and_then(SecretHash::from_slice);
-        let authenticated = match (&row, &creds.secret) {
-            (Some(r), None) => r.is_public,
-            (Some(r), Some(secret)) => {
-                !r.is_public && stored.as_ref().is_some_and(|h| h.matches(secret))
-            }
-            (None, Some(secret)) => {
-                let _ = DUMMY_HASH.matches(secret);
-                false
-            }
-            (None, None) => false,
-        };
-        match row {
-            Some(r) if authenticated => Ok(Client::from_row(&r)),
-            _ => {
-                if let Some(wait) = blocked {
-                    let mut e = OAuthError::new(
-                        OAuthErrorCode::TooManyRequests,
-                        "too many failed client authentications; try again later",
-                    );
-                    e.retry_after = Some(wait);
-                    return Err(e);
-                }
-                self.auth_failures.record_failure(&limit_key, now);
-                Err(OAuthError::invalid_client())
-            }
-        }
-    }
-
-    /// A token request: the client authenticated by `creds`, allowed the grant `request` names
     /// (`client_credentials` only for a confidential client), `scope` well formed; then the
     /// grant's own part. `scope` absent: everything the client (or the person) holds.
     pub async fn grant(

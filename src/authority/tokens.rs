@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::cache::token_cache::{CacheKey, KnownToken};
 use super::clients::Client;
-use super::grants::ClientCredentials;
+use super::clients::ClientCredentials;
 use super::{Authority, Event, Tenant};
 use crate::crypto::{JwsError, jws};
 use crate::domain::claims::ACCESS_TOKEN_TYP;
