@@ -272,6 +272,9 @@ async fn background_jobs(authority: Arc<Authority>, mut stopped: watch::Receiver
                 if let Err(e) = authority.prune_revocations_once().await {
                     tracing::warn!("pruning revocations: {e:#}");
                 }
+                if let Err(e) = authority.prune_audit_once().await {
+                    tracing::warn!("pruning audit events: {e:#}");
+                }
             }
         }
     }

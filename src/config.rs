@@ -33,6 +33,7 @@ pub struct Settings {
     pub demo: DemoSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    pub audit: AuditSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -310,6 +311,25 @@ mod optional_address {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// How long audit events are kept.
+    pub retention: Period,
+    /// Record every access and local API token issued (on by default). Off leaves issuance out
+    /// of the trail; the benchmark compares the two.
+    pub token_issuance: bool,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            retention: Period::from_secs(90 * 86_400),
+            token_issuance: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
@@ -455,6 +475,9 @@ impl Settings {
         }
         if self.limits.connections_per_ip == 0 {
             return Err(invalid("limits.connections_per_ip must be at least 1"));
+        }
+        if self.audit.retention.as_secs() < 86_400 {
+            return Err(invalid("audit.retention must be at least 1D"));
         }
         if self.limits.shutdown_timeout.as_secs() == 0 {
             return Err(invalid("limits.shutdown_timeout must be at least 1s"));

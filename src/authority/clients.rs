@@ -181,6 +181,7 @@ impl Authority {
         }
         scopes::insert(
             &self.db,
+            &self.event(&by, "scope.created", format!("scope:{scope}")),
             &tenant.id,
             scope.as_str(),
             description,
@@ -296,10 +297,15 @@ impl Authority {
             created_at: now,
             secret_rotated_at: now,
         };
-        clients::insert(&self.db, &row).await.map_err(|e| match e {
-            StoreError::Conflict => Error::Conflict(format!("client {client_id} already exists")),
-            other => other.into(),
-        })?;
+        let event = self.event(&by, "client.created", format!("client:{client_id}"));
+        clients::insert(&self.db, &event, &row)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict => {
+                    Error::Conflict(format!("client {client_id} already exists"))
+                }
+                other => other.into(),
+            })?;
         tracing::info!(tenant = %tenant.slug, %client_id, "client registered");
         Ok(ClientRegistration {
             client_id,
@@ -322,7 +328,17 @@ impl Authority {
         self.managed_client(by, client_id).await?;
         let secret = Secret::generate();
         let now = self.now();
-        if !clients::set_secret(&self.db, &tenant.id, client_id, &secret.hash().0, now).await? {
+        let event = self.event(&by, "client.secret_rotated", format!("client:{client_id}"));
+        if !clients::set_secret(
+            &self.db,
+            &event,
+            &tenant.id,
+            client_id,
+            &secret.hash().0,
+            now,
+        )
+        .await?
+        {
             return Err(Error::NotFound(format!(
                 "no confidential client {client_id}"
             )));
@@ -381,7 +397,8 @@ impl Authority {
         by.require(CLIENTS_WRITE)?;
         let tenant = by.tenant();
         self.managed_client(by, client_id).await?;
-        if !clients::delete(&self.db, &tenant.id, client_id).await? {
+        let event = self.event(&by, "client.deleted", format!("client:{client_id}"));
+        if !clients::delete(&self.db, &event, &tenant.id, client_id).await? {
             return Err(Error::NotFound(format!("no client {client_id}")));
         }
         tracing::info!(tenant = %tenant.slug, %client_id, "client deleted");

@@ -9,6 +9,7 @@
 
 use subtle::ConstantTimeEq;
 
+use super::audit::LANYARD;
 use super::clients::{Client, ClientCredentials};
 use super::signin::{CODE_MAX_ATTEMPTS, code_hash};
 use super::{Authority, Tenant, User};
@@ -18,6 +19,7 @@ use crate::domain::{
     AccessClaims, Email, GrantType, Internal, OAuthError, OAuthErrorCode, ScopeSet, SystemId,
     UserId,
 };
+use crate::store::audit::Recorder;
 use crate::store::{StoreError, otp, refresh_tokens};
 
 /// What a token request asks for, beyond the client and the scope.
@@ -130,8 +132,14 @@ impl Authority {
                 requested
             }
         };
-        self.issue_access_token(tenant, &client.client_id, client, scope)
-            .await
+        self.issue_access_token(
+            tenant,
+            &client.client_id,
+            client,
+            scope,
+            GrantType::ClientCredentials,
+        )
+        .await
     }
 
     /// The one-time code for a token pair: the person's granted scopes, narrowed to those
@@ -177,7 +185,7 @@ impl Authority {
             .ok_or_else(wrong)?;
         let scope = narrow(&user.scopes, requested.as_ref());
         let family = uuid::Uuid::new_v4().to_string();
-        self.issue_user_tokens(tenant, client, &user, scope, &family)
+        self.issue_user_tokens(tenant, client, &user, scope, &family, GrantType::Otp)
             .await
     }
 
@@ -221,7 +229,13 @@ impl Authority {
             .map_err(server_error("using a refresh token"))?
         else {
             if found.used && !found.revoked {
-                refresh_tokens::revoke_family(&self.db, &found.family_id)
+                let event = self.event_of(
+                    tenant,
+                    LANYARD.into(),
+                    "sign_in.revoked_on_reuse",
+                    format!("user:{} client:{}", found.user_id, found.client_id),
+                );
+                refresh_tokens::revoke_family(&self.db, &event, &found.family_id)
                     .await
                     .map_err(server_error("revoking a refresh token family"))?;
                 tracing::warn!(tenant = %tenant.slug, user = %found.user_id, "refresh token reused; its sign-in was revoked");
@@ -235,8 +249,15 @@ impl Authority {
             .ok_or_else(bad)?;
         // The user's grants may have shrunk since the sign-in.
         let scope = narrow(&narrow(&user.scopes, Some(&granted)), requested.as_ref());
-        self.issue_user_tokens(tenant, client, &user, scope, &row.family_id)
-            .await
+        self.issue_user_tokens(
+            tenant,
+            client,
+            &user,
+            scope,
+            &row.family_id,
+            GrantType::RefreshToken,
+        )
+        .await
     }
 
     /// An access token for `user` and, to a client allowed the refresh grant, a refresh token
@@ -248,9 +269,10 @@ impl Authority {
         user: &User,
         scope: ScopeSet,
         family: &str,
+        grant: GrantType,
     ) -> Result<IssuedToken, OAuthError> {
         let mut issued = self
-            .issue_access_token(tenant, &user.id, client, scope.clone())
+            .issue_access_token(tenant, &user.id, client, scope.clone(), grant)
             .await?;
         if !client.grant_types.contains(&GrantType::RefreshToken) {
             // A refresh token is optional (RFC 6749 §5.1) and of no use to this client.
@@ -279,13 +301,16 @@ impl Authority {
         Ok(issued)
     }
 
-    /// Signs an access token for `subject` (a user uuid, or the client id itself).
+    /// Signs an access token for `subject` (a user uuid, or the client id itself) issued by
+    /// `grant`, and records its `token.issued` event (with `audit.token_issuance`) before it is
+    /// answered: no token leaves without its event.
     pub(crate) async fn issue_access_token(
         &self,
         tenant: &Tenant,
         subject: &str,
         client: &Client,
         scope: ScopeSet,
+        grant: GrantType,
     ) -> Result<IssuedToken, OAuthError> {
         let keys = self
             .keyring(tenant)
@@ -297,6 +322,11 @@ impl Authority {
                 format!("tenant {} has no ACTIVE signing key", tenant.slug),
             )));
         };
+        let recorder = self.settings.audit.token_issuance.then(|| {
+            self.audit_recorder
+                .get_or_init(|| Recorder::start(self.db.clone()))
+        });
+        let coming = recorder.map(Recorder::expect);
         let now = self.now();
         let ttl = self.settings.tokens.access_token_ttl.as_secs_i64();
         let claims = AccessClaims {
@@ -317,8 +347,25 @@ impl Authority {
                 None
             },
         };
+        let access_token = jws::sign(&signer.key, &signer.kid, ACCESS_TOKEN_TYP, &claims);
+        if let (Some(recorder), Some(coming)) = (recorder, coming) {
+            let who = if client.client_id == subject {
+                "client"
+            } else {
+                "user"
+            };
+            let event = self.event_of(
+                tenant,
+                format!("client:{}", client.client_id),
+                "token.issued",
+                format!("access_token:{} ({grant}) for {who}:{subject}", claims.jti),
+            );
+            recorder.record(event, coming).await.map_err(|e| {
+                OAuthError::server_error(Internal::new("recording a token issued", e))
+            })?;
+        }
         Ok(IssuedToken {
-            access_token: jws::sign(&signer.key, &signer.kid, ACCESS_TOKEN_TYP, &claims),
+            access_token,
             expires_in: ttl,
             scope,
             refresh_token: None,

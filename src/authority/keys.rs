@@ -8,6 +8,7 @@
 
 use anyhow::Context;
 
+use super::audit::LANYARD;
 use super::cache::keyring::KeyInfo;
 use super::caller::{KEYS_READ, KEYS_WRITE};
 use super::{Actor, Authority, Error, Event, Result, Tenant};
@@ -89,7 +90,8 @@ impl Authority {
         let key = self
             .generate_key(&tenant.id, "PENDING", now, Some(activates_at))
             .await?;
-        match signing_keys::insert(&self.db, &key).await {
+        let event = self.event(&by, "key.created", format!("key:{}", key.kid));
+        match signing_keys::insert(&self.db, &key, &event).await {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
                 return Err(Error::Conflict(
@@ -131,7 +133,8 @@ impl Authority {
             }
             _ => Replacement::None,
         };
-        if !signing_keys::invalidate(&self.db, &tenant.id, kid, now, replacement).await? {
+        let event = self.event(&by, "key.invalidated", format!("key:{kid}"));
+        if !signing_keys::invalidate(&self.db, &tenant.id, kid, now, replacement, &event).await? {
             return Err(Error::Conflict(format!(
                 "signing key {kid} changed meanwhile; try again"
             )));
@@ -160,7 +163,8 @@ impl Authority {
         }
         let now = self.now();
         let until = self.retired_publish_until(now);
-        if !signing_keys::reactivate(&self.db, &tenant.id, kid, until, now).await? {
+        let event = self.event(&by, "key.reactivated", format!("key:{kid}"));
+        if !signing_keys::reactivate(&self.db, &tenant.id, kid, until, now, &event).await? {
             return Err(Error::Conflict(format!(
                 "signing key {kid} changed meanwhile; try again"
             )));
@@ -181,7 +185,8 @@ impl Authority {
                 "signing key {kid} is ACTIVE; rotate or invalidate it before deleting it"
             )));
         }
-        if !signing_keys::delete(&self.db, &tenant.id, kid).await? {
+        let event = self.event(&by, "key.deleted", format!("key:{kid}"));
+        if !signing_keys::delete(&self.db, &tenant.id, kid, &event).await? {
             return Err(Error::NotFound(format!("no signing key {kid}")));
         }
         tracing::warn!(tenant = %tenant.slug, kid, "signing key deleted");
@@ -211,7 +216,14 @@ impl Authority {
 
         for due in signing_keys::due_for_promotion(&self.db, now).await? {
             let until = self.retired_publish_until(now);
-            if signing_keys::promote(&self.db, &due.tenant_id, &due.kid, now, until).await? {
+            let event = self.event_in(
+                &due.tenant_id,
+                LANYARD.into(),
+                "key.activated",
+                format!("key:{}", due.kid),
+            );
+            if signing_keys::promote(&self.db, &due.tenant_id, &due.kid, now, until, &event).await?
+            {
                 tracing::info!(kid = %due.kid, "signing key now ACTIVE");
                 changed_tenants.push(due.tenant_id);
             }
@@ -224,7 +236,13 @@ impl Authority {
             let key = self
                 .generate_key(&due.tenant_id, "PENDING", now, Some(now + ahead))
                 .await?;
-            match signing_keys::insert(&self.db, &key).await {
+            let event = self.event_in(
+                &due.tenant_id,
+                LANYARD.into(),
+                "key.created",
+                format!("key:{}", key.kid),
+            );
+            match signing_keys::insert(&self.db, &key, &event).await {
                 Ok(()) => {
                     tracing::info!(kid = %key.kid, "scheduled signing key rotation started");
                     changed_tenants.push(due.tenant_id);

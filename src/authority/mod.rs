@@ -19,6 +19,7 @@ use crate::crypto::KeyEncryptionKey;
 use crate::domain::Clock;
 use crate::store::{Db, StoreError};
 
+pub mod audit;
 pub mod cache;
 pub mod caller;
 pub mod clients;
@@ -143,6 +144,8 @@ pub struct Authority {
     /// Writes minted local tokens, those minted together in one statement; started at the
     /// first mint (it needs the runtime).
     pub(crate) local_token_inserts: std::sync::OnceLock<crate::store::local_tokens::Inserts>,
+    /// Writes the events of access tokens issued, many together; started at the first.
+    pub(crate) audit_recorder: std::sync::OnceLock<crate::store::audit::Recorder>,
     events: broadcast::Sender<Event>,
     /// This node (this process, while it runs): tells its announcements from the others', and
     /// the token rows it changed.
@@ -172,6 +175,7 @@ impl Authority {
             holdings: Default::default(),
             tally: Default::default(),
             local_token_inserts: Default::default(),
+            audit_recorder: Default::default(),
             events,
             node_id: uuid::Uuid::new_v4().to_string(),
         }

@@ -221,9 +221,22 @@ impl Authority {
         if claims.client_id != client.client_id {
             may_revoke_others(&client, &claims.scope)?;
         }
-        revocations::revoke(&self.db, &tenant.id, &claims.jti, claims.exp, self.now())
-            .await
-            .map_err(|e| OAuthError::server_error(Internal::new("revoking a token", e)))?;
+        let event = self.event_of(
+            tenant,
+            format!("client:{}", client.client_id),
+            "token.revoked",
+            format!("access_token:{} of client:{}", claims.jti, claims.client_id),
+        );
+        revocations::revoke(
+            &self.db,
+            &event,
+            &tenant.id,
+            &claims.jti,
+            claims.exp,
+            self.now(),
+        )
+        .await
+        .map_err(|e| OAuthError::server_error(Internal::new("revoking a token", e)))?;
         tracing::info!(tenant = %tenant.slug, jti = %claims.jti, "access token revoked");
         self.emit(Event::AccessTokenRevoked {
             tenant_id: tenant.id.to_string(),

@@ -22,6 +22,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
+pub mod audit;
 pub mod clients;
 pub mod events;
 pub mod jobs;
@@ -107,7 +108,25 @@ macro_rules! in_transaction {
     };
 }
 
-pub(crate) use {in_transaction, on_pool, on_side, on_writer};
+/// Runs `$body` (statements on `$tx`, evaluating to how many rows they changed) in a transaction
+/// and, when it changed any, records `$audit` (an [`audit::AuditRow`]) in the same transaction:
+/// an event commits with its change or not at all.
+macro_rules! audited {
+    ($db:expr, $audit:expr, $tx:ident => $body:expr) => {
+        $crate::store::in_transaction!($db, $tx => {
+            let changed: u64 = $body;
+            if changed > 0 {
+                $audit
+                    .bind(sqlx::query($crate::store::audit::INSERT))
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+            changed
+        })
+    };
+}
+
+pub(crate) use {audited, in_transaction, on_pool, on_side, on_writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -23,7 +23,7 @@ async fn start(settings: Settings) -> anyhow::Result<App> {
 }
 
 /// Runs a statement on the test's database, whichever it is.
-async fn execute(url: &str, statement: &str) {
+pub async fn execute(url: &str, statement: &str) {
     if url.starts_with("sqlite:") {
         let pool = sqlx::SqlitePool::connect(url).await.unwrap();
         sqlx::query(statement).execute(&pool).await.unwrap();

@@ -5,6 +5,7 @@
 #[macro_use]
 mod helpers;
 
+mod audit;
 mod authority;
 mod cli;
 mod connections;
