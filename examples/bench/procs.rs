@@ -83,6 +83,11 @@ impl Drop for Lanyard {
 /// per-address connection cap and the per-person token cap would measure themselves, not
 /// lanyard's speed.
 pub fn start_lanyard(bin: &Path, dir: &Path) -> Lanyard {
+    start_lanyard_with(bin, dir, "")
+}
+
+/// [`start_lanyard`] with `extra` (TOML tables) added to its configuration.
+pub fn start_lanyard_with(bin: &Path, dir: &Path, extra: &str) -> Lanyard {
     // The demo seed (and its message on stdout) happens on the first start only.
     let first_start = !dir.join("lanyard.db").exists();
     std::fs::create_dir_all(dir).unwrap();
@@ -110,7 +115,7 @@ dir = "{outbox}"
 seed = true
 [limits]
 connections_per_ip = 1000000
-"#,
+{extra}"#,
             db = dir.join("lanyard.db").display(),
             kek = dir.join("lanyard.kek").display(),
             outbox = dir.join("outbox").display(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 
-use super::{Db, StoreError, StoreResult, in_transaction, on_pool, on_writer};
+use super::{Db, StoreError, StoreResult, on_pool, on_writer};
 
 /// One event as stored. Never a secret, a token or a code: ids and names only.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -82,7 +82,7 @@ pub async fn prune(db: &Db, before: i64) -> StoreResult<u64> {
     Ok(on_writer!(db, pool => sqlx::query(PRUNE).bind(before).execute(pool).await?.rows_affected()))
 }
 
-/// Most events written in one transaction by the [`Recorder`].
+/// Most events written in one statement by the [`Recorder`].
 const MAX_ROWS_PER_BATCH: usize = 256;
 /// How long the [`Recorder`] waits for events announced but not yet given.
 const MAX_WAIT: Duration = Duration::from_millis(2);
@@ -93,10 +93,11 @@ struct Pending {
     done: oneshot::Sender<StoreResult<()>>,
 }
 
-/// Writes the events of tokens issued, many in one transaction: a commit costs far more than a
-/// row, and issuing is a burst. An event is written at once unless others are announced
-/// ([`Recorder::expect`]): those are waited for (at most 2 ms, about one signature) and go in
-/// the same transaction. Every caller gets its own event's answer.
+/// Writes the events of tokens issued, many with one statement: a statement costs far more
+/// than a row, and issuing is a burst. An event is written at once unless others are announced
+/// ([`Recorder::expect`], tokens being signed): those are waited for (at most 2 ms, about one
+/// signature) and go in the same statement. Every caller gets its own event's answer: when a
+/// statement of several events fails, each is tried alone.
 pub struct Recorder {
     queue: mpsc::UnboundedSender<Pending>,
     coming: Arc<AtomicUsize>,
@@ -134,22 +135,25 @@ impl Recorder {
                     }
                 }
                 let rows: Vec<&AuditRow> = batch.iter().map(|p| &p.row).collect();
-                let written = write(&db, &rows).await;
-                let failed = written.is_err();
-                for p in batch.drain(..) {
-                    let answer = if failed {
-                        write(&db, &[&p.row]).await
-                    } else {
-                        Ok(())
-                    };
-                    let _ = p.done.send(answer);
+                match write(&db, &rows).await {
+                    Ok(()) => batch.drain(..).for_each(|p| {
+                        let _ = p.done.send(Ok(()));
+                    }),
+                    Err(e) if batch.len() == 1 => {
+                        let _ = batch.remove(0).done.send(Err(e));
+                    }
+                    Err(_) => {
+                        for p in batch.drain(..) {
+                            let _ = p.done.send(write(&db, &[&p.row]).await);
+                        }
+                    }
                 }
             }
         });
         Recorder { queue, coming }
     }
 
-    /// Announces an event about to be given (a token being signed).
+    /// Announces an event about to be given (a token being signed), so the writer waits for it.
     pub fn expect(&self) -> Coming {
         self.coming.fetch_add(1, Ordering::SeqCst);
         Coming(self.coming.clone())
@@ -171,12 +175,10 @@ impl Recorder {
     }
 }
 
-/// Writes `rows` in one transaction.
+/// Writes `rows` with one statement, which commits them all or none.
 async fn write(db: &Db, rows: &[&AuditRow]) -> StoreResult<()> {
     let sql = insert_many(db, rows.len());
-    in_transaction!(db, tx => {
-        bind_many(sqlx::query(&sql), rows).execute(&mut *tx).await?;
-    });
+    on_writer!(db, pool => bind_many(sqlx::query(&sql), rows).execute(pool).await?.rows_affected());
     Ok(())
 }
 
