@@ -265,8 +265,11 @@ pub async fn open_authority(
 }
 
 /// The key-encryption key from `keys.encryption_key`, else from `keys.encryption_key_file`,
-/// which is created (mode 0600) only while the database holds no sealed key yet: a lost key file
-/// must stop the start, not silently replace the key the stored keys were sealed with.
+/// which is created (mode 0600) only on SQLite and only while the database holds no sealed key
+/// yet: a lost key file must stop the start, not silently replace the key the stored keys were
+/// sealed with. On PostgreSQL the key must be given: a file created on one node reaches no
+/// other. Which key is the right one, the database's check value decides
+/// ([`Authority::check_key_encryption_key`]).
 async fn load_key_encryption_key(settings: &Settings, db: &Db) -> anyhow::Result<KeyEncryptionKey> {
     if !settings.keys.encryption_key.is_empty() {
         return Ok(KeyEncryptionKey::from_base64(
@@ -283,6 +286,11 @@ async fn load_key_encryption_key(settings: &Settings, db: &Db) -> anyhow::Result
                 path.display()
             )
         });
+    }
+    if matches!(db, Db::Postgres { .. }) {
+        bail!(
+            "keys.encryption_key: on PostgreSQL a key-encryption key must be given, in keys.encryption_key (better: LANYARD_KEYS__ENCRYPTION_KEY) or in a file keys.encryption_key_file names; lanyard creates no key file there, since a file on one node reaches no other (make one with `openssl rand -base64 32`)"
+        );
     }
     if signing_keys::any_sealed(db).await?.is_some() {
         bail!(
@@ -334,6 +342,9 @@ async fn background_jobs(authority: Arc<Authority>, mut stopped: watch::Receiver
                 }
                 if let Err(e) = authority.prune_revocations_once().await {
                     tracing::warn!("pruning revocations: {e:#}");
+                }
+                if let Err(e) = authority.prune_audit_once().await {
+                    tracing::warn!("pruning audit events: {e:#}");
                 }
             }
         }

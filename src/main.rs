@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use lanyard::app::{App, Signals, open_authority};
-use lanyard::config::{Settings, Sources};
+use lanyard::config::{LogFormat, Settings, Sources};
 use lanyard::domain::{Slug, SystemClock};
 
 #[derive(Parser)]
@@ -40,6 +40,14 @@ enum Command {
     },
     /// Print the effective configuration (secrets redacted).
     Config,
+    /// Reseal every signing key under a new key-encryption key, in one transaction. Stop every
+    /// node first, then start them with the new key: the old one no longer starts.
+    Rekey {
+        /// A file holding the new key, 32 random bytes in base64
+        /// (`openssl rand -base64 32 > new.kek`).
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
 }
 
 /// What is logged when `RUST_LOG` is not set.
@@ -56,16 +64,40 @@ fn log_filter(rust_log: Option<String>) -> String {
     }
 }
 
+/// Logs to stderr in the configured format; `RUST_LOG` filters.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(std::env::var("RUST_LOG").ok()))
+        .unwrap_or_else(|_| DEFAULT_LOG.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(log_filter(std::env::var("RUST_LOG").ok()))
-                .unwrap_or_else(|_| DEFAULT_LOG.into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The settings say how to log, so they are read first; a config that cannot be read is
+    // reported as plain text.
+    let settings = match Settings::load(Sources {
+        file: cli.config.as_deref(),
+        env: std::env::vars().collect(),
+    }) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(settings.log.format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -73,7 +105,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(run(cli));
+    let outcome = runtime.block_on(run(cli.command, settings));
     // Blocking work still running must not hold the exit: `serve` has had its shutdown time.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match outcome {
@@ -85,12 +117,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(Sources {
-        file: cli.config.as_deref(),
-        env: std::env::vars().collect(),
-    })?;
-    match cli.command.unwrap_or(Command::Serve) {
+async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<()> {
+    match command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let signals = Signals::listen();
             let app = App::build(settings).await?;
@@ -120,6 +148,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config => {
             print!("{}", settings.to_redacted_toml());
+            Ok(())
+        }
+        Command::Rekey { new_key_file } => {
+            let text = std::fs::read_to_string(&new_key_file).map_err(|e| {
+                anyhow::anyhow!(
+                    "--new-key-file: cannot read {}: {e}",
+                    new_key_file.display()
+                )
+            })?;
+            let new = lanyard::crypto::KeyEncryptionKey::from_base64(&text)
+                .map_err(|e| anyhow::anyhow!("--new-key-file: {}: {e}", new_key_file.display()))?;
+            let authority = open_authority(settings, Arc::new(SystemClock)).await?;
+            let count = authority.rekey(&new).await?;
+            eprintln!(
+                "resealed {count} signing key(s) under the new key-encryption key; start every node with it (keys.encryption_key or keys.encryption_key_file): the old key no longer starts"
+            );
             Ok(())
         }
     }

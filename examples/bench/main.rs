@@ -9,6 +9,8 @@
 //! - the token endpoint against `openssl speed rsa2048` (`-multi <cores>` a second at a time in turn
 //!   with it, one core before and after), with the server's own CPU time per token from
 //!   `/proc/<pid>/stat`;
+//! - the token endpoint auditing every token against a lanyard that does not, a second of each
+//!   in turn;
 //! - GraphQL `createLocalApiToken` against the token endpoint, a second of each in turn, round
 //!   10,000 systems;
 //! - MQTT CONNECT with a real RS256 token, and a reconnect storm, against Mosquitto's anonymous
@@ -25,12 +27,13 @@
 //! `--only tokens,graphql,…` measures just the named figures and their references.
 //!
 //! This file runs the figures in order and prints the table. Each figure has a module of its own
-//! in `examples/bench/` (`tokens`, `graphql`, `connect`, `publish`, `latency`, `idle`,
+//! in `examples/bench/` (`tokens`, `audit`, `graphql`, `connect`, `publish`, `latency`, `idle`,
 //! `restart`, `metrics`); `procs` starts the servers and the references and reads their CPU time and
 //! memory, `setup` gets tokens and systems from lanyard, `load` and `mqtt_client` generate the
 //! load, and `report` holds the table. The MQTT packets are written by
 //! `tests/support/mqtt_packets.rs`, which the API tests use as well.
 
+mod audit;
 mod connect;
 mod graphql;
 mod idle;
@@ -50,7 +53,9 @@ mod tokens;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use procs::{cpu_seconds, openssl_signs, own_pid, start_lanyard, start_mosquitto};
+use procs::{
+    cpu_seconds, openssl_signs, own_pid, start_lanyard, start_lanyard_with, start_mosquitto,
+};
 use setup::person_token;
 
 struct Args {
@@ -61,8 +66,8 @@ struct Args {
 }
 
 /// The figures `--only` knows.
-const FIGURES: [&str; 8] = [
-    "tokens", "graphql", "connect", "publish", "latency", "idle", "restart", "metrics",
+const FIGURES: [&str; 9] = [
+    "tokens", "audit", "graphql", "connect", "publish", "latency", "idle", "restart", "metrics",
 ];
 
 impl Args {
@@ -136,6 +141,17 @@ async fn main() -> std::process::ExitCode {
     } else {
         openssl_signs(Some(cores), secs as u32)
     };
+
+    // 2. The same with every token audited against a lanyard that does not audit them.
+    if args.wants("audit") {
+        eprintln!("- token endpoint, auditing on and off");
+        let off = start_lanyard_with(
+            &args.lanyard,
+            &work.path().join("lanyard-unaudited"),
+            "[audit]\ntoken_issuance = false\n",
+        );
+        rows.push(audit::issuance(&l, &off, secs).await);
+    }
 
     let person = person_token(&http, &l).await;
     // The systems the person holds a role on: GraphQL mints go round them, the latency figure

@@ -56,8 +56,8 @@ pub async fn measure(
     quick: bool,
     run: Duration,
 ) -> [Row; 2] {
-    let on = start_lanyard_with(bin, &work.join("metrics-on"), true);
-    let off = start_lanyard_with(bin, &work.join("metrics-off"), false);
+    let on = start_lanyard_with(bin, &work.join("metrics-on"), "");
+    let off = start_lanyard_with(bin, &work.join("metrics-off"), "[metrics]\nlisten = \"\"\n");
     let rounds = if quick { 1 } else { ROUNDS };
     let slice = if quick { run } else { Duration::from_secs(1) };
     // Token rate: a second of each side per round, the order turned every round.

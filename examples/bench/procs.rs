@@ -85,12 +85,12 @@ impl Drop for Lanyard {
 /// benchmark comes from one address, and one person mints all its tokens, so the per-address
 /// connection cap and the per-person token cap would measure themselves, not lanyard's speed.
 pub fn start_lanyard(bin: &Path, dir: &Path) -> Lanyard {
-    start_lanyard_with(bin, dir, true)
+    start_lanyard_with(bin, dir, "")
 }
 
-/// [`start_lanyard`], with the metrics listener on or off (`metrics.listen = ""`: nothing is
-/// recorded).
-pub fn start_lanyard_with(bin: &Path, dir: &Path, metrics: bool) -> Lanyard {
+/// [`start_lanyard`] with `extra` (TOML tables) added to its configuration; a `[metrics]`
+/// table there replaces the one that puts the metrics listener on a free port.
+pub fn start_lanyard_with(bin: &Path, dir: &Path, extra: &str) -> Lanyard {
     // The demo seed (and its message on stdout) happens on the first start only.
     let first_start = !dir.join("lanyard.db").exists();
     std::fs::create_dir_all(dir).unwrap();
@@ -118,10 +118,12 @@ dir = "{outbox}"
 seed = true
 [limits]
 connections_per_ip = 1000000
-[metrics]
-listen = "{metrics_listen}"
-"#,
-            metrics_listen = if metrics { "127.0.0.1:0" } else { "" },
+{metrics}{extra}"#,
+            metrics = if extra.contains("[metrics]") {
+                ""
+            } else {
+                "[metrics]\nlisten = \"127.0.0.1:0\"\n"
+            },
             db = dir.join("lanyard.db").display(),
             kek = dir.join("lanyard.kek").display(),
             outbox = dir.join("outbox").display(),
@@ -142,7 +144,8 @@ listen = "{metrics_listen}"
         .expect("lanyard starts");
     let (mut http, mut mqtt, mut metrics_addr) = (None, None, None);
     let started = Instant::now();
-    while http.is_none() || mqtt.is_none() || (metrics && metrics_addr.is_none()) {
+    // The metrics listener, when on, is logged before the MQTT one.
+    while http.is_none() || mqtt.is_none() {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "lanyard logs its ports within a minute; see {}",

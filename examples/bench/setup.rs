@@ -17,16 +17,17 @@ pub const MINT: &str =
 
 /// A `client_credentials` token of the demo tenant for the client `id`.
 pub async fn client_token(http: &reqwest::Client, l: &Lanyard, id: &str, secret: &str) -> String {
-    let res: Value = http
-        .post(l.url("/t/demo/oauth2/token"))
-        .basic_auth(id, Some(secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    access_token(
+        http.post(l.url("/t/demo/oauth2/token"))
+            .basic_auth(id, Some(secret))
+            .form(&[("grant_type", "client_credentials")]),
+    )
+    .await
+}
+
+/// The access token a token request answers with.
+async fn access_token(request: reqwest::RequestBuilder) -> String {
+    let res: Value = request.send().await.unwrap().json().await.unwrap();
     res["access_token"].as_str().expect("a token").to_owned()
 }
 
@@ -54,21 +55,13 @@ pub async fn person_token(http: &reqwest::Client, l: &Lanyard) -> String {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let res: Value = http
-        .post(l.url("/t/demo/oauth2/token"))
-        .form(&[
-            ("grant_type", "urn:lanyard:params:oauth:grant-type:otp"),
-            ("client_id", "demo-app"),
-            ("email", "demo@example.com"),
-            ("code", code.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    res["access_token"].as_str().expect("signed in").to_owned()
+    access_token(http.post(l.url("/t/demo/oauth2/token")).form(&[
+        ("grant_type", "urn:lanyard:params:oauth:grant-type:otp"),
+        ("client_id", "demo-app"),
+        ("email", "demo@example.com"),
+        ("code", code.as_str()),
+    ]))
+    .await
 }
 
 /// A GraphQL request with `token` as bearer: the answer's JSON, errors included.

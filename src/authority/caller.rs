@@ -21,6 +21,8 @@ pub const SCOPES_WRITE: &str = "lanyard:scopes:write";
 pub const CLIENTS_WRITE: &str = "lanyard:clients:write";
 pub const KEYS_READ: &str = "lanyard:keys:read";
 pub const KEYS_WRITE: &str = "lanyard:keys:write";
+/// The scope that lets a caller read the tenant's audit events.
+pub const AUDIT_READ: &str = "lanyard:audit:read";
 
 /// Who calls a use-case: a verified access token of a tenant.
 #[derive(Debug, Clone)]

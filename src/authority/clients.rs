@@ -1,16 +1,19 @@
-//! OAuth clients and the tenant's custom scopes.
+//! OAuth clients, their authentication (RFC 6749 §2.3.1) and the tenant's custom scopes.
 //!
 //! Secrets are 256-bit random, returned once at registration or rotation, and stored only as a
 //! SHA-256 hash (see `crypto::secret` for why a fast hash is right here).
 
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
 
 use super::caller::{CLIENTS_WRITE, LOCAL_TOKENS_READ, SCOPES_WRITE, admin_scopes_missing};
 use super::validate_name;
 use super::{Actor, Authority, Error, Event, Result, Tenant};
-use crate::crypto::Secret;
 use crate::crypto::secret::random_id;
-use crate::domain::{ClientId, GrantType, Scope, ScopeSet, SystemId};
+use crate::crypto::{Secret, SecretHash};
+use crate::domain::{
+    ClientId, GrantType, Internal, OAuthError, OAuthErrorCode, Scope, ScopeSet, SystemId,
+};
 use crate::store::{StoreError, clients, scopes, systems};
 
 /// A client to register.
@@ -68,7 +71,84 @@ impl Client {
     }
 }
 
+/// Longer client ids and secrets are refused before any lookup.
+const MAX_CREDENTIAL_LEN: usize = 256;
+
+/// Compared against when the client does not exist, so an unknown client costs what a wrong
+/// secret costs.
+static DUMMY_HASH: LazyLock<SecretHash> = LazyLock::new(|| Secret::generate().hash());
+
+/// Credentials presented by a client (RFC 6749 §2.3.1).
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    /// None for a public client identifying itself.
+    pub secret: Option<Secret>,
+    /// The network address the credentials came from, as the rate limit counts it (the door
+    /// folds an IPv6 address to its /64); `None` where a door has none.
+    pub source: Option<IpAddr>,
+}
+
 impl Authority {
+    /// Authenticates a client of `tenant`. A confidential client must present its secret; a
+    /// public client identifies itself by `client_id` alone. An unknown client and a wrong secret
+    /// get the same answer after the same work. Failures are rate limited per `client_id` and
+    /// source address (SPEC §3, §7): a source that failed too often gets 429 instead of 401 for
+    /// its next failures, while the right credentials are always accepted, from any source, so
+    /// nobody can lock a client out by failing in its name.
+    pub async fn authenticate_client(
+        &self,
+        tenant: &Tenant,
+        creds: &ClientCredentials,
+    ) -> Result<Client, OAuthError> {
+        let now = self.now();
+        let source = creds.source.map(|ip| ip.to_string()).unwrap_or_default();
+        let limit_key = format!("{}:{}:{source}", tenant.id, creds.client_id);
+        let blocked = self.auth_failures.blocked(&limit_key, now);
+        let too_long = creds.client_id.len() > MAX_CREDENTIAL_LEN
+            || creds
+                .secret
+                .as_ref()
+                .is_some_and(|s| s.expose().len() > MAX_CREDENTIAL_LEN);
+        let row = if too_long {
+            None
+        } else {
+            self.client_row(&tenant.id, &creds.client_id)
+                .await
+                .map_err(|e| OAuthError::server_error(Internal::new("client lookup", e)))?
+        };
+        let stored = row
+            .as_ref()
+            .and_then(|r| r.secret_hash.as_deref())
+            .and_then(SecretHash::from_slice);
+        let authenticated = match (&row, &creds.secret) {
+            (Some(r), None) => r.is_public,
+            (Some(r), Some(secret)) => {
+                !r.is_public && stored.as_ref().is_some_and(|h| h.matches(secret))
+            }
+            (None, Some(secret)) => {
+                let _ = DUMMY_HASH.matches(secret);
+                false
+            }
+            (None, None) => false,
+        };
+        match row {
+            Some(r) if authenticated => Ok(Client::from_row(&r)),
+            _ => {
+                if let Some(wait) = blocked {
+                    let mut e = OAuthError::new(
+                        OAuthErrorCode::TooManyRequests,
+                        "too many failed client authentications; try again later",
+                    );
+                    e.retry_after = Some(wait);
+                    return Err(e);
+                }
+                self.auth_failures.record_failure(&limit_key, now);
+                Err(OAuthError::invalid_client())
+            }
+        }
+    }
+
     /// The tenant's own scopes (not the admin catalogue).
     pub async fn custom_scopes(&self, tenant: &Tenant) -> Result<ScopeSet> {
         Ok(scopes::list(&self.db, &tenant.id)
@@ -101,6 +181,7 @@ impl Authority {
         }
         scopes::insert(
             &self.db,
+            &self.event(&by, "scope.created", format!("scope:{scope}")),
             &tenant.id,
             scope.as_str(),
             description,
@@ -216,10 +297,15 @@ impl Authority {
             created_at: now,
             secret_rotated_at: now,
         };
-        clients::insert(&self.db, &row).await.map_err(|e| match e {
-            StoreError::Conflict => Error::Conflict(format!("client {client_id} already exists")),
-            other => other.into(),
-        })?;
+        let event = self.event(&by, "client.created", format!("client:{client_id}"));
+        clients::insert(&self.db, &event, &row)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict => {
+                    Error::Conflict(format!("client {client_id} already exists"))
+                }
+                other => other.into(),
+            })?;
         tracing::info!(tenant = %tenant.slug, %client_id, "client registered");
         Ok(ClientRegistration {
             client_id,
@@ -242,7 +328,17 @@ impl Authority {
         self.managed_client(by, client_id).await?;
         let secret = Secret::generate();
         let now = self.now();
-        if !clients::set_secret(&self.db, &tenant.id, client_id, &secret.hash().0, now).await? {
+        let event = self.event(&by, "client.secret_rotated", format!("client:{client_id}"));
+        if !clients::set_secret(
+            &self.db,
+            &event,
+            &tenant.id,
+            client_id,
+            &secret.hash().0,
+            now,
+        )
+        .await?
+        {
             return Err(Error::NotFound(format!(
                 "no confidential client {client_id}"
             )));
@@ -301,7 +397,8 @@ impl Authority {
         by.require(CLIENTS_WRITE)?;
         let tenant = by.tenant();
         self.managed_client(by, client_id).await?;
-        if !clients::delete(&self.db, &tenant.id, client_id).await? {
+        let event = self.event(&by, "client.deleted", format!("client:{client_id}"));
+        if !clients::delete(&self.db, &event, &tenant.id, client_id).await? {
             return Err(Error::NotFound(format!("no client {client_id}")));
         }
         tracing::info!(tenant = %tenant.slug, %client_id, "client deleted");

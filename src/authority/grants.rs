@@ -1,18 +1,16 @@
-//! The token endpoint (RFC 6749): client authentication and the grants — `client_credentials`
-//! (§4.4), the one-time code of SPEC §3 and refresh with rotation (§6).
+//! The token endpoint's grants (RFC 6749): `client_credentials` (§4.4), the one-time code of
+//! SPEC §3 and refresh with rotation (§6).
 //!
-//! Every grant opens the same way, in [`Authority::grant`]: the client is authenticated, must be
-//! allowed the grant, and the requested scope is parsed. Then each does its own part and every
+//! Every grant opens the same way, in [`Authority::grant`]: the client is authenticated
+//! ([`Authority::authenticate_client`], with the clients), must be allowed the grant, and the requested scope is parsed. Then each does its own part and every
 //! access token is signed in one place ([`Authority::issue_access_token`]). Sending codes,
 //! revoking a sign-in and userinfo live in [`signin`](super::signin); verifying, introspecting
 //! and revoking access tokens in [`tokens`](super::tokens).
 
-use std::net::IpAddr;
-use std::sync::LazyLock;
-
 use subtle::ConstantTimeEq;
 
-use super::clients::Client;
+use super::audit::LANYARD;
+use super::clients::{Client, ClientCredentials};
 use super::signin::{CODE_MAX_ATTEMPTS, code_hash};
 use super::{Authority, Tenant, User};
 use crate::crypto::{Secret, SecretHash, jws};
@@ -22,25 +20,8 @@ use crate::domain::{
     UserId,
 };
 use crate::metrics::Signed;
+use crate::store::audit::Recorder;
 use crate::store::{StoreError, otp, refresh_tokens};
-
-/// Longer client ids and secrets are refused before any lookup.
-const MAX_CREDENTIAL_LEN: usize = 256;
-
-/// Compared against when the client does not exist, so an unknown client costs what a wrong
-/// secret costs.
-static DUMMY_HASH: LazyLock<SecretHash> = LazyLock::new(|| Secret::generate().hash());
-
-/// Credentials presented by a client (RFC 6749 §2.3.1).
-#[derive(Debug, Clone)]
-pub struct ClientCredentials {
-    pub client_id: String,
-    /// None for a public client identifying itself.
-    pub secret: Option<Secret>,
-    /// The network address the credentials came from, as the rate limit counts it (the door
-    /// folds an IPv6 address to its /64); `None` where a door has none.
-    pub source: Option<IpAddr>,
-}
 
 /// What a token request asks for, beyond the client and the scope.
 #[derive(Debug, Clone, Copy)]
@@ -82,66 +63,6 @@ fn invalid_grant(description: &str) -> OAuthError {
 }
 
 impl Authority {
-    /// Authenticates a client of `tenant`. A confidential client must present its secret; a
-    /// public client identifies itself by `client_id` alone. An unknown client and a wrong secret
-    /// get the same answer after the same work. Failures are rate limited per `client_id` and
-    /// source address (SPEC §3, §7): a source that failed too often gets 429 instead of 401 for
-    /// its next failures, while the right credentials are always accepted, from any source, so
-    /// nobody can lock a client out by failing in its name.
-    pub async fn authenticate_client(
-        &self,
-        tenant: &Tenant,
-        creds: &ClientCredentials,
-    ) -> Result<Client, OAuthError> {
-        let now = self.now();
-        let source = creds.source.map(|ip| ip.to_string()).unwrap_or_default();
-        let limit_key = format!("{}:{}:{source}", tenant.id, creds.client_id);
-        let blocked = self.auth_failures.blocked(&limit_key, now);
-        let too_long = creds.client_id.len() > MAX_CREDENTIAL_LEN
-            || creds
-                .secret
-                .as_ref()
-                .is_some_and(|s| s.expose().len() > MAX_CREDENTIAL_LEN);
-        let row = if too_long {
-            None
-        } else {
-            self.client_row(&tenant.id, &creds.client_id)
-                .await
-                .map_err(server_error("client lookup"))?
-        };
-        let stored = row
-            .as_ref()
-            .and_then(|r| r.secret_hash.as_deref())
-            .and_then(SecretHash::from_slice);
-        let authenticated = match (&row, &creds.secret) {
-            (Some(r), None) => r.is_public,
-            (Some(r), Some(secret)) => {
-                !r.is_public && stored.as_ref().is_some_and(|h| h.matches(secret))
-            }
-            (None, Some(secret)) => {
-                let _ = DUMMY_HASH.matches(secret);
-                false
-            }
-            (None, None) => false,
-        };
-        match row {
-            Some(r) if authenticated => Ok(Client::from_row(&r)),
-            _ => {
-                if let Some(wait) = blocked {
-                    let mut e = OAuthError::new(
-                        OAuthErrorCode::TooManyRequests,
-                        "too many failed client authentications; try again later",
-                    );
-                    e.retry_after = Some(wait);
-                    return Err(e);
-                }
-                self.auth_failures.record_failure(&limit_key, now);
-                Err(OAuthError::invalid_client())
-            }
-        }
-    }
-
-    /// A token request: the client authenticated by `creds`, allowed the grant `request` names
     /// (`client_credentials` only for a confidential client), `scope` well formed; then the
     /// grant's own part. `scope` absent: everything the client (or the person) holds.
     pub async fn grant(
@@ -212,8 +133,14 @@ impl Authority {
                 requested
             }
         };
-        self.issue_access_token(tenant, &client.client_id, client, scope)
-            .await
+        self.issue_access_token(
+            tenant,
+            &client.client_id,
+            client,
+            scope,
+            GrantType::ClientCredentials,
+        )
+        .await
     }
 
     /// The one-time code for a token pair: the person's granted scopes, narrowed to those
@@ -259,7 +186,7 @@ impl Authority {
             .ok_or_else(wrong)?;
         let scope = narrow(&user.scopes, requested.as_ref());
         let family = uuid::Uuid::new_v4().to_string();
-        self.issue_user_tokens(tenant, client, &user, scope, &family)
+        self.issue_user_tokens(tenant, client, &user, scope, &family, GrantType::Otp)
             .await
     }
 
@@ -303,7 +230,13 @@ impl Authority {
             .map_err(server_error("using a refresh token"))?
         else {
             if found.used && !found.revoked {
-                refresh_tokens::revoke_family(&self.db, &found.family_id)
+                let event = self.event_of(
+                    tenant,
+                    LANYARD.into(),
+                    "sign_in.revoked_on_reuse",
+                    format!("user:{} client:{}", found.user_id, found.client_id),
+                );
+                refresh_tokens::revoke_family(&self.db, &event, &found.family_id)
                     .await
                     .map_err(server_error("revoking a refresh token family"))?;
                 tracing::warn!(tenant = %tenant.slug, user = %found.user_id, "refresh token reused; its sign-in was revoked");
@@ -317,8 +250,15 @@ impl Authority {
             .ok_or_else(bad)?;
         // The user's grants may have shrunk since the sign-in.
         let scope = narrow(&narrow(&user.scopes, Some(&granted)), requested.as_ref());
-        self.issue_user_tokens(tenant, client, &user, scope, &row.family_id)
-            .await
+        self.issue_user_tokens(
+            tenant,
+            client,
+            &user,
+            scope,
+            &row.family_id,
+            GrantType::RefreshToken,
+        )
+        .await
     }
 
     /// An access token for `user` and, to a client allowed the refresh grant, a refresh token
@@ -330,9 +270,10 @@ impl Authority {
         user: &User,
         scope: ScopeSet,
         family: &str,
+        grant: GrantType,
     ) -> Result<IssuedToken, OAuthError> {
         let mut issued = self
-            .issue_access_token(tenant, &user.id, client, scope.clone())
+            .issue_access_token(tenant, &user.id, client, scope.clone(), grant)
             .await?;
         if !client.grant_types.contains(&GrantType::RefreshToken) {
             // A refresh token is optional (RFC 6749 §5.1) and of no use to this client.
@@ -361,13 +302,16 @@ impl Authority {
         Ok(issued)
     }
 
-    /// Signs an access token for `subject` (a user uuid, or the client id itself).
+    /// Signs an access token for `subject` (a user uuid, or the client id itself) issued by
+    /// `grant`, and records its `token.issued` event (with `audit.token_issuance`) before it is
+    /// answered: no token leaves without its event.
     pub(crate) async fn issue_access_token(
         &self,
         tenant: &Tenant,
         subject: &str,
         client: &Client,
         scope: ScopeSet,
+        grant: GrantType,
     ) -> Result<IssuedToken, OAuthError> {
         let keys = self
             .keyring(tenant)
@@ -379,6 +323,11 @@ impl Authority {
                 format!("tenant {} has no ACTIVE signing key", tenant.slug),
             )));
         };
+        let recorder = self.settings.audit.token_issuance.then(|| {
+            self.audit_recorder
+                .get_or_init(|| Recorder::start(self.db.clone()))
+        });
+        let coming = recorder.map(Recorder::expect);
         let now = self.now();
         let ttl = self.settings.tokens.access_token_ttl.as_secs_i64();
         let claims = AccessClaims {
@@ -402,6 +351,22 @@ impl Authority {
         let signing = self.metrics.signing(Signed::AccessToken);
         let access_token = jws::sign(&signer.key, &signer.kid, ACCESS_TOKEN_TYP, &claims);
         drop(signing);
+        if let (Some(recorder), Some(coming)) = (recorder, coming) {
+            let who = if client.client_id == subject {
+                "client"
+            } else {
+                "user"
+            };
+            let event = self.event_of(
+                tenant,
+                format!("client:{}", client.client_id),
+                "token.issued",
+                format!("access_token:{} ({grant}) for {who}:{subject}", claims.jti),
+            );
+            recorder.record(event, coming).await.map_err(|e| {
+                OAuthError::server_error(Internal::new("recording a token issued", e))
+            })?;
+        }
         Ok(IssuedToken {
             access_token,
             expires_in: ttl,

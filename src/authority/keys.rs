@@ -8,11 +8,13 @@
 
 use anyhow::Context;
 
+use super::audit::LANYARD;
 use super::cache::keyring::KeyInfo;
 use super::caller::{KEYS_READ, KEYS_WRITE};
 use super::{Actor, Authority, Error, Event, Result, Tenant};
-use crate::crypto::SigningKey;
+use crate::crypto::{KeyEncryptionKey, SigningKey};
 use crate::domain::KeyStatus;
+use crate::store::key_encryption::{self, ResealRefused};
 use crate::store::signing_keys::{self, NewKey, Replacement};
 use crate::store::{StoreError, jobs, tenants};
 
@@ -47,6 +49,7 @@ impl Authority {
             public_e,
             created_at: now,
             activates_at,
+            kek_check: self.kek.check_value().to_owned(),
         })
     }
 
@@ -87,7 +90,8 @@ impl Authority {
         let key = self
             .generate_key(&tenant.id, "PENDING", now, Some(activates_at))
             .await?;
-        match signing_keys::insert(&self.db, &key).await {
+        let event = self.event(&by, "key.created", format!("key:{}", key.kid));
+        match signing_keys::insert(&self.db, &key, &event).await {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
                 return Err(Error::Conflict(
@@ -129,7 +133,8 @@ impl Authority {
             }
             _ => Replacement::None,
         };
-        if !signing_keys::invalidate(&self.db, &tenant.id, kid, now, replacement).await? {
+        let event = self.event(&by, "key.invalidated", format!("key:{kid}"));
+        if !signing_keys::invalidate(&self.db, &tenant.id, kid, now, replacement, &event).await? {
             return Err(Error::Conflict(format!(
                 "signing key {kid} changed meanwhile; try again"
             )));
@@ -158,7 +163,8 @@ impl Authority {
         }
         let now = self.now();
         let until = self.retired_publish_until(now);
-        if !signing_keys::reactivate(&self.db, &tenant.id, kid, until, now).await? {
+        let event = self.event(&by, "key.reactivated", format!("key:{kid}"));
+        if !signing_keys::reactivate(&self.db, &tenant.id, kid, until, now, &event).await? {
             return Err(Error::Conflict(format!(
                 "signing key {kid} changed meanwhile; try again"
             )));
@@ -179,7 +185,8 @@ impl Authority {
                 "signing key {kid} is ACTIVE; rotate or invalidate it before deleting it"
             )));
         }
-        if !signing_keys::delete(&self.db, &tenant.id, kid).await? {
+        let event = self.event(&by, "key.deleted", format!("key:{kid}"));
+        if !signing_keys::delete(&self.db, &tenant.id, kid, &event).await? {
             return Err(Error::NotFound(format!("no signing key {kid}")));
         }
         tracing::warn!(tenant = %tenant.slug, kid, "signing key deleted");
@@ -209,7 +216,14 @@ impl Authority {
 
         for due in signing_keys::due_for_promotion(&self.db, now).await? {
             let until = self.retired_publish_until(now);
-            if signing_keys::promote(&self.db, &due.tenant_id, &due.kid, now, until).await? {
+            let event = self.event_in(
+                &due.tenant_id,
+                LANYARD.into(),
+                "key.activated",
+                format!("key:{}", due.kid),
+            );
+            if signing_keys::promote(&self.db, &due.tenant_id, &due.kid, now, until, &event).await?
+            {
                 tracing::info!(kid = %due.kid, "signing key now ACTIVE");
                 changed_tenants.push(due.tenant_id);
             }
@@ -222,7 +236,13 @@ impl Authority {
             let key = self
                 .generate_key(&due.tenant_id, "PENDING", now, Some(now + ahead))
                 .await?;
-            match signing_keys::insert(&self.db, &key).await {
+            let event = self.event_in(
+                &due.tenant_id,
+                LANYARD.into(),
+                "key.created",
+                format!("key:{}", key.kid),
+            );
+            match signing_keys::insert(&self.db, &key, &event).await {
                 Ok(()) => {
                     tracing::info!(kid = %key.kid, "scheduled signing key rotation started");
                     changed_tenants.push(due.tenant_id);
@@ -250,15 +270,61 @@ impl Authority {
         Ok(count)
     }
 
-    /// At start: checks that the key-encryption key opens the keys already stored.
+    /// At start: this node's key-encryption key must be the one the database records (SPEC
+    /// §14). A database that records none yet (new, or opened before the check existed) records
+    /// this one, once it opens the keys already stored; of nodes starting together on an empty
+    /// database the first to record wins and the others, with another key, refuse to start.
     pub async fn check_key_encryption_key(&self) -> Result<()> {
-        if let Some((kid, sealed)) = signing_keys::any_sealed(&self.db).await? {
-            self.kek.open(&kid, &sealed).map_err(|_| {
-                Error::Invalid(format!(
-                    "the key-encryption key does not open stored signing key {kid}: set keys.encryption_key or keys.encryption_key_file to the key this database was created with"
-                ))
-            })?;
+        let mine = self.kek.check_value();
+        if key_encryption::recorded(&self.db).await?.is_none() {
+            if let Some((kid, sealed)) = signing_keys::any_sealed(&self.db).await? {
+                self.kek.open(&kid, &sealed).map_err(|_| {
+                    Error::Invalid(format!(
+                        "the key-encryption key does not open stored signing key {kid}: set keys.encryption_key or keys.encryption_key_file to the key this database was created with"
+                    ))
+                })?;
+            }
+            key_encryption::record_if_none(&self.db, mine, self.now()).await?;
         }
-        Ok(())
+        match key_encryption::recorded(&self.db).await? {
+            Some(recorded) if recorded == mine => Ok(()),
+            _ => Err(Error::Invalid(
+                "this node's key-encryption key is not the one the database records (its check value differs): every node must use the key the signing keys are sealed with; set keys.encryption_key (or keys.encryption_key_file) to it, or move the database to a new key with `lanyard rekey`".into(),
+            )),
+        }
+    }
+
+    /// Reseals every signing key under `new` in one transaction and records `new`'s check value:
+    /// nodes then start only with `new`. Returns how many keys were resealed. Every node should
+    /// be stopped first: one still running with the old key cannot store keys any more.
+    pub async fn rekey(&self, new: &KeyEncryptionKey) -> Result<usize> {
+        if new.check_value() == self.kek.check_value() {
+            return Err(Error::Invalid(
+                "the new key-encryption key is the one in use".into(),
+            ));
+        }
+        let outcome = key_encryption::reseal_all(
+            &self.db,
+            self.kek.check_value(),
+            new.check_value(),
+            self.now(),
+            |kid, sealed| {
+                let private = self.kek.open(kid, sealed).ok()?;
+                Some(new.seal(kid, &private))
+            },
+        )
+        .await?;
+        match outcome {
+            Ok(count) => {
+                tracing::warn!(keys = count, "signing keys resealed under a new key-encryption key");
+                Ok(count)
+            }
+            Err(ResealRefused::NotTheRecordedKey) => Err(Error::Conflict(
+                "the database records another key-encryption key than this node's: nothing was changed".into(),
+            )),
+            Err(ResealRefused::Unopened(kid)) => Err(Error::Invalid(format!(
+                "signing key {kid} does not open with the current key-encryption key: nothing was changed"
+            ))),
+        }
     }
 }

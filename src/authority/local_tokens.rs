@@ -270,7 +270,12 @@ impl Authority {
             created_at: now,
             updated_at: now,
         };
-        if let Err(e) = inserts.insert(row, coming).await {
+        let event = self.event(
+            &Actor::Caller(caller),
+            "local_token.issued",
+            format!("local_token:{id} for system:{system_id}"),
+        );
+        if let Err(e) = inserts.insert(row, event, coming).await {
             self.tally.forget(&tenant.id, &user_id, system_id);
             return Err(e.into());
         }
@@ -379,7 +384,12 @@ impl Authority {
             caller.require(LOCAL_TOKENS_WRITE)?;
         }
         let now = self.now();
-        local_tokens::revoke(&self.db, &tenant.id, id, now, &self.node_id).await?;
+        let event = self.event(
+            &Actor::Caller(caller),
+            "local_token.revoked",
+            format!("local_token:{id}"),
+        );
+        local_tokens::revoke(&self.db, &tenant.id, id, now, &self.node_id, &event).await?;
         self.tally.forget(&tenant.id, &row.user_id, &row.system_id);
         tracing::info!(tenant = %tenant.slug, token = %id, "local API token revoked");
         self.emit(Event::LocalTokensChanged {

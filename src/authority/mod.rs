@@ -20,6 +20,7 @@ use crate::domain::Clock;
 use crate::metrics::Metrics;
 use crate::store::{Db, StoreError};
 
+pub mod audit;
 pub mod cache;
 pub mod caller;
 pub mod clients;
@@ -38,8 +39,8 @@ pub mod users;
 pub use cache::keyring::KeyRings;
 pub use cache::token_cache::KnownToken;
 pub use caller::{Actor, Caller};
-pub use clients::{ClientRegistration, NewClient};
-pub use grants::{ClientCredentials, GrantRequest, IssuedToken};
+pub use clients::{ClientCredentials, ClientRegistration, NewClient};
+pub use grants::{GrantRequest, IssuedToken};
 pub use local_tokens::{LocalToken, LocalTokenStatus, MintedToken};
 pub use tenants::Tenant;
 pub use tokens::{TokenRejected, VerifiedAccessToken};
@@ -107,6 +108,9 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => Error::Conflict("it already exists".into()),
+            StoreError::KeyEncryptionKeyReplaced => {
+                Error::Internal(StoreError::KeyEncryptionKeyReplaced.into())
+            }
             StoreError::Database(e) => Error::Internal(e.into()),
         }
     }
@@ -143,6 +147,8 @@ pub struct Authority {
     /// Writes minted local tokens, those minted together in one statement; started at the
     /// first mint (it needs the runtime).
     pub(crate) local_token_inserts: std::sync::OnceLock<crate::store::local_tokens::Inserts>,
+    /// Writes the events of access tokens issued, many together; started at the first.
+    pub(crate) audit_recorder: std::sync::OnceLock<crate::store::audit::Recorder>,
     events: broadcast::Sender<Event>,
     /// This node (this process, while it runs): tells its announcements from the others', and
     /// the token rows it changed.
@@ -173,6 +179,7 @@ impl Authority {
             holdings: Default::default(),
             tally: Default::default(),
             local_token_inserts: Default::default(),
+            audit_recorder: Default::default(),
             events,
             node_id: uuid::Uuid::new_v4().to_string(),
         }

@@ -181,7 +181,13 @@ impl Authority {
         if row.client_id != caller.client_id {
             super::tokens::may_revoke_others(caller, &row.scope)?;
         }
-        refresh_tokens::revoke_family(&self.db, &row.family_id)
+        let event = self.event_of(
+            tenant,
+            format!("client:{}", caller.client_id),
+            "sign_in.revoked",
+            format!("user:{} client:{}", row.user_id, row.client_id),
+        );
+        refresh_tokens::revoke_family(&self.db, &event, &row.family_id)
             .await
             .map_err(server_error("revoking a refresh token"))?;
         Ok(true)

@@ -16,6 +16,7 @@ impl Authority {
         let id = SystemId::generate();
         systems::insert(
             &self.db,
+            &self.event(&by, "system.created", format!("system:{id}")),
             &systems::SystemRow {
                 id: id.to_string(),
                 tenant_id: tenant.id.to_string(),

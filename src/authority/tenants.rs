@@ -102,7 +102,13 @@ impl Authority {
             name: name.to_owned(),
             created_at: now,
         };
-        tenants::create(&self.db, &row, &key)
+        let event = self.event_in(
+            &row.id,
+            "operator".into(),
+            "tenant.created",
+            format!("tenant:{slug}"),
+        );
+        tenants::create(&self.db, &row, &key, &event)
             .await
             .map_err(|e| match e {
                 StoreError::Conflict => Error::Conflict(format!("tenant {slug} already exists")),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::cache::token_cache::{CacheKey, KnownToken};
 use super::clients::Client;
-use super::grants::ClientCredentials;
+use super::clients::ClientCredentials;
 use super::{Authority, Event, Tenant};
 use crate::crypto::{JwsError, jws};
 use crate::domain::claims::ACCESS_TOKEN_TYP;
@@ -258,9 +258,22 @@ impl Authority {
         if claims.client_id != client.client_id {
             may_revoke_others(&client, &claims.scope)?;
         }
-        revocations::revoke(&self.db, &tenant.id, &claims.jti, claims.exp, self.now())
-            .await
-            .map_err(|e| OAuthError::server_error(Internal::new("revoking a token", e)))?;
+        let event = self.event_of(
+            tenant,
+            format!("client:{}", client.client_id),
+            "token.revoked",
+            format!("access_token:{} of client:{}", claims.jti, claims.client_id),
+        );
+        revocations::revoke(
+            &self.db,
+            &event,
+            &tenant.id,
+            &claims.jti,
+            claims.exp,
+            self.now(),
+        )
+        .await
+        .map_err(|e| OAuthError::server_error(Internal::new("revoking a token", e)))?;
         tracing::info!(tenant = %tenant.slug, jti = %claims.jti, "access token revoked");
         self.emit(Event::AccessTokenRevoked {
             tenant_id: tenant.id.to_string(),

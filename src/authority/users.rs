@@ -69,10 +69,15 @@ impl Authority {
             metadata: metadata_text,
             created_at: self.now(),
         };
-        users::insert(&self.db, &row).await.map_err(|e| match e {
-            StoreError::Conflict => Error::Conflict(format!("a user with email {email} exists")),
-            other => other.into(),
-        })?;
+        let event = self.event(&by, "user.created", format!("user:{}", row.id));
+        users::insert(&self.db, &event, &row)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict => {
+                    Error::Conflict(format!("a user with email {email} exists"))
+                }
+                other => other.into(),
+            })?;
         tracing::info!(tenant = %tenant.slug, user = %row.id, "user created");
         Ok(User::from_row(row))
     }
@@ -108,7 +113,8 @@ impl Authority {
         let now = self.now();
         let systems =
             local_tokens::revoke_for_user(&self.db, &tenant.id, id, now, &self.node_id).await?;
-        if !users::delete(&self.db, &tenant.id, id).await? {
+        let event = self.event(&by, "user.deleted", format!("user:{id}"));
+        if !users::delete(&self.db, &event, &tenant.id, id).await? {
             return Err(Error::NotFound(format!("no user {id}")));
         }
         tracing::info!(tenant = %tenant.slug, user = %id, "user deleted");
@@ -140,7 +146,8 @@ impl Authority {
             name: name.to_owned(),
             created_at: self.now(),
         };
-        users::insert_role(&self.db, &row)
+        let event = self.event(&by, "role.created", format!("role:{}", row.id));
+        users::insert_role(&self.db, &event, &row)
             .await
             .map_err(|e| match e {
                 StoreError::Conflict => Error::Conflict(format!("role {name:?} exists")),
@@ -178,7 +185,12 @@ impl Authority {
         {
             return Err(Error::NotFound(format!("no role {role_id}")));
         }
-        users::assign_role(&self.db, user_id, system_id, role_id, self.now()).await?;
+        let event = self.event(
+            &by,
+            "role.assigned",
+            format!("user:{user_id} role:{role_id} system:{system_id}"),
+        );
+        users::assign_role(&self.db, &event, user_id, system_id, role_id, self.now()).await?;
         self.emit(Event::RoleAssigned {
             tenant_id: tenant.id.to_string(),
             user_id: user_id.to_string(),

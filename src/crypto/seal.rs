@@ -2,18 +2,29 @@
 //!
 //! A sealed blob is `version (1) || nonce (12) || ciphertext || tag (16)`. The key id is the
 //! additional authenticated data, so a sealed key copied onto another key's row fails to open.
+//!
+//! Each key-encryption key has a check value, which the database records (SPEC §14): an
+//! HMAC-SHA-256 of a fixed text under the key, so the value tells two keys apart and says
+//! nothing of the key itself.
 
 use std::fmt;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::hmac;
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
 use super::secret::random_bytes;
 
 const VERSION: u8 = 1;
 
-pub struct KeyEncryptionKey(LessSafeKey);
+/// What the check value is computed over.
+const CHECK_TEXT: &[u8] = b"lanyard key-encryption key check value, version 1";
+
+pub struct KeyEncryptionKey {
+    key: LessSafeKey,
+    check: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
@@ -28,7 +39,16 @@ pub enum SealError {
 impl KeyEncryptionKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SealError> {
         let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| SealError::BadKek)?;
-        Ok(KeyEncryptionKey(LessSafeKey::new(unbound)))
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, bytes), CHECK_TEXT);
+        Ok(KeyEncryptionKey {
+            key: LessSafeKey::new(unbound),
+            check: URL_SAFE_NO_PAD.encode(&tag.as_ref()[..16]),
+        })
+    }
+
+    /// The check value the database records: equal for the same key, different for another.
+    pub fn check_value(&self) -> &str {
+        &self.check
     }
 
     /// From its base64 text form (standard alphabet, surrounding whitespace ignored).
@@ -52,7 +72,7 @@ impl KeyEncryptionKey {
     pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Vec<u8> {
         let nonce_bytes = random_bytes::<NONCE_LEN>();
         let mut buf = plaintext.to_vec();
-        self.0
+        self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce_bytes),
                 Aad::from(aad.as_bytes()),
@@ -74,7 +94,7 @@ impl KeyEncryptionKey {
             .map_err(|_| SealError::Open)?;
         let mut buf = sealed[1 + NONCE_LEN..].to_vec();
         let plain = self
-            .0
+            .key
             .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut buf)
             .map_err(|_| SealError::Open)?;
         Ok(plain.to_vec())
@@ -104,5 +124,18 @@ mod tests {
         assert_eq!(kek.open("kid-1", &flipped), Err(SealError::Open));
         assert!(KeyEncryptionKey::from_base64(&text).is_ok());
         assert!(KeyEncryptionKey::from_base64("c2hvcnQ=").is_err());
+    }
+
+    #[test]
+    fn the_check_value_tells_keys_apart_and_not_the_key() {
+        let (kek, text) = KeyEncryptionKey::generate();
+        let again = KeyEncryptionKey::from_base64(&text).unwrap();
+        assert_eq!(kek.check_value(), again.check_value());
+        assert_ne!(
+            kek.check_value(),
+            KeyEncryptionKey::generate().0.check_value()
+        );
+        assert_eq!(kek.check_value().len(), 22);
+        assert!(!text.contains(kek.check_value()));
     }
 }

@@ -12,6 +12,7 @@ pub const ADMIN_PREFIX: &str = "lanyard:";
 
 /// The fixed admin catalogue, `lanyard:<resource>:<verb>`.
 pub const ADMIN_CATALOGUE: &[&str] = &[
+    "lanyard:audit:read",
     "lanyard:clients:read",
     "lanyard:clients:write",
     "lanyard:keys:read",

@@ -131,6 +131,22 @@ pub struct User {
     pub name: String,
 }
 
+/// A change made in the tenant, or a token issued or revoked: who did what to what, and when.
+#[derive(SimpleObject)]
+pub struct AuditEvent {
+    /// Its place in the tenant's order: the cursor for `auditEvents(after:)`.
+    pub seq: i64,
+    pub time: DateTime<Utc>,
+    /// `client:ID`, `user:ID via client:ID`, `operator` (the command line) or `lanyard` (its
+    /// own jobs).
+    pub actor: String,
+    /// `noun.verb`: `client.created`, `token.issued`, `key.invalidated`, …
+    pub action: String,
+    /// `kind:ID`, what the action was done to.
+    pub target: String,
+    pub outcome: String,
+}
+
 #[derive(SimpleObject)]
 pub struct Scope {
     pub name: String,
@@ -272,6 +288,33 @@ impl Query {
             .map(|k| SigningKey {
                 kid: k.kid,
                 status: k.status.into(),
+            })
+            .collect())
+    }
+
+    /// The tenant's audit events after the one numbered `after` (0, the default: from the
+    /// oldest kept), oldest first, at most `limit` (default 100, at most 500). Page by passing
+    /// the last `seq` seen. Needs `lanyard:audit:read`.
+    async fn audit_events(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<i64>,
+        limit: Option<i64>,
+    ) -> Result<Vec<AuditEvent>> {
+        let caller = caller(ctx)?;
+        let events = authority(ctx)
+            .audit_events(caller, after.unwrap_or(0), limit.unwrap_or(100))
+            .await
+            .map_err(mapped)?;
+        Ok(events
+            .into_iter()
+            .map(|e| AuditEvent {
+                seq: e.seq,
+                time: time(e.time),
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                outcome: e.outcome,
             })
             .collect())
     }

@@ -1,6 +1,7 @@
 //! OAuth clients.
 
-use super::{Db, StoreResult, on_pool, on_writer};
+use super::audit::AuditRow;
+use super::{Db, StoreResult, audited, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClientRow {
@@ -24,8 +25,8 @@ const INSERT: &str = "INSERT INTO clients
     (client_id, tenant_id, name, is_public, secret_hash, scopes, grant_types, system_id, metadata, created_at, secret_rotated_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
-pub async fn insert(db: &Db, c: &ClientRow) -> StoreResult<()> {
-    on_writer!(db, pool => sqlx::query(INSERT)
+pub async fn insert(db: &Db, audit: &AuditRow, c: &ClientRow) -> StoreResult<()> {
+    audited!(db, audit, tx => sqlx::query(INSERT)
         .bind(&c.client_id)
         .bind(&c.tenant_id)
         .bind(&c.name)
@@ -37,7 +38,7 @@ pub async fn insert(db: &Db, c: &ClientRow) -> StoreResult<()> {
         .bind(&c.metadata)
         .bind(c.created_at)
         .bind(c.secret_rotated_at)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected());
     Ok(())
@@ -65,17 +66,18 @@ const SET_SECRET: &str = "UPDATE clients SET secret_hash = $3, secret_rotated_at
 /// Replaces a confidential client's secret hash. Returns false if there is no such client.
 pub async fn set_secret(
     db: &Db,
+    audit: &AuditRow,
     tenant_id: &str,
     client_id: &str,
     hash: &[u8],
     now: i64,
 ) -> StoreResult<bool> {
-    let done = on_writer!(db, pool => sqlx::query(SET_SECRET)
+    let done = audited!(db, audit, tx => sqlx::query(SET_SECRET)
         .bind(tenant_id)
         .bind(client_id)
         .bind(hash)
         .bind(now)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected());
     Ok(done == 1)
@@ -83,7 +85,12 @@ pub async fn set_secret(
 
 const DELETE: &str = "DELETE FROM clients WHERE tenant_id = $1 AND client_id = $2";
 
-pub async fn delete(db: &Db, tenant_id: &str, client_id: &str) -> StoreResult<bool> {
-    let done = on_writer!(db, pool => sqlx::query(DELETE).bind(tenant_id).bind(client_id).execute(pool).await?.rows_affected());
+pub async fn delete(
+    db: &Db,
+    audit: &AuditRow,
+    tenant_id: &str,
+    client_id: &str,
+) -> StoreResult<bool> {
+    let done = audited!(db, audit, tx => sqlx::query(DELETE).bind(tenant_id).bind(client_id).execute(&mut *tx).await?.rows_affected());
     Ok(done == 1)
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 
-use super::{Db, StoreError, StoreResult, on_pool, on_writer};
+use super::audit::{self, AuditRow};
+use super::{Db, StoreError, StoreResult, audited, in_transaction, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LocalTokenRow {
@@ -44,7 +45,12 @@ const MAX_ROWS_PER_INSERT: usize = 64;
 const MAX_ROWS_KEPT: usize = 16;
 
 /// Inserts rows in one statement, as written by `node`: all of them or none.
-async fn insert_rows(db: &Db, node: &str, rows: &[&LocalTokenRow]) -> StoreResult<()> {
+async fn insert_rows(
+    db: &Db,
+    node: &str,
+    rows: &[&LocalTokenRow],
+    audits: &[&AuditRow],
+) -> StoreResult<()> {
     // SQLite finds the number of a `$N` parameter by scanning the names of all parameters
     // before it, so binding hundreds of them costs more than the insert; plain `?` are numbered
     // by their place.
@@ -64,7 +70,9 @@ async fn insert_rows(db: &Db, node: &str, rows: &[&LocalTokenRow]) -> StoreResul
         }
         sql.push(')');
     }
-    on_writer!(db, pool => {
+    let audit_sql = audit::insert_many(db, audits.len());
+    // The tokens and their audit events commit together.
+    in_transaction!(db, tx => {
         let mut query = sqlx::query(&sql).persistent(rows.len() <= MAX_ROWS_KEPT);
         for t in rows {
             query = query
@@ -85,7 +93,10 @@ async fn insert_rows(db: &Db, node: &str, rows: &[&LocalTokenRow]) -> StoreResul
                 .bind(t.updated_at)
                 .bind(node);
         }
-        query.execute(pool).await?.rows_affected()
+        query.execute(&mut *tx).await?;
+        audit::bind_many(sqlx::query(&audit_sql).persistent(audits.len() <= MAX_ROWS_KEPT), audits)
+            .execute(&mut *tx)
+            .await?;
     });
     Ok(())
 }
@@ -93,6 +104,8 @@ async fn insert_rows(db: &Db, node: &str, rows: &[&LocalTokenRow]) -> StoreResul
 /// A row waiting to be written, and who waits for it.
 struct Pending {
     row: LocalTokenRow,
+    /// Its `token.issued` event.
+    audit: AuditRow,
     /// Dropped by the writer once it holds the row.
     coming: Option<Coming>,
     done: oneshot::Sender<StoreResult<()>>,
@@ -146,7 +159,8 @@ impl Inserts {
                     }
                 }
                 let rows: Vec<&LocalTokenRow> = batch.iter().map(|p| &p.row).collect();
-                match insert_rows(&db, &node, &rows).await {
+                let audits: Vec<&AuditRow> = batch.iter().map(|p| &p.audit).collect();
+                match insert_rows(&db, &node, &rows, &audits).await {
                     Ok(()) => batch.drain(..).for_each(|p| {
                         let _ = p.done.send(Ok(()));
                     }),
@@ -155,7 +169,9 @@ impl Inserts {
                     }
                     Err(_) => {
                         for p in batch.drain(..) {
-                            let _ = p.done.send(insert_rows(&db, &node, &[&p.row]).await);
+                            let _ = p
+                                .done
+                                .send(insert_rows(&db, &node, &[&p.row], &[&p.audit]).await);
                         }
                     }
                 }
@@ -171,10 +187,16 @@ impl Inserts {
     }
 
     /// Inserts one token's row, announced by `coming`; returns once it is committed.
-    pub async fn insert(&self, row: LocalTokenRow, coming: Coming) -> StoreResult<()> {
+    pub async fn insert(
+        &self,
+        row: LocalTokenRow,
+        audit: AuditRow,
+        coming: Coming,
+    ) -> StoreResult<()> {
         let (done, answer) = oneshot::channel();
         let pending = Pending {
             row,
+            audit,
             coming: Some(coming),
             done,
         };
@@ -263,8 +285,15 @@ const REVOKE: &str =
     WHERE tenant_id = $1 AND id = $2 AND status = 'ACTIVATED'";
 
 /// Revokes a token, as `node`.
-pub async fn revoke(db: &Db, tenant_id: &str, id: &str, now: i64, node: &str) -> StoreResult<()> {
-    on_writer!(db, pool => sqlx::query(REVOKE).bind(tenant_id).bind(id).bind(now).bind(node).execute(pool).await?.rows_affected());
+pub async fn revoke(
+    db: &Db,
+    tenant_id: &str,
+    id: &str,
+    now: i64,
+    node: &str,
+    audit: &AuditRow,
+) -> StoreResult<()> {
+    audited!(db, audit, tx => sqlx::query(REVOKE).bind(tenant_id).bind(id).bind(now).bind(node).execute(&mut *tx).await?.rows_affected());
     Ok(())
 }
 

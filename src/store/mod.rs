@@ -24,9 +24,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use crate::metrics::DbWaits;
 
+pub mod audit;
 pub mod clients;
 pub mod events;
 pub mod jobs;
+pub mod key_encryption;
 pub mod local_tokens;
 pub mod otp;
 pub mod refresh_tokens;
@@ -133,13 +135,37 @@ macro_rules! in_transaction {
     };
 }
 
-pub(crate) use {in_transaction, on_pool, on_side, on_writer};
+/// Runs `$body` (statements on `$tx`, evaluating to how many rows they changed) in a transaction
+/// and, when it changed any, records `$audit` (an [`audit::AuditRow`]) in the same transaction:
+/// an event commits with its change or not at all.
+macro_rules! audited {
+    ($db:expr, $audit:expr, $tx:ident => $body:expr) => {
+        $crate::store::in_transaction!($db, $tx => {
+            let changed: u64 = $body;
+            if changed > 0 {
+                $audit
+                    .bind(sqlx::query($crate::store::audit::INSERT))
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+            changed
+        })
+    };
+}
+
+pub(crate) use {audited, in_transaction, on_pool, on_side, on_writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A unique constraint refused the write.
     #[error("the record already exists")]
     Conflict,
+    /// A signing key was sealed under a key-encryption key the database no longer records
+    /// (`lanyard rekey` replaced it while this node ran): it is not stored.
+    #[error(
+        "the database records another key-encryption key (rekeyed?): restart this node with the new one"
+    )]
+    KeyEncryptionKeyReplaced,
     #[error(transparent)]
     Database(sqlx::Error),
 }

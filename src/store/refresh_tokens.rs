@@ -1,6 +1,7 @@
 //! Refresh tokens: stored as hashes, rotated on use, revoked by family.
 
-use super::{Db, StoreResult, on_pool, on_writer};
+use super::audit::AuditRow;
+use super::{Db, StoreResult, audited, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RefreshRow {
@@ -65,7 +66,7 @@ pub async fn take(
 
 const REVOKE_FAMILY: &str = "UPDATE refresh_tokens SET revoked = TRUE WHERE family_id = $1";
 
-pub async fn revoke_family(db: &Db, family_id: &str) -> StoreResult<()> {
-    on_writer!(db, pool => sqlx::query(REVOKE_FAMILY).bind(family_id).execute(pool).await?.rows_affected());
+pub async fn revoke_family(db: &Db, audit: &AuditRow, family_id: &str) -> StoreResult<()> {
+    audited!(db, audit, tx => sqlx::query(REVOKE_FAMILY).bind(family_id).execute(&mut *tx).await?.rows_affected());
     Ok(())
 }

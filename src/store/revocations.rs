@@ -1,6 +1,7 @@
 //! The revocation list of access tokens, by `jti`, kept until the token would have expired.
 
-use super::{Db, StoreResult, on_pool, on_writer};
+use super::audit::AuditRow;
+use super::{Db, StoreResult, audited, on_pool, on_writer};
 
 const INSERT: &str = "INSERT INTO revoked_tokens (jti, tenant_id, expires_at, revoked_at)
     VALUES ($1, $2, $3, $4) ON CONFLICT (jti) DO NOTHING";
@@ -8,17 +9,18 @@ const INSERT: &str = "INSERT INTO revoked_tokens (jti, tenant_id, expires_at, re
 /// Adds `jti` to the list; revoking twice is not an error. Returns true if it was newly added.
 pub async fn revoke(
     db: &Db,
+    audit: &AuditRow,
     tenant_id: &str,
     jti: &str,
     expires_at: i64,
     now: i64,
 ) -> StoreResult<bool> {
-    let done = on_writer!(db, pool => sqlx::query(INSERT)
+    let done = audited!(db, audit, tx => sqlx::query(INSERT)
         .bind(jti)
         .bind(tenant_id)
         .bind(expires_at)
         .bind(now)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected());
     Ok(done == 1)

@@ -1,6 +1,7 @@
 //! A tenant's own scopes (the `lanyard:` catalogue is fixed in code, not stored).
 
-use super::{Db, StoreResult, on_pool, on_writer};
+use super::audit::AuditRow;
+use super::{Db, StoreResult, audited, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ScopeRow {
@@ -14,17 +15,18 @@ const INSERT: &str =
 /// A scope already defined is `StoreError::Conflict`.
 pub async fn insert(
     db: &Db,
+    audit: &AuditRow,
     tenant_id: &str,
     name: &str,
     description: Option<&str>,
     now: i64,
 ) -> StoreResult<()> {
-    on_writer!(db, pool => sqlx::query(INSERT)
+    audited!(db, audit, tx => sqlx::query(INSERT)
         .bind(tenant_id)
         .bind(name)
         .bind(description)
         .bind(now)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected());
     Ok(())

@@ -4,7 +4,8 @@
 //! indexes (one ACTIVE, one PENDING per tenant) make it impossible for concurrent nodes to end
 //! with two signers, whatever order their steps interleave in.
 
-use super::{Db, StoreResult, in_transaction, on_pool, on_writer};
+use super::audit::AuditRow;
+use super::{Db, StoreError, StoreResult, audited, in_transaction, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyRow {
@@ -32,11 +33,17 @@ pub struct NewKey {
     pub sealed_private_key: Vec<u8>,
     pub created_at: i64,
     pub activates_at: Option<i64>,
+    /// The check value of the key-encryption key that sealed it: the key is stored only while
+    /// the database records this one.
+    pub kek_check: String,
 }
 
+/// Inserts nothing when the recorded check value is another key-encryption key's (the caller
+/// sees no row written).
 pub(super) const INSERT_KEY: &str = "INSERT INTO signing_keys
     (kid, tenant_id, status, public_n, public_e, sealed_private_key, created_at, activates_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7)";
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $7
+    WHERE EXISTS (SELECT 1 FROM key_encryption WHERE id = 1 AND check_value = $9)";
 
 impl NewKey {
     pub(super) fn bind<'q, DB: sqlx::Database>(
@@ -59,12 +66,18 @@ impl NewKey {
             .bind(&self.sealed_private_key)
             .bind(self.created_at)
             .bind(self.activates_at)
+            .bind(&self.kek_check)
     }
 }
 
-/// Stores a PENDING key. If the tenant already has one, `StoreError::Conflict`.
-pub async fn insert(db: &Db, key: &NewKey) -> StoreResult<()> {
-    on_writer!(db, pool => key.bind(sqlx::query(INSERT_KEY)).execute(pool).await?.rows_affected());
+/// Stores a PENDING key. If the tenant already has one, `StoreError::Conflict`; if the key was
+/// sealed under a key-encryption key the database no longer records,
+/// `StoreError::KeyEncryptionKeyReplaced`.
+pub async fn insert(db: &Db, key: &NewKey, audit: &AuditRow) -> StoreResult<()> {
+    let written = audited!(db, audit, tx => key.bind(sqlx::query(INSERT_KEY)).execute(&mut *tx).await?.rows_affected());
+    if written == 0 {
+        return Err(StoreError::KeyEncryptionKeyReplaced);
+    }
     Ok(())
 }
 
@@ -91,6 +104,7 @@ pub async fn promote(
     kid: &str,
     now: i64,
     retired_publish_until: i64,
+    audit: &AuditRow,
 ) -> StoreResult<bool> {
     let promoted = in_transaction!(db, tx => {
         sqlx::query(RETIRE_ACTIVE)
@@ -109,6 +123,7 @@ pub async fn promote(
             tx.rollback().await?;
             return Ok(false);
         }
+        audit.bind(sqlx::query(super::audit::INSERT)).execute(&mut *tx).await?;
         true
     });
     Ok(promoted)
@@ -126,6 +141,7 @@ pub async fn invalidate(
     kid: &str,
     now: i64,
     replacement: Replacement<'_>,
+    audit: &AuditRow,
 ) -> StoreResult<bool> {
     let changed = in_transaction!(db, tx => {
         let done = sqlx::query(INVALIDATE)
@@ -149,9 +165,14 @@ pub async fn invalidate(
                     .await?;
             }
             Replacement::New(key) => {
-                key.bind(sqlx::query(INSERT_KEY)).execute(&mut *tx).await?;
+                let written = key.bind(sqlx::query(INSERT_KEY)).execute(&mut *tx).await?;
+                if written.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Err(StoreError::KeyEncryptionKeyReplaced);
+                }
             }
         }
+        audit.bind(sqlx::query(super::audit::INSERT)).execute(&mut *tx).await?;
         true
     });
     Ok(changed)
@@ -178,13 +199,14 @@ pub async fn reactivate(
     kid: &str,
     publish_until: i64,
     now: i64,
+    audit: &AuditRow,
 ) -> StoreResult<bool> {
-    let done = on_writer!(db, pool => sqlx::query(REACTIVATE)
+    let done = audited!(db, audit, tx => sqlx::query(REACTIVATE)
         .bind(tenant_id)
         .bind(kid)
         .bind(publish_until)
         .bind(now)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected());
     Ok(done == 1)
@@ -194,8 +216,8 @@ const DELETE: &str =
     "DELETE FROM signing_keys WHERE tenant_id = $1 AND kid = $2 AND status <> 'ACTIVE'";
 
 /// Deletes `kid` for good, unless it is the signer. Returns false if nothing was deleted.
-pub async fn delete(db: &Db, tenant_id: &str, kid: &str) -> StoreResult<bool> {
-    let done = on_writer!(db, pool => sqlx::query(DELETE).bind(tenant_id).bind(kid).execute(pool).await?.rows_affected());
+pub async fn delete(db: &Db, tenant_id: &str, kid: &str, audit: &AuditRow) -> StoreResult<bool> {
+    let done = audited!(db, audit, tx => sqlx::query(DELETE).bind(tenant_id).bind(kid).execute(&mut *tx).await?.rows_affected());
     Ok(done == 1)
 }
 

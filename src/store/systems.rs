@@ -1,6 +1,7 @@
 //! Systems: the gateways, locks and controllers that local API tokens are addressed to.
 
-use super::{Db, StoreResult, on_pool, on_writer};
+use super::audit::AuditRow;
+use super::{Db, StoreResult, audited, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SystemRow {
@@ -13,13 +14,13 @@ pub struct SystemRow {
 const INSERT: &str =
     "INSERT INTO systems (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)";
 
-pub async fn insert(db: &Db, s: &SystemRow) -> StoreResult<()> {
-    on_writer!(db, pool => sqlx::query(INSERT)
+pub async fn insert(db: &Db, audit: &AuditRow, s: &SystemRow) -> StoreResult<()> {
+    audited!(db, audit, tx => sqlx::query(INSERT)
         .bind(&s.id)
         .bind(&s.tenant_id)
         .bind(&s.name)
         .bind(s.created_at)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected());
     Ok(())

@@ -1,7 +1,8 @@
 //! Tenants. A tenant is created together with its first signing key, in one transaction.
 
+use super::audit::AuditRow;
 use super::signing_keys::{INSERT_KEY, NewKey};
-use super::{Db, StoreResult, in_transaction, on_pool};
+use super::{Db, StoreError, StoreResult, in_transaction, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TenantRow {
@@ -15,7 +16,12 @@ const INSERT_TENANT: &str =
     "INSERT INTO tenants (id, slug, name, created_at) VALUES ($1, $2, $3, $4)";
 
 /// Creates the tenant and its first (ACTIVE) key. A taken slug is `StoreError::Conflict`.
-pub async fn create(db: &Db, tenant: &TenantRow, first_key: &NewKey) -> StoreResult<()> {
+pub async fn create(
+    db: &Db,
+    tenant: &TenantRow,
+    first_key: &NewKey,
+    audit: &AuditRow,
+) -> StoreResult<()> {
     in_transaction!(db, tx => {
         sqlx::query(INSERT_TENANT)
             .bind(&tenant.id)
@@ -24,7 +30,12 @@ pub async fn create(db: &Db, tenant: &TenantRow, first_key: &NewKey) -> StoreRes
             .bind(tenant.created_at)
             .execute(&mut *tx)
             .await?;
-        first_key.bind(sqlx::query(INSERT_KEY)).execute(&mut *tx).await?;
+        let written = first_key.bind(sqlx::query(INSERT_KEY)).execute(&mut *tx).await?;
+        if written.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Err(StoreError::KeyEncryptionKeyReplaced);
+        }
+        audit.bind(sqlx::query(super::audit::INSERT)).execute(&mut *tx).await?;
     });
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Users, roles, and the roles users hold on systems.
 
-use super::{Db, StoreResult, on_pool, on_writer};
+use super::audit::AuditRow;
+use super::{Db, StoreResult, audited, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserRow {
@@ -27,8 +28,8 @@ const INSERT_USER: &str =
     "INSERT INTO users (id, tenant_id, email, name, scopes, metadata, created_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
-pub async fn insert(db: &Db, u: &UserRow) -> StoreResult<()> {
-    on_writer!(db, pool => sqlx::query(INSERT_USER)
+pub async fn insert(db: &Db, audit: &AuditRow, u: &UserRow) -> StoreResult<()> {
+    audited!(db, audit, tx => sqlx::query(INSERT_USER)
         .bind(&u.id)
         .bind(&u.tenant_id)
         .bind(&u.email)
@@ -36,7 +37,7 @@ pub async fn insert(db: &Db, u: &UserRow) -> StoreResult<()> {
         .bind(&u.scopes)
         .bind(&u.metadata)
         .bind(u.created_at)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected());
     Ok(())
@@ -61,21 +62,21 @@ pub async fn find_by_email(db: &Db, tenant_id: &str, email: &str) -> StoreResult
 const DELETE_USER: &str = "DELETE FROM users WHERE tenant_id = $1 AND id = $2";
 
 /// Deletes the user; its role assignments and refresh tokens go with it.
-pub async fn delete(db: &Db, tenant_id: &str, id: &str) -> StoreResult<bool> {
-    let n = on_writer!(db, pool => sqlx::query(DELETE_USER).bind(tenant_id).bind(id).execute(pool).await?.rows_affected());
+pub async fn delete(db: &Db, audit: &AuditRow, tenant_id: &str, id: &str) -> StoreResult<bool> {
+    let n = audited!(db, audit, tx => sqlx::query(DELETE_USER).bind(tenant_id).bind(id).execute(&mut *tx).await?.rows_affected());
     Ok(n > 0)
 }
 
 const INSERT_ROLE: &str =
     "INSERT INTO roles (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)";
 
-pub async fn insert_role(db: &Db, r: &RoleRow) -> StoreResult<()> {
-    on_writer!(db, pool => sqlx::query(INSERT_ROLE)
+pub async fn insert_role(db: &Db, audit: &AuditRow, r: &RoleRow) -> StoreResult<()> {
+    audited!(db, audit, tx => sqlx::query(INSERT_ROLE)
         .bind(&r.id)
         .bind(&r.tenant_id)
         .bind(&r.name)
         .bind(r.created_at)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected());
     Ok(())
@@ -95,17 +96,18 @@ const ASSIGN: &str = "INSERT INTO role_assignments (user_id, system_id, role_id,
 
 pub async fn assign_role(
     db: &Db,
+    audit: &AuditRow,
     user_id: &str,
     system_id: &str,
     role_id: &str,
     now: i64,
 ) -> StoreResult<()> {
-    on_writer!(db, pool => sqlx::query(ASSIGN)
+    audited!(db, audit, tx => sqlx::query(ASSIGN)
         .bind(user_id)
         .bind(system_id)
         .bind(role_id)
         .bind(now)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected());
     Ok(())

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use lanyard::config::Settings;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 
@@ -73,6 +73,57 @@ on_both_databases! {
         assert_eq!(app.kids("fresh").await.len(), 1);
     }
 
+    async fn rekey_moves_every_signing_key_to_the_new_key_and_the_old_one_stops_starting(app) {
+        let t = app.tenant("acme").await;
+        let kids = app.kids("acme").await;
+        let new_key = app.dir.path().join("new.kek");
+        std::fs::write(&new_key, lanyard::crypto::KeyEncryptionKey::generate().1).unwrap();
+        let new_text = std::fs::read_to_string(&new_key).unwrap();
+        let env = env_for(&app.settings);
+
+        // A file that holds no key changes nothing.
+        let bad = app.dir.path().join("bad.kek");
+        std::fs::write(&bad, "not a key").unwrap();
+        fails_naming(app.dir.path(), &["rekey", "--new-key-file", bad.to_str().unwrap()], env.clone(), "--new-key-file");
+
+        let out = lanyard(app.dir.path(), &["rekey", "--new-key-file", new_key.to_str().unwrap()], env.clone());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("resealed 1 signing key"));
+
+        // The node still running with the old key serves what it holds, and stores no new key.
+        app.admin_token(&t).await;
+        let err = app.authority().rotate_signing_key(&t.tenant).await.unwrap_err();
+        assert!(err.to_string().contains("key-encryption key"), "{err}");
+        assert_eq!(app.kids("acme").await, kids);
+
+        // The old key no longer starts; the new one does, and opens the same keys.
+        let stderr = fails_naming(app.dir.path(), &["migrate"], env.clone(), "not the one the database records");
+        assert!(!stderr.contains(new_text.trim()), "{stderr}");
+        let mut with_new = env.clone();
+        with_new.push(("LANYARD_KEYS__ENCRYPTION_KEY", new_text.trim().to_owned()));
+        let out = lanyard(app.dir.path(), &["bootstrap", "--tenant", "acme"], with_new.clone());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+        // A node with the new key signs with the same, resealed key.
+        let mut settings = app.settings.clone();
+        settings.keys.encryption_key = lanyard::config::SecretSetting::new(new_text.trim());
+        let node = lanyard::app::App::build_with_clock(settings, std::sync::Arc::new(lanyard::domain::ManualClock::starting_now()))
+            .await
+            .expect("the new key starts");
+        let res = reqwest::Client::new()
+            .post(format!("http://{}/t/acme/oauth2/token", node.http_addr()))
+            .basic_auth(printed["client_id"].as_str().unwrap(), printed["client_secret"].as_str())
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let token: Value = res.json().await.unwrap();
+        let kid = header_of(token["access_token"].as_str().unwrap())["kid"].clone();
+        assert_eq!(json!([kid]), json!(kids));
+        node.shutdown().await;
+    }
+
     async fn a_different_key_encryption_key_stops_the_start(app) {
         app.tenant("acme").await;
         let mut env = env_for(&app.settings);
@@ -82,7 +133,12 @@ on_both_databases! {
         // A lost key file is not silently replaced either.
         std::fs::remove_file(&app.settings.keys.encryption_key_file).unwrap();
         let stderr = fails_naming(app.dir.path(), &["migrate"], env_for(&app.settings), "keys.encryption_key_file");
-        assert!(stderr.contains("does not exist"), "{stderr}");
+        if app.settings.database.url.starts_with("sqlite:") {
+            assert!(stderr.contains("does not exist"), "{stderr}");
+        } else {
+            // PostgreSQL never gets a key file: the key must be given.
+            assert!(stderr.contains("on PostgreSQL a key-encryption key must be given"), "{stderr}");
+        }
         assert!(!app.settings.keys.encryption_key_file.exists());
     }
 }
@@ -290,12 +346,20 @@ fn serve_in(dir: &Path, env: &[(&str, &str)], open_files: Option<u64>) -> Served
             .next()
             .expect("lanyard logs its listeners before it ends")
             .unwrap();
+        // A JSON log line carries the message in `fields.message`.
+        let message = match serde_json::from_str::<Value>(&line) {
+            Ok(object) => object["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            Err(_) => line.clone(),
+        };
         for (marker, addr) in [
             ("http listening on ", &mut http),
             ("mqtt listening on ", &mut mqtt),
         ] {
-            if let Some(at) = line.find(marker) {
-                *addr = Some(line[at + marker.len()..].trim().parse().unwrap());
+            if let Some(at) = message.find(marker) {
+                *addr = Some(message[at + marker.len()..].trim().parse().unwrap());
             }
         }
         log.lock().unwrap().push_str(&(line + "\n"));
@@ -501,4 +565,61 @@ async fn a_server_failure_is_logged_once_with_its_cause_and_answered_without_it(
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_a_line_that_jq_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let Served {
+        mut child,
+        http,
+        log,
+        ..
+    } = serve_in(dir.path(), &[("LANYARD_LOG__FORMAT", "json")], None);
+    // A refused token request logs too (at info, with its fields).
+    let res = reqwest::Client::new()
+        .post(format!("http://{http}/t/nope/oauth2/token"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // SAFETY: kill sends a signal to the child this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let logged = log.lock().unwrap().clone();
+    assert!(logged.lines().count() >= 3, "{logged}");
+    let Ok(jq) = Command::new("jq")
+        .args([
+            "-e",
+            "-c",
+            "select(.timestamp and .level and .fields.message) | .level",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        println!("SKIPPED: jq is not installed (apt-get install jq)");
+        return;
+    };
+    let mut jq = jq;
+    use std::io::Write;
+    jq.stdin
+        .take()
+        .unwrap()
+        .write_all(logged.as_bytes())
+        .unwrap();
+    let out = jq.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "jq: {}\n{logged}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every line is an object with a time, a level and a message.
+    let levels = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(levels.lines().count(), logged.lines().count(), "{logged}");
+    assert!(levels.lines().all(|l| l.starts_with('"')), "{levels}");
 }

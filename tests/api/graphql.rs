@@ -182,7 +182,15 @@ on_both_databases! {
         // never taken to mean a role is missing.
         let third = auth.create_system(&w.t.tenant, "Third").await.unwrap();
         assert_eq!(roles_on(third.clone()).await, json!("FORBIDDEN"));
-        lanyard::store::users::assign_role(auth.db(), &w.user, &third, &auditor.id, 0).await.unwrap();
+        let event = lanyard::store::audit::AuditRow {
+            time: 0,
+            tenant_id: w.t.tenant.id.to_string(),
+            actor: "operator".into(),
+            action: "role.assigned".into(),
+            target: "elsewhere".into(),
+            outcome: "success".into(),
+        };
+        lanyard::store::users::assign_role(auth.db(), &event, &w.user, &third, &auditor.id, 0).await.unwrap();
         assert_eq!(roles_on(third).await, json!([{ "uuid": auditor.id, "name": "Auditor" }]));
     }
 

@@ -54,7 +54,7 @@ impl Backend {
 }
 
 /// A fresh database URL for one test.
-async fn database_url(backend: &Backend, dir: &std::path::Path) -> String {
+pub async fn database_url(backend: &Backend, dir: &std::path::Path) -> String {
     match backend {
         Backend::Sqlite => format!("sqlite://{}/lanyard.db", dir.display()),
         Backend::Postgres(base) => {
@@ -110,6 +110,11 @@ impl TestApp {
         settings.database.url = database_url(&backend, dir.path()).await;
         settings.database.max_connections = 5;
         settings.keys.encryption_key_file = dir.path().join("lanyard.kek");
+        if let Backend::Postgres(_) = backend {
+            // On PostgreSQL the key is given, never created (SPEC §14).
+            let (_, text) = lanyard::crypto::KeyEncryptionKey::generate();
+            std::fs::write(&settings.keys.encryption_key_file, text).unwrap();
+        }
         settings.mailer.dir = dir.path().join("outbox");
         configure(&mut settings);
         Self::start(settings, dir).await

@@ -5,12 +5,14 @@
 #[macro_use]
 mod helpers;
 
+mod audit;
 mod authority;
 mod cli;
 mod connections;
 mod discovery;
 mod graphql;
 mod introspection;
+mod kek;
 mod keys;
 mod lists;
 mod mail;

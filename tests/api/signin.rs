@@ -62,7 +62,7 @@ pub async fn send_otp(app: &TestApp, slug: &str, body: Value) -> reqwest::Respon
         .unwrap()
 }
 
-fn outbox_files(app: &TestApp) -> Vec<std::path::PathBuf> {
+pub fn outbox_files(app: &TestApp) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(&app.settings.mailer.dir)
         .map(|d| {
             d.filter_map(|e| e.ok().map(|e| e.path()))

@@ -1,0 +1,223 @@
+//! Audit events (SPEC §14). An event is written by [`audited!`](super::audited) in the
+//! transaction of the change it records, or, for tokens issued (which change nothing stored), in
+//! batches by [`Recorder`]; listed newest last by `seq`, and pruned after `audit.retention`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, timeout_at};
+
+use super::{Db, StoreError, StoreResult, on_pool, on_writer};
+
+/// One event as stored. Never a secret, a token or a code: ids and names only.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditRow {
+    pub time: i64,
+    pub tenant_id: String,
+    /// Who acted: `client:ID`, `user:ID via client:ID`, `operator`, or `lanyard` (its own jobs).
+    pub actor: String,
+    /// What was done, `noun.verb` (`client.created`, `token.issued`, …).
+    pub action: String,
+    /// What it was done to, `kind:ID` (`client:demo-app`, `key:KID`, …).
+    pub target: String,
+    pub outcome: String,
+}
+
+/// A stored event with its place in the order.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub time: i64,
+    pub tenant_id: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+}
+
+pub(super) const INSERT: &str =
+    "INSERT INTO audit_events (time, tenant_id, actor, action, target, outcome)
+    VALUES ($1, $2, $3, $4, $5, $6)";
+
+impl AuditRow {
+    pub(super) fn bind<'q, DB: sqlx::Database>(
+        &'q self,
+        query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        query
+            .bind(self.time)
+            .bind(self.tenant_id.as_str())
+            .bind(self.actor.as_str())
+            .bind(self.action.as_str())
+            .bind(self.target.as_str())
+            .bind(self.outcome.as_str())
+    }
+}
+
+const LIST: &str = "SELECT seq, time, tenant_id, actor, action, target, outcome FROM audit_events
+    WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+
+/// The tenant's events after `after` (a `seq`), oldest first, at most `limit`.
+pub async fn list(
+    db: &Db,
+    tenant_id: &str,
+    after: i64,
+    limit: i64,
+) -> StoreResult<Vec<StoredEvent>> {
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(LIST).bind(tenant_id).bind(after).bind(limit).fetch_all(pool).await?),
+    )
+}
+
+const PRUNE: &str = "DELETE FROM audit_events WHERE time < $1";
+
+/// Forgets events older than `before`.
+pub async fn prune(db: &Db, before: i64) -> StoreResult<u64> {
+    Ok(on_writer!(db, pool => sqlx::query(PRUNE).bind(before).execute(pool).await?.rows_affected()))
+}
+
+/// Most events written in one statement by the [`Recorder`].
+const MAX_ROWS_PER_BATCH: usize = 256;
+/// How long the [`Recorder`] waits for events announced but not yet given.
+const MAX_WAIT: Duration = Duration::from_millis(2);
+
+struct Pending {
+    row: AuditRow,
+    coming: Option<Coming>,
+    done: oneshot::Sender<StoreResult<()>>,
+}
+
+/// Writes the events of tokens issued, many with one statement: a statement costs far more
+/// than a row, and issuing is a burst. An event is written at once unless others are announced
+/// ([`Recorder::expect`], tokens being signed): those are waited for (at most 2 ms, about one
+/// signature) and go in the same statement. Every caller gets its own event's answer: when a
+/// statement of several events fails, each is tried alone.
+pub struct Recorder {
+    queue: mpsc::UnboundedSender<Pending>,
+    coming: Arc<AtomicUsize>,
+}
+
+/// An event that will be given soon: the recorder waits a little for it. Given with the event
+/// to [`Recorder::record`], or dropped when issuing fails.
+pub struct Coming(Arc<AtomicUsize>);
+
+impl Drop for Coming {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Recorder {
+    /// Starts the writing task on the current Tokio runtime; it ends when `Recorder` is dropped.
+    pub fn start(db: Db) -> Recorder {
+        let (queue, mut arrived) = mpsc::unbounded_channel::<Pending>();
+        let coming = Arc::new(AtomicUsize::new(0));
+        let expected = coming.clone();
+        tokio::spawn(async move {
+            let mut batch: Vec<Pending> = Vec::new();
+            while arrived.recv_many(&mut batch, MAX_ROWS_PER_BATCH).await > 0 {
+                let until = Instant::now() + MAX_WAIT;
+                loop {
+                    batch.iter_mut().for_each(|p| drop(p.coming.take()));
+                    if batch.len() >= MAX_ROWS_PER_BATCH || expected.load(Ordering::SeqCst) == 0 {
+                        break;
+                    }
+                    let room = MAX_ROWS_PER_BATCH - batch.len();
+                    match timeout_at(until, arrived.recv_many(&mut batch, room)).await {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+                let rows: Vec<&AuditRow> = batch.iter().map(|p| &p.row).collect();
+                match write(&db, &rows).await {
+                    Ok(()) => batch.drain(..).for_each(|p| {
+                        let _ = p.done.send(Ok(()));
+                    }),
+                    Err(e) if batch.len() == 1 => {
+                        let _ = batch.remove(0).done.send(Err(e));
+                    }
+                    Err(_) => {
+                        for p in batch.drain(..) {
+                            let _ = p.done.send(write(&db, &[&p.row]).await);
+                        }
+                    }
+                }
+            }
+        });
+        Recorder { queue, coming }
+    }
+
+    /// Announces an event about to be given (a token being signed), so the writer waits for it.
+    pub fn expect(&self) -> Coming {
+        self.coming.fetch_add(1, Ordering::SeqCst);
+        Coming(self.coming.clone())
+    }
+
+    /// Records one event announced by `coming`; returns once it is committed.
+    pub async fn record(&self, row: AuditRow, coming: Coming) -> StoreResult<()> {
+        let (done, answer) = oneshot::channel();
+        self.queue
+            .send(Pending {
+                row,
+                coming: Some(coming),
+                done,
+            })
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
+    }
+}
+
+/// Writes `rows` with one statement, which commits them all or none.
+async fn write(db: &Db, rows: &[&AuditRow]) -> StoreResult<()> {
+    let sql = insert_many(db, rows.len());
+    on_writer!(db, pool => bind_many(sqlx::query(&sql), rows).execute(pool).await?.rows_affected());
+    Ok(())
+}
+
+/// One statement inserting `n` events (plain `?` on SQLite, which numbers them by place more
+/// cheaply than it finds `$N` by name).
+pub(super) fn insert_many(db: &Db, n: usize) -> String {
+    use std::fmt::Write;
+    let sqlite = matches!(db, Db::Sqlite { .. });
+    let mut sql = String::from(
+        "INSERT INTO audit_events (time, tenant_id, actor, action, target, outcome) VALUES ",
+    );
+    for r in 0..n {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 1..=6 {
+            if c > 1 {
+                sql.push_str(", ");
+            }
+            if sqlite {
+                sql.push('?');
+            } else {
+                write!(sql, "${}", r * 6 + c).expect("writing to a String");
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Binds `rows` to a statement from [`insert_many`].
+pub(super) fn bind_many<'q, DB: sqlx::Database>(
+    mut query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    rows: &[&'q AuditRow],
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for row in rows {
+        query = row.bind(query);
+    }
+    query
+}
