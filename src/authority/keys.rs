@@ -91,7 +91,7 @@ impl Authority {
             .generate_key(&tenant.id, "PENDING", now, Some(activates_at))
             .await?;
         let event = self.event(&by, "key.created", format!("key:{}", key.kid));
-        match signing_keys::insert(&self.db, &key, &event).await {
+        match signing_keys::insert(&self.db, &event, &key).await {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
                 return Err(Error::Conflict(
@@ -134,7 +134,7 @@ impl Authority {
             _ => Replacement::None,
         };
         let event = self.event(&by, "key.invalidated", format!("key:{kid}"));
-        if !signing_keys::invalidate(&self.db, &tenant.id, kid, now, replacement, &event).await? {
+        if !signing_keys::invalidate(&self.db, &event, &tenant.id, kid, now, replacement).await? {
             return Err(Error::Conflict(format!(
                 "signing key {kid} changed meanwhile; try again"
             )));
@@ -164,7 +164,7 @@ impl Authority {
         let now = self.now();
         let until = self.retired_publish_until(now);
         let event = self.event(&by, "key.reactivated", format!("key:{kid}"));
-        if !signing_keys::reactivate(&self.db, &tenant.id, kid, until, now, &event).await? {
+        if !signing_keys::reactivate(&self.db, &event, &tenant.id, kid, until, now).await? {
             return Err(Error::Conflict(format!(
                 "signing key {kid} changed meanwhile; try again"
             )));
@@ -186,7 +186,7 @@ impl Authority {
             )));
         }
         let event = self.event(&by, "key.deleted", format!("key:{kid}"));
-        if !signing_keys::delete(&self.db, &tenant.id, kid, &event).await? {
+        if !signing_keys::delete(&self.db, &event, &tenant.id, kid).await? {
             return Err(Error::NotFound(format!("no signing key {kid}")));
         }
         tracing::warn!(tenant = %tenant.slug, kid, "signing key deleted");
@@ -222,7 +222,7 @@ impl Authority {
                 "key.activated",
                 format!("key:{}", due.kid),
             );
-            if signing_keys::promote(&self.db, &due.tenant_id, &due.kid, now, until, &event).await?
+            if signing_keys::promote(&self.db, &event, &due.tenant_id, &due.kid, now, until).await?
             {
                 tracing::info!(kid = %due.kid, "signing key now ACTIVE");
                 changed_tenants.push(due.tenant_id);
@@ -242,7 +242,7 @@ impl Authority {
                 "key.created",
                 format!("key:{}", key.kid),
             );
-            match signing_keys::insert(&self.db, &key, &event).await {
+            match signing_keys::insert(&self.db, &event, &key).await {
                 Ok(()) => {
                     tracing::info!(kid = %key.kid, "scheduled signing key rotation started");
                     changed_tenants.push(due.tenant_id);

@@ -389,7 +389,7 @@ impl Authority {
             "local_token.revoked",
             format!("local_token:{id}"),
         );
-        local_tokens::revoke(&self.db, &tenant.id, id, now, &self.node_id, &event).await?;
+        local_tokens::revoke(&self.db, &event, &tenant.id, id, now, &self.node_id).await?;
         self.tally.forget(&tenant.id, &row.user_id, &row.system_id);
         tracing::info!(tenant = %tenant.slug, token = %id, "local API token revoked");
         self.emit(Event::LocalTokensChanged {

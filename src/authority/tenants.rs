@@ -108,7 +108,7 @@ impl Authority {
             "tenant.created",
             format!("tenant:{slug}"),
         );
-        tenants::create(&self.db, &row, &key, &event)
+        tenants::create(&self.db, &event, &row, &key)
             .await
             .map_err(|e| match e {
                 StoreError::Conflict => Error::Conflict(format!("tenant {slug} already exists")),

@@ -287,11 +287,11 @@ const REVOKE: &str =
 /// Revokes a token, as `node`.
 pub async fn revoke(
     db: &Db,
+    audit: &AuditRow,
     tenant_id: &str,
     id: &str,
     now: i64,
     node: &str,
-    audit: &AuditRow,
 ) -> StoreResult<()> {
     audited!(db, audit, tx => sqlx::query(REVOKE).bind(tenant_id).bind(id).bind(now).bind(node).execute(&mut *tx).await?.rows_affected());
     Ok(())

@@ -10,6 +10,8 @@
 //!
 //! Anything that must happen together is one function here that runs one transaction; one-time
 //! things are consumed with a single conditional `UPDATE … RETURNING`, never read-then-write.
+//! A write that changes what a tenant holds takes its audit event ([`audit::AuditRow`]) and
+//! writes it in the same transaction (`audited!`), so the two commit together or not at all.
 //! This module knows SQL and rows, not HTTP, MQTT or JWTs.
 
 use std::path::Path;

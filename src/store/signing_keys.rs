@@ -73,7 +73,7 @@ impl NewKey {
 /// Stores a PENDING key. If the tenant already has one, `StoreError::Conflict`; if the key was
 /// sealed under a key-encryption key the database no longer records,
 /// `StoreError::KeyEncryptionKeyReplaced`.
-pub async fn insert(db: &Db, key: &NewKey, audit: &AuditRow) -> StoreResult<()> {
+pub async fn insert(db: &Db, audit: &AuditRow, key: &NewKey) -> StoreResult<()> {
     let written = audited!(db, audit, tx => key.bind(sqlx::query(INSERT_KEY)).execute(&mut *tx).await?.rows_affected());
     if written == 0 {
         return Err(StoreError::KeyEncryptionKeyReplaced);
@@ -100,11 +100,11 @@ const ACTIVATE_PENDING: &str =
 /// for instance because another node promoted it first.
 pub async fn promote(
     db: &Db,
+    audit: &AuditRow,
     tenant_id: &str,
     kid: &str,
     now: i64,
     retired_publish_until: i64,
-    audit: &AuditRow,
 ) -> StoreResult<bool> {
     let promoted = in_transaction!(db, tx => {
         sqlx::query(RETIRE_ACTIVE)
@@ -137,11 +137,11 @@ const INVALIDATE: &str = "UPDATE signing_keys SET status = 'INVALIDATED', update
 /// without a signer. Returns false if `kid` was not found or already invalidated.
 pub async fn invalidate(
     db: &Db,
+    audit: &AuditRow,
     tenant_id: &str,
     kid: &str,
     now: i64,
     replacement: Replacement<'_>,
-    audit: &AuditRow,
 ) -> StoreResult<bool> {
     let changed = in_transaction!(db, tx => {
         let done = sqlx::query(INVALIDATE)
@@ -195,11 +195,11 @@ const REACTIVATE: &str =
 /// Publishes an INVALIDATED key again as RETIRED: it verifies what it signed but does not sign.
 pub async fn reactivate(
     db: &Db,
+    audit: &AuditRow,
     tenant_id: &str,
     kid: &str,
     publish_until: i64,
     now: i64,
-    audit: &AuditRow,
 ) -> StoreResult<bool> {
     let done = audited!(db, audit, tx => sqlx::query(REACTIVATE)
         .bind(tenant_id)
@@ -216,7 +216,7 @@ const DELETE: &str =
     "DELETE FROM signing_keys WHERE tenant_id = $1 AND kid = $2 AND status <> 'ACTIVE'";
 
 /// Deletes `kid` for good, unless it is the signer. Returns false if nothing was deleted.
-pub async fn delete(db: &Db, tenant_id: &str, kid: &str, audit: &AuditRow) -> StoreResult<bool> {
+pub async fn delete(db: &Db, audit: &AuditRow, tenant_id: &str, kid: &str) -> StoreResult<bool> {
     let done = audited!(db, audit, tx => sqlx::query(DELETE).bind(tenant_id).bind(kid).execute(&mut *tx).await?.rows_affected());
     Ok(done == 1)
 }

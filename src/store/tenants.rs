@@ -18,9 +18,9 @@ const INSERT_TENANT: &str =
 /// Creates the tenant and its first (ACTIVE) key. A taken slug is `StoreError::Conflict`.
 pub async fn create(
     db: &Db,
+    audit: &AuditRow,
     tenant: &TenantRow,
     first_key: &NewKey,
-    audit: &AuditRow,
 ) -> StoreResult<()> {
     in_transaction!(db, tx => {
         sqlx::query(INSERT_TENANT)

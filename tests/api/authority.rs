@@ -228,6 +228,10 @@ on_both_databases! {
         assert_eq!((status, code(&body)), (400, "BAD_USER_INPUT"), "{body}");
         let (status, body) = post_graphql(&app, Some(&w.user_token), &json!([reads(5), reads(5)])).await;
         assert_eq!(status, 200, "{body}");
+        // Audit pages count as lists too.
+        let audit: Vec<String> = (0..11).map(|i| format!("a{i}: auditEvents(limit: 500) {{ seq }}")).collect();
+        let (status, body) = post_graphql(&app, Some(&w.admin_token), &json!({ "query": format!("{{ {} }}", audit.join(" ")) })).await;
+        assert_eq!((status, code(&body)), (400, "BAD_USER_INPUT"), "{body}");
         // A document that does not parse is refused once, with the parser's message.
         let (status, body) = post_graphql(&app, Some(&w.user_token), &json!({ "query": "{ me { sub " })).await;
         assert_eq!((status, code(&body)), (400, "BAD_USER_INPUT"), "{body}");
