@@ -602,7 +602,7 @@ async fn json_logs_are_one_object_a_line_that_jq_reads() {
         .stderr(std::process::Stdio::piped())
         .spawn()
     else {
-        println!("SKIPPED: jq is not installed (apt-get install jq)");
+        skipped("jq is not installed (apt-get install jq)");
         return;
     };
     let mut jq = jq;

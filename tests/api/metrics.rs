@@ -20,12 +20,6 @@ use crate::helpers::*;
 use crate::mqtt::{V4, device};
 use crate::signin::{app_client, person, sign_in};
 
-/// Says why a test did not run, past the test harness's capture of its output, so that
-/// `.ci/run` sees it.
-fn skipped(why: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-}
-
 /// Whether `tool` runs (`tool --version`).
 fn available(tool: &str) -> bool {
     Command::new(tool)

@@ -6,6 +6,7 @@
 //! Private keys are unsealed and parsed once per `kid` and kept, so a refresh costs one query.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -58,18 +59,30 @@ impl TenantKeys {
 pub struct KeyRings {
     tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
     private: Mutex<HashMap<String, Arc<SigningKey>>>,
+    /// Counts what was forgotten: a keyring read from the database before a change was
+    /// announced is not kept after it (it may hold a key just invalidated or deleted).
+    forgotten: AtomicU64,
 }
 
 impl KeyRings {
     pub(in crate::authority) fn forget(&self, tenant_id: &str) {
-        self.tenants
-            .write()
-            .expect("keyring lock")
-            .remove(tenant_id);
+        let mut tenants = self.tenants.write().expect("keyring lock");
+        self.forgotten.fetch_add(1, Ordering::SeqCst);
+        tenants.remove(tenant_id);
     }
 
     pub(in crate::authority) fn forget_all(&self) {
-        self.tenants.write().expect("keyring lock").clear();
+        let mut tenants = self.tenants.write().expect("keyring lock");
+        self.forgotten.fetch_add(1, Ordering::SeqCst);
+        tenants.clear();
+    }
+
+    /// Keeps `keys`, read after `forgotten` was `seen`, unless something was forgotten since.
+    fn keep(&self, tenant_id: &TenantId, keys: Arc<TenantKeys>, seen: u64) {
+        let mut tenants = self.tenants.write().expect("keyring lock");
+        if self.forgotten.load(Ordering::SeqCst) == seen {
+            tenants.insert(tenant_id.clone(), keys);
+        }
     }
 
     fn fresh(&self, tenant_id: &str) -> Option<Arc<TenantKeys>> {
@@ -86,13 +99,10 @@ impl Authority {
         if let Some(keys) = self.keyrings.fresh(&tenant.id) {
             return Ok(keys);
         }
+        let seen = self.keyrings.forgotten.load(Ordering::SeqCst);
         let rows = signing_keys::list_for_tenant(&self.db, &tenant.id).await?;
         let keys = Arc::new(self.build_keyring(rows)?);
-        self.keyrings
-            .tenants
-            .write()
-            .expect("keyring lock")
-            .insert(tenant.id.clone(), keys.clone());
+        self.keyrings.keep(&tenant.id, keys.clone(), seen);
         Ok(keys)
     }
 
@@ -147,5 +157,40 @@ impl Authority {
         );
         cache.insert(row.kid.clone(), key.clone());
         Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> Arc<TenantKeys> {
+        Arc::new(TenantKeys {
+            loaded_at: Instant::now(),
+            signer: None,
+            verifiers: HashMap::new(),
+            jwks: Arc::new(r#"{"keys":[]}"#.into()),
+            keys: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_keyring_read_before_a_change_is_not_kept_after_it() {
+        let rings = KeyRings::default();
+        let tenant = TenantId::generate();
+        // Read, then a change is announced before the read is kept: it is dropped.
+        let seen = rings.forgotten.load(Ordering::SeqCst);
+        rings.forget(&tenant);
+        rings.keep(&tenant, empty(), seen);
+        assert!(rings.fresh(&tenant).is_none());
+        // A read after the change is kept.
+        let seen = rings.forgotten.load(Ordering::SeqCst);
+        rings.keep(&tenant, empty(), seen);
+        assert!(rings.fresh(&tenant).is_some());
+        // Every change counts, a resync too.
+        let seen = rings.forgotten.load(Ordering::SeqCst);
+        rings.forget_all();
+        rings.keep(&tenant, empty(), seen);
+        assert!(rings.fresh(&tenant).is_none());
     }
 }
