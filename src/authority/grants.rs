@@ -24,7 +24,7 @@ use crate::store::audit::Recorder;
 use crate::store::{StoreError, otp, refresh_tokens};
 
 /// What a token request asks for, beyond the client and the scope.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum GrantRequest<'a> {
     /// The client's own token.
     ClientCredentials,
@@ -45,13 +45,34 @@ impl GrantRequest<'_> {
 }
 
 /// A token response (RFC 6749 §5.1).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IssuedToken {
     pub access_token: String,
     pub expires_in: i64,
     pub scope: ScopeSet,
     /// For people's sign-in, to a client allowed the refresh grant: the next refresh token.
     pub refresh_token: Option<Secret>,
+}
+
+// Written out so that a code, a refresh token or an access token is never printed.
+impl std::fmt::Debug for GrantRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GrantRequest({})", self.grant_type())
+    }
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("access_token", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 fn server_error(context: &'static str) -> impl Fn(StoreError) -> OAuthError {

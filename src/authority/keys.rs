@@ -277,12 +277,18 @@ impl Authority {
     pub async fn check_key_encryption_key(&self) -> Result<()> {
         let mine = self.kek.check_value();
         if key_encryption::recorded(&self.db).await?.is_none() {
-            if let Some((kid, sealed)) = signing_keys::any_sealed(&self.db).await? {
-                self.kek.open(&kid, &sealed).map_err(|_| {
-                    Error::Invalid(format!(
-                        "the key-encryption key does not open stored signing key {kid}: set keys.encryption_key or keys.encryption_key_file to the key this database was created with"
-                    ))
-                })?;
+            // Every key, not one: a database sealed under two keys must not record either.
+            let unopened: Vec<String> = signing_keys::all_sealed(&self.db)
+                .await?
+                .into_iter()
+                .filter(|(kid, sealed)| self.kek.open(kid, sealed).is_err())
+                .map(|(kid, _)| kid)
+                .collect();
+            if !unopened.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "the key-encryption key does not open stored signing key(s) {}: set keys.encryption_key or keys.encryption_key_file to the key this database was created with",
+                    unopened.join(", ")
+                )));
             }
             key_encryption::record_if_none(&self.db, mine, self.now()).await?;
         }

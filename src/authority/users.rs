@@ -7,7 +7,7 @@ use super::caller::{ROLES_WRITE, USERS_WRITE};
 use super::validate_name;
 use super::{Actor, Authority, Error, Event, Result, Tenant};
 use crate::domain::{Email, RoleId, ScopeSet, SystemId, UserId};
-use crate::store::{StoreError, local_tokens, systems, users};
+use crate::store::{StoreError, systems, users};
 
 /// The largest metadata object accepted, serialised.
 const MAX_METADATA_BYTES: usize = 8 * 1024;
@@ -110,13 +110,14 @@ impl Authority {
             .await?
             .ok_or_else(|| Error::NotFound(format!("no user {id}")))?;
         by.require_all_admin(&user.scopes, &format!("user {id}"))?;
-        let now = self.now();
-        let systems =
-            local_tokens::revoke_for_user(&self.db, &tenant.id, id, now, &self.node_id).await?;
+        // One event for the person and everything that goes with them (their local tokens
+        // revoked, their sign-ins ended), in the transaction that does it.
         let event = self.event(&by, "user.deleted", format!("user:{id}"));
-        if !users::delete(&self.db, &event, &tenant.id, id).await? {
+        let Some(systems) =
+            users::delete(&self.db, &event, &tenant.id, id, self.now(), &self.node_id).await?
+        else {
             return Err(Error::NotFound(format!("no user {id}")));
-        }
+        };
         tracing::info!(tenant = %tenant.slug, user = %id, "user deleted");
         self.emit(Event::UserDeleted {
             tenant_id: tenant.id.to_string(),

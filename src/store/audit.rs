@@ -75,11 +75,23 @@ pub async fn list(
     )
 }
 
-const PRUNE: &str = "DELETE FROM audit_events WHERE time < $1";
+/// Events forgotten by one statement: a large backlog is pruned a piece at a time, so the
+/// writer is never held for long (on SQLite every write waits for it).
+const PRUNE_CHUNK: i64 = 5_000;
+const PRUNE: &str = "DELETE FROM audit_events WHERE seq IN
+    (SELECT seq FROM audit_events WHERE time < $1 ORDER BY seq LIMIT $2)";
 
-/// Forgets events older than `before`.
+/// Forgets events older than `before`, a chunk at a time; returns how many.
 pub async fn prune(db: &Db, before: i64) -> StoreResult<u64> {
-    Ok(on_writer!(db, pool => sqlx::query(PRUNE).bind(before).execute(pool).await?.rows_affected()))
+    let mut pruned = 0;
+    loop {
+        let n = on_writer!(db, pool => sqlx::query(PRUNE).bind(before).bind(PRUNE_CHUNK).execute(pool).await?.rows_affected());
+        pruned += n;
+        if n < PRUNE_CHUNK as u64 {
+            return Ok(pruned);
+        }
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Most events written in one statement by the [`Recorder`].

@@ -1,7 +1,7 @@
 //! The check value of the key-encryption key (SPEC §14), and resealing every signing key under a
 //! new one. Signing keys are inserted only while the recorded check value is the inserting
-//! node's own (see `signing_keys::INSERT_KEY`), so a node left running with a replaced key
-//! cannot store a key the others cannot open.
+//! node's own (see `signing_keys::INSERT_KEY`), and not while the resealing runs, so a node left
+//! running with a replaced key cannot store a key the others cannot open.
 
 use super::{Db, StoreResult, in_transaction, on_pool, on_writer};
 
@@ -22,6 +22,11 @@ pub async fn record_if_none(db: &Db, check: &str, now: i64) -> StoreResult<()> {
     Ok(())
 }
 
+/// PostgreSQL: no key is inserted until the resealing commits. A key's insert checks the
+/// recorded value without waiting for the row it reads (`signing_keys::INSERT_KEY`), so without
+/// this a node still running with the old key could store a key the resealing never sees. On
+/// SQLite the transaction's write lock (`BEGIN IMMEDIATE`) holds every other writer already.
+const HOLD_KEYS: &str = "LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE";
 const TAKE_OVER: &str = "UPDATE key_encryption SET check_value = $2, recorded_at = $3 WHERE id = 1 AND check_value = $1";
 const ALL_SEALED: &str = "SELECT kid, sealed_private_key FROM signing_keys ORDER BY kid";
 const RESEAL: &str = "UPDATE signing_keys SET sealed_private_key = $2 WHERE kid = $1";
@@ -45,7 +50,11 @@ pub async fn reseal_all(
     now: i64,
     reseal: impl Fn(&str, &[u8]) -> Option<Vec<u8>>,
 ) -> StoreResult<Result<usize, ResealRefused>> {
+    let postgres = matches!(db, Db::Postgres { .. });
     let outcome = in_transaction!(db, tx => {
+        if postgres {
+            sqlx::query(HOLD_KEYS).execute(&mut *tx).await?;
+        }
         let taken = sqlx::query(TAKE_OVER)
             .bind(old_check)
             .bind(new_check)

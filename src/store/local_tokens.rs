@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 
 use super::audit::{self, AuditRow};
-use super::{Db, StoreError, StoreResult, audited, in_transaction, on_pool, on_writer};
+use super::{Db, StoreError, StoreResult, audited, in_transaction, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LocalTokenRow {
@@ -297,22 +297,11 @@ pub async fn revoke(
     Ok(())
 }
 
-const REVOKE_FOR_USER: &str =
+/// Revokes every token of a user (written by a node); used when the user is deleted, in that
+/// transaction (`users::delete`).
+pub(super) const REVOKE_FOR_USER: &str =
     "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = $3, written_by = $4
     WHERE tenant_id = $1 AND user_id = $2 AND status = 'ACTIVATED' RETURNING system_id";
-
-/// Revokes every token of a user, as `node`; returns the systems whose lists changed.
-pub async fn revoke_for_user(
-    db: &Db,
-    tenant_id: &str,
-    user_id: &str,
-    now: i64,
-    node: &str,
-) -> StoreResult<Vec<String>> {
-    Ok(
-        on_writer!(db, pool => sqlx::query_scalar(REVOKE_FOR_USER).bind(tenant_id).bind(user_id).bind(now).bind(node).fetch_all(pool).await?),
-    )
-}
 
 /// A row of `local_api_tokens` changed, or (with no token) a system created.
 #[derive(Debug, Clone, sqlx::FromRow)]

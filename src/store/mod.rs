@@ -336,8 +336,8 @@ impl Db {
     }
 }
 
-/// The URL without its password, for messages.
-fn redact_password(url: &str) -> String {
+/// The URL without its password, for messages and `lanyard config`.
+pub fn redact_password(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("***"));

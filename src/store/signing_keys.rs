@@ -257,7 +257,14 @@ pub async fn prune_retired(db: &Db, now: i64) -> StoreResult<Vec<String>> {
 
 const ANY_SEALED: &str = "SELECT kid, sealed_private_key FROM signing_keys LIMIT 1";
 
-/// One stored key, to check at start that the key-encryption key opens what is stored.
+/// One stored key: whether the database holds any.
 pub async fn any_sealed(db: &Db) -> StoreResult<Option<(String, Vec<u8>)>> {
     Ok(on_pool!(db, pool => sqlx::query_as(ANY_SEALED).fetch_optional(pool).await?))
+}
+
+const ALL_SEALED: &str = "SELECT kid, sealed_private_key FROM signing_keys ORDER BY kid";
+
+/// Every stored key, sealed: to check that a key-encryption key opens them all.
+pub async fn all_sealed(db: &Db) -> StoreResult<Vec<(String, Vec<u8>)>> {
+    Ok(on_pool!(db, pool => sqlx::query_as(ALL_SEALED).fetch_all(pool).await?))
 }

@@ -1,7 +1,7 @@
 //! Users, roles, and the roles users hold on systems.
 
 use super::audit::AuditRow;
-use super::{Db, StoreResult, audited, on_pool};
+use super::{Db, StoreResult, audited, in_transaction, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserRow {
@@ -61,10 +61,38 @@ pub async fn find_by_email(db: &Db, tenant_id: &str, email: &str) -> StoreResult
 
 const DELETE_USER: &str = "DELETE FROM users WHERE tenant_id = $1 AND id = $2";
 
-/// Deletes the user; its role assignments and refresh tokens go with it.
-pub async fn delete(db: &Db, audit: &AuditRow, tenant_id: &str, id: &str) -> StoreResult<bool> {
-    let n = audited!(db, audit, tx => sqlx::query(DELETE_USER).bind(tenant_id).bind(id).execute(&mut *tx).await?.rows_affected());
-    Ok(n > 0)
+/// Deletes the user, in one transaction with its event: its role assignments and refresh tokens
+/// go with it, and its local API tokens are revoked (as `node`, at `now`). Returns the systems
+/// whose token lists changed, or `None` when there is no such user (nothing changes).
+pub async fn delete(
+    db: &Db,
+    audit: &AuditRow,
+    tenant_id: &str,
+    id: &str,
+    now: i64,
+    node: &str,
+) -> StoreResult<Option<Vec<String>>> {
+    let systems = in_transaction!(db, tx => {
+        let systems: Vec<String> = sqlx::query_scalar(super::local_tokens::REVOKE_FOR_USER)
+            .bind(tenant_id)
+            .bind(id)
+            .bind(now)
+            .bind(node)
+            .fetch_all(&mut *tx)
+            .await?;
+        let deleted = sqlx::query(DELETE_USER)
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        audit.bind(sqlx::query(super::audit::INSERT)).execute(&mut *tx).await?;
+        systems
+    });
+    Ok(Some(systems))
 }
 
 const INSERT_ROLE: &str =

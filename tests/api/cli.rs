@@ -262,6 +262,10 @@ fn config_prints_the_effective_settings_without_the_secret() {
                 "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=",
             ),
             ("LANYARD_HTTP__LISTEN", "127.0.0.1:0"),
+            (
+                "LANYARD_DATABASE__URL",
+                "postgres://lanyard:hunter2@db.example/lanyard",
+            ),
         ],
     );
     assert!(
@@ -272,6 +276,11 @@ fn config_prints_the_effective_settings_without_the_secret() {
     let printed = String::from_utf8(out.stdout).unwrap();
     assert!(printed.contains("listen = \"127.0.0.1:0\""));
     assert!(!printed.contains("c2VjcmV0"));
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(
+        printed.contains("postgres://lanyard:***@db.example/lanyard"),
+        "{printed}"
+    );
     let reparsed = Settings::from_toml(&printed.replace("<redacted>", "")).unwrap();
     assert_eq!(reparsed.http.listen.port(), 0);
 }

@@ -65,6 +65,22 @@ on_both_databases! {
         // …and nothing was recorded for it: the right key still starts.
         start(app.settings.clone()).await.expect("the right key starts").shutdown().await;
     }
+
+    async fn with_nothing_recorded_every_stored_key_must_open(app) {
+        app.tenant("acme").await;
+        app.tenant("beta").await;
+        let kids = app.kids("beta").await;
+        let url = app.settings.database.url.clone();
+        // One key sealed under something else (here: another key's blob, bound to its kid).
+        execute(&url, &format!(
+            "UPDATE signing_keys SET sealed_private_key = (SELECT sealed_private_key FROM signing_keys WHERE kid <> '{kid}' LIMIT 1) WHERE kid = '{kid}'",
+            kid = kids[0]
+        )).await;
+        execute(&url, "DELETE FROM key_encryption").await;
+        let refused = start(app.settings.clone()).await.err().expect("refused");
+        let message = format!("{refused:#}");
+        assert!(message.contains("does not open stored signing key") && message.contains(&kids[0]), "{message}");
+    }
 }
 
 #[tokio::test]
