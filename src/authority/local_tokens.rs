@@ -275,7 +275,8 @@ impl Authority {
             "local_token.issued",
             format!("local_token:{id} for system:{system_id}"),
         );
-        if let Err(e) = inserts.insert(row, event, coming).await {
+        let minted = local_tokens::Minted { row, audit: event };
+        if let Err(e) = inserts.insert(minted, coming).await {
             self.tally.forget(&tenant.id, &user_id, system_id);
             return Err(e.into());
         }

@@ -2,14 +2,8 @@
 //! transaction of the change it records, or, for tokens issued (which change nothing stored), in
 //! batches by [`Recorder`]; listed newest last by `seq`, and pruned after `audit.retention`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, timeout_at};
-
-use super::{Db, StoreError, StoreResult, on_pool, on_writer};
+use super::batch::{Batcher, Coming};
+use super::{Db, StoreResult, on_pool, on_writer};
 
 /// One event as stored. Never a secret, a token or a code: ids and names only.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -96,94 +90,31 @@ pub async fn prune(db: &Db, before: i64) -> StoreResult<u64> {
 
 /// Most events written in one statement by the [`Recorder`].
 const MAX_ROWS_PER_BATCH: usize = 256;
-/// How long the [`Recorder`] waits for events announced but not yet given.
-const MAX_WAIT: Duration = Duration::from_millis(2);
 
-struct Pending {
-    row: AuditRow,
-    coming: Option<Coming>,
-    done: oneshot::Sender<StoreResult<()>>,
-}
-
-/// Writes the events of tokens issued, many with one statement: a statement costs far more
-/// than a row, and issuing is a burst. An event is written at once unless others are announced
-/// ([`Recorder::expect`], tokens being signed): those are waited for (at most 2 ms, about one
-/// signature) and go in the same statement. Every caller gets its own event's answer: when a
-/// statement of several events fails, each is tried alone.
-pub struct Recorder {
-    queue: mpsc::UnboundedSender<Pending>,
-    coming: Arc<AtomicUsize>,
-}
-
-/// An event that will be given soon: the recorder waits a little for it. Given with the event
-/// to [`Recorder::record`], or dropped when issuing fails.
-pub struct Coming(Arc<AtomicUsize>);
-
-impl Drop for Coming {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+/// Writes the events of tokens issued, many with one statement ([`Batcher`]): each waits for
+/// its own before its token is answered.
+pub struct Recorder(Batcher<AuditRow>);
 
 impl Recorder {
     /// Starts the writing task on the current Tokio runtime; it ends when `Recorder` is dropped.
     pub fn start(db: Db) -> Recorder {
-        let (queue, mut arrived) = mpsc::unbounded_channel::<Pending>();
-        let coming = Arc::new(AtomicUsize::new(0));
-        let expected = coming.clone();
-        tokio::spawn(async move {
-            let mut batch: Vec<Pending> = Vec::new();
-            while arrived.recv_many(&mut batch, MAX_ROWS_PER_BATCH).await > 0 {
-                let until = Instant::now() + MAX_WAIT;
-                loop {
-                    batch.iter_mut().for_each(|p| drop(p.coming.take()));
-                    if batch.len() >= MAX_ROWS_PER_BATCH || expected.load(Ordering::SeqCst) == 0 {
-                        break;
-                    }
-                    let room = MAX_ROWS_PER_BATCH - batch.len();
-                    match timeout_at(until, arrived.recv_many(&mut batch, room)).await {
-                        Ok(n) if n > 0 => {}
-                        _ => break,
-                    }
-                }
-                let rows: Vec<&AuditRow> = batch.iter().map(|p| &p.row).collect();
-                match write(&db, &rows).await {
-                    Ok(()) => batch.drain(..).for_each(|p| {
-                        let _ = p.done.send(Ok(()));
-                    }),
-                    Err(e) if batch.len() == 1 => {
-                        let _ = batch.remove(0).done.send(Err(e));
-                    }
-                    Err(_) => {
-                        for p in batch.drain(..) {
-                            let _ = p.done.send(write(&db, &[&p.row]).await);
-                        }
-                    }
-                }
-            }
-        });
-        Recorder { queue, coming }
+        Recorder(Batcher::start(
+            MAX_ROWS_PER_BATCH,
+            Box::new(move |rows| {
+                let db = db.clone();
+                Box::pin(async move { write(&db, rows).await })
+            }),
+        ))
     }
 
     /// Announces an event about to be given (a token being signed), so the writer waits for it.
     pub fn expect(&self) -> Coming {
-        self.coming.fetch_add(1, Ordering::SeqCst);
-        Coming(self.coming.clone())
+        self.0.expect()
     }
 
     /// Records one event announced by `coming`; returns once it is committed.
     pub async fn record(&self, row: AuditRow, coming: Coming) -> StoreResult<()> {
-        let (done, answer) = oneshot::channel();
-        self.queue
-            .send(Pending {
-                row,
-                coming: Some(coming),
-                done,
-            })
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
+        self.0.write(row, coming).await
     }
 }
 

@@ -1,15 +1,10 @@
 //! Local API tokens.
 
 use std::fmt::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, timeout_at};
 
 use super::audit::{self, AuditRow};
-use super::{Db, StoreError, StoreResult, audited, in_transaction, on_pool};
+use super::batch::{Batcher, Coming};
+use super::{Db, StoreResult, audited, in_transaction, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LocalTokenRow {
@@ -101,111 +96,41 @@ async fn insert_rows(
     Ok(())
 }
 
-/// A row waiting to be written, and who waits for it.
-struct Pending {
-    row: LocalTokenRow,
-    /// Its `token.issued` event.
-    audit: AuditRow,
-    /// Dropped by the writer once it holds the row.
-    coming: Option<Coming>,
-    done: oneshot::Sender<StoreResult<()>>,
+/// A minted token's row and its `local_token.issued` event, written together.
+pub struct Minted {
+    pub row: LocalTokenRow,
+    pub audit: AuditRow,
 }
 
-/// How long the rows of tokens being signed are waited for before a write: about one signature.
-const MAX_WAIT: Duration = Duration::from_millis(2);
-
-/// Inserts tokens minted at the same time together (a group commit): each write to the
-/// database costs far more than a row in it, and minting is a burst of inserts. A row is
-/// written at once unless other tokens are being signed ([`Inserts::expect`]): their rows are
-/// waited for (at most 2 ms, about one signature) and go in the same statement, as do rows that
-/// arrive while a statement is written. Every caller gets its own row's answer: when a
-/// statement of several rows fails, each is tried alone.
-pub struct Inserts {
-    queue: mpsc::UnboundedSender<Pending>,
-    /// Rows announced by [`Inserts::expect`] that the writer does not hold yet.
-    coming: Arc<AtomicUsize>,
-}
-
-/// A row that will be inserted soon: the writer waits a little for it. Given with the row to
-/// [`Inserts::insert`], or dropped when the mint fails.
-pub struct Coming(Arc<AtomicUsize>);
-
-impl Drop for Coming {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+/// Inserts tokens minted at the same time together, with their events ([`Batcher`]: a group
+/// commit, waiting about one signature for tokens still being signed).
+pub struct Inserts(Batcher<Minted>);
 
 impl Inserts {
     /// Starts the writing task on the current Tokio runtime, which writes rows as `node`'s; it
     /// ends when `Inserts` is dropped.
     pub fn start(db: Db, node: String) -> Inserts {
-        let (queue, mut arrived) = mpsc::unbounded_channel::<Pending>();
-        let coming = Arc::new(AtomicUsize::new(0));
-        let expected = coming.clone();
-        tokio::spawn(async move {
-            let mut batch: Vec<Pending> = Vec::new();
-            while arrived.recv_many(&mut batch, MAX_ROWS_PER_INSERT).await > 0 {
-                let until = Instant::now() + MAX_WAIT;
-                loop {
-                    batch.iter_mut().for_each(|p| drop(p.coming.take()));
-                    if batch.len() >= MAX_ROWS_PER_INSERT || expected.load(Ordering::SeqCst) == 0 {
-                        break;
-                    }
-                    let room = MAX_ROWS_PER_INSERT - batch.len();
-                    match timeout_at(until, arrived.recv_many(&mut batch, room)).await {
-                        Ok(n) if n > 0 => {}
-                        _ => break,
-                    }
-                }
-                let rows: Vec<&LocalTokenRow> = batch.iter().map(|p| &p.row).collect();
-                let audits: Vec<&AuditRow> = batch.iter().map(|p| &p.audit).collect();
-                match insert_rows(&db, &node, &rows, &audits).await {
-                    Ok(()) => batch.drain(..).for_each(|p| {
-                        let _ = p.done.send(Ok(()));
-                    }),
-                    Err(e) if batch.len() == 1 => {
-                        let _ = batch.remove(0).done.send(Err(e));
-                    }
-                    Err(_) => {
-                        for p in batch.drain(..) {
-                            let _ = p
-                                .done
-                                .send(insert_rows(&db, &node, &[&p.row], &[&p.audit]).await);
-                        }
-                    }
-                }
-            }
-        });
-        Inserts { queue, coming }
+        Inserts(Batcher::start(
+            MAX_ROWS_PER_INSERT,
+            Box::new(move |minted| {
+                let (db, node) = (db.clone(), node.clone());
+                Box::pin(async move {
+                    let rows: Vec<&LocalTokenRow> = minted.iter().map(|m| &m.row).collect();
+                    let audits: Vec<&AuditRow> = minted.iter().map(|m| &m.audit).collect();
+                    insert_rows(&db, &node, &rows, &audits).await
+                })
+            }),
+        ))
     }
 
     /// Announces a row about to be made (a token being signed), so the writer waits for it.
     pub fn expect(&self) -> Coming {
-        self.coming.fetch_add(1, Ordering::SeqCst);
-        Coming(self.coming.clone())
+        self.0.expect()
     }
 
-    /// Inserts one token's row, announced by `coming`; returns once it is committed.
-    pub async fn insert(
-        &self,
-        row: LocalTokenRow,
-        audit: AuditRow,
-        coming: Coming,
-    ) -> StoreResult<()> {
-        let (done, answer) = oneshot::channel();
-        let pending = Pending {
-            row,
-            audit,
-            coming: Some(coming),
-            done,
-        };
-        self.queue
-            .send(pending)
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
+    /// Inserts one token's row and event, announced by `coming`; returns once it is committed.
+    pub async fn insert(&self, minted: Minted, coming: Coming) -> StoreResult<()> {
+        self.0.write(minted, coming).await
     }
 }
 

@@ -27,6 +27,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use crate::metrics::DbWaits;
 
 pub mod audit;
+pub mod batch;
 pub mod clients;
 pub mod events;
 pub mod jobs;
