@@ -133,7 +133,13 @@ impl Authority {
             }
             _ => Replacement::None,
         };
-        let event = self.event(&by, "key.invalidated", format!("key:{kid}"));
+        // The key that takes over signing, if any, is named in the same event.
+        let target = match &replacement {
+            Replacement::Pending(p) => format!("key:{kid}, signing handed to key:{p}"),
+            Replacement::New(k) => format!("key:{kid}, signing handed to new key:{}", k.kid),
+            Replacement::None => format!("key:{kid}"),
+        };
+        let event = self.event(&by, "key.invalidated", target);
         if !signing_keys::invalidate(&self.db, &event, &tenant.id, kid, now, replacement).await? {
             return Err(Error::Conflict(format!(
                 "signing key {kid} changed meanwhile; try again"

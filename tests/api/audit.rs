@@ -89,8 +89,15 @@ on_both_databases! {
         assert!(body["data"]["rotateSigningKey"]["kid"].is_string(), "{body}");
         let body = gql(&app, Some(&w.admin_token), "mutation($c: String!) { deleteClient(clientId: $c) }", json!({ "c": meter })).await;
         assert_eq!(body["data"]["deleteClient"], true, "{body}");
+        // Invalidating the signer ends the tokens it signed: the listing asks with a new one.
+        let keys = gql(&app, Some(&w.admin_token), "{ signingKeys { kid status } }", json!({})).await;
+        let signer = keys["data"]["signingKeys"].as_array().unwrap().iter()
+            .find(|k| k["status"] == "ACTIVE").unwrap()["kid"].as_str().unwrap().to_owned();
+        let body = gql(&app, Some(&w.admin_token), "mutation($k: String!) { invalidateSigningKey(kid: $k) { status } }", json!({ "k": signer })).await;
+        assert_eq!(body["data"]["invalidateSigningKey"]["status"], "INVALIDATED", "{body}");
+        let admin_token = app.admin_token(&w.t).await;
 
-        let listed = events(&app, &w.admin_token, 0, 500).await;
+        let listed = events(&app, &admin_token, 0, 500).await;
         let done = actions(&listed);
         for action in [
             "tenant.created", "client.created", "system.created", "role.created", "user.created",
@@ -101,6 +108,8 @@ on_both_databases! {
             assert!(done.contains(&action), "{action} missing from {done:?}");
         }
         // Who did it: the admin client, the person through the app, the operator at bootstrap.
+        let invalidated = listed.iter().find(|e| e["action"] == "key.invalidated").unwrap();
+        assert!(invalidated["target"].as_str().unwrap().starts_with(&format!("key:{signer}, signing handed to key:")), "{invalidated}");
         let deleted = listed.iter().find(|e| e["action"] == "client.deleted").unwrap();
         assert_eq!(deleted["actor"], format!("client:{}", w.t.admin_id));
         assert_eq!(deleted["target"], format!("client:{meter}"));
