@@ -7,7 +7,7 @@
 use std::fmt::Display;
 
 use super::caller::AUDIT_READ;
-use super::{Actor, Authority, Result, Tenant};
+use super::{Actor, Authority, Error, Result, Tenant};
 use crate::store::audit::{self, AuditRow, StoredEvent};
 
 /// The most events one listing returns.
@@ -72,7 +72,12 @@ impl Authority {
     ) -> Result<Vec<StoredEvent>> {
         let by = by.into();
         by.require(AUDIT_READ)?;
-        let limit = limit.clamp(1, MAX_EVENTS_PER_PAGE);
+        if limit < 1 {
+            return Err(Error::Invalid(format!(
+                "limit is 1 to {MAX_EVENTS_PER_PAGE} events"
+            )));
+        }
+        let limit = limit.min(MAX_EVENTS_PER_PAGE);
         Ok(audit::list(&self.db, &by.tenant().id, after.max(0), limit).await?)
     }
 

@@ -147,6 +147,12 @@ on_both_databases! {
         let theirs = events(&app, &other_token, 0, 500).await;
         assert!(theirs.iter().all(|e| !e["target"].as_str().unwrap().contains(&w.system.to_string())));
         assert_eq!(theirs[0]["action"], "tenant.created");
+        // A page of nothing is a mistake; a page past the most is the most.
+        for bad in [0, -1] {
+            let body = gql(&app, Some(&w.admin_token), EVENTS, json!({ "limit": bad })).await;
+            assert_eq!(code(&body), "BAD_USER_INPUT", "{body}");
+        }
+        assert_eq!(events(&app, &w.admin_token, 0, 100_000).await, all);
         // The person holds no lanyard scope.
         let body = gql(&app, Some(&w.user_token), EVENTS, json!({})).await;
         assert_eq!(code(&body), "FORBIDDEN", "{body}");
