@@ -164,6 +164,9 @@ pub struct TokenSettings {
     pub max_local_tokens_per_system: u32,
     /// How long a revoked permanent local API token stays in its system's list.
     pub revoked_listing: Period,
+    /// How long a signed token status list is valid (`exp` - `iat`); a fresh one is signed
+    /// before half of it has passed (SPEC §10).
+    pub status_list_ttl: Period,
 }
 
 impl Default for TokenSettings {
@@ -177,6 +180,7 @@ impl Default for TokenSettings {
             refresh_token_ttl: Period::from_secs(30 * 86_400),
             max_local_tokens_per_system: 50,
             revoked_listing: Period::from_secs(30 * 86_400),
+            status_list_ttl: Period::from_secs(86_400),
         }
     }
 }
@@ -533,6 +537,12 @@ impl Settings {
             return Err(invalid(format!(
                 "tokens.key_publish_ahead ({}) must be shorter than tokens.key_rotation_interval ({})",
                 t.key_publish_ahead, t.key_rotation_interval
+            )));
+        }
+        if t.status_list_ttl.as_secs() < 120 || t.status_list_ttl.as_secs() > 30 * 86_400 {
+            return Err(invalid(format!(
+                "tokens.status_list_ttl = {} must be between 2m and 30D",
+                t.status_list_ttl
             )));
         }
         let m = &self.mailer;

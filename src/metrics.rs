@@ -108,6 +108,8 @@ pub enum Signed {
     AccessToken,
     /// A local API token, minted through GraphQL.
     LocalToken,
+    /// A token status list or a key schedule (SPEC §10).
+    TrustMessage,
 }
 
 /// Which of lanyard's retained topics a publish went to.
@@ -115,6 +117,10 @@ pub enum Signed {
 pub enum RetainedTopic {
     Jwks,
     TokenList,
+    /// A Token Status List.
+    StatusList,
+    /// The signed key schedule.
+    KeySchedule,
 }
 
 /// What a database connection was waited for.
@@ -184,9 +190,9 @@ struct Families {
     mqtt_received: [IntCounter; 2],
     mqtt_delivered: IntCounter,
     /// JWKS, token lists.
-    retained: [IntCounter; 2],
+    retained: [IntCounter; 4],
     /// Access tokens, local tokens.
-    signing: [Histogram; 2],
+    signing: [Histogram; 3],
     db_waits: DbWaits,
     db_pool_size: IntGaugeVec,
     db_pool_idle: IntGaugeVec,
@@ -306,7 +312,7 @@ impl Families {
         );
         let retained = b.counters(
             "lanyard_mqtt_retained_published_total",
-            "Retained messages lanyard published on its own topics (a tenant's JWKS, a system's token list).",
+            "Retained messages lanyard published on its own topics (a tenant's JWKS and key schedule, a system's token list and status list).",
             "topic",
         );
         let signing = b.histograms(
@@ -354,8 +360,8 @@ impl Families {
                 )
                 .expect("a valid counter"),
             ),
-            retained: ["jwks", "tokens"].map(|t| retained.with_label_values(&[t])),
-            signing: ["access", "local"].map(|t| signing.with_label_values(&[t])),
+            retained: ["jwks", "tokens", "status_list", "key_schedule"].map(|t| retained.with_label_values(&[t])),
+            signing: ["access", "local", "trust"].map(|t| signing.with_label_values(&[t])),
             db_waits: DbWaits(Some(Arc::new(
                 ["read", "write", "transaction"].map(|k| db_waits.with_label_values(&[k])),
             ))),

@@ -140,7 +140,16 @@ impl Authority {
             Replacement::None => format!("key:{kid}"),
         };
         let event = self.event(&by, "key.invalidated", target);
-        if !signing_keys::invalidate(&self.db, &event, &tenant.id, kid, now, replacement).await? {
+        if !signing_keys::invalidate(
+            &self.db,
+            &event,
+            (&tenant.id, kid),
+            now,
+            &self.node_id,
+            replacement,
+        )
+        .await?
+        {
             return Err(Error::Conflict(format!(
                 "signing key {kid} changed meanwhile; try again"
             )));
@@ -192,7 +201,8 @@ impl Authority {
             )));
         }
         let event = self.event(&by, "key.deleted", format!("key:{kid}"));
-        if !signing_keys::delete(&self.db, &event, &tenant.id, kid).await? {
+        let (now, node) = (self.now(), &self.node_id);
+        if !signing_keys::delete(&self.db, &event, (&tenant.id, kid), now, node).await? {
             return Err(Error::NotFound(format!("no signing key {kid}")));
         }
         tracing::warn!(tenant = %tenant.slug, kid, "signing key deleted");

@@ -18,6 +18,7 @@ use super::cache::holdings::{self, Holding};
 use super::cache::keyring::TenantKeys;
 use super::cache::tally::Reserved;
 use super::caller::SYSTEMS_READ;
+use super::offline_trust::{StatusClaim, StatusReference, status_list_uri};
 use super::validate_name;
 use super::{Actor, Authority, Caller, Error, Event, Result, Role, Tenant};
 use crate::crypto::jws;
@@ -59,6 +60,8 @@ pub struct LocalToken {
     /// When the token leaves its system's list: at its expiry, or `tokens.revoked_listing`
     /// after a permanent token's revocation; `None`: not while it stays as it is.
     pub listed_until: Option<i64>,
+    /// Its index in the system's status list (SPEC §10).
+    pub status_idx: Option<i64>,
 }
 
 /// A change to a system's list found in the database.
@@ -100,6 +103,7 @@ struct LocalTokenClaims<'a> {
     name: &'a str,
     nbf: i64,
     roles: &'a [RoleClaim<'a>],
+    status: StatusClaim<'a>,
     sub: &'a str,
     typename: &'static str,
 }
@@ -200,6 +204,17 @@ impl Authority {
             .ok_or_else(|| anyhow::anyhow!("tenant {} has no ACTIVE signing key", tenant.slug))?;
         self.count_against_cap(&keys, tenant, &user_id, system_id, exp, now)
             .await?;
+        let status_idx = match self.next_status_index(&tenant.id, system_id).await {
+            Ok((idx, _)) => idx,
+            Err(e) => {
+                self.tally.forget(&tenant.id, &user_id, system_id);
+                return Err(match e {
+                    Error::NotFound(_) => forbidden(),
+                    e => e,
+                });
+            }
+        };
+        let status_uri = status_list_uri(tenant, system_id);
         // Time-ordered: a new token's id sorts after the others', so the database's index of
         // ids grows at its end, and tokens of one second are listed in the order minted.
         let id = LocalTokenId::from(uuid::Uuid::now_v7());
@@ -225,6 +240,12 @@ impl Authority {
             name: &holding.user_name,
             nbf: now,
             roles: &role_claims,
+            status: StatusClaim {
+                status_list: StatusReference {
+                    idx: status_idx,
+                    uri: &status_uri,
+                },
+            },
             sub: &user_id,
             typename: "USER",
         };
@@ -252,6 +273,7 @@ impl Authority {
             updated_at: now,
             token: Some(token.clone()),
             listed_until: exp,
+            status_idx: Some(status_idx),
         };
         let row = local_tokens::LocalTokenRow {
             id: id.to_string(),
@@ -269,6 +291,7 @@ impl Authority {
             expires_at: exp,
             created_at: now,
             updated_at: now,
+            status_idx: Some(status_idx),
         };
         let event = self.event(
             &Actor::Caller(caller),
@@ -525,6 +548,7 @@ fn local_token_view(
             None if row.status == "REVOKED" => Some(row.updated_at + revoked_listing),
             None => None,
         },
+        status_idx: row.status_idx,
     }
 }
 

@@ -30,6 +30,7 @@ pub mod keys;
 pub mod limiter;
 pub mod local_tokens;
 pub mod mail;
+pub mod offline_trust;
 pub mod signin;
 pub mod systems;
 pub mod tenants;
@@ -149,6 +150,8 @@ pub struct Authority {
     pub(crate) local_token_inserts: std::sync::OnceLock<crate::store::local_tokens::Inserts>,
     /// Writes the events of access tokens issued, many together; started at the first.
     pub(crate) audit_recorder: std::sync::OnceLock<crate::store::audit::Recorder>,
+    /// Signed status lists and key schedules, and the status-list indices reserved here.
+    pub(crate) offline: offline_trust::OfflineTrust,
     events: broadcast::Sender<Event>,
     /// This node (this process, while it runs): tells its announcements from the others', and
     /// the token rows it changed.
@@ -180,6 +183,7 @@ impl Authority {
             tally: Default::default(),
             local_token_inserts: Default::default(),
             audit_recorder: Default::default(),
+            offline: Default::default(),
             events,
             node_id: uuid::Uuid::new_v4().to_string(),
         }
@@ -244,6 +248,8 @@ impl Authority {
         match &event {
             Event::KeysChanged { tenant_id, .. } => {
                 self.keyrings.forget(tenant_id);
+                // Invalidating or deleting a key revokes its local tokens.
+                self.offline.forget_lists(Some(tenant_id), None);
                 self.token_cache.forget(|k| &k.tenant.id == tenant_id);
             }
             Event::AccessTokenRevoked { tenant_id, jti } => {
@@ -266,6 +272,7 @@ impl Authority {
             } => self.forget_client(tenant_id, client_id),
             Event::UserDeleted { tenant_id, user_id } => {
                 self.holdings.forget_user(tenant_id, user_id, None);
+                self.offline.forget_lists(Some(tenant_id), None);
                 self.token_cache
                     .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.sub == user_id);
             }
@@ -276,11 +283,17 @@ impl Authority {
             } => self
                 .holdings
                 .forget_user(tenant_id, user_id, Some(system_id)),
+            Event::LocalTokensChanged {
+                tenant_id,
+                system_id,
+                minted: None,
+            } => self.offline.forget_lists(Some(tenant_id), Some(system_id)),
             Event::LocalTokensChanged { .. } => {}
             Event::Resync => {
                 self.client_cache.write().expect("client cache").clear();
                 self.holdings.forget_all();
                 self.keyrings.forget_all();
+                self.offline.forget_lists(None, None);
                 self.revoked.reset();
                 self.token_cache.forget(|_| true);
             }

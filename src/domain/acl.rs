@@ -168,6 +168,16 @@ impl Permissions {
         format!("{}/{slug}/jwks", self.prefix)
     }
 
+    /// The tenant's signed key schedule (SPEC §10).
+    pub fn key_schedule_topic(&self, slug: &str) -> String {
+        format!("{}/{slug}/jwks/signed", self.prefix)
+    }
+
+    /// A system's Token Status List (SPEC §10), readable by whoever may read its token list.
+    pub fn status_list_topic(&self, slug: &str, system: &str) -> String {
+        format!("{}/{slug}/statuslists/{system}", self.prefix)
+    }
+
     pub fn token_list_topic(&self, slug: &str, system: &str) -> String {
         format!(
             "{}/{slug}/authorization/localApiTokens/{system}",
@@ -213,12 +223,14 @@ impl Permissions {
         let Some(slug) = safe_value(who.slug) else {
             return Vec::new();
         };
-        let mut grants = vec![self.jwks_topic(slug)];
+        let mut grants = vec![self.jwks_topic(slug), self.key_schedule_topic(slug)];
         if let Some(system) = who.bound_system().and_then(safe_value) {
             grants.push(self.token_list_topic(slug, system));
+            grants.push(self.status_list_topic(slug, system));
         }
         if who.scopes.contains_str(LOCAL_TOKENS_READ) {
             grants.push(self.token_list_topic(slug, "+"));
+            grants.push(self.status_list_topic(slug, "+"));
         }
         grants
     }
@@ -278,6 +290,12 @@ mod tests {
         assert!(p.may_subscribe(&bound, &filter("drivr/v1/acme/jwks")));
         assert!(!p.may_subscribe(&bound, &filter("drivr/v1/other/jwks")));
         assert!(!p.may_subscribe(&bound, &filter("drivr/v1/+/jwks")));
+        assert!(p.may_subscribe(&bound, &filter("drivr/v1/acme/jwks/signed")));
+        assert!(!p.may_subscribe(&bound, &filter("drivr/v1/other/jwks/signed")));
+        assert!(!p.may_subscribe(&bound, &filter("drivr/v1/acme/jwks/#")));
+        assert!(p.may_subscribe(&bound, &filter("drivr/v1/acme/statuslists/s1")));
+        assert!(!p.may_subscribe(&bound, &filter("drivr/v1/acme/statuslists/s2")));
+        assert!(!p.may_subscribe(&bound, &filter("drivr/v1/acme/statuslists/+")));
         assert!(p.may_subscribe(
             &bound,
             &filter("drivr/v1/acme/authorization/localApiTokens/s1")
@@ -300,6 +318,8 @@ mod tests {
             &reader,
             &filter("drivr/v1/acme/authorization/localApiTokens/#")
         ));
+        assert!(p.may_subscribe(&reader, &filter("drivr/v1/acme/statuslists/+")));
+        assert!(!p.may_subscribe(&reader, &filter("drivr/v1/other/statuslists/+")));
         assert!(!p.may_subscribe(&reader, &filter("#")));
         assert!(!p.may_publish(&reader, &topic("anything")));
     }

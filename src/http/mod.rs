@@ -24,6 +24,7 @@ mod error;
 mod form;
 mod health;
 mod oauth;
+mod offline_trust;
 pub mod serve;
 
 pub use error::OAuthResponse;
@@ -53,6 +54,8 @@ pub fn router(
             get(discovery::metadata),
         )
         .route("/.well-known/jwks.json", get(discovery::jwks))
+        .route("/.well-known/jwks.jwt", get(offline_trust::key_schedule))
+        .route("/statuslists/{system}", get(offline_trust::status_list))
         .route("/oauth2/token", post(oauth::token))
         .route("/oauth2/introspect", post(oauth::introspect))
         .route("/oauth2/revoke", post(oauth::revoke))

@@ -27,6 +27,9 @@ const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
 const SESSION_SWEEP: Duration = Duration::from_secs(5);
 /// How often retained topics of tenants and systems removed from the database are cleared.
 const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
+/// How often status lists are looked at for having lived half their lifetime (at least 1
+/// minute, `tokens.status_list_ttl` being at least 2).
+const STATUS_LIST_SWEEP: Duration = Duration::from_secs(30);
 
 impl Gate {
     /// The permission of the grants `pick` selects was withdrawn: their live sessions end and
@@ -223,9 +226,15 @@ pub(super) async fn follow_authority(
     let mut reconcile = tokio::time::interval(RECONCILE_PERIOD);
     let mut orphans = tokio::time::interval(ORPHAN_SWEEP);
     let mut stored = tokio::time::interval(SESSION_SWEEP);
+    let mut status_lists = tokio::time::interval(STATUS_LIST_SWEEP);
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
+            _ = status_lists.tick() => {
+                if let Err(e) = gate.refresh_status_lists_once().await {
+                    gate.fell_behind("signing status lists again", &e);
+                }
+            }
             _ = stored.tick() => {
                 gate.expire_sessions_once().await;
             }

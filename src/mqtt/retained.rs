@@ -1,5 +1,11 @@
-//! lanyard's retained messages (SPEC §4): each tenant's JWKS and each system's list of local
-//! API tokens, projected from the database and published through the gate's own link.
+//! lanyard's retained messages (SPEC §4, §10): each tenant's JWKS and signed key schedule, and
+//! each system's list of local API tokens and Token Status List, projected from the database
+//! and published through the gate's own link.
+//!
+//! A system's status list is published with its token list, whenever that is read; a token
+//! minted here whose index lies beyond the published status list has its lists read. A status
+//! list is signed again before half its lifetime has passed ([`Gate::refresh_status_lists_once`]);
+//! the key schedule goes with the JWKS.
 //!
 //! The database is the truth; the broker's retained store (memory only) is a projection of it.
 //! Everything is published before the listener accepts its first connection; afterwards a topic
@@ -38,14 +44,29 @@ const RECONCILE_OVERLAP_SECS: i64 = 5;
 #[derive(Debug)]
 pub(crate) enum Retained {
     Jwks(Bytes),
+    KeySchedule(Bytes),
     List(TokenList),
+    StatusList(StatusList),
+}
+
+/// A system's Token Status List as published.
+#[derive(Debug)]
+pub(crate) struct StatusList {
+    payload: Bytes,
+    /// When it was signed.
+    iat: i64,
+    /// The indices it covers.
+    len: i64,
+    tenant_id: String,
+    system_id: String,
 }
 
 impl Retained {
     fn payload(&self) -> &Bytes {
         match self {
-            Retained::Jwks(payload) => payload,
+            Retained::Jwks(payload) | Retained::KeySchedule(payload) => payload,
             Retained::List(list) => list.payload(),
+            Retained::StatusList(list) => &list.payload,
         }
     }
 }
@@ -61,7 +82,9 @@ impl Gate {
         }
         self.metrics.retained_published(match message {
             Retained::Jwks(_) => RetainedTopic::Jwks,
+            Retained::KeySchedule(_) => RetainedTopic::KeySchedule,
             Retained::List(_) => RetainedTopic::TokenList,
+            Retained::StatusList(_) => RetainedTopic::StatusList,
         });
         retained.insert(topic.clone(), message);
         Some(Publish::new(Bytes::from(topic), payload, true))
@@ -76,16 +99,64 @@ impl Gate {
             .map(|message| message.payload().clone())
     }
 
-    /// Publishes a tenant's JWKS, exactly the HTTP document; returns whether it changed.
+    /// Publishes a tenant's JWKS, exactly the HTTP document, and its signed key schedule;
+    /// returns whether the JWKS changed.
     pub(crate) async fn publish_jwks(&self, tenant: &Tenant) -> anyhow::Result<bool> {
         let keys = self.authority.keyring(tenant).await?;
-        let topic = self.permissions.jwks_topic(tenant.slug.as_str());
+        let slug = tenant.slug.as_str();
         let jwks = Bytes::from(keys.jwks.as_bytes().to_vec());
-        let Some(publish) = self.retain(topic, Retained::Jwks(jwks)) else {
-            return Ok(false);
+        let changed = self.retain(self.permissions.jwks_topic(slug), Retained::Jwks(jwks));
+        let schedule = self.authority.key_schedule(tenant).await?;
+        let schedule = Retained::KeySchedule(Bytes::from(schedule.jwt.clone()));
+        let publishes: Vec<Publish> = changed
+            .iter()
+            .cloned()
+            .chain(self.retain(self.permissions.key_schedule_topic(slug), schedule))
+            .collect();
+        self.publish_all(publishes).await;
+        Ok(changed.is_some())
+    }
+
+    /// The retained message of a system's status list, signed now or recently.
+    async fn status_list_message(
+        &self,
+        tenant: &Tenant,
+        system_id: &str,
+    ) -> anyhow::Result<Option<(String, Retained)>> {
+        let Some(list) = self.authority.status_list(tenant, system_id).await? else {
+            return Ok(None);
         };
-        self.publish(publish).await;
-        Ok(true)
+        let topic = self
+            .permissions
+            .status_list_topic(tenant.slug.as_str(), system_id);
+        Ok(Some((
+            topic,
+            Retained::StatusList(StatusList {
+                payload: Bytes::from(list.jwt.clone()),
+                iat: list.iat,
+                len: list.len,
+                tenant_id: tenant.id.to_string(),
+                system_id: system_id.to_owned(),
+            }),
+        )))
+    }
+
+    /// Publishes again the status lists that have lived half their lifetime, so a device never
+    /// holds one past its `exp` while it can reach the broker. The one step of a slow timer.
+    pub async fn refresh_status_lists_once(&self) -> anyhow::Result<usize> {
+        let half = (self.authority.settings().tokens.status_list_ttl.as_secs() / 2) as i64;
+        let now = self.authority.now();
+        let mut due = Lists::new();
+        for message in self.retained.lock().expect("retained lock").values() {
+            if let Retained::StatusList(list) = message
+                && list.iat + half <= now
+            {
+                due.entry(list.tenant_id.clone())
+                    .or_default()
+                    .insert(list.system_id.clone());
+            }
+        }
+        self.publish_lists(due).await
     }
 
     /// Publishes the lists of some of a tenant's systems (each named once), read together, and
@@ -108,6 +179,9 @@ impl Gate {
                 .permissions
                 .token_list_topic(tenant.slug.as_str(), system_id);
             publishes.extend(self.retain(topic, Retained::List(TokenList::of(&tokens))));
+            if let Some((topic, message)) = self.status_list_message(tenant, system_id).await? {
+                publishes.extend(self.retain(topic, message));
+            }
         }
         self.publish_all(publishes).await;
         Ok(())
@@ -145,9 +219,22 @@ impl Gate {
             let topic = self
                 .permissions
                 .token_list_topic(tenant.slug.as_str(), &system_id);
-            let current = match self.retained.lock().expect("retained lock").get(&topic) {
-                Some(Retained::List(list)) => Some(list.clone()),
-                _ => None,
+            let status_topic = self
+                .permissions
+                .status_list_topic(tenant.slug.as_str(), &system_id);
+            let current = {
+                let retained = self.retained.lock().expect("retained lock");
+                // A token beyond the published status list needs the list read: it grew.
+                let covered = match retained.get(&status_topic) {
+                    Some(Retained::StatusList(list)) => tokens
+                        .iter()
+                        .all(|t| t.status_idx.is_none_or(|idx| idx < list.len)),
+                    _ => false,
+                };
+                match retained.get(&topic) {
+                    Some(Retained::List(list)) if covered => Some(list.clone()),
+                    _ => None,
+                }
             };
             let extended = current
                 .and_then(|list| tokens.iter().try_fold(list, |list, token| list.with(token)));
@@ -286,8 +373,10 @@ impl Gate {
         for tenant in self.authority.tenants().await? {
             let slug = tenant.slug.as_str();
             live.insert(self.permissions.jwks_topic(slug));
+            live.insert(self.permissions.key_schedule_topic(slug));
             for (system_id, _) in self.authority.systems(&tenant).await? {
                 live.insert(self.permissions.token_list_topic(slug, &system_id));
+                live.insert(self.permissions.status_list_topic(slug, &system_id));
             }
         }
         let orphans: Vec<String> = {

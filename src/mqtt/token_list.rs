@@ -227,6 +227,7 @@ mod tests {
             updated_at: created_at,
             token: Some("CLOUD-a.b.c".into()),
             listed_until: Some(created_at + 60),
+            status_idx: None,
         }
     }
 

@@ -25,14 +25,16 @@ pub struct LocalTokenRow {
     pub expires_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Its index in the system's status list; `None` never for a row written now.
+    pub status_idx: Option<i64>,
 }
 
-const COLUMNS: &str = "id, tenant_id, system_id, user_id, user_name, roles, name, requested_device, kid, token, status, not_before, expires_at, created_at, updated_at";
+const COLUMNS: &str = "id, tenant_id, system_id, user_id, user_name, roles, name, requested_device, kid, token, status, not_before, expires_at, created_at, updated_at, status_idx";
 
 /// Parameters a row takes in an `INSERT`: its columns, and the node that writes it.
-const PARAMS_PER_ROW: usize = 16;
+const PARAMS_PER_ROW: usize = 17;
 
-/// Rows in one multi-row `INSERT`: 16 parameters each, well inside both databases' limits.
+/// Rows in one multi-row `INSERT`: 17 parameters each, well inside both databases' limits.
 const MAX_ROWS_PER_INSERT: usize = 64;
 
 /// Statements for up to this many rows are prepared once and kept; larger ones, rare, each time,
@@ -86,6 +88,7 @@ async fn insert_rows(
                 .bind(t.expires_at)
                 .bind(t.created_at)
                 .bind(t.updated_at)
+                .bind(t.status_idx)
                 .bind(node);
         }
         query.execute(&mut *tx).await?;

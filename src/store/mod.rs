@@ -39,6 +39,7 @@ pub mod revocations;
 pub mod scopes;
 pub mod signing_keys;
 pub mod sqlite;
+pub mod status_lists;
 pub mod systems;
 pub mod tenants;
 pub mod users;

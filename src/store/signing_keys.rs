@@ -5,7 +5,7 @@
 //! with two signers, whatever order their steps interleave in.
 
 use super::audit::AuditRow;
-use super::{Db, StoreError, StoreResult, audited, in_transaction, on_pool, on_writer};
+use super::{Db, StoreError, StoreResult, audited, in_transaction, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyRow {
@@ -19,7 +19,13 @@ pub struct KeyRow {
     pub activates_at: Option<i64>,
     pub publish_until: Option<i64>,
     pub updated_at: i64,
+    /// The tenant's key-schedule sequence number as of this read (the same in every row).
+    pub schedule_seq: i64,
 }
+
+/// Every write that changes a tenant's keys moves its key schedule on, in its transaction.
+const NEXT_SCHEDULE: &str =
+    "UPDATE tenants SET key_schedule_seq = key_schedule_seq + 1 WHERE id = $1";
 
 /// A key about to be stored.
 #[derive(Debug, Clone)]
@@ -74,14 +80,21 @@ impl NewKey {
 /// sealed under a key-encryption key the database no longer records,
 /// `StoreError::KeyEncryptionKeyReplaced`.
 pub async fn insert(db: &Db, audit: &AuditRow, key: &NewKey) -> StoreResult<()> {
-    let written = audited!(db, audit, tx => key.bind(sqlx::query(INSERT_KEY)).execute(&mut *tx).await?.rows_affected());
+    let written = audited!(db, audit, tx => {
+        let written = key.bind(sqlx::query(INSERT_KEY)).execute(&mut *tx).await?.rows_affected();
+        if written > 0 {
+            sqlx::query(NEXT_SCHEDULE).bind(&key.tenant_id).execute(&mut *tx).await?;
+        }
+        written
+    });
     if written == 0 {
         return Err(StoreError::KeyEncryptionKeyReplaced);
     }
     Ok(())
 }
 
-const LIST_FOR_TENANT: &str = "SELECT kid, tenant_id, status, public_n, public_e, sealed_private_key, created_at, activates_at, publish_until, updated_at
+const LIST_FOR_TENANT: &str = "SELECT kid, tenant_id, status, public_n, public_e, sealed_private_key, created_at, activates_at, publish_until, updated_at,
+        (SELECT key_schedule_seq FROM tenants WHERE id = $1) AS schedule_seq
     FROM signing_keys WHERE tenant_id = $1 ORDER BY created_at, kid";
 
 pub async fn list_for_tenant(db: &Db, tenant_id: &str) -> StoreResult<Vec<KeyRow>> {
@@ -91,12 +104,19 @@ pub async fn list_for_tenant(db: &Db, tenant_id: &str) -> StoreResult<Vec<KeyRow
 const RETIRE_ACTIVE: &str =
     "UPDATE signing_keys SET status = 'RETIRED', publish_until = $2, updated_at = $3
     WHERE tenant_id = $1 AND status = 'ACTIVE'";
+/// What the ACTIVE key's unrevoked local API tokens need of it: whether a permanent one exists,
+/// and the latest expiry of the others.
+const HELD_BY_LOCAL_TOKENS: &str =
+    "SELECT MAX(CASE WHEN t.expires_at IS NULL THEN 1 ELSE 0 END), MAX(t.expires_at)
+    FROM local_api_tokens t JOIN signing_keys k ON k.tenant_id = t.tenant_id AND k.kid = t.kid
+    WHERE k.tenant_id = $1 AND k.status = 'ACTIVE' AND t.status = 'ACTIVATED'";
 const ACTIVATE_PENDING: &str =
     "UPDATE signing_keys SET status = 'ACTIVE', activates_at = $3, updated_at = $3
     WHERE tenant_id = $1 AND kid = $2 AND status = 'PENDING'";
 
-/// Makes the PENDING key `kid` the signer and retires the current one, whose tokens all expire by
-/// `retired_publish_until`. Returns false (and changes nothing) if `kid` is no longer PENDING,
+/// Makes the PENDING key `kid` the signer and retires the current one, published until its access
+/// tokens have expired (`retired_publish_until`) and its local API tokens too: for as long as a
+/// permanent one it signed is unrevoked, until further notice (`publish_until` NULL). Returns false (and changes nothing) if `kid` is no longer PENDING,
 /// for instance because another node promoted it first.
 pub async fn promote(
     db: &Db,
@@ -107,9 +127,17 @@ pub async fn promote(
     retired_publish_until: i64,
 ) -> StoreResult<bool> {
     let promoted = in_transaction!(db, tx => {
+        let (permanent, latest): (Option<i32>, Option<i64>) = sqlx::query_as(HELD_BY_LOCAL_TOKENS)
+            .bind(tenant_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let publish_until = match permanent {
+            Some(1) => None,
+            _ => Some(latest.map_or(retired_publish_until, |l| l.max(retired_publish_until))),
+        };
         sqlx::query(RETIRE_ACTIVE)
             .bind(tenant_id)
-            .bind(retired_publish_until)
+            .bind(publish_until)
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -123,6 +151,7 @@ pub async fn promote(
             tx.rollback().await?;
             return Ok(false);
         }
+        sqlx::query(NEXT_SCHEDULE).bind(tenant_id).execute(&mut *tx).await?;
         audit.bind(sqlx::query(super::audit::INSERT)).execute(&mut *tx).await?;
         true
     });
@@ -132,15 +161,22 @@ pub async fn promote(
 const INVALIDATE: &str = "UPDATE signing_keys SET status = 'INVALIDATED', updated_at = $3
     WHERE tenant_id = $1 AND kid = $2 AND status <> 'INVALIDATED'";
 
-/// Invalidates `kid`; if it was the signer, `replacement` becomes ACTIVE in the same transaction
-/// (the PENDING key if there is one, else a new key inserted here), so the tenant is never
-/// without a signer. Returns false if `kid` was not found or already invalidated.
+/// Revokes for good the local API tokens a key signed (SPEC §10: their status bits are never
+/// cleared, even if the key is reactivated), as written by a node.
+const REVOKE_SIGNED_BY: &str =
+    "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = $3, written_by = $4
+    WHERE tenant_id = $1 AND kid = $2 AND status = 'ACTIVATED'";
+
+/// Invalidates `kid` and revokes the local API tokens it signed; if it was the signer,
+/// `replacement` becomes ACTIVE in the same transaction (the PENDING key if there is one, else a
+/// new key inserted here), so the tenant is never without a signer. Returns false if `kid` was
+/// not found or already invalidated.
 pub async fn invalidate(
     db: &Db,
     audit: &AuditRow,
-    tenant_id: &str,
-    kid: &str,
+    (tenant_id, kid): (&str, &str),
     now: i64,
+    node: &str,
     replacement: Replacement<'_>,
 ) -> StoreResult<bool> {
     let changed = in_transaction!(db, tx => {
@@ -154,6 +190,13 @@ pub async fn invalidate(
             tx.rollback().await?;
             return Ok(false);
         }
+        sqlx::query(REVOKE_SIGNED_BY)
+            .bind(tenant_id)
+            .bind(kid)
+            .bind(now)
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
         match replacement {
             Replacement::None => {}
             Replacement::Pending(pending) => {
@@ -172,6 +215,7 @@ pub async fn invalidate(
                 }
             }
         }
+        sqlx::query(NEXT_SCHEDULE).bind(tenant_id).execute(&mut *tx).await?;
         audit.bind(sqlx::query(super::audit::INSERT)).execute(&mut *tx).await?;
         true
     });
@@ -201,23 +245,43 @@ pub async fn reactivate(
     publish_until: i64,
     now: i64,
 ) -> StoreResult<bool> {
-    let done = audited!(db, audit, tx => sqlx::query(REACTIVATE)
-        .bind(tenant_id)
-        .bind(kid)
-        .bind(publish_until)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected());
+    let done = audited!(db, audit, tx => {
+        let done = sqlx::query(REACTIVATE)
+            .bind(tenant_id)
+            .bind(kid)
+            .bind(publish_until)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if done > 0 {
+            sqlx::query(NEXT_SCHEDULE).bind(tenant_id).execute(&mut *tx).await?;
+        }
+        done
+    });
     Ok(done == 1)
 }
 
 const DELETE: &str =
     "DELETE FROM signing_keys WHERE tenant_id = $1 AND kid = $2 AND status <> 'ACTIVE'";
 
-/// Deletes `kid` for good, unless it is the signer. Returns false if nothing was deleted.
-pub async fn delete(db: &Db, audit: &AuditRow, tenant_id: &str, kid: &str) -> StoreResult<bool> {
-    let done = audited!(db, audit, tx => sqlx::query(DELETE).bind(tenant_id).bind(kid).execute(&mut *tx).await?.rows_affected());
+/// Deletes `kid` for good, unless it is the signer, and revokes the local API tokens it signed,
+/// which nothing verifies any more. Returns false if nothing was deleted.
+pub async fn delete(
+    db: &Db,
+    audit: &AuditRow,
+    (tenant_id, kid): (&str, &str),
+    now: i64,
+    node: &str,
+) -> StoreResult<bool> {
+    let done = audited!(db, audit, tx => {
+        let done = sqlx::query(DELETE).bind(tenant_id).bind(kid).execute(&mut *tx).await?.rows_affected();
+        if done > 0 {
+            sqlx::query(REVOKE_SIGNED_BY).bind(tenant_id).bind(kid).bind(now).bind(node).execute(&mut *tx).await?;
+            sqlx::query(NEXT_SCHEDULE).bind(tenant_id).execute(&mut *tx).await?;
+        }
+        done
+    });
     Ok(done == 1)
 }
 
@@ -252,7 +316,16 @@ const PRUNE_RETIRED: &str = "DELETE FROM signing_keys
 
 /// Deletes RETIRED keys whose tokens have all expired; returns the tenants that lost a key.
 pub async fn prune_retired(db: &Db, now: i64) -> StoreResult<Vec<String>> {
-    Ok(on_writer!(db, pool => sqlx::query_scalar(PRUNE_RETIRED).bind(now).fetch_all(pool).await?))
+    let tenants = in_transaction!(db, tx => {
+        let mut tenants: Vec<String> = sqlx::query_scalar(PRUNE_RETIRED).bind(now).fetch_all(&mut *tx).await?;
+        tenants.sort();
+        tenants.dedup();
+        for tenant_id in &tenants {
+            sqlx::query(NEXT_SCHEDULE).bind(tenant_id).execute(&mut *tx).await?;
+        }
+        tenants
+    });
+    Ok(tenants)
 }
 
 const ANY_SEALED: &str = "SELECT kid, sealed_private_key FROM signing_keys LIMIT 1";

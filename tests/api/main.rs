@@ -22,6 +22,7 @@ mod mqtt_bytes;
 #[path = "../support/mqtt_packets.rs"]
 mod mqtt_packets;
 mod nodes;
+mod offline_trust;
 mod revocation;
 mod signin;
 mod token;

@@ -46,6 +46,8 @@ pub struct TenantKeys {
     /// `{"keys":[…]}` of the published keys, serialised once.
     pub jwks: Arc<String>,
     pub keys: Vec<KeyInfo>,
+    /// The tenant's key-schedule sequence number as of this read (SPEC §10).
+    pub schedule_seq: i64,
 }
 
 impl TenantKeys {
@@ -111,6 +113,7 @@ impl Authority {
         let mut verifiers = HashMap::new();
         let mut jwks = Vec::new();
         let mut keys = Vec::new();
+        let schedule_seq = rows.first().map_or(0, |row| row.schedule_seq);
         for row in rows {
             let status: KeyStatus = row.status.parse().map_err(anyhow::Error::from)?;
             keys.push(KeyInfo {
@@ -140,6 +143,7 @@ impl Authority {
             verifiers,
             jwks: Arc::new(json!({ "keys": jwks }).to_string()),
             keys,
+            schedule_seq,
         })
     }
 
@@ -171,6 +175,7 @@ mod tests {
             verifiers: HashMap::new(),
             jwks: Arc::new(r#"{"keys":[]}"#.into()),
             keys: Vec::new(),
+            schedule_seq: 0,
         })
     }
 

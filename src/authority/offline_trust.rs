@@ -1,0 +1,352 @@
+//! Offline trust (SPEC §10): what a device needs to decide alone, from signed messages, whether
+//! a local API token still holds and which keys are the tenant's.
+//!
+//! - **Token status lists** (draft-ietf-oauth-status-list, JWT form): one per system, one bit per
+//!   local API token at the index its `status` claim carries; set when the token is revoked,
+//!   never cleared. Indices come from [`Authority::next_status_index`], a block at a time per
+//!   node ([`RESERVE_AT_ONCE`]); a list covers every index reserved, so a token minted on any node
+//!   is inside the list the next read gives. A signed list is kept and handed out again while
+//!   its bits and signer are the same and less than half of `tokens.status_list_ttl` has
+//!   passed; the database is read again at most once a second per list (at once after a change
+//!   announced here or by another node).
+//! - **The signed key schedule** (`jwk-set+jwt`): the published keys with their status and
+//!   times, numbered by the tenant's `key_schedule_seq` (read with the keys, moved on by every
+//!   key change in its transaction) and signed by the ACTIVE key; signed once per number.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+
+use super::{Authority, Error, Result, Tenant};
+use crate::crypto::jws;
+use crate::domain::KeyStatus;
+use crate::metrics::Signed;
+use crate::store::status_lists;
+
+/// Indices a node reserves in the database at once, per system: a mint in a reserved block
+/// asks nothing of the database for its index.
+pub const RESERVE_AT_ONCE: i64 = 32;
+/// How long a list read from the database is handed out without reading it again, unless a
+/// change is announced.
+const REREAD_AFTER: Duration = Duration::from_secs(1);
+/// Lists and blocks kept in memory; past this many the memory starts over.
+const MAX_KEPT: usize = 65_536;
+/// The `typ` of a Status List Token.
+pub const STATUS_LIST_TYP: &str = "statuslist+jwt";
+/// The `typ` of a signed key schedule.
+pub const KEY_SCHEDULE_TYP: &str = "jwk-set+jwt";
+
+/// A signed Status List Token, as served and published.
+#[derive(Debug)]
+pub struct StatusListToken {
+    pub jwt: String,
+    pub iat: i64,
+    /// Indices the list covers (a multiple of 8).
+    pub len: i64,
+    kid: String,
+    bits: Vec<u8>,
+    read_at: Instant,
+}
+
+/// A signed key schedule.
+#[derive(Debug)]
+pub struct KeySchedule {
+    pub jwt: String,
+    pub seq: i64,
+    kid: String,
+}
+
+/// Indices reserved for one system and not given out yet; held while a block is reserved.
+type Block = tokio::sync::Mutex<std::ops::Range<i64>>;
+
+/// What offline trust keeps in memory.
+#[derive(Default)]
+pub struct OfflineTrust {
+    /// Signed lists by (tenant id, system id).
+    lists: Mutex<HashMap<(String, String), Arc<StatusListToken>>>,
+    /// The indices this node reserved and has not given out yet, by (tenant id, system id).
+    blocks: Mutex<HashMap<(String, String), Arc<Block>>>,
+    /// The last schedule signed, by tenant id.
+    schedules: Mutex<HashMap<String, Arc<KeySchedule>>>,
+}
+
+impl OfflineTrust {
+    /// Forgets the signed lists of a tenant (all of them with `None` for the system, all tenants
+    /// with `None` for both): they are read again when next asked for.
+    pub(super) fn forget_lists(&self, tenant_id: Option<&str>, system_id: Option<&str>) {
+        let mut lists = self.lists.lock().expect("status lists lock");
+        match (tenant_id, system_id) {
+            (Some(t), Some(s)) => {
+                lists.remove(&(t.to_owned(), s.to_owned()));
+            }
+            (Some(t), None) => lists.retain(|(tenant, _), _| tenant != t),
+            _ => lists.clear(),
+        }
+    }
+}
+
+/// The `status` claim of a local API token.
+#[derive(Serialize)]
+pub(super) struct StatusClaim<'a> {
+    pub status_list: StatusReference<'a>,
+}
+
+#[derive(Serialize)]
+pub(super) struct StatusReference<'a> {
+    pub idx: i64,
+    pub uri: &'a str,
+}
+
+#[derive(Serialize)]
+struct StatusListClaims<'a> {
+    exp: i64,
+    iat: i64,
+    iss: &'a str,
+    status_list: EncodedList,
+    sub: &'a str,
+    ttl: u64,
+}
+
+#[derive(Serialize)]
+struct EncodedList {
+    bits: u8,
+    lst: String,
+}
+
+#[derive(Serialize)]
+struct ScheduleClaims<'a> {
+    iat: i64,
+    iss: &'a str,
+    keys: Vec<serde_json::Value>,
+    seq: i64,
+}
+
+/// Where a system's status list is: `{issuer}/statuslists/{systemUuid}`.
+pub fn status_list_uri(tenant: &Tenant, system_id: &str) -> String {
+    format!("{}/statuslists/{system_id}", tenant.issuer)
+}
+
+/// The bit array of a list covering `len` indices with `revoked` set: index 0 is the least
+/// significant bit of byte 0; at least one byte.
+pub fn bit_array(len: i64, revoked: &[i64]) -> Vec<u8> {
+    let bytes = usize::try_from(len.max(1)).unwrap_or(1).div_ceil(8);
+    let mut bits = vec![0u8; bytes];
+    for &idx in revoked {
+        if let Ok(i) = usize::try_from(idx)
+            && let Some(byte) = bits.get_mut(i / 8)
+        {
+            *byte |= 1 << (i % 8);
+        }
+    }
+    bits
+}
+
+/// `lst`: the ZLIB (RFC 1950) compressed bit array, base64url without padding.
+pub fn encode_lst(bits: &[u8]) -> String {
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(bits).expect("writing to memory");
+    URL_SAFE_NO_PAD.encode(z.finish().expect("writing to memory"))
+}
+
+impl Authority {
+    /// The next index of a system's status list for a token minted here, and whether a block
+    /// was reserved for it (the list grew). `NotFound` when the system does not exist.
+    pub(super) async fn next_status_index(
+        &self,
+        tenant_id: &str,
+        system_id: &str,
+    ) -> Result<(i64, bool)> {
+        let key = (tenant_id.to_owned(), system_id.to_owned());
+        let block = {
+            let mut blocks = self.offline.blocks.lock().expect("status blocks lock");
+            if blocks.len() >= MAX_KEPT && !blocks.contains_key(&key) {
+                blocks.clear();
+            }
+            blocks.entry(key).or_default().clone()
+        };
+        let mut range = block.lock().await;
+        let mut grew = false;
+        if range.is_empty() {
+            let first = status_lists::reserve(&self.db, tenant_id, system_id, RESERVE_AT_ONCE)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no system {system_id}")))?;
+            *range = first..first + RESERVE_AT_ONCE;
+            grew = true;
+        }
+        let idx = range.start;
+        range.start += 1;
+        if grew {
+            self.offline.forget_lists(Some(tenant_id), Some(system_id));
+        }
+        Ok((idx, grew))
+    }
+
+    /// The system's signed status list, or `None` when the tenant has no such system.
+    pub async fn status_list(
+        &self,
+        tenant: &Tenant,
+        system_id: &str,
+    ) -> Result<Option<Arc<StatusListToken>>> {
+        let key = (tenant.id.to_string(), system_id.to_owned());
+        let now = self.now();
+        let ttl = self.settings.tokens.status_list_ttl.as_secs();
+        let half = (ttl / 2) as i64;
+        let kept = self
+            .offline
+            .lists
+            .lock()
+            .expect("status lists lock")
+            .get(&key)
+            .cloned();
+        if let Some(kept) = &kept
+            && kept.read_at.elapsed() < REREAD_AFTER
+            && now < kept.iat + half
+        {
+            return Ok(Some(kept.clone()));
+        }
+        let Some(stored) = status_lists::read(&self.db, &tenant.id, system_id).await? else {
+            return Ok(None);
+        };
+        let bits = bit_array(stored.len, &stored.revoked);
+        let keys = self.keyring(tenant).await?;
+        let signer = keys
+            .signer
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("tenant {} has no ACTIVE signing key", tenant.slug))?;
+        let token = match kept {
+            // The same list, signed by the same key, and fresh enough: only read again.
+            Some(kept) if kept.bits == bits && kept.kid == signer.kid && now < kept.iat + half => {
+                StatusListToken {
+                    jwt: kept.jwt.clone(),
+                    iat: kept.iat,
+                    len: kept.len,
+                    kid: kept.kid.clone(),
+                    bits,
+                    read_at: Instant::now(),
+                }
+            }
+            _ => {
+                let uri = status_list_uri(tenant, system_id);
+                let _signing = self.metrics.signing(Signed::TrustMessage);
+                let claims = StatusListClaims {
+                    exp: now + ttl as i64,
+                    iat: now,
+                    iss: &tenant.issuer,
+                    status_list: EncodedList {
+                        bits: 1,
+                        lst: encode_lst(&bits),
+                    },
+                    sub: &uri,
+                    ttl,
+                };
+                StatusListToken {
+                    jwt: jws::sign(&signer.key, &signer.kid, STATUS_LIST_TYP, &claims),
+                    iat: now,
+                    len: bits.len() as i64 * 8,
+                    kid: signer.kid.clone(),
+                    bits,
+                    read_at: Instant::now(),
+                }
+            }
+        };
+        let token = Arc::new(token);
+        let mut lists = self.offline.lists.lock().expect("status lists lock");
+        if lists.len() >= MAX_KEPT && !lists.contains_key(&key) {
+            lists.clear();
+        }
+        lists.insert(key, token.clone());
+        Ok(Some(token))
+    }
+
+    /// The tenant's signed key schedule: its published keys, each with its status, `nbf` (when
+    /// it signs from) and `exp` (when it leaves the JWKS, where known), numbered `seq` and signed
+    /// by the ACTIVE key.
+    pub async fn key_schedule(&self, tenant: &Tenant) -> Result<Arc<KeySchedule>> {
+        let keys = self.keyring(tenant).await?;
+        let signer = keys
+            .signer
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("tenant {} has no ACTIVE signing key", tenant.slug))?;
+        if let Some(kept) = self
+            .offline
+            .schedules
+            .lock()
+            .expect("schedules lock")
+            .get(tenant.id.as_str())
+            && kept.seq == keys.schedule_seq
+            && kept.kid == signer.kid
+        {
+            return Ok(kept.clone());
+        }
+        let mut listed = Vec::new();
+        for key in &keys.keys {
+            let Some(verifier) = keys.verifier(&key.kid) else {
+                continue;
+            };
+            let mut jwk = verifier.jwk();
+            let status = match key.status {
+                KeyStatus::Pending => "PENDING",
+                KeyStatus::Active => "ACTIVE",
+                _ => "RETIRED",
+            };
+            jwk["status"] = status.into();
+            jwk["nbf"] = key.activates_at.unwrap_or(key.created_at).into();
+            if key.status == KeyStatus::Retired
+                && let Some(exp) = key.publish_until
+            {
+                jwk["exp"] = exp.into();
+            }
+            listed.push(jwk);
+        }
+        let _signing = self.metrics.signing(Signed::TrustMessage);
+        let claims = ScheduleClaims {
+            iat: self.now(),
+            iss: &tenant.issuer,
+            keys: listed,
+            seq: keys.schedule_seq,
+        };
+        let schedule = Arc::new(KeySchedule {
+            jwt: jws::sign(&signer.key, &signer.kid, KEY_SCHEDULE_TYP, &claims),
+            seq: keys.schedule_seq,
+            kid: signer.kid.clone(),
+        });
+        self.offline
+            .schedules
+            .lock()
+            .expect("schedules lock")
+            .insert(tenant.id.to_string(), schedule.clone());
+        Ok(schedule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_zero_is_the_lowest_bit_of_the_first_byte() {
+        assert_eq!(bit_array(16, &[0, 9]), vec![0x01, 0x02]);
+        assert_eq!(bit_array(0, &[]), vec![0]);
+        assert_eq!(bit_array(9, &[8]), vec![0, 1]);
+        // An index outside the list (never stored) changes nothing.
+        assert_eq!(bit_array(8, &[8, -1]), vec![0]);
+    }
+
+    #[test]
+    fn lst_is_zlib_in_base64url() {
+        use std::io::Read;
+        let lst = encode_lst(&[0xb9, 0xa3]);
+        let raw = URL_SAFE_NO_PAD.decode(lst).unwrap();
+        assert_eq!(raw[0] & 0x0f, 8, "deflate in a ZLIB header (RFC 1950)");
+        let mut out = Vec::new();
+        flate2::read::ZlibDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, vec![0xb9, 0xa3]);
+    }
+}
