@@ -63,6 +63,7 @@ pub const CONNECT_CODES: &[&str] = &[
     "not_authorized",
     "malformed_packet",
     "packet_too_large",
+    "bad_authentication_method",
     "closed",
 ];
 

@@ -12,7 +12,8 @@
 //! - A **status list** (`statuslist+jwt`) is believed only when signed by a trusted key, for
 //!   this tenant and this system's list, and not expired.
 //! - A **local API token** is accepted only when signed by a trusted key for this system, in its
-//!   time, and its bit in the status list is not set; the token list's status is checked too.
+//!   time, and its bit in a status list that has not expired is not set; the token list's status
+//!   is checked too.
 //!   A token without a `status` claim (minted before lists existed) is judged by the token list
 //!   alone; one whose index the list does not cover is judged by the token list when it is newer
 //!   than the list, and refused when it is not (the list would cover it).
@@ -243,6 +244,12 @@ impl Trust {
                 .ok_or("not on this system's list (unknown here, or expired)".into());
         };
         let list = status.ok_or("no status list for this system: cannot tell if it was revoked")?;
+        if list.exp <= now {
+            return Err(format!(
+                "the status list expired at {}: cannot tell if it was revoked until a fresh one arrives",
+                list.exp
+            ));
+        }
         if reference["uri"] != list.uri.as_str() {
             return Err(format!(
                 "its status is in {}, not in this system's list",

@@ -3,7 +3,12 @@
 //! Each frame is cut here first (fixed header, remaining length, size limit) and its packet
 //! type checked against what a client may send, before rumqttd's codec sees it: the V5 codec
 //! panics on some server-only packets (CONNACK, UNSUBACK). The codec call is also guarded
-//! against panics, so a packet it cannot handle costs only its own connection.
+//! against panics, so a packet it cannot handle costs only its own connection. rumqttd knows no
+//! AUTH packet (5.0 §3.15): lanyard reads and writes it here ([`Auth`]).
+
+/// The authentication method of lanyard's access tokens (SPEC §10): the token is the
+/// Authentication Data, at CONNECT and in AUTH.
+pub const AUTH_METHOD: &str = "lanyard-jwt";
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -28,6 +33,100 @@ pub const SUBSCRIBE: u8 = 8;
 pub const UNSUBSCRIBE: u8 = 10;
 pub const PINGREQ: u8 = 12;
 pub const DISCONNECT: u8 = 14;
+pub const AUTH: u8 = 15;
+
+/// AUTH reason codes (MQTT 5.0 §3.15.2.1).
+pub const AUTH_SUCCESS: u8 = 0x00;
+pub const AUTH_REAUTHENTICATE: u8 = 0x19;
+
+/// An AUTH packet from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub reason: u8,
+    pub method: Option<String>,
+    pub data: Option<Vec<u8>>,
+}
+
+/// Reads the body of an AUTH frame (after the fixed header); `None` when malformed.
+pub fn parse_auth(body: &[u8]) -> Option<Auth> {
+    // No body: success, without properties (§3.15.2.1).
+    let Some((&reason, rest)) = body.split_first() else {
+        return Some(Auth {
+            reason: AUTH_SUCCESS,
+            method: None,
+            data: None,
+        });
+    };
+    let mut auth = Auth {
+        reason,
+        method: None,
+        data: None,
+    };
+    if rest.is_empty() {
+        return Some(auth);
+    }
+    let (len, used) = variable_int(rest)?;
+    let mut props = rest.get(used..used.checked_add(len)?)?;
+    if used + len != rest.len() {
+        return None;
+    }
+    let take = |props: &mut &[u8]| -> Option<Vec<u8>> {
+        let n = u16::from_be_bytes([*props.first()?, *props.get(1)?]) as usize;
+        let value = props.get(2..2 + n)?.to_vec();
+        *props = &props[2 + n..];
+        Some(value)
+    };
+    while let Some((&id, rest)) = props.split_first() {
+        props = rest;
+        match id {
+            // Authentication Method, once.
+            0x15 if auth.method.is_none() => {
+                auth.method = Some(String::from_utf8(take(&mut props)?).ok()?);
+            }
+            // Authentication Data, once.
+            0x16 if auth.data.is_none() => auth.data = Some(take(&mut props)?),
+            // Reason String.
+            0x1F => {
+                take(&mut props)?;
+            }
+            // User Property: a pair of strings.
+            0x26 => {
+                take(&mut props)?;
+                take(&mut props)?;
+            }
+            _ => return None,
+        }
+    }
+    Some(auth)
+}
+
+/// A variable byte integer (§1.5.5) and the bytes it took.
+fn variable_int(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, byte) in buf.iter().take(4).enumerate() {
+        value |= ((byte & 0x7f) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// An AUTH packet from the server: `reason` and the Authentication Method.
+pub fn auth_packet(reason: u8, method: &str) -> Vec<u8> {
+    let mut props = vec![0x15];
+    props.extend_from_slice(&(method.len() as u16).to_be_bytes());
+    props.extend_from_slice(method.as_bytes());
+    // reason, property length (< 128), properties
+    let mut out = vec![
+        AUTH << 4,
+        (2 + props.len()) as u8,
+        reason,
+        props.len() as u8,
+    ];
+    out.extend_from_slice(&props);
+    out
+}
 
 /// A whole frame is in the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,12 +186,13 @@ pub fn frame(buf: &[u8], max_len: usize) -> Result<Frame, FrameError> {
 }
 
 /// Whether a client may send this packet type with these fixed-header flags (MQTT §2.2.2).
-/// Server-only packets (CONNACK, SUBACK, UNSUBACK, PINGRESP) and AUTH are not.
+/// Server-only packets (CONNACK, SUBACK, UNSUBACK, PINGRESP) are not; AUTH is 5.0 only, which
+/// the session checks.
 pub fn client_may_send(frame: &Frame) -> bool {
     match frame.packet_type {
         PUBLISH => (frame.flags >> 1) & 0b11 != 0b11,
         PUBREL | SUBSCRIBE | UNSUBSCRIBE => frame.flags == 0b0010,
-        CONNECT | PUBACK | PUBREC | PUBCOMP | PINGREQ | DISCONNECT => frame.flags == 0,
+        CONNECT | PUBACK | PUBREC | PUBCOMP | PINGREQ | DISCONNECT | AUTH => frame.flags == 0,
         _ => false,
     }
 }
@@ -216,9 +316,38 @@ mod tests {
         let f = |b0: u8| frame(&[b0, 0], 10).unwrap();
         assert!(client_may_send(&f(0x82)));
         assert!(!client_may_send(&f(0x80)));
-        for server_only in [0x20, 0x90, 0xb0, 0xd0, 0xf0] {
+        assert!(client_may_send(&f(0xf0)), "AUTH");
+        for server_only in [0x20, 0x90, 0xb0, 0xd0, 0xf1] {
             assert!(!client_may_send(&f(server_only)));
         }
         assert!(!client_may_send(&f(0x36)), "QoS 3");
+    }
+
+    #[test]
+    fn auth_packets_are_read_and_written() {
+        let packet = auth_packet(AUTH_REAUTHENTICATE, AUTH_METHOD);
+        let f = frame(&packet, 100).unwrap();
+        assert_eq!((f.packet_type, f.len), (AUTH, packet.len()));
+        let auth = parse_auth(&packet[f.body..]).unwrap();
+        assert_eq!(auth.reason, AUTH_REAUTHENTICATE);
+        assert_eq!(auth.method.as_deref(), Some(AUTH_METHOD));
+        assert_eq!(auth.data, None);
+        // With data, a reason string and a user property.
+        let mut props = vec![
+            0x15, 0, 1, b'm', 0x16, 0, 2, 1, 2, 0x1f, 0, 0, 0x26, 0, 1, b'k', 0, 0,
+        ];
+        let mut body = vec![0x19, props.len() as u8];
+        body.append(&mut props);
+        let auth = parse_auth(&body).unwrap();
+        assert_eq!(
+            (auth.method.as_deref(), auth.data),
+            (Some("m"), Some(vec![1, 2]))
+        );
+        assert_eq!(parse_auth(&[]).unwrap().reason, AUTH_SUCCESS);
+        // Truncated, trailing bytes, a repeated or unknown property.
+        assert!(parse_auth(&[0x19, 4, 0x15, 0, 5, b'm']).is_none());
+        assert!(parse_auth(&[0x19, 0, 9]).is_none());
+        assert!(parse_auth(&[0x19, 8, 0x15, 0, 1, b'm', 0x15, 0, 1, b'n']).is_none());
+        assert!(parse_auth(&[0x19, 2, 0x01, 0]).is_none());
     }
 }

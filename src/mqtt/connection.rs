@@ -260,8 +260,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             _ => true,
         };
         let now = gate.authority.now();
-        gate.sessions
-            .release(&session.key, session.seq, session.lanyard_topics, now);
+        gate.sessions.release(
+            &session.key,
+            session.seq,
+            (session.lanyard_topics, session.filters),
+            now,
+        );
         if withdrawn {
             gate.sessions.forget_stored(&session.key);
         }

@@ -1,5 +1,6 @@
 //! The CONNECT handshake (MQTT 3.1.1 §3.1, 5.0 §3.1): the first packet read, the client
-//! identifier checked, the password verified as a lanyard access token (SPEC §4), the will's
+//! identifier checked, the password (or, on 5.0, the Authentication Data of method
+//! `lanyard-jwt`, SPEC §10) verified as a lanyard access token (SPEC §4), the will's
 //! topic checked, the session claimed (a client id is scoped to its tenant and held by one
 //! principal) and the router link opened for a session to resume or keep; then the CONNACK.
 //!
@@ -48,6 +49,9 @@ pub(super) enum Refusal {
     /// No password, or one too long to be an access token.
     #[error("no usable password")]
     NoPassword,
+    /// An Authentication Method other than `lanyard-jwt`.
+    #[error("unsupported authentication method")]
+    AuthMethod,
     /// The password is not an access token good here.
     #[error("{0}")]
     Token(String),
@@ -75,6 +79,7 @@ impl Refusal {
             Refusal::TooLarge | Refusal::Malformed => return None,
             Refusal::ClientId(_) => C::ClientIdentifierNotValid,
             Refusal::NoPassword => C::BadUserNamePassword,
+            Refusal::AuthMethod => C::BadAuthenticationMethod,
             Refusal::Token(_) | Refusal::WillTopic | Refusal::ClientIdHeld => C::NotAuthorized,
             Refusal::Unavailable(_) if v5 => C::ServerUnavailable,
             Refusal::Unavailable(_) => C::ServiceUnavailable,
@@ -109,6 +114,7 @@ pub(super) fn code_name(code: ConnectReturnCode) -> &'static str {
         C::NotAuthorized => "not_authorized",
         C::MalformedPacket => "malformed_packet",
         C::PacketTooLarge => "packet_too_large",
+        C::BadAuthenticationMethod => "bad_authentication_method",
         // Codes lanyard never answers a CONNECT with.
         _ => "closed",
     }
@@ -193,6 +199,12 @@ pub(super) struct Session {
     pub(super) lanyard_topics: BTreeSet<String>,
     /// A stored session was resumed: its lanyard topics get their current messages at once.
     pub(super) resumed: bool,
+    /// A 5.0 session that authenticated with method `lanyard-jwt`, and so may re-authenticate
+    /// (SPEC §10): every filter it subscribes to, so that those a new token no longer allows
+    /// are taken back. `None` for every other session, which follows nothing.
+    // Boxed: a pointer is all that a session that does not re-authenticate carries.
+    #[allow(clippy::box_collection)]
+    pub(super) filters: Option<Box<BTreeSet<String>>>,
 }
 
 /// Reads the CONNECT, authenticates it, claims the session and opens the router link, and
@@ -253,8 +265,18 @@ where
         connect.client_id.clone()
     };
 
-    // The password is a lanyard access token (SPEC §4).
-    let password = login.as_ref().map(|l| l.password.as_str()).unwrap_or("");
+    // The password is a lanyard access token (SPEC §4); on 5.0 it may come as the
+    // Authentication Data of method `lanyard-jwt` instead, which allows re-authentication.
+    let props = props.as_ref();
+    let method = props.and_then(|p| p.authentication_method.as_deref());
+    let password = match method {
+        None => login.as_ref().map(|l| l.password.as_str()).unwrap_or(""),
+        Some(codec::AUTH_METHOD) => props
+            .and_then(|p| p.authentication_data.as_deref())
+            .and_then(|data| std::str::from_utf8(data).ok())
+            .unwrap_or(""),
+        Some(_) => return Err(refused(Refusal::AuthMethod)),
+    };
     if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
         return Err(refused(Refusal::NoPassword));
     }
@@ -288,7 +310,6 @@ where
     // outlives its connection: 3.1.1 persistent sessions `mqtt.session_expiry`; 5.0 what the
     // client asks (MQTT 5.0 §3.1.2.11.2, absent = 0), at most that long.
     let resume = !connect.clean_session;
-    let props = props.as_ref();
     let asked_expiry = props.and_then(|p| p.session_expiry_interval);
     let expiry = match version {
         Version::V4 if resume => gate.session_expiry,
@@ -319,7 +340,7 @@ where
     if named_link {
         let Some(opened) = gate.router.open(named(false)).await else {
             gate.sessions
-                .release(&key, claim.seq, BTreeSet::new(), gate.authority.now());
+                .release(&key, claim.seq, Default::default(), gate.authority.now());
             return Err(refused(Refusal::Unavailable(Internal::msg(
                 "linking a session",
                 "the router refused the link",
@@ -345,6 +366,7 @@ where
         session_expiry_interval: asked_expiry
             .filter(|asked| *asked != expiry)
             .map(|_| expiry),
+        authentication_method: method.map(str::to_owned),
         ..ConnAckProperties::default()
     });
     let mut out = BytesMut::new();
@@ -357,7 +379,7 @@ where
             }
         }
         gate.sessions
-            .release(&key, claim.seq, BTreeSet::new(), gate.authority.now());
+            .release(&key, claim.seq, Default::default(), gate.authority.now());
         return Err(Exit::Closed);
     }
     tracing::debug!(client = %client_id, tenant = %known.tenant.slug, "mqtt: connected");
@@ -383,6 +405,10 @@ where
         will_delay,
         client_max_packet: props.and_then(|p| p.max_packet_size),
         resumed: session_present,
+        filters: method.map(|_| match claim.filters {
+            Some(filters) if session_present => filters,
+            _ => Box::default(),
+        }),
         lanyard_topics: if session_present {
             claim.topics
         } else {
@@ -403,6 +429,7 @@ mod tests {
             Refusal::Malformed,
             Refusal::ClientId("x"),
             Refusal::NoPassword,
+            Refusal::AuthMethod,
             Refusal::Token("x".into()),
             Refusal::WillTopic,
             Refusal::ClientIdHeld,

@@ -3,13 +3,14 @@
 //! PUBREC `0x87`; 3.1.1 has no refusal, so it is acknowledged and dropped); a refused filter gets
 //! its failure code in the SUBACK (merged with the router's answers on the way out); shared
 //! subscriptions are renamed per tenant and filter; lanyard's own retained topics are delivered
-//! once per SUBSCRIBE packet.
+//! once per SUBSCRIBE packet. An AUTH re-authenticates a 5.0 session that authenticated with
+//! method `lanyard-jwt` (SPEC §10, [`Connection::reauthenticate`]).
 
 use std::collections::BTreeSet;
 
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    PubRecReason, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -17,6 +18,7 @@ use super::codec::{self, FrameError, Version};
 use super::connection::{Connection, Outcome};
 use super::handshake::Link;
 use super::router::LinkSession;
+use crate::authority::TokenRejected;
 use crate::domain::acl::Identity;
 use crate::domain::topic::{TopicFilter, TopicName};
 
@@ -36,6 +38,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             if !codec::client_may_send(&frame) || frame.packet_type == codec::CONNECT {
                 return Some(Outcome::Violation(DisconnectReasonCode::ProtocolError));
+            }
+            if frame.packet_type == codec::AUTH {
+                let packet = self.buf.split_to(frame.len);
+                if let Some(outcome) = Box::pin(self.reauthenticate(&packet[frame.body..])).await {
+                    return Some(outcome);
+                }
+                continue;
             }
             let (qos, pkid) = if frame.packet_type == codec::PUBLISH {
                 codec::publish_qos_pkid(&self.buf, &frame)
@@ -176,6 +185,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         _ => Some(SubscribeReasonCode::Failure),
                     };
                     if refusal.is_none() {
+                        if let Some(filters) = &mut self.session.filters {
+                            filters.insert(filter.path.clone());
+                        }
                         if self.gate.permissions.is_reserved(&filter.path)
                             && TopicName::parse(&filter.path).is_ok()
                         {
@@ -231,6 +243,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let reasons = vec![UnsubAckReason::Success; unsubscribe.filters.len()];
                 for filter in &mut unsubscribe.filters {
                     self.session.lanyard_topics.remove(filter);
+                    if let Some(filters) = &mut self.session.filters {
+                        filters.remove(filter);
+                    }
                     if let Some(path) = self.router_filter(filter) {
                         *filter = path;
                     }
@@ -273,5 +288,118 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             _ => return Some(Outcome::Violation(DisconnectReasonCode::ProtocolError)),
         }
         None
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// An AUTH packet (MQTT 5.0 §4.12): with reason `0x19` and method `lanyard-jwt`, a new
+    /// access token of the same principal (tenant, client, subject) replaces the session's, which
+    /// then ends at the new token's `exp`, is revoked with it, and has the new token's
+    /// permissions: subscriptions it no longer allows are taken back. Answered AUTH `0x00`; a
+    /// token that is not good here, or another principal's, ends the session with DISCONNECT
+    /// `0x87`. AUTH from a session that did not authenticate with the method is a protocol
+    /// error (§4.12: the client must not send it).
+    pub(super) async fn reauthenticate(&mut self, body: &[u8]) -> Option<Outcome> {
+        if self.session.version != Version::V5 || self.session.filters.is_none() {
+            return Some(Outcome::Violation(DisconnectReasonCode::ProtocolError));
+        }
+        let Some(auth) = codec::parse_auth(body) else {
+            return Some(Outcome::Violation(DisconnectReasonCode::MalformedPacket));
+        };
+        if auth.reason != codec::AUTH_REAUTHENTICATE {
+            return Some(Outcome::Violation(DisconnectReasonCode::ProtocolError));
+        }
+        let refused = |why: &str| {
+            tracing::info!(client = %self.session.key, "mqtt: re-authentication refused: {why}");
+            Some(Outcome::Violation(DisconnectReasonCode::NotAuthorized))
+        };
+        if auth.method.as_deref() != Some(codec::AUTH_METHOD) {
+            return refused("another authentication method");
+        }
+        let Some(token) = auth
+            .data
+            .as_deref()
+            .and_then(|data| std::str::from_utf8(data).ok())
+            .filter(|t| !t.is_empty())
+        else {
+            return refused("no token");
+        };
+        let known = match self.gate.authority.verify_bearer(token).await {
+            Ok(known) => known,
+            Err(TokenRejected::Unavailable(cause)) => {
+                cause.log("mqtt");
+                return Some(Outcome::Violation(DisconnectReasonCode::ServerBusy));
+            }
+            Err(e) => return refused(&e.to_string()),
+        };
+        let (old, new) = (&self.session.grant, &known);
+        let same_principal = old.tenant.id == new.tenant.id
+            && old.verified.claims.client_id == new.verified.claims.client_id
+            && old.verified.claims.sub == new.verified.claims.sub;
+        if !same_principal {
+            return refused("the token is another principal's");
+        }
+        let narrowed = old.verified.claims.scope != new.verified.claims.scope
+            || old.verified.claims.system != new.verified.claims.system;
+        self.gate
+            .sessions
+            .regrant(&self.session.key, self.session.seq, &known);
+        self.session.grant = known;
+        // Revoked while being taken on: the revocation may have looked for the old grant.
+        if self.gate.authority.verify_bearer(token).await.is_err() {
+            return refused("the token was revoked");
+        }
+        if narrowed {
+            self.take_back_subscriptions().await;
+        }
+        self.out
+            .extend_from_slice(&codec::auth_packet(codec::AUTH_SUCCESS, codec::AUTH_METHOD));
+        tracing::debug!(client = %self.session.key, "mqtt: re-authenticated");
+        None
+    }
+
+    /// Unsubscribes the router from the filters the session's permissions no longer allow, and
+    /// drops a will they no longer allow.
+    async fn take_back_subscriptions(&mut self) {
+        let identity = self.identity();
+        let permissions = &self.gate.permissions;
+        let withdrawn: Vec<String> = self
+            .session
+            .filters
+            .iter()
+            .flat_map(|filters| filters.iter())
+            .filter(|f| {
+                TopicFilter::parse(f).map_or(true, |f| !permissions.may_subscribe(&identity, &f))
+            })
+            .cloned()
+            .collect();
+        let will_allowed = self.session.will.as_ref().is_none_or(|will| {
+            std::str::from_utf8(&will.topic)
+                .ok()
+                .and_then(|t| TopicName::parse(t).ok())
+                .is_some_and(|t| permissions.may_publish(&identity, &t))
+        });
+        if !will_allowed {
+            self.session.will = None;
+        }
+        if withdrawn.is_empty() {
+            return;
+        }
+        let mut router_filters = Vec::with_capacity(withdrawn.len());
+        for filter in withdrawn {
+            self.session.lanyard_topics.remove(&filter);
+            if let Some(filters) = &mut self.session.filters {
+                filters.remove(&filter);
+            }
+            router_filters.push(self.router_filter(&filter).unwrap_or(filter));
+        }
+        // The router's UNSUBACK is not passed on (see `outbound`); the packet id is the
+        // router's concern only.
+        let unsubscribe = Unsubscribe {
+            pkid: 1,
+            filters: router_filters,
+        };
+        self.answer_router(Packet::Unsubscribe(unsubscribe, None))
+            .await;
     }
 }

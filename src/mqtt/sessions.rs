@@ -66,6 +66,11 @@ struct Entry {
     pending_will: Option<AbortHandle>,
     /// lanyard's own exact topics the stored session subscribes to (see `LanyardTopics`).
     topics: BTreeSet<String>,
+    /// Every filter the stored session subscribes to, where they are followed (sessions that
+    /// may re-authenticate, see `handshake::Session::filters`).
+    // Boxed: a pointer is all that a session that does not re-authenticate carries.
+    #[allow(clippy::box_collection)]
+    filters: Option<Box<BTreeSet<String>>>,
 }
 
 /// The session a connection now holds.
@@ -76,6 +81,8 @@ pub struct Claim {
     pub may_resume: bool,
     /// With `may_resume`: lanyard's own exact topics the stored session subscribes to.
     pub topics: BTreeSet<String>,
+    /// With `may_resume`: the filters the stored session subscribes to, where followed.
+    pub filters: Option<Box<BTreeSet<String>>>,
     /// The id held a persistent session, connected or stored, which a clean session discards.
     pub held_persistent: bool,
 }
@@ -129,6 +136,7 @@ impl Sessions {
         let may_resume;
         let mut held_persistent = false;
         let mut topics = BTreeSet::new();
+        let mut filters = None;
         match entries.get_mut(key) {
             Some(entry) if owner(&entry.grant) != owner(grant) => return None,
             Some(entry) => {
@@ -144,6 +152,7 @@ impl Sessions {
                 may_resume = entry.persistent && same_permissions(&entry.grant, grant);
                 if may_resume {
                     topics = std::mem::take(&mut entry.topics);
+                    filters = entry.filters.take();
                 }
                 entry.persistent = persistent;
                 entry.expiry = expiry;
@@ -163,6 +172,7 @@ impl Sessions {
                         live: Some(live),
                         pending_will: None,
                         topics: BTreeSet::new(),
+                        filters: None,
                     },
                 );
             }
@@ -172,19 +182,39 @@ impl Sessions {
             ended,
             may_resume,
             topics,
+            filters,
             held_persistent,
         })
     }
 
+    /// The connection holding claim `seq` re-authenticated (MQTT 5.0 §4.12): the session is
+    /// held under `grant` from now on, its expiry and revocation included.
+    pub fn regrant(&self, key: &Key, seq: u64, grant: &Grant) {
+        let mut entries = self.entries.lock().expect("sessions lock");
+        if let Some(entry) = entries.get_mut(key)
+            && entry.live.as_ref().is_some_and(|l| l.seq == seq)
+        {
+            entry.grant = grant.clone();
+        }
+    }
+
     /// The connection holding claim `seq` ended at `now`. A clean session is forgotten; a
-    /// persistent one stays owned, with the lanyard topics it subscribes to, until it expires.
-    pub fn release(&self, key: &Key, seq: u64, topics: BTreeSet<String>, now: i64) {
+    /// persistent one stays owned, with the lanyard topics (and, where followed, the filters)
+    /// it subscribes to, until it expires.
+    pub fn release(
+        &self,
+        key: &Key,
+        seq: u64,
+        (topics, filters): (BTreeSet<String>, Option<Box<BTreeSet<String>>>),
+        now: i64,
+    ) {
         let mut entries = self.entries.lock().expect("sessions lock");
         if let Some(entry) = entries.get_mut(key)
             && entry.live.as_ref().is_some_and(|l| l.seq == seq)
         {
             entry.live = None;
             entry.topics = topics;
+            entry.filters = filters;
             entry.expires_at = Some(now.saturating_add(i64::from(entry.expiry)));
             if !entry.persistent && entry.pending_will.is_none() {
                 entries.remove(key);

@@ -23,6 +23,7 @@ mod mqtt_bytes;
 mod mqtt_packets;
 mod nodes;
 mod offline_trust;
+mod reauth;
 mod revocation;
 mod signin;
 mod token;

@@ -231,6 +231,7 @@ impl V5 {
                 "NotAuthorized" => V5Code::NotAuthorized,
                 "BadUserNamePassword" => V5Code::BadUserNamePassword,
                 "ClientIdentifierNotValid" => V5Code::ClientIdentifierNotValid,
+                "BadAuthenticationMethod" => V5Code::BadAuthenticationMethod,
                 other => panic!("connection failed without a CONNACK: {other}"),
             }),
             other => panic!("no CONNACK: {other:?}"),

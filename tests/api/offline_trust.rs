@@ -265,6 +265,11 @@ on_both_databases! {
         assert!(err.contains("not "), "{err}");
         let err = trust.accept_status_list(&after_jwt, &uri, now + 86_400).unwrap_err();
         assert!(err.contains("expired"), "{err}");
+        // A list believed once is not believed past its exp.
+        let mut stale = after.clone();
+        stale.exp = now;
+        let err = trust.check_token(&first_jwt, "CLOUD-", &w.system, Some(&stale), &[], now).unwrap_err();
+        assert!(err.contains("the status list expired"), "{err}");
         // A token without a list to judge it by is not accepted.
         let err = trust.check_token(&first_jwt, "CLOUD-", &w.system, None, &stale_tokens, now).unwrap_err();
         assert!(err.contains("no status list"), "{err}");

@@ -213,3 +213,18 @@ pub fn pubrel(packet_id: u16) -> [u8; 4] {
     let [high, low] = packet_id.to_be_bytes();
     [0x62, 0x02, high, low]
 }
+
+/// A 5.0 AUTH (§3.15) with `reason` (0x19: re-authenticate), an Authentication Method and,
+/// when given, Authentication Data.
+pub fn auth(reason: u8, method: &str, data: Option<&[u8]>) -> Vec<u8> {
+    let mut props = vec![0x15];
+    string(method.as_bytes(), &mut props);
+    if let Some(data) = data {
+        props.push(0x16);
+        string(data, &mut props);
+    }
+    let mut body = vec![reason];
+    remaining_length(props.len(), &mut body);
+    body.extend_from_slice(&props);
+    packet(0xf0, &body)
+}
