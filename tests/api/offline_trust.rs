@@ -375,3 +375,90 @@ on_both_databases! {
         assert_eq!(claims_of(std::str::from_utf8(&next.payload).unwrap())["seq"].as_i64(), claims_of(std::str::from_utf8(&first.payload).unwrap())["seq"].as_i64().map(|s| s + 1));
     }
 }
+
+/// The Python environment `.ci/run` installs `tests/interop/requirements.txt` into.
+fn interop_python() -> Option<std::path::PathBuf> {
+    let python =
+        std::path::Path::new(&std::env::var_os("HOME")?).join(".cache/lanyard-py/bin/python");
+    python.exists().then_some(python)
+}
+
+#[tokio::test]
+async fn an_independent_implementation_of_the_draft_reads_the_same_bits() {
+    let Some(python) = interop_python() else {
+        skipped(
+            "no ~/.cache/lanyard-py: python3 -m venv ~/.cache/lanyard-py && ~/.cache/lanyard-py/bin/pip install -r tests/interop/requirements.txt",
+        );
+        return;
+    };
+    // The tokens' status URIs must reach this server: its public URL is its own address.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.http.listen = addr;
+        s.http.public_url = format!("http://{addr}");
+    })
+    .await;
+    let w = world(&app).await;
+    let mut valid = Vec::new();
+    let mut revoked = Vec::new();
+    for n in 0..12 {
+        let (id, jwt) = mint(&app, &w).await;
+        if n % 3 == 1 {
+            revoke(&app, &w, &id).await;
+            revoked.push(jwt);
+        } else {
+            valid.push(jwt);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (valid_file, revoked_file) = (dir.path().join("valid"), dir.path().join("revoked"));
+    std::fs::write(&valid_file, valid.join("\n")).unwrap();
+    std::fs::write(&revoked_file, revoked.join("\n")).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/status_list.py");
+    let run = |args: Vec<std::ffi::OsString>| {
+        let python = python.clone();
+        async move {
+            tokio::process::Command::new(python)
+                .arg(script)
+                .args(args)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = run(vec![
+        "--issuer".into(),
+        w.t.tenant.issuer.clone().into(),
+        "--valid".into(),
+        valid_file.clone().into(),
+        "--revoked".into(),
+        revoked_file.clone().into(),
+    ])
+    .await;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("OK 12 tokens checked"), "{said}");
+    // The same decoder tells a revoked token from a valid one: swapped, every token fails.
+    let out = run(vec![
+        "--issuer".into(),
+        w.t.tenant.issuer.clone().into(),
+        "--valid".into(),
+        revoked_file.into(),
+        "--revoked".into(),
+        valid_file.into(),
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
