@@ -231,41 +231,40 @@ impl Trust {
             return Err("expired".into());
         }
         let listed = token_list.iter().find(|e| e["uuid"] == claims["jti"]);
+        // The signed status list first: it is what a broker cannot forge.
+        let reference = &claims["status"]["status_list"];
+        if let Some(idx) = reference["idx"].as_u64() {
+            let list =
+                status.ok_or("no status list for this system: cannot tell if it was revoked")?;
+            if list.exp <= now {
+                return Err(format!(
+                    "the status list expired at {}: cannot tell if it was revoked until a fresh one arrives",
+                    list.exp
+                ));
+            }
+            if reference["uri"] != list.uri.as_str() {
+                return Err(format!(
+                    "its status is in {}, not in this system's list",
+                    reference["uri"]
+                ));
+            }
+            match list.is_set(idx) {
+                Some(true) => return Err(format!("revoked (bit {idx} of the status list is set)")),
+                Some(false) => {}
+                // Minted after the list was signed: the token list may know it.
+                None if claims["iat"].as_i64().is_some_and(|iat| iat > list.iat)
+                    && listed.is_some() => {}
+                None => return Err(format!("index {idx} is outside the status list")),
+            }
+        } else if listed.is_none() {
+            // Minted before status lists: the token list alone decides.
+            return Err("not on this system's list (unknown here, or expired)".into());
+        }
         if let Some(entry) = listed
             && entry["status"] != "ACTIVATED"
         {
             return Err(format!("the token list says {}", entry["status"]));
         }
-        let reference = &claims["status"]["status_list"];
-        let Some(idx) = reference["idx"].as_u64() else {
-            // Minted before status lists: the token list alone decides.
-            return listed
-                .map(|_| claims.clone())
-                .ok_or("not on this system's list (unknown here, or expired)".into());
-        };
-        let list = status.ok_or("no status list for this system: cannot tell if it was revoked")?;
-        if list.exp <= now {
-            return Err(format!(
-                "the status list expired at {}: cannot tell if it was revoked until a fresh one arrives",
-                list.exp
-            ));
-        }
-        if reference["uri"] != list.uri.as_str() {
-            return Err(format!(
-                "its status is in {}, not in this system's list",
-                reference["uri"]
-            ));
-        }
-        match list.is_set(idx) {
-            Some(true) => Err(format!("revoked (bit {idx} of the status list is set)")),
-            Some(false) => Ok(claims),
-            // Minted after the list was signed: the token list may know it.
-            None if claims["iat"].as_i64().is_some_and(|iat| iat > list.iat)
-                && listed.is_some() =>
-            {
-                Ok(claims)
-            }
-            None => Err(format!("index {idx} is outside the status list")),
-        }
+        Ok(claims)
     }
 }

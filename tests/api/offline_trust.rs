@@ -462,3 +462,86 @@ async fn an_independent_implementation_of_the_draft_reads_the_same_bits() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The `ems_device` example, as `cargo test` builds it next to the test binaries.
+fn ems_device() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples/ems_device");
+    path.exists().then_some(path)
+}
+
+#[tokio::test]
+async fn a_device_offline_during_a_revocation_refuses_the_token_once_back_from_the_status_list() {
+    let Some(device_bin) = ems_device() else {
+        skipped(
+            "the ems_device example is not built: run `cargo test` (it builds the examples) or `cargo build --example ems_device`",
+        );
+        return;
+    };
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.http.listen = addr;
+        s.http.public_url = format!("http://{addr}");
+    })
+    .await;
+    let w = world(&app).await;
+    let (gateway, secret) = app
+        .client(
+            &w.t,
+            lanyard::authority::NewClient {
+                name: "gateway".into(),
+                grant_types: vec![lanyard::domain::GrantType::ClientCredentials],
+                system_id: Some(w.system.clone()),
+                ..Default::default()
+            },
+        )
+        .await;
+    let (id, token) = mint(&app, &w).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("gateway.json");
+    let run = |offline: bool| {
+        let mut cmd = tokio::process::Command::new(&device_bin);
+        cmd.env("ISSUER", &w.t.tenant.issuer)
+            .env("MQTT", app.app().mqtt_addr().to_string())
+            .env("CLIENT_ID", gateway.as_str())
+            .env("CLIENT_SECRET", &secret)
+            .arg("--state")
+            .arg(&state);
+        if offline {
+            cmd.arg("--offline");
+        }
+        cmd.arg(&token);
+        async move {
+            let out = cmd.output().await.unwrap();
+            let said = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            (out.status.code(), said)
+        }
+    };
+    let (code, said) = run(false).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("ACCEPTED: Ada Lovelace"), "{said}");
+    // Offline, it cannot know of the revocation.
+    revoke(&app, &w, &id).await;
+    let (code, said) = run(true).await;
+    assert_eq!(code, Some(0), "{said}");
+    // Back online: the new status list refuses it.
+    let (code, said) = run(false).await;
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("REFUSED: revoked (bit 0 of the status list is set)"),
+        "{said}"
+    );
+    // A token list tampered back to ACTIVATED changes nothing: the signed list decides.
+    let mut kept: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    for entry in kept["token_list"].as_array_mut().unwrap() {
+        entry["status"] = "ACTIVATED".into();
+    }
+    std::fs::write(&state, kept.to_string()).unwrap();
+    let (code, said) = run(true).await;
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("REFUSED: revoked"), "{said}");
+}
