@@ -12,12 +12,14 @@
 //! - the token endpoint auditing every token against a lanyard that does not, a second of each
 //!   in turn;
 //! - GraphQL `createLocalApiToken` against the token endpoint, a second of each in turn, round
-//!   10,000 systems;
+//!   10,000 systems, and its CPU (with the status-list index) in tokens' CPU against the same
+//!   quotient before status lists;
 //! - MQTT CONNECT with a real RS256 token, and a reconnect storm, against Mosquitto's anonymous
 //!   CONNECT, a second of each in turn;
 //! - publish throughput (QoS 0 and 1, 100-byte payloads, one and four subscribers) against
 //!   Mosquitto;
-//! - mint → device latency across those systems; restart time with each holding 10 tokens;
+//! - mint → device latency across those systems, and revoke → device (the new status list) on
+//!   1,000 of them; restart time with each holding 10 tokens;
 //! - RSS with many idle authenticated connections against Mosquitto's;
 //! - tokens/s and CONNECT/s with the metrics listener on against a lanyard with it off, a
 //!   second of each in turn.
@@ -172,8 +174,8 @@ async fn main() -> std::process::ExitCode {
     // measured in turn with it.
     if args.wants("graphql") {
         eprintln!("- GraphQL mints, in turn with the token endpoint");
-        let (figure, mints) = graphql::measure(&l, &person, &system_ids, run).await;
-        rows.push(figure);
+        let (figures, mints) = graphql::measure(&l, &person, &system_ids, run).await;
+        rows.extend(figures);
         minted = mints;
     }
 
@@ -199,6 +201,8 @@ async fn main() -> std::process::ExitCode {
         let admin = admin.as_ref().expect("systems were created");
         eprintln!("- mint → device latency");
         rows.push(latency::measure(&http, &l, admin, &person, &system_ids, args.quick).await);
+        eprintln!("- revoke → device latency");
+        rows.push(latency::revocations(&http, &l, admin, &person, &system_ids, args.quick).await);
     }
 
     // 6. Idle authenticated connections: RSS against Mosquitto, both in fresh processes.
