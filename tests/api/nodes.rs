@@ -302,4 +302,97 @@ mod postgres {
         }
         assert!(seen, "the list did not follow after the outage");
     }
+
+    #[tokio::test]
+    async fn a_revocation_through_one_node_sets_the_bit_in_the_other_nodes_status_list() {
+        let Some(backend) = Backend::postgres_from_env() else {
+            eprintln!("TEST_POSTGRES_URL is not set: the two-node test is skipped");
+            return;
+        };
+        let a = TestApp::spawn(backend).await;
+        let b = second_node(&a).await;
+        let w = world(&a).await;
+        // Tokens minted through both nodes: indices are never given out twice.
+        let mint = |node: &'static str| {
+            let app = if node == "a" { &a } else { &b };
+            let token = w.user_token.clone();
+            let system = w.system.clone();
+            async move {
+                let body = gql(app, Some(&token),
+                    "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { uuid jwt } }",
+                    json!({ "s": system })).await;
+                let created = &body["data"]["createLocalApiToken"];
+                let jwt = created["jwt"].as_str().unwrap_or_else(|| panic!("{body}"));
+                let idx =
+                    claims_of(jwt.strip_prefix("CLOUD-").unwrap())["status"]["status_list"]["idx"]
+                        .as_i64()
+                        .unwrap();
+                (created["uuid"].as_str().unwrap().to_owned(), idx)
+            }
+        };
+        let mut indices = Vec::new();
+        let mut on_a = None;
+        for node in ["a", "b", "a", "b"] {
+            let (uuid, idx) = mint(node).await;
+            indices.push(idx);
+            on_a.get_or_insert(uuid);
+        }
+        let mut unique = indices.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 4, "an index was given out twice: {indices:?}");
+
+        // A device on node B holds the status list; the revocation goes through node A.
+        let topic = format!("drivr/v1/acme/statuslists/{}", w.system);
+        let (id, token) = device(&b, &w.t, Some(&w.system), "").await;
+        let mut gw = V4::connect(&b, &id, &token).await.unwrap();
+        gw.subscribe(&topic).await;
+        gw.message(Duration::from_secs(5))
+            .await
+            .expect("the retained status list");
+        gql(
+            &a,
+            Some(&w.user_token),
+            "mutation($u: UUID!) { revokeLocalApiToken(uuid: $u) { status } }",
+            json!({ "u": on_a.unwrap() }),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let msg = gw
+            .message(Duration::from_secs(5))
+            .await
+            .expect("the new list on the other node within 5 s");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let jwt = String::from_utf8(msg.payload.to_vec()).unwrap();
+        let lst = claims_of(&jwt)["status_list"]["lst"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let bits = {
+            use base64::Engine;
+            use std::io::Read;
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(lst)
+                .unwrap();
+            let mut out = Vec::new();
+            flate2::read::ZlibDecoder::new(&raw[..])
+                .read_to_end(&mut out)
+                .unwrap();
+            out
+        };
+        let idx = indices[0] as usize;
+        assert_eq!(bits[idx / 8] >> (idx % 8) & 1, 1, "bit {idx} is not set");
+        for &other in &indices[1..] {
+            let other = other as usize;
+            assert_eq!(bits[other / 8] >> (other % 8) & 1, 0, "bit {other} is set");
+        }
+        // Over HTTP from node B too.
+        let res = b
+            .http
+            .get(b.url(&format!("/t/acme/statuslists/{}", w.system)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.text().await.unwrap(), jwt);
+    }
 }
