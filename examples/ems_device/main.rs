@@ -207,8 +207,12 @@ async fn learn(
     let [jwks, schedule, token_list, status_list] = messages;
 
     let now = now();
+    // What this gateway believed before, if it is this system's gateway.
+    let stored = stored.filter(|state| state.system == system && state.trust.issuer == issuer);
+    let held_list = stored.as_ref().and_then(|state| state.status_list.clone());
     let mut trust = match (stored, trust_key) {
-        (Some(state), _) if state.system == system && state.trust.issuer == issuer => state.trust,
+        // A key given now starts trust over: how a device is provisioned again after an
+        // invalidation.
         (_, Some(path)) => {
             let jwk: Value = std::fs::read(path)
                 .ok()
@@ -216,7 +220,8 @@ async fn learn(
                 .ok_or(format!("{} is not a JWK", path.display()))?;
             Trust::from_key(issuer, &jwk)?
         }
-        _ => {
+        (Some(state), None) => state.trust,
+        (None, None) => {
             let jwks: Value = serde_json::from_slice(&jwks).map_err(|e| format!("JWKS: {e}"))?;
             Trust::from_jwks(issuer, &jwks)?
         }
@@ -227,14 +232,15 @@ async fn learn(
         Err(e) => eprintln!("warning: {e}; keeping the keys trusted so far"),
     }
     let uri = format!("{issuer}/statuslists/{system}");
-    let status_list =
-        match trust.accept_status_list(&String::from_utf8_lossy(&status_list), &uri, now) {
-            Ok(list) => Some(list),
-            Err(e) => {
-                eprintln!("warning: {e}");
-                None
-            }
-        };
+    let received = String::from_utf8_lossy(&status_list);
+    let status_list = match trust.accept_status_list(&received, &uri, now, held_list.as_ref()) {
+        Ok(list) => Some(list),
+        Err(e) => {
+            // What was believed stays believed: a bad message takes nothing away.
+            eprintln!("warning: {e}; keeping the status list held");
+            held_list
+        }
+    };
     let token_list: Vec<Value> =
         serde_json::from_slice(&token_list).map_err(|e| format!("token list: {e}"))?;
     Ok(State {

@@ -6,11 +6,12 @@
 //!   as first seen (trust on first use).
 //! - A **key schedule** (`jwk-set+jwt`) is believed only when signed by a key the device already
 //!   trusts (one that has not left) and not older (`seq`) than the last one believed; its keys
-//!   then become the trusted ones. So the device follows every planned rotation, whatever
-//!   channel brings it. After a key is invalidated (compromised), the schedule is signed by a
+//!   then become the trusted ones. So the device follows every planned rotation whose new key
+//!   it saw while PENDING (during `tokens.key_publish_ahead`), whatever channel brings it. After a key is invalidated (compromised), the schedule is signed by a
 //!   key the device does not know: it is refused, and trust must be given again out of band.
 //! - A **status list** (`statuslist+jwt`) is believed only when signed by a trusted key, for
-//!   this tenant and this system's list, and not expired.
+//!   this tenant and this system's list, not expired, and not older than the list held (a
+//!   revocation once seen is never forgotten by believing an older list).
 //! - A **local API token** is accepted only when signed by a trusted key for this system, in its
 //!   time, and its bit in a status list that has not expired is not set; the token list's status
 //!   is checked too.
@@ -169,8 +170,15 @@ impl Trust {
         Ok(changed)
     }
 
-    /// Believes a system's status list, or says why not.
-    pub fn accept_status_list(&self, jwt: &str, uri: &str, now: i64) -> Result<StatusList, String> {
+    /// Believes a system's status list, or says why not. `held` is the list believed so far: one
+    /// signed before it is refused, so a revocation once seen cannot be replayed away.
+    pub fn accept_status_list(
+        &self,
+        jwt: &str,
+        uri: &str,
+        now: i64,
+        held: Option<&StatusList>,
+    ) -> Result<StatusList, String> {
         let refused = |why: String| format!("status list refused: {why}");
         let claims = self.verify(jwt, "statuslist+jwt", now).map_err(refused)?;
         if claims["sub"] != uri {
@@ -184,6 +192,17 @@ impl Trust {
             .ok_or_else(|| refused("no exp".into()))?;
         if exp <= now {
             return Err(refused(format!("it expired at {exp}")));
+        }
+        let iat = claims["iat"]
+            .as_i64()
+            .ok_or_else(|| refused("no iat".into()))?;
+        if let Some(held) = held.filter(|h| h.uri == uri)
+            && iat < held.iat
+        {
+            return Err(refused(format!(
+                "it was signed at {iat}, before the list held (signed at {})",
+                held.iat
+            )));
         }
         let list = &claims["status_list"];
         if list["bits"] != 1 {
@@ -200,7 +219,7 @@ impl Trust {
             .map_err(|e| refused(format!("lst is not ZLIB: {e}")))?;
         Ok(StatusList {
             uri: uri.to_owned(),
-            iat: claims["iat"].as_i64().unwrap_or(0),
+            iat,
             exp,
             bits,
         })

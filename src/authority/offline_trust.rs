@@ -9,7 +9,9 @@
 //!   a mint seldom lengthens the published list (which would mean signing it again). A signed list is kept and handed out again while
 //!   its bits and signer are the same and less than half of `tokens.status_list_ttl` has
 //!   passed; the database is read again at most once a second per list (at once after a change
-//!   announced here or by another node).
+//!   announced here or by another node). Requests for one list that find it stale wait for one
+//!   of them to read and sign it ([`SIGNING_LOCKS`] locks, by list), and a list read before a
+//!   change was announced is not kept after it.
 //! - **The signed key schedule** (`jwk-set+jwt`): the published keys with their status and
 //!   times, numbered by the tenant's `key_schedule_seq` (read with the keys, moved on by every
 //!   key change in its transaction) and signed by the ACTIVE key; signed once per number.
@@ -40,6 +42,10 @@ pub const LIST_GRANULE: usize = 1024;
 const REREAD_AFTER: Duration = Duration::from_secs(1);
 /// Lists and blocks kept in memory; past this many the memory starts over.
 const MAX_KEPT: usize = 65_536;
+/// Locks that lists are read and signed under, a list's by its hash: a flood of requests for
+/// a list that changed signs it once, and requests for other lists (unknown ones included)
+/// mostly wait on other locks.
+const SIGNING_LOCKS: usize = 64;
 /// The `typ` of a Status List Token.
 pub const STATUS_LIST_TYP: &str = "statuslist+jwt";
 /// The `typ` of a signed key schedule.
@@ -69,14 +75,28 @@ pub struct KeySchedule {
 type Block = tokio::sync::Mutex<std::ops::Range<i64>>;
 
 /// What offline trust keeps in memory.
-#[derive(Default)]
 pub struct OfflineTrust {
     /// Signed lists by (tenant id, system id).
     lists: Mutex<HashMap<(String, String), Arc<StatusListToken>>>,
+    /// Counts what was forgotten: a list read before a change was announced is not kept.
+    forgotten: std::sync::atomic::AtomicU64,
+    signing: [tokio::sync::Mutex<()>; SIGNING_LOCKS],
     /// The indices this node reserved and has not given out yet, by (tenant id, system id).
     blocks: Mutex<HashMap<(String, String), Arc<Block>>>,
     /// The last schedule signed, by tenant id.
     schedules: Mutex<HashMap<String, Arc<KeySchedule>>>,
+}
+
+impl Default for OfflineTrust {
+    fn default() -> Self {
+        OfflineTrust {
+            lists: Mutex::default(),
+            forgotten: Default::default(),
+            signing: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+            blocks: Mutex::default(),
+            schedules: Mutex::default(),
+        }
+    }
 }
 
 impl OfflineTrust {
@@ -84,6 +104,8 @@ impl OfflineTrust {
     /// with `None` for both): they are read again when next asked for.
     pub(super) fn forget_lists(&self, tenant_id: Option<&str>, system_id: Option<&str>) {
         let mut lists = self.lists.lock().expect("status lists lock");
+        self.forgotten
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match (tenant_id, system_id) {
             (Some(t), Some(s)) => {
                 lists.remove(&(t.to_owned(), s.to_owned()));
@@ -135,11 +157,18 @@ pub fn status_list_uri(tenant: &Tenant, system_id: &str) -> String {
     format!("{}/statuslists/{system_id}", tenant.issuer)
 }
 
+/// How many indices a list covers when `reserved` have been reserved: a multiple of
+/// [`LIST_GRANULE`], at least one.
+fn list_len(reserved: i64) -> usize {
+    usize::try_from(reserved.max(1))
+        .unwrap_or(1)
+        .next_multiple_of(LIST_GRANULE)
+}
+
 /// The bit array of a list covering at least `len` indices (a multiple of [`LIST_GRANULE`]) with
 /// `revoked` set: index 0 is the least significant bit of byte 0.
 pub fn bit_array(len: i64, revoked: &[i64]) -> Vec<u8> {
-    let indices = usize::try_from(len.max(1)).unwrap_or(1);
-    let bytes = indices.next_multiple_of(LIST_GRANULE) / 8;
+    let bytes = list_len(len) / 8;
     let mut bits = vec![0u8; bytes];
     for &idx in revoked {
         if let Ok(i) = usize::try_from(idx)
@@ -185,7 +214,8 @@ impl Authority {
         }
         let idx = range.start;
         range.start += 1;
-        if grew {
+        if grew && list_len(range.end - RESERVE_AT_ONCE) != list_len(range.end) {
+            // The list the system's devices need is longer now.
             self.offline.forget_lists(Some(tenant_id), Some(system_id));
         }
         Ok((idx, grew))
@@ -201,6 +231,28 @@ impl Authority {
         let now = self.now();
         let ttl = self.settings.tokens.status_list_ttl.as_secs();
         let half = (ttl / 2) as i64;
+        let fresh = || {
+            self.offline
+                .lists
+                .lock()
+                .expect("status lists lock")
+                .get(&key)
+                .filter(|kept| kept.read_at.elapsed() < REREAD_AFTER && now < kept.iat + half)
+                .cloned()
+        };
+        if let Some(kept) = fresh() {
+            return Ok(Some(kept));
+        }
+        let lock = {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(&key);
+            &self.offline.signing[hash as usize % SIGNING_LOCKS]
+        };
+        let _signing = lock.lock().await;
+        // Another request may have read it meanwhile.
+        if let Some(kept) = fresh() {
+            return Ok(Some(kept));
+        }
         let kept = self
             .offline
             .lists
@@ -208,12 +260,10 @@ impl Authority {
             .expect("status lists lock")
             .get(&key)
             .cloned();
-        if let Some(kept) = &kept
-            && kept.read_at.elapsed() < REREAD_AFTER
-            && now < kept.iat + half
-        {
-            return Ok(Some(kept.clone()));
-        }
+        let seen = self
+            .offline
+            .forgotten
+            .load(std::sync::atomic::Ordering::SeqCst);
         let Some(stored) = status_lists::read(&self.db, &tenant.id, system_id).await? else {
             return Ok(None);
         };
@@ -261,10 +311,18 @@ impl Authority {
         };
         let token = Arc::new(token);
         let mut lists = self.offline.lists.lock().expect("status lists lock");
-        if lists.len() >= MAX_KEPT && !lists.contains_key(&key) {
-            lists.clear();
+        // Read before a change was announced: good for this answer, not to keep.
+        if self
+            .offline
+            .forgotten
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == seen
+        {
+            if lists.len() >= MAX_KEPT && !lists.contains_key(&key) {
+                lists.clear();
+            }
+            lists.insert(key, token.clone());
         }
-        lists.insert(key, token.clone());
         Ok(Some(token))
     }
 

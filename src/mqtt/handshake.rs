@@ -31,7 +31,7 @@ use crate::domain::topic::TopicName;
 /// A CONNECT larger than this is refused: it carries a token, a client id and perhaps a will.
 const MAX_CONNECT_SIZE: usize = 64 * 1024;
 /// Passwords are access tokens; longer ones are refused before any parsing.
-const MAX_PASSWORD_LEN: usize = 8 * 1024;
+pub(super) const MAX_PASSWORD_LEN: usize = 8 * 1024;
 /// Client identifiers longer than this are refused.
 const MAX_CLIENT_ID_LEN: usize = 128;
 /// Why a CONNECT is refused.
@@ -327,7 +327,10 @@ where
         client_id: client_id.clone(),
         clean,
     };
-    let resumed = resume && claim.may_resume;
+    // A session that may re-authenticate must know every filter it holds, to take back those a
+    // new token does not allow: one stored by a connection that did not follow them (it used
+    // a password) starts clean instead.
+    let resumed = resume && claim.may_resume && (method.is_none() || claim.filters.is_some());
     // A stored session is discarded when the new one starts clean, and when it was granted
     // under other permissions (or belonged to a deleted client that used the same id).
     if ((named_link && !resumed) || (!named_link && claim.held_persistent))

@@ -320,9 +320,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .data
             .as_deref()
             .and_then(|data| std::str::from_utf8(data).ok())
-            .filter(|t| !t.is_empty())
+            .filter(|t| !t.is_empty() && t.len() <= super::handshake::MAX_PASSWORD_LEN)
         else {
-            return refused("no token");
+            return refused("no token, or one too long to be an access token");
         };
         let known = match self.gate.authority.verify_bearer(token).await {
             Ok(known) => known,

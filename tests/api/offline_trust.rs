@@ -95,7 +95,7 @@ async fn device_trust(app: &TestApp, w: &World) -> Trust {
 async fn believed_list(app: &TestApp, w: &World, trust: &Trust) -> StatusList {
     let jwt = fetch_list(app, &w.t.slug, &w.system).await;
     trust
-        .accept_status_list(&jwt, &list_uri(w), app.clock.now())
+        .accept_status_list(&jwt, &list_uri(w), app.clock.now(), None)
         .unwrap()
 }
 
@@ -127,7 +127,7 @@ on_both_databases! {
         assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 86_400);
         assert_eq!(claims["ttl"], 86_400);
         let trust = device_trust(&app, &w).await;
-        let list = trust.accept_status_list(&jwt, &list_uri(&w), app.clock.now()).unwrap();
+        let list = trust.accept_status_list(&jwt, &list_uri(&w), app.clock.now(), None).unwrap();
         assert_eq!((list.is_set(0), list.is_set(1)), (Some(false), Some(false)));
 
         revoke(&app, &w, &first).await;
@@ -197,12 +197,12 @@ on_both_databases! {
         assert!(retained.retain);
         let trust = device_trust(&app, &w).await;
         let now = app.clock.now();
-        let list = trust.accept_status_list(std::str::from_utf8(&retained.payload).unwrap(), &list_uri(&w), now).unwrap();
+        let list = trust.accept_status_list(std::str::from_utf8(&retained.payload).unwrap(), &list_uri(&w), now, None).unwrap();
         assert_eq!(list.is_set(0), Some(false));
         let id0 = claims_of(&jwt)["jti"].as_str().unwrap().to_owned();
         revoke(&app, &w, &id0).await;
         let update = gw.message(Duration::from_secs(2)).await.expect("a new list within 2 s");
-        let list = trust.accept_status_list(std::str::from_utf8(&update.payload).unwrap(), &list_uri(&w), now).unwrap();
+        let list = trust.accept_status_list(std::str::from_utf8(&update.payload).unwrap(), &list_uri(&w), now, None).unwrap();
         assert_eq!(list.is_set(0), Some(true));
 
         // Another system's device may not read it; a reader of every list may.
@@ -232,10 +232,15 @@ on_both_databases! {
             .iter()
             .map(|t| json!({ "uuid": t.id.as_str(), "status": "ACTIVATED" }))
             .collect();
+        app.clock.advance(1);
         revoke(&app, &w, &first).await;
         let after = believed_list(&app, &w, &trust).await;
         let err = trust.check_token(&first_jwt, "CLOUD-", &w.system, Some(&after), &stale_tokens, now).unwrap_err();
         assert!(err.contains("revoked"), "the status list outranks a stale token list: {err}");
+        // The list from before the revocation, replayed, is refused: it is older than the one held.
+        let err = trust.accept_status_list(&before, &uri, now, Some(&after)).unwrap_err();
+        assert!(err.contains("before the list held"), "{err}");
+        trust.accept_status_list(&before, &uri, now, None).expect("genuine, only older");
 
         // The revoked list with its bit cleared again, under its old signature.
         let after_jwt = fetch_list(&app, &w.t.slug, &w.system).await;
@@ -250,20 +255,20 @@ on_both_databases! {
             parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
         }
         let flipped = parts.join(".");
-        let err = trust.accept_status_list(&flipped, &uri, now).unwrap_err();
+        let err = trust.accept_status_list(&flipped, &uri, now, None).unwrap_err();
         assert!(err.contains("does not verify"), "{err}");
 
         // Signed by another tenant's key, or for another system, or expired.
         let other = app.tenant("other").await;
         let other_system = app.authority().create_system(&other.tenant, "Gateway").await.unwrap();
         let foreign = fetch_list(&app, &other.slug, &other_system).await;
-        let err = trust.accept_status_list(&foreign, &uri, now).unwrap_err();
+        let err = trust.accept_status_list(&foreign, &uri, now, None).unwrap_err();
         assert!(err.contains("does not trust"), "{err}");
         let elsewhere = crate::mqtt::system(&app, &w.t).await;
         let theirs = fetch_list(&app, &w.t.slug, &elsewhere).await;
-        let err = trust.accept_status_list(&theirs, &uri, now).unwrap_err();
+        let err = trust.accept_status_list(&theirs, &uri, now, None).unwrap_err();
         assert!(err.contains("not "), "{err}");
-        let err = trust.accept_status_list(&after_jwt, &uri, now + 86_400).unwrap_err();
+        let err = trust.accept_status_list(&after_jwt, &uri, app.clock.now() + 86_400, None).unwrap_err();
         assert!(err.contains("expired"), "{err}");
         // A list believed once is not believed past its exp.
         let mut stale = after.clone();
@@ -287,7 +292,7 @@ on_both_databases! {
         let later = fetch_list(&app, &w.t.slug, &w.system).await;
         assert_ne!(later, first);
         let trust = device_trust(&app, &w).await;
-        let list = trust.accept_status_list(&later, &list_uri(&w), app.clock.now()).unwrap();
+        let list = trust.accept_status_list(&later, &list_uri(&w), app.clock.now(), None).unwrap();
         assert_eq!(list.iat, app.clock.now());
         // Over MQTT too: the sweep republishes what has lived half its lifetime.
         let (id, token) = device(&app, &w.t, Some(&w.system), "").await;
@@ -303,7 +308,7 @@ on_both_databases! {
         let mut gw = V4::connect(&app, &id, &token).await.unwrap();
         gw.subscribe(&format!("drivr/v1/acme/statuslists/{}", w.system)).await;
         let fresh = gw.message(WAIT).await.expect("the list signed again");
-        let list = trust.accept_status_list(std::str::from_utf8(&fresh.payload).unwrap(), &list_uri(&w), app.clock.now()).unwrap();
+        let list = trust.accept_status_list(std::str::from_utf8(&fresh.payload).unwrap(), &list_uri(&w), app.clock.now(), None).unwrap();
         assert_eq!(list.iat, app.clock.now());
     }
 

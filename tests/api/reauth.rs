@@ -35,11 +35,6 @@ struct Raw {
 impl Raw {
     /// Connects with `method` and `data` as Authentication Method and Data (no password).
     async fn connect(app: &TestApp, client_id: &str, method: &str, data: &str) -> (Raw, ConnAck) {
-        let stream = TcpStream::connect(app.app().mqtt_addr()).await.unwrap();
-        let mut raw = Raw {
-            stream,
-            buf: BytesMut::new(),
-        };
         let mut props = ConnectProperties::new();
         props.authentication_method = Some(method.into());
         props.authentication_data = Some(Bytes::copy_from_slice(data.as_bytes()));
@@ -49,7 +44,20 @@ impl Raw {
             clean_start: true,
             properties: Some(props),
         };
-        raw.send(Packet::Connect(connect, None, None)).await;
+        Raw::connect_with(app, connect, None).await
+    }
+
+    async fn connect_with(
+        app: &TestApp,
+        connect: Connect,
+        login: Option<rumqttc::v5::mqttbytes::v5::Login>,
+    ) -> (Raw, ConnAck) {
+        let stream = TcpStream::connect(app.app().mqtt_addr()).await.unwrap();
+        let mut raw = Raw {
+            stream,
+            buf: BytesMut::new(),
+        };
+        raw.send(Packet::Connect(connect, None, login)).await;
         match raw.recv(WAIT).await {
             Some(In::P(Packet::ConnAck(ack))) => (raw, ack),
             other => panic!("no CONNACK: {other:?}"),
@@ -364,4 +372,51 @@ async fn re_authentication_with_fewer_scopes_takes_back_what_they_no_longer_allo
         ),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_session_stored_by_a_password_connection_is_not_resumed_under_the_method() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let t = app.tenant("acme").await;
+    let (id, secret) = client(&app, &t, "").await;
+    let token = app.token(&t.slug, &id, &secret).await;
+    let persistent = |method: bool| {
+        let mut props = ConnectProperties::new();
+        props.session_expiry_interval = Some(3600);
+        if method {
+            props.authentication_method = Some(METHOD.into());
+            props.authentication_data = Some(Bytes::from(token.clone()));
+        }
+        Connect {
+            keep_alive: 60,
+            client_id: "meter".into(),
+            clean_start: false,
+            properties: Some(props),
+        }
+    };
+    let login = || {
+        Some(rumqttc::v5::mqttbytes::v5::Login::new(
+            "meter",
+            token.clone(),
+        ))
+    };
+    // Stored by a password connection: its filters were not followed, so a connection that
+    // may re-authenticate (and must be able to take them back) starts clean.
+    let (mut raw, _) = Raw::connect_with(&app, persistent(false), login()).await;
+    raw.subscribe("drivr/v1/acme/jwks").await;
+    drop(raw);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (raw, ack) = Raw::connect_with(&app, persistent(true), None).await;
+    assert_eq!(ack.code, V5Code::Success);
+    assert!(
+        !ack.session_present,
+        "a session whose filters are unknown was resumed"
+    );
+    // Stored by a connection with the method: resumed.
+    let mut raw = raw;
+    raw.subscribe("drivr/v1/acme/jwks").await;
+    drop(raw);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, ack) = Raw::connect_with(&app, persistent(true), None).await;
+    assert!(ack.session_present);
 }
