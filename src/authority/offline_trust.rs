@@ -80,6 +80,9 @@ pub struct OfflineTrust {
     lists: Mutex<HashMap<(String, String), Arc<StatusListToken>>>,
     /// Counts what was forgotten: a list read before a change was announced is not kept.
     forgotten: std::sync::atomic::AtomicU64,
+    /// Reserves blocks of indices, several together; started at the first (it needs the
+    /// runtime).
+    reservations: std::sync::OnceLock<status_lists::Reservations>,
     signing: [tokio::sync::Mutex<()>; SIGNING_LOCKS],
     /// The indices this node reserved and has not given out yet, by (tenant id, system id).
     blocks: Mutex<HashMap<(String, String), Arc<Block>>>,
@@ -92,6 +95,7 @@ impl Default for OfflineTrust {
         OfflineTrust {
             lists: Mutex::default(),
             forgotten: Default::default(),
+            reservations: Default::default(),
             signing: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             blocks: Mutex::default(),
             schedules: Mutex::default(),
@@ -206,7 +210,13 @@ impl Authority {
         let mut range = block.lock().await;
         let mut grew = false;
         if range.is_empty() {
-            let first = status_lists::reserve(&self.db, tenant_id, system_id, RESERVE_AT_ONCE)
+            let reservations = self
+                .offline
+                .reservations
+                .get_or_init(|| status_lists::Reservations::start(self.db.clone()));
+            let coming = reservations.expect();
+            let first = reservations
+                .reserve((tenant_id, system_id), RESERVE_AT_ONCE, coming)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("no system {system_id}")))?;
             *range = first..first + RESERVE_AT_ONCE;

@@ -550,3 +550,79 @@ async fn a_device_offline_during_a_revocation_refuses_the_token_once_back_from_t
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("REFUSED: revoked"), "{said}");
 }
+
+/// The upgrade to status lists, on a database that already holds tokens: each system's tokens
+/// are numbered in the order they were minted, and the tokens of a key no longer published are
+/// revoked for good. Run on SQLite, and on PostgreSQL when `TEST_POSTGRES_URL` is set.
+#[tokio::test]
+async fn tokens_minted_before_status_lists_are_numbered_by_the_upgrade() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "{}?mode=rwc",
+        database_url(&Backend::Sqlite, dir.path()).await
+    );
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    upgrade_old_rows!(db, "sqlite");
+    if let Some(backend) = Backend::postgres_from_env() {
+        let url = database_url(&backend, dir.path()).await;
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        upgrade_old_rows!(db, "postgres");
+    }
+}
+
+/// Applies the migrations before status lists to `$db`, writes tokens as they were then, applies
+/// the upgrade and checks what it did; the same on both databases.
+macro_rules! upgrade_old_rows {
+    ($db:ident, $name:literal) => {{
+        let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/", $name))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let (before, upgrade): (Vec<_>, Vec<_>) = files
+            .into_iter()
+            .partition(|f| f.file_name().unwrap().to_str().unwrap() < "0009");
+        for file in &before {
+            sqlx::raw_sql(&std::fs::read_to_string(file).unwrap()).execute(&mut $db).await.unwrap();
+        }
+        sqlx::query("INSERT INTO tenants (id, slug, name, created_at) VALUES ('t', 'acme', 'Acme', 1)")
+            .execute(&mut $db).await.unwrap();
+        sqlx::query("INSERT INTO systems (id, tenant_id, name, created_at) VALUES ('s1', 't', 'One', 1), ('s2', 't', 'Two', 1)")
+            .execute(&mut $db).await.unwrap();
+        for (kid, status) in [("live", "ACTIVE"), ("gone", "INVALIDATED")] {
+            sqlx::query("INSERT INTO signing_keys (kid, tenant_id, status, public_n, public_e, sealed_private_key, created_at, updated_at) VALUES ($1, 't', $2, 'n', 'e', $3, 1, 1)")
+                .bind(kid).bind(status).bind(vec![0u8]).execute(&mut $db).await.unwrap();
+        }
+        // id, system, key, status, created_at
+        let tokens = [
+            ("b", "s1", "live", "REVOKED", 100),
+            ("a", "s1", "live", "ACTIVATED", 100),
+            ("c", "s1", "gone", "ACTIVATED", 50),
+            ("d", "s1", "deleted", "ACTIVATED", 200),
+            ("e", "s2", "live", "ACTIVATED", 10),
+        ];
+        for (id, system, kid, status, at) in tokens {
+            sqlx::query("INSERT INTO local_api_tokens (id, tenant_id, system_id, user_id, user_name, roles, kid, token, status, not_before, created_at, updated_at) VALUES ($1, 't', $2, 'u', 'Ada', '[]', $3, 'CLOUD-x', $4, $5, $5, $5)")
+                .bind(id).bind(system).bind(kid).bind(status).bind(at as i64)
+                .execute(&mut $db).await.unwrap();
+        }
+        for file in &upgrade {
+            sqlx::raw_sql(&std::fs::read_to_string(file).unwrap()).execute(&mut $db).await.unwrap();
+        }
+        let rows: Vec<(String, i64, String)> = sqlx::query_as("SELECT id, status_idx, status FROM local_api_tokens ORDER BY id")
+            .fetch_all(&mut $db).await.unwrap();
+        let rows: Vec<(&str, i64, &str)> = rows.iter().map(|(i, x, s)| (i.as_str(), *x, s.as_str())).collect();
+        assert_eq!(rows, vec![
+            ("a", 1, "ACTIVATED"),
+            ("b", 2, "REVOKED"),
+            ("c", 0, "REVOKED"), // its key was invalidated
+            ("d", 3, "REVOKED"), // its key was deleted
+            ("e", 0, "ACTIVATED"),
+        ], $name);
+        let next: Vec<(String, i64)> = sqlx::query_as("SELECT id, status_list_next FROM systems ORDER BY id")
+            .fetch_all(&mut $db).await.unwrap();
+        assert_eq!(next, vec![("s1".to_owned(), 4), ("s2".to_owned(), 1)], $name);
+    }};
+}
+use upgrade_old_rows;
