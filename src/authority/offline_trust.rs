@@ -210,13 +210,12 @@ impl Authority {
         let mut range = block.lock().await;
         let mut grew = false;
         if range.is_empty() {
-            let reservations = self
-                .offline
-                .reservations
-                .get_or_init(|| status_lists::Reservations::start(self.db.clone()));
+            let reservations = self.offline.reservations.get_or_init(|| {
+                status_lists::Reservations::start(self.db.clone(), RESERVE_AT_ONCE)
+            });
             let coming = reservations.expect();
             let first = reservations
-                .reserve((tenant_id, system_id), RESERVE_AT_ONCE, coming)
+                .reserve((tenant_id, system_id), coming)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("no system {system_id}")))?;
             *range = first..first + RESERVE_AT_ONCE;

@@ -6,63 +6,87 @@
 //! nodes never hand out the same one; reservations made at the same time (mints for several
 //! systems new to this node) share one transaction ([`Reservations`]).
 
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
 use std::sync::{Arc, OnceLock};
 
 use super::batch::{Batcher, Coming};
 use super::{Db, StoreResult, in_transaction, on_pool};
-
-const RESERVE: &str = "UPDATE systems SET status_list_next = status_list_next + $3
-    WHERE tenant_id = $1 AND id = $2 RETURNING status_list_next";
 
 /// A block of indices to reserve, and where the first of them is put once it is committed
 /// (`None`: the system does not exist).
 pub struct Reservation {
     pub tenant_id: String,
     pub system_id: String,
-    pub n: i64,
     pub first: Arc<OnceLock<Option<i64>>>,
+}
+
+/// Moves the lists of some of a tenant's systems on by `$2` indices, in one statement: each
+/// system's new end.
+fn reserve_sql(systems: usize) -> String {
+    let mut sql = String::from(
+        "UPDATE systems SET status_list_next = status_list_next + $2 WHERE tenant_id = $1 AND id IN (",
+    );
+    for i in 0..systems {
+        let sep = if i == 0 { "" } else { ", " };
+        write!(sql, "{sep}${}", i + 3).expect("writing to a String");
+    }
+    sql.push_str(") RETURNING id, status_list_next");
+    sql
 }
 
 /// Rows in one reservation transaction.
 const MAX_RESERVATIONS_AT_ONCE: usize = 64;
 
-/// Reserves blocks of indices, those asked for together in one transaction ([`Batcher`]).
-pub struct Reservations(Batcher<Reservation>);
+/// Reserves blocks of `n` indices, those asked for together in one statement a tenant, in one
+/// transaction ([`Batcher`]). One system is asked for at most once at a time.
+pub struct Reservations {
+    batcher: Batcher<Reservation>,
+}
 
 impl Reservations {
     /// Starts the writing task on the current Tokio runtime; it ends when dropped.
-    pub fn start(db: Db) -> Reservations {
-        Reservations(Batcher::start(
+    pub fn start(db: Db, n: i64) -> Reservations {
+        let batcher = Batcher::<Reservation>::start(
             MAX_RESERVATIONS_AT_ONCE,
             Box::new(move |blocks| {
                 let db = db.clone();
                 Box::pin(async move {
-                    let firsts = in_transaction!(&db, tx => {
-                        let mut firsts = Vec::with_capacity(blocks.len());
-                        for b in blocks {
-                            let end: Option<i64> = sqlx::query_scalar(RESERVE)
-                                .bind(&b.tenant_id)
-                                .bind(&b.system_id)
-                                .bind(b.n)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                            firsts.push(end.map(|end| end - b.n));
+                    let mut by_tenant: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+                    for b in blocks {
+                        by_tenant
+                            .entry(&b.tenant_id)
+                            .or_default()
+                            .push(&b.system_id);
+                    }
+                    let ends: HashMap<String, i64> = in_transaction!(&db, tx => {
+                        let mut ends = HashMap::with_capacity(blocks.len());
+                        for (tenant_id, systems) in &by_tenant {
+                            let sql = reserve_sql(systems.len());
+                            let mut query = sqlx::query_as::<_, (String, i64)>(&sql)
+                                .bind(*tenant_id)
+                                .bind(n);
+                            for system_id in systems {
+                                query = query.bind(*system_id);
+                            }
+                            ends.extend(query.fetch_all(&mut *tx).await?);
                         }
-                        firsts
+                        ends
                     });
                     // Only once committed: a block of a transaction rolled back was never had.
-                    for (b, first) in blocks.iter().zip(firsts) {
-                        let _ = b.first.set(first);
+                    for b in blocks {
+                        let _ = b.first.set(ends.get(&b.system_id).map(|end| end - n));
                     }
                     Ok(())
                 })
             }),
-        ))
+        );
+        Reservations { batcher }
     }
 
     /// Announces a reservation about to be asked for.
     pub fn expect(&self) -> Coming {
-        self.0.expect()
+        self.batcher.expect()
     }
 
     /// Reserves the next `n` indices of a system's list; the first of them, or `None` when the
@@ -70,17 +94,15 @@ impl Reservations {
     pub async fn reserve(
         &self,
         (tenant_id, system_id): (&str, &str),
-        n: i64,
         coming: Coming,
     ) -> StoreResult<Option<i64>> {
         let first = Arc::new(OnceLock::new());
         let reservation = Reservation {
             tenant_id: tenant_id.to_owned(),
             system_id: system_id.to_owned(),
-            n,
             first: first.clone(),
         };
-        self.0.write(reservation, coming).await?;
+        self.batcher.write(reservation, coming).await?;
         Ok(first.get().copied().flatten())
     }
 }
