@@ -4,7 +4,9 @@
 //! - **Token status lists** (draft-ietf-oauth-status-list, JWT form): one per system, one bit per
 //!   local API token at the index its `status` claim carries; set when the token is revoked,
 //!   never cleared. Indices come from [`Authority::next_status_index`], a block at a time per
-//!   node ([`RESERVE_AT_ONCE`]); a list covers every index reserved, rounded up to a multiple of
+//!   node ([`RESERVE_AT_ONCE`]): the first mint in a tenant reserves one for each of its systems
+//!   (up to [`PRIMED_AT_ONCE`]) in one statement, so that a mint seldom waits for a write of its
+//!   own; a list covers every index reserved, rounded up to a multiple of
 //!   [`LIST_GRANULE`], so a token minted on any node is inside the list the next read gives, and
 //!   a mint seldom lengthens the published list (which would mean signing it again). A signed list is kept and handed out again while
 //!   its bits and signer are the same and less than half of `tokens.status_list_ttl` has
@@ -34,6 +36,8 @@ use crate::store::status_lists;
 /// Indices a node reserves in the database at once, per system: a mint in a reserved block
 /// asks nothing of the database for its index.
 pub const RESERVE_AT_ONCE: i64 = 32;
+/// Systems whose blocks the first mint in a tenant reserves together.
+pub const PRIMED_AT_ONCE: usize = 16_384;
 /// A list's length is a multiple of this many indices (128 bytes before compression, a few
 /// after): a system with 100,000 tokens has a list of at most 12.5 KiB.
 pub const LIST_GRANULE: usize = 1024;
@@ -83,6 +87,8 @@ pub struct OfflineTrust {
     /// Reserves blocks of indices, several together; started at the first (it needs the
     /// runtime).
     reservations: std::sync::OnceLock<status_lists::Reservations>,
+    /// Tenants whose systems got a block each from this node.
+    primed: tokio::sync::Mutex<std::collections::HashSet<String>>,
     signing: [tokio::sync::Mutex<()>; SIGNING_LOCKS],
     /// The indices this node reserved and has not given out yet, by (tenant id, system id).
     blocks: Mutex<HashMap<(String, String), Arc<Block>>>,
@@ -96,6 +102,7 @@ impl Default for OfflineTrust {
             lists: Mutex::default(),
             forgotten: Default::default(),
             reservations: Default::default(),
+            primed: Default::default(),
             signing: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             blocks: Mutex::default(),
             schedules: Mutex::default(),
@@ -209,6 +216,12 @@ impl Authority {
         };
         let mut range = block.lock().await;
         let mut grew = false;
+        if range.is_empty()
+            && let Some(primed) = self.prime_status_indices(tenant_id, system_id).await
+        {
+            *range = primed;
+            grew = true;
+        }
         if range.is_empty() {
             let reservations = self.offline.reservations.get_or_init(|| {
                 status_lists::Reservations::start(self.db.clone(), RESERVE_AT_ONCE)
@@ -228,6 +241,50 @@ impl Authority {
             self.offline.forget_lists(Some(tenant_id), Some(system_id));
         }
         Ok((idx, grew))
+    }
+
+    /// At the first mint in a tenant on this node: reserves a block for each of its systems in
+    /// one statement, keeps the others' blocks and returns `system_id`'s (`None` when the tenant
+    /// was primed before, or priming failed: the system then reserves on its own).
+    async fn prime_status_indices(
+        &self,
+        tenant_id: &str,
+        system_id: &str,
+    ) -> Option<std::ops::Range<i64>> {
+        let mut primed = self.offline.primed.lock().await;
+        if primed.contains(tenant_id) {
+            return None;
+        }
+        let ends = match status_lists::reserve_for_tenant(
+            &self.db,
+            tenant_id,
+            RESERVE_AT_ONCE,
+            PRIMED_AT_ONCE,
+        )
+        .await
+        {
+            Ok(ends) => ends,
+            Err(e) => {
+                tracing::warn!("reserving status-list indices for a tenant's systems: {e}");
+                return None;
+            }
+        };
+        primed.insert(tenant_id.to_owned());
+        let mut mine = None;
+        let mut blocks = self.offline.blocks.lock().expect("status blocks lock");
+        for (system, end) in ends {
+            let range = end - RESERVE_AT_ONCE..end;
+            if system == system_id {
+                mine = Some(range);
+            } else if blocks.len() < MAX_KEPT {
+                // A system whose block is in use (being reserved alone) keeps it; the one
+                // reserved here is left unused.
+                blocks
+                    .entry((tenant_id.to_owned(), system))
+                    .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(range)));
+            }
+        }
+        mine
     }
 
     /// The system's signed status list, or `None` when the tenant has no such system.

@@ -11,7 +11,7 @@ use std::fmt::Write;
 use std::sync::{Arc, OnceLock};
 
 use super::batch::{Batcher, Coming};
-use super::{Db, StoreResult, in_transaction, on_pool};
+use super::{Db, StoreResult, in_transaction, on_pool, on_writer};
 
 /// A block of indices to reserve, and where the first of them is put once it is committed
 /// (`None`: the system does not exist).
@@ -33,6 +33,27 @@ fn reserve_sql(systems: usize) -> String {
     }
     sql.push_str(") RETURNING id, status_list_next");
     sql
+}
+
+const RESERVE_FOR_TENANT: &str = "UPDATE systems SET status_list_next = status_list_next + $2
+    WHERE tenant_id = $1 AND id IN
+        (SELECT id FROM systems WHERE tenant_id = $1 ORDER BY created_at DESC, id LIMIT $3)
+    RETURNING id, status_list_next";
+
+/// Reserves the next `n` indices of the lists of the tenant's newest `limit` systems, in one
+/// statement: each system's new end.
+pub async fn reserve_for_tenant(
+    db: &Db,
+    tenant_id: &str,
+    n: i64,
+    limit: usize,
+) -> StoreResult<Vec<(String, i64)>> {
+    Ok(on_writer!(db, pool => sqlx::query_as(RESERVE_FOR_TENANT)
+        .bind(tenant_id)
+        .bind(n)
+        .bind(limit as i64)
+        .fetch_all(pool)
+        .await?))
 }
 
 /// Rows in one reservation transaction.
