@@ -3,10 +3,11 @@
 //! token endpoint once more at the end, so that a neighbour's load that comes or goes weighs on
 //! both alike. The server's CPU per mint and per token comes from `/proc/<pid>/stat`.
 //!
-//! A mint carries a status-list index (SPEC §10); its CPU, in
-//! units of the token endpoint's CPU per token measured in the same run (which the change did
-//! not touch), is held against [`CPU_RATIO_BEFORE_STATUS_LISTS`], the same quotient measured
-//! before: at most 1.1 times that.
+//! A mint carries a status-list index (SPEC §10). Its cost is the CPU per mint in units of the
+//! token endpoint's CPU per token (which status lists did not touch), measured in turn on this
+//! lanyard and, with `--before PATH`, on a lanyard built from a revision before status lists,
+//! each against its own token endpoint: at most 1.1 times that one's. Without `--before`, the
+//! quotient is held against [`CPU_RATIO_BEFORE_STATUS_LISTS`], the one recorded before.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,21 +18,75 @@ use serde_json::{Value, json};
 use crate::load::{drive_http, http_request};
 use crate::procs::{Lanyard, cpu_seconds};
 use crate::report::{Row, at_least, row};
+use crate::setup::MINT;
+use crate::tokens::token_endpoint;
 
 /// CPU per GraphQL mint ÷ CPU per token-endpoint token, before mints carried a status-list index
 /// (301 µs ÷ 245 µs, docs/performance.md, the run of 2026-12-04 on this machine).
 const CPU_RATIO_BEFORE_STATUS_LISTS: f64 = 301.0 / 245.0;
-use crate::setup::MINT;
-use crate::tokens::token_endpoint;
 
-/// Mints for `run` in all with the token `person`, one system of `system_ids` after the other:
-/// the rows (mints per second, CPU per mint), and the tokens minted.
-pub async fn measure(
-    l: &Lanyard,
-    person: &str,
-    system_ids: &[String],
-    run: Duration,
-) -> (Vec<Row>, u64) {
+/// What one lanyard did: mints and tokens per second, and the CPU of each, in µs.
+pub struct Minting {
+    pub mints_per_s: f64,
+    pub cpu_per_mint: f64,
+    pub tokens_per_s: f64,
+    pub cpu_per_token: f64,
+    pub mints: u64,
+}
+
+impl Minting {
+    /// CPU per mint in tokens' CPU.
+    fn quotient(&self) -> f64 {
+        self.cpu_per_mint / self.cpu_per_token.max(1e-9)
+    }
+}
+
+/// The rows of `now` (this lanyard), with its cost against `before` (measured in the same run)
+/// or the quotient recorded before status lists.
+pub fn rows(now: &Minting, before: Option<&Minting>) -> Vec<Row> {
+    let rate = at_least(
+        "GraphQL createLocalApiToken/s",
+        format!(
+            "{:.0}/s ({:.0} µs CPU each)",
+            now.mints_per_s, now.cpu_per_mint
+        ),
+        format!(
+            "token endpoint {:.0}/s ({:.0} µs CPU each)",
+            now.tokens_per_s, now.cpu_per_token
+        ),
+        now.mints_per_s,
+        now.tokens_per_s,
+        0.8,
+    );
+    let (reference, baseline) = match before {
+        Some(b) => (
+            format!(
+                "{:.2} tokens, the lanyard before status lists ({:.0} µs ÷ {:.0} µs)",
+                b.quotient(),
+                b.cpu_per_mint,
+                b.cpu_per_token
+            ),
+            b.quotient(),
+        ),
+        None => (
+            format!("{CPU_RATIO_BEFORE_STATUS_LISTS:.2} tokens before status lists (recorded)"),
+            CPU_RATIO_BEFORE_STATUS_LISTS,
+        ),
+    };
+    let cpu = row(
+        "CPU per mint with its status index, in tokens' CPU",
+        format!("{:.2} tokens", now.quotient()),
+        reference,
+        Some(now.quotient() / baseline),
+        "≤ 1.1×",
+        Some(now.quotient() <= 1.1 * baseline),
+    );
+    vec![rate, cpu]
+}
+
+/// Mints for `run` in all with the token `person`, one system of `system_ids` after the other,
+/// in turn with the token endpoint.
+pub async fn measure(l: &Lanyard, person: &str, system_ids: &[String], run: Duration) -> Minting {
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         system_ids
             .iter()
@@ -81,26 +136,11 @@ pub async fn measure(
         mint_cpu += (cpu_seconds(l.pid()) - cpu0) * 1e6;
         mints += n;
     }
-    let mints_per_s = mints as f64 / mint_secs;
-    let cpu_per_mint = mint_cpu / mints.max(1) as f64;
-    let tokens_per_s = tokens / token_secs;
-    let cpu_per_token = token_cpu / tokens.max(1.0);
-    let rate = at_least(
-        "GraphQL createLocalApiToken/s",
-        format!("{mints_per_s:.0}/s ({cpu_per_mint:.0} µs CPU each)"),
-        format!("token endpoint {tokens_per_s:.0}/s ({cpu_per_token:.0} µs CPU each)"),
-        mints_per_s,
-        tokens_per_s,
-        0.8,
-    );
-    let quotient = cpu_per_mint / cpu_per_token.max(1e-9);
-    let cpu = row(
-        "CPU per mint with its status index, in tokens' CPU",
-        format!("{quotient:.2} tokens"),
-        format!("{CPU_RATIO_BEFORE_STATUS_LISTS:.2} tokens before status lists"),
-        Some(quotient / CPU_RATIO_BEFORE_STATUS_LISTS),
-        "≤ 1.1×",
-        Some(quotient <= 1.1 * CPU_RATIO_BEFORE_STATUS_LISTS),
-    );
-    (vec![rate, cpu], mints)
+    Minting {
+        mints_per_s: mints as f64 / mint_secs,
+        cpu_per_mint: mint_cpu / mints.max(1) as f64,
+        tokens_per_s: tokens / token_secs,
+        cpu_per_token: token_cpu / tokens.max(1.0),
+        mints,
+    }
 }

@@ -13,7 +13,8 @@
 //!   in turn;
 //! - GraphQL `createLocalApiToken` against the token endpoint, a second of each in turn, round
 //!   10,000 systems, and its CPU (with the status-list index) in tokens' CPU against the same
-//!   quotient before status lists;
+//!   quotient of a lanyard from before status lists (`--before PATH`, measured right after) or,
+//!   without one, as recorded;
 //! - MQTT CONNECT with a real RS256 token, and a reconnect storm, against Mosquitto's anonymous
 //!   CONNECT, a second of each in turn;
 //! - publish throughput (QoS 0 and 1, 100-byte payloads, one and four subscribers) against
@@ -62,6 +63,9 @@ use setup::person_token;
 
 struct Args {
     lanyard: PathBuf,
+    /// `--before PATH`: a lanyard built before status lists, whose minting CPU the graphql
+    /// figure is held against in the same run.
+    before: Option<PathBuf>,
     quick: bool,
     /// `--only a,b`: just these figures (and what they are measured against), for profiling.
     only: Vec<String>,
@@ -80,6 +84,7 @@ impl Args {
 
 fn args() -> Args {
     let mut lanyard = PathBuf::from("target/release/lanyard");
+    let mut before = None;
     let mut quick = false;
     let mut only = Vec::new();
     let mut it = std::env::args().skip(1);
@@ -87,6 +92,7 @@ fn args() -> Args {
         match a.as_str() {
             "--quick" => quick = true,
             "--lanyard" => lanyard = it.next().expect("--lanyard PATH").into(),
+            "--before" => before = Some(it.next().expect("--before PATH").into()),
             "--only" => {
                 let list = it.next().expect("--only FIGURE,…");
                 only = list.split(',').map(str::to_owned).collect();
@@ -99,6 +105,7 @@ fn args() -> Args {
     }
     Args {
         lanyard,
+        before,
         quick,
         only,
     }
@@ -174,9 +181,21 @@ async fn main() -> std::process::ExitCode {
     // measured in turn with it.
     if args.wants("graphql") {
         eprintln!("- GraphQL mints, in turn with the token endpoint");
-        let (figures, mints) = graphql::measure(&l, &person, &system_ids, run).await;
-        rows.extend(figures);
-        minted = mints;
+        let now = graphql::measure(&l, &person, &system_ids, run).await;
+        minted = now.mints;
+        // The same on a lanyard from before status lists, set up alike, right after.
+        let before = match &args.before {
+            Some(bin) => {
+                eprintln!("- the same on {}", bin.display());
+                let b = start_lanyard(bin, &work.path().join("lanyard-before"));
+                let person = person_token(&http, &b).await;
+                let count = system_ids.len();
+                let systems = setup::systems(&http, &b, bin, &person, count).await;
+                Some(graphql::measure(&b, &person, &systems.ids, run).await)
+            }
+            None => None,
+        };
+        rows.extend(graphql::rows(&now, before.as_ref()));
     }
 
     // 3. MQTT CONNECT/s: fresh tokens (each verified once), then a reconnect storm, each in turn
