@@ -205,7 +205,7 @@ impl Authority {
         self.count_against_cap(&keys, tenant, &user_id, system_id, exp, now)
             .await?;
         let status_idx = match self.next_status_index(&tenant.id, system_id).await {
-            Ok((idx, _)) => idx,
+            Ok(idx) => idx,
             Err(e) => {
                 self.tally.forget(&tenant.id, &user_id, system_id);
                 return Err(match e {

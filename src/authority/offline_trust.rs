@@ -6,12 +6,12 @@
 //!   never cleared. Indices come from [`Authority::next_status_index`], a block at a time per
 //!   node ([`RESERVE_AT_ONCE`]): the first mint in a tenant reserves one for each of its systems
 //!   (up to [`PRIMED_AT_ONCE`]) in one statement, so that a mint seldom waits for a write of its
-//!   own; a list covers every index reserved, rounded up to a multiple of
-//!   [`LIST_GRANULE`], so a token minted on any node is inside the list the next read gives, and
-//!   a mint seldom lengthens the published list (which would mean signing it again). A signed list is kept and handed out again while
-//!   its bits and signer are the same and less than half of `tokens.status_list_ttl` has
-//!   passed; the database is read again at most once a second per list (at once after a change
-//!   announced here or by another node). Requests for one list that find it stale wait for one
+//!   own; a list covers every index reserved, rounded up to a multiple of [`LIST_GRANULE`], so a
+//!   token minted on any node is inside the list the next read gives, and a mint seldom
+//!   lengthens the published list (which would mean signing it again). A signed list is kept
+//!   and handed out again while its bits and signer are the same and less than half of
+//!   `tokens.status_list_ttl` has passed; the database is read again at most once a second per
+//!   list (at once after a change announced here or by another node). Requests for one list that find it stale wait for one
 //!   of them to read and sign it ([`SIGNING_LOCKS`] locks, by list), and a list read before a
 //!   change was announced is not kept after it.
 //! - **The signed key schedule** (`jwk-set+jwt`): the published keys with their status and
@@ -60,7 +60,7 @@ pub const KEY_SCHEDULE_TYP: &str = "jwk-set+jwt";
 pub struct StatusListToken {
     pub jwt: String,
     pub iat: i64,
-    /// Indices the list covers (a multiple of 8).
+    /// Indices the list covers (a multiple of [`LIST_GRANULE`]).
     pub len: i64,
     kid: String,
     bits: Vec<u8>,
@@ -89,6 +89,7 @@ pub struct OfflineTrust {
     reservations: std::sync::OnceLock<status_lists::Reservations>,
     /// Tenants whose systems got a block each from this node.
     primed: tokio::sync::Mutex<std::collections::HashSet<String>>,
+    /// Held while a stale list is read and signed, a list's by its hash.
     signing: [tokio::sync::Mutex<()>; SIGNING_LOCKS],
     /// The indices this node reserved and has not given out yet, by (tenant id, system id).
     blocks: Mutex<HashMap<(String, String), Arc<Block>>>,
@@ -199,13 +200,9 @@ pub fn encode_lst(bits: &[u8]) -> String {
 }
 
 impl Authority {
-    /// The next index of a system's status list for a token minted here, and whether a block
-    /// was reserved for it (the list grew). `NotFound` when the system does not exist.
-    pub(super) async fn next_status_index(
-        &self,
-        tenant_id: &str,
-        system_id: &str,
-    ) -> Result<(i64, bool)> {
+    /// The next index of a system's status list for a token minted here. `NotFound` when the
+    /// system does not exist.
+    pub(super) async fn next_status_index(&self, tenant_id: &str, system_id: &str) -> Result<i64> {
         let key = (tenant_id.to_owned(), system_id.to_owned());
         let block = {
             let mut blocks = self.offline.blocks.lock().expect("status blocks lock");
@@ -240,7 +237,7 @@ impl Authority {
             // The list the system's devices need is longer now.
             self.offline.forget_lists(Some(tenant_id), Some(system_id));
         }
-        Ok((idx, grew))
+        Ok(idx)
     }
 
     /// At the first mint in a tenant on this node: reserves a block for each of its systems in
