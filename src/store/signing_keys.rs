@@ -114,10 +114,11 @@ const ACTIVATE_PENDING: &str =
     "UPDATE signing_keys SET status = 'ACTIVE', activates_at = $3, updated_at = $3
     WHERE tenant_id = $1 AND kid = $2 AND status = 'PENDING'";
 
-/// Makes the PENDING key `kid` the signer and retires the current one, published until its access
-/// tokens have expired (`retired_publish_until`) and its local API tokens too: for as long as a
-/// permanent one it signed is unrevoked, until further notice (`publish_until` NULL). Returns false (and changes nothing) if `kid` is no longer PENDING,
-/// for instance because another node promoted it first.
+/// Makes the PENDING key `kid` the signer and retires the current one, published until its
+/// access tokens have expired (`retired_publish_until`) and its local API tokens too: while a
+/// permanent one it signed is unrevoked, until further notice (`publish_until` NULL). Returns
+/// false (and changes nothing) if `kid` is no longer PENDING, for instance because another node
+/// promoted it first.
 pub async fn promote(
     db: &Db,
     audit: &AuditRow,

@@ -100,6 +100,30 @@ async fn believed_list(app: &TestApp, w: &World, trust: &Trust) -> StatusList {
 }
 
 on_both_databases! {
+    async fn a_retired_key_stays_published_while_local_tokens_it_signed_live(app) {
+        let w = world(&app).await;
+        let (_, week) = mint(&app, &w).await;
+        let kid = header_of(week.strip_prefix("CLOUD-").unwrap())["kid"].as_str().unwrap().to_owned();
+        let body = gql(&app, Some(&w.user_token),
+            "mutation($s: UUID!) { createPermanentLocalApiToken(systemUuid: $s, name: \"Installer\") { uuid } }",
+            json!({ "s": w.system })).await;
+        assert!(body["errors"].is_null(), "{body}");
+        app.authority().rotate_signing_key(&w.t.tenant).await.unwrap();
+        app.clock.advance(601);
+        app.authority().maintain_keys_once().await.unwrap();
+        // Past the access tokens' lifetime: the key's local tokens still need it.
+        app.clock.advance(2 * 3600);
+        app.authority().maintain_keys_once().await.unwrap();
+        assert!(app.kids(&w.t.slug).await.contains(&kid), "the retired key left the JWKS");
+        let schedule = claims_of(&fetch_schedule(&app, &w.t.slug).await);
+        let retired = schedule["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid.as_str()).unwrap().clone();
+        assert_eq!(retired["status"], "RETIRED");
+        assert!(retired.get("exp").is_none(), "a permanent token holds it: no exp yet {retired}");
+        let trust = device_trust(&app, &w).await;
+        let list = believed_list(&app, &w, &trust).await;
+        trust.check_token(&week, "CLOUD-", &w.system, Some(&list), &[], app.clock.now()).unwrap();
+    }
+
     async fn a_local_token_points_at_its_systems_list_and_revoking_it_sets_its_bit_for_good(app) {
         let w = world(&app).await;
         let (first, first_jwt) = mint(&app, &w).await;
