@@ -217,6 +217,19 @@ impl Trust {
             .take(1 << 24)
             .read_to_end(&mut bits)
             .map_err(|e| refused(format!("lst is not ZLIB: {e}")))?;
+        // Bits are never cleared: a list without one the held list sets is an older one, even
+        // when signed in the same second.
+        if let Some(held) = held.filter(|h| h.uri == uri) {
+            let cleared = held.bits.iter().enumerate().find_map(|(i, &old)| {
+                let new = bits.get(i).copied().unwrap_or(0);
+                (old & !new != 0).then(|| i * 8 + (old & !new).trailing_zeros() as usize)
+            });
+            if let Some(idx) = cleared {
+                return Err(refused(format!(
+                    "it clears bit {idx}, which the list held sets: it is older"
+                )));
+            }
+        }
         Ok(StatusList {
             uri: uri.to_owned(),
             iat,

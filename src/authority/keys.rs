@@ -179,7 +179,15 @@ impl Authority {
         let now = self.now();
         let until = self.retired_publish_until(now);
         let event = self.event(&by, "key.reactivated", format!("key:{kid}"));
-        if !signing_keys::reactivate(&self.db, &event, &tenant.id, kid, until, now).await? {
+        if !signing_keys::reactivate(
+            &self.db,
+            &event,
+            (&tenant.id, kid),
+            until,
+            (now, &self.node_id),
+        )
+        .await?
+        {
             return Err(Error::Conflict(format!(
                 "signing key {kid} changed meanwhile; try again"
             )));

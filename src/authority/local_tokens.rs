@@ -301,7 +301,12 @@ impl Authority {
         let minted = local_tokens::Minted { row, audit: event };
         if let Err(e) = inserts.insert(minted, coming).await {
             self.tally.forget(&tenant.id, &user_id, system_id);
-            return Err(e.into());
+            return Err(match e {
+                crate::store::StoreError::Conflict => Error::Conflict(
+                    "the signing key was invalidated, or you were removed, while the token was minted; nothing was minted".into(),
+                ),
+                e => e.into(),
+            });
         }
         tracing::info!(tenant = %tenant.slug, system = %system_id, token = %id, "local API token minted");
         self.metrics.local_token_minted(exp.is_none());

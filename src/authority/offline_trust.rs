@@ -207,7 +207,9 @@ impl Authority {
         let block = {
             let mut blocks = self.offline.blocks.lock().expect("status blocks lock");
             if blocks.len() >= MAX_KEPT && !blocks.contains_key(&key) {
-                blocks.clear();
+                // Only blocks no mint holds: one being reserved must stay the only one of its
+                // system, or two reservations could be asked for it together.
+                blocks.retain(|_, block| Arc::strong_count(block) > 1);
             }
             blocks.entry(key).or_default().clone()
         };
@@ -238,6 +240,12 @@ impl Authority {
             self.offline.forget_lists(Some(tenant_id), Some(system_id));
         }
         Ok(idx)
+    }
+
+    /// Forgets the signed status list of a system, which changed elsewhere: the next asking
+    /// reads it anew.
+    pub fn forget_status_list(&self, tenant_id: &str, system_id: &str) {
+        self.offline.forget_lists(Some(tenant_id), Some(system_id));
     }
 
     /// At the first mint in a tenant on this node: reserves a block for each of its systems in

@@ -88,7 +88,12 @@ impl Gate {
             Event::UserDeleted { tenant_id, user_id } => {
                 self.withdraw(|g| g.tenant.id == tenant_id && g.verified.claims.sub == user_id);
             }
-            Event::Resync => self.recheck(None, true).await,
+            Event::Resync => {
+                // Announcements of other nodes may be lost: every topic is republished at the
+                // next reconciliation, read anew.
+                self.behind.store(true, Ordering::SeqCst);
+                self.recheck(None, true).await;
+            }
             // Tokens issued before a secret rotation stay valid until they expire; a new role
             // changes no session's permissions.
             Event::ClientSecretRotated { .. } | Event::RoleAssigned { .. } => {}

@@ -409,6 +409,12 @@ impl Gate {
                 }
             }
         }
+        // A status list kept from before the change must not be handed out again.
+        for (tenant_id, systems) in &unseen {
+            for system_id in systems {
+                self.authority.forget_status_list(tenant_id, system_id);
+            }
+        }
         self.publish_lists(unseen).await?;
         *self.reconciled_at.lock().expect("reconcile lock") = now;
         Ok(())

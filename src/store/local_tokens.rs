@@ -2,9 +2,23 @@
 
 use std::fmt::Write;
 
+use std::collections::BTreeSet;
+
 use super::audit::{self, AuditRow};
 use super::batch::{Batcher, Coming};
-use super::{Db, StoreResult, audited, in_transaction, on_pool};
+use super::{Db, StoreError, StoreResult, audited, in_transaction, on_pool};
+
+/// The signing keys among `$1…` that are still published.
+const LIVE_KEYS: &str = "SELECT kid FROM signing_keys WHERE status <> 'INVALIDATED' AND kid IN";
+/// The people among `$1…` that still exist.
+const LIVE_USERS: &str = "SELECT id FROM users WHERE id IN";
+
+/// `query` with `n` parameters in its `IN`, locking the rows for share on PostgreSQL.
+fn still_there(query: &str, n: usize, sqlite: bool) -> String {
+    let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    let lock = if sqlite { "" } else { " FOR SHARE" };
+    format!("{query} ({}){lock}", params.join(", "))
+}
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LocalTokenRow {
@@ -68,8 +82,30 @@ async fn insert_rows(
         sql.push(')');
     }
     let audit_sql = audit::insert_many(db, audits.len());
+    let kids: BTreeSet<&str> = rows.iter().map(|r| r.kid.as_str()).collect();
+    let users: BTreeSet<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+    let live_keys = still_there(LIVE_KEYS, kids.len(), sqlite);
+    let live_users = still_there(LIVE_USERS, users.len(), sqlite);
     // The tokens and their audit events commit together.
     in_transaction!(db, tx => {
+        // A key invalidated, or a person deleted, while these tokens were being minted must not
+        // leave them live: the revocation that went with it could not see rows committed after
+        // it. On PostgreSQL the key and person rows are locked for share, so that change runs
+        // wholly before this insert (and is seen here) or after it (and revokes these rows).
+        let mut keys = sqlx::query_scalar::<_, String>(&live_keys);
+        for kid in &kids {
+            keys = keys.bind(*kid);
+        }
+        let mut people = sqlx::query_scalar::<_, String>(&live_users);
+        for user in &users {
+            people = people.bind(*user);
+        }
+        if keys.fetch_all(&mut *tx).await?.len() != kids.len()
+            || people.fetch_all(&mut *tx).await?.len() != users.len()
+        {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict);
+        }
         let mut query = sqlx::query(&sql).persistent(rows.len() <= MAX_ROWS_KEPT);
         for t in rows {
             query = query

@@ -241,10 +241,9 @@ const REACTIVATE: &str =
 pub async fn reactivate(
     db: &Db,
     audit: &AuditRow,
-    tenant_id: &str,
-    kid: &str,
+    (tenant_id, kid): (&str, &str),
     publish_until: i64,
-    now: i64,
+    (now, node): (i64, &str),
 ) -> StoreResult<bool> {
     let done = audited!(db, audit, tx => {
         let done = sqlx::query(REACTIVATE)
@@ -256,6 +255,9 @@ pub async fn reactivate(
             .await?
             .rows_affected();
         if done > 0 {
+            // Its local API tokens stay revoked (SPEC §10), also one whose mint committed
+            // after the invalidation.
+            sqlx::query(REVOKE_SIGNED_BY).bind(tenant_id).bind(kid).bind(now).bind(node).execute(&mut *tx).await?;
             sqlx::query(NEXT_SCHEDULE).bind(tenant_id).execute(&mut *tx).await?;
         }
         done
@@ -311,8 +313,14 @@ pub async fn due_for_rotation(db: &Db, signing_since: i64) -> StoreResult<Vec<Du
     )
 }
 
+/// A key is kept while an unexpired, unrevoked local API token it signed exists, also one
+/// inserted after its retirement counted its tokens (minted by a node whose keyring was a
+/// moment behind).
 const PRUNE_RETIRED: &str = "DELETE FROM signing_keys
     WHERE status = 'RETIRED' AND publish_until IS NOT NULL AND publish_until < $1
+      AND NOT EXISTS (SELECT 1 FROM local_api_tokens t
+          WHERE t.tenant_id = signing_keys.tenant_id AND t.kid = signing_keys.kid
+            AND t.status = 'ACTIVATED' AND (t.expires_at IS NULL OR t.expires_at > $1))
     RETURNING tenant_id";
 
 /// Deletes RETIRED keys whose tokens have all expired; returns the tenants that lost a key.

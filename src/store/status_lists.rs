@@ -139,24 +139,20 @@ const LENGTH: &str = "SELECT status_list_next FROM systems WHERE tenant_id = $1 
 const REVOKED: &str = "SELECT status_idx FROM local_api_tokens
     WHERE system_id = $1 AND status = 'REVOKED' AND status_idx IS NOT NULL AND tenant_id = $2";
 
-/// A system's list, or `None` when the tenant has no such system.
+/// A system's list, or `None` when the tenant has no such system. The set bits are read first:
+/// the length only grows, so the length read after them covers every one.
 pub async fn read(db: &Db, tenant_id: &str, system_id: &str) -> StoreResult<Option<StoredList>> {
     Ok(on_pool!(db, pool => {
+        let revoked: Vec<i64> = sqlx::query_scalar(REVOKED)
+            .bind(system_id)
+            .bind(tenant_id)
+            .fetch_all(&mut *pool)
+            .await?;
         let len: Option<i64> = sqlx::query_scalar(LENGTH)
             .bind(tenant_id)
             .bind(system_id)
             .fetch_optional(&mut *pool)
             .await?;
-        match len {
-            None => None,
-            Some(len) => {
-                let revoked: Vec<i64> = sqlx::query_scalar(REVOKED)
-                    .bind(system_id)
-                    .bind(tenant_id)
-                    .fetch_all(&mut *pool)
-                    .await?;
-                Some(StoredList { len, revoked })
-            }
-        }
+        len.map(|len| StoredList { len, revoked })
     }))
 }

@@ -650,3 +650,87 @@ macro_rules! upgrade_old_rows {
     }};
 }
 use upgrade_old_rows;
+
+#[tokio::test]
+async fn a_device_refuses_an_older_list_signed_in_the_same_second() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let w = world(&app).await;
+    let (a, _) = mint(&app, &w).await;
+    let (b, _) = mint(&app, &w).await;
+    let trust = device_trust(&app, &w).await;
+    revoke(&app, &w, &a).await;
+    let first = fetch_list(&app, &w.t.slug, &w.system).await;
+    revoke(&app, &w, &b).await;
+    let held = believed_list(&app, &w, &trust).await;
+    assert_eq!((held.is_set(0), held.is_set(1)), (Some(true), Some(true)));
+    // The clock has not moved: both lists carry the same iat.
+    assert_eq!(claims_of(&first)["iat"], held.iat);
+    let err = trust
+        .accept_status_list(&first, &list_uri(&w), app.clock.now(), Some(&held))
+        .unwrap_err();
+    assert!(err.contains("clears bit 1"), "{err}");
+}
+
+#[tokio::test]
+async fn a_token_minted_with_a_key_invalidated_meanwhile_is_not_minted() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let w = world(&app).await;
+    let (_, jwt) = mint(&app, &w).await;
+    let kid = header_of(jwt.strip_prefix("CLOUD-").unwrap())["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Another node invalidates the key; this one still signs with it for a moment (its keyring
+    // is read again within seconds).
+    let other = lanyard::app::open_authority(
+        app.settings.clone(),
+        std::sync::Arc::new(lanyard::domain::SystemClock),
+    )
+    .await
+    .unwrap();
+    other
+        .invalidate_signing_key(&w.t.tenant, &kid)
+        .await
+        .unwrap();
+    let body = gql(
+        &app,
+        Some(&w.user_token),
+        MINT,
+        json!({ "s": w.system, "d": "1D" }),
+    )
+    .await;
+    if body["errors"].is_null() {
+        // The keyring had been read again already: the token is signed by the new key.
+        let jwt = body["data"]["createLocalApiToken"]["jwt"].as_str().unwrap();
+        assert_ne!(
+            header_of(jwt.strip_prefix("CLOUD-").unwrap())["kid"],
+            kid.as_str()
+        );
+    } else {
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "CONFLICT",
+            "{body}"
+        );
+    }
+    // Whatever happened, no token of that key is live.
+    let listed = app
+        .authority()
+        .system_local_tokens(&w.t.tenant, &w.system)
+        .await
+        .unwrap();
+    let db = app.authority().db().clone();
+    let lanyard::store::Db::Sqlite { reader, .. } = &db else {
+        unreachable!()
+    };
+    let live: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM local_api_tokens WHERE kid = $1 AND status = 'ACTIVATED'")
+            .bind(&kid)
+            .fetch_all(&mut *reader.acquire().await.unwrap())
+            .await
+            .unwrap();
+    assert!(
+        live.is_empty(),
+        "live tokens of an invalidated key: {live:?} ({} listed)",
+        listed.len()
+    );
+}
