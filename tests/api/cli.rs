@@ -68,6 +68,7 @@ on_both_databases! {
         assert_eq!(claims["scope"], printed["scope"]);
         // Bootstrapping again adds another admin client to the same tenant.
         let again = lanyard(app.dir.path(), &["bootstrap", "--tenant", "fresh"], env);
+        assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
         let again: Value = serde_json::from_slice(&again.stdout).unwrap();
         assert_ne!(again["client_id"], printed["client_id"]);
         assert_eq!(app.kids("fresh").await.len(), 1);
