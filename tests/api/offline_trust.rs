@@ -405,6 +405,20 @@ on_both_databases! {
     }
 }
 
+/// A lanyard on SQLite whose public URL is its own address, so that the status URIs in its
+/// tokens reach it (the other tests' issuer is a name nothing resolves).
+async fn reachable_app() -> TestApp {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.http.listen = addr;
+        s.http.public_url = format!("http://{addr}");
+    })
+    .await
+}
+
 /// The Python environment `.ci/run` installs `tests/interop/requirements.txt` into.
 fn interop_python() -> Option<std::path::PathBuf> {
     let python =
@@ -420,16 +434,7 @@ async fn an_independent_implementation_of_the_draft_reads_the_same_bits() {
         );
         return;
     };
-    // The tokens' status URIs must reach this server: its public URL is its own address.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.http.listen = addr;
-        s.http.public_url = format!("http://{addr}");
-    })
-    .await;
+    let app = reachable_app().await;
     let w = world(&app).await;
     let mut valid = Vec::new();
     let mut revoked = Vec::new();
@@ -507,15 +512,7 @@ async fn a_device_offline_during_a_revocation_refuses_the_token_once_back_from_t
         );
         return;
     };
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.http.listen = addr;
-        s.http.public_url = format!("http://{addr}");
-    })
-    .await;
+    let app = reachable_app().await;
     let w = world(&app).await;
     let (gateway, secret) = app
         .client(
