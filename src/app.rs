@@ -131,6 +131,16 @@ impl App {
             &mut tasks,
         )
         .await?;
+        if authority.settings().nats.enabled() {
+            crate::nats::start(
+                authority.clone(),
+                metrics.clone(),
+                broker.gate(),
+                stopped.clone(),
+                &mut tasks,
+            )
+            .await?;
+        }
         let gate = broker.gate().clone();
         let mut router = crate::http::router(
             authority.clone(),
@@ -197,7 +207,8 @@ impl App {
         self.metrics_addr
     }
 
-    pub fn mqtt_addr(&self) -> SocketAddr {
+    /// lanyard's own MQTT listener; None when `mqtt.listen` is empty.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
         self.broker.local_addr()
     }
 
@@ -414,7 +425,8 @@ impl Signals {
 }
 
 /// The start-up message after the demo seed: what to paste to try lanyard.
-pub fn demo_instructions(seed: &DemoSeed, settings: &Settings, mqtt_port: u16) -> String {
+/// What to try first after the demo seed; the MQTT lines only with a listener (`mqtt_port`).
+pub fn demo_instructions(seed: &DemoSeed, settings: &Settings, mqtt_port: Option<u16>) -> String {
     let issuer = &seed.tenant.issuer;
     let slug = &seed.tenant.slug;
     let lines = [
@@ -437,18 +449,14 @@ pub fn demo_instructions(seed: &DemoSeed, settings: &Settings, mqtt_port: u16) -
         format!("  curl -s {issuer}/.well-known/jwks.json"),
         format!("  curl -s {issuer}/.well-known/openid-configuration"),
         String::new(),
-        "Over MQTT the token is the password; the tenant's JWKS is retained:".into(),
-        String::new(),
-        format!(
-            "  TOKEN=$(curl -s -u \"$CLIENT_ID:$CLIENT_SECRET\" -d grant_type=client_credentials {issuer}/oauth2/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')"
-        ),
-        format!(
-            "  mosquitto_sub -h {} -p {} -u \"$CLIENT_ID\" -P \"$TOKEN\" -t '{}' -C 1",
-            mqtt_host(settings),
-            mqtt_port,
-            format_args!("{}/{slug}/jwks", settings.mqtt.topic_prefix)
-        ),
-        String::new(),
+        match mqtt_port {
+            Some(port) => format!(
+                "Over MQTT the token is the password; the tenant's JWKS is retained:\n\n  TOKEN=$(curl -s -u \"$CLIENT_ID:$CLIENT_SECRET\" -d grant_type=client_credentials {issuer}/oauth2/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')\n  mosquitto_sub -h {} -p {port} -u \"$CLIENT_ID\" -P \"$TOKEN\" -t '{}/{slug}/jwks' -C 1\n",
+                mqtt_host(settings),
+                settings.mqtt.topic_prefix
+            ),
+            None => "lanyard's own MQTT listener is off (mqtt.listen is empty).\n".into(),
+        },
         format!(
             "A person ({}) holds a role on the system and signs in with the app `{}`:",
             seed.user_email, seed.app_client_id
@@ -470,7 +478,10 @@ pub fn demo_instructions(seed: &DemoSeed, settings: &Settings, mqtt_port: u16) -
 
 /// The host a local client reaches the MQTT listener at.
 fn mqtt_host(settings: &Settings) -> String {
-    let ip = settings.mqtt.listen.ip();
+    let ip = settings
+        .mqtt
+        .listen
+        .map_or([127, 0, 0, 1].into(), |listen| listen.ip());
     if ip.is_unspecified() {
         "127.0.0.1".into()
     } else {

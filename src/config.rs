@@ -35,6 +35,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub audit: AuditSettings,
     pub metrics: MetricsSettings,
+    pub nats: NatsSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,7 +101,10 @@ impl Default for KeySettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttSettings {
-    pub listen: SocketAddr,
+    /// lanyard's own MQTT listener; empty (`None`): none, for a lanyard that serves a NATS
+    /// cluster instead (SPEC §13).
+    #[serde(with = "optional_address")]
+    pub listen: Option<SocketAddr>,
     pub topic_prefix: TopicPrefix,
     /// The largest packet a client may send, in bytes.
     pub max_packet_size: u32,
@@ -127,7 +131,7 @@ pub struct MqttSettings {
 impl Default for MqttSettings {
     fn default() -> Self {
         MqttSettings {
-            listen: ([0, 0, 0, 0], 1883).into(),
+            listen: Some(([0, 0, 0, 0], 1883).into()),
             topic_prefix: TopicPrefix::parse("drivr/v1").expect("a valid prefix"),
             max_packet_size: 256 * 1024,
             connect_timeout: Period::from_secs(10),
@@ -311,7 +315,130 @@ impl Serialize for SecretSetting {
     }
 }
 
-/// `mqtt.tls_listen`, `metrics.listen`: an address, or the empty string for none.
+/// The NATS cluster lanyard serves as auth callout, publisher of the retained topics and
+/// enforcer (SPEC §13). Off while `url` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSettings {
+    /// The cluster's NATS client URLs, comma-separated (`nats://10.0.0.1:4222,nats://…`).
+    pub url: String,
+    /// The callout's user: a user of the callout account, listed in `auth_callout.auth_users`.
+    pub callout_user: String,
+    /// Prefer `LANYARD_NATS__CALLOUT_PASSWORD`.
+    pub callout_password: SecretSetting,
+    /// The account nkey seed (`SA…`) the callout signs its answers with; its public key is
+    /// `auth_callout.issuer`. Prefer `LANYARD_NATS__ISSUER_SEED`.
+    pub issuer_seed: SecretSetting,
+    /// A user of the system account, which finds and ends connections (CONNZ, KICK).
+    pub system_user: String,
+    /// Prefer `LANYARD_NATS__SYSTEM_PASSWORD`.
+    pub system_password: SecretSetting,
+    /// The cluster's MQTT listeners, comma-separated `host:port`: the publisher of the
+    /// retained topics connects to the first that answers.
+    pub mqtt_url: String,
+    /// The publisher's user in each tenant's account (`{account}` is replaced): a config user,
+    /// listed in `auth_callout.auth_users`, so its retained messages survive a config reload.
+    pub publisher_user: String,
+    /// Prefer `LANYARD_NATS__PUBLISHER_PASSWORD`.
+    pub publisher_password: SecretSetting,
+    /// Tenant slug → the NATS account its principals are placed in. A tenant not listed cannot
+    /// connect through the cluster.
+    pub accounts: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            url: String::new(),
+            callout_user: "lanyard".into(),
+            callout_password: SecretSetting::default(),
+            issuer_seed: SecretSetting::default(),
+            system_user: "lanyard-system".into(),
+            system_password: SecretSetting::default(),
+            mqtt_url: String::new(),
+            publisher_user: "lanyard-{account}".into(),
+            publisher_password: SecretSetting::default(),
+            accounts: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl NatsSettings {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// The publisher's user name in `account`.
+    pub fn publisher_user(&self, account: &str) -> String {
+        self.publisher_user.replace("{account}", account)
+    }
+
+    /// The MQTT listeners, in order.
+    pub fn mqtt_addresses(&self) -> Vec<(String, u16)> {
+        self.mqtt_url
+            .split(',')
+            .filter_map(|a| {
+                let a = a.trim();
+                let a = a.strip_prefix("mqtt://").unwrap_or(a);
+                let (host, port) = a.rsplit_once(':')?;
+                Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        for (key, value) in [
+            ("callout_user", self.callout_user.as_str()),
+            ("system_user", self.system_user.as_str()),
+            ("mqtt_url", self.mqtt_url.as_str()),
+        ] {
+            if value.is_empty() {
+                return Err(invalid(format!("nats.url is set: nats.{key} is needed too")));
+            }
+        }
+        if !self.publisher_user.contains("{account}") {
+            return Err(invalid(
+                "nats.publisher_user must contain {account}: each tenant's account has its own publisher user",
+            ));
+        }
+        let seed = self.issuer_seed.expose();
+        if !seed.starts_with("SA") || nkeys::KeyPair::from_seed(seed).is_err() {
+            return Err(invalid(
+                "nats.issuer_seed must be an account nkey seed (SA…, e.g. from `nsc generate nkey --account`)",
+            ));
+        }
+        if self.mqtt_addresses().len() != self.mqtt_url.split(',').count() {
+            return Err(invalid(format!(
+                "nats.mqtt_url = {:?} must list host:port addresses, comma-separated",
+                self.mqtt_url
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (slug, account) in &self.accounts {
+            crate::domain::slug::Slug::parse(slug).map_err(|e| invalid(format!("nats.accounts: {e}")))?;
+            if account.is_empty()
+                || !account
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(invalid(format!(
+                    "nats.accounts.{slug} = {account:?} must be a NATS account name of letters, digits, '-' and '_'"
+                )));
+            }
+            if !seen.insert(account) {
+                return Err(invalid(format!(
+                    "nats.accounts: account {account:?} is named for two tenants; each tenant needs its own"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `mqtt.listen`, `mqtt.tls_listen`, `metrics.listen`: an address, or the empty string for none.
 mod optional_address {
     use std::net::SocketAddr;
 
@@ -545,6 +672,7 @@ impl Settings {
                 t.status_list_ttl
             )));
         }
+        self.nats.validate()?;
         let m = &self.mailer;
         if m.from.parse::<lettre::message::Mailbox>().is_err() {
             return Err(invalid(format!(

@@ -7,6 +7,8 @@
 //! - [`http`]: the HTTP door: OAuth endpoints, people's sign-in, discovery, health.
 //! - [`graphql`]: the GraphQL door: local API tokens and management.
 //! - [`mqtt`]: the MQTT door: lanyard's listener, permissions and sessions over rumqttd's router.
+//! - [`nats`]: the NATS door: lanyard as auth callout, retained-topic publisher and enforcer
+//!   of a NATS cluster's MQTT listeners.
 //! - [`mailer`]: the mail adapters (file, SMTP, log) behind the authority's mail port.
 //! - [`metrics`]: the Prometheus families every room records into, served on `metrics.listen`.
 //! - [`authority`]: the use-cases every door shares: tenants, keys, clients, tokens, people,
@@ -26,4 +28,5 @@ pub mod http;
 pub mod mailer;
 pub mod metrics;
 pub mod mqtt;
+pub mod nats;
 pub mod store;

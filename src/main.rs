@@ -128,7 +128,7 @@ async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<()>
                     lanyard::app::demo_instructions(
                         seed,
                         app.authority().settings(),
-                        app.mqtt_addr().port()
+                        app.mqtt_addr().map(|a| a.port())
                     )
                 );
             }

@@ -187,6 +187,8 @@ struct Families {
     mqtt_connections_open: IntGauge,
     mqtt_connections_limit: IntGauge,
     mqtt_connects: Fixed<IntCounter>,
+    nats_callouts: Fixed<IntCounter>,
+    nats_kicks: IntCounter,
     /// Routed, refused.
     mqtt_received: [IntCounter; 2],
     mqtt_delivered: IntCounter,
@@ -235,6 +237,10 @@ impl Builder<'_> {
 
     fn counters(&self, name: &str, help: &str, label: &str) -> IntCounterVec {
         self.register(IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid family"))
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help).expect("a valid counter"))
     }
 
     fn gauge(&self, name: &str, help: &str) -> IntGauge {
@@ -306,6 +312,11 @@ impl Families {
             "MQTT CONNECTs by outcome: the CONNACK code's name, or closed when none was sent.",
             "code",
         );
+        let callouts = b.counters(
+            "lanyard_nats_callouts_total",
+            "NATS auth callout requests by outcome (SPEC §13).",
+            "outcome",
+        );
         let received = b.counters(
             "lanyard_mqtt_messages_received_total",
             "PUBLISH packets from MQTT clients: routed to subscribers, or refused by the topic permissions.",
@@ -353,6 +364,13 @@ impl Families {
                 "The most MQTT connections lanyard holds: mqtt.max_connections within the open-file budget.",
             ),
             mqtt_connects: fixed(CONNECT_CODES, |c| connects.with_label_values(&[c])),
+            nats_callouts: fixed(crate::nats::callout::OUTCOMES, |o| {
+                callouts.with_label_values(&[o])
+            }),
+            nats_kicks: b.counter(
+                "lanyard_nats_connections_ended_total",
+                "NATS connections lanyard ended because their token, client, person or key was withdrawn.",
+            ),
             mqtt_received: ["routed", "refused"].map(|o| received.with_label_values(&[o])),
             mqtt_delivered: b.register(
                 IntCounter::new(
@@ -475,6 +493,24 @@ impl Metrics {
             .and_then(|f| f.mqtt_connects.get(code))
         {
             counter.inc();
+        }
+    }
+
+    /// A NATS auth callout request's outcome, one of [`crate::nats::callout::OUTCOMES`].
+    pub fn nats_callout(&self, outcome: &str) {
+        if let Some(counter) = self
+            .families
+            .as_ref()
+            .and_then(|f| f.nats_callouts.get(outcome))
+        {
+            counter.inc();
+        }
+    }
+
+    /// A NATS connection ended by lanyard.
+    pub fn nats_kicked(&self) {
+        if let Some(f) = &self.families {
+            f.nats_kicks.inc();
         }
     }
 

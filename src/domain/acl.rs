@@ -219,6 +219,31 @@ impl Permissions {
         })
     }
 
+    /// The topic prefix, under which only lanyard publishes.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Every filter `who` may publish to and every filter it may subscribe to, built-in and by
+    /// rule, for a broker that enforces them itself (a NATS cluster, SPEC §13). The denials of
+    /// [`Permissions::may_publish`] (the prefix, `$` topics) are the caller's to add.
+    pub fn grants(&self, who: &Identity<'_>) -> (Vec<String>, Vec<String>) {
+        let mut publish = Vec::new();
+        let mut subscribe = self.builtin_grants(who);
+        for rule in self.rules.iter().filter(|rule| rule.applies_to(who)) {
+            let Some(filter) = rule.expand(who) else {
+                continue;
+            };
+            if rule.action.publishes() {
+                publish.push(filter.clone());
+            }
+            if rule.action.subscribes() {
+                subscribe.push(filter);
+            }
+        }
+        (publish, subscribe)
+    }
+
     fn builtin_grants(&self, who: &Identity<'_>) -> Vec<String> {
         let Some(slug) = safe_value(who.slug) else {
             return Vec::new();

@@ -78,6 +78,8 @@ pub struct Gate {
     expiries: Mutex<retained::Expiries>,
     /// When the reconciliation last looked at the database.
     reconciled_at: Mutex<i64>,
+    /// Where every change of lanyard's retained topics also goes (the NATS publisher).
+    mirror: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<(String, bytes::Bytes)>>,
     /// Whether a change made here may not have been published (its announcement was missed, or
     /// publishing it failed): the next reconciliation then republishes everything.
     behind: AtomicBool,
@@ -143,13 +145,14 @@ impl Gate {
 
 /// The running MQTT listeners.
 pub struct Broker {
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     gate: Arc<Gate>,
 }
 
 impl Broker {
-    /// Starts the router, binds `mqtt.listen` and serves until `stopped` turns true, holding
+    /// Starts the router, binds `mqtt.listen` (unless it is empty: the router then holds only
+    /// lanyard's retained topics, for a NATS cluster to be fed from) and serves until `stopped` turns true, holding
     /// at most `max_connections` (`mqtt.max_connections` within the open-file budget, see
     /// [`crate::connections`]) on its listeners together.
     pub async fn start(
@@ -160,13 +163,15 @@ impl Broker {
         tasks: &mut Vec<JoinHandle<()>>,
     ) -> anyhow::Result<Broker> {
         let settings = authority.settings().mqtt.clone();
-        let listener = TcpListener::bind(settings.listen).await.with_context(|| {
-            format!(
-                "mqtt.listen: cannot listen on {}; choose a free address or port 0",
-                settings.listen
-            )
-        })?;
-        let addr = listener.local_addr()?;
+        let listener = match settings.listen {
+            Some(listen) => Some(TcpListener::bind(listen).await.with_context(|| {
+                format!(
+                    "mqtt.listen: cannot listen on {listen}; choose a free address or port 0, or leave it empty for none"
+                )
+            })?),
+            None => None,
+        };
+        let addr = listener.as_ref().map(TcpListener::local_addr).transpose()?;
         let tls = match settings.tls_listen {
             Some(tls_addr) => {
                 let acceptor =
@@ -219,25 +224,31 @@ impl Broker {
             expiries: Mutex::default(),
             reconciled_at: Mutex::new(authority.now()),
             behind: AtomicBool::new(false),
+            mirror: std::sync::OnceLock::new(),
             authority: authority.clone(),
             metrics: metrics.clone(),
         });
         // Retained state is in place before the first client can subscribe.
         gate.publish_everything().await?;
-        tracing::info!("mqtt listening on {addr}");
+        match addr {
+            Some(addr) => tracing::info!("mqtt listening on {addr}"),
+            None => tracing::info!("mqtt: no listener of lanyard's own (mqtt.listen is empty)"),
+        }
 
         let limit = Permits::new(max_connections);
         let counted = limit.clone();
         metrics
             .sample_on_scrape(move |m| m.set_mqtt_connections(counted.in_use(), counted.limit()));
         let per_source = authority.settings().limits.connections_per_ip;
-        tasks.push(tokio::spawn(listener::accept_loop(
-            listener,
-            None,
-            gate.clone(),
-            (limit.clone(), PerSource::new(per_source)),
-            stopped.clone(),
-        )));
+        if let Some(listener) = listener {
+            tasks.push(tokio::spawn(listener::accept_loop(
+                listener,
+                None,
+                gate.clone(),
+                (limit.clone(), PerSource::new(per_source)),
+                stopped.clone(),
+            )));
+        }
         let mut tls_addr = None;
         if let Some((listener, acceptor)) = tls {
             let local = listener.local_addr()?;
@@ -263,7 +274,8 @@ impl Broker {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The listener's address; None when `mqtt.listen` is empty.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.addr
     }
 

@@ -88,7 +88,28 @@ impl Gate {
             Retained::StatusList(_) => RetainedTopic::StatusList,
         });
         retained.insert(topic.clone(), message);
+        if let Some(mirror) = self.mirror.get() {
+            // Under the lock: the mirror sees the changes in the order they were made.
+            let _ = mirror.send((topic.clone(), payload.clone()));
+        }
         Some(Publish::new(Bytes::from(topic), payload, true))
+    }
+
+    /// Hands every later change of lanyard's retained topics to `mirror` as well (an empty
+    /// message: the topic was cleared), and answers every topic's message as it is now, for
+    /// the mirror to start from. Set once.
+    pub(crate) fn mirror_retained(
+        &self,
+        mirror: tokio::sync::mpsc::UnboundedSender<(String, Bytes)>,
+    ) -> Vec<(String, Bytes)> {
+        let retained = self.retained.lock().expect("retained lock");
+        if self.mirror.set(mirror).is_err() {
+            tracing::warn!("the retained topics are mirrored once only");
+        }
+        retained
+            .iter()
+            .map(|(topic, message)| (topic.clone(), message.payload().clone()))
+            .collect()
     }
 
     /// lanyard's current message on one of its retained topics.
@@ -445,6 +466,9 @@ impl Gate {
                 .collect();
             for topic in &orphans {
                 retained.remove(topic);
+                if let Some(mirror) = self.mirror.get() {
+                    let _ = mirror.send((topic.clone(), Bytes::new()));
+                }
             }
             orphans
         };

@@ -1,0 +1,159 @@
+//! The auth callout (NATS ADR-26, SPEC §13): every CONNECT to the cluster is handed to lanyard
+//! on `$SYS.REQ.USER.AUTH`, in queue group `lanyard`, so each request reaches one lanyard node.
+//!
+//! The password is checked exactly as at lanyard's own broker ([`Authority::verify_bearer`]:
+//! signature, issuer, audience, time, revocation, client and person still there); only MQTT
+//! connections are admitted; the tenant must have a NATS account (`nats.accounts`). The answer
+//! is a user JWT in the tenant's account whose `exp` is the token's and whose permissions are
+//! SPEC §4's, translated ([`subjects`](super::subjects)). Its `name` records who holds the
+//! connection ([`Holder`]), which is how the enforcer finds it again on any node.
+//! A refusal reaches the client as CONNACK `0x05`; its reason is logged here, never the
+//! password.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use nkeys::KeyPair;
+use serde::{Deserialize, Serialize};
+
+use super::jwt::{self, AuthorizationRequest, User};
+use super::subjects;
+use crate::authority::{Authority, TokenRejected};
+use crate::domain::acl::{Identity, Permissions};
+use crate::metrics::Metrics;
+
+/// The longest password read: as at lanyard's own broker.
+const MAX_PASSWORD_LEN: usize = 8 * 1024;
+
+/// Who holds a connection: kept as the user JWT's `name`, shown by CONNZ as `authorized_user`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub jti: String,
+    #[serde(rename = "cid")]
+    pub client_id: String,
+    pub sub: String,
+    pub kid: String,
+}
+
+impl Holder {
+    /// The holder a connection's `authorized_user` names; None for a user lanyard did not
+    /// admit (a config user: the publisher).
+    pub fn of(authorized_user: &str) -> Option<Holder> {
+        serde_json::from_str(authorized_user).ok()
+    }
+}
+
+/// How a callout request ended, as counted by `lanyard_nats_callouts_total`.
+pub const OUTCOMES: &[&str] = &[
+    "admitted",
+    "not_mqtt",
+    "bad_token",
+    "no_account",
+    "unavailable",
+    "unreadable",
+];
+
+pub(super) struct Callout {
+    pub authority: Arc<Authority>,
+    pub metrics: Arc<Metrics>,
+    pub permissions: Permissions,
+    pub issuer: KeyPair,
+    /// Tenant slug → NATS account.
+    pub accounts: BTreeMap<String, String>,
+}
+
+impl Callout {
+    /// The signed answer to a request; None when the request cannot be read (the server then
+    /// times out, which refuses the connection).
+    pub async fn answer(&self, payload: &[u8]) -> Option<String> {
+        let request = match jwt::read_request(payload) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::warn!("nats callout: a request was not read: {e}");
+                self.metrics.nats_callout("unreadable");
+                return None;
+            }
+        };
+        let decision = self.decide(&request).await;
+        let now = self.authority.now();
+        let info = &request.nats.client_info;
+        match &decision {
+            Ok(user) => {
+                self.metrics.nats_callout("admitted");
+                tracing::debug!(
+                    server = %request.nats.server_id.name,
+                    client = %info.mqtt_id,
+                    account = %user.account,
+                    "nats callout: admitted"
+                );
+            }
+            Err((outcome, reason)) => {
+                self.metrics.nats_callout(outcome);
+                tracing::info!(
+                    server = %request.nats.server_id.name,
+                    host = %info.host,
+                    client = %info.mqtt_id,
+                    kind = %info.kind,
+                    "nats callout: refused: {reason}"
+                );
+            }
+        }
+        let answer = decision.as_ref().map_err(|(_, reason)| reason.as_str());
+        Some(jwt::response(&self.issuer, &request, answer, now))
+    }
+
+    async fn decide(&self, request: &AuthorizationRequest) -> Result<User, (&'static str, String)> {
+        let nats = &request.nats;
+        // Auth callout users are not held to MQTT by `allowed_connection_types`: a device
+        // token must not open the cluster's NATS protocol.
+        if nats.client_info.kind != "mqtt" {
+            return Err((
+                "not_mqtt",
+                format!(
+                    "a {:?} connection; only MQTT connections are admitted",
+                    nats.client_info.kind
+                ),
+            ));
+        }
+        let password = nats.connect_opts.pass.as_str();
+        if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
+            return Err(("bad_token", "no usable password".into()));
+        }
+        let known = match self.authority.verify_bearer(password).await {
+            Ok(known) => known,
+            Err(TokenRejected::Unavailable(cause)) => {
+                return Err(("unavailable", format!("the token could not be checked: {cause}")));
+            }
+            Err(e) => return Err(("bad_token", e.to_string())),
+        };
+        let slug = known.tenant.slug.as_str();
+        let Some(account) = self.accounts.get(slug) else {
+            return Err((
+                "no_account",
+                format!("tenant {slug} has no NATS account (nats.accounts)"),
+            ));
+        };
+        let claims = &known.verified.claims;
+        let identity = Identity {
+            slug,
+            client_id: &claims.client_id,
+            sub: &claims.sub,
+            system: claims.system.as_deref(),
+            scopes: &known.scopes,
+        };
+        let (publish, subscribe) = subjects::permissions(&self.permissions, &identity);
+        let holder = Holder {
+            jti: claims.jti.clone(),
+            client_id: claims.client_id.clone(),
+            sub: claims.sub.clone(),
+            kid: known.verified.kid.clone(),
+        };
+        Ok(User {
+            account: account.clone(),
+            name: serde_json::to_string(&holder).expect("a holder serialises"),
+            expires: claims.exp,
+            publish,
+            subscribe,
+        })
+    }
+}

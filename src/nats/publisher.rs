@@ -1,0 +1,185 @@
+//! The publisher (SPEC §13): lanyard's retained topics (each tenant's JWKS and signed key
+//! schedule, each system's token list and status list) kept in the cluster.
+//!
+//! The topics come from lanyard's own retained projection (the gate's, [`Gate::mirror_retained`]):
+//! everything at start, then every change as it is made. They go into the cluster over MQTT,
+//! since a plain NATS publish does not become an MQTT retained message, as the tenant account's
+//! config user (`nats.publisher_user`), since a NATS config reload deletes retained messages
+//! whose publisher is not one. One connection per account, to the first MQTT listener that
+//! answers; after every (re)connection every topic is published again, so whatever was missed
+//! while the cluster was away is made good. Only the latest message of a topic is kept for
+//! sending: a newer one is never overtaken by an older.
+//!
+//! [`Gate::mirror_retained`]: crate::mqtt::Gate
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
+use tokio::sync::{mpsc, watch};
+
+/// How long to wait before trying the next MQTT listener.
+const RETRY: Duration = Duration::from_secs(1);
+/// Requests queued between the publisher and its connection.
+const QUEUE: usize = 256;
+/// The largest message: a long token list.
+const MAX_PACKET: usize = 16 * 1024 * 1024;
+
+/// Where one account's publisher connects, and as whom.
+#[derive(Clone)]
+pub(super) struct Target {
+    pub account: String,
+    pub user: String,
+    pub password: String,
+    pub addresses: Vec<(String, u16)>,
+    /// Distinct per lanyard node: two nodes' publishers must not take over each other's
+    /// session.
+    pub client_id: String,
+}
+
+/// The topics of one account: the latest message of each, and those to send.
+#[derive(Default)]
+struct Topics {
+    current: BTreeMap<String, Bytes>,
+    /// Topics whose retained message was removed (an empty message clears it).
+    cleared: BTreeSet<String>,
+    pending: BTreeSet<String>,
+}
+
+impl Topics {
+    fn set(&mut self, topic: String, payload: Bytes) {
+        if payload.is_empty() {
+            self.current.remove(&topic);
+            self.cleared.insert(topic.clone());
+        } else {
+            self.cleared.remove(&topic);
+            self.current.insert(topic.clone(), payload);
+        }
+        self.pending.insert(topic);
+    }
+
+    /// Everything is to be sent again (a new connection).
+    fn all_pending(&mut self) {
+        self.pending = self
+            .current
+            .keys()
+            .chain(self.cleared.iter())
+            .cloned()
+            .collect();
+    }
+
+    fn message(&self, topic: &str) -> Bytes {
+        self.current.get(topic).cloned().unwrap_or_default()
+    }
+}
+
+/// Publishes one account's topics until `stopped`: `start` first, then what `changes` brings.
+pub(super) async fn run(
+    target: Target,
+    start: Vec<(String, Bytes)>,
+    mut changes: mpsc::UnboundedReceiver<(String, Bytes)>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut topics = Topics::default();
+    for (topic, payload) in start {
+        topics.set(topic, payload);
+    }
+    let mut next = 0;
+    loop {
+        let (host, port) = target.addresses[next % target.addresses.len()].clone();
+        next += 1;
+        let mut options = MqttOptions::new(target.client_id.clone(), host.clone(), port);
+        options
+            .set_credentials(target.user.clone(), target.password.clone())
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(true)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        let (client, mut connection) = AsyncClient::new(options, QUEUE);
+        let mut connected = false;
+        loop {
+            if connected {
+                send_pending(&client, &mut topics);
+            }
+            tokio::select! {
+                _ = stopped.changed() => {
+                    let _ = client.try_disconnect();
+                    return;
+                }
+                change = changes.recv() => match change {
+                    Some((topic, payload)) => topics.set(topic, payload),
+                    None => return,
+                },
+                event = connection.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        if ack.code == ConnectReturnCode::Success {
+                            tracing::info!(
+                                "nats: publishing {}'s retained topics through {host}:{port}",
+                                target.account
+                            );
+                            connected = true;
+                            topics.all_pending();
+                        } else {
+                            tracing::warn!(
+                                "nats: the MQTT listener {host}:{port} refused {} ({:?}); check nats.publisher_user and its password",
+                                target.user, ack.code
+                            );
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(
+                            "nats: publishing {}'s retained topics through {host}:{port}: {e}",
+                            target.account
+                        );
+                        break;
+                    }
+                },
+            }
+        }
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// Hands pending topics to the connection while its queue takes them.
+fn send_pending(client: &AsyncClient, topics: &mut Topics) {
+    while let Some(topic) = topics.pending.first().cloned() {
+        let payload = topics.message(&topic);
+        if client
+            .try_publish(topic.clone(), QoS::AtLeastOnce, true, payload)
+            .is_err()
+        {
+            return;
+        }
+        topics.pending.remove(&topic);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_latest_message_of_a_topic_is_sent_and_a_reconnection_sends_everything() {
+        let mut topics = Topics::default();
+        topics.set("a".into(), Bytes::from_static(b"1"));
+        topics.set("a".into(), Bytes::from_static(b"2"));
+        topics.set("b".into(), Bytes::from_static(b"x"));
+        assert_eq!(topics.pending.len(), 2);
+        assert_eq!(topics.message("a"), Bytes::from_static(b"2"));
+        topics.pending.clear();
+        topics.set("b".into(), Bytes::new());
+        assert_eq!(topics.message("b"), Bytes::new());
+        topics.pending.clear();
+        topics.all_pending();
+        // A cleared topic is cleared again on every new connection.
+        assert_eq!(
+            topics.pending,
+            BTreeSet::from(["a".to_string(), "b".to_string()])
+        );
+    }
+}
