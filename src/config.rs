@@ -368,6 +368,15 @@ impl NatsSettings {
         !self.url.is_empty()
     }
 
+    /// The NATS client URLs, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
     /// The publisher's user name in `account`.
     pub fn publisher_user(&self, account: &str) -> String {
         self.publisher_user.replace("{account}", account)
@@ -396,7 +405,16 @@ impl NatsSettings {
             ("mqtt_url", self.mqtt_url.as_str()),
         ] {
             if value.is_empty() {
-                return Err(invalid(format!("nats.url is set: nats.{key} is needed too")));
+                return Err(invalid(format!(
+                    "nats.url is set: nats.{key} is needed too"
+                )));
+            }
+        }
+        for url in self.urls() {
+            if url.parse::<async_nats::ServerAddr>().is_err() {
+                return Err(invalid(format!(
+                    "nats.url: {url:?} is not a NATS URL like \"nats://10.0.0.1:4222\""
+                )));
             }
         }
         if !self.publisher_user.contains("{account}") {
@@ -418,7 +436,8 @@ impl NatsSettings {
         }
         let mut seen = std::collections::BTreeSet::new();
         for (slug, account) in &self.accounts {
-            crate::domain::slug::Slug::parse(slug).map_err(|e| invalid(format!("nats.accounts: {e}")))?;
+            crate::domain::slug::Slug::parse(slug)
+                .map_err(|e| invalid(format!("nats.accounts: {e}")))?;
             if account.is_empty()
                 || !account
                     .bytes()

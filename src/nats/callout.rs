@@ -122,7 +122,10 @@ impl Callout {
         let known = match self.authority.verify_bearer(password).await {
             Ok(known) => known,
             Err(TokenRejected::Unavailable(cause)) => {
-                return Err(("unavailable", format!("the token could not be checked: {cause}")));
+                return Err((
+                    "unavailable",
+                    format!("the token could not be checked: {cause}"),
+                ));
             }
             Err(e) => return Err(("bad_token", e.to_string())),
         };

@@ -301,8 +301,8 @@ mod tests {
     #[test]
     fn a_request_signed_by_its_server_is_read_and_its_password_never_shown() {
         let server = KeyPair::new_server();
-        let request = read_request(request_signed_by(&server, "authorization_request").as_bytes())
-            .unwrap();
+        let request =
+            read_request(request_signed_by(&server, "authorization_request").as_bytes()).unwrap();
         assert_eq!(request.nats.connect_opts.pass, "secret");
         assert_eq!(request.nats.client_info.kind, "mqtt");
         assert!(!format!("{request:?}").contains("secret"));
@@ -342,8 +342,8 @@ mod tests {
     fn the_response_carries_a_user_jwt_for_the_connection_signed_by_the_issuer() {
         let server = KeyPair::new_server();
         let issuer = KeyPair::new_account();
-        let request = read_request(request_signed_by(&server, "authorization_request").as_bytes())
-            .unwrap();
+        let request =
+            read_request(request_signed_by(&server, "authorization_request").as_bytes()).unwrap();
         let user = User {
             account: "acme".into(),
             name: "n".into(),

@@ -48,8 +48,7 @@ pub async fn start(
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<()> {
     let settings = authority.settings().nats.clone();
-    let issuer =
-        KeyPair::from_seed(settings.issuer_seed.expose()).context("nats.issuer_seed")?;
+    let issuer = KeyPair::from_seed(settings.issuer_seed.expose()).context("nats.issuer_seed")?;
     tracing::info!(
         "nats: serving the cluster at {} as auth callout (issuer {})",
         settings.url,
@@ -64,7 +63,7 @@ pub async fn start(
             .event_callback(move |event| async move {
                 tracing::info!("nats: {event}");
             })
-            .connect(settings.url.clone())
+            .connect(settings.urls())
     };
 
     let callout_client = connect(

@@ -16,10 +16,15 @@
 use super::jwt::Permission;
 use crate::domain::acl::{Identity, Permissions};
 
-/// The `$` namespaces of an account, closed to MQTT clients whatever the rules say.
-const INTERNAL: [&str; 9] = [
-    "$SYS.>", "$JS.>", "$JSC.>", "$KV.>", "$O.>", "$MQTT.>", "$NRG.>", "$SRV.>", "$G.>",
+/// The `$` namespaces of an account, closed to MQTT clients whatever the rules say. `$MQTT.`
+/// is not among them: the server subscribes there for a client's QoS 1 and 2 deliveries under
+/// the client's own permissions (2.12 and later allow it implicitly, but a deny still counts);
+/// publishing there is denied.
+const INTERNAL: [&str; 8] = [
+    "$SYS.>", "$JS.>", "$JSC.>", "$KV.>", "$O.>", "$NRG.>", "$SRV.>", "$G.>",
 ];
+/// Closed to publishing only.
+const INTERNAL_PUBLISH: &str = "$MQTT.>";
 
 /// The NATS subjects an MQTT filter (or topic) covers; None when it cannot be translated.
 pub fn translate(filter: &str) -> Option<Vec<String>> {
@@ -67,7 +72,11 @@ pub fn permissions(rules: &Permissions, who: &Identity<'_>) -> (Permission, Perm
     let prefix = translate(&format!("{}/#", rules.prefix())).expect("a valid prefix");
     let publish = Permission {
         allow: translated(publish),
-        deny: prefix.into_iter().chain(internal()).collect(),
+        deny: prefix
+            .into_iter()
+            .chain(internal())
+            .chain([INTERNAL_PUBLISH.to_owned()])
+            .collect(),
     };
     let subscribe = Permission {
         allow: translated(subscribe),
@@ -114,7 +123,17 @@ mod tests {
 
     #[test]
     fn what_nats_would_read_otherwise_is_not_translated() {
-        for bad in ["a/*", "a/>/b", ">", "a b/c", "a/\tb", "$SYS/#", "$JS/API/x", "", "a/#/b"] {
+        for bad in [
+            "a/*",
+            "a/>/b",
+            ">",
+            "a b/c",
+            "a/\tb",
+            "$SYS/#",
+            "$JS/API/x",
+            "",
+            "a/#/b",
+        ] {
             assert_eq!(t(bad), None, "{bad:?}");
         }
     }
@@ -194,7 +213,8 @@ mod tests {
                 "tenants.acme.users.dev.>",
             ]
         );
-        assert!(subscribe.deny.contains(&"$MQTT.>".to_string()));
+        assert!(publish.deny.contains(&"$MQTT.>".to_string()));
+        assert!(!subscribe.deny.contains(&"$MQTT.>".to_string()));
         assert!(!subscribe.deny.contains(&">".to_string()));
     }
 
@@ -243,19 +263,36 @@ mod tests {
     #[test]
     fn identity_values_nats_would_read_as_wildcards_fill_nothing() {
         let none = ScopeSet::default();
-        for evil in ["*", ">", "$JS", "a b", "a.b"] {
+        for evil in ["*", ">", "a b"] {
             let (publish, subscribe) = permissions(&shipped(), &device(evil, Some(evil), &none));
             for subject in publish.allow.iter().chain(&subscribe.allow) {
-                assert!(
-                    !subject.split('.').any(|t| t == "*" || t == ">") || subject.contains("jwks"),
-                    "{evil:?} gave {subject}"
-                );
-                assert!(!subject.starts_with('$'), "{evil:?} gave {subject}");
+                for level in [
+                    "clients",
+                    "users",
+                    "systems",
+                    "localApiTokens",
+                    "statuslists",
+                ] {
+                    assert!(
+                        !subject.contains(&format!("{level}.{evil}")),
+                        "{evil:?} gave {subject}"
+                    );
+                }
             }
+            // Only the tenant's JWKS topics are left.
+            assert_eq!(
+                subscribe.allow,
+                ["drivr.v1.acme.jwks", "drivr.v1.acme.jwks.signed"]
+            );
+            assert_eq!(publish.deny, [">"]);
         }
         // A `.` in a value stays inside its level.
         let (publish, _) = permissions(&shipped(), &device("a.b", None, &none));
-        assert!(publish.allow.contains(&"tenants.acme.clients.a//b.>".to_string()));
+        assert!(
+            publish
+                .allow
+                .contains(&"tenants.acme.clients.a//b.>".to_string())
+        );
     }
 
     #[test]

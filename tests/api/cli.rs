@@ -150,7 +150,7 @@ async fn the_demo_seed_runs_once_on_an_empty_database() {
     let mut settings = Settings::from_toml(include_str!("../../broker.toml")).unwrap();
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
     settings.http.public_url = PUBLIC_URL.into();
-    settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    settings.mqtt.listen = Some("127.0.0.1:0".parse().unwrap());
     settings.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
     settings.database.url = format!("sqlite://{}/lanyard.db", dir.path().display());
     settings.keys.encryption_key_file = dir.path().join("lanyard.kek");
@@ -167,8 +167,8 @@ async fn the_demo_seed_runs_once_on_an_empty_database() {
             "the generated key file is private"
         );
     }
-    let port = app.app().mqtt_addr().port();
-    let message = lanyard::app::demo_instructions(seed, &app.settings, port);
+    let port = app.mqtt_addr().port();
+    let message = lanyard::app::demo_instructions(seed, &app.settings, Some(port));
     assert!(message.contains(&format!(
         "mosquitto_sub -h 127.0.0.1 -p {port} -u \"$CLIENT_ID\" -P \"$TOKEN\" -t 'drivr/v1/demo/jwks'"
     )));

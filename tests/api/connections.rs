@@ -60,7 +60,7 @@ async fn healthz_from(app: &TestApp, from: &str) -> u16 {
 /// Sends a CONNECT with a password that is no token from `from` and returns the answer's
 /// first byte (0x20: a CONNACK), or `None` when the connection was closed instead.
 async fn mqtt_answer_from(app: &TestApp, from: &str) -> Option<u8> {
-    let mut stream = connect_from(from, app.app().mqtt_addr()).await;
+    let mut stream = connect_from(from, app.mqtt_addr()).await;
     stream
         .write_all(&connect(4, "probe", Some("not-a-token")))
         .await
@@ -114,7 +114,7 @@ async fn connections_beyond_the_cap_of_one_address_are_closed_at_once_on_each_li
         s.mqtt.connect_timeout = "5m".parse().unwrap();
     })
     .await;
-    let (http, mqtt) = (app.app().http_addr(), app.app().mqtt_addr());
+    let (http, mqtt) = (app.app().http_addr(), app.mqtt_addr());
     let mut held = Vec::new();
     for _ in 0..40 {
         let mut stream = connect_from("127.0.0.1", http).await;

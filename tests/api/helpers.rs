@@ -105,7 +105,7 @@ impl TestApp {
         let mut settings = Settings::default();
         settings.http.listen = "127.0.0.1:0".parse().unwrap();
         settings.http.public_url = PUBLIC_URL.into();
-        settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+        settings.mqtt.listen = Some("127.0.0.1:0".parse().unwrap());
         settings.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
         settings.database.url = database_url(&backend, dir.path()).await;
         settings.database.max_connections = 5;
@@ -143,6 +143,11 @@ impl TestApp {
         self.app().authority()
     }
 
+    /// Stops the server for good.
+    pub async fn stop(mut self) {
+        self.app.take().expect("running").shutdown().await;
+    }
+
     /// Stops the server and starts it again on the same database and settings.
     pub async fn restart(self) -> TestApp {
         self.restart_after(async {}).await
@@ -162,6 +167,11 @@ impl TestApp {
         self.base = format!("http://{}", app.http_addr());
         self.app = Some(app);
         self
+    }
+
+    /// lanyard's own MQTT listener.
+    pub fn mqtt_addr(&self) -> std::net::SocketAddr {
+        self.app().mqtt_addr().expect("an MQTT listener")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -92,7 +92,7 @@ async fn on_postgresql_nodes_starting_together_agree_on_one_key_and_create_no_fi
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings::default();
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
-    settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    settings.mqtt.listen = Some("127.0.0.1:0".parse().unwrap());
     settings.database.url = database_url(&backend, dir.path()).await;
     settings.database.max_connections = 3;
     settings.keys.encryption_key_file = dir.path().join("lanyard.kek");

@@ -21,6 +21,7 @@ mod mqtt;
 mod mqtt_bytes;
 #[path = "../support/mqtt_packets.rs"]
 mod mqtt_packets;
+mod nats;
 mod nodes;
 mod offline_trust;
 mod reauth;

@@ -479,7 +479,7 @@ async fn a_taken_metrics_port_stops_the_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = lanyard::config::Settings::default();
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
-    settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    settings.mqtt.listen = Some("127.0.0.1:0".parse().unwrap());
     settings.metrics.listen = Some(addr);
     settings.database.url = format!("sqlite://{}/lanyard.db", dir.path().display());
     settings.keys.encryption_key_file = dir.path().join("lanyard.kek");

@@ -74,7 +74,7 @@ impl Drop for V5 {
 
 impl V4 {
     pub async fn connect(app: &TestApp, id: &str, password: &str) -> Result<V4, V4Code> {
-        let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", app.app().mqtt_addr().port());
+        let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", app.mqtt_addr().port());
         options.set_credentials("device", password);
         options.set_keep_alive(Duration::from_secs(30));
         // Token lists grow past rumqttc's default of 10 KiB.
@@ -83,6 +83,14 @@ impl V4 {
     }
 
     pub async fn with_options(options: rumqttc::MqttOptions) -> Result<V4, V4Code> {
+        Self::with_options_within(options, WAIT).await
+    }
+
+    /// [`V4::with_options`], waiting up to `wait` for the CONNACK.
+    pub async fn with_options_within(
+        options: rumqttc::MqttOptions,
+        wait: Duration,
+    ) -> Result<V4, V4Code> {
         let (client, mut events) = rumqttc::AsyncClient::new(options, 100);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -105,7 +113,7 @@ impl V4 {
                 }
             }
         });
-        match tokio::time::timeout(WAIT, rx.recv()).await {
+        match tokio::time::timeout(wait, rx.recv()).await {
             Ok(Some(Ok(P4::ConnAck(ack)))) if ack.code == V4Code::Success => Ok(V4 {
                 client,
                 rx,
@@ -116,6 +124,11 @@ impl V4 {
             Ok(Some(Err(e))) => Err(parse_v4_code(&e)),
             other => panic!("no CONNACK: {other:?}"),
         }
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// The next packet (not a PINGRESP), or None after `wait` or when the connection ended.
@@ -293,7 +306,7 @@ impl V5 {
 }
 
 pub fn options_v5(app: &TestApp, id: &str, password: &str) -> rumqttc::v5::MqttOptions {
-    let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", app.app().mqtt_addr().port());
+    let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", app.mqtt_addr().port());
     options.set_credentials("device", password);
     options.set_keep_alive(Duration::from_secs(30));
     options
@@ -495,7 +508,7 @@ async fn tokens_that_are_not_good_access_tokens_are_refused_with_a_reason() {
     let good = forge(&app, &t, "at+jwt", base).await;
     assert!(V4::connect(&app, "d4", &good).await.is_ok());
     // No password at all is a bad user name or password.
-    let mut options = rumqttc::MqttOptions::new("d4", "127.0.0.1", app.app().mqtt_addr().port());
+    let mut options = rumqttc::MqttOptions::new("d4", "127.0.0.1", app.mqtt_addr().port());
     options.set_keep_alive(Duration::from_secs(30));
     assert_eq!(
         V4::with_options(options).await.err(),
@@ -561,8 +574,7 @@ async fn nobody_can_poison_the_jwks_topic() {
         .await
         .unwrap();
     // A will on the topic is refused at CONNECT, on both versions.
-    let mut options =
-        rumqttc::MqttOptions::new("willer", "127.0.0.1", app.app().mqtt_addr().port());
+    let mut options = rumqttc::MqttOptions::new("willer", "127.0.0.1", app.mqtt_addr().port());
     options.set_credentials("d", token.clone());
     options.set_last_will(rumqttc::LastWill::new(
         topic,
@@ -812,8 +824,7 @@ async fn a_stored_session_is_not_resumed_by_another_principal() {
     let t = app.tenant("acme").await;
     let (_, token_a) = device(&app, &t, None, "").await;
     let (_, token_b) = device(&app, &t, None, "").await;
-    let mut options =
-        rumqttc::MqttOptions::new("keeper", "127.0.0.1", app.app().mqtt_addr().port());
+    let mut options = rumqttc::MqttOptions::new("keeper", "127.0.0.1", app.mqtt_addr().port());
     options.set_credentials("d", token_a.clone());
     options.set_clean_session(false);
     let mut a = V4::with_options(options.clone()).await.unwrap();
@@ -883,8 +894,7 @@ async fn a_stored_session_is_not_resumed_under_other_permissions() {
     let body: serde_json::Value = res.json().await.unwrap();
     let narrower = body["access_token"].as_str().unwrap().to_owned();
 
-    let mut options =
-        rumqttc::MqttOptions::new("keeper", "127.0.0.1", app.app().mqtt_addr().port());
+    let mut options = rumqttc::MqttOptions::new("keeper", "127.0.0.1", app.mqtt_addr().port());
     options.set_credentials("d", reader);
     options.set_clean_session(false);
     let mut a = V4::with_options(options.clone()).await.unwrap();
@@ -956,7 +966,7 @@ async fn router_links_are_opened_when_needed_and_never_left_behind() {
 
     // A persistent session keeps one link under its name while connected, and a clean session
     // with the same id discards it.
-    let mut options = rumqttc::MqttOptions::new("p", "127.0.0.1", app.app().mqtt_addr().port());
+    let mut options = rumqttc::MqttOptions::new("p", "127.0.0.1", app.mqtt_addr().port());
     options.set_credentials("d", token.clone());
     options.set_clean_session(false);
     let mut p = V4::with_options(options.clone()).await.unwrap();
@@ -1051,8 +1061,7 @@ async fn the_last_will_is_published_when_a_connection_is_lost_but_not_after_disc
     let mut watcher = V4::connect(&app, "watcher", &token).await.unwrap();
     watcher.subscribe("status/#").await;
 
-    let mut options =
-        rumqttc::MqttOptions::new("polite", "127.0.0.1", app.app().mqtt_addr().port());
+    let mut options = rumqttc::MqttOptions::new("polite", "127.0.0.1", app.mqtt_addr().port());
     options.set_credentials("d", token.clone());
     options.set_last_will(rumqttc::LastWill::new(
         "status/polite",
@@ -1336,8 +1345,7 @@ async fn the_jwks_arrives_once_per_subscribe_also_on_resubscribe_and_resumed_ses
     let topic = "drivr/v1/acme/jwks";
     let is_jwks = |p: &[u8]| serde_json::from_slice::<serde_json::Value>(p).unwrap() == jwks;
 
-    let mut options =
-        rumqttc::MqttOptions::new(id.as_str(), "127.0.0.1", app.app().mqtt_addr().port());
+    let mut options = rumqttc::MqttOptions::new(id.as_str(), "127.0.0.1", app.mqtt_addr().port());
     options.set_credentials("device", token.clone());
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(false);
@@ -1621,7 +1629,7 @@ async fn a_stored_session_ends_after_its_expiry_and_frees_what_it_held() {
     let before = app.app().mqtt().stored_sessions();
     // A 3.1.1 persistent session and a 5.0 session asking for ten minutes, each subscribed;
     // a message waits for each while they are away.
-    let mut v4_options = rumqttc::MqttOptions::new("v4", "127.0.0.1", app.app().mqtt_addr().port());
+    let mut v4_options = rumqttc::MqttOptions::new("v4", "127.0.0.1", app.mqtt_addr().port());
     v4_options.set_credentials("d", token.clone());
     v4_options.set_clean_session(false);
     let mut v4 = V4::with_options(v4_options.clone()).await.unwrap();

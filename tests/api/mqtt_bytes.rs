@@ -30,7 +30,7 @@ fn publish(topic: &str, payload: &[u8], retain: bool) -> Vec<u8> {
 }
 
 pub async fn connect_raw(app: &TestApp, bytes: Vec<u8>) -> TcpStream {
-    let mut stream = TcpStream::connect(app.app().mqtt_addr()).await.unwrap();
+    let mut stream = TcpStream::connect(app.mqtt_addr()).await.unwrap();
     stream.write_all(&bytes).await.unwrap();
     stream
 }
@@ -229,7 +229,7 @@ async fn connections_that_never_send_connect_are_bounded_and_timed_out() {
     let token = token(&app).await;
     let mut idle = Vec::new();
     for _ in 0..1000 {
-        idle.push(TcpStream::connect(app.app().mqtt_addr()).await.unwrap());
+        idle.push(TcpStream::connect(app.mqtt_addr()).await.unwrap());
     }
     // Half a CONNECT is no better than none.
     let half = connect(4, "half", Some(&token));
@@ -239,7 +239,7 @@ async fn connections_that_never_send_connect_are_bounded_and_timed_out() {
     // Beyond the limit, new connections are closed at once.
     let mut extra = Vec::new();
     for _ in 0..60 {
-        extra.push(TcpStream::connect(app.app().mqtt_addr()).await.unwrap());
+        extra.push(TcpStream::connect(app.mqtt_addr()).await.unwrap());
     }
     let mut refused = 0;
     for s in &mut extra {

@@ -531,7 +531,7 @@ async fn a_device_offline_during_a_revocation_refuses_the_token_once_back_from_t
     let run = |offline: bool| {
         let mut cmd = tokio::process::Command::new(&device_bin);
         cmd.env("ISSUER", &w.t.tenant.issuer)
-            .env("MQTT", app.app().mqtt_addr().to_string())
+            .env("MQTT", app.mqtt_addr().to_string())
             .env("CLIENT_ID", gateway.as_str())
             .env("CLIENT_SECRET", &secret)
             .arg("--state")

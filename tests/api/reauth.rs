@@ -52,7 +52,7 @@ impl Raw {
         connect: Connect,
         login: Option<rumqttc::v5::mqttbytes::v5::Login>,
     ) -> (Raw, ConnAck) {
-        let stream = TcpStream::connect(app.app().mqtt_addr()).await.unwrap();
+        let stream = TcpStream::connect(app.mqtt_addr()).await.unwrap();
         let mut raw = Raw {
             stream,
             buf: BytesMut::new(),
@@ -182,8 +182,7 @@ async fn rumqttc_connects_with_the_method_and_an_unknown_method_is_refused() {
     let (id, secret) = client(&app, &t, "").await;
     let token = app.token(&t.slug, &id, &secret).await;
     let options = |method: &str| {
-        let mut o =
-            rumqttc::v5::MqttOptions::new(id.as_str(), "127.0.0.1", app.app().mqtt_addr().port());
+        let mut o = rumqttc::v5::MqttOptions::new(id.as_str(), "127.0.0.1", app.mqtt_addr().port());
         o.set_authentication_method(Some(method.into()));
         o.set_authentication_data(Some(Bytes::from(token.clone())));
         o
@@ -301,7 +300,7 @@ async fn a_session_that_used_a_password_may_not_send_auth() {
     let t = app.tenant("acme").await;
     let (id, secret) = client(&app, &t, "").await;
     let token = app.token(&t.slug, &id, &secret).await;
-    let stream = TcpStream::connect(app.app().mqtt_addr()).await.unwrap();
+    let stream = TcpStream::connect(app.mqtt_addr()).await.unwrap();
     let mut raw = Raw {
         stream,
         buf: BytesMut::new(),

