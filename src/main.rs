@@ -40,6 +40,9 @@ enum Command {
     },
     /// Print the effective configuration (secrets redacted).
     Config,
+    /// Print a new NATS account nkey for the auth callout: the public key for the cluster's
+    /// `auth_callout.issuer`, the seed for `nats.issuer_seed` (docs/nats.md).
+    NatsKey,
     /// Reseal every signing key under a new key-encryption key, in one transaction. Stop every
     /// node first, then start them with the new key: the old one no longer starts.
     Rekey {
@@ -148,6 +151,12 @@ async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<()>
         }
         Command::Config => {
             print!("{}", settings.to_redacted_toml());
+            Ok(())
+        }
+        Command::NatsKey => {
+            let key = nkeys::KeyPair::new_account();
+            println!("issuer={}", key.public_key());
+            println!("seed={}", key.seed()?);
             Ok(())
         }
         Command::Rekey { new_key_file } => {

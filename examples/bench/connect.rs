@@ -22,7 +22,11 @@ const FRESH_RUN: Duration = Duration::from_secs(3);
 
 /// CONNECT cycles by 16 clients, each with a token of `tokens` used once, for `duration` or
 /// until the tokens run out: seconds taken and successful CONNECTs.
-async fn fresh_connects(addr: SocketAddr, tokens: Vec<String>, duration: Duration) -> (f64, u64) {
+pub async fn fresh_connects(
+    addr: SocketAddr,
+    tokens: Vec<String>,
+    duration: Duration,
+) -> (f64, u64) {
     let tokens = Arc::new(tokens);
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

