@@ -10,10 +10,13 @@ use tokio::net::TcpStream;
 
 use crate::mqtt_packets::{Connect, DISCONNECT};
 
-/// An MQTT 3.1.1 CONNECT, with the user name `bench` and a password when given.
-fn connect_packet(client_id: &str, password: Option<&str>) -> Vec<u8> {
+/// The user name of every CONNECT with a password, unless one is named.
+const USER: &str = "bench";
+
+/// An MQTT 3.1.1 CONNECT, with a user name and password when given.
+fn connect_packet(client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
     Connect {
-        login: password.map(|p| ("bench", p)),
+        login,
         ..Connect::new(4, client_id)
     }
     .bytes()
@@ -31,17 +34,25 @@ async fn connect_spread(addr: SocketAddr) -> std::io::Result<TcpStream> {
     socket.connect(addr).await
 }
 
-/// Connects (see [`connect_spread`]), waits for a successful CONNACK; the stream stays open.
+/// Connects (see [`connect_spread`]) as user `bench` with `password`, waits for a successful
+/// CONNACK; the stream stays open.
 pub async fn mqtt_connect(
     addr: SocketAddr,
     client_id: &str,
     password: Option<&str>,
 ) -> Option<TcpStream> {
+    mqtt_connect_as(addr, client_id, password.map(|p| (USER, p))).await
+}
+
+/// [`mqtt_connect`] with a user name of the caller's.
+async fn mqtt_connect_as(
+    addr: SocketAddr,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+) -> Option<TcpStream> {
     let mut s = connect_spread(addr).await.ok()?;
     s.set_nodelay(true).ok()?;
-    s.write_all(&connect_packet(client_id, password))
-        .await
-        .ok()?;
+    s.write_all(&connect_packet(client_id, login)).await.ok()?;
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).await.ok()?;
     (ack == [0x20, 2, 0, 0]).then_some(s)
@@ -49,7 +60,16 @@ pub async fn mqtt_connect(
 
 /// CONNECT, CONNACK, DISCONNECT.
 pub async fn connect_cycle(addr: SocketAddr, client_id: &str, password: Option<&str>) -> bool {
-    match mqtt_connect(addr, client_id, password).await {
+    connect_cycle_as(addr, client_id, password.map(|p| (USER, p))).await
+}
+
+/// [`connect_cycle`] with a user name of the caller's.
+pub async fn connect_cycle_as(
+    addr: SocketAddr,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+) -> bool {
+    match mqtt_connect_as(addr, client_id, login).await {
         Some(mut s) => s.write_all(&DISCONNECT).await.is_ok(),
         None => false,
     }

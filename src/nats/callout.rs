@@ -6,17 +6,19 @@
 //! connections are admitted; the tenant must have a NATS account (`nats.accounts`). The answer
 //! is a user JWT in the tenant's account whose `exp` is the token's and whose permissions are
 //! SPEC §4's, translated ([`subjects`](super::subjects)). Its `name` records who holds the
-//! connection ([`Holder`]), which is how the enforcer finds it again on any node.
+//! connection ([`Holder`]), which is how the enforcer finds it again on any node. A client id
+//! held by a live connection of another principal is refused ([`Holders`]). A request the server
+//! has stopped waiting for is not answered: under a burst, the ones still wanted go first.
 //! A refusal reaches the client as CONNACK `0x05`; its reason is logged here, never the
 //! password.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use nkeys::KeyPair;
 use serde::{Deserialize, Serialize};
 
-use super::jwt::{self, AuthorizationRequest, User};
+use super::holders::Holders;
+use super::jwt::{self, AuthorizationRequest, Issuer, User};
 use super::subjects;
 use crate::authority::{Authority, TokenRejected};
 use crate::domain::acl::{Identity, Permissions};
@@ -50,16 +52,22 @@ pub const OUTCOMES: &[&str] = &[
     "bad_token",
     "no_account",
     "unavailable",
+    "client_id_held",
     "unreadable",
+    "late",
 ];
 
 pub(super) struct Callout {
     pub authority: Arc<Authority>,
     pub metrics: Arc<Metrics>,
     pub permissions: Permissions,
-    pub issuer: KeyPair,
+    pub issuer: Issuer,
+    /// The largest message a connection may publish (`mqtt.max_packet_size`).
+    pub max_payload: i64,
     /// Tenant slug → NATS account.
     pub accounts: BTreeMap<String, String>,
+    /// Who holds each client id.
+    pub holders: Arc<Holders>,
 }
 
 impl Callout {
@@ -74,6 +82,12 @@ impl Callout {
                 return None;
             }
         };
+        // The server stopped waiting (its callout timeout, 2 s by default): an answer would
+        // be signed for nobody. Under a burst, the requests still wanted are answered first.
+        if request.exp.is_some_and(|exp| exp < unix_now()) {
+            self.metrics.nats_callout("late");
+            return None;
+        }
         let decision = self.decide(&request).await;
         let now = self.authority.now();
         let info = &request.nats.client_info;
@@ -144,19 +158,36 @@ impl Callout {
             system: claims.system.as_deref(),
             scopes: &known.scopes,
         };
-        let (publish, subscribe) = subjects::permissions(&self.permissions, &identity);
         let holder = Holder {
             jti: claims.jti.clone(),
             client_id: claims.client_id.clone(),
             sub: claims.sub.clone(),
             kid: known.verified.kid.clone(),
         };
+        // MQTT lets a second CONNECT take a client id over; lanyard only lets its own
+        // principal do it (SPEC §4).
+        let mqtt_id = &nats.client_info.mqtt_id;
+        if self.holders.held_by_other(account, mqtt_id, &holder) {
+            return Err((
+                "client_id_held",
+                format!("client id {mqtt_id:?} is held by another principal"),
+            ));
+        }
+        let (publish, subscribe) = subjects::permissions(&self.permissions, &identity);
         Ok(User {
             account: account.clone(),
             name: serde_json::to_string(&holder).expect("a holder serialises"),
             expires: claims.exp,
+            max_payload: self.max_payload,
             publish,
             subscribe,
         })
     }
+}
+
+/// The wall clock, which the server's timeout follows.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

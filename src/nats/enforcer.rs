@@ -8,14 +8,20 @@
 //! that has since stopped still ends. When announcements may have been missed, and after a key
 //! change, every connection of the tenants concerned is checked against the database. A token's
 //! expiry needs nothing: the user JWT carries its `exp`, and the server ends the connection.
+//!
+//! The changes that arrive while a round runs are handled together in the next round, one CONNZ
+//! per tenant concerned: a client revoking its own tokens as fast as it can delays nobody else's
+//! revocation by more than a round. Each round is run again once the server's callout timeout
+//! has passed, for a CONNECT that was admitted just before the change and registered just after
+//! the first look.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use super::callout::Holder;
@@ -28,6 +34,76 @@ const QUIET: Duration = Duration::from_millis(150);
 const ROUND: Duration = Duration::from_secs(1);
 /// Connections asked for at once, per server.
 const PAGE: usize = 1024;
+/// When a round is run again: past the server's callout timeout (2 s by default), after which a
+/// CONNECT admitted before the change is registered or has failed.
+const SECOND_LOOK: Duration = Duration::from_millis(2_500);
+
+/// What the events of one round withdrew.
+#[derive(Debug, Default, Clone)]
+struct Withdrawn {
+    /// Announcements may have been missed: every connection is checked.
+    everything: bool,
+    /// By tenant id.
+    tenants: HashMap<String, TenantWithdrawn>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct TenantWithdrawn {
+    jtis: HashSet<String>,
+    clients: HashSet<String>,
+    people: HashSet<String>,
+    /// The tenant's keys changed: each connection's key is checked.
+    keys: bool,
+}
+
+impl Withdrawn {
+    fn add(&mut self, event: Event) {
+        match event {
+            Event::AccessTokenRevoked { tenant_id, jti } => {
+                self.tenants.entry(tenant_id).or_default().jtis.insert(jti);
+            }
+            Event::ClientDeleted {
+                tenant_id,
+                client_id,
+            } => {
+                self.tenants
+                    .entry(tenant_id)
+                    .or_default()
+                    .clients
+                    .insert(client_id);
+            }
+            Event::UserDeleted { tenant_id, user_id } => {
+                self.tenants
+                    .entry(tenant_id)
+                    .or_default()
+                    .people
+                    .insert(user_id);
+            }
+            Event::KeysChanged { tenant_id, .. } => {
+                self.tenants.entry(tenant_id).or_default().keys = true;
+            }
+            Event::Resync => self.everything = true,
+            Event::ClientSecretRotated { .. }
+            | Event::RoleAssigned { .. }
+            | Event::LocalTokensChanged { .. } => {}
+        }
+    }
+
+    fn merge(&mut self, other: Withdrawn) {
+        self.everything |= other.everything;
+        for (tenant_id, w) in other.tenants {
+            let mine = self.tenants.entry(tenant_id).or_default();
+            mine.jtis.extend(w.jtis);
+            mine.clients.extend(w.clients);
+            mine.people.extend(w.people);
+            mine.keys |= w.keys;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.everything && self.tenants.is_empty()
+    }
+}
 
 /// One connection in the cluster.
 #[derive(Debug, Clone)]
@@ -35,6 +111,8 @@ pub struct Connection {
     pub server_id: String,
     pub cid: u64,
     pub holder: Holder,
+    /// Its MQTT client id.
+    pub mqtt_client: String,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +142,8 @@ struct ConnInfo {
     cid: u64,
     #[serde(default)]
     authorized_user: String,
+    #[serde(default)]
+    mqtt_client: String,
 }
 
 pub(super) struct Enforcer {
@@ -93,6 +173,7 @@ impl Enforcer {
                         server_id: server_id.clone(),
                         cid: c.cid,
                         holder: Holder::of(&c.authorized_user)?,
+                        mqtt_client: c.mqtt_client,
                     })
                 }));
                 if more {
@@ -151,25 +232,6 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Ends the connections of `tenant` whose holder `pick` selects; returns how many.
-    pub async fn end_where(
-        &self,
-        tenant: &Tenant,
-        pick: impl Fn(&Holder) -> bool,
-    ) -> anyhow::Result<usize> {
-        let Some(account) = self.accounts.get(tenant.slug.as_str()) else {
-            return Ok(0);
-        };
-        let mut ended = 0;
-        for connection in self.connections(account).await? {
-            if pick(&connection.holder) {
-                self.kick(&connection).await?;
-                ended += 1;
-            }
-        }
-        Ok(ended)
-    }
-
     /// Ends the connections of `tenant` (every tenant: None) the database no longer allows:
     /// their key withdrawn and, with `tokens`, their token revoked or client or person gone.
     pub async fn recheck(&self, tenant: Option<&Tenant>, tokens: bool) -> anyhow::Result<usize> {
@@ -204,61 +266,54 @@ impl Enforcer {
         Ok(ended)
     }
 
-    async fn on_event(&self, event: Event) -> anyhow::Result<()> {
-        let tenant = |id: String| async move { self.authority.tenant_by_id(&id).await };
-        let ended = match event {
-            Event::AccessTokenRevoked { tenant_id, jti } => match tenant(tenant_id).await? {
-                Some(t) => self.end_where(&t, |h| h.jti == jti).await?,
-                None => 0,
-            },
-            Event::ClientDeleted {
-                tenant_id,
-                client_id,
-            } => match tenant(tenant_id).await? {
-                Some(t) => self.end_where(&t, |h| h.client_id == client_id).await?,
-                None => 0,
-            },
-            Event::UserDeleted { tenant_id, user_id } => match tenant(tenant_id).await? {
-                Some(t) => self.end_where(&t, |h| h.sub == user_id).await?,
-                None => 0,
-            },
-            Event::KeysChanged { tenant_id, .. } => match tenant(tenant_id).await? {
-                Some(t) => self.recheck(Some(&t), false).await?,
-                None => 0,
-            },
-            Event::Resync => self.recheck(None, true).await?,
-            Event::ClientSecretRotated { .. }
-            | Event::RoleAssigned { .. }
-            | Event::LocalTokensChanged { .. } => 0,
-        };
-        if ended > 0 {
-            tracing::info!("nats: ended {ended} connection(s) no longer allowed");
+    /// Ends the connections `withdrawn` names: one CONNZ round per tenant concerned, however
+    /// many tokens, clients and people it names.
+    async fn enforce(&self, withdrawn: &Withdrawn) -> anyhow::Result<usize> {
+        if withdrawn.everything {
+            return self.recheck(None, true).await;
         }
-        Ok(())
+        let mut ended = 0;
+        for (tenant_id, w) in &withdrawn.tenants {
+            let Some(tenant) = self.authority.tenant_by_id(tenant_id).await? else {
+                continue;
+            };
+            let Some(account) = self.accounts.get(tenant.slug.as_str()) else {
+                continue;
+            };
+            for connection in self.connections(account).await? {
+                let h = &connection.holder;
+                let named = w.jtis.contains(&h.jti)
+                    || w.clients.contains(&h.client_id)
+                    || w.people.contains(&h.sub);
+                let withdrawn = named
+                    || (w.keys
+                        && !self
+                            .authority
+                            .grant_still_valid(
+                                tenant.slug.as_str(),
+                                &h.kid,
+                                &h.client_id,
+                                &h.sub,
+                                &h.jti,
+                                false,
+                            )
+                            .await?);
+                if withdrawn {
+                    self.kick(&connection).await?;
+                    ended += 1;
+                }
+            }
+        }
+        Ok(ended)
     }
 
-    /// Follows the authority's events until `stopped`.
-    pub async fn follow(
-        self: Arc<Self>,
-        mut events: broadcast::Receiver<Event>,
-        mut stopped: watch::Receiver<bool>,
-    ) {
-        loop {
-            let event = tokio::select! {
-                _ = stopped.changed() => return,
-                event = events.recv() => match event {
-                    Ok(event) => event,
-                    // Events were missed: check everything.
-                    Err(broadcast::error::RecvError::Lagged(_)) => Event::Resync,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-            };
-            if matches!(event, Event::LocalTokensChanged { .. }) {
-                continue;
-            }
-            if let Err(e) = self.on_event(event).await {
-                // The cluster or the database is away: whatever this missed is checked again
-                // once they answer.
+    /// [`Enforcer::enforce`], logged; a failure (the cluster or the database away) checks
+    /// everything again until it succeeds.
+    async fn enforce_or_retry(self: &Arc<Self>, withdrawn: &Withdrawn) {
+        match self.enforce(withdrawn).await {
+            Ok(0) => {}
+            Ok(ended) => tracing::info!("nats: ended {ended} connection(s) no longer allowed"),
+            Err(e) => {
                 tracing::warn!("nats: ending connections failed: {e:#}; checking all again");
                 let enforcer = self.clone();
                 tokio::spawn(async move {
@@ -270,6 +325,59 @@ impl Enforcer {
                     }
                 });
             }
+        }
+    }
+
+    /// Follows the authority's events until `stopped`. Events that arrive while a round runs
+    /// are taken together in the next, so a flood of revocations costs a round, not a round
+    /// each. Every round is run once more after [`SECOND_LOOK`]: a CONNECT the callout admitted
+    /// just before a revocation may not be registered yet when the first round looks.
+    pub async fn follow(
+        self: Arc<Self>,
+        mut events: broadcast::Receiver<Event>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let (later_tx, mut later_rx) = mpsc::unbounded_channel::<(Instant, Withdrawn)>();
+        let enforcer = self.clone();
+        let mut later_stop = stopped.clone();
+        tokio::spawn(async move {
+            loop {
+                let (due, mut withdrawn) = tokio::select! {
+                    _ = later_stop.changed() => return,
+                    next = later_rx.recv() => match next {
+                        Some(next) => next,
+                        None => return,
+                    },
+                };
+                tokio::time::sleep_until(due).await;
+                while let Ok((_, more)) = later_rx.try_recv() {
+                    withdrawn.merge(more);
+                }
+                enforcer.enforce_or_retry(&withdrawn).await;
+            }
+        });
+        loop {
+            let mut withdrawn = Withdrawn::default();
+            tokio::select! {
+                _ = stopped.changed() => return,
+                event = events.recv() => match event {
+                    Ok(event) => withdrawn.add(event),
+                    Err(broadcast::error::RecvError::Lagged(_)) => withdrawn.everything = true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+            loop {
+                match events.try_recv() {
+                    Ok(event) => withdrawn.add(event),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => withdrawn.everything = true,
+                    Err(_) => break,
+                }
+            }
+            if withdrawn.is_empty() {
+                continue;
+            }
+            self.enforce_or_retry(&withdrawn).await;
+            let _ = later_tx.send((Instant::now() + SECOND_LOOK, withdrawn));
         }
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! NATS JWTs are JWS compact serialisations with header `{"typ":"JWT","alg":"ed25519-nkey"}`:
 //! an ed25519 signature over `header.payload`, base64url without padding. The `jti` is the
-//! base32 SHA-256 of the claims, as the NATS tools write it.
+//! base32 SHA-256 of the claims, as the NATS tools write it. lanyard signs with aws-lc-rs (a
+//! quarter of the time `nkeys`' own signing takes; every CONNECT costs two signatures) and reads
+//! keys and verifies with `nkeys`.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -30,12 +32,40 @@ pub enum RequestError {
     NotARequest,
 }
 
+/// The key the callout signs with: an account nkey.
+pub struct Issuer {
+    public_key: String,
+    key: aws_lc_rs::signature::Ed25519KeyPair,
+}
+
+impl Issuer {
+    /// From an account seed (`SA…`).
+    pub fn from_seed(seed: &str) -> Result<Issuer, String> {
+        let pair = KeyPair::from_seed(seed).map_err(|e| e.to_string())?;
+        let (_, raw) = nkeys::decode_seed(seed).map_err(|e| e.to_string())?;
+        let key = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(&raw)
+            .map_err(|e| e.to_string())?;
+        Ok(Issuer {
+            public_key: pair.public_key(),
+            key,
+        })
+    }
+
+    /// The public key (`A…`): the cluster's `auth_callout.issuer`.
+    pub fn public_key(&self) -> &str {
+        &self.public_key
+    }
+}
+
 /// An authorization request, as far as lanyard reads it.
 #[derive(Debug, Deserialize)]
 pub struct AuthorizationRequest {
     /// The server that asks (a server nkey, `N…`).
     pub iss: String,
     pub aud: String,
+    /// When the server stops waiting for the answer (Unix time).
+    #[serde(default)]
+    pub exp: Option<i64>,
     pub nats: RequestBody,
 }
 
@@ -149,6 +179,8 @@ pub struct User {
     pub name: String,
     /// Unix time the connection ends (the token's `exp`).
     pub expires: i64,
+    /// The largest message the connection may publish.
+    pub max_payload: i64,
     pub publish: Permission,
     pub subscribe: Permission,
 }
@@ -159,6 +191,7 @@ struct UserBody<'a> {
     publish: &'a Permission,
     #[serde(rename = "sub")]
     subscribe: &'a Permission,
+    payload: i64,
     #[serde(rename = "type")]
     kind: &'static str,
     version: u8,
@@ -193,7 +226,7 @@ struct Claims<'a, T: Serialize> {
 /// The answer to `request`: a user JWT for `user`, or the refusal `Err(reason)`, signed by the
 /// issuer. The server passes no reason to the client (MQTT: CONNACK 0x05); it logs it.
 pub fn response(
-    issuer: &KeyPair,
+    issuer: &Issuer,
     request: &AuthorizationRequest,
     user: Result<&User, &str>,
     now: i64,
@@ -205,7 +238,7 @@ pub fn response(
             Claims {
                 jti: String::new(),
                 iat: now,
-                iss: &issuer_key,
+                iss: issuer_key,
                 sub: &request.nats.user_nkey,
                 aud: &user.account,
                 name: Some(&user.name),
@@ -213,6 +246,7 @@ pub fn response(
                 nats: UserBody {
                     publish: &user.publish,
                     subscribe: &user.subscribe,
+                    payload: user.max_payload,
                     kind: "user",
                     version: 2,
                 },
@@ -224,7 +258,7 @@ pub fn response(
         Claims {
             jti: String::new(),
             iat: now,
-            iss: &issuer_key,
+            iss: issuer_key,
             sub: &request.nats.user_nkey,
             aud: &request.nats.server_id.id,
             name: None,
@@ -240,14 +274,14 @@ pub fn response(
 }
 
 /// Signs claims, their `jti` the base32 SHA-256 of the claims without it.
-fn sign<T: Serialize>(key: &KeyPair, mut claims: Claims<'_, T>) -> String {
+fn sign<T: Serialize>(issuer: &Issuer, mut claims: Claims<'_, T>) -> String {
     let unnamed = serde_json::to_vec(&claims).expect("claims serialise");
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &unnamed);
     claims.jti = base32(digest.as_ref());
     let payload = serde_json::to_vec(&claims).expect("claims serialise");
     let input = format!("{}.{}", B64.encode(HEADER), B64.encode(payload));
-    let signature = key.sign(input.as_bytes()).expect("a seed signs");
-    format!("{input}.{}", B64.encode(signature))
+    let signature = issuer.key.sign(input.as_bytes());
+    format!("{input}.{}", B64.encode(signature.as_ref()))
 }
 
 /// RFC 4648 base32 without padding, as NATS writes a `jti`.
@@ -341,13 +375,16 @@ mod tests {
     #[test]
     fn the_response_carries_a_user_jwt_for_the_connection_signed_by_the_issuer() {
         let server = KeyPair::new_server();
-        let issuer = KeyPair::new_account();
+        let account = KeyPair::new_account();
+        let issuer = Issuer::from_seed(&account.seed().unwrap()).unwrap();
+        assert_eq!(issuer.public_key(), account.public_key());
         let request =
             read_request(request_signed_by(&server, "authorization_request").as_bytes()).unwrap();
         let user = User {
             account: "acme".into(),
             name: "n".into(),
             expires: 99,
+            max_payload: 1024,
             publish: Permission {
                 allow: vec!["a.>".into()],
                 deny: vec![],
@@ -355,8 +392,9 @@ mod tests {
             subscribe: Permission::default(),
         };
         let response = response(&issuer, &request, Ok(&user), 10);
+        // Signed by the account key, as nkeys (and NATS) verify it.
         let (input, sig) = response.rsplit_once('.').unwrap();
-        issuer
+        account
             .verify(input.as_bytes(), &B64.decode(sig).unwrap())
             .unwrap();
         let claims = decode(&response);
@@ -367,7 +405,16 @@ mod tests {
         let user_claims = decode(claims["nats"]["jwt"].as_str().unwrap());
         assert_eq!(user_claims["aud"], "acme");
         assert_eq!(user_claims["exp"], 99);
-        assert_eq!(user_claims["iss"], issuer.public_key());
+        assert_eq!(user_claims["iss"], account.public_key());
+        assert_eq!(user_claims["nats"]["payload"], 1024);
+        let (input, sig) = claims["nats"]["jwt"]
+            .as_str()
+            .unwrap()
+            .rsplit_once('.')
+            .unwrap();
+        account
+            .verify(input.as_bytes(), &B64.decode(sig).unwrap())
+            .unwrap();
         assert_eq!(user_claims["nats"]["pub"]["allow"][0], "a.>");
         assert!(user_claims["nats"]["sub"].get("allow").is_none());
 

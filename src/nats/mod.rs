@@ -4,7 +4,9 @@
 //!   tenant's account whose permissions ([`subjects`]) and expiry are the token's;
 //! - [`publisher`]: lanyard's retained topics, kept in the cluster over MQTT;
 //! - [`enforcer`]: connections ended on every node when their token, client, person or key is
-//!   withdrawn.
+//!   withdrawn;
+//! - [`holders`]: who holds each MQTT client id, so that no principal takes over another's
+//!   session.
 //!
 //! [`jwt`] writes and reads the two NATS JWT shapes over `nkeys`. The retained topics come from
 //! the gate's projection ([`crate::mqtt::Gate`]), which runs whether or not lanyard's own
@@ -18,7 +20,6 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use futures::StreamExt;
-use nkeys::KeyPair;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -28,6 +29,7 @@ use crate::mqtt::Gate;
 
 pub mod callout;
 pub mod enforcer;
+mod holders;
 pub mod jwt;
 mod publisher;
 pub mod subjects;
@@ -48,7 +50,8 @@ pub async fn start(
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<()> {
     let settings = authority.settings().nats.clone();
-    let issuer = KeyPair::from_seed(settings.issuer_seed.expose()).context("nats.issuer_seed")?;
+    let issuer = jwt::Issuer::from_seed(settings.issuer_seed.expose())
+        .map_err(|e| anyhow::anyhow!("nats.issuer_seed: {e}"))?;
     tracing::info!(
         "nats: serving the cluster at {} as auth callout (issuer {})",
         settings.url,
@@ -66,6 +69,27 @@ pub async fn start(
             .connect(settings.urls())
     };
 
+    let system_client = connect(
+        &settings.system_user,
+        settings.system_password.expose(),
+        "enforcer",
+    )
+    .await
+    .context("nats.url: connecting the enforcer")?;
+    let enforcer = Arc::new(enforcer::Enforcer {
+        authority: authority.clone(),
+        metrics: metrics.clone(),
+        client: system_client,
+        accounts: settings.accounts.clone(),
+    });
+    let holders = Arc::new(holders::Holders::default());
+    tasks.push(tokio::spawn(
+        holders.clone().follow(enforcer.clone(), stopped.clone()),
+    ));
+    tasks.push(tokio::spawn(
+        enforcer.follow(authority.subscribe(), stopped.clone()),
+    ));
+
     let callout_client = connect(
         &settings.callout_user,
         settings.callout_password.expose(),
@@ -82,7 +106,9 @@ pub async fn start(
         metrics: metrics.clone(),
         permissions: authority.settings().mqtt.permissions(),
         issuer,
+        max_payload: i64::from(authority.settings().mqtt.max_packet_size),
         accounts: settings.accounts.clone(),
+        holders,
     });
     let mut stop = stopped.clone();
     tasks.push(tokio::spawn(async move {
@@ -112,23 +138,6 @@ pub async fn start(
             });
         }
     }));
-
-    let system_client = connect(
-        &settings.system_user,
-        settings.system_password.expose(),
-        "enforcer",
-    )
-    .await
-    .context("nats.url: connecting the enforcer")?;
-    let enforcer = Arc::new(enforcer::Enforcer {
-        authority: authority.clone(),
-        metrics,
-        client: system_client,
-        accounts: settings.accounts.clone(),
-    });
-    tasks.push(tokio::spawn(
-        enforcer.follow(authority.subscribe(), stopped.clone()),
-    ));
 
     // The publisher: one task per account, fed by one that sorts the gate's changes.
     let prefix = format!("{}/", authority.settings().mqtt.topic_prefix);

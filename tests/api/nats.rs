@@ -7,7 +7,9 @@
 
 use std::time::{Duration, Instant};
 
+use lanyard::authority::NewClient;
 use lanyard::config::{SecretSetting, Settings};
+use lanyard::domain::GrantType;
 use lanyard::domain::acl::{AclAction, AclRule};
 use rumqttc::mqttbytes::v4::{ConnectReturnCode as V4Code, SubscribeReasonCode as Sub4};
 use serde_json::{Value, json};
@@ -355,7 +357,71 @@ async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_al
     assert!(cluster.nats(0, "device", &token).await.is_err());
     assert!(cluster.nats(0, STATIC_USER, STATIC_PASSWORD).await.is_ok());
 
-    // Revoking the token ends the connection on its node.
+    // Another principal of the tenant cannot take the device's client id over while it is
+    // connected (NATS alone would let it, as MQTT's rule says); the device stays.
+    assert_eq!(
+        cluster.mqtt(1, &id, &other_token).await.err(),
+        Some(V4Code::NotAuthorized),
+        "a takeover by another principal"
+    );
+    dev.client
+        .publish(
+            format!("tenants/acme/clients/{id}/ping"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "not taken",
+        )
+        .await
+        .unwrap();
+    assert!(
+        message_where(&mut dev, Duration::from_secs(5), |p| p == b"not taken")
+            .await
+            .is_some()
+    );
+
+    // A message larger than mqtt.max_packet_size is not taken (NATS ends the connection).
+    let (big_id, big_token) = device(&app, &w.t, None, "").await;
+    let big = cluster.mqtt(2, &big_id, &big_token).await.unwrap();
+    let payload = vec![b'x'; app.settings.mqtt.max_packet_size as usize + 1];
+    let _ = big
+        .client
+        .publish(
+            format!("tenants/acme/clients/{big_id}/big"),
+            rumqttc::QoS::AtMostOnce,
+            false,
+            payload,
+        )
+        .await;
+    let mut big = big;
+    assert!(ends_within(&mut big, Duration::from_secs(3)).await);
+
+    // A client revoking its own tokens as fast as it can delays nobody else's revocation: the
+    // device's connection still ends within 2 s.
+    let (flooder, flooder_secret) = app
+        .client(
+            &w.t,
+            NewClient {
+                name: "flooder".into(),
+                grant_types: vec![GrantType::ClientCredentials],
+                ..NewClient::default()
+            },
+        )
+        .await;
+    let mut forms = Vec::new();
+    for _ in 0..60 {
+        let own = app.token("acme", &flooder, &flooder_secret).await;
+        forms.push(format!("token={}", urlencode(&own)));
+    }
+    let revocations = forms.iter().map(|form| {
+        app.post_form(
+            "/t/acme/oauth2/revoke",
+            Some((&flooder, &flooder_secret)),
+            form,
+        )
+    });
+    for res in futures::future::join_all(revocations).await {
+        assert_eq!(res.status(), 200);
+    }
     let res = app
         .post_form(
             "/t/acme/oauth2/revoke",
