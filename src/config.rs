@@ -901,6 +901,68 @@ mod tests {
     }
 
     #[test]
+    fn a_nats_section_is_checked_whole_and_its_secrets_come_from_the_environment() {
+        let seed = nkeys::KeyPair::new_account().seed().unwrap();
+        let base = "[nats]\nurl = \"nats://127.0.0.1:4222,nats://127.0.0.1:4223\"\nmqtt_url = \"127.0.0.1:1883,mqtt://[::1]:1884\"\n[nats.accounts]\nacme = \"acme\"\n";
+        let s = from(base, &[("LANYARD_NATS__ISSUER_SEED", &seed)]).unwrap();
+        assert!(s.nats.enabled());
+        assert_eq!(s.nats.urls().len(), 2);
+        assert_eq!(
+            s.nats.mqtt_addresses(),
+            [("127.0.0.1".to_string(), 1883), ("::1".to_string(), 1884)]
+        );
+        assert_eq!(s.nats.publisher_user("acme"), "lanyard-acme");
+        assert!(!s.to_redacted_toml().contains(&seed));
+        let refused = |text: &str, vars: &[(&str, &str)], needle: &str| {
+            let err = from(text, vars).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        };
+        refused(base, &[], "nats.issuer_seed");
+        let user_seed = nkeys::KeyPair::new_user().seed().unwrap();
+        refused(
+            base,
+            &[("LANYARD_NATS__ISSUER_SEED", &user_seed)],
+            "nats.issuer_seed",
+        );
+        let with_seed = [("LANYARD_NATS__ISSUER_SEED", seed.as_str())];
+        refused(
+            &base.replace(
+                "mqtt_url = \"127.0.0.1:1883,mqtt://[::1]:1884\"",
+                "mqtt_url = \"nowhere\"",
+            ),
+            &with_seed,
+            "nats.mqtt_url",
+        );
+        refused(
+            &base.replace("nats://127.0.0.1:4223", "nats://host:port"),
+            &with_seed,
+            "nats.url",
+        );
+        refused(
+            &format!("{base}beta = \"acme\"\n"),
+            &with_seed,
+            "named for two tenants",
+        );
+        refused(
+            &format!("{base}beta = \"a b\"\n"),
+            &with_seed,
+            "nats.accounts.beta",
+        );
+        refused(
+            &base.replace("[nats]\n", "[nats]\npublisher_user = \"shared\"\n"),
+            &with_seed,
+            "{account}",
+        );
+        // Off while nats.url is empty, whatever else is set.
+        assert!(
+            !from("[nats]\nmqtt_url = \"x\"\n", &[])
+                .unwrap()
+                .nats
+                .enabled()
+        );
+    }
+
+    #[test]
     fn environment_overrides_the_file_with_typed_values() {
         let s = from(
             "[http]\nlisten = \"127.0.0.1:1\"\n",

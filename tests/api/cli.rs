@@ -633,3 +633,28 @@ async fn json_logs_are_one_object_a_line_that_jq_reads() {
     assert_eq!(levels.lines().count(), logged.lines().count(), "{logged}");
     assert!(levels.lines().all(|l| l.starts_with('"')), "{levels}");
 }
+
+#[test]
+fn nats_key_prints_an_account_key_whose_seed_signs_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = lanyard(dir.path(), &["nats-key"], NO_ENV);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {text}"))
+            .to_owned()
+    };
+    let (issuer, seed) = (field("issuer"), field("seed"));
+    assert!(issuer.starts_with('A') && seed.starts_with("SA"), "{text}");
+    let key = nkeys::KeyPair::from_seed(&seed).unwrap();
+    assert_eq!(key.public_key(), issuer);
+    // Each run makes a new key.
+    let again = lanyard(dir.path(), &["nats-key"], NO_ENV);
+    assert!(!String::from_utf8_lossy(&again.stdout).contains(&seed));
+}

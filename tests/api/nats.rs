@@ -432,6 +432,22 @@ async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_al
     assert_eq!(res.status(), 200);
     assert!(ends_within(&mut dev, Duration::from_secs(2)).await);
     assert!(!ends_within(&mut other, Duration::from_millis(300)).await);
+
+    // What the callout decided, and what the enforcer ended, in the metrics.
+    let text = crate::metrics::scrape(&app).await;
+    let callouts = "lanyard_nats_callouts_total";
+    for outcome in [
+        "admitted",
+        "bad_token",
+        "not_mqtt",
+        "no_account",
+        "client_id_held",
+    ] {
+        let n = crate::metrics::sample(&text, callouts, &[("outcome", outcome)]);
+        assert!(n.is_some_and(|n| n >= 1.0), "{outcome}: {n:?}");
+    }
+    let ended = crate::metrics::sample(&text, "lanyard_nats_connections_ended_total", &[]);
+    assert!(ended.is_some_and(|n| n >= 1.0), "{ended:?}");
 }
 
 /// In a module named so the PostgreSQL suite (`cargo test --test api -- postgres`) runs it.
