@@ -341,6 +341,9 @@ pub struct NatsSettings {
     pub publisher_user: String,
     /// Prefer `LANYARD_NATS__PUBLISHER_PASSWORD`.
     pub publisher_password: SecretSetting,
+    /// The cluster's `max_payload`: a retained message larger than this is not published
+    /// (NATS would close the publisher's connection), and is logged.
+    pub max_payload: u32,
     /// Tenant slug → the NATS account its principals are placed in. A tenant not listed cannot
     /// connect through the cluster.
     pub accounts: std::collections::BTreeMap<String, String>,
@@ -358,6 +361,7 @@ impl Default for NatsSettings {
             mqtt_url: String::new(),
             publisher_user: "lanyard-{account}".into(),
             publisher_password: SecretSetting::default(),
+            max_payload: 1024 * 1024,
             accounts: std::collections::BTreeMap::new(),
         }
     }
@@ -411,11 +415,32 @@ impl NatsSettings {
             }
         }
         for url in self.urls() {
-            if url.parse::<async_nats::ServerAddr>().is_err() {
+            let Ok(addr) = url.parse::<async_nats::ServerAddr>() else {
                 return Err(invalid(format!(
                     "nats.url: {url:?} is not a NATS URL like \"nats://10.0.0.1:4222\""
                 )));
+            };
+            // Credentials go in their own keys, which are redacted; a URL is logged and shown.
+            if addr.has_user_pass() || url.contains('@') {
+                return Err(invalid(
+                    "nats.url must not hold credentials: use nats.callout_user and nats.callout_password",
+                ));
             }
+        }
+        for (key, secret) in [
+            ("callout_password", &self.callout_password),
+            ("system_password", &self.system_password),
+            ("publisher_password", &self.publisher_password),
+        ] {
+            if secret.is_empty() {
+                return Err(invalid(format!(
+                    "nats.url is set: nats.{key} is needed too (better: LANYARD_NATS__{})",
+                    key.to_uppercase()
+                )));
+            }
+        }
+        if self.max_payload < 1024 {
+            return Err(invalid("nats.max_payload must be at least 1024 bytes"));
         }
         if !self.publisher_user.contains("{account}") {
             return Err(invalid(
@@ -692,6 +717,14 @@ impl Settings {
             )));
         }
         self.nats.validate()?;
+        if self.nats.enabled()
+            && crate::nats::translate_prefix(self.mqtt.topic_prefix.as_str()).is_none()
+        {
+            return Err(invalid(format!(
+                "mqtt.topic_prefix = {:?} cannot be a NATS subject (white space, or a level `*` or `>`); [nats] needs one",
+                self.mqtt.topic_prefix.as_str()
+            )));
+        }
         let m = &self.mailer;
         if m.from.parse::<lettre::message::Mailbox>().is_err() {
             return Err(invalid(format!(
@@ -903,7 +936,7 @@ mod tests {
     #[test]
     fn a_nats_section_is_checked_whole_and_its_secrets_come_from_the_environment() {
         let seed = nkeys::KeyPair::new_account().seed().unwrap();
-        let base = "[nats]\nurl = \"nats://127.0.0.1:4222,nats://127.0.0.1:4223\"\nmqtt_url = \"127.0.0.1:1883,mqtt://[::1]:1884\"\n[nats.accounts]\nacme = \"acme\"\n";
+        let base = "[nats]\nurl = \"nats://127.0.0.1:4222,nats://127.0.0.1:4223\"\nmqtt_url = \"127.0.0.1:1883,mqtt://[::1]:1884\"\ncallout_password = \"c\"\nsystem_password = \"s\"\npublisher_password = \"p\"\n[nats.accounts]\nacme = \"acme\"\n";
         let s = from(base, &[("LANYARD_NATS__ISSUER_SEED", &seed)]).unwrap();
         assert!(s.nats.enabled());
         assert_eq!(s.nats.urls().len(), 2);
@@ -952,6 +985,21 @@ mod tests {
             &base.replace("[nats]\n", "[nats]\npublisher_user = \"shared\"\n"),
             &with_seed,
             "{account}",
+        );
+        refused(
+            &base.replace("nats://127.0.0.1:4223", "nats://me:secret@127.0.0.1:4223"),
+            &with_seed,
+            "must not hold credentials",
+        );
+        refused(
+            &base.replace("system_password = \"s\"\n", ""),
+            &with_seed,
+            "nats.system_password",
+        );
+        refused(
+            &format!("[mqtt]\ntopic_prefix = \"a/*/b\"\n{base}"),
+            &with_seed,
+            "mqtt.topic_prefix",
         );
         // Off while nats.url is empty, whatever else is set.
         assert!(

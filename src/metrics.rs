@@ -67,6 +67,18 @@ pub const CONNECT_CODES: &[&str] = &[
     "closed",
 ];
 
+/// How a callout request ended, as counted by `lanyard_nats_callouts_total`.
+pub const NATS_CALLOUT_OUTCOMES: &[&str] = &[
+    "admitted",
+    "not_mqtt",
+    "bad_token",
+    "no_account",
+    "unavailable",
+    "client_id_held",
+    "unreadable",
+    "late",
+];
+
 /// How a GraphQL request ended, as labelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GraphqlOutcome {
@@ -364,7 +376,7 @@ impl Families {
                 "The most MQTT connections lanyard holds: mqtt.max_connections within the open-file budget.",
             ),
             mqtt_connects: fixed(CONNECT_CODES, |c| connects.with_label_values(&[c])),
-            nats_callouts: fixed(crate::nats::callout::OUTCOMES, |o| {
+            nats_callouts: fixed(NATS_CALLOUT_OUTCOMES, |o| {
                 callouts.with_label_values(&[o])
             }),
             nats_kicks: b.counter(
@@ -496,7 +508,7 @@ impl Metrics {
         }
     }
 
-    /// A NATS auth callout request's outcome, one of [`crate::nats::callout::OUTCOMES`].
+    /// A NATS auth callout request's outcome, one of [`NATS_CALLOUT_OUTCOMES`].
     pub fn nats_callout(&self, outcome: &str) {
         if let Some(counter) = self
             .families

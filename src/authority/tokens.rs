@@ -19,6 +19,10 @@ use crate::domain::claims::ACCESS_TOKEN_TYP;
 use crate::domain::{AccessClaims, Internal, OAuthError, OAuthErrorCode, ScopeSet};
 use crate::store::{clients, revocations, users};
 
+/// The longest password a door reads as a bearer token (an MQTT CONNECT's, a NATS callout's):
+/// longer ones are refused before any work.
+pub const MAX_BEARER_LEN: usize = 8 * 1024;
+
 /// A token whose `nbf` is at most this far ahead is accepted: clocks of nodes differ a little.
 pub const NOT_BEFORE_LEEWAY_SECS: i64 = 30;
 /// An access token that passed every check.

@@ -31,7 +31,7 @@ use crate::domain::topic::TopicName;
 /// A CONNECT larger than this is refused: it carries a token, a client id and perhaps a will.
 const MAX_CONNECT_SIZE: usize = 64 * 1024;
 /// Passwords are access tokens; longer ones are refused before any parsing.
-pub(super) const MAX_PASSWORD_LEN: usize = 8 * 1024;
+pub(super) use crate::authority::tokens::MAX_BEARER_LEN as MAX_PASSWORD_LEN;
 /// Client identifiers longer than this are refused.
 const MAX_CLIENT_ID_LEN: usize = 128;
 /// Why a CONNECT is refused.

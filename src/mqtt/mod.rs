@@ -232,7 +232,12 @@ impl Broker {
         gate.publish_everything().await?;
         match addr {
             Some(addr) => tracing::info!("mqtt listening on {addr}"),
-            None => tracing::info!("mqtt: no listener of lanyard's own (mqtt.listen is empty)"),
+            None if authority.settings().nats.enabled() => {
+                tracing::info!("mqtt: no listener of lanyard's own; devices connect through NATS")
+            }
+            None => tracing::warn!(
+                "mqtt: no listener (mqtt.listen is empty) and no NATS cluster ([nats]): devices have no broker"
+            ),
         }
 
         let limit = Permits::new(max_connections);

@@ -15,47 +15,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
-use super::holders::Holders;
+use super::holders::{Holder, Holders};
 use super::jwt::{self, AuthorizationRequest, Issuer, User};
 use super::subjects;
+use crate::authority::tokens::MAX_BEARER_LEN;
 use crate::authority::{Authority, TokenRejected};
 use crate::domain::acl::{Identity, Permissions};
 use crate::metrics::Metrics;
 
-/// The longest password read: as at lanyard's own broker.
-const MAX_PASSWORD_LEN: usize = 8 * 1024;
-
-/// Who holds a connection: kept as the user JWT's `name`, shown by CONNZ as `authorized_user`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Holder {
-    pub jti: String,
-    #[serde(rename = "cid")]
-    pub client_id: String,
-    pub sub: String,
-    pub kid: String,
-}
-
-impl Holder {
-    /// The holder a connection's `authorized_user` names; None for a user lanyard did not
-    /// admit (a config user: the publisher).
-    pub fn of(authorized_user: &str) -> Option<Holder> {
-        serde_json::from_str(authorized_user).ok()
-    }
-}
-
-/// How a callout request ended, as counted by `lanyard_nats_callouts_total`.
-pub const OUTCOMES: &[&str] = &[
-    "admitted",
-    "not_mqtt",
-    "bad_token",
-    "no_account",
-    "unavailable",
-    "client_id_held",
-    "unreadable",
-    "late",
-];
+/// A request the server stopped waiting for this long ago is not answered; the margin allows
+/// for the clocks of lanyard and the server differing a little.
+const LATE_MARGIN_SECS: i64 = 2;
 
 pub(super) struct Callout {
     pub authority: Arc<Authority>,
@@ -84,7 +54,10 @@ impl Callout {
         };
         // The server stopped waiting (its callout timeout, 2 s by default): an answer would
         // be signed for nobody. Under a burst, the requests still wanted are answered first.
-        if request.exp.is_some_and(|exp| exp < unix_now()) {
+        if request
+            .exp
+            .is_some_and(|exp| exp + LATE_MARGIN_SECS < unix_now())
+        {
             self.metrics.nats_callout("late");
             return None;
         }
@@ -130,7 +103,7 @@ impl Callout {
             ));
         }
         let password = nats.connect_opts.pass.as_str();
-        if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
+        if password.is_empty() || password.len() > MAX_BEARER_LEN {
             return Err(("bad_token", "no usable password".into()));
         }
         let known = match self.authority.verify_bearer(password).await {

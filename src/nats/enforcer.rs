@@ -1,42 +1,50 @@
 //! The enforcer (SPEC §13): when a token is revoked, a client or person deleted or a key
 //! invalidated, the connections it admitted end on every NATS node, within 2 s.
 //!
-//! It asks every server for the tenant account's connections (`$SYS.REQ.SERVER.PING.CONNZ`,
-//! as a system-account user), reads who holds each from its `authorized_user` (the callout's
-//! [`Holder`]) and ends the affected ones (`$SYS.REQ.SERVER.<id>.KICK`). Every lanyard node
-//! hears every change (PostgreSQL `NOTIFY`) and acts on it, so a connection admitted by a node
-//! that has since stopped still ends. When announcements may have been missed, and after a key
-//! change, every connection of the tenants concerned is checked against the database. A token's
-//! expiry needs nothing: the user JWT carries its `exp`, and the server ends the connection.
+//! It asks every server for its connections (`$SYS.REQ.SERVER.PING.CONNZ`, as a system-account
+//! user), reads who holds each from its `authorized_user` (the callout's [`Holder`]) and ends
+//! the affected ones (`$SYS.REQ.SERVER.<id>.KICK`). Every lanyard node hears every change
+//! (PostgreSQL `NOTIFY`) and acts on it, so a connection admitted by a node that has since
+//! stopped still ends. When announcements may have been missed, and after a key change, every
+//! connection of the tenants concerned is checked against the database. A token's expiry needs
+//! nothing: the user JWT carries its `exp`, and the server ends the connection.
 //!
-//! The changes that arrive while a round runs are handled together in the next round, one CONNZ
-//! per tenant concerned: a client revoking its own tokens as fast as it can delays nobody else's
-//! revocation by more than a round. Each round is run again once the server's callout timeout
-//! has passed, for a CONNECT that was admitted just before the change and registered just after
-//! the first look.
+//! The changes that arrive while a round runs are handled together in the next round, in one
+//! CONNZ: a client revoking its own tokens as fast as it can delays nobody else's revocation by
+//! more than a round. A round waits for every server it has heard from in the last
+//! [`SERVER_MEMORY`]; one that does not answer, or a kick that fails, makes the round end what it
+//! found and then fail, and a failed round is run again every [`RETRY`] until it succeeds. Each
+//! round is also run again once the server's callout timeout has passed, for a CONNECT that was
+//! admitted just before the change and registered just after the first look.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::bail;
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
-use super::callout::Holder;
+use super::holders::Holder;
 use crate::authority::{Authority, Event, Tenant};
 use crate::metrics::Metrics;
 
-/// How long the answers of every server to one CONNZ request are awaited after the last one.
+/// How long the answers to a CONNZ request are awaited after the last one, while no server is
+/// known yet.
 const QUIET: Duration = Duration::from_millis(150);
-/// The longest one CONNZ round may take.
+/// The longest one CONNZ request, or one KICK, may take.
 const ROUND: Duration = Duration::from_secs(1);
+/// A server is awaited in every round for this long after it last answered.
+const SERVER_MEMORY: Duration = Duration::from_secs(90);
 /// Connections asked for at once, per server.
 const PAGE: usize = 1024;
-/// When a round is run again: past the server's callout timeout (2 s by default), after which a
-/// CONNECT admitted before the change is registered or has failed.
+/// When a round is run again: past the server's callout timeout (`authorization.timeout`, 2 s by
+/// default), after which a CONNECT admitted before the change is registered or has failed.
 const SECOND_LOOK: Duration = Duration::from_millis(2_500);
+/// When a failed round is tried again.
+const RETRY: Duration = Duration::from_secs(2);
 
 /// What the events of one round withdrew.
 #[derive(Debug, Default, Clone)]
@@ -105,14 +113,24 @@ impl Withdrawn {
     }
 }
 
-/// One connection in the cluster.
+/// One connection in the cluster that lanyard admitted.
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub server_id: String,
     pub cid: u64,
+    pub account: String,
     pub holder: Holder,
     /// Its MQTT client id.
     pub mqtt_client: String,
+}
+
+/// What one CONNZ round found.
+pub struct Found {
+    pub connections: Vec<Connection>,
+    /// The servers that answered.
+    pub answered: HashSet<String>,
+    /// Whether every server heard from lately answered.
+    pub complete: bool,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +159,8 @@ struct Connz {
 struct ConnInfo {
     cid: u64,
     #[serde(default)]
+    account: String,
+    #[serde(default)]
     authorized_user: String,
     #[serde(default)]
     mqtt_client: String,
@@ -153,141 +173,191 @@ pub(super) struct Enforcer {
     pub client: async_nats::Client,
     /// Tenant slug → NATS account.
     pub accounts: BTreeMap<String, String>,
+    /// The servers that answered, and when they last did.
+    pub servers: Mutex<HashMap<String, Instant>>,
+}
+
+/// A KICK's answer.
+#[derive(Deserialize)]
+struct KickReply {
+    #[serde(default)]
+    error: Option<serde_json::Value>,
 }
 
 impl Enforcer {
-    /// Every connection lanyard admitted into `account`, on every server that answers.
-    pub async fn connections(&self, account: &str) -> anyhow::Result<Vec<Connection>> {
-        let mut found = Vec::new();
-        let first = self
-            .ask("$SYS.REQ.SERVER.PING.CONNZ".into(), account, 0)
+    /// Every connection lanyard admitted, in `account` or in every account, on every server.
+    pub async fn connections(&self, account: Option<&str>) -> anyhow::Result<Found> {
+        let known: HashSet<String> = {
+            let mut servers = self.servers.lock().expect("servers lock");
+            servers.retain(|_, seen| seen.elapsed() < SERVER_MEMORY);
+            servers.keys().cloned().collect()
+        };
+        let replies = self
+            .ask("$SYS.REQ.SERVER.PING.CONNZ".into(), account, 0, &known)
             .await?;
-        for reply in first {
+        let mut found = Found {
+            connections: Vec::new(),
+            answered: HashSet::new(),
+            complete: true,
+        };
+        for reply in replies {
             let server_id = reply.server.id.clone();
+            found.answered.insert(server_id.clone());
             let mut page = reply.data;
             while let Some(connz) = page.take() {
                 let next = connz.offset + connz.connections.len();
                 let more = !connz.connections.is_empty() && next < connz.total;
-                found.extend(connz.connections.into_iter().filter_map(|c| {
-                    Some(Connection {
-                        server_id: server_id.clone(),
-                        cid: c.cid,
-                        holder: Holder::of(&c.authorized_user)?,
-                        mqtt_client: c.mqtt_client,
-                    })
-                }));
+                found
+                    .connections
+                    .extend(connz.connections.into_iter().filter_map(|c| {
+                        Some(Connection {
+                            server_id: server_id.clone(),
+                            cid: c.cid,
+                            holder: Holder::of(&c.authorized_user)?,
+                            account: c.account,
+                            mqtt_client: c.mqtt_client,
+                        })
+                    }));
                 if more {
                     let subject = format!("$SYS.REQ.SERVER.{server_id}.CONNZ");
+                    let one = HashSet::from([server_id.clone()]);
                     page = self
-                        .ask(subject, account, next)
+                        .ask(subject, account, next, &one)
                         .await?
                         .into_iter()
                         .next()
                         .and_then(|r| r.data);
+                    found.complete &= page.is_some();
                 }
             }
+        }
+        found.complete &= known.is_subset(&found.answered);
+        let now = Instant::now();
+        let mut servers = self.servers.lock().expect("servers lock");
+        for id in &found.answered {
+            servers.insert(id.clone(), now);
         }
         Ok(found)
     }
 
-    /// Sends a CONNZ request and gathers the answers until the servers fall quiet.
+    /// Sends a CONNZ request and gathers the answers: until every server of `expected` has
+    /// answered (at most [`ROUND`]), or, with none expected, until they fall quiet.
     async fn ask(
         &self,
         subject: String,
-        account: &str,
+        account: Option<&str>,
         offset: usize,
+        expected: &HashSet<String>,
     ) -> anyhow::Result<Vec<ServerReply>> {
-        let inbox = self.client.new_inbox();
-        let mut answers = self.client.subscribe(inbox.clone()).await?;
-        let request = serde_json::json!({
-            "acc": account, "auth": true, "offset": offset, "limit": PAGE,
-        });
-        self.client
-            .publish_with_reply(subject, inbox, request.to_string().into())
-            .await?;
-        self.client.flush().await?;
         let end = Instant::now() + ROUND;
-        let mut replies = Vec::new();
-        let mut wait = ROUND;
-        while let Ok(Some(message)) = tokio::time::timeout(wait, answers.next()).await {
+        let mut request = serde_json::json!({ "auth": true, "offset": offset, "limit": PAGE });
+        if let Some(account) = account {
+            request["acc"] = account.into();
+        }
+        let inbox = self.client.new_inbox();
+        let mut answers = tokio::time::timeout(ROUND, async {
+            let answers = self.client.subscribe(inbox.clone()).await?;
+            self.client
+                .publish_with_reply(subject, inbox, request.to_string().into())
+                .await?;
+            self.client.flush().await?;
+            anyhow::Ok(answers)
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the cluster did not take a CONNZ request in time"))??;
+        let mut replies: Vec<ServerReply> = Vec::new();
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let wait = if expected.is_empty() && !replies.is_empty() {
+                QUIET.min(left)
+            } else {
+                left
+            };
+            let Ok(Some(message)) = tokio::time::timeout(wait, answers.next()).await else {
+                break;
+            };
             match serde_json::from_slice::<ServerReply>(&message.payload) {
                 Ok(reply) => replies.push(reply),
                 Err(e) => tracing::warn!("nats: a CONNZ answer was not read: {e}"),
             }
-            wait = QUIET.min(end.saturating_duration_since(Instant::now()));
+            if !expected.is_empty()
+                && expected
+                    .iter()
+                    .all(|id| replies.iter().any(|r| &r.server.id == id))
+            {
+                break;
+            }
         }
         Ok(replies)
     }
 
     /// Ends one connection.
-    pub async fn kick(&self, connection: &Connection) -> anyhow::Result<()> {
+    async fn kick(&self, connection: &Connection) -> anyhow::Result<()> {
         let subject = format!("$SYS.REQ.SERVER.{}.KICK", connection.server_id);
         let request = serde_json::json!({ "cid": connection.cid });
-        tokio::time::timeout(
+        let reply = tokio::time::timeout(
             ROUND,
             self.client.request(subject, request.to_string().into()),
         )
-        .await??;
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer in time"))??;
+        if let Ok(KickReply { error: Some(error) }) = serde_json::from_slice(&reply.payload) {
+            bail!("{error}");
+        }
         self.metrics.nats_kicked();
         Ok(())
     }
 
-    /// Ends the connections of `tenant` (every tenant: None) the database no longer allows:
-    /// their key withdrawn and, with `tokens`, their token revoked or client or person gone.
-    pub async fn recheck(&self, tenant: Option<&Tenant>, tokens: bool) -> anyhow::Result<usize> {
-        let tenants = match tenant {
-            Some(tenant) => vec![tenant.clone()],
-            None => self.authority.tenants().await?,
-        };
-        let mut ended = 0;
-        for tenant in tenants {
-            let Some(account) = self.accounts.get(tenant.slug.as_str()) else {
-                continue;
-            };
-            for connection in self.connections(account).await? {
-                let h = &connection.holder;
-                let valid = self
-                    .authority
-                    .grant_still_valid(
-                        tenant.slug.as_str(),
-                        &h.kid,
-                        &h.client_id,
-                        &h.sub,
-                        &h.jti,
-                        tokens,
-                    )
-                    .await?;
-                if !valid {
-                    self.kick(&connection).await?;
-                    ended += 1;
+    /// Ends the connections `withdrawn` names, or (`everything`) every connection the database
+    /// no longer allows, in one CONNZ round however many tenants, tokens, clients and people
+    /// it names. What it found is ended even when the round then fails: a server that did not
+    /// answer, or a kick that failed.
+    async fn enforce(&self, withdrawn: &Withdrawn) -> anyhow::Result<usize> {
+        // account → its tenant, and what was withdrawn there (None: check everything).
+        let mut concerned: HashMap<&str, (Tenant, Option<&TenantWithdrawn>)> = HashMap::new();
+        if withdrawn.everything {
+            for tenant in self.authority.tenants().await? {
+                if let Some(account) = self.accounts.get(tenant.slug.as_str()) {
+                    concerned.insert(account, (tenant, None));
+                }
+            }
+        } else {
+            for (tenant_id, w) in &withdrawn.tenants {
+                let Some(tenant) = self.authority.tenant_by_id(tenant_id).await? else {
+                    continue;
+                };
+                if let Some(account) = self.accounts.get(tenant.slug.as_str()) {
+                    concerned.insert(account, (tenant, Some(w)));
                 }
             }
         }
-        Ok(ended)
-    }
-
-    /// Ends the connections `withdrawn` names: one CONNZ round per tenant concerned, however
-    /// many tokens, clients and people it names.
-    async fn enforce(&self, withdrawn: &Withdrawn) -> anyhow::Result<usize> {
-        if withdrawn.everything {
-            return self.recheck(None, true).await;
+        if concerned.is_empty() {
+            return Ok(0);
         }
-        let mut ended = 0;
-        for (tenant_id, w) in &withdrawn.tenants {
-            let Some(tenant) = self.authority.tenant_by_id(tenant_id).await? else {
+        let only = (concerned.len() == 1).then(|| *concerned.keys().next().expect("one"));
+        let found = self.connections(only).await?;
+        let (mut ended, mut failed) = (0, 0);
+        for connection in &found.connections {
+            let Some((tenant, w)) = concerned.get(connection.account.as_str()) else {
                 continue;
             };
-            let Some(account) = self.accounts.get(tenant.slug.as_str()) else {
-                continue;
-            };
-            for connection in self.connections(account).await? {
-                let h = &connection.holder;
-                let named = w.jtis.contains(&h.jti)
+            let h = &connection.holder;
+            let named = w.is_some_and(|w| {
+                w.jtis.contains(&h.jti)
                     || w.clients.contains(&h.client_id)
-                    || w.people.contains(&h.sub);
-                let withdrawn = named
-                    || (w.keys
-                        && !self
+                    || w.people.contains(&h.sub)
+            });
+            // Everything: the token, its client and person, and its key; after a key change:
+            // the key.
+            let check = match w {
+                None => Some(true),
+                Some(w) if !named && w.keys => Some(false),
+                Some(_) => None,
+            };
+            let withdrawn = named
+                || match check {
+                    Some(tokens) => {
+                        !self
                             .authority
                             .grant_still_valid(
                                 tenant.slug.as_str(),
@@ -295,43 +365,43 @@ impl Enforcer {
                                 &h.client_id,
                                 &h.sub,
                                 &h.jti,
-                                false,
+                                tokens,
                             )
-                            .await?);
-                if withdrawn {
-                    self.kick(&connection).await?;
-                    ended += 1;
+                            .await?
+                    }
+                    None => false,
+                };
+            if withdrawn {
+                match self.kick(connection).await {
+                    Ok(()) => ended += 1,
+                    Err(e) => {
+                        failed += 1;
+                        tracing::warn!(
+                            "nats: ending connection {} on {}: {e:#}",
+                            connection.cid,
+                            connection.server_id
+                        );
+                    }
                 }
             }
         }
-        Ok(ended)
-    }
-
-    /// [`Enforcer::enforce`], logged; a failure (the cluster or the database away) checks
-    /// everything again until it succeeds.
-    async fn enforce_or_retry(self: &Arc<Self>, withdrawn: &Withdrawn) {
-        match self.enforce(withdrawn).await {
-            Ok(0) => {}
-            Ok(ended) => tracing::info!("nats: ended {ended} connection(s) no longer allowed"),
-            Err(e) => {
-                tracing::warn!("nats: ending connections failed: {e:#}; checking all again");
-                let enforcer = self.clone();
-                tokio::spawn(async move {
-                    for _ in 0..30 {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        if enforcer.recheck(None, true).await.is_ok() {
-                            return;
-                        }
-                    }
-                });
-            }
+        if ended > 0 {
+            tracing::info!("nats: ended {ended} connection(s) no longer allowed");
         }
+        if failed > 0 {
+            bail!("{failed} connection(s) could not be ended");
+        }
+        if !found.complete {
+            bail!("not every NATS server answered");
+        }
+        Ok(ended)
     }
 
     /// Follows the authority's events until `stopped`. Events that arrive while a round runs
     /// are taken together in the next, so a flood of revocations costs a round, not a round
     /// each. Every round is run once more after [`SECOND_LOOK`]: a CONNECT the callout admitted
-    /// just before a revocation may not be registered yet when the first round looks.
+    /// just before a revocation may not be registered yet when the first round looks. A round
+    /// that failed is run again after [`RETRY`], until it succeeds.
     pub async fn follow(
         self: Arc<Self>,
         mut events: broadcast::Receiver<Event>,
@@ -339,8 +409,8 @@ impl Enforcer {
     ) {
         let (later_tx, mut later_rx) = mpsc::unbounded_channel::<(Instant, Withdrawn)>();
         let enforcer = self.clone();
-        let mut later_stop = stopped.clone();
-        tokio::spawn(async move {
+        let (retry_tx, mut later_stop) = (later_tx.clone(), stopped.clone());
+        let later = tokio::spawn(async move {
             loop {
                 let (due, mut withdrawn) = tokio::select! {
                     _ = later_stop.changed() => return,
@@ -349,21 +419,27 @@ impl Enforcer {
                         None => return,
                     },
                 };
-                tokio::time::sleep_until(due).await;
+                tokio::select! {
+                    _ = later_stop.changed() => return,
+                    _ = tokio::time::sleep_until(due) => {}
+                }
                 while let Ok((_, more)) = later_rx.try_recv() {
                     withdrawn.merge(more);
                 }
-                enforcer.enforce_or_retry(&withdrawn).await;
+                if let Err(e) = enforcer.enforce(&withdrawn).await {
+                    tracing::warn!("nats: ending connections: {e:#}; trying again");
+                    let _ = retry_tx.send((Instant::now() + RETRY, withdrawn));
+                }
             }
         });
         loop {
             let mut withdrawn = Withdrawn::default();
             tokio::select! {
-                _ = stopped.changed() => return,
+                _ = stopped.changed() => break,
                 event = events.recv() => match event {
                     Ok(event) => withdrawn.add(event),
                     Err(broadcast::error::RecvError::Lagged(_)) => withdrawn.everything = true,
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Closed) => break,
                 },
             }
             loop {
@@ -376,8 +452,19 @@ impl Enforcer {
             if withdrawn.is_empty() {
                 continue;
             }
-            self.enforce_or_retry(&withdrawn).await;
-            let _ = later_tx.send((Instant::now() + SECOND_LOOK, withdrawn));
+            let done = tokio::select! {
+                _ = stopped.changed() => break,
+                done = self.enforce(&withdrawn) => done,
+            };
+            let due = match done {
+                Ok(_) => Instant::now() + SECOND_LOOK,
+                Err(e) => {
+                    tracing::warn!("nats: ending connections: {e:#}; trying again");
+                    Instant::now() + RETRY
+                }
+            };
+            let _ = later_tx.send((due, withdrawn));
         }
+        later.abort();
     }
 }

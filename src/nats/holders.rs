@@ -4,22 +4,42 @@
 //!
 //! Every lanyard node keeps the same map, fed by the cluster's connection events
 //! (`$SYS.ACCOUNT.<account>.CONNECT` and `.DISCONNECT`, which name the MQTT client id, the
-//! server, the connection and its `authorized_user`, the callout's [`Holder`]), and read whole
-//! from CONNZ at start and every [`RESEED`] in case events were missed. What it cannot see: two
-//! CONNECTs of different principals admitted in the same instant, and a persistent session
-//! whose device is offline (NATS keeps no owner for it; the taker gets none of its
-//! subscriptions' messages, which NATS checks against the taker's permissions).
+//! server, the connection and its `authorized_user`: the callout's [`Holder`], or a config
+//! user's name), and read whole from CONNZ before the callout answers its first request and
+//! every [`RESEED`] after, in case events were missed (entries of a server that did not answer
+//! are kept). What it cannot see: two CONNECTs of different principals admitted in the same
+//! instant, and a persistent session whose device is offline (NATS keeps no owner for it; the
+//! taker gets none of its subscriptions' messages, which NATS checks against the taker's
+//! permissions).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::callout::Holder;
 use super::enforcer::Enforcer;
+
+/// Who holds a connection: kept as the user JWT's `name`, shown by CONNZ as `authorized_user`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub jti: String,
+    /// The token's client (not the MQTT client id).
+    #[serde(rename = "client")]
+    pub client_id: String,
+    pub sub: String,
+    pub kid: String,
+}
+
+impl Holder {
+    /// The holder a connection's `authorized_user` names; None for a user lanyard did not
+    /// admit (a config user: the publisher).
+    pub fn of(authorized_user: &str) -> Option<Holder> {
+        serde_json::from_str(authorized_user).ok()
+    }
+}
 
 /// How often the whole map is read again from the servers.
 const RESEED: Duration = Duration::from_secs(30);
@@ -43,6 +63,15 @@ pub struct Holders {
 
 fn principal(holder: &Holder) -> Principal {
     (holder.client_id.clone(), holder.sub.clone())
+}
+
+/// The principal of a connection's `authorized_user`: a config user (lanyard's publisher, a
+/// static user) is a principal of its own.
+fn principal_of(authorized_user: &str) -> Principal {
+    match Holder::of(authorized_user) {
+        Some(holder) => principal(&holder),
+        None => ("config".into(), authorized_user.into()),
+    }
 }
 
 impl Holders {
@@ -75,25 +104,33 @@ impl Holders {
         }
     }
 
-    /// Reads every account's connections and replaces the map with them.
-    async fn reseed(&self, enforcer: &Enforcer) -> anyhow::Result<()> {
+    /// Reads every account's connections, and replaces what the map holds for each server
+    /// that answered.
+    pub async fn reseed(&self, enforcer: &Enforcer) -> anyhow::Result<()> {
+        let found = enforcer.connections(None).await?;
         let mut fresh: HashMap<(String, String), Vec<Live>> = HashMap::new();
-        for account in enforcer.accounts.values() {
-            for c in enforcer.connections(account).await? {
-                if c.mqtt_client.is_empty() {
-                    continue;
+        for c in found.connections {
+            if c.mqtt_client.is_empty() {
+                continue;
+            }
+            fresh
+                .entry((c.account, c.mqtt_client))
+                .or_default()
+                .push(Live {
+                    server_id: c.server_id,
+                    cid: c.cid,
+                    principal: principal(&c.holder),
+                });
+        }
+        let mut map = self.live.lock().expect("holders lock");
+        for (key, live) in map.drain() {
+            for l in live {
+                if !found.answered.contains(&l.server_id) {
+                    fresh.entry(key.clone()).or_default().push(l);
                 }
-                fresh
-                    .entry((account.clone(), c.mqtt_client.clone()))
-                    .or_default()
-                    .push(Live {
-                        server_id: c.server_id.clone(),
-                        cid: c.cid,
-                        principal: principal(&c.holder),
-                    });
             }
         }
-        *self.live.lock().expect("holders lock") = fresh;
+        *map = fresh;
         Ok(())
     }
 
@@ -117,6 +154,8 @@ impl Holders {
             }
         };
         let mut reseed = tokio::time::interval(RESEED);
+        // The first reseed is the caller's, before the callout answers.
+        reseed.tick().await;
         loop {
             tokio::select! {
                 _ = stopped.changed() => return,
@@ -146,13 +185,10 @@ impl Holders {
             return;
         }
         if connect {
-            let Some(holder) = Holder::of(&c.user) else {
-                return;
-            };
             let live = Live {
                 server_id: event.server.id,
                 cid: c.id,
-                principal: principal(&holder),
+                principal: principal_of(&c.user),
             };
             self.connected(c.acc, c.client_id, live);
         } else {
@@ -230,5 +266,15 @@ mod tests {
         let (subject, body) = event("DISCONNECT", 7, "gw-1", &dev);
         holders.on_event(&subject, &body);
         assert!(!holders.held_by_other("acme", "gw-1", &other));
+        // A config user (lanyard's publisher) holds its client id against every token.
+        let body = serde_json::json!({
+            "server": {"id": "N1"},
+            "client": {"id": 9, "acc": "acme", "client_type": "mqtt", "client_id": "pub", "user": "lanyard-acme"}
+        });
+        holders.on_event(
+            "$SYS.ACCOUNT.acme.CONNECT",
+            &serde_json::to_vec(&body).unwrap(),
+        );
+        assert!(holders.held_by_other("acme", "pub", &dev));
     }
 }

@@ -27,12 +27,17 @@ use crate::authority::Authority;
 use crate::metrics::Metrics;
 use crate::mqtt::Gate;
 
-pub mod callout;
-pub mod enforcer;
+mod callout;
+mod enforcer;
 mod holders;
-pub mod jwt;
+mod jwt;
 mod publisher;
-pub mod subjects;
+mod subjects;
+
+/// The topic prefix as a NATS subject; None when NATS cannot hold it (checked at load).
+pub fn translate_prefix(prefix: &str) -> Option<String> {
+    subjects::translate(prefix)?.into_iter().next()
+}
 
 /// The subject NATS servers send authorization requests to.
 const CALLOUT_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
@@ -81,8 +86,13 @@ pub async fn start(
         metrics: metrics.clone(),
         client: system_client,
         accounts: settings.accounts.clone(),
+        servers: Default::default(),
     });
+    // Who holds each client id is known before the callout answers its first request.
     let holders = Arc::new(holders::Holders::default());
+    if let Err(e) = holders.reseed(&enforcer).await {
+        tracing::warn!("nats: reading who holds each client id: {e:#}");
+    }
     tasks.push(tokio::spawn(
         holders.clone().follow(enforcer.clone(), stopped.clone()),
     ));
@@ -161,6 +171,7 @@ pub async fn start(
             password: settings.publisher_password.expose().to_owned(),
             addresses: settings.mqtt_addresses(),
             client_id: format!("lanyard-{account}-{}", authority.node_id()),
+            max_payload: settings.max_payload as usize,
         };
         tasks.push(tokio::spawn(publisher::run(
             target,

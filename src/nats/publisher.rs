@@ -8,7 +8,13 @@
 //! whose publisher is not one. One connection per account, to the first MQTT listener that
 //! answers; after every (re)connection every topic is published again, so whatever was missed
 //! while the cluster was away is made good. Only the latest message of a topic is kept for
-//! sending: a newer one is never overtaken by an older.
+//! sending: within this node, a newer one is never overtaken by an older. Every lanyard node
+//! publishes every topic, each its own signing of a status list or key schedule: the last
+//! written stands, and the nodes converge within their reconciliation period (devices refuse a
+//! list older than the one they hold). Keys and status lists go before token lists, and a
+//! message larger than `nats.max_payload` is left out and logged (NATS would end the
+//! connection), so one long token list cannot hold up the rest. The link is plain MQTT: keep
+//! it on a private network.
 //!
 //! [`Gate::mirror_retained`]: crate::mqtt::Gate
 
@@ -19,8 +25,10 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 
-/// How long to wait before trying the next MQTT listener.
+/// How long to wait before trying the next MQTT listener, at first; doubled after each
+/// failure, up to [`RETRY_MAX`].
 const RETRY: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Requests queued between the publisher and its connection.
 const QUEUE: usize = 256;
 /// The largest message: a long token list.
@@ -36,15 +44,23 @@ pub(super) struct Target {
     /// Distinct per lanyard node: two nodes' publishers must not take over each other's
     /// session.
     pub client_id: String,
+    /// The largest message the cluster takes.
+    pub max_payload: usize,
 }
 
-/// The topics of one account: the latest message of each, and those to send.
+/// The order topics are sent in: keys and status lists (small, and what a device checks
+/// tokens with) before token lists.
+fn rank(topic: &str) -> u8 {
+    u8::from(topic.contains("/authorization/localApiTokens/"))
+}
+
+/// The topics of one account: the latest message of each, and those to send (by rank).
 #[derive(Default)]
 struct Topics {
     current: BTreeMap<String, Bytes>,
     /// Topics whose retained message was removed (an empty message clears it).
     cleared: BTreeSet<String>,
-    pending: BTreeSet<String>,
+    pending: BTreeSet<(u8, String)>,
 }
 
 impl Topics {
@@ -56,7 +72,7 @@ impl Topics {
             self.cleared.remove(&topic);
             self.current.insert(topic.clone(), payload);
         }
-        self.pending.insert(topic);
+        self.pending.insert((rank(&topic), topic));
     }
 
     /// Everything is to be sent again (a new connection).
@@ -65,7 +81,7 @@ impl Topics {
             .current
             .keys()
             .chain(self.cleared.iter())
-            .cloned()
+            .map(|t| (rank(t), t.clone()))
             .collect();
     }
 
@@ -86,6 +102,7 @@ pub(super) async fn run(
         topics.set(topic, payload);
     }
     let mut next = 0;
+    let mut retry = RETRY;
     loop {
         let (host, port) = target.addresses[next % target.addresses.len()].clone();
         next += 1;
@@ -99,7 +116,7 @@ pub(super) async fn run(
         let mut connected = false;
         loop {
             if connected {
-                send_pending(&client, &mut topics);
+                send_pending(&client, &mut topics, target.max_payload);
             }
             tokio::select! {
                 _ = stopped.changed() => {
@@ -118,6 +135,7 @@ pub(super) async fn run(
                                 target.account
                             );
                             connected = true;
+                            retry = RETRY;
                             topics.all_pending();
                         } else {
                             tracing::warn!(
@@ -140,22 +158,28 @@ pub(super) async fn run(
         }
         tokio::select! {
             _ = stopped.changed() => return,
-            _ = tokio::time::sleep(RETRY) => {}
+            _ = tokio::time::sleep(retry) => {}
         }
+        retry = (retry * 2).min(RETRY_MAX);
     }
 }
 
 /// Hands pending topics to the connection while its queue takes them.
-fn send_pending(client: &AsyncClient, topics: &mut Topics) {
-    while let Some(topic) = topics.pending.first().cloned() {
+fn send_pending(client: &AsyncClient, topics: &mut Topics, max_payload: usize) {
+    while let Some((rank, topic)) = topics.pending.first().cloned() {
         let payload = topics.message(&topic);
-        if client
+        if payload.len() > max_payload {
+            tracing::warn!(
+                "nats: {topic} is not published: {} bytes, over nats.max_payload ({max_payload}); raise max_payload in the cluster and in lanyard",
+                payload.len()
+            );
+        } else if client
             .try_publish(topic.clone(), QoS::AtLeastOnce, true, payload)
             .is_err()
         {
             return;
         }
-        topics.pending.remove(&topic);
+        topics.pending.remove(&(rank, topic));
     }
 }
 
@@ -171,15 +195,37 @@ mod tests {
         topics.set("b".into(), Bytes::from_static(b"x"));
         assert_eq!(topics.pending.len(), 2);
         assert_eq!(topics.message("a"), Bytes::from_static(b"2"));
+        // Keys before token lists.
+        topics.set(
+            "p/acme/authorization/localApiTokens/s1".into(),
+            Bytes::from_static(b"[]"),
+        );
+        topics.set("p/acme/jwks".into(), Bytes::from_static(b"{}"));
+        let order: Vec<&str> = topics.pending.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "a",
+                "b",
+                "p/acme/jwks",
+                "p/acme/authorization/localApiTokens/s1"
+            ]
+        );
         topics.pending.clear();
         topics.set("b".into(), Bytes::new());
         assert_eq!(topics.message("b"), Bytes::new());
         topics.pending.clear();
         topics.all_pending();
         // A cleared topic is cleared again on every new connection.
+        let again: Vec<&str> = topics.pending.iter().map(|(_, t)| t.as_str()).collect();
         assert_eq!(
-            topics.pending,
-            BTreeSet::from(["a".to_string(), "b".to_string()])
+            again,
+            [
+                "a",
+                "b",
+                "p/acme/jwks",
+                "p/acme/authorization/localApiTokens/s1"
+            ]
         );
     }
 }

@@ -16,14 +16,24 @@
 use super::jwt::Permission;
 use crate::domain::acl::{Identity, Permissions};
 
-/// The `$` namespaces of an account, closed to MQTT clients whatever the rules say. `$MQTT.`
-/// is not among them: the server subscribes there for a client's QoS 1 and 2 deliveries under
-/// the client's own permissions (2.12 and later allow it implicitly, but a deny still counts);
-/// publishing there is denied.
+/// The `$` namespaces of an account, closed to MQTT clients whatever the rules say (a rule
+/// beginning with a wildcard becomes `>` or `*.…`, which in NATS match `$` subjects too).
 const INTERNAL: [&str; 8] = [
     "$SYS.>", "$JS.>", "$JSC.>", "$KV.>", "$O.>", "$NRG.>", "$SRV.>", "$G.>",
 ];
-/// Closed to publishing only.
+/// The MQTT layer's own subjects (sessions, stored messages, retained messages, QoS 2 state):
+/// closed to subscribing. `$MQTT.sub.` and `$MQTT.deliver.pubrel.` are left open: the server
+/// subscribes there for a client's QoS 1 and 2 deliveries under the client's own permissions
+/// (nats-server 2.12 and later allow them implicitly, but a deny would still count).
+const MQTT_INTERNAL: [&str; 6] = [
+    "$MQTT.sess.>",
+    "$MQTT.msgs.>",
+    "$MQTT.rmsgs.>",
+    "$MQTT.JSA.>",
+    "$MQTT.qos2.>",
+    "$MQTT.out.>",
+];
+/// Closed to publishing, all of it.
 const INTERNAL_PUBLISH: &str = "$MQTT.>";
 
 /// The NATS subjects an MQTT filter (or topic) covers; None when it cannot be translated.
@@ -69,7 +79,8 @@ pub fn permissions(rules: &Permissions, who: &Identity<'_>) -> (Permission, Perm
         subjects
     };
     let internal = || INTERNAL.iter().map(|s| s.to_string());
-    let prefix = translate(&format!("{}/#", rules.prefix())).expect("a valid prefix");
+    // Checked at load (`nats` needs a prefix NATS can hold); nothing would be left out anyway.
+    let prefix = translate(&format!("{}/#", rules.prefix())).unwrap_or_default();
     let publish = Permission {
         allow: translated(publish),
         deny: prefix
@@ -80,7 +91,9 @@ pub fn permissions(rules: &Permissions, who: &Identity<'_>) -> (Permission, Perm
     };
     let subscribe = Permission {
         allow: translated(subscribe),
-        deny: internal().collect(),
+        deny: internal()
+            .chain(MQTT_INTERNAL.iter().map(|s| s.to_string()))
+            .collect(),
     };
     (closed_if_empty(publish), closed_if_empty(subscribe))
 }
@@ -215,6 +228,7 @@ mod tests {
         );
         assert!(publish.deny.contains(&"$MQTT.>".to_string()));
         assert!(!subscribe.deny.contains(&"$MQTT.>".to_string()));
+        assert!(subscribe.deny.contains(&"$MQTT.sess.>".to_string()));
         assert!(!subscribe.deny.contains(&">".to_string()));
     }
 
@@ -322,6 +336,21 @@ mod tests {
             assert!(publish.deny.contains(&denied.to_string()), "{denied}");
         }
         assert!(subscribe.allow.contains(&">".to_string()));
-        assert!(subscribe.deny.contains(&"$JS.>".to_string()));
+        for denied in [
+            "$JS.>",
+            "$SYS.>",
+            "$MQTT.sess.>",
+            "$MQTT.rmsgs.>",
+            "$MQTT.msgs.>",
+        ] {
+            assert!(subscribe.deny.contains(&denied.to_string()), "{denied}");
+        }
+        // The server's own QoS 1 and 2 deliveries to the client stay possible.
+        assert!(
+            !subscribe
+                .deny
+                .iter()
+                .any(|d| d.starts_with("$MQTT.sub") || d == "$MQTT.>")
+        );
     }
 }
