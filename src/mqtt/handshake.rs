@@ -25,7 +25,6 @@ use super::router::LinkSession;
 use super::sessions::{EndReason, Grant, Key};
 use crate::authority::TokenRejected;
 use crate::domain::Internal;
-use crate::domain::acl::Identity;
 use crate::domain::topic::TopicName;
 
 /// A CONNECT larger than this is refused: it carries a token, a client id and perhaps a will.
@@ -285,14 +284,7 @@ where
         Err(TokenRejected::Unavailable(cause)) => return Err(refused(Refusal::Unavailable(cause))),
         Err(e) => return Err(refused(Refusal::Token(e.to_string()))),
     };
-    let claims = &known.verified.claims;
-    let identity = Identity {
-        slug: known.tenant.slug.as_str(),
-        client_id: &claims.client_id,
-        sub: &claims.sub,
-        system: claims.system.as_deref(),
-        scopes: &known.scopes,
-    };
+    let identity = known.identity();
 
     // A will is a publish like any other, checked now (SPEC §4: never under the prefix).
     if let Some(will) = &will {

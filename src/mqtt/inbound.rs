@@ -64,15 +64,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     pub(super) fn identity(&self) -> Identity<'_> {
-        let s = &self.session;
-        let claims = &s.grant.verified.claims;
-        Identity {
-            slug: s.grant.tenant.slug.as_str(),
-            client_id: &claims.client_id,
-            sub: &claims.sub,
-            system: claims.system.as_deref(),
-            scopes: &s.grant.scopes,
-        }
+        self.session.grant.identity()
     }
 
     /// The name under which the router knows a shared subscription (`$share/{group}/{filter}`);

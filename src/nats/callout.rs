@@ -20,7 +20,7 @@ use super::jwt::{self, AuthorizationRequest, Issuer, User};
 use super::subjects;
 use crate::authority::tokens::MAX_BEARER_LEN;
 use crate::authority::{Authority, TokenRejected};
-use crate::domain::acl::{Identity, Permissions};
+use crate::domain::acl::Permissions;
 use crate::metrics::Metrics;
 
 /// A request the server stopped waiting for this long ago is not answered; the margin allows
@@ -124,13 +124,7 @@ impl Callout {
             ));
         };
         let claims = &known.verified.claims;
-        let identity = Identity {
-            slug,
-            client_id: &claims.client_id,
-            sub: &claims.sub,
-            system: claims.system.as_deref(),
-            scopes: &known.scopes,
-        };
+        let identity = known.identity();
         let holder = Holder {
             jti: claims.jti.clone(),
             client_id: claims.client_id.clone(),

@@ -475,6 +475,14 @@ async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_al
         .unwrap();
     assert!(ends_within(&mut gone, Duration::from_secs(2)).await);
 
+    // Invalidating the key that signed a token ends the connections it admitted.
+    let kid = header_of(&other_token)["kid"].as_str().unwrap().to_owned();
+    app.authority()
+        .invalidate_signing_key(&w.t.tenant, &kid)
+        .await
+        .unwrap();
+    assert!(ends_within(&mut other, Duration::from_secs(2)).await);
+
     // What the callout decided, and what the enforcer ended, in the metrics.
     let text = crate::metrics::scrape(&app).await;
     let callouts = "lanyard_nats_callouts_total";

@@ -37,6 +37,20 @@ pub struct KnownToken {
     pub scopes: ScopeSet,
 }
 
+impl KnownToken {
+    /// Who the token speaks for, as the topic permissions see it (SPEC §4).
+    pub fn identity(&self) -> crate::domain::acl::Identity<'_> {
+        let claims = &self.verified.claims;
+        crate::domain::acl::Identity {
+            slug: self.tenant.slug.as_str(),
+            client_id: &claims.client_id,
+            sub: &claims.sub,
+            system: claims.system.as_deref(),
+            scopes: &self.scopes,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct TokenCache {
     entries: Mutex<HashMap<[u8; 32], Arc<KnownToken>>>,
