@@ -447,16 +447,7 @@ impl Gate {
     /// database by an operator), so no device keeps trusting a stale JWKS or list. The one step
     /// of a slower sweep.
     pub async fn clear_orphans_once(&self) -> anyhow::Result<usize> {
-        let mut live = std::collections::HashSet::new();
-        for tenant in self.authority.tenants().await? {
-            let slug = tenant.slug.as_str();
-            live.insert(self.permissions.jwks_topic(slug));
-            live.insert(self.permissions.key_schedule_topic(slug));
-            for (system_id, _) in self.authority.systems(&tenant).await? {
-                live.insert(self.permissions.token_list_topic(slug, &system_id));
-                live.insert(self.permissions.status_list_topic(slug, &system_id));
-            }
-        }
+        let live = self.live_topics().await?;
         let orphans: Vec<String> = {
             let mut retained = self.retained.lock().expect("retained lock");
             let orphans: Vec<String> = retained
@@ -478,6 +469,24 @@ impl Gate {
                 .await;
         }
         Ok(orphans.len())
+    }
+}
+
+impl Gate {
+    /// Every retained topic of lanyard's that the database says should exist: each tenant's
+    /// JWKS and key schedule, each system's token list and status list.
+    pub(crate) async fn live_topics(&self) -> anyhow::Result<std::collections::HashSet<String>> {
+        let mut live = std::collections::HashSet::new();
+        for tenant in self.authority.tenants().await? {
+            let slug = tenant.slug.as_str();
+            live.insert(self.permissions.jwks_topic(slug));
+            live.insert(self.permissions.key_schedule_topic(slug));
+            for (system_id, _) in self.authority.systems(&tenant).await? {
+                live.insert(self.permissions.token_list_topic(slug, &system_id));
+                live.insert(self.permissions.status_list_topic(slug, &system_id));
+            }
+        }
+        Ok(live)
     }
 }
 

@@ -172,9 +172,11 @@ pub async fn start(
             addresses: settings.mqtt_addresses(),
             client_id: format!("lanyard-{account}-{}", authority.node_id()),
             max_payload: settings.max_payload as usize,
+            prefix_filter: format!("{}/#", authority.settings().mqtt.topic_prefix),
         };
         tasks.push(tokio::spawn(publisher::run(
             target,
+            gate.clone(),
             start,
             rx,
             stopped.clone(),

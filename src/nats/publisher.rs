@@ -16,14 +16,25 @@
 //! connection), so one long token list cannot hold up the rest. The link is plain MQTT: keep
 //! it on a private network.
 //!
+//! After each (re)connection the publisher also reads the retained messages the account holds
+//! under the topic prefix, and clears those of tenants and systems the database no longer has:
+//! the cluster keeps retained messages across restarts, and a system deleted while no lanyard
+//! ran would otherwise keep its token list there for good.
+//!
 //! [`Gate::mirror_retained`]: crate::mqtt::Gate
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::mqtt::Gate;
 
 /// How long to wait before trying the next MQTT listener, at first; doubled after each
 /// failure, up to [`RETRY_MAX`].
@@ -33,6 +44,8 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 const QUEUE: usize = 256;
 /// The largest message: a long token list.
 const MAX_PACKET: usize = 16 * 1024 * 1024;
+/// How long the retained messages the account holds are read after connecting.
+const SWEEP: Duration = Duration::from_secs(2);
 
 /// Where one account's publisher connects, and as whom.
 #[derive(Clone)]
@@ -46,6 +59,8 @@ pub(super) struct Target {
     pub client_id: String,
     /// The largest message the cluster takes.
     pub max_payload: usize,
+    /// `{topic_prefix}/#`: where the topics it sweeps are.
+    pub prefix_filter: String,
 }
 
 /// The order topics are sent in: keys and status lists (small, and what a device checks
@@ -93,6 +108,7 @@ impl Topics {
 /// Publishes one account's topics until `stopped`: `start` first, then what `changes` brings.
 pub(super) async fn run(
     target: Target,
+    gate: Arc<Gate>,
     start: Vec<(String, Bytes)>,
     mut changes: mpsc::UnboundedReceiver<(String, Bytes)>,
     mut stopped: watch::Receiver<bool>,
@@ -114,14 +130,22 @@ pub(super) async fn run(
             .set_max_packet_size(MAX_PACKET, MAX_PACKET);
         let (client, mut connection) = AsyncClient::new(options, QUEUE);
         let mut connected = false;
+        // While set: the retained topics seen so far, and until when they are read.
+        let mut sweep: Option<(Instant, HashSet<String>)> = None;
         loop {
             if connected {
                 send_pending(&client, &mut topics, target.max_payload);
             }
+            let sweep_end = sweep.as_ref().map(|(end, _)| *end);
             tokio::select! {
                 _ = stopped.changed() => {
                     let _ = client.try_disconnect();
                     return;
+                }
+                _ = tokio::time::sleep_until(sweep_end.unwrap_or_else(Instant::now)), if sweep_end.is_some() => {
+                    let (_, seen) = sweep.take().expect("sweeping");
+                    let _ = client.try_unsubscribe(target.prefix_filter.clone());
+                    clear_orphans(&gate, &mut topics, seen).await;
                 }
                 change = changes.recv() => match change {
                     Some((topic, payload)) => topics.set(topic, payload),
@@ -137,12 +161,26 @@ pub(super) async fn run(
                             connected = true;
                             retry = RETRY;
                             topics.all_pending();
+                            if client
+                                .try_subscribe(target.prefix_filter.clone(), QoS::AtMostOnce)
+                                .is_ok()
+                            {
+                                sweep = Some((Instant::now() + SWEEP, HashSet::new()));
+                            }
                         } else {
                             tracing::warn!(
                                 "nats: the MQTT listener {host}:{port} refused {} ({:?}); check nats.publisher_user and its password",
                                 target.user, ack.code
                             );
                             break;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        if let Some((_, seen)) = sweep.as_mut()
+                            && publish.retain
+                            && !publish.payload.is_empty()
+                        {
+                            seen.insert(publish.topic);
                         }
                     }
                     Ok(_) => {}
@@ -161,6 +199,30 @@ pub(super) async fn run(
             _ = tokio::time::sleep(retry) => {}
         }
         retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+/// Clears the retained topics the account holds (`seen`) that lanyard does not publish and the
+/// database has no tenant or system for. A topic this node does not know but the database has
+/// (another node's newer system) is left to its node.
+async fn clear_orphans(gate: &Gate, topics: &mut Topics, seen: HashSet<String>) {
+    let unknown: Vec<String> = seen
+        .into_iter()
+        .filter(|t| !topics.current.contains_key(t))
+        .collect();
+    if unknown.is_empty() {
+        return;
+    }
+    let live = match gate.live_topics().await {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::warn!("nats: reading which retained topics should exist: {e:#}");
+            return;
+        }
+    };
+    for topic in unknown.into_iter().filter(|t| !live.contains(t)) {
+        tracing::info!("nats: clearing {topic}: its tenant or system no longer exists");
+        topics.set(topic, Bytes::new());
     }
 }
 

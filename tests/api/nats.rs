@@ -87,8 +87,19 @@ impl Nats {
 
     /// An MQTT 3.1.1 connection to node `i` with `password`.
     pub async fn mqtt(&self, i: usize, client_id: &str, password: &str) -> Result<V4, V4Code> {
+        self.mqtt_as(i, client_id, "device", password).await
+    }
+
+    /// [`Nats::mqtt`] as `user`.
+    pub async fn mqtt_as(
+        &self,
+        i: usize,
+        client_id: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<V4, V4Code> {
         let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.mqtt_port(i));
-        options.set_credentials("device", password);
+        options.set_credentials(user, password);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(4 << 20, 64 << 10);
         // A first connection into an account sets up its MQTT streams on three nodes.
@@ -208,6 +219,22 @@ async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_al
     let Some(cluster) = Nats::start(&["acme", "beta"]).await else {
         return;
     };
+    // A token list left in the cluster by a system deleted while no lanyard ran (here written
+    // by a config user of the account, who may write anything).
+    let orphan = format!(
+        "drivr/v1/acme/authorization/localApiTokens/{}",
+        uuid::Uuid::new_v4()
+    );
+    let writer = cluster
+        .mqtt_as(0, "writer", STATIC_USER, STATIC_PASSWORD)
+        .await
+        .unwrap();
+    let forged = r#"[{"status":"ACTIVATED","token":"CLOUD-forged"}]"#;
+    writer
+        .client
+        .publish(&orphan, rumqttc::QoS::AtLeastOnce, true, forged)
+        .await
+        .unwrap();
     let app =
         TestApp::spawn_with(Backend::Sqlite, |s| cluster.configure(s, &["acme", "beta"])).await;
     assert!(
@@ -312,13 +339,28 @@ async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_al
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (late_id, late_token) = device(&app, &w.t, None, "").await;
     let mut late = cluster.mqtt(1, &late_id, &late_token).await.unwrap();
-    late.subscribe("drivr/v1/acme/jwks").await;
-    let first = late
-        .message(Duration::from_secs(5))
+    let first = retained_where(&mut late, "drivr/v1/acme/jwks", wait, |_| true)
         .await
         .expect("the retained JWKS");
     assert!(first.retain);
     assert_eq!(json_of(&first.payload), jwks, "the JWKS is lanyard's");
+
+    // lanyard cleared the orphaned list when its publisher connected.
+    let mut cleared = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        if cleared || Instant::now() > deadline {
+            break;
+        }
+        let mut reader = cluster
+            .mqtt_as(1, &format!("reader-{n}"), STATIC_USER, STATIC_PASSWORD)
+            .await
+            .unwrap();
+        reader.subscribe(&orphan).await;
+        cleared = reader.message(Duration::from_secs(1)).await.is_none();
+    }
+    assert!(cleared, "the orphaned token list is gone");
+    drop(writer);
 
     // Refused, each with CONNACK 0x05: a wrong token, a revoked one, an expired one, a local
     // API token, a token of a tenant without a NATS account, no password.
