@@ -179,6 +179,30 @@ async fn retained_where(
     None
 }
 
+/// Revokes `token` through `app`'s revocation endpoint as the tenant's admin.
+async fn revoke(app: &TestApp, t: &TestTenant, token: &str) {
+    let res = app
+        .post_form(
+            &format!("/t/{}/oauth2/revoke", t.slug),
+            Some((&t.admin_id, &t.admin_secret)),
+            &format!("token={}", urlencode(token)),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+}
+
+/// Whether `client`, subscribed to `topic`, receives what it publishes there (QoS 1).
+async fn hears_itself(client: &mut V4, topic: &str, text: &str) -> bool {
+    client
+        .client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, text)
+        .await
+        .unwrap();
+    message_where(client, Duration::from_secs(5), |p| p == text.as_bytes())
+        .await
+        .is_some()
+}
+
 fn json_of(payload: &[u8]) -> Value {
     serde_json::from_slice(payload).unwrap_or(Value::Null)
 }
@@ -371,14 +395,7 @@ async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_al
     refused(cluster.mqtt(0, "x1", "not-a-token").await, "garbage");
     refused(cluster.mqtt(0, "x2", "").await, "no password");
     let (_, revoked) = device(&app, &w.t, None, "").await;
-    let res = app
-        .post_form(
-            "/t/acme/oauth2/revoke",
-            Some((&w.t.admin_id, &w.t.admin_secret)),
-            &format!("token={}", urlencode(&revoked)),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
+    revoke(&app, &w.t, &revoked).await;
     refused(cluster.mqtt(1, "x3", &revoked).await, "a revoked token");
     let (_, local) = mint(&app, &w.user_token, &w.system).await;
     refused(cluster.mqtt(2, "x4", &local).await, "a local API token");
@@ -402,19 +419,13 @@ async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_al
         .expect("beta's token connects, in its own account");
     assert_eq!(b.subscribe("drivr/v1/acme/jwks").await, Sub4::Failure);
     // The same client id in another tenant took nothing over.
-    dev.client
-        .publish(
-            format!("tenants/acme/clients/{id}/ping"),
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            "still here",
+    assert!(
+        hears_itself(
+            &mut dev,
+            &format!("tenants/acme/clients/{id}/ping"),
+            "still here"
         )
         .await
-        .unwrap();
-    assert!(
-        message_where(&mut dev, Duration::from_secs(5), |p| p == b"still here")
-            .await
-            .is_some()
     );
 
     // The cluster's NATS protocol is not open to device tokens.
@@ -428,19 +439,13 @@ async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_al
         Some(V4Code::NotAuthorized),
         "a takeover by another principal"
     );
-    dev.client
-        .publish(
-            format!("tenants/acme/clients/{id}/ping"),
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            "not taken",
+    assert!(
+        hears_itself(
+            &mut dev,
+            &format!("tenants/acme/clients/{id}/ping"),
+            "not taken"
         )
         .await
-        .unwrap();
-    assert!(
-        message_where(&mut dev, Duration::from_secs(5), |p| p == b"not taken")
-            .await
-            .is_some()
     );
 
     // A message larger than mqtt.max_packet_size is not taken (NATS ends the connection).
@@ -486,14 +491,7 @@ async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_al
     for res in futures::future::join_all(revocations).await {
         assert_eq!(res.status(), 200);
     }
-    let res = app
-        .post_form(
-            "/t/acme/oauth2/revoke",
-            Some((&w.t.admin_id, &w.t.admin_secret)),
-            &format!("token={}", urlencode(&token)),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
+    revoke(&app, &w.t, &token).await;
     assert!(ends_within(&mut dev, Duration::from_secs(2)).await);
     assert!(!ends_within(&mut other, Duration::from_millis(300)).await);
 
@@ -597,14 +595,7 @@ mod postgres {
 
         // Revoking through lanyard node B ends the device's sessions on every NATS node
         // within 2 s.
-        let res = b
-            .post_form(
-                "/t/acme/oauth2/revoke",
-                Some((&w.t.admin_id, &w.t.admin_secret)),
-                &format!("token={}", urlencode(&token)),
-            )
-            .await;
-        assert_eq!(res.status(), 200);
+        revoke(&b, &w.t, &token).await;
         for (node, watcher) in watchers.iter_mut().enumerate() {
             assert!(
                 ends_within(watcher, Duration::from_secs(2)).await,
