@@ -351,6 +351,9 @@ async fn background_jobs(authority: Arc<Authority>, mut stopped: watch::Receiver
                 if let Err(e) = authority.prune_codes_once().await {
                     tracing::warn!("pruning sign-in codes: {e:#}");
                 }
+                if let Err(e) = authority.prune_web_sign_in_once().await {
+                    tracing::warn!("pruning web sign-in requests: {e:#}");
+                }
                 if let Err(e) = authority.prune_revocations_once().await {
                     tracing::warn!("pruning revocations: {e:#}");
                 }

@@ -29,6 +29,7 @@ pub struct Settings {
     pub keys: KeySettings,
     pub mqtt: MqttSettings,
     pub tokens: TokenSettings,
+    pub web: WebSettings,
     pub mailer: MailerSettings,
     pub demo: DemoSettings,
     pub limits: LimitSettings,
@@ -185,6 +186,23 @@ impl Default for TokenSettings {
             max_local_tokens_per_system: 50,
             revoked_listing: Period::from_secs(30 * 86_400),
             status_list_ttl: Period::from_secs(86_400),
+        }
+    }
+}
+
+/// Sign-in on the web (SPEC §9).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSettings {
+    /// How long a browser stays signed in after the hosted page: a later authorization
+    /// request within it needs no code.
+    pub session_ttl: Period,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings {
+            session_ttl: Period::from_secs(12 * 3_600),
         }
     }
 }

@@ -16,11 +16,16 @@ pub const LOCAL_TOKENS_READ: &str = "lanyard:local-tokens:read";
 pub const SYSTEMS_READ: &str = "lanyard:systems:read";
 pub const SYSTEMS_WRITE: &str = "lanyard:systems:write";
 pub const ROLES_WRITE: &str = "lanyard:roles:write";
+pub const USERS_READ: &str = "lanyard:users:read";
 pub const USERS_WRITE: &str = "lanyard:users:write";
 pub const SCOPES_WRITE: &str = "lanyard:scopes:write";
+pub const CLIENTS_READ: &str = "lanyard:clients:read";
 pub const CLIENTS_WRITE: &str = "lanyard:clients:write";
 pub const KEYS_READ: &str = "lanyard:keys:read";
 pub const KEYS_WRITE: &str = "lanyard:keys:write";
+/// The scopes that let a caller read and change token metadata (SPEC §9).
+pub const TOKEN_METADATA_READ: &str = "lanyard:token-metadata:read";
+pub const TOKEN_METADATA_WRITE: &str = "lanyard:token-metadata:write";
 /// The scope that lets a caller read the tenant's audit events.
 pub const AUDIT_READ: &str = "lanyard:audit:read";
 

@@ -6,15 +6,19 @@
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
-use super::caller::{CLIENTS_WRITE, LOCAL_TOKENS_READ, SCOPES_WRITE, admin_scopes_missing};
+use super::caller::{
+    CLIENTS_READ, CLIENTS_WRITE, LOCAL_TOKENS_READ, SCOPES_WRITE, admin_scopes_missing,
+};
 use super::validate_name;
 use super::{Actor, Authority, Error, Event, Result, Tenant};
 use crate::crypto::secret::random_id;
 use crate::crypto::{Secret, SecretHash};
+use crate::domain::web::{MAX_REDIRECT_URIS, RedirectUri};
 use crate::domain::{
     ClientId, GrantType, Internal, OAuthError, OAuthErrorCode, Scope, ScopeSet, SystemId,
 };
 use crate::store::{StoreError, clients, scopes, systems};
+use serde_json::{Map, Value};
 
 /// A client to register.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +32,10 @@ pub struct NewClient {
     pub system_id: Option<SystemId>,
     /// A fixed `client_id` instead of a random one (the demo seed).
     pub client_id: Option<ClientId>,
+    /// Where the authorization endpoint may send people back (SPEC §9).
+    pub redirect_uris: Vec<RedirectUri>,
+    /// Where logout may send people back.
+    pub post_logout_redirect_uris: Vec<RedirectUri>,
 }
 
 /// What a registration returns, once (RFC 7591 §3.2.1 names).
@@ -50,6 +58,23 @@ pub struct Client {
     pub scopes: ScopeSet,
     pub grant_types: Vec<GrantType>,
     pub system_id: Option<SystemId>,
+    pub redirect_uris: Vec<RedirectUri>,
+    pub post_logout_redirect_uris: Vec<RedirectUri>,
+    /// Carried by introspection answers as `client_metadata`.
+    pub metadata: Map<String, Value>,
+}
+
+/// The stored JSON array of redirect URIs; one that no longer parses is dropped.
+fn stored_uris(text: &str) -> Vec<RedirectUri> {
+    serde_json::from_str::<Vec<String>>(text)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|u| RedirectUri::parse(u).ok())
+        .collect()
+}
+
+fn uris_text(uris: &[RedirectUri]) -> String {
+    Value::from(uris.iter().map(|u| u.as_str()).collect::<Vec<_>>()).to_string()
 }
 
 impl Client {
@@ -67,6 +92,9 @@ impl Client {
                 .collect(),
             grant_types: GrantType::split(&row.grant_types),
             system_id: row.system_id.clone().map(SystemId::stored),
+            redirect_uris: stored_uris(&row.redirect_uris),
+            post_logout_redirect_uris: stored_uris(&row.post_logout_redirect_uris),
+            metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
         }
     }
 }
@@ -271,6 +299,13 @@ impl Authority {
                 "a public client cannot use client_credentials: it has no secret".into(),
             ));
         }
+        if new.redirect_uris.len() > MAX_REDIRECT_URIS
+            || new.post_logout_redirect_uris.len() > MAX_REDIRECT_URIS
+        {
+            return Err(Error::Invalid(format!(
+                "a client registers at most {MAX_REDIRECT_URIS} redirect URIs of each kind"
+            )));
+        }
         if let Some(system_id) = &new.system_id
             && systems::find(&self.db, &tenant.id, system_id)
                 .await?
@@ -296,6 +331,8 @@ impl Authority {
             metadata: "{}".into(),
             created_at: now,
             secret_rotated_at: now,
+            redirect_uris: uris_text(&new.redirect_uris),
+            post_logout_redirect_uris: uris_text(&new.post_logout_redirect_uris),
         };
         let event = self.event(&by, "client.created", format!("client:{client_id}"));
         clients::insert(&self.db, &event, &row)
@@ -313,6 +350,16 @@ impl Authority {
             client_id_issued_at: now,
             client_secret_expires_at: 0,
         })
+    }
+
+    /// A client of the tenant as registered. Needs `lanyard:clients:read`.
+    pub async fn client(&self, by: impl Into<Actor<'_>>, client_id: &ClientId) -> Result<Client> {
+        let by = by.into();
+        by.require(CLIENTS_READ)?;
+        clients::find(&self.db, &by.tenant().id, client_id.as_str())
+            .await?
+            .map(|row| Client::from_row(&row))
+            .ok_or_else(|| Error::NotFound(format!("no client {client_id}")))
     }
 
     /// Replaces a confidential client's secret; the old one stops working at once. The actor

@@ -1,5 +1,6 @@
 //! The token endpoint's grants (RFC 6749): `client_credentials` (§4.4), the one-time code of
-//! SPEC §3 and refresh with rotation (§6).
+//! SPEC §3, refresh with rotation (§6), and `authorization_code` (§4.1, redeemed in
+//! [`web_sign_in`](super::web_sign_in)).
 //!
 //! Every grant opens the same way, in [`Authority::grant`]: the client is authenticated
 //! ([`Authority::authenticate_client`], with the clients), must be allowed the grant, and the requested scope is parsed. Then each does its own part and every
@@ -12,6 +13,7 @@ use subtle::ConstantTimeEq;
 use super::audit::LANYARD;
 use super::clients::{Client, ClientCredentials};
 use super::signin::{CODE_MAX_ATTEMPTS, code_hash};
+use super::web_sign_in::CodeRedemption;
 use super::{Authority, Tenant, User};
 use crate::crypto::{Secret, SecretHash, jws};
 use crate::domain::claims::ACCESS_TOKEN_TYP;
@@ -32,6 +34,12 @@ pub enum GrantRequest<'a> {
     Otp { email: &'a str, code: &'a str },
     /// The next token pair of a sign-in.
     Refresh { refresh_token: &'a str },
+    /// A code from the authorization endpoint (SPEC §9), with its PKCE verifier.
+    AuthorizationCode {
+        code: &'a str,
+        redirect_uri: &'a str,
+        code_verifier: &'a str,
+    },
 }
 
 impl GrantRequest<'_> {
@@ -40,6 +48,7 @@ impl GrantRequest<'_> {
             GrantRequest::ClientCredentials => GrantType::ClientCredentials,
             GrantRequest::Otp { .. } => GrantType::Otp,
             GrantRequest::Refresh { .. } => GrantType::RefreshToken,
+            GrantRequest::AuthorizationCode { .. } => GrantType::AuthorizationCode,
         }
     }
 }
@@ -124,6 +133,23 @@ impl Authority {
                 self.refresh(tenant, &client, refresh_token, requested)
                     .await
             }
+            // The scope was settled at the authorization endpoint (RFC 6749 §4.1.3 has none).
+            GrantRequest::AuthorizationCode {
+                code,
+                redirect_uri,
+                code_verifier,
+            } => {
+                self.redeem_authorization_code(
+                    tenant,
+                    &client,
+                    CodeRedemption {
+                        code,
+                        redirect_uri,
+                        code_verifier,
+                    },
+                )
+                .await
+            }
         }
     }
 
@@ -207,8 +233,16 @@ impl Authority {
             .ok_or_else(wrong)?;
         let scope = narrow(&user.scopes, requested.as_ref());
         let family = uuid::Uuid::new_v4().to_string();
-        self.issue_user_tokens(tenant, client, &user, scope, &family, GrantType::Otp)
-            .await
+        self.issue_user_tokens(
+            tenant,
+            client,
+            &user,
+            scope,
+            &family,
+            GrantType::Otp,
+            uuid::Uuid::new_v4().to_string(),
+        )
+        .await
     }
 
     /// Refresh with rotation: the token is used up and a new one returned; a used one presented
@@ -278,13 +312,15 @@ impl Authority {
             scope,
             &row.family_id,
             GrantType::RefreshToken,
+            uuid::Uuid::new_v4().to_string(),
         )
         .await
     }
 
-    /// An access token for `user` and, to a client allowed the refresh grant, a refresh token
-    /// of the sign-in `family`.
-    async fn issue_user_tokens(
+    /// An access token `jti` for `user` and, to a client allowed the refresh grant, a refresh
+    /// token of the sign-in `family`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn issue_user_tokens(
         &self,
         tenant: &Tenant,
         client: &Client,
@@ -292,9 +328,10 @@ impl Authority {
         scope: ScopeSet,
         family: &str,
         grant: GrantType,
+        jti: String,
     ) -> Result<IssuedToken, OAuthError> {
         let mut issued = self
-            .issue_access_token(tenant, &user.id, client, scope.clone(), grant)
+            .sign_access_token(tenant, &user.id, client, scope.clone(), grant, jti)
             .await?;
         if !client.grant_types.contains(&GrantType::RefreshToken) {
             // A refresh token is optional (RFC 6749 §5.1) and of no use to this client.
@@ -334,6 +371,21 @@ impl Authority {
         scope: ScopeSet,
         grant: GrantType,
     ) -> Result<IssuedToken, OAuthError> {
+        let jti = uuid::Uuid::new_v4().to_string();
+        self.sign_access_token(tenant, subject, client, scope, grant, jti)
+            .await
+    }
+
+    /// [`Authority::issue_access_token`] with the token id chosen by the caller.
+    async fn sign_access_token(
+        &self,
+        tenant: &Tenant,
+        subject: &str,
+        client: &Client,
+        scope: ScopeSet,
+        grant: GrantType,
+        jti: String,
+    ) -> Result<IssuedToken, OAuthError> {
         let keys = self
             .keyring(tenant)
             .await
@@ -360,7 +412,7 @@ impl Authority {
             iat: now,
             nbf: now,
             exp: now + ttl,
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti,
             // The binding marks the client's own tokens; a person signing in through a bound
             // app is not the system's device (SPEC §6).
             system: if client.client_id == subject {

@@ -30,12 +30,14 @@ pub mod keys;
 pub mod limiter;
 pub mod local_tokens;
 pub mod mail;
+pub mod metadata;
 pub mod offline_trust;
 pub mod signin;
 pub mod systems;
 pub mod tenants;
 pub mod tokens;
 pub mod users;
+pub mod web_sign_in;
 
 pub use cache::keyring::KeyRings;
 pub use cache::token_cache::KnownToken;

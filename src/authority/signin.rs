@@ -41,7 +41,7 @@ fn server_error(context: &'static str) -> impl Fn(StoreError) -> OAuthError {
 }
 
 /// A uniformly random six-digit code.
-fn six_digits() -> String {
+pub(super) fn six_digits() -> String {
     loop {
         let n = u32::from_be_bytes(random_bytes::<4>());
         // Rejection sampling: 4_294_000_000 is the largest multiple of 10^6 below 2^32.
@@ -76,28 +76,8 @@ impl Authority {
             ));
         }
         let now = self.now();
-        let since = now - CODE_WINDOW_SECS;
-        let limited = |what: &str| {
-            let mut e = OAuthError::new(
-                OAuthErrorCode::TooManyRequests,
-                format!("too many sign-in codes requested {what}; try again later"),
-            );
-            e.retry_after = Some(CODE_WINDOW_SECS as u64);
-            e
-        };
         let source = source.to_string();
-        let from_source = otp::count_for_source_since(&self.db, &source, since)
-            .await
-            .map_err(server_error("counting sign-in codes"))?;
-        if from_source >= CODES_PER_SOURCE {
-            return Err(limited("from this network address"));
-        }
-        let sent = otp::count_for_email_since(&self.db, &tenant.id, email.as_str(), since)
-            .await
-            .map_err(server_error("counting sign-in codes"))?;
-        if sent >= CODES_PER_EMAIL {
-            return Err(limited("for this address"));
-        }
+        self.check_code_limits(tenant, &email, &source).await?;
         let client = clients::find(&self.db, &tenant.id, client_id)
             .await
             .map_err(server_error("client lookup"))?
@@ -154,6 +134,38 @@ impl Authority {
                     tracing::error!("sending a sign-in code: {e:#}");
                 }
             });
+        }
+        Ok(())
+    }
+
+    /// Refuses a request for a code past the limits: 100 from one source address, 5 for one
+    /// address, in 15 minutes. The hosted sign-in page's email step counts alike (SPEC §9).
+    pub(super) async fn check_code_limits(
+        &self,
+        tenant: &Tenant,
+        email: &Email,
+        source: &str,
+    ) -> Result<(), OAuthError> {
+        let since = self.now() - CODE_WINDOW_SECS;
+        let limited = |what: &str| {
+            let mut e = OAuthError::new(
+                OAuthErrorCode::TooManyRequests,
+                format!("too many sign-in codes requested {what}; try again later"),
+            );
+            e.retry_after = Some(CODE_WINDOW_SECS as u64);
+            e
+        };
+        let from_source = otp::count_for_source_since(&self.db, source, since)
+            .await
+            .map_err(server_error("counting sign-in codes"))?;
+        if from_source >= CODES_PER_SOURCE {
+            return Err(limited("from this network address"));
+        }
+        let sent = otp::count_for_email_since(&self.db, &tenant.id, email.as_str(), since)
+            .await
+            .map_err(server_error("counting sign-in codes"))?;
+        if sent >= CODES_PER_EMAIL {
+            return Err(limited("for this address"));
         }
         Ok(())
     }

@@ -97,6 +97,18 @@ impl Authority {
         }
     }
 
+    /// [`Authority::verify_access_token`], answered with the token cache's entry (its scopes
+    /// parsed once): a token seen before costs no signature check and no database query.
+    pub async fn verify_access_token_known(
+        &self,
+        tenant: &Tenant,
+        token: &str,
+    ) -> Result<Arc<KnownToken>, TokenRejected> {
+        self.verify_known(tenant, token)
+            .await
+            .map_err(|e| self.rejected(e))
+    }
+
     /// Counts a refusal (`lanyard_token_rejections_total`) and passes it on.
     fn rejected(&self, e: TokenRejected) -> TokenRejected {
         self.metrics.token_rejected(e.reason());
@@ -214,14 +226,21 @@ impl Authority {
         self.verify_unknown(&tenant, token, key).await
     }
 
-    /// Token introspection (RFC 7662) for an authenticated confidential client of the tenant.
-    /// `None` is `{"active": false}`: the token is not one this tenant would accept now.
+    /// Token introspection (RFC 7662) for an authenticated confidential client of the tenant,
+    /// with the metadata of the token's client (SPEC §9). `None` is `{"active": false}`: the
+    /// token is not one this tenant would accept now.
     pub async fn introspect(
         &self,
         tenant: &Tenant,
         caller: &ClientCredentials,
         token: &str,
-    ) -> Result<Option<VerifiedAccessToken>, OAuthError> {
+    ) -> Result<
+        Option<(
+            VerifiedAccessToken,
+            Option<serde_json::Map<String, serde_json::Value>>,
+        )>,
+        OAuthError,
+    > {
         let client = self.authenticate_client(tenant, caller).await?;
         if client.public {
             return Err(OAuthError::new(
@@ -229,11 +248,16 @@ impl Authority {
                 "introspection needs a confidential client",
             ));
         }
-        match self.verify_access_token(tenant, token).await {
-            Ok(v) => Ok(Some(v)),
-            Err(TokenRejected::Unavailable(cause)) => Err(OAuthError::server_error(cause)),
-            Err(_) => Ok(None),
-        }
+        let verified = match self.verify_access_token(tenant, token).await {
+            Ok(v) => v,
+            Err(TokenRejected::Unavailable(cause)) => return Err(OAuthError::server_error(cause)),
+            Err(_) => return Ok(None),
+        };
+        let metadata = clients::find(&self.db, &tenant.id, &verified.claims.client_id)
+            .await
+            .map_err(|e| OAuthError::server_error(Internal::new("client lookup", e)))?
+            .map(|row| Client::from_row(&row).metadata);
+        Ok(Some((verified, metadata)))
     }
 
     /// Token revocation (RFC 7009), of access tokens and of refresh tokens (which ends the whole

@@ -3,14 +3,11 @@
 
 use serde_json::{Map, Value};
 
-use super::caller::{ROLES_WRITE, USERS_WRITE};
+use super::caller::{ROLES_WRITE, USERS_READ, USERS_WRITE};
 use super::validate_name;
 use super::{Actor, Authority, Error, Event, Result, Tenant};
 use crate::domain::{Email, RoleId, ScopeSet, SystemId, UserId};
 use crate::store::{StoreError, systems, users};
-
-/// The largest metadata object accepted, serialised.
-const MAX_METADATA_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
@@ -56,10 +53,8 @@ impl Authority {
         let email = Email::parse(email).map_err(|e| Error::Invalid(e.to_string()))?;
         let name = validate_name(name)?;
         self.check_grantable(by, &scopes).await?;
+        super::metadata::check_object(&metadata)?;
         let metadata_text = Value::Object(metadata.clone()).to_string();
-        if metadata_text.len() > MAX_METADATA_BYTES {
-            return Err(Error::Invalid("user metadata is at most 8 KiB".into()));
-        }
         let row = users::UserRow {
             id: UserId::generate().into(),
             tenant_id: tenant.id.to_string(),
@@ -80,6 +75,15 @@ impl Authority {
             })?;
         tracing::info!(tenant = %tenant.slug, user = %row.id, "user created");
         Ok(User::from_row(row))
+    }
+
+    /// A person of the tenant. Needs `lanyard:users:read`.
+    pub async fn read_user(&self, by: impl Into<Actor<'_>>, id: &UserId) -> Result<User> {
+        let by = by.into();
+        by.require(USERS_READ)?;
+        self.user(by.tenant(), id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no user {id}")))
     }
 
     pub async fn user(&self, tenant: &Tenant, id: &UserId) -> Result<Option<User>> {

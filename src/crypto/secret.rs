@@ -81,8 +81,33 @@ pub fn random_id(bytes: usize) -> String {
     URL_SAFE_NO_PAD.encode(buf)
 }
 
+/// Whether `verifier` answers the PKCE S256 `challenge` (RFC 7636 §4.6):
+/// `BASE64URL(SHA256(verifier)) == challenge`, compared in constant time.
+pub fn pkce_s256_matches(verifier: &str, challenge: &str) -> bool {
+    let computed = URL_SAFE_NO_PAD.encode(SecretHash::of(verifier.as_bytes()).0);
+    computed.as_bytes().ct_eq(challenge.as_bytes()).into()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pkce_s256_matches_only_its_verifier() {
+        // Computed independently: base64url(sha256(verifier)) without padding.
+        let verifier = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-._~";
+        assert!(super::pkce_s256_matches(
+            verifier,
+            "ZJs5hbMChd-OA_AYtC3UYie0U-g-dEfAPhPlci0hRik"
+        ));
+        assert!(!super::pkce_s256_matches(
+            &verifier[1..],
+            "ZJs5hbMChd-OA_AYtC3UYie0U-g-dEfAPhPlci0hRik"
+        ));
+        assert!(!super::pkce_s256_matches(
+            verifier,
+            "ZJs5hbMChd-OA_AYtC3UYie0U-g-dEfAPhPlci0hRi"
+        ));
+    }
+
     use super::*;
 
     #[test]

@@ -28,7 +28,11 @@ impl GrantType {
     /// Grant types a client gets when none are named.
     pub fn defaults(public: bool) -> Vec<GrantType> {
         if public {
-            vec![GrantType::Otp, GrantType::RefreshToken]
+            vec![
+                GrantType::Otp,
+                GrantType::RefreshToken,
+                GrantType::AuthorizationCode,
+            ]
         } else {
             vec![GrantType::ClientCredentials]
         }

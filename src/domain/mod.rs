@@ -18,6 +18,7 @@ pub mod period;
 pub mod scope;
 pub mod slug;
 pub mod topic;
+pub mod web;
 
 pub use claims::AccessClaims;
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};

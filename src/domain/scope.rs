@@ -25,6 +25,8 @@ pub const ADMIN_CATALOGUE: &[&str] = &[
     "lanyard:scopes:write",
     "lanyard:systems:read",
     "lanyard:systems:write",
+    "lanyard:token-metadata:read",
+    "lanyard:token-metadata:write",
     "lanyard:users:read",
     "lanyard:users:write",
 ];

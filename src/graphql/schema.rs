@@ -7,11 +7,14 @@
 
 use std::sync::Arc;
 
-use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Object, SimpleObject};
+use async_graphql::{
+    ComplexObject, Context, Enum, ErrorExtensions, InputObject, Json, Object, SimpleObject,
+};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::authority::{self, Authority, Caller, LocalToken, LocalTokenStatus, NewClient};
+use crate::domain::web::RedirectUri;
 use crate::domain::{ClientId, GrantType as DomainGrant, KeyStatus as DomainKeyStatus, ScopeSet};
 
 type Result<T> = std::result::Result<T, async_graphql::Error>;
@@ -125,10 +128,62 @@ pub struct Role {
 }
 
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct User {
     pub uuid: Uuid,
     pub email: String,
     pub name: String,
+}
+
+impl From<authority::User> for User {
+    fn from(u: authority::User) -> Self {
+        User {
+            uuid: u.id.uuid(),
+            email: u.email,
+            name: u.name,
+        }
+    }
+}
+
+#[ComplexObject]
+impl User {
+    /// The person's token metadata, merged into userinfo. Needs `lanyard:token-metadata:read`.
+    async fn metadata(&self, ctx: &Context<'_>) -> Result<Json<serde_json::Value>> {
+        let caller = caller(ctx)?;
+        let metadata = authority(ctx)
+            .user_metadata(caller, &self.uuid.into())
+            .await
+            .map_err(mapped)?;
+        Ok(Json(serde_json::Value::Object(metadata)))
+    }
+}
+
+/// A registered OAuth client.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct Client {
+    pub client_id: String,
+    pub name: String,
+    pub public: bool,
+    pub scopes: Vec<String>,
+    pub grant_types: Vec<GrantType>,
+    pub system_uuid: Option<Uuid>,
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+}
+
+#[ComplexObject]
+impl Client {
+    /// The client's token metadata, carried by introspection answers as `client_metadata`.
+    /// Needs `lanyard:token-metadata:read`.
+    async fn metadata(&self, ctx: &Context<'_>) -> Result<Json<serde_json::Value>> {
+        let caller = caller(ctx)?;
+        let metadata = authority(ctx)
+            .client_metadata(caller, &client_id_input(&self.client_id)?)
+            .await
+            .map_err(mapped)?;
+        Ok(Json(serde_json::Value::Object(metadata)))
+    }
 }
 
 /// A change made in the tenant, or a token issued or revoked: who did what to what, and when.
@@ -186,6 +241,17 @@ pub enum GrantType {
     AuthorizationCode,
 }
 
+impl From<DomainGrant> for GrantType {
+    fn from(g: DomainGrant) -> Self {
+        match g {
+            DomainGrant::ClientCredentials => GrantType::ClientCredentials,
+            DomainGrant::Otp => GrantType::Otp,
+            DomainGrant::RefreshToken => GrantType::RefreshToken,
+            DomainGrant::AuthorizationCode => GrantType::AuthorizationCode,
+        }
+    }
+}
+
 impl From<GrantType> for DomainGrant {
     fn from(g: GrantType) -> Self {
         match g {
@@ -202,12 +268,26 @@ pub struct CreateClientInput {
     pub name: String,
     /// Default: none.
     pub scopes: Option<Vec<String>>,
-    /// Default: CLIENT_CREDENTIALS for confidential clients; OTP and REFRESH_TOKEN for public.
+    /// Default: CLIENT_CREDENTIALS for confidential clients; OTP, REFRESH_TOKEN and
+    /// AUTHORIZATION_CODE for public.
     pub grant_types: Option<Vec<GrantType>>,
     /// A public client has no secret (an app on people's devices).
     pub public: Option<bool>,
     /// The system this client is the device of.
     pub system_uuid: Option<Uuid>,
+    /// Where the authorization endpoint may send people back, compared as exact strings:
+    /// `https://…`, `http://127.0.0.1:PORT/…` (any port when registered without one),
+    /// `http://[::1]…`, `http://localhost…`, or a private-use scheme (`com.example.app:/cb`).
+    pub redirect_uris: Option<Vec<String>>,
+    /// Where logout may send people back; the same rules.
+    pub post_logout_redirect_uris: Option<Vec<String>>,
+}
+
+fn redirect_uris(list: Option<Vec<String>>) -> Result<Vec<RedirectUri>> {
+    list.unwrap_or_default()
+        .iter()
+        .map(|u| RedirectUri::parse(u).map_err(|e| error("BAD_USER_INPUT", e.to_string())))
+        .collect()
 }
 
 #[derive(SimpleObject)]
@@ -264,6 +344,39 @@ impl Query {
             .await
             .map_err(mapped)?;
         Ok(tokens.into_iter().map(Into::into).collect())
+    }
+
+    /// A registered client. Needs `lanyard:clients:read`.
+    async fn client(&self, ctx: &Context<'_>, client_id: String) -> Result<Client> {
+        let caller = caller(ctx)?;
+        let c = authority(ctx)
+            .client(caller, &client_id_input(&client_id)?)
+            .await
+            .map_err(mapped)?;
+        Ok(Client {
+            client_id: c.client_id.to_string(),
+            name: c.name,
+            public: c.public,
+            scopes: c.scopes.iter().map(ToString::to_string).collect(),
+            grant_types: c.grant_types.into_iter().map(Into::into).collect(),
+            system_uuid: c.system_id.map(|s| s.uuid()),
+            redirect_uris: c.redirect_uris.iter().map(ToString::to_string).collect(),
+            post_logout_redirect_uris: c
+                .post_logout_redirect_uris
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        })
+    }
+
+    /// A person of the tenant. Needs `lanyard:users:read`.
+    async fn user(&self, ctx: &Context<'_>, uuid: Uuid) -> Result<User> {
+        let caller = caller(ctx)?;
+        let user = authority(ctx)
+            .read_user(caller, &uuid.into())
+            .await
+            .map_err(mapped)?;
+        Ok(user.into())
     }
 
     /// Needs `lanyard:systems:read`.
@@ -326,11 +439,7 @@ impl Query {
                 .user(&caller.tenant, &id)
                 .await
                 .map_err(mapped)?
-                .map(|u| User {
-                    uuid: u.id.uuid(),
-                    email: u.email,
-                    name: u.name,
-                }),
+                .map(User::from),
             None => None,
         };
         Ok(Principal {
@@ -446,11 +555,73 @@ impl Mutation {
             )
             .await
             .map_err(mapped)?;
-        Ok(User {
-            uuid: user.id.uuid(),
-            email: user.email,
-            name: user.name,
-        })
+        Ok(user.into())
+    }
+
+    /// Sets one key of a person's token metadata (merged into userinfo). Needs
+    /// `lanyard:token-metadata:write` and every `lanyard:` scope the person holds.
+    async fn set_user_metadata(
+        &self,
+        ctx: &Context<'_>,
+        user_uuid: Uuid,
+        key: String,
+        value: Json<serde_json::Value>,
+    ) -> Result<bool> {
+        let caller = caller(ctx)?;
+        authority(ctx)
+            .change_user_metadata(caller, &user_uuid.into(), &key, Some(value.0))
+            .await
+            .map_err(mapped)?;
+        Ok(true)
+    }
+
+    /// Deletes one key of a person's token metadata; deleting a key that is not there is not
+    /// an error. Needs what `setUserMetadata` needs.
+    async fn delete_user_metadata(
+        &self,
+        ctx: &Context<'_>,
+        user_uuid: Uuid,
+        key: String,
+    ) -> Result<bool> {
+        let caller = caller(ctx)?;
+        authority(ctx)
+            .change_user_metadata(caller, &user_uuid.into(), &key, None)
+            .await
+            .map_err(mapped)?;
+        Ok(true)
+    }
+
+    /// Sets one key of a client's token metadata (in introspection answers as
+    /// `client_metadata`). Needs `lanyard:token-metadata:write` and every `lanyard:` scope the
+    /// client holds.
+    async fn set_client_metadata(
+        &self,
+        ctx: &Context<'_>,
+        client_id: String,
+        key: String,
+        value: Json<serde_json::Value>,
+    ) -> Result<bool> {
+        let caller = caller(ctx)?;
+        authority(ctx)
+            .change_client_metadata(caller, &client_id_input(&client_id)?, &key, Some(value.0))
+            .await
+            .map_err(mapped)?;
+        Ok(true)
+    }
+
+    /// Deletes one key of a client's token metadata. Needs what `setClientMetadata` needs.
+    async fn delete_client_metadata(
+        &self,
+        ctx: &Context<'_>,
+        client_id: String,
+        key: String,
+    ) -> Result<bool> {
+        let caller = caller(ctx)?;
+        authority(ctx)
+            .change_client_metadata(caller, &client_id_input(&client_id)?, &key, None)
+            .await
+            .map_err(mapped)?;
+        Ok(true)
     }
 
     /// Needs `lanyard:users:write`, and every `lanyard:` scope the user holds. The user's local
@@ -523,6 +694,8 @@ impl Mutation {
                 .collect(),
             public: input.public.unwrap_or(false),
             system_id: input.system_uuid.map(Into::into),
+            redirect_uris: redirect_uris(input.redirect_uris)?,
+            post_logout_redirect_uris: redirect_uris(input.post_logout_redirect_uris)?,
             ..NewClient::default()
         };
         let registration = authority(ctx)

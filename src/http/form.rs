@@ -84,7 +84,7 @@ impl Form {
 }
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, escapes must decode to UTF-8.
-fn decode(raw: &str) -> Result<String, OAuthError> {
+pub(super) fn decode(raw: &str) -> Result<String, OAuthError> {
     let spaced = raw.replace('+', " ");
     percent_decode_str(&spaced)
         .decode_utf8()

@@ -1,5 +1,6 @@
 //! The HTTP door (axum): OAuth endpoints under `/t/{slug}` (token, introspection, revocation,
-//! userinfo, sign-in codes), discovery, health. GraphQL is its own door, merged in by `app`.
+//! userinfo, sign-in codes), the browser's sign-in (`web`), forward auth for web servers
+//! (`validate`), discovery, health. GraphQL is its own door, merged in by `app`.
 //! [`serve`] is the listener both are served on: connection caps, header and idle timeouts,
 //! and the source address each request carries for the rate limits.
 //!
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -26,6 +27,8 @@ mod health;
 mod oauth;
 mod offline_trust;
 pub mod serve;
+mod validate;
+mod web;
 
 pub use error::OAuthResponse;
 
@@ -63,7 +66,17 @@ pub fn router(
             "/oauth2/userinfo",
             get(oauth::userinfo).post(oauth::userinfo),
         )
-        .route("/auth/send-otp", post(oauth::send_otp));
+        .route("/auth/send-otp", post(oauth::send_otp))
+        .route("/oauth2/authorize", get(web::authorize))
+        .route(
+            "/auth/sign-in",
+            get(web::sign_in_page).post(web::sign_in_email),
+        )
+        .route("/auth/code", post(web::sign_in_code))
+        .route("/auth/link", get(web::sign_in_link))
+        .route("/oauth2/logout", get(web::logout).post(web::logout))
+        .route("/assets/lanyard.css", get(web::stylesheet))
+        .route("/validate", any(validate::validate));
     Router::new()
         .nest("/t/{slug}", tenant_routes)
         .route("/healthz", get(health::healthz))

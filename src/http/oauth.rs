@@ -63,13 +63,11 @@ async fn issue(
         GrantType::RefreshToken => GrantRequest::Refresh {
             refresh_token: form.require("refresh_token")?,
         },
-        other => {
-            return Err(OAuthError::new(
-                OAuthErrorCode::UnsupportedGrantType,
-                format!("grant_type {other} is not supported by this server"),
-            )
-            .into());
-        }
+        GrantType::AuthorizationCode => GrantRequest::AuthorizationCode {
+            code: form.require("code")?,
+            redirect_uri: form.require("redirect_uri")?,
+            code_verifier: form.require("code_verifier")?,
+        },
     };
     let creds = client_credentials(headers, &form, peer)?;
     let issued = state
@@ -101,7 +99,7 @@ pub async fn introspect(
     let token = form.require("token")?;
     let body = match state.authority.introspect(&tenant, &caller, token).await? {
         None => json!({ "active": false }),
-        Some(verified) => {
+        Some((verified, client_metadata)) => {
             let c = verified.claims;
             let mut out = Map::new();
             out.insert("active".into(), Value::Bool(true));
@@ -117,6 +115,9 @@ pub async fn introspect(
             out.insert("jti".into(), c.jti.into());
             if let Some(system) = c.system {
                 out.insert("system".into(), system.into());
+            }
+            if let Some(metadata) = client_metadata.filter(|m| !m.is_empty()) {
+                out.insert("client_metadata".into(), Value::Object(metadata));
             }
             Value::Object(out)
         }

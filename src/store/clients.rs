@@ -19,11 +19,14 @@ pub struct ClientRow {
     pub metadata: String,
     pub created_at: i64,
     pub secret_rotated_at: i64,
+    /// JSON arrays of exact strings (SPEC §9).
+    pub redirect_uris: String,
+    pub post_logout_redirect_uris: String,
 }
 
 const INSERT: &str = "INSERT INTO clients
-    (client_id, tenant_id, name, is_public, secret_hash, scopes, grant_types, system_id, metadata, created_at, secret_rotated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    (client_id, tenant_id, name, is_public, secret_hash, scopes, grant_types, system_id, metadata, created_at, secret_rotated_at, redirect_uris, post_logout_redirect_uris)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 pub async fn insert(db: &Db, audit: &AuditRow, c: &ClientRow) -> StoreResult<()> {
     audited!(db, audit, tx => sqlx::query(INSERT)
@@ -38,13 +41,15 @@ pub async fn insert(db: &Db, audit: &AuditRow, c: &ClientRow) -> StoreResult<()>
         .bind(&c.metadata)
         .bind(c.created_at)
         .bind(c.secret_rotated_at)
+        .bind(&c.redirect_uris)
+        .bind(&c.post_logout_redirect_uris)
         .execute(&mut *tx)
         .await?
         .rows_affected());
     Ok(())
 }
 
-const FIND: &str = "SELECT client_id, tenant_id, name, is_public, secret_hash, scopes, grant_types, system_id, metadata, created_at, secret_rotated_at
+const FIND: &str = "SELECT client_id, tenant_id, name, is_public, secret_hash, scopes, grant_types, system_id, metadata, created_at, secret_rotated_at, redirect_uris, post_logout_redirect_uris
     FROM clients WHERE tenant_id = $1 AND client_id = $2";
 
 pub async fn find(db: &Db, tenant_id: &str, client_id: &str) -> StoreResult<Option<ClientRow>> {

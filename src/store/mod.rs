@@ -33,6 +33,7 @@ pub mod events;
 pub mod jobs;
 pub mod key_encryption;
 pub mod local_tokens;
+pub mod metadata;
 pub mod otp;
 pub mod refresh_tokens;
 pub mod revocations;
@@ -43,6 +44,7 @@ pub mod status_lists;
 pub mod systems;
 pub mod tenants;
 pub mod users;
+pub mod web_sign_in;
 
 /// The database, on either driver.
 #[derive(Clone, Debug)]
