@@ -1,9 +1,10 @@
 //! The demo seed (SPEC §1): on a first start with an empty database and `[demo] seed = true`, a
 //! `demo` tenant with a system, a role, a person holding that role on the system, a public app
-//! client people sign in with, and a device client bound to the system, with a random secret.
+//! client people sign in with (also on the web, from any loopback port), and a device client bound to the system, with a random secret.
 
 use super::{Authority, NewClient, Result, Tenant};
 use crate::crypto::Secret;
+use crate::domain::web::RedirectUri;
 use crate::domain::{ClientId, GrantType, ScopeSet, Slug, SystemId};
 use crate::store::tenants;
 
@@ -11,6 +12,8 @@ pub const DEMO_SLUG: &str = "demo";
 pub const DEMO_DEVICE_CLIENT: &str = "demo-device";
 pub const DEMO_APP_CLIENT: &str = "demo-app";
 pub const DEMO_USER_EMAIL: &str = "demo@example.com";
+/// Where the demo app may send people back after signing in on the web (any loopback port).
+pub const DEMO_APP_REDIRECT_URI: &str = "http://127.0.0.1/callback";
 
 /// What the seed created, for the start-up message. The secret exists nowhere else.
 #[derive(Debug)]
@@ -65,6 +68,13 @@ impl Authority {
                 NewClient {
                     name: "Demo App".into(),
                     public: true,
+                    // `cargo run --example web_app` on any port of the loopback address.
+                    redirect_uris: vec![
+                        RedirectUri::parse(DEMO_APP_REDIRECT_URI).expect("a valid redirect URI"),
+                    ],
+                    post_logout_redirect_uris: vec![
+                        RedirectUri::parse("http://127.0.0.1/").expect("a valid redirect URI"),
+                    ],
                     client_id: Some(ClientId::parse(DEMO_APP_CLIENT).expect("a valid client id")),
                     ..NewClient::default()
                 },

@@ -781,7 +781,7 @@ impl Authority {
             .await
             .map_err(server("using an authorization code"))?
         {
-            // Another redemption won the race (or the code just expired).
+            // Another redemption won the race: this one is a second use.
             self.revoke_code_issue(tenant, &hash.0).await?;
             return Err(bad());
         }
@@ -804,14 +804,14 @@ impl Authority {
                 jti,
             )
             .await?;
-        // A second redemption that came while this one issued has revoked the family before
-        // its refresh token was stored: look again.
+        // A second redemption that came while this one issued revoked the family before its
+        // refresh token was stored: revoke again. This answer still stands (of concurrent
+        // redemptions exactly one is answered with tokens), but what it carries is revoked.
         let again = store::find_code(&self.db, &tenant.id, &hash.0)
             .await
             .map_err(server("reading an authorization code"))?;
         if again.is_some_and(|c| c.reused) {
             self.revoke_code_issue(tenant, &hash.0).await?;
-            return Err(bad());
         }
         Ok(issued)
     }

@@ -1,0 +1,85 @@
+//! Token metadata (SPEC §9) through GraphQL, and where it shows: userinfo for a person,
+//! introspection for a client.
+
+use serde_json::{Value, json};
+
+use crate::graphql::{code, gql};
+use crate::mqtt::device;
+use crate::signin::{app_client, person, sign_in};
+
+const SET_USER: &str = "mutation($u: UUID!, $k: String!, $v: JSON!) { setUserMetadata(userUuid: $u, key: $k, value: $v) }";
+const DELETE_USER: &str =
+    "mutation($u: UUID!, $k: String!) { deleteUserMetadata(userUuid: $u, key: $k) }";
+const SET_CLIENT: &str = "mutation($c: String!, $k: String!, $v: JSON!) { setClientMetadata(clientId: $c, key: $k, value: $v) }";
+
+on_both_databases! {
+    async fn a_persons_metadata_is_set_read_merged_into_userinfo_and_deleted(app) {
+        let t = app.tenant("acme").await;
+        let admin = app.admin_token(&t).await;
+        let ada = person(&app, &t, "ada@example.com", "").await;
+        let u = ada.id.to_string();
+        let body = gql(&app, Some(&admin), SET_USER, json!({"u": u, "k": "plan", "v": {"tier": "gold", "seats": 3}})).await;
+        assert_eq!(body["data"]["setUserMetadata"], true, "{body}");
+        let body = gql(&app, Some(&admin), "query($u: UUID!) { user(uuid: $u) { email metadata } }", json!({"u": u})).await;
+        assert_eq!(body["data"]["user"]["metadata"], json!({"ingest_context": "site-7", "plan": {"tier": "gold", "seats": 3}}), "{body}");
+
+        let client = app_client(&app, &t).await;
+        let tokens = sign_in(&app, "acme", &client, "ada@example.com").await;
+        let info: Value = app.http.get(app.url("/t/acme/oauth2/userinfo")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+        assert_eq!(info["plan"]["tier"], "gold");
+        assert_eq!(info["email"], "ada@example.com");
+
+        let body = gql(&app, Some(&admin), DELETE_USER, json!({"u": u, "k": "plan"})).await;
+        assert_eq!(body["data"]["deleteUserMetadata"], true);
+        let info: Value = app.http.get(app.url("/t/acme/oauth2/userinfo")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+        assert!(info.get("plan").is_none(), "{info}");
+    }
+
+    async fn keys_values_and_rights_are_checked(app) {
+        let t = app.tenant("acme").await;
+        let admin = app.admin_token(&t).await;
+        let ada = person(&app, &t, "ada@example.com", "").await;
+        let u = ada.id.to_string();
+        for key in ["sub", "email", "name", "client_id", "act", "Plan", "2fa", "a-b", ""] {
+            let body = gql(&app, Some(&admin), SET_USER, json!({"u": u, "k": key, "v": 1})).await;
+            assert_eq!(code(&body), "BAD_USER_INPUT", "{key}: {body}");
+        }
+        let big = "x".repeat(17 * 1024);
+        let body = gql(&app, Some(&admin), SET_USER, json!({"u": u, "k": "blob", "v": big})).await;
+        assert_eq!(code(&body), "BAD_USER_INPUT", "{body}");
+        let body = gql(&app, Some(&admin), SET_USER, json!({"u": uuid::Uuid::new_v4(), "k": "plan", "v": 1})).await;
+        assert_eq!(code(&body), "NOT_FOUND", "{body}");
+
+        // The scope, and every lanyard: scope of the person changed.
+        let (_, users_only) = device(&app, &t, None, "lanyard:users:write lanyard:users:read").await;
+        let body = gql(&app, Some(&users_only), SET_USER, json!({"u": u, "k": "plan", "v": 1})).await;
+        assert_eq!(code(&body), "FORBIDDEN", "{body}");
+        let body = gql(&app, Some(&users_only), "query($u: UUID!) { user(uuid: $u) { metadata } }", json!({"u": u})).await;
+        assert_eq!(code(&body), "FORBIDDEN", "reading needs token-metadata:read: {body}");
+        let (_, writer) = device(&app, &t, None, "lanyard:token-metadata:write").await;
+        let boss = person(&app, &t, "boss@example.com", "lanyard:keys:write").await;
+        let body = gql(&app, Some(&writer), SET_USER, json!({"u": boss.id.to_string(), "k": "plan", "v": 1})).await;
+        assert_eq!(code(&body), "FORBIDDEN", "a person with more rights: {body}");
+        let body = gql(&app, Some(&writer), SET_USER, json!({"u": u, "k": "plan", "v": 1})).await;
+        assert_eq!(body["data"]["setUserMetadata"], true, "{body}");
+        let body = gql(&app, Some(&writer), SET_CLIENT, json!({"c": t.admin_id.to_string(), "k": "plan", "v": 1})).await;
+        assert_eq!(code(&body), "FORBIDDEN", "the admin client has more rights: {body}");
+    }
+
+    async fn a_clients_metadata_travels_in_introspection(app) {
+        let t = app.tenant("acme").await;
+        let admin = app.admin_token(&t).await;
+        let (id, token) = device(&app, &t, None, "").await;
+        let body = gql(&app, Some(&admin), SET_CLIENT, json!({"c": id.to_string(), "k": "site", "v": "plant-4"})).await;
+        assert_eq!(body["data"]["setClientMetadata"], true, "{body}");
+        let body = gql(&app, Some(&admin), "query($c: String!) { client(clientId: $c) { name metadata } }", json!({"c": id.to_string()})).await;
+        assert_eq!(body["data"]["client"]["metadata"], json!({"site": "plant-4"}), "{body}");
+        let answer = app.introspect(&t, &token).await;
+        assert_eq!(answer["client_metadata"], json!({"site": "plant-4"}), "{answer}");
+        let plain = app.introspect(&t, &admin).await;
+        assert!(plain.get("client_metadata").is_none(), "no metadata, no member: {plain}");
+        let body = gql(&app, Some(&admin), "mutation($c: String!) { deleteClientMetadata(clientId: $c, key: \"site\") }", json!({"c": id.to_string()})).await;
+        assert_eq!(body["data"]["deleteClientMetadata"], true, "{body}");
+        assert!(app.introspect(&t, &token).await.get("client_metadata").is_none());
+    }
+}
