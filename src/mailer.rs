@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use lettre::message::{Mailbox, header::ContentType};
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Body, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
@@ -60,9 +61,17 @@ fn message(from: &Mailbox, mail: &Mail) -> anyhow::Result<Message> {
         .to(mail.to.parse().context("recipient address")?)
         .subject(mail.subject.clone())
         .header(ContentType::TEXT_PLAIN)
-        // RFC 5322 §2.3: lines end in CRLF.
-        .body(mail.body.replace("\r\n", "\n").replace('\n', "\r\n"))
+        .body(body(&mail.body))
         .context("building the message")
+}
+
+/// The text as sent: lines end in CRLF (RFC 5322 §2.3), and ASCII text goes as it is (7bit,
+/// lines up to 998 characters), so a sign-in link stays one line a person can copy; other text
+/// gets the encoding lettre picks.
+fn body(text: &str) -> Body {
+    let text = text.replace("\r\n", "\n").replace('\n', "\r\n");
+    Body::new_with_encoding(text.clone(), ContentTransferEncoding::SevenBit)
+        .unwrap_or_else(|_| Body::new(text))
 }
 
 struct FileMailer {

@@ -150,12 +150,36 @@ fn read_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty() && v.len() <= 128)
 }
 
-struct Pages<'a> {
-    state: &'a HttpState,
-    tenant: &'a Tenant,
+/// The pages of one tenant, as one request answers them.
+struct Pages {
+    state: HttpState,
+    tenant: Tenant,
 }
 
-impl Pages<'_> {
+impl Pages {
+    /// The tenant named in the path, or a plain 404 (500 if it cannot be read).
+    async fn open(state: &HttpState, slug: &str) -> Result<Pages, Response> {
+        match tenant(&state.authority, slug).await {
+            Ok(tenant) => Ok(Pages {
+                state: state.clone(),
+                tenant,
+            }),
+            Err(e) => {
+                let status = if e.code == crate::domain::OAuthErrorCode::NotFound {
+                    StatusCode::NOT_FOUND
+                } else {
+                    if let Some(cause) = &e.internal {
+                        cause.log("http");
+                    }
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                let mut r = (status, e.description).into_response();
+                security_headers(r.headers_mut());
+                Err(r)
+            }
+        }
+    }
+
     fn secure(&self) -> bool {
         self.state
             .authority
@@ -166,7 +190,7 @@ impl Pages<'_> {
     }
 
     fn message(&self, status: StatusCode, heading: &str, message: &str) -> Answer {
-        let base = base(self.tenant);
+        let base = base(&self.tenant);
         let html = MessagePage {
             base: &base,
             tenant_name: &self.tenant.name,
@@ -180,7 +204,7 @@ impl Pages<'_> {
     }
 
     fn sign_in(&self, pending: &PendingSignIn, error: Option<&str>) -> Answer {
-        let base = base(self.tenant);
+        let base = base(&self.tenant);
         let html = SignInPage {
             base: &base,
             tenant_name: &self.tenant.name,
@@ -232,29 +256,13 @@ impl Pages<'_> {
             .session_ttl
             .as_secs_i64();
         Answer::redirect(done.redirect).cookie(cookie(
-            self.tenant,
+            &self.tenant,
             self.secure(),
             SESSION_COOKIE,
             done.session.expose(),
             ttl,
         ))
     }
-}
-
-async fn pages_for<'a>(state: &'a HttpState, slug: &str) -> Result<Tenant, Response> {
-    tenant(&state.authority, slug).await.map_err(|e| {
-        let status = if e.code == crate::domain::OAuthErrorCode::NotFound {
-            StatusCode::NOT_FOUND
-        } else {
-            if let Some(cause) = &e.internal {
-                cause.log("http");
-            }
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        let mut r = (status, e.description).into_response();
-        security_headers(r.headers_mut());
-        r
-    })
 }
 
 /// The parameters of a query string, each once; names given twice are listed.
@@ -295,29 +303,26 @@ pub async fn authorize(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let tenant = match pages_for(&state, &slug).await {
-        Ok(t) => t,
+    let pages = match Pages::open(&state, &slug).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    let pages = Pages {
-        state: &state,
-        tenant: &tenant,
-    };
+    let tenant = &pages.tenant;
     let authority = &state.authority;
     let params = match authorize_params(query.as_deref()) {
         Ok(p) => p,
         Err(e) => return pages.refused(WebError::Page(e)).into_response(),
     };
-    let auth = match authority.authorization_request(&tenant, params).await {
+    let auth = match authority.authorization_request(tenant, params).await {
         Ok(a) => a,
         Err(e) => return pages.refused(e).into_response(),
     };
     if auth.prompt != Prompt::Login
         && let Some(session) = read_cookie(&headers, SESSION_COOKIE)
     {
-        match authority.web_session(&tenant, session).await {
+        match authority.web_session(tenant, session).await {
             Ok(Some(user)) => {
-                return match authority.authorize_signed_in(&tenant, &auth, &user).await {
+                return match authority.authorize_signed_in(tenant, &auth, &user).await {
                     Ok(location) => Answer::redirect(location).into_response(),
                     Err(e) => pages.refused(e).into_response(),
                 };
@@ -327,14 +332,14 @@ pub async fn authorize(
         }
     }
     if auth.prompt == Prompt::None {
-        return Answer::redirect(authority.login_required(&tenant, &auth)).into_response();
+        return Answer::redirect(authority.login_required(tenant, &auth)).into_response();
     }
     let (browser, new_cookie) = match read_cookie(&headers, BROWSER_COOKIE) {
         Some(b) => (Secret::new(b), None),
         None => {
             let b = Secret::generate();
             let c = cookie(
-                &tenant,
+                tenant,
                 pages.secure(),
                 BROWSER_COOKIE,
                 b.expose(),
@@ -343,7 +348,7 @@ pub async fn authorize(
             (b, Some(c))
         }
     };
-    match authority.begin_sign_in(&tenant, &auth, &browser).await {
+    match authority.begin_sign_in(tenant, &auth, &browser).await {
         Ok(pending) => {
             let mut answer = pages.sign_in(&pending, None);
             if let Some(c) = new_cookie {
@@ -362,19 +367,16 @@ pub async fn sign_in_page(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let tenant = match pages_for(&state, &slug).await {
-        Ok(t) => t,
+    let pages = match Pages::open(&state, &slug).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    let pages = Pages {
-        state: &state,
-        tenant: &tenant,
-    };
+    let tenant = &pages.tenant;
     let query = Form::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let id = query.get("request").unwrap_or("");
     match state
         .authority
-        .pending_sign_in(&tenant, id, read_cookie(&headers, BROWSER_COOKIE))
+        .pending_sign_in(tenant, id, read_cookie(&headers, BROWSER_COOKIE))
         .await
     {
         Ok(mut pending) => {
@@ -389,7 +391,7 @@ pub async fn sign_in_page(
 
 /// The fields a page's form posted, or the page saying it could not be read.
 fn posted(
-    pages: &Pages<'_>,
+    pages: &Pages,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Form, Answer> {
@@ -410,14 +412,11 @@ pub async fn sign_in_email(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let tenant = match pages_for(&state, &slug).await {
-        Ok(t) => t,
+    let pages = match Pages::open(&state, &slug).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    let pages = Pages {
-        state: &state,
-        tenant: &tenant,
-    };
+    let tenant = &pages.tenant;
     let form = match posted(&pages, &headers, body) {
         Ok(f) => f,
         Err(a) => return a.into_response(),
@@ -427,7 +426,7 @@ pub async fn sign_in_email(
     let authority = &state.authority;
     let done = authority
         .sign_in_email(
-            &tenant,
+            tenant,
             id,
             browser,
             form.get("csrf").unwrap_or(""),
@@ -438,12 +437,12 @@ pub async fn sign_in_email(
     match done {
         Ok(()) => Answer::redirect(format!(
             "{}/auth/sign-in?request={}",
-            base(&tenant),
+            base(tenant),
             url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
         ))
         .into_response(),
         Err(WebError::Retry(message)) => {
-            match authority.pending_sign_in(&tenant, id, browser).await {
+            match authority.pending_sign_in(tenant, id, browser).await {
                 Ok(mut pending) => {
                     pending.email = None;
                     pending.login_hint = form.get("email").map(str::to_owned);
@@ -463,14 +462,11 @@ pub async fn sign_in_code(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let tenant = match pages_for(&state, &slug).await {
-        Ok(t) => t,
+    let pages = match Pages::open(&state, &slug).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    let pages = Pages {
-        state: &state,
-        tenant: &tenant,
-    };
+    let tenant = &pages.tenant;
     let form = match posted(&pages, &headers, body) {
         Ok(f) => f,
         Err(a) => return a.into_response(),
@@ -480,7 +476,7 @@ pub async fn sign_in_code(
     let authority = &state.authority;
     let done = authority
         .sign_in_code(
-            &tenant,
+            tenant,
             id,
             browser,
             form.get("csrf").unwrap_or(""),
@@ -490,7 +486,7 @@ pub async fn sign_in_code(
     match done {
         Ok(done) => pages.signed_in(done).into_response(),
         Err(WebError::Retry(message)) => {
-            match authority.pending_sign_in(&tenant, id, browser).await {
+            match authority.pending_sign_in(tenant, id, browser).await {
                 Ok(pending) => pages.sign_in(&pending, Some(&message)).into_response(),
                 Err(e) => pages.refused(e).into_response(),
             }
@@ -506,19 +502,16 @@ pub async fn sign_in_link(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let tenant = match pages_for(&state, &slug).await {
-        Ok(t) => t,
+    let pages = match Pages::open(&state, &slug).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    let pages = Pages {
-        state: &state,
-        tenant: &tenant,
-    };
+    let tenant = &pages.tenant;
     let query = Form::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     match state
         .authority
         .sign_in_link(
-            &tenant,
+            tenant,
             query.get("request").unwrap_or(""),
             query.get("token").unwrap_or(""),
             read_cookie(&headers, BROWSER_COOKIE),
@@ -539,14 +532,11 @@ pub async fn logout(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let tenant = match pages_for(&state, &slug).await {
-        Ok(t) => t,
+    let pages = match Pages::open(&state, &slug).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    let pages = Pages {
-        state: &state,
-        tenant: &tenant,
-    };
+    let tenant = &pages.tenant;
     let from_body = headers.contains_key(header::CONTENT_TYPE);
     let params = if from_body {
         Form::from_request(&headers, body)
@@ -563,20 +553,17 @@ pub async fn logout(
     };
     let authority = &state.authority;
     if let Some(session) = read_cookie(&headers, SESSION_COOKIE)
-        && let Err(e) = authority.end_web_session(&tenant, session).await
+        && let Err(e) = authority.end_web_session(tenant, session).await
     {
         return pages.refused(e).into_response();
     }
-    let expired = cookie(&tenant, pages.secure(), SESSION_COOKIE, "", 0);
+    let expired = cookie(tenant, pages.secure(), SESSION_COOKIE, "", 0);
     let target = match (
         params.get("client_id"),
         params.get("post_logout_redirect_uri"),
     ) {
         (Some(client_id), Some(uri)) => {
-            match authority
-                .post_logout_redirect(&tenant, client_id, uri)
-                .await
-            {
+            match authority.post_logout_redirect(tenant, client_id, uri).await {
                 Ok(target) => target,
                 Err(e) => return pages.refused(e).into_response(),
             }

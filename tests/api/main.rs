@@ -27,6 +27,7 @@ mod mqtt_packets;
 mod nats;
 #[path = "../support/nats_cluster.rs"]
 mod nats_cluster;
+mod nginx;
 mod nodes;
 mod offline_trust;
 mod reauth;
