@@ -734,6 +734,13 @@ impl Settings {
                 t.status_list_ttl
             )));
         }
+        let session = self.web.session_ttl.as_secs();
+        if !(60..=30 * 86_400).contains(&session) {
+            return Err(invalid(format!(
+                "web.session_ttl = {} must be between 1m and 30D",
+                self.web.session_ttl
+            )));
+        }
         self.nats.validate()?;
         if self.nats.enabled()
             && crate::nats::translate_prefix(self.mqtt.topic_prefix.as_str()).is_none()
