@@ -65,13 +65,21 @@ fn message(from: &Mailbox, mail: &Mail) -> anyhow::Result<Message> {
         .context("building the message")
 }
 
-/// The text as sent: lines end in CRLF (RFC 5322 §2.3), and ASCII text goes as it is (7bit,
-/// lines up to 998 characters), so a sign-in link stays one line a person can copy; other text
-/// gets the encoding lettre picks.
+/// The text as sent: lines end in CRLF (RFC 5322 §2.3), and ASCII text with lines of at most
+/// 998 characters (RFC 5322 §2.1.1) goes as it is (7bit), so a sign-in link stays one line a
+/// person can copy; lettre would quote any line past 76 characters. Other text gets the
+/// encoding lettre picks.
 fn body(text: &str) -> Body {
     let text = text.replace("\r\n", "\n").replace('\n', "\r\n");
-    Body::new_with_encoding(text.clone(), ContentTransferEncoding::SevenBit)
-        .unwrap_or_else(|_| Body::new(text))
+    let plain = text.bytes().all(|b| b.is_ascii() && b != 0)
+        && text
+            .split("\r\n")
+            .all(|line| line.len() <= 998 && !line.contains('\r'));
+    if plain {
+        Body::dangerous_pre_encoded(text.into_bytes(), ContentTransferEncoding::SevenBit)
+    } else {
+        Body::new(text)
+    }
 }
 
 struct FileMailer {
@@ -132,5 +140,29 @@ impl Mailer for LogMailer {
             tracing::warn!(to = %mail.to, subject = %mail.subject, "mail (log mailer):\n{}", mail.body);
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ascii_mail_keeps_its_long_lines_whole() {
+        let link = format!(
+            "https://lanyard.example/t/demo/auth/link?request={}&token={}",
+            "a".repeat(43),
+            "b".repeat(43)
+        );
+        let b = body(&format!("Hello,\n\n{link}\n"));
+        assert_eq!(b.encoding(), ContentTransferEncoding::SevenBit);
+        assert_eq!(
+            String::from_utf8(b.into_vec()).unwrap(),
+            format!("Hello,\r\n\r\n{link}\r\n")
+        );
+        let other = body("Hallo Zoë,\n");
+        assert_ne!(other.encoding(), ContentTransferEncoding::SevenBit);
+        let endless = body(&"x".repeat(1200));
+        assert_ne!(endless.encoding(), ContentTransferEncoding::SevenBit);
     }
 }
