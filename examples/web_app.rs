@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Open <http://127.0.0.1:3000>, click "Sign in", type `demo@example.com`, and the code lanyard
-//! mails (with the default `[mailer] kind = "log"` it is in lanyard's log). Settings come from
+//! mails (with the shipped `broker.toml`, a file in `data/outbox`). Settings come from
 //! the environment: `LANYARD_ISSUER` (default `http://127.0.0.1:8080/t/demo`), `CLIENT_ID`
 //! (default `demo-app`) and `LISTEN` (default `127.0.0.1:3000`). The client must have
 //! registered `http://127.0.0.1/callback` (any port on the loopback address) as a redirect URI

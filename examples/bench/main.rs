@@ -58,6 +58,7 @@ mod report;
 mod restart;
 mod setup;
 mod tokens;
+mod web;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,9 +79,9 @@ struct Args {
 }
 
 /// The figures `--only` knows.
-const FIGURES: [&str; 10] = [
-    "tokens", "audit", "graphql", "connect", "publish", "latency", "idle", "restart", "metrics",
-    "nats",
+const FIGURES: [&str; 11] = [
+    "tokens", "audit", "web", "graphql", "connect", "publish", "latency", "idle", "restart",
+    "metrics", "nats",
 ];
 
 impl Args {
@@ -167,6 +168,12 @@ async fn main() -> std::process::ExitCode {
             "[audit]\ntoken_issuance = false\n",
         );
         rows.push(audit::issuance(&l, &off, secs).await);
+    }
+
+    // 2b. Sign-in on the web: code redemptions in turn with client_credentials, and forward auth.
+    if args.wants("web") {
+        eprintln!("- authorization_code redemptions in turn with client_credentials; forward auth");
+        rows.extend(web::measure(&http, &l, secs).await);
     }
 
     let person = person_token(&http, &l).await;

@@ -60,3 +60,23 @@ CREATE TABLE web_sessions (
     expires_at      INTEGER  NOT NULL
 );
 CREATE INDEX web_sessions_expiry ON web_sessions (expires_at);
+
+-- Token metadata's scopes are new in the admin catalogue: an admin client that holds every
+-- scope of the catalogue before them (as `lanyard bootstrap` makes it) gets them too, so an
+-- upgraded tenant's admin can use them and hand them out.
+UPDATE clients SET scopes = scopes || ' lanyard:token-metadata:read lanyard:token-metadata:write'
+WHERE (' ' || scopes || ' ') LIKE '% lanyard:audit:read %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:clients:read %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:clients:write %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:keys:read %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:keys:write %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:local-tokens:read %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:local-tokens:write %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:roles:read %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:roles:write %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:scopes:read %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:scopes:write %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:systems:read %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:systems:write %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:users:read %'
+  AND (' ' || scopes || ' ') LIKE '% lanyard:users:write %';

@@ -171,7 +171,7 @@ impl Authority {
                     e.retry_after = Some(wait);
                     return Err(e);
                 }
-                self.auth_failures.record_failure(&limit_key, now);
+                self.auth_failures.record(&limit_key, now);
                 Err(OAuthError::invalid_client())
             }
         }
@@ -248,7 +248,7 @@ impl Authority {
     /// `lanyard:` scope the client holds may rotate its secret, change or delete it (SPEC §6), or
     /// whoever holds `lanyard:clients:write` could take over the tenant's admin client; and a
     /// client bound to a system also needs `lanyard:local-tokens:read`, as binding one does.
-    async fn managed_client(&self, by: Actor<'_>, client_id: &str) -> Result<Client> {
+    pub(super) async fn managed_client(&self, by: Actor<'_>, client_id: &str) -> Result<Client> {
         let row = clients::find(&self.db, &by.tenant().id, client_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no client {client_id}")))?;

@@ -13,8 +13,7 @@ use subtle::ConstantTimeEq;
 use super::audit::LANYARD;
 use super::clients::{Client, ClientCredentials};
 use super::signin::{CODE_MAX_ATTEMPTS, code_hash};
-use super::web_sign_in::CodeRedemption;
-use super::{Authority, Tenant, User};
+use super::{Authority, Tenant};
 use crate::crypto::{Secret, SecretHash, jws};
 use crate::domain::claims::ACCESS_TOKEN_TYP;
 use crate::domain::{
@@ -23,7 +22,7 @@ use crate::domain::{
 };
 use crate::metrics::Signed;
 use crate::store::audit::Recorder;
-use crate::store::{StoreError, otp, refresh_tokens};
+use crate::store::{StoreError, otp, refresh_tokens, revocations, web_sign_in};
 
 /// What a token request asks for, beyond the client and the scope.
 #[derive(Clone, Copy)]
@@ -51,6 +50,20 @@ impl GrantRequest<'_> {
             GrantRequest::AuthorizationCode { .. } => GrantType::AuthorizationCode,
         }
     }
+}
+
+/// What a person's sign-in issues tokens for.
+pub(super) struct SignIn<'a> {
+    pub user: &'a UserId,
+    pub scope: ScopeSet,
+    /// The sign-in's refresh-token family.
+    pub family: &'a str,
+    pub grant: GrantType,
+    /// The access token's id.
+    pub jti: String,
+    /// For an authorization code's redemption, the code's hash: its refresh token is stored only
+    /// while the code has not been presented again.
+    pub code: Option<&'a [u8]>,
 }
 
 /// A token response (RFC 6749 §5.1).
@@ -139,7 +152,7 @@ impl Authority {
                 redirect_uri,
                 code_verifier,
             } => {
-                self.redeem_authorization_code(
+                self.authorization_code(
                     tenant,
                     &client,
                     CodeRedemption {
@@ -236,11 +249,14 @@ impl Authority {
         self.issue_user_tokens(
             tenant,
             client,
-            &user,
-            scope,
-            &family,
-            GrantType::Otp,
-            uuid::Uuid::new_v4().to_string(),
+            SignIn {
+                user: &user.id,
+                scope,
+                family: &family,
+                grant: GrantType::Otp,
+                jti: uuid::Uuid::new_v4().to_string(),
+                code: None,
+            },
         )
         .await
     }
@@ -308,30 +324,36 @@ impl Authority {
         self.issue_user_tokens(
             tenant,
             client,
-            &user,
-            scope,
-            &row.family_id,
-            GrantType::RefreshToken,
-            uuid::Uuid::new_v4().to_string(),
+            SignIn {
+                user: &user.id,
+                scope,
+                family: &row.family_id,
+                grant: GrantType::RefreshToken,
+                jti: uuid::Uuid::new_v4().to_string(),
+                code: None,
+            },
         )
         .await
     }
 
-    /// An access token `jti` for `user` and, to a client allowed the refresh grant, a refresh
-    /// token of the sign-in `family`.
-    #[allow(clippy::too_many_arguments)]
+    /// An access token for a person's sign-in and, to a client allowed the refresh grant, a
+    /// refresh token of the sign-in's family.
     pub(super) async fn issue_user_tokens(
         &self,
         tenant: &Tenant,
         client: &Client,
-        user: &User,
-        scope: ScopeSet,
-        family: &str,
-        grant: GrantType,
-        jti: String,
+        sign_in: SignIn<'_>,
     ) -> Result<IssuedToken, OAuthError> {
+        let SignIn {
+            user,
+            scope,
+            family,
+            grant,
+            jti,
+            code,
+        } = sign_in;
         let mut issued = self
-            .sign_access_token(tenant, &user.id, client, scope.clone(), grant, jti)
+            .sign_access_token(tenant, user.as_str(), client, scope.clone(), grant, jti)
             .await?;
         if !client.grant_types.contains(&GrantType::RefreshToken) {
             // A refresh token is optional (RFC 6749 §5.1) and of no use to this client.
@@ -339,24 +361,28 @@ impl Authority {
         }
         let refresh = Secret::generate();
         let now = self.now();
-        refresh_tokens::insert(
-            &self.db,
-            &refresh_tokens::RefreshRow {
-                token_hash: refresh.hash().0.to_vec(),
-                family_id: family.to_owned(),
-                tenant_id: tenant.id.to_string(),
-                user_id: user.id.to_string(),
-                client_id: client.client_id.to_string(),
-                scope: scope.to_string(),
-                used: false,
-                revoked: false,
-                created_at: now,
-                expires_at: now + self.settings.tokens.refresh_token_ttl.as_secs_i64(),
-            },
-        )
-        .await
+        let row = refresh_tokens::RefreshRow {
+            token_hash: refresh.hash().0.to_vec(),
+            family_id: family.to_owned(),
+            tenant_id: tenant.id.to_string(),
+            user_id: user.to_string(),
+            client_id: client.client_id.to_string(),
+            scope: scope.to_string(),
+            used: false,
+            revoked: false,
+            created_at: now,
+            expires_at: now + self.settings.tokens.refresh_token_ttl.as_secs_i64(),
+        };
+        let stored = match code {
+            None => refresh_tokens::insert(&self.db, &row).await.map(|()| true),
+            Some(code) => refresh_tokens::insert_unless_code_reused(&self.db, &row, code).await,
+        }
         .map_err(server_error("storing a refresh token"))?;
-        issued.refresh_token = Some(refresh);
+        // A code presented again meanwhile revoked what this redemption issued: its refresh
+        // token is not stored, and not given.
+        if stored {
+            issued.refresh_token = Some(refresh);
+        }
         Ok(issued)
     }
 
@@ -446,6 +472,142 @@ impl Authority {
             scope,
             refresh_token: None,
         })
+    }
+}
+
+/// What a redemption of an authorization code presents besides the client.
+pub struct CodeRedemption<'a> {
+    pub code: &'a str,
+    pub redirect_uri: &'a str,
+    pub code_verifier: &'a str,
+}
+
+impl Authority {
+    /// `authorization_code` (RFC 6749 §4.1.3, RFC 7636 §4.6), for codes from the authorization
+    /// endpoint ([`web_sign_in`](super::web_sign_in)): the code's client, redirect URI and PKCE
+    /// challenge must match, all in the one statement that uses it up. A code presented again
+    /// with its verifier is refused and revokes what its first use issued; a wrong verifier is
+    /// refused and revokes nothing, so whoever merely saw a spent code cannot end the sign-in.
+    /// The scope is the one the code was issued with, a minute ago at most; a person deleted
+    /// since has no codes left.
+    async fn authorization_code(
+        &self,
+        tenant: &Tenant,
+        client: &Client,
+        r: CodeRedemption<'_>,
+    ) -> Result<IssuedToken, OAuthError> {
+        let bad = || {
+            invalid_grant(
+                "the code is not valid, expired, or was issued for another client or redirect_uri",
+            )
+        };
+        if r.code.len() > 256 || r.redirect_uri.len() > crate::domain::web::MAX_REDIRECT_URI_LEN {
+            return Err(bad());
+        }
+        if !crate::domain::web::valid_code_verifier(r.code_verifier) {
+            return Err(OAuthError::invalid_request(
+                "code_verifier must be 43 to 128 characters of A-Z a-z 0-9 - . _ ~",
+            ));
+        }
+        let hash = SecretHash::of(r.code.as_bytes());
+        let challenge = crate::crypto::pkce_s256(r.code_verifier);
+        let now = self.now();
+        let family = uuid::Uuid::new_v4().to_string();
+        let jti = uuid::Uuid::new_v4().to_string();
+        let taken = web_sign_in::take_code(
+            &self.db,
+            &web_sign_in::Redemption {
+                tenant_id: &tenant.id,
+                code_hash: &hash.0,
+                client_id: client.client_id.as_str(),
+                redirect_uri: r.redirect_uri,
+                code_challenge: &challenge,
+                family_id: &family,
+                access_jti: &jti,
+                access_exp: now + self.settings.tokens.access_token_ttl.as_secs_i64(),
+                now,
+            },
+        )
+        .await
+        .map_err(server_error("using an authorization code"))?;
+        let Some((user_id, scope)) = taken else {
+            // Refused: say why, and revoke when it was a second use by the code's owner.
+            let row = web_sign_in::find_code(&self.db, &tenant.id, &hash.0)
+                .await
+                .map_err(server_error("reading an authorization code"))?
+                .ok_or_else(bad)?;
+            if row.client_id != client.client_id.as_str() || row.redirect_uri != r.redirect_uri {
+                return Err(bad());
+            }
+            if row.code_challenge != challenge {
+                return Err(invalid_grant(
+                    "code_verifier does not match the code_challenge",
+                ));
+            }
+            if row.used {
+                self.revoke_code_issue(tenant, &hash.0).await?;
+                return Err(invalid_grant(
+                    "the code was already used; the tokens it gave were revoked",
+                ));
+            }
+            return Err(bad());
+        };
+        let scope = ScopeSet::parse(&scope).map_err(|e| {
+            OAuthError::server_error(Internal::msg("a stored code's scope", e.to_string()))
+        })?;
+        self.issue_user_tokens(
+            tenant,
+            client,
+            SignIn {
+                user: &UserId::stored(user_id),
+                scope,
+                family: &family,
+                grant: GrantType::AuthorizationCode,
+                jti,
+                code: Some(&hash.0),
+            },
+        )
+        .await
+    }
+
+    /// Revokes the access token and the sign-in a used code issued (RFC 6749 §4.1.2).
+    async fn revoke_code_issue(&self, tenant: &Tenant, hash: &[u8]) -> Result<(), OAuthError> {
+        web_sign_in::mark_reused(&self.db, hash)
+            .await
+            .map_err(server_error("marking a code reused"))?;
+        let Some(row) = web_sign_in::find_code(&self.db, &tenant.id, hash)
+            .await
+            .map_err(server_error("reading an authorization code"))?
+        else {
+            return Ok(());
+        };
+        let target = format!("user:{} client:{}", row.user_id, row.client_id);
+        if let Some(family) = &row.family_id {
+            let event = self.event_of(tenant, LANYARD.into(), "sign_in.revoked_on_reuse", &target);
+            refresh_tokens::revoke_family(&self.db, &event, family)
+                .await
+                .map_err(server_error("revoking a sign-in"))?;
+        }
+        if let (Some(jti), Some(exp)) = (&row.access_jti, row.access_exp) {
+            let event = self.event_of(
+                tenant,
+                LANYARD.into(),
+                "token.revoked",
+                format!(
+                    "access_token:{jti} of client:{} (code reused)",
+                    row.client_id
+                ),
+            );
+            revocations::revoke(&self.db, &event, &tenant.id, jti, exp, self.now())
+                .await
+                .map_err(server_error("revoking a token"))?;
+            self.emit(super::Event::AccessTokenRevoked {
+                tenant_id: tenant.id.to_string(),
+                jti: jti.clone(),
+            });
+        }
+        tracing::warn!(tenant = %tenant.slug, %target, "authorization code reused; what it issued was revoked");
+        Ok(())
     }
 }
 

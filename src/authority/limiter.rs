@@ -1,10 +1,10 @@
-//! Rate limiting of failed client authentication (SPEC §3: 429 after 10 failures a minute).
-//!
-//! Counted per presented `client_id` and source address, whether or not such a client exists,
-//! so the limit itself tells an attacker nothing and one source's failures slow down no other.
-//! A limited source is refused only when its credentials are wrong (see
-//! `Authority::authenticate_client`). The table is bounded: when full, windows that have ended are
-//! dropped (at most once a window), and while it is still full new keys go uncounted.
+//! Counting events per key in fixed windows, in memory: failed client authentication (SPEC §3:
+//! 429 after 10 failures a minute, per presented `client_id` and source address, whether or
+//! not such a client exists, so the limit itself tells an attacker nothing and one source's
+//! failures slow down no other; a limited source is refused only when its credentials are
+//! wrong, see `Authority::authenticate_client`), and the hosted sign-in pages a source address
+//! opens (`web_sign_in`). The table is bounded: when full, windows that have ended are dropped
+//! (at most once a window), and while it is still full new keys go uncounted.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,7 +13,7 @@ use crate::domain::UnixTime;
 
 const MAX_ENTRIES: usize = 100_000;
 
-pub struct FailureLimiter {
+pub struct WindowLimiter {
     max_failures: u32,
     window_secs: i64,
     windows: Mutex<Windows>,
@@ -27,16 +27,16 @@ struct Windows {
     swept_at: UnixTime,
 }
 
-impl FailureLimiter {
+impl WindowLimiter {
     pub fn new(max_failures: u32, window_secs: i64) -> Self {
-        FailureLimiter {
+        WindowLimiter {
             max_failures,
             window_secs,
             windows: Mutex::new(Windows::default()),
         }
     }
 
-    /// `Some(seconds to wait)` when `key` has used up its failures in the current window.
+    /// `Some(seconds to wait)` when `key` has used up its events in the current window.
     pub fn blocked(&self, key: &str, now: UnixTime) -> Option<u64> {
         let map = self.windows.lock().expect("limiter lock");
         let (start, count) = *map.by_key.get(key)?;
@@ -44,10 +44,11 @@ impl FailureLimiter {
         (now < ends && count >= self.max_failures).then(|| (ends - now) as u64)
     }
 
-    /// Counts a failure of `key`. While the table is full of windows that have not ended, a
-    /// new key goes uncounted: the limit is a brake on guessing 256-bit secrets, not what keeps
-    /// them safe, and a flood of made-up keys must cost each request no more than a lookup.
-    pub fn record_failure(&self, key: &str, now: UnixTime) {
+    /// Counts an event of `key`. While the table is full of windows that have not ended, a
+    /// new key goes uncounted: the limits are brakes (on guessing 256-bit secrets, on storing
+    /// sign-in requests), not what keeps anything safe, and a flood of made-up keys must cost
+    /// each request no more than a lookup.
+    pub fn record(&self, key: &str, now: UnixTime) {
         let mut guard = self.windows.lock().expect("limiter lock");
         let windows = &mut *guard;
         if windows.by_key.len() >= MAX_ENTRIES && !windows.by_key.contains_key(key) {
@@ -75,10 +76,10 @@ mod tests {
 
     #[test]
     fn blocks_after_the_limit_until_the_window_ends() {
-        let limiter = FailureLimiter::new(3, 60);
+        let limiter = WindowLimiter::new(3, 60);
         for _ in 0..3 {
             assert_eq!(limiter.blocked("c", 100), None);
-            limiter.record_failure("c", 100);
+            limiter.record("c", 100);
         }
         assert_eq!(limiter.blocked("c", 110), Some(50));
         assert_eq!(limiter.blocked("other", 110), None);
@@ -87,11 +88,11 @@ mod tests {
 
     #[test]
     fn a_full_table_counts_no_new_key_until_its_windows_end() {
-        let limiter = FailureLimiter::new(1, 60);
+        let limiter = WindowLimiter::new(1, 60);
         for i in 0..MAX_ENTRIES {
-            limiter.record_failure(&i.to_string(), 100);
+            limiter.record(&i.to_string(), 100);
         }
-        limiter.record_failure("new", 110);
+        limiter.record("new", 110);
         assert_eq!(limiter.blocked("new", 110), None);
         assert_eq!(
             limiter.blocked("0", 110),
@@ -100,7 +101,7 @@ mod tests {
         );
         // Once the windows have ended (and a window after the last sweep), the next failure
         // clears them and is counted.
-        limiter.record_failure("new", 171);
+        limiter.record("new", 171);
         assert_eq!(limiter.blocked("new", 171), Some(60));
         assert_eq!(limiter.windows.lock().unwrap().by_key.len(), 1);
     }

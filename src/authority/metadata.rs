@@ -1,18 +1,18 @@
 //! Token metadata (SPEC §9): JSON values under short keys that people and clients hold.
 //! A person's keys are merged into userinfo; a client's travel in introspection answers as
 //! `client_metadata`. Reading needs `lanyard:token-metadata:read`, changing
-//! `lanyard:token-metadata:write` and, as for every change to a principal (SPEC §6), every
-//! `lanyard:` scope the person or client holds.
+//! `lanyard:token-metadata:write` and what managing the person or client needs (SPEC §6): every
+//! `lanyard:` scope it holds, and for a client bound to a system `lanyard:local-tokens:read`.
 
 use serde_json::{Map, Value};
 
 use super::caller::{TOKEN_METADATA_READ, TOKEN_METADATA_WRITE};
 use super::clients::Client;
 use super::{Actor, Authority, Error, Result};
-use crate::domain::web::{MAX_METADATA_KEYS, MAX_METADATA_VALUE_BYTES, metadata_key_problem};
+use crate::domain::metadata::{MAX_METADATA_KEYS, MAX_METADATA_VALUE_BYTES, metadata_key_problem};
 use crate::domain::{ClientId, UserId};
+use crate::store::clients;
 use crate::store::metadata::{self, Changed, Holder};
-use crate::store::{clients, users};
 
 /// Refuses a key or value that may not be stored (SPEC §9).
 pub(crate) fn check_entry(key: &str, value: &Value) -> Result<()> {
@@ -77,12 +77,7 @@ impl Authority {
     ) -> Result<()> {
         let by = by.into();
         by.require(TOKEN_METADATA_WRITE)?;
-        let tenant = by.tenant();
-        let user = users::find(&self.db, &tenant.id, user_id.as_str())
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no user {user_id}")))?;
-        let held = crate::domain::ScopeSet::parse(&user.scopes).unwrap_or_default();
-        by.require_all_admin(&held, "the user")?;
+        self.managed_user(by, user_id).await?;
         self.change_metadata(by, Holder::User, user_id.as_str(), key, value)
             .await
     }
@@ -97,14 +92,10 @@ impl Authority {
     ) -> Result<()> {
         let by = by.into();
         by.require(TOKEN_METADATA_WRITE)?;
-        let tenant = by.tenant();
-        let row = clients::find(&self.db, &tenant.id, client_id.as_str())
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no client {client_id}")))?;
-        by.require_all_admin(&Client::from_row(&row).scopes, "the client")?;
+        self.managed_client(by, client_id.as_str()).await?;
         self.change_metadata(by, Holder::Client, client_id.as_str(), key, value)
             .await?;
-        self.forget_client(&tenant.id, client_id.as_str());
+        self.forget_client(&by.tenant().id, client_id.as_str());
         Ok(())
     }
 
@@ -116,11 +107,13 @@ impl Authority {
         key: &str,
         value: Option<Value>,
     ) -> Result<()> {
-        if let Some(problem) = metadata_key_problem(key) {
-            return Err(Error::Invalid(problem));
-        }
-        if let Some(v) = &value {
-            check_entry(key, v)?;
+        match &value {
+            Some(v) => check_entry(key, v)?,
+            None => {
+                if let Some(problem) = metadata_key_problem(key) {
+                    return Err(Error::Invalid(problem));
+                }
+            }
         }
         let (kind, action) = match (holder, value.is_some()) {
             (Holder::User, true) => ("user", "user.metadata_set"),

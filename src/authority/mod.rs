@@ -128,7 +128,9 @@ pub struct Authority {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) kek: KeyEncryptionKey,
     pub(crate) keyrings: KeyRings,
-    pub(crate) auth_failures: limiter::FailureLimiter,
+    pub(crate) auth_failures: limiter::WindowLimiter,
+    /// Hosted sign-in pages (stored requests) opened per source address.
+    pub(crate) sign_in_pages: limiter::WindowLimiter,
     pub(crate) token_cache: cache::token_cache::TokenCache,
     /// The revocation list, so verifying a token no one presented before asks no database.
     pub(crate) revoked: cache::revoked::RevokedTokens,
@@ -174,7 +176,11 @@ impl Authority {
             clock,
             kek,
             keyrings: KeyRings::default(),
-            auth_failures: limiter::FailureLimiter::new(10, 60),
+            auth_failures: limiter::WindowLimiter::new(10, 60),
+            sign_in_pages: limiter::WindowLimiter::new(
+                web_sign_in::SIGN_IN_PAGES_PER_SOURCE,
+                web_sign_in::SIGN_IN_REQUEST_TTL_SECS,
+            ),
             token_cache: Default::default(),
             revoked: Default::default(),
             mailer: Arc::new(mail::NoMailer),

@@ -77,7 +77,6 @@ impl Authority {
         }
         let now = self.now();
         let source = source.to_string();
-        self.check_code_limits(tenant, &email, &source).await?;
         let client = clients::find(&self.db, &tenant.id, client_id)
             .await
             .map_err(server_error("client lookup"))?
@@ -100,23 +99,20 @@ impl Authority {
         } else {
             String::new()
         };
-        otp::insert(
-            &self.db,
-            &otp::OtpRow {
-                id: id.clone(),
-                tenant_id: tenant.id.to_string(),
-                email: counted_address,
-                client_id: client_id.to_owned(),
-                code_hash: hash.0.to_vec(),
-                attempts: 0,
-                used: false,
-                created_at: now,
-                expires_at: now + CODE_TTL_SECS,
-                source,
-            },
-        )
-        .await
-        .map_err(server_error("storing a sign-in code"))?;
+        let row = otp::OtpRow {
+            id: id.clone(),
+            tenant_id: tenant.id.to_string(),
+            email: counted_address,
+            client_id: client_id.to_owned(),
+            code_hash: hash.0.to_vec(),
+            attempts: 0,
+            used: false,
+            created_at: now,
+            expires_at: now + CODE_TTL_SECS,
+            source,
+        };
+        // The address asked for counts against its limit even when it names no usable client.
+        self.record_code_request(&row, email.as_str()).await?;
         if let (Some(client), Some(user)) = (client, user) {
             let mail = Mail {
                 to: user.email.clone(),
@@ -138,15 +134,15 @@ impl Authority {
         Ok(())
     }
 
-    /// Refuses a request for a code past the limits: 100 from one source address, 5 for one
-    /// address, in 15 minutes. The hosted sign-in page's email step counts alike (SPEC §9).
-    pub(super) async fn check_code_limits(
+    /// Records a request for a code (`row`), unless it is past the limits: 100 from one
+    /// source address, 5 for one address (`counted_email`), in 15 minutes. The hosted sign-in
+    /// page's email step counts alike (SPEC §9). Counting and recording are one step, so
+    /// requests sent at once cannot all slip under a limit.
+    pub(super) async fn record_code_request(
         &self,
-        tenant: &Tenant,
-        email: &Email,
-        source: &str,
+        row: &otp::OtpRow,
+        counted_email: &str,
     ) -> Result<(), OAuthError> {
-        let since = self.now() - CODE_WINDOW_SECS;
         let limited = |what: &str| {
             let mut e = OAuthError::new(
                 OAuthErrorCode::TooManyRequests,
@@ -155,19 +151,19 @@ impl Authority {
             e.retry_after = Some(CODE_WINDOW_SECS as u64);
             e
         };
-        let from_source = otp::count_for_source_since(&self.db, source, since)
+        let limits = otp::Limits {
+            since: self.now() - CODE_WINDOW_SECS,
+            per_email: CODES_PER_EMAIL,
+            per_source: CODES_PER_SOURCE,
+        };
+        match otp::insert_within_limits(&self.db, row, counted_email, limits)
             .await
-            .map_err(server_error("counting sign-in codes"))?;
-        if from_source >= CODES_PER_SOURCE {
-            return Err(limited("from this network address"));
+            .map_err(server_error("recording a request for a sign-in code"))?
+        {
+            otp::Admission::Recorded => Ok(()),
+            otp::Admission::SourceLimited => Err(limited("from this network address")),
+            otp::Admission::AddressLimited => Err(limited("for this address")),
         }
-        let sent = otp::count_for_email_since(&self.db, &tenant.id, email.as_str(), since)
-            .await
-            .map_err(server_error("counting sign-in codes"))?;
-        if sent >= CODES_PER_EMAIL {
-            return Err(limited("for this address"));
-        }
-        Ok(())
     }
 
     /// Revokes the sign-in a refresh token belongs to (RFC 7009), if the caller may: the

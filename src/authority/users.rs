@@ -77,6 +77,17 @@ impl Authority {
         Ok(User::from_row(row))
     }
 
+    /// The person `id`, if `by` may manage them: it holds every `lanyard:` scope they hold
+    /// (SPEC §6).
+    pub(super) async fn managed_user(&self, by: Actor<'_>, id: &UserId) -> Result<User> {
+        let user = self
+            .user(by.tenant(), id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no user {id}")))?;
+        by.require_all_admin(&user.scopes, &format!("user {id}"))?;
+        Ok(user)
+    }
+
     /// A person of the tenant. Needs `lanyard:users:read`.
     pub async fn read_user(&self, by: impl Into<Actor<'_>>, id: &UserId) -> Result<User> {
         let by = by.into();
@@ -109,11 +120,7 @@ impl Authority {
         let by = by.into();
         by.require(USERS_WRITE)?;
         let tenant = by.tenant();
-        let user = self
-            .user(tenant, id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no user {id}")))?;
-        by.require_all_admin(&user.scopes, &format!("user {id}"))?;
+        self.managed_user(by, id).await?;
         // One event for the person and everything that goes with them (their local tokens
         // revoked, their sign-ins ended), in the transaction that does it.
         let event = self.event(&by, "user.deleted", format!("user:{id}"));

@@ -23,8 +23,8 @@ use super::mail::Mail;
 use super::signin::{code_hash, six_digits};
 use super::{Authority, Tenant, User};
 use crate::crypto::{Secret, SecretHash, random_bytes};
-use crate::domain::web::valid_code_challenge;
-use crate::domain::{Email, GrantType, Internal, OAuthError, OAuthErrorCode, ScopeSet, UserId};
+use crate::domain::web::{redirect_with, valid_code_challenge};
+use crate::domain::{Email, GrantType, Internal, OAuthErrorCode, ScopeSet, UserId};
 use crate::store::{StoreError, clients, otp, web_sign_in as store};
 
 /// How long an authorization code is good for.
@@ -33,6 +33,9 @@ pub const AUTHORIZATION_CODE_TTL_SECS: i64 = 60;
 pub const SIGN_IN_REQUEST_TTL_SECS: i64 = 600;
 /// Wrong codes after which the request is dead.
 pub const SIGN_IN_MAX_ATTEMPTS: i64 = 5;
+/// Hosted sign-in pages one source address may open (each a stored request) per
+/// [`SIGN_IN_REQUEST_TTL_SECS`], on each node.
+pub const SIGN_IN_PAGES_PER_SOURCE: u32 = 1000;
 /// The longest value of any authorization request parameter.
 pub const MAX_PARAM_LEN: usize = 2048;
 
@@ -87,6 +90,8 @@ pub enum WebError {
     Page(String),
     /// A redirect to the client with an error (RFC 6749 §4.1.2.1).
     Redirect(String),
+    /// Too many pages opened from one source address (429), with the seconds to wait.
+    TooMany(u64),
     /// The hosted page again, with a message next to the field (wrong code, too many codes).
     Retry(String),
     Internal(Internal),
@@ -108,23 +113,6 @@ pub struct PendingSignIn {
 pub struct SignedIn {
     pub redirect: String,
     pub session: Secret,
-}
-
-/// `redirect_uri` with `params` added to its query.
-fn with_query(redirect_uri: &str, params: &[(&str, &str)]) -> String {
-    match url::Url::parse(redirect_uri) {
-        Ok(mut url) => {
-            {
-                let mut q = url.query_pairs_mut();
-                for (k, v) in params {
-                    q.append_pair(k, v);
-                }
-            }
-            url.into()
-        }
-        // Registered URIs were parsed when registered.
-        Err(_) => redirect_uri.to_owned(),
-    }
 }
 
 impl Authorization {
@@ -152,7 +140,7 @@ fn error_redirect(
         params.push(("state", state));
     }
     params.push(("iss", &tenant.issuer));
-    with_query(redirect_uri, &params)
+    redirect_with(redirect_uri, &params)
 }
 
 impl Authority {
@@ -295,9 +283,6 @@ impl Authority {
         tenant: &Tenant,
         cookie: &str,
     ) -> Result<Option<User>, WebError> {
-        if cookie.len() > 256 {
-            return Ok(None);
-        }
         let hash = SecretHash::of(cookie.as_bytes());
         let Some(row) = store::find_session(&self.db, &tenant.id, &hash.0, self.now())
             .await
@@ -312,21 +297,20 @@ impl Authority {
 
     /// Ends a sign-in session (logout). An unknown cookie is not an error.
     pub async fn end_web_session(&self, tenant: &Tenant, cookie: &str) -> Result<(), WebError> {
-        if cookie.len() > 256 {
-            return Ok(());
-        }
         let hash = SecretHash::of(cookie.as_bytes());
         store::delete_session(&self.db, &tenant.id, &hash.0)
             .await
             .map_err(internal("ending a session"))
     }
 
-    /// Where logout may send the browser: `uri` if `client_id` registered it.
+    /// Where logout may send the browser: `uri` (with `state`, if given) if `client_id`
+    /// registered it.
     pub async fn post_logout_redirect(
         &self,
         tenant: &Tenant,
         client_id: &str,
         uri: &str,
+        state: Option<&str>,
     ) -> Result<Option<String>, WebError> {
         if client_id.len() > 256 || uri.len() > MAX_PARAM_LEN {
             return Ok(None);
@@ -335,9 +319,10 @@ impl Authority {
             .await
             .map_err(internal("client lookup"))?
             .map(|row| Client::from_row(&row));
-        Ok(client
-            .filter(|c| c.post_logout_redirect_uris.iter().any(|r| r.matches(uri)))
-            .map(|_| uri.to_owned()))
+        let registered =
+            client.is_some_and(|c| c.post_logout_redirect_uris.iter().any(|r| r.matches(uri)));
+        let state: Vec<(&str, &str)> = state.map(|s| ("state", s)).into_iter().collect();
+        Ok(registered.then(|| redirect_with(uri, &state)))
     }
 
     /// The redirect for a request the person is signed in for: a new authorization code.
@@ -376,7 +361,7 @@ impl Authority {
             params.push(("state", state));
         }
         params.push(("iss", &tenant.issuer));
-        Ok(with_query(&auth.redirect_uri, &params))
+        Ok(redirect_with(&auth.redirect_uri, &params))
     }
 
     /// `prompt=none` without a session: the application is told at once.
@@ -384,14 +369,21 @@ impl Authority {
         auth.error_redirect(tenant, "login_required", "the person is not signed in")
     }
 
-    /// Stores the request for the hosted page, bound to the browser whose cookie is `browser`.
+    /// Stores the request for the hosted page, bound to the browser whose cookie is `browser`;
+    /// a source address stores at most [`SIGN_IN_PAGES_PER_SOURCE`] in 10 minutes.
     pub async fn begin_sign_in(
         &self,
         tenant: &Tenant,
         auth: &Authorization,
         browser: &Secret,
+        source: std::net::IpAddr,
     ) -> Result<PendingSignIn, WebError> {
         let now = self.now();
+        let key = source.to_string();
+        if let Some(wait) = self.sign_in_pages.blocked(&key, now) {
+            return Err(WebError::TooMany(wait));
+        }
+        self.sign_in_pages.record(&key, now);
         let row = store::RequestRow {
             id: Secret::generate().expose().to_owned(),
             tenant_id: tenant.id.to_string(),
@@ -446,12 +438,7 @@ impl Authority {
         id: &str,
         browser: Option<&str>,
     ) -> Result<(store::RequestRow, Client), WebError> {
-        let gone = || {
-            WebError::Page(
-                "This sign-in has ended or expired. Go back to the application and start again."
-                    .into(),
-            )
-        };
+        let gone = || ended();
         if id.len() > 64 {
             return Err(gone());
         }
@@ -494,39 +481,36 @@ impl Authority {
         check_csrf(&row, csrf)?;
         let email = Email::parse(email)
             .map_err(|_| WebError::Retry("Enter an email address like name@example.com.".into()))?;
-        let source = source.to_string();
-        self.check_code_limits(tenant, &email, &source)
+        let now = self.now();
+        // Counted against the address like a request to send-otp; the row itself redeems
+        // nothing (no client id, a hash of nothing anybody knows).
+        let counted = otp::OtpRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: tenant.id.to_string(),
+            email: email.to_string(),
+            client_id: String::new(),
+            code_hash: SecretHash::of(&random_bytes::<32>()).0.to_vec(),
+            attempts: 0,
+            used: true,
+            created_at: now,
+            expires_at: row.expires_at,
+            source: source.to_string(),
+        };
+        self.record_code_request(&counted, email.as_str())
             .await
             .map_err(|e| match e.code {
                 OAuthErrorCode::TooManyRequests => WebError::Retry(
                     "Too many codes were asked for. Wait 15 minutes and try again.".into(),
                 ),
-                _ => WebError::Internal(Internal::msg("counting sign-in codes", e.description)),
+                _ => WebError::Internal(
+                    e.internal
+                        .unwrap_or_else(|| Internal::msg("counting sign-in codes", e.description)),
+                ),
             })?;
         let user = self
             .user_by_email(tenant, &email)
             .await
             .map_err(|e| WebError::Internal(Internal::new("user lookup", e)))?;
-        let now = self.now();
-        // Counted against the address like a code from send-otp; the row itself redeems
-        // nothing (no client id, a hash of nothing anybody knows).
-        otp::insert(
-            &self.db,
-            &otp::OtpRow {
-                id: uuid::Uuid::new_v4().to_string(),
-                tenant_id: tenant.id.to_string(),
-                email: email.to_string(),
-                client_id: String::new(),
-                code_hash: SecretHash::of(&random_bytes::<32>()).0.to_vec(),
-                attempts: 0,
-                used: true,
-                created_at: now,
-                expires_at: row.expires_at,
-                source,
-            },
-        )
-        .await
-        .map_err(internal("counting a sign-in code"))?;
         let code = six_digits();
         let link = Secret::generate();
         let code_hash = match &user {
@@ -544,13 +528,10 @@ impl Authority {
         .await
         .map_err(internal("storing a sign-in code"))?
         {
-            return Err(WebError::Page(
-                "This sign-in has ended or expired. Go back to the application and start again."
-                    .into(),
-            ));
+            return Err(ended());
         }
         if let Some(user) = user {
-            let url = with_query(
+            let url = redirect_with(
                 &format!("{}/auth/link", tenant.issuer),
                 &[("request", &row.id), ("token", link.expose())],
             );
@@ -576,11 +557,13 @@ impl Authority {
     }
 
     /// The code step: the mailed code finishes the sign-in; five wrong ones end the request.
+    /// `session` is the browser's current sign-in session, replaced by the new one.
     pub async fn sign_in_code(
         &self,
         tenant: &Tenant,
         id: &str,
         browser: Option<&str>,
+        session: Option<&str>,
         csrf: &str,
         code: &str,
     ) -> Result<SignedIn, WebError> {
@@ -593,7 +576,7 @@ impl Authority {
         let well_formed = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
         let matches = well_formed && bool::from(code_hash(&row.id, code).0.ct_eq(&stored[..]));
         if !matches {
-            let attempts = store::record_wrong_code(&self.db, &row.id)
+            let attempts = store::record_wrong_code(&self.db, &row.id, SIGN_IN_MAX_ATTEMPTS)
                 .await
                 .map_err(internal("counting a wrong code"))?;
             if attempts >= SIGN_IN_MAX_ATTEMPTS {
@@ -609,7 +592,9 @@ impl Authority {
                 "That code is not right. Check the newest mail and try again.".into(),
             ));
         }
-        self.finish_sign_in(tenant, &row, client, email).await
+        let proof = (store::Proof::Code, stored.as_slice());
+        self.finish_sign_in(tenant, &row, client, email, proof, session)
+            .await
     }
 
     /// The mailed link: finishes the sign-in, once, only in the browser that began it.
@@ -619,6 +604,7 @@ impl Authority {
         id: &str,
         token: &str,
         browser: Option<&str>,
+        session: Option<&str>,
     ) -> Result<SignedIn, WebError> {
         let (row, client) = self.open_request(tenant, id, browser).await?;
         let (Some(email), Some(stored)) = (&row.email, &row.link_hash) else {
@@ -631,16 +617,21 @@ impl Authority {
                 "This link is not valid: use the link in the newest mail.".into(),
             ));
         }
-        self.finish_sign_in(tenant, &row, client, email).await
+        let proof = (store::Proof::Link, stored.as_slice());
+        self.finish_sign_in(tenant, &row, client, email, proof, session)
+            .await
     }
 
-    /// Ends the request (once), opens a session and issues the code.
+    /// Ends the request (once, while `proof` is its newest code or link), opens a session in
+    /// place of the browser's `previous` one, and issues the code.
     async fn finish_sign_in(
         &self,
         tenant: &Tenant,
         row: &store::RequestRow,
         client: Client,
         email: &str,
+        proof: (store::Proof, &[u8]),
+        previous: Option<&str>,
     ) -> Result<SignedIn, WebError> {
         let now = self.now();
         let email = Email::parse(email)
@@ -650,18 +641,23 @@ impl Authority {
             .await
             .map_err(|e| WebError::Internal(Internal::new("user lookup", e)))?;
         let Some(user) = user else {
-            return Err(WebError::Retry(
-                "That code is not right. Check the newest mail and try again.".into(),
+            return Err(WebError::Page(
+                "There is no account for this address any more.".into(),
             ));
         };
-        if !store::finish_request(&self.db, &row.id, SIGN_IN_MAX_ATTEMPTS, now)
+        let scope = row
+            .scope
+            .as_deref()
+            .map(ScopeSet::parse)
+            .transpose()
+            .map_err(|e| {
+                WebError::Internal(Internal::msg("a stored request's scope", e.to_string()))
+            })?;
+        if !store::finish_request(&self.db, &row.id, proof.0, proof.1, now)
             .await
             .map_err(internal("finishing a sign-in"))?
         {
-            return Err(WebError::Page(
-                "This sign-in has ended or expired. Go back to the application and start again."
-                    .into(),
-            ));
+            return Err(ended());
         }
         let session = Secret::generate();
         store::insert_session(
@@ -676,10 +672,13 @@ impl Authority {
         )
         .await
         .map_err(internal("opening a session"))?;
+        if let Some(previous) = previous {
+            self.end_web_session(tenant, previous).await?;
+        }
         let auth = Authorization {
             client,
             redirect_uri: row.redirect_uri.clone(),
-            scope: row.scope.as_deref().and_then(|s| ScopeSet::parse(s).ok()),
+            scope,
             state: row.state.clone(),
             code_challenge: row.code_challenge.clone(),
             login_hint: None,
@@ -695,6 +694,13 @@ impl Authority {
     pub async fn prune_web_sign_in_once(&self) -> super::Result<u64> {
         Ok(store::prune(&self.db, self.now() - 3600).await?)
     }
+}
+
+/// The request is over (finished, expired, or five wrong codes).
+fn ended() -> WebError {
+    WebError::Page(
+        "This sign-in has ended or expired. Go back to the application and start again.".into(),
+    )
 }
 
 fn check_csrf(row: &store::RequestRow, csrf: &str) -> Result<(), WebError> {
@@ -716,151 +722,4 @@ pub(super) fn grant_scope(user: &User, client: &Client, requested: Option<&Scope
         .filter(|s| requested.is_none_or(|r| r.contains(s)))
         .cloned()
         .collect()
-}
-
-/// What a redemption of an authorization code is bound to.
-pub(super) struct CodeRedemption<'a> {
-    pub code: &'a str,
-    pub redirect_uri: &'a str,
-    pub code_verifier: &'a str,
-}
-
-impl Authority {
-    /// The `authorization_code` grant (RFC 6749 §4.1.3, RFC 7636 §4.6): the code's client,
-    /// redirect URI and PKCE challenge must match; a used code presented again is refused
-    /// and revokes what its first use issued.
-    pub(super) async fn redeem_authorization_code(
-        &self,
-        tenant: &Tenant,
-        client: &Client,
-        r: CodeRedemption<'_>,
-    ) -> Result<super::IssuedToken, OAuthError> {
-        let bad = || {
-            OAuthError::new(
-                OAuthErrorCode::InvalidGrant,
-                "the code is not valid, expired, or was issued for another client or redirect_uri",
-            )
-        };
-        let server = |context: &'static str| {
-            move |e: StoreError| OAuthError::server_error(Internal::new(context, e))
-        };
-        if r.code.len() > 256 {
-            return Err(bad());
-        }
-        let hash = SecretHash::of(r.code.as_bytes());
-        let row = store::find_code(&self.db, &tenant.id, &hash.0)
-            .await
-            .map_err(server("reading an authorization code"))?
-            .ok_or_else(bad)?;
-        if row.client_id != client.client_id.as_str() || row.redirect_uri != r.redirect_uri {
-            return Err(bad());
-        }
-        if row.used {
-            self.revoke_code_issue(tenant, &hash.0).await?;
-            return Err(OAuthError::new(
-                OAuthErrorCode::InvalidGrant,
-                "the code was already used; the tokens it gave were revoked",
-            ));
-        }
-        if !crate::domain::web::valid_code_verifier(r.code_verifier)
-            || !crate::crypto::pkce_s256_matches(r.code_verifier, &row.code_challenge)
-        {
-            return Err(OAuthError::new(
-                OAuthErrorCode::InvalidGrant,
-                "code_verifier does not match the code_challenge",
-            ));
-        }
-        let now = self.now();
-        if row.expires_at <= now {
-            return Err(bad());
-        }
-        let family = uuid::Uuid::new_v4().to_string();
-        let jti = uuid::Uuid::new_v4().to_string();
-        let exp = now + self.settings.tokens.access_token_ttl.as_secs_i64();
-        if !store::take_code(&self.db, &hash.0, &family, &jti, exp, now)
-            .await
-            .map_err(server("using an authorization code"))?
-        {
-            // Another redemption won the race: this one is a second use.
-            self.revoke_code_issue(tenant, &hash.0).await?;
-            return Err(bad());
-        }
-        let user = self
-            .user(tenant, &UserId::stored(row.user_id.clone()))
-            .await
-            .map_err(|e| OAuthError::server_error(Internal::new("user lookup", e)))?
-            .ok_or_else(bad)?;
-        // The person's grants may have shrunk since the code was issued.
-        let stored = ScopeSet::parse(&row.scope).unwrap_or_default();
-        let scope = grant_scope(&user, client, Some(&stored));
-        let issued = self
-            .issue_user_tokens(
-                tenant,
-                client,
-                &user,
-                scope,
-                &family,
-                GrantType::AuthorizationCode,
-                jti,
-            )
-            .await?;
-        // A second redemption that came while this one issued revoked the family before its
-        // refresh token was stored: revoke again. This answer still stands (of concurrent
-        // redemptions exactly one is answered with tokens), but what it carries is revoked.
-        let again = store::find_code(&self.db, &tenant.id, &hash.0)
-            .await
-            .map_err(server("reading an authorization code"))?;
-        if again.is_some_and(|c| c.reused) {
-            self.revoke_code_issue(tenant, &hash.0).await?;
-        }
-        Ok(issued)
-    }
-
-    /// Revokes the access token and the sign-in a used code issued (RFC 6749 §4.1.2).
-    async fn revoke_code_issue(&self, tenant: &Tenant, hash: &[u8]) -> Result<(), OAuthError> {
-        let server = |context: &'static str| {
-            move |e: StoreError| OAuthError::server_error(Internal::new(context, e))
-        };
-        store::mark_reused(&self.db, hash)
-            .await
-            .map_err(server("marking a code reused"))?;
-        let Some(row) = store::find_code(&self.db, &tenant.id, hash)
-            .await
-            .map_err(server("reading an authorization code"))?
-        else {
-            return Ok(());
-        };
-        let target = format!("user:{} client:{}", row.user_id, row.client_id);
-        if let Some(family) = &row.family_id {
-            let event = self.event_of(
-                tenant,
-                super::audit::LANYARD.into(),
-                "sign_in.revoked_on_reuse",
-                &target,
-            );
-            crate::store::refresh_tokens::revoke_family(&self.db, &event, family)
-                .await
-                .map_err(server("revoking a sign-in"))?;
-        }
-        if let (Some(jti), Some(exp)) = (&row.access_jti, row.access_exp) {
-            let event = self.event_of(
-                tenant,
-                super::audit::LANYARD.into(),
-                "token.revoked",
-                format!(
-                    "access_token:{jti} of client:{} (code reused)",
-                    row.client_id
-                ),
-            );
-            crate::store::revocations::revoke(&self.db, &event, &tenant.id, jti, exp, self.now())
-                .await
-                .map_err(server("revoking a token"))?;
-            self.emit(super::Event::AccessTokenRevoked {
-                tenant_id: tenant.id.to_string(),
-                jti: jti.clone(),
-            });
-        }
-        tracing::warn!(tenant = %tenant.slug, %target, "authorization code reused; what it issued was revoked");
-        Ok(())
-    }
 }

@@ -14,4 +14,4 @@ pub mod secret;
 pub use jws::{JwsError, VerifiedJws};
 pub use rsa::{SigningKey, VerifyingKey};
 pub use seal::KeyEncryptionKey;
-pub use secret::{Secret, SecretHash, pkce_s256_matches, random_bytes};
+pub use secret::{Secret, SecretHash, pkce_s256, random_bytes};

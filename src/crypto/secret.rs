@@ -81,31 +81,27 @@ pub fn random_id(bytes: usize) -> String {
     URL_SAFE_NO_PAD.encode(buf)
 }
 
-/// Whether `verifier` answers the PKCE S256 `challenge` (RFC 7636 §4.6):
-/// `BASE64URL(SHA256(verifier)) == challenge`, compared in constant time.
-pub fn pkce_s256_matches(verifier: &str, challenge: &str) -> bool {
-    let computed = URL_SAFE_NO_PAD.encode(SecretHash::of(verifier.as_bytes()).0);
-    computed.as_bytes().ct_eq(challenge.as_bytes()).into()
+/// The PKCE S256 challenge of `verifier` (RFC 7636 §4.2): `BASE64URL(SHA256(verifier))`.
+/// A redemption compares it with the stored challenge; knowing the challenge does not give the
+/// verifier.
+pub fn pkce_s256(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(SecretHash::of(verifier.as_bytes()).0)
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn pkce_s256_matches_only_its_verifier() {
+    fn pkce_s256_is_the_base64url_sha256_of_the_verifier() {
         // Computed independently: base64url(sha256(verifier)) without padding.
         let verifier = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-._~";
-        assert!(super::pkce_s256_matches(
-            verifier,
+        assert_eq!(
+            super::pkce_s256(verifier),
             "ZJs5hbMChd-OA_AYtC3UYie0U-g-dEfAPhPlci0hRik"
-        ));
-        assert!(!super::pkce_s256_matches(
-            &verifier[1..],
+        );
+        assert_ne!(
+            super::pkce_s256(&verifier[1..]),
             "ZJs5hbMChd-OA_AYtC3UYie0U-g-dEfAPhPlci0hRik"
-        ));
-        assert!(!super::pkce_s256_matches(
-            verifier,
-            "ZJs5hbMChd-OA_AYtC3UYie0U-g-dEfAPhPlci0hRi"
-        ));
+        );
     }
 
     use super::*;

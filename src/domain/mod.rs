@@ -13,6 +13,7 @@ pub mod grant;
 pub mod ids;
 pub mod internal;
 pub mod keys;
+pub mod metadata;
 pub mod oauth;
 pub mod period;
 pub mod scope;

@@ -1,6 +1,6 @@
 //! The rules of sign-in on the web (SPEC §9) that need no I/O: which redirect URIs a client may
-//! register and when a presented one matches, the shapes of PKCE values (RFC 7636), and the
-//! keys token metadata may use.
+//! register and when a presented one matches, redirects built on them, and the shapes of PKCE
+//! values (RFC 7636).
 
 use std::fmt;
 
@@ -32,13 +32,23 @@ impl RedirectUri {
         if text.is_empty() || text.len() > MAX_REDIRECT_URI_LEN {
             return Err(bad("must be 1 to 2048 characters"));
         }
-        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("must not contain whitespace or control characters"));
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad(
+                "must be ASCII without whitespace or control characters (percent-encode the rest)",
+            ));
         }
         if text.contains('#') {
             return Err(bad("must not contain a fragment"));
         }
         let url = url::Url::parse(text).map_err(|_| bad("is not an absolute URI"))?;
+        // What is registered is where browsers go: a URI a parser would rewrite (a default
+        // port, upper case, `\\` for `/`) could mean another place than it seems to.
+        if url.as_str() != text {
+            return Err(InvalidRedirectUri {
+                uri: text.chars().take(80).collect(),
+                why: "is not in its normal form; register it as a URL parser writes it (lower-case host, no default port, a path)",
+            });
+        }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(bad("must not contain user information"));
         }
@@ -125,14 +135,32 @@ fn loopback_authority(text: &str) -> Option<Loopback<'_>> {
         "" => None,
         p => {
             let digits = p.strip_prefix(':')?;
-            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit())
-            {
+            // A port a URL parser accepts: 1 to 5 digits, at most 65535.
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
+            digits.parse::<u16>().ok()?;
             Some(digits)
         }
     };
     Some(Loopback { host, port, rest })
+}
+
+/// `uri` (a registered redirect URI, or one it matches) with `params` added to its query.
+/// Such a URI always parses; were it not to, it is returned as it is rather than failing.
+pub fn redirect_with(uri: &str, params: &[(&str, &str)]) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut url) => {
+            if !params.is_empty() {
+                let mut q = url.query_pairs_mut();
+                for (k, v) in params {
+                    q.append_pair(k, v);
+                }
+            }
+            url.into()
+        }
+        Err(_) => uri.to_owned(),
+    }
 }
 
 /// A PKCE `code_challenge` for S256: the base64url SHA-256 of a verifier, 43 characters.
@@ -150,49 +178,6 @@ pub fn valid_code_verifier(text: &str) -> bool {
 
 fn is_base64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
-}
-
-/// The names lanyard's tokens and userinfo use themselves: no metadata key may take them.
-pub const RESERVED_METADATA_KEYS: &[&str] = &[
-    "iss",
-    "sub",
-    "aud",
-    "exp",
-    "nbf",
-    "iat",
-    "jti",
-    "scope",
-    "client_id",
-    "act",
-    "email",
-    "name",
-    "system",
-];
-/// The largest metadata value, serialised.
-pub const MAX_METADATA_VALUE_BYTES: usize = 16 * 1024;
-/// The most keys one user or client holds.
-pub const MAX_METADATA_KEYS: usize = 32;
-
-/// Why a metadata key is refused, or `None` when it is good: `[a-z][a-z0-9_]{0,63}`, not
-/// reserved.
-pub fn metadata_key_problem(key: &str) -> Option<String> {
-    let shaped = (1..=64).contains(&key.len())
-        && key.as_bytes()[0].is_ascii_lowercase()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !shaped {
-        return Some(format!(
-            "metadata key {:?} must match [a-z][a-z0-9_]{{0,63}}",
-            key.chars().take(70).collect::<String>()
-        ));
-    }
-    if RESERVED_METADATA_KEYS.contains(&key) {
-        return Some(format!(
-            "metadata key {key:?} is a name lanyard's tokens use themselves"
-        ));
-    }
-    None
 }
 
 #[cfg(test)]
@@ -226,7 +211,12 @@ mod tests {
             "javascript:alert(1)",
             "myapp:/cb",
             "https://app.example.com/c b",
+            "https://app.example.com/ä",
             "http://localhost:99999x/cb",
+            "https://evil.example\\@good.example/cb",
+            "https://APP.example.com/cb",
+            "https://app.example.com:443/cb",
+            "https://app.example.com",
         ] {
             assert!(RedirectUri::parse(bad).is_err(), "{bad} was accepted");
         }
@@ -252,6 +242,10 @@ mod tests {
         assert!(!loopback.matches("http://127.0.0.1:/cb"));
         let fixed = ok("http://127.0.0.1:8400/cb");
         assert!(!fixed.matches("http://127.0.0.1:8401/cb"));
+        // Every port the rule accepts is one a URL parser accepts.
+        assert!(!loopback.matches("http://127.0.0.1:65536/cb"));
+        assert!(!loopback.matches("http://127.0.0.1:99999/cb"));
+        assert!(loopback.matches("http://127.0.0.1:65535/cb"));
         let v6 = ok("http://[::1]/cb");
         assert!(v6.matches("http://[::1]:9000/cb"));
     }
@@ -269,14 +263,5 @@ mod tests {
         assert!(!valid_code_verifier(&"a".repeat(42)));
         assert!(!valid_code_verifier(&"a".repeat(129)));
         assert!(!valid_code_verifier(&format!("{}!", "a".repeat(43))));
-    }
-
-    #[test]
-    fn metadata_keys() {
-        assert!(metadata_key_problem("plan").is_none());
-        assert!(metadata_key_problem("tier_2").is_none());
-        for bad in ["", "Plan", "2x", "a-b", "sub", "email", &"a".repeat(65)] {
-            assert!(metadata_key_problem(bad).is_some(), "{bad}");
-        }
     }
 }

@@ -49,7 +49,8 @@ pub async fn metadata(
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,
         "token_endpoint_auth_methods_supported": auth_methods,
-        "introspection_endpoint_auth_methods_supported": auth_methods,
+        // Introspection answers confidential clients only.
+        "introspection_endpoint_auth_methods_supported": &auth_methods[..2],
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "scopes_supported": scopes,
     });

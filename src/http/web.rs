@@ -59,6 +59,7 @@ struct Answer {
     body: Option<String>,
     location: Option<String>,
     cookies: Vec<String>,
+    retry_after: Option<u64>,
 }
 
 impl Answer {
@@ -68,6 +69,7 @@ impl Answer {
             body: Some(html),
             location: None,
             cookies: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -77,6 +79,7 @@ impl Answer {
             body: None,
             location: Some(location),
             cookies: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -93,10 +96,21 @@ impl IntoResponse for Answer {
             None => self.status.into_response(),
         };
         let headers = response.headers_mut();
-        if let Some(location) = self.location
-            && let Ok(v) = HeaderValue::from_str(&location)
-        {
-            headers.insert(header::LOCATION, v);
+        let mut broken = false;
+        if let Some(location) = self.location {
+            match HeaderValue::from_str(&location) {
+                Ok(v) => {
+                    headers.insert(header::LOCATION, v);
+                }
+                Err(_) => {
+                    // Redirect URIs are ASCII by registration; this cannot happen.
+                    tracing::error!("http: a redirect to a URI that is no header value");
+                    broken = true;
+                }
+            }
+        }
+        if let Some(wait) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
         }
         for cookie in self.cookies {
             if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -104,6 +118,9 @@ impl IntoResponse for Answer {
             }
         }
         security_headers(headers);
+        if broken {
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        }
         response
     }
 }
@@ -232,6 +249,15 @@ impl Pages {
                 self.message(StatusCode::BAD_REQUEST, "Sign-in is not possible", &message)
             }
             WebError::Redirect(location) => Answer::redirect(location),
+            WebError::TooMany(wait) => {
+                let mut answer = self.message(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Sign-in is not possible",
+                    "Too many sign-ins were started from this network address. Try again in a few minutes.",
+                );
+                answer.retry_after = Some(wait);
+                answer
+            }
             WebError::Retry(message) => {
                 self.message(StatusCode::BAD_REQUEST, "Sign-in is not possible", &message)
             }
@@ -272,6 +298,10 @@ fn authorize_params(query: Option<&str>) -> Result<AuthorizeParams, String> {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = decode(name).map_err(|e| e.description)?;
         let value = decode(value).map_err(|e| e.description)?;
+        // A parameter without a value is as if it were not sent (RFC 6749 §3.1).
+        if value.is_empty() {
+            continue;
+        }
         let slot = match name.as_str() {
             "client_id" => &mut p.client_id,
             "redirect_uri" => &mut p.redirect_uri,
@@ -300,6 +330,7 @@ fn authorize_params(query: Option<&str>) -> Result<AuthorizeParams, String> {
 pub async fn authorize(
     State(state): State<HttpState>,
     Path(slug): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -348,7 +379,11 @@ pub async fn authorize(
             (b, Some(c))
         }
     };
-    match authority.begin_sign_in(tenant, &auth, &browser).await {
+    let source = crate::connections::source_key(peer.ip());
+    match authority
+        .begin_sign_in(tenant, &auth, &browser, source)
+        .await
+    {
         Ok(pending) => {
             let mut answer = pages.sign_in(&pending, None);
             if let Some(c) = new_cookie {
@@ -479,6 +514,7 @@ pub async fn sign_in_code(
             tenant,
             id,
             browser,
+            read_cookie(&headers, SESSION_COOKIE),
             form.get("csrf").unwrap_or(""),
             form.get("code").unwrap_or(""),
         )
@@ -515,6 +551,7 @@ pub async fn sign_in_link(
             query.get("request").unwrap_or(""),
             query.get("token").unwrap_or(""),
             read_cookie(&headers, BROWSER_COOKIE),
+            read_cookie(&headers, SESSION_COOKIE),
         )
         .await
     {
@@ -563,7 +600,10 @@ pub async fn logout(
         params.get("post_logout_redirect_uri"),
     ) {
         (Some(client_id), Some(uri)) => {
-            match authority.post_logout_redirect(tenant, client_id, uri).await {
+            match authority
+                .post_logout_redirect(tenant, client_id, uri, params.get("state"))
+                .await
+            {
                 Ok(target) => target,
                 Err(e) => return pages.refused(e).into_response(),
             }
@@ -571,17 +611,7 @@ pub async fn logout(
         _ => None,
     };
     let answer = match target {
-        Some(uri) => {
-            let uri = match params.get("state") {
-                Some(state) => {
-                    let mut url = url::Url::parse(&uri).expect("registered URIs parse");
-                    url.query_pairs_mut().append_pair("state", state);
-                    url.to_string()
-                }
-                None => uri,
-            };
-            Answer::redirect(uri)
-        }
+        Some(uri) => Answer::redirect(uri),
         None => pages.message(
             StatusCode::OK,
             "You are signed out",

@@ -3,8 +3,16 @@
 //!
 //! `seq` orders the codes strictly as they were asked for: PostgreSQL draws it from a sequence,
 //! SQLite (one writer) takes the next number in the same statement.
+//!
+//! The hosted sign-in page's email step (`web_sign_in`) is counted here too, as a row with no
+//! `client_id` and a hash of nothing anybody knows: it counts for the limits and redeems
+//! nothing (the OTP grant reads only rows of its client).
+//!
+//! A request is counted against the limits and recorded in one transaction, serialised per
+//! address and per source (SQLite: the one writer; PostgreSQL: advisory locks), so requests
+//! sent at once cannot all pass a limit that each would see as not yet reached.
 
-use super::{Db, StoreResult, on_pool, on_writer};
+use super::{Db, StoreResult, in_transaction, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OtpRow {
@@ -31,50 +39,88 @@ const INSERT_SQLITE: &str = "INSERT INTO otp_codes
     (id, tenant_id, email, client_id, code_hash, created_at, expires_at, source, seq)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT COALESCE(MAX(seq), 0) + 1 FROM otp_codes))";
 
-pub async fn insert(db: &Db, o: &OtpRow) -> StoreResult<()> {
-    let sql = match db {
+/// What [`insert_within_limits`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Recorded,
+    /// The address already has `per_email` requests in the window.
+    AddressLimited,
+    /// The source already has `per_source` requests in the window.
+    SourceLimited,
+}
+
+/// The limits a request for a code is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub since: i64,
+    pub per_email: i64,
+    pub per_source: i64,
+}
+
+/// Records `o` unless the address `counted_email` (in `o`'s tenant) or `o.source` has reached
+/// its limit since `limits.since`; the count and the insert are one transaction, serialised per
+/// address and per source.
+pub async fn insert_within_limits(
+    db: &Db,
+    o: &OtpRow,
+    counted_email: &str,
+    limits: Limits,
+) -> StoreResult<Admission> {
+    let postgres = matches!(db, Db::Postgres { .. });
+    let insert = match db {
         Db::Sqlite { .. } => INSERT_SQLITE,
         Db::Postgres { .. } => INSERT,
     };
-    on_writer!(db, pool => sqlx::query(sql)
-        .bind(&o.id)
-        .bind(&o.tenant_id)
-        .bind(&o.email)
-        .bind(&o.client_id)
-        .bind(&o.code_hash)
-        .bind(o.created_at)
-        .bind(o.expires_at)
-        .bind(&o.source)
-        .execute(pool)
-        .await?
-        .rows_affected());
-    Ok(())
+    let admission = in_transaction!(db, tx => {
+        if postgres {
+            // Address first, then source, in every transaction: no two wait on each other.
+            for key in [format!("otp-email:{}:{counted_email}", o.tenant_id), format!("otp-source:{}", o.source)] {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let from_source: i64 = sqlx::query_scalar(COUNT_SOURCE_SINCE)
+            .bind(&o.source)
+            .bind(limits.since)
+            .fetch_one(&mut *tx)
+            .await?;
+        let for_email: i64 = sqlx::query_scalar(COUNT_SINCE)
+            .bind(&o.tenant_id)
+            .bind(counted_email)
+            .bind(limits.since)
+            .fetch_one(&mut *tx)
+            .await?;
+        if from_source >= limits.per_source {
+            Admission::SourceLimited
+        } else if for_email >= limits.per_email {
+            Admission::AddressLimited
+        } else {
+            sqlx::query(insert)
+                .bind(&o.id)
+                .bind(&o.tenant_id)
+                .bind(&o.email)
+                .bind(&o.client_id)
+                .bind(&o.code_hash)
+                .bind(o.created_at)
+                .bind(o.expires_at)
+                .bind(&o.source)
+                .execute(&mut *tx)
+                .await?;
+            Admission::Recorded
+        }
+    });
+    Ok(admission)
 }
 
-const COUNT_SINCE: &str =
-    "SELECT COUNT(*) FROM otp_codes WHERE tenant_id = $1 AND email = $2 AND created_at > $3";
-
-/// Codes requested for one email since `since` (for the rate limit).
-pub async fn count_for_email_since(
-    db: &Db,
-    tenant_id: &str,
-    email: &str,
-    since: i64,
-) -> StoreResult<i64> {
-    Ok(
-        on_pool!(db, pool => sqlx::query_scalar(COUNT_SINCE).bind(tenant_id).bind(email).bind(since).fetch_one(pool).await?),
-    )
-}
-
+/// Requests from one source address since `$2`, in every tenant.
 const COUNT_SOURCE_SINCE: &str =
     "SELECT COUNT(*) FROM otp_codes WHERE source = $1 AND created_at > $2";
 
-/// Requests from one source address since `since`, in every tenant (for the rate limit).
-pub async fn count_for_source_since(db: &Db, source: &str, since: i64) -> StoreResult<i64> {
-    Ok(
-        on_pool!(db, pool => sqlx::query_scalar(COUNT_SOURCE_SINCE).bind(source).bind(since).fetch_one(pool).await?),
-    )
-}
+/// Requests for one address of a tenant since `$3`.
+const COUNT_SINCE: &str =
+    "SELECT COUNT(*) FROM otp_codes WHERE tenant_id = $1 AND email = $2 AND created_at > $3";
 
 const LATEST: &str = "SELECT id, tenant_id, email, client_id, code_hash, attempts, used,
     created_at, expires_at, source

@@ -1,8 +1,9 @@
 //! Sign-in on the web (SPEC §9): the authorization requests the hosted page works on, the
 //! authorization codes the token endpoint redeems, and browsers' sign-in sessions.
 //!
-//! Every one-time thing is consumed by one conditional `UPDATE … RETURNING`: of concurrent
-//! redemptions of a code, or of a mailed link, exactly one gets the row.
+//! Every one-time thing is consumed by one conditional `UPDATE … RETURNING` that also checks
+//! what is presented: of concurrent redemptions of a code, or of a mailed code or link, exactly
+//! one gets the row.
 
 use super::{Db, StoreResult, on_pool, on_writer};
 
@@ -58,19 +59,18 @@ pub async fn insert_request(db: &Db, r: &RequestRow) -> StoreResult<()> {
     Ok(())
 }
 
-/// A request of the tenant, whatever its state (the caller checks expiry and `done`). Read
-/// from the writer: the page is shown right after the request was written.
+/// A request of the tenant, whatever its state (the caller checks expiry and `done`).
 pub async fn find_request(db: &Db, tenant_id: &str, id: &str) -> StoreResult<Option<RequestRow>> {
     let sql = format!(
         "SELECT {REQUEST_COLUMNS} FROM authorization_requests WHERE tenant_id = $1 AND id = $2"
     );
     Ok(
-        on_writer!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await?),
+        on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await?),
     )
 }
 
-/// The email step: records the address and the new code and link (replacing earlier ones, and
-/// their wrong attempts), while the request is open.
+/// The email step: records the address and the new code and link (replacing earlier ones),
+/// while the request is open. Wrong codes count on: asking again gives no new guesses.
 pub async fn set_email(
     db: &Db,
     id: &str,
@@ -80,26 +80,50 @@ pub async fn set_email(
     now: i64,
 ) -> StoreResult<bool> {
     const SQL: &str = "UPDATE authorization_requests
-        SET email = $2, code_hash = $3, link_hash = $4, attempts = 0
+        SET email = $2, code_hash = $3, link_hash = $4
         WHERE id = $1 AND done = FALSE AND expires_at > $5";
     let n = on_writer!(db, pool => sqlx::query(SQL).bind(id).bind(email).bind(code_hash).bind(link_hash).bind(now).execute(pool).await?.rows_affected());
     Ok(n == 1)
 }
 
-/// Counts a wrong code; returns the attempts made so far (0 if the request is gone or done).
-pub async fn record_wrong_code(db: &Db, id: &str) -> StoreResult<i64> {
-    const SQL: &str = "UPDATE authorization_requests SET attempts = attempts + 1
+/// Counts a wrong code, and ends the request at the `max_attempts`th; returns the attempts
+/// made so far (0 if the request is gone or done).
+pub async fn record_wrong_code(db: &Db, id: &str, max_attempts: i64) -> StoreResult<i64> {
+    const SQL: &str = "UPDATE authorization_requests
+        SET attempts = attempts + 1, done = (attempts + 1 >= $2)
         WHERE id = $1 AND done = FALSE RETURNING attempts";
-    let n: Option<i64> =
-        on_writer!(db, pool => sqlx::query_scalar(SQL).bind(id).fetch_optional(pool).await?);
+    let n: Option<i64> = on_writer!(db, pool => sqlx::query_scalar(SQL).bind(id).bind(max_attempts).fetch_optional(pool).await?);
     Ok(n.unwrap_or(0))
 }
 
-/// Completes the request if it is still open: exactly one of concurrent callers gets `true`.
-pub async fn finish_request(db: &Db, id: &str, max_attempts: i64, now: i64) -> StoreResult<bool> {
-    const SQL: &str = "UPDATE authorization_requests SET done = TRUE
-        WHERE id = $1 AND done = FALSE AND attempts < $2 AND expires_at > $3 RETURNING id";
-    let row: Option<String> = on_writer!(db, pool => sqlx::query_scalar(SQL).bind(id).bind(max_attempts).bind(now).fetch_optional(pool).await?);
+/// Which mailed secret finishes a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Proof {
+    Code,
+    Link,
+}
+
+/// Completes the request if it is still open and `hash` is still its newest code (or link):
+/// exactly one of concurrent callers gets `true`, and a code replaced meanwhile finishes
+/// nothing.
+pub async fn finish_request(
+    db: &Db,
+    id: &str,
+    proof: Proof,
+    hash: &[u8],
+    now: i64,
+) -> StoreResult<bool> {
+    let sql = match proof {
+        Proof::Code => {
+            "UPDATE authorization_requests SET done = TRUE
+            WHERE id = $1 AND done = FALSE AND code_hash = $2 AND expires_at > $3 RETURNING id"
+        }
+        Proof::Link => {
+            "UPDATE authorization_requests SET done = TRUE
+            WHERE id = $1 AND done = FALSE AND link_hash = $2 AND expires_at > $3 RETURNING id"
+        }
+    };
+    let row: Option<String> = on_writer!(db, pool => sqlx::query_scalar(sql).bind(id).bind(hash).bind(now).fetch_optional(pool).await?);
     Ok(row.is_some())
 }
 
@@ -144,42 +168,52 @@ pub async fn insert_code(db: &Db, c: &CodeRow) -> StoreResult<()> {
     Ok(())
 }
 
+/// The code with this hash, whatever its state (read when a redemption was refused, to say why).
 pub async fn find_code(db: &Db, tenant_id: &str, hash: &[u8]) -> StoreResult<Option<CodeRow>> {
     let sql = format!(
         "SELECT {CODE_COLUMNS} FROM authorization_codes WHERE tenant_id = $1 AND code_hash = $2"
     );
     Ok(
-        on_writer!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(hash).fetch_optional(pool).await?),
+        on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(hash).fetch_optional(pool).await?),
     )
 }
 
-/// Uses the code up if it is unused and unexpired, recording what its redemption will issue
-/// (the sign-in family and the access token); exactly one of concurrent callers gets `true`.
-pub async fn take_code(
-    db: &Db,
-    hash: &[u8],
-    family_id: &str,
-    access_jti: &str,
-    access_exp: i64,
-    now: i64,
-) -> StoreResult<bool> {
-    const SQL: &str = "UPDATE authorization_codes
-        SET used = TRUE, family_id = $2, access_jti = $3, access_exp = $4
-        WHERE code_hash = $1 AND used = FALSE AND expires_at > $5 RETURNING user_id";
-    let row: Option<String> = on_writer!(db, pool => sqlx::query_scalar(SQL)
-        .bind(hash).bind(family_id).bind(access_jti).bind(access_exp).bind(now)
-        .fetch_optional(pool).await?);
-    Ok(row.is_some())
+/// What a redemption presents, and what it will issue.
+pub struct Redemption<'a> {
+    pub tenant_id: &'a str,
+    pub code_hash: &'a [u8],
+    pub client_id: &'a str,
+    pub redirect_uri: &'a str,
+    /// The S256 challenge computed from the presented verifier.
+    pub code_challenge: &'a str,
+    pub family_id: &'a str,
+    pub access_jti: &'a str,
+    pub access_exp: i64,
+    pub now: i64,
 }
 
-/// Marks a used code as presented again; returns whether it was (its first redemption checks
-/// this after storing its refresh token, so a reuse racing it is not missed).
-pub async fn mark_reused(db: &Db, hash: &[u8]) -> StoreResult<bool> {
+/// Uses the code up if it is unused, unexpired, and bound to what is presented (client,
+/// redirect URI, PKCE challenge), recording what its redemption issues: one statement, so of
+/// concurrent callers exactly one gets the code's `(user_id, scope)`.
+pub async fn take_code(db: &Db, r: &Redemption<'_>) -> StoreResult<Option<(String, String)>> {
+    const SQL: &str = "UPDATE authorization_codes
+        SET used = TRUE, family_id = $6, access_jti = $7, access_exp = $8
+        WHERE tenant_id = $1 AND code_hash = $2 AND client_id = $3 AND redirect_uri = $4
+          AND code_challenge = $5 AND used = FALSE AND expires_at > $9
+        RETURNING user_id, scope";
+    Ok(on_writer!(db, pool => sqlx::query_as(SQL)
+        .bind(r.tenant_id).bind(r.code_hash).bind(r.client_id).bind(r.redirect_uri)
+        .bind(r.code_challenge).bind(r.family_id).bind(r.access_jti).bind(r.access_exp).bind(r.now)
+        .fetch_optional(pool).await?))
+}
+
+/// Marks a used code as presented again; its first redemption's refresh token, if not stored
+/// yet, will not be (see [`super::refresh_tokens::insert_unless_code_reused`]).
+pub async fn mark_reused(db: &Db, hash: &[u8]) -> StoreResult<()> {
     const SQL: &str =
         "UPDATE authorization_codes SET reused = TRUE WHERE code_hash = $1 AND used = TRUE";
-    let n =
-        on_writer!(db, pool => sqlx::query(SQL).bind(hash).execute(pool).await?.rows_affected());
-    Ok(n == 1)
+    on_writer!(db, pool => sqlx::query(SQL).bind(hash).execute(pool).await?.rows_affected());
+    Ok(())
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -264,6 +264,24 @@ on_both_databases! {
         assert_eq!(res.status(), 202, "the window moves on");
     }
 
+    async fn requests_sent_at_once_cannot_slip_past_the_limits(app) {
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "").await;
+        let client = app_client(&app, &t).await;
+        let body = json!({ "email": "ada@example.com", "client_id": client.to_string() });
+        let answers = futures::future::join_all((0..20).map(|_| send_otp(&app, "acme", body.clone()))).await;
+        let accepted = answers.iter().filter(|r| r.status() == 202).count();
+        let limited = answers.iter().filter(|r| r.status() == 429).count();
+        assert_eq!((accepted, limited), (5, 15));
+        // And per source: 100 addresses at once from one source, 95 more than it may.
+        let answers = futures::future::join_all((0..110).map(|i| {
+            send_otp(&app, "acme", json!({ "email": format!("p{i}@example.com"), "client_id": client.to_string() }))
+        }))
+        .await;
+        let accepted = answers.iter().filter(|r| r.status() == 202).count();
+        assert_eq!(accepted, 95, "100 per source, 5 of them used above");
+    }
+
     async fn naming_an_app_that_does_not_exist_locks_nobody_out(app) {
         let t = app.tenant("acme").await;
         person(&app, &t, "ada@example.com", "").await;

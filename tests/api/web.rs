@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::StreamExt;
 use lanyard::authority::NewClient;
 use lanyard::domain::web::RedirectUri;
 use lanyard::domain::{GrantType, ScopeSet};
@@ -240,8 +241,15 @@ async fn error_of(res: reqwest::Response) -> String {
     body["error"].as_str().unwrap_or_default().to_owned()
 }
 
-/// A mail's text as a mail client shows it: quoted-printable soft breaks joined, `=XX` decoded.
+/// A mail's text as a mail client shows it: when it is quoted-printable, soft breaks joined and
+/// `=XX` decoded.
 pub fn mail_text(raw: &str) -> String {
+    if !raw
+        .to_ascii_lowercase()
+        .contains("content-transfer-encoding: quoted-printable")
+    {
+        return raw.to_owned();
+    }
     let joined = raw.replace("=\r\n", "").replace("=\n", "");
     let mut out = Vec::new();
     let bytes = joined.as_bytes();
@@ -367,9 +375,105 @@ on_both_databases! {
         assert!(!browser.cookies.contains_key("lanyard_session"));
         let after = browser.get(&url).await;
         assert_eq!(after.status, 200, "signed out: the page again");
+        let with_state = browser.get(&app.url(&format!("/t/acme/oauth2/logout?client_id={client_id}&post_logout_redirect_uri={}&state=s%201", urlencode("https://app.example.com/bye")))).await;
+        assert_eq!(with_state.location.as_deref(), Some("https://app.example.com/bye?state=s+1"));
         let elsewhere = browser.get(&app.url(&format!("/t/acme/oauth2/logout?client_id={client_id}&post_logout_redirect_uri={}", urlencode("https://evil.example/")))).await;
         assert_eq!(elsewhere.status, 200, "no redirect to an unregistered URI");
         assert!(elsewhere.location.is_none());
+    }
+
+    async fn a_loopback_logout_target_takes_any_real_port_and_state(app) {
+        let t = app.tenant("acme").await;
+        let admin = app.admin_token(&t).await;
+        let body = crate::graphql::gql(&app, Some(&admin), "mutation { createClient(input: {name: \"Desk\", public: true, redirectUris: [\"http://127.0.0.1/cb\"], postLogoutRedirectUris: [\"http://127.0.0.1/\"]}) { clientId } }", json!({})).await;
+        let id = body["data"]["createClient"]["clientId"].as_str().unwrap().to_owned();
+        let mut browser = Browser::new();
+        let back = browser.get(&app.url(&format!("/t/acme/oauth2/logout?client_id={id}&post_logout_redirect_uri={}&state=x", urlencode("http://127.0.0.1:8765/")))).await;
+        assert_eq!(back.location.as_deref(), Some("http://127.0.0.1:8765/?state=x"));
+        for no_port in ["http://127.0.0.1:99999/", "http://127.0.0.1:65536/"] {
+            let page = browser.get(&app.url(&format!("/t/acme/oauth2/logout?client_id={id}&post_logout_redirect_uri={}&state=x", urlencode(no_port)))).await;
+            assert_eq!(page.status, 200, "{no_port}: signed out, not sent there");
+            assert!(page.location.is_none());
+            let (_, challenge) = pkce();
+            let authorize = browser.get(&app.url(&format!("/t/acme/oauth2/authorize?response_type=code&client_id={id}&redirect_uri={}&code_challenge={challenge}&code_challenge_method=S256", urlencode(&format!("{no_port}cb"))))).await;
+            assert_eq!(authorize.status, 400, "{no_port}");
+        }
+    }
+
+    async fn a_new_sign_in_replaces_the_browsers_session(app) {
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "").await;
+        let (client_id, _) = web_client(&app, &t, true, &[REDIRECT], "").await;
+        let (_, challenge) = pkce();
+        let mut browser = Browser::new();
+        let url = authorize_url(&app, "acme", &client_id, &challenge, "");
+        sign_in_on_page(&app, &mut browser, &url, "ada@example.com").await;
+        let first = browser.cookies["lanyard_session"].clone();
+        let again = sign_in_on_page(&app, &mut browser, &format!("{url}&prompt=login"), "ada@example.com").await;
+        assert_eq!(again.status, 303);
+        assert_ne!(browser.cookies["lanyard_session"], first);
+        let mut old = Browser::new();
+        old.cookies.insert("lanyard_session".into(), first);
+        assert_eq!(old.get(&url).await.status, 200, "the replaced session signs nobody in");
+    }
+
+    async fn sessions_requests_and_their_codes_expire(app) {
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "").await;
+        let (client_id, _) = web_client(&app, &t, true, &[REDIRECT], "").await;
+        let (_, challenge) = pkce();
+        let url = authorize_url(&app, "acme", &client_id, &challenge, "");
+        let mut browser = Browser::new();
+        sign_in_on_page(&app, &mut browser, &url, "ada@example.com").await;
+        app.clock.advance(12 * 3600 - 10);
+        assert_eq!(browser.get(&url).await.status, 303, "within web.session_ttl");
+        app.clock.advance(20);
+        assert_eq!(browser.get(&url).await.status, 200, "after it: the page again");
+
+        let page = browser.get(&url).await;
+        let (request, csrf) = (page.field("request"), page.field("csrf"));
+        let before = outbox_files(&app).len();
+        browser.post(&app.url("/t/acme/auth/sign-in"), &[("request", &request), ("csrf", &csrf), ("email", "ada@example.com")]).await;
+        let (code, mail) = code_for(&app, "ada@example.com", before).await;
+        app.clock.advance(601);
+        let late = browser.post(&app.url("/t/acme/auth/code"), &[("request", &request), ("csrf", &csrf), ("code", &code)]).await;
+        assert_eq!(late.status, 400, "a code after 10 minutes");
+        assert!(late.location.is_none());
+        assert_eq!(browser.get(&link_in(&app, &mail)).await.status, 400, "a link after 10 minutes");
+    }
+
+    async fn the_code_form_needs_its_csrf_token(app) {
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "").await;
+        let (client_id, _) = web_client(&app, &t, true, &[REDIRECT], "").await;
+        let (_, challenge) = pkce();
+        let url = authorize_url(&app, "acme", &client_id, &challenge, "");
+        let mut browser = Browser::new();
+        let page = browser.get(&url).await;
+        let (request, csrf) = (page.field("request"), page.field("csrf"));
+        let other = browser.get(&url).await.field("csrf");
+        let before = outbox_files(&app).len();
+        browser.post(&app.url("/t/acme/auth/sign-in"), &[("request", &request), ("csrf", &csrf), ("email", "ada@example.com")]).await;
+        let (code, _) = code_for(&app, "ada@example.com", before).await;
+        for form in [vec![("request", request.as_str()), ("code", code.as_str())], vec![("request", request.as_str()), ("csrf", other.as_str()), ("code", code.as_str())]] {
+            let page = browser.post(&app.url("/t/acme/auth/code"), &form).await;
+            assert_eq!(page.status, 400);
+            assert!(page.location.is_none());
+        }
+        let done = browser.post(&app.url("/t/acme/auth/code"), &[("request", &request), ("csrf", &csrf), ("code", &code)]).await;
+        assert_eq!(done.status, 303, "the request was still good");
+    }
+
+    async fn the_requested_scope_narrows_the_grant(app) {
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "sensor:read video:gold").await;
+        let (client_id, _) = web_client(&app, &t, true, &[REDIRECT], "sensor:read video:gold").await;
+        let (verifier, challenge) = pkce();
+        let mut browser = Browser::new();
+        let back = sign_in_on_page(&app, &mut browser, &authorize_url(&app, "acme", &client_id, &challenge, "&scope=video%3Agold"), "ada@example.com").await;
+        let res = redeem_code(&app, "acme", &client_id, &back.redirect_params()["code"], &verifier).await;
+        let tokens: Value = res.json().await.unwrap();
+        assert_eq!(tokens["scope"], "video:gold");
     }
 
     async fn a_session_ends_server_side_at_logout_not_only_in_the_browser(app) {
@@ -473,6 +577,15 @@ on_both_databases! {
         let late = browser.post(&app.url("/t/acme/auth/code"), &[("request", &request), ("csrf", &csrf), ("code", &code)]).await;
         assert_eq!(late.status, 400, "the right code after five wrong ones does nothing");
         assert!(late.location.is_none());
+        // Asking for a new code gives no new guesses: the request is over.
+        let mails = outbox_files(&app).len();
+        let again = browser.post(&app.url("/t/acme/auth/sign-in"), &[("request", &request), ("csrf", &csrf), ("email", "ada@example.com")]).await;
+        assert_eq!(again.status, 400, "{}", again.body);
+        assert!(again.body.contains("ended"), "{}", again.body);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(outbox_files(&app).len(), mails, "no mail for an ended request");
+        let (_, mail) = (0, std::fs::read_to_string(outbox_files(&app).last().unwrap()).unwrap());
+        assert_eq!(browser.get(&link_in(&app, &mail)).await.status, 400, "nor does its link work");
     }
 
     async fn forms_need_their_csrf_token_and_the_browser_that_began(app) {
@@ -532,6 +645,15 @@ on_both_databases! {
         assert!(!app.is_active(&t, access).await, "the first use's access token is revoked");
         let refresh = app.post_form("/t/acme/oauth2/token", None, &format!("grant_type=refresh_token&client_id={client_id}&refresh_token={}", urlencode(tokens["refresh_token"].as_str().unwrap()))).await;
         assert_eq!(error_of(refresh).await, "invalid_grant", "and its refresh token");
+
+        // Whoever merely saw a spent code (no verifier) cannot end the sign-in with it.
+        let back = browser.get(&authorize_url(&app, "acme", &client_id, &challenge, "")).await;
+        let code = back.redirect_params()["code"].clone();
+        let tokens: Value = redeem_code(&app, "acme", &client_id, &code, &verifier).await.json().await.unwrap();
+        let (guess, _) = pkce();
+        let replay = redeem_code(&app, "acme", &client_id, &code, &guess).await;
+        assert_eq!(error_of(replay).await, "invalid_grant");
+        assert!(app.is_active(&t, tokens["access_token"].as_str().unwrap()).await);
     }
 
     async fn a_code_is_bound_to_its_verifier_client_redirect_uri_and_sixty_seconds(app) {
@@ -834,6 +956,61 @@ mod refusals {
             body["data"]["client"]["grantTypes"],
             json!(["OTP", "REFRESH_TOKEN", "AUTHORIZATION_CODE"]),
             "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_source_opens_a_bounded_number_of_sign_in_pages() {
+        let app = TestApp::spawn(Backend::Sqlite).await;
+        let t = app.tenant("acme").await;
+        let (client_id, _) = web_client(&app, &t, true, &[REDIRECT], "").await;
+        let (_, challenge) = pkce();
+        let url = authorize_url(&app, "acme", &client_id, &challenge, "");
+        let opened =
+            futures::stream::iter(0..lanyard::authority::web_sign_in::SIGN_IN_PAGES_PER_SOURCE)
+                .map(|_| async { Browser::new().get(&url).await.status })
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await;
+        assert!(opened.iter().all(|s| *s == 200));
+        let page = Browser::new().get(&url).await;
+        assert_eq!(page.status, 429, "{}", page.body);
+        assert!(page.headers.contains_key("retry-after"));
+        // Ten minutes later the source may open pages again.
+        app.clock.advance(601);
+        assert_eq!(Browser::new().get(&url).await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn cookies_are_secure_when_the_public_url_is_https() {
+        let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+            s.http.public_url = "https://id.example.com".into()
+        })
+        .await;
+        let t = app.tenant("acme").await;
+        person(&app, &t, "ada@example.com", "").await;
+        let (client_id, _) = web_client(&app, &t, true, &[REDIRECT], "").await;
+        let (_, challenge) = pkce();
+        let mut browser = Browser::new();
+        let page = browser
+            .get(&authorize_url(&app, "acme", &client_id, &challenge, ""))
+            .await;
+        let set = page.headers["set-cookie"].to_str().unwrap().to_owned();
+        assert!(
+            set.starts_with("lanyard_browser=") && set.contains("; Secure"),
+            "{set}"
+        );
+        let back = sign_in_on_page(
+            &app,
+            &mut browser,
+            &authorize_url(&app, "acme", &client_id, &challenge, ""),
+            "ada@example.com",
+        )
+        .await;
+        let session = back.headers["set-cookie"].to_str().unwrap();
+        assert!(
+            session.starts_with("lanyard_session=") && session.contains("; Secure"),
+            "{session}"
         );
     }
 
