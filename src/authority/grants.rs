@@ -524,7 +524,9 @@ impl Authority {
                 code_challenge: &challenge,
                 family_id: &family,
                 access_jti: &jti,
-                access_exp: now + self.settings.tokens.access_token_ttl.as_secs_i64(),
+                // Past the token's `exp` (signed a moment later) by a margin, so a revocation
+                // on reuse is kept as long as the token lives.
+                access_exp: now + self.settings.tokens.access_token_ttl.as_secs_i64() + 60,
                 now,
             },
         )

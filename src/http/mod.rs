@@ -92,6 +92,17 @@ pub fn router(
         })
 }
 
+/// The token of an `Authorization: Bearer …` header (RFC 6750 §2.1), if there is one.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// The tenant named in the path, or the OAuth-shaped 404.
 async fn tenant(authority: &Authority, slug: &str) -> Result<Tenant, OAuthError> {
     match authority.tenant(slug).await {

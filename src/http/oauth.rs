@@ -148,18 +148,12 @@ pub async fn userinfo(
     headers: HeaderMap,
 ) -> Answer {
     let tenant = tenant(&state.authority, &slug).await?;
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .ok_or_else(|| {
-            OAuthError::new(
-                OAuthErrorCode::InvalidToken,
-                "send the access token as Authorization: Bearer",
-            )
-        })?;
+    let bearer = super::bearer(&headers).ok_or_else(|| {
+        OAuthError::new(
+            OAuthErrorCode::InvalidToken,
+            "send the access token as Authorization: Bearer",
+        )
+    })?;
     let info = state.authority.userinfo(&tenant, bearer).await?;
     Ok((no_store(), Json(Value::Object(info))).into_response())
 }

@@ -49,14 +49,7 @@ pub async fn validate(
         Err(e) => return super::OAuthResponse(e).into_response(),
     };
     let realm = format!("realm=\"{}\"", tenant.issuer);
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .filter(|t| !t.is_empty());
-    let Some(bearer) = bearer else {
+    let Some(bearer) = super::bearer(&headers) else {
         return challenge(StatusCode::UNAUTHORIZED, format!("Bearer {realm}"));
     };
     if bearer.len() > crate::authority::tokens::MAX_BEARER_LEN {

@@ -68,8 +68,10 @@ pub async fn change<E>(
         match stored {
             None => Changed::NoHolder,
             Some(text) => {
+                // Stored metadata that does not parse is reported, never overwritten.
                 let mut object: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_str(&text).unwrap_or_default();
+                    serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?;
                 match change(&mut object) {
                     Err(e) => Changed::Refused(e),
                     Ok(false) => Changed::Done(false),
