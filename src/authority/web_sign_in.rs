@@ -9,12 +9,14 @@
 //!   stored as a hash on the request. Every form carries the request's CSRF token, and a form or
 //!   a mailed link counts only from that browser. The email step mails a code and a link and
 //!   answers alike whether or not the address has an account (an unknown address gets no mail
-//!   and a code nobody knows). Five wrong codes end the request.
-//! - A finished sign-in leaves a session cookie (its hash stored) for `web.session_ttl`; a
-//!   later request within it needs no code unless `prompt=login`.
+//!   and a code nobody knows); it counts against send-otp's limits. Five wrong codes end the
+//!   request for good; a source address opens at most [`SIGN_IN_PAGES_PER_SOURCE`] pages in
+//!   10 minutes.
+//! - A finished sign-in leaves a session cookie (its hash stored) for `web.session_ttl`, in
+//!   place of the browser's earlier one; a later request within it needs no code unless
+//!   `prompt=login`.
 //! - A code lives 60 seconds and works once, bound to the client, the redirect URI and the
-//!   PKCE challenge. Its redemption records the access token and the sign-in family it issues,
-//!   so a second redemption revokes them (RFC 6749 §4.1.2).
+//!   PKCE challenge; `grants` redeems it.
 
 use subtle::ConstantTimeEq;
 
