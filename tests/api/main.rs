@@ -8,6 +8,7 @@ mod helpers;
 mod audit;
 mod authority;
 mod browser;
+mod caddy;
 mod cli;
 mod connections;
 mod discovery;

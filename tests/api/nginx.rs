@@ -71,8 +71,8 @@ async fn nginx(dir: &std::path::Path, locations: &str) -> (Nginx, String) {
     );
 }
 
-/// The app behind nginx: says who nginx says is asking.
-async fn upstream() -> String {
+/// The app behind the web server: says who the web server says is asking.
+pub async fn upstream() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = axum::Router::new().fallback(|headers: HeaderMap| async move {
@@ -88,7 +88,7 @@ async fn upstream() -> String {
     addr.to_string()
 }
 
-async fn get(url: &str, token: Option<&str>) -> (u16, String) {
+pub async fn get(url: &str, token: Option<&str>) -> (u16, String) {
     let mut req = reqwest::Client::new().get(url);
     if let Some(token) = token {
         req = req.bearer_auth(token);
