@@ -173,6 +173,9 @@ pub async fn measure(http: &reqwest::Client, l: &Lanyard, secs: u64) -> Vec<Row>
         // Twice what client_credentials reached: a redemption costs no less.
         let supply_size = (per_s * 2.0) as usize + 100;
         let supply = codes(&browser, &authorize, &cookie, supply_size).await;
+        // The codes' own write-ahead log is copied back (a checkpoint) soon after they are
+        // written: let it finish, or the redemptions would be charged for it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let (per_s, cpu, n) = redemptions(l, slice, supply).await;
         if n >= supply_size as u64 {
             eprintln!("  (the codes ran out: the authorization_code rate is a floor)");

@@ -61,9 +61,6 @@ pub(super) struct SignIn<'a> {
     pub grant: GrantType,
     /// The access token's id.
     pub jti: String,
-    /// For an authorization code's redemption, the code's hash: its refresh token is stored only
-    /// while the code has not been presented again.
-    pub code: Option<&'a [u8]>,
 }
 
 /// A token response (RFC 6749 §5.1).
@@ -255,7 +252,6 @@ impl Authority {
                 family: &family,
                 grant: GrantType::Otp,
                 jti: uuid::Uuid::new_v4().to_string(),
-                code: None,
             },
         )
         .await
@@ -330,7 +326,6 @@ impl Authority {
                 family: &row.family_id,
                 grant: GrantType::RefreshToken,
                 jti: uuid::Uuid::new_v4().to_string(),
-                code: None,
             },
         )
         .await
@@ -350,7 +345,6 @@ impl Authority {
             family,
             grant,
             jti,
-            code,
         } = sign_in;
         let mut issued = self
             .sign_access_token(tenant, user.as_str(), client, scope.clone(), grant, jti)
@@ -373,16 +367,10 @@ impl Authority {
             created_at: now,
             expires_at: now + self.settings.tokens.refresh_token_ttl.as_secs_i64(),
         };
-        let stored = match code {
-            None => refresh_tokens::insert(&self.db, &row).await.map(|()| true),
-            Some(code) => refresh_tokens::insert_unless_code_reused(&self.db, &row, code).await,
-        }
-        .map_err(server_error("storing a refresh token"))?;
-        // A code presented again meanwhile revoked what this redemption issued: its refresh
-        // token is not stored, and not given.
-        if stored {
-            issued.refresh_token = Some(refresh);
-        }
+        refresh_tokens::insert(&self.db, &row)
+            .await
+            .map_err(server_error("storing a refresh token"))?;
+        issued.refresh_token = Some(refresh);
         Ok(issued)
     }
 
@@ -512,27 +500,35 @@ impl Authority {
         let hash = SecretHash::of(r.code.as_bytes());
         let challenge = crate::crypto::pkce_s256(r.code_verifier);
         let now = self.now();
-        let family = uuid::Uuid::new_v4().to_string();
         let jti = uuid::Uuid::new_v4().to_string();
-        let taken = web_sign_in::take_code(
-            &self.db,
-            &web_sign_in::Redemption {
-                tenant_id: &tenant.id,
-                code_hash: &hash.0,
-                client_id: client.client_id.as_str(),
-                redirect_uri: r.redirect_uri,
-                code_challenge: &challenge,
-                family_id: &family,
-                access_jti: &jti,
-                // Past the token's `exp` (signed a moment later) by a margin, so a revocation
-                // on reuse is kept as long as the token lives.
-                access_exp: now + self.settings.tokens.access_token_ttl.as_secs_i64() + 60,
-                now,
-            },
-        )
-        .await
-        .map_err(server_error("using an authorization code"))?;
-        let Some((user_id, scope)) = taken else {
+        let refresh = client
+            .grant_types
+            .contains(&GrantType::RefreshToken)
+            .then(Secret::generate);
+        let redemption = web_sign_in::Redemption {
+            tenant_id: tenant.id.to_string(),
+            code_hash: hash.0.to_vec(),
+            client_id: client.client_id.to_string(),
+            redirect_uri: r.redirect_uri.to_owned(),
+            code_challenge: challenge.clone(),
+            family_id: uuid::Uuid::new_v4().to_string(),
+            access_jti: jti.clone(),
+            // Past the token's `exp` (signed a moment later) by a margin, so a revocation on
+            // reuse is kept as long as the token lives.
+            access_exp: now + self.settings.tokens.access_token_ttl.as_secs_i64() + 60,
+            now,
+            refresh: refresh.as_ref().map(|s| {
+                let ttl = self.settings.tokens.refresh_token_ttl.as_secs_i64();
+                (s.hash().0.to_vec(), now + ttl)
+            }),
+        };
+        let taken = self
+            .redeemer
+            .get_or_init(|| web_sign_in::Redeemer::start(self.db.clone()))
+            .redeem(redemption)
+            .await
+            .map_err(server_error("using an authorization code"))?;
+        let Some(taken) = taken else {
             // Refused: say why, and revoke when it was a second use by the code's owner.
             let row = web_sign_in::find_code(&self.db, &tenant.id, &hash.0)
                 .await
@@ -554,22 +550,22 @@ impl Authority {
             }
             return Err(bad());
         };
-        let scope = ScopeSet::parse(&scope).map_err(|e| {
+        let scope = ScopeSet::parse(&taken.scope).map_err(|e| {
             OAuthError::server_error(Internal::msg("a stored code's scope", e.to_string()))
         })?;
-        self.issue_user_tokens(
-            tenant,
-            client,
-            SignIn {
-                user: &UserId::stored(user_id),
+        let mut issued = self
+            .sign_access_token(
+                tenant,
+                &taken.user_id,
+                client,
                 scope,
-                family: &family,
-                grant: GrantType::AuthorizationCode,
+                GrantType::AuthorizationCode,
                 jti,
-                code: Some(&hash.0),
-            },
-        )
-        .await
+            )
+            .await?;
+        // Stored with the code's use, in the same transaction.
+        issued.refresh_token = refresh;
+        Ok(issued)
     }
 
     /// Revokes the access token and the sign-in a used code issued (RFC 6749 §4.1.2).

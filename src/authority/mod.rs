@@ -154,6 +154,8 @@ pub struct Authority {
     pub(crate) local_token_inserts: std::sync::OnceLock<crate::store::local_tokens::Inserts>,
     /// Writes the events of access tokens issued, many together; started at the first.
     pub(crate) audit_recorder: std::sync::OnceLock<crate::store::audit::Recorder>,
+    /// The group commit of authorization code redemptions, started at the first.
+    pub(crate) redeemer: std::sync::OnceLock<crate::store::web_sign_in::Redeemer>,
     /// Signed status lists and key schedules, and the status-list indices reserved here.
     pub(crate) offline: offline_trust::OfflineTrust,
     events: broadcast::Sender<Event>,
@@ -191,6 +193,7 @@ impl Authority {
             tally: Default::default(),
             local_token_inserts: Default::default(),
             audit_recorder: Default::default(),
+            redeemer: Default::default(),
             offline: Default::default(),
             events,
             node_id: uuid::Uuid::new_v4().to_string(),

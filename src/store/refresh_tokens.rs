@@ -37,34 +37,6 @@ pub async fn insert(db: &Db, r: &RefreshRow) -> StoreResult<()> {
     Ok(())
 }
 
-const INSERT_UNLESS_CODE_REUSED: &str = "INSERT INTO refresh_tokens
-    (token_hash, family_id, tenant_id, user_id, client_id, scope, created_at, expires_at)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8
-    WHERE NOT EXISTS (SELECT 1 FROM authorization_codes WHERE code_hash = $9 AND reused = TRUE)";
-
-/// The refresh token of an authorization code's redemption, unless the code has been
-/// presented again meanwhile (which revokes what it issued): returns whether it was stored.
-pub async fn insert_unless_code_reused(
-    db: &Db,
-    r: &RefreshRow,
-    code_hash: &[u8],
-) -> StoreResult<bool> {
-    let n = on_writer!(db, pool => sqlx::query(INSERT_UNLESS_CODE_REUSED)
-        .bind(&r.token_hash)
-        .bind(&r.family_id)
-        .bind(&r.tenant_id)
-        .bind(&r.user_id)
-        .bind(&r.client_id)
-        .bind(&r.scope)
-        .bind(r.created_at)
-        .bind(r.expires_at)
-        .bind(code_hash)
-        .execute(pool)
-        .await?
-        .rows_affected());
-    Ok(n == 1)
-}
-
 const COLUMNS: &str = "token_hash, family_id, tenant_id, user_id, client_id, scope, used, revoked, created_at, expires_at";
 
 pub async fn find(db: &Db, tenant_id: &str, hash: &[u8]) -> StoreResult<Option<RefreshRow>> {

@@ -5,7 +5,9 @@
 //! what is presented: of concurrent redemptions of a code, or of a mailed code or link, exactly
 //! one gets the row.
 
-use super::{Db, StoreResult, on_pool, on_writer};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Db, StoreError, StoreResult, in_transaction, on_pool, on_writer};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RequestRow {
@@ -179,36 +181,206 @@ pub async fn find_code(db: &Db, tenant_id: &str, hash: &[u8]) -> StoreResult<Opt
 }
 
 /// What a redemption presents, and what it will issue.
-pub struct Redemption<'a> {
-    pub tenant_id: &'a str,
-    pub code_hash: &'a [u8],
-    pub client_id: &'a str,
-    pub redirect_uri: &'a str,
+#[derive(Debug, Clone)]
+pub struct Redemption {
+    pub tenant_id: String,
+    pub code_hash: Vec<u8>,
+    pub client_id: String,
+    pub redirect_uri: String,
     /// The S256 challenge computed from the presented verifier.
-    pub code_challenge: &'a str,
-    pub family_id: &'a str,
-    pub access_jti: &'a str,
+    pub code_challenge: String,
+    /// The sign-in's refresh-token family and access token, recorded on the code.
+    pub family_id: String,
+    pub access_jti: String,
     pub access_exp: i64,
     pub now: i64,
+    /// The refresh token's hash and expiry, for a client allowed the refresh grant.
+    pub refresh: Option<(Vec<u8>, i64)>,
 }
 
-/// Uses the code up if it is unused, unexpired, and bound to what is presented (client,
-/// redirect URI, PKCE challenge), recording what its redemption issues: one statement, so of
-/// concurrent callers exactly one gets the code's `(user_id, scope)`.
-pub async fn take_code(db: &Db, r: &Redemption<'_>) -> StoreResult<Option<(String, String)>> {
-    const SQL: &str = "UPDATE authorization_codes
-        SET used = TRUE, family_id = $6, access_jti = $7, access_exp = $8
-        WHERE tenant_id = $1 AND code_hash = $2 AND client_id = $3 AND redirect_uri = $4
-          AND code_challenge = $5 AND used = FALSE AND expires_at > $9
-        RETURNING user_id, scope";
-    Ok(on_writer!(db, pool => sqlx::query_as(SQL)
-        .bind(r.tenant_id).bind(r.code_hash).bind(r.client_id).bind(r.redirect_uri)
-        .bind(r.code_challenge).bind(r.family_id).bind(r.access_jti).bind(r.access_exp).bind(r.now)
-        .fetch_optional(pool).await?))
+/// A code used up: whose it was and its scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub user_id: String,
+    pub scope: String,
 }
 
-/// Marks a used code as presented again; its first redemption's refresh token, if not stored
-/// yet, will not be (see [`super::refresh_tokens::insert_unless_code_reused`]).
+/// Most redemptions written together.
+const MAX_REDEMPTIONS: usize = 64;
+
+struct Job {
+    redemption: Redemption,
+    done: oneshot::Sender<StoreResult<Option<Taken>>>,
+}
+
+/// Group commit of code redemptions: redemptions that arrive while one write runs go into the
+/// next together, as one `UPDATE … FROM (VALUES …)` that checks and uses their codes up and one
+/// insert of their refresh tokens, in one transaction. Each code is taken only if unused,
+/// unexpired, and bound to what is presented (client, redirect URI, PKCE challenge); of
+/// redemptions of one code, in one write or not, exactly one gets it. A code's refresh token
+/// commits with its use, so a second use that revokes the sign-in always finds it.
+pub struct Redeemer {
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl Redeemer {
+    /// Starts the writing task on the current Tokio runtime; it ends when `Redeemer` is dropped.
+    pub fn start(db: Db) -> Redeemer {
+        let (queue, mut arrived) = mpsc::unbounded_channel::<Job>();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while arrived.recv_many(&mut batch, MAX_REDEMPTIONS).await > 0 {
+                let redemptions: Vec<&Redemption> = batch.iter().map(|j| &j.redemption).collect();
+                match take_codes(&db, &redemptions).await {
+                    Ok(taken) => {
+                        for (job, t) in batch.drain(..).zip(taken) {
+                            let _ = job.done.send(Ok(t));
+                        }
+                    }
+                    Err(e) if batch.len() == 1 => {
+                        let _ = batch.remove(0).done.send(Err(e));
+                    }
+                    Err(_) => {
+                        for job in batch.drain(..) {
+                            let alone = take_codes(&db, &[&job.redemption]).await;
+                            let _ = job.done.send(alone.map(|mut t| t.remove(0)));
+                        }
+                    }
+                }
+            }
+        });
+        Redeemer { queue }
+    }
+
+    /// Uses the code up (see [`Redeemer`]); `None` when it was not taken.
+    pub async fn redeem(&self, redemption: Redemption) -> StoreResult<Option<Taken>> {
+        let (done, answer) = oneshot::channel();
+        self.queue
+            .send(Job { redemption, done })
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
+    }
+}
+
+/// The batch's statement: its codes as a table of values (PostgreSQL types each value; SQLite
+/// names the columns `column1`…, as PostgreSQL does). RETURNING names the family each code now
+/// records, which tells the redemptions of one code apart.
+fn take_sql(postgres: bool, n: usize) -> String {
+    let row = |i: usize| {
+        let p = |k: usize, ty: &str| {
+            if postgres {
+                format!("${}::{ty}", i * 9 + k)
+            } else {
+                format!("${}", i * 9 + k)
+            }
+        };
+        format!(
+            "({}, {}, {}, {}, {}, {}, {}, {}, {})",
+            p(1, "bytea"),
+            p(2, "text"),
+            p(3, "text"),
+            p(4, "text"),
+            p(5, "text"),
+            p(6, "text"),
+            p(7, "text"),
+            p(8, "bigint"),
+            p(9, "bigint")
+        )
+    };
+    let values: Vec<String> = (0..n).map(row).collect();
+    // The codes by their key, so that each is found through the primary key rather than by a
+    // scan joined to the values.
+    let keys: Vec<String> = (0..n)
+        .map(|i| {
+            if postgres {
+                format!("${}::bytea", i * 9 + 1)
+            } else {
+                format!("${}", i * 9 + 1)
+            }
+        })
+        .collect();
+    format!(
+        "UPDATE authorization_codes
+         SET used = TRUE, family_id = v.column6, access_jti = v.column7, access_exp = v.column8
+         FROM (VALUES {}) AS v
+         WHERE authorization_codes.code_hash IN ({})
+           AND authorization_codes.code_hash = v.column1 AND authorization_codes.tenant_id = v.column2
+           AND authorization_codes.client_id = v.column3 AND authorization_codes.redirect_uri = v.column4
+           AND authorization_codes.code_challenge = v.column5 AND authorization_codes.used = FALSE
+           AND authorization_codes.expires_at > v.column9
+         RETURNING authorization_codes.family_id, authorization_codes.user_id, authorization_codes.scope",
+        values.join(", "),
+        keys.join(", ")
+    )
+}
+
+/// One write of redemptions: which were taken, in order.
+async fn take_codes(db: &Db, batch: &[&Redemption]) -> StoreResult<Vec<Option<Taken>>> {
+    let postgres = matches!(db, Db::Postgres { .. });
+    let sql = take_sql(postgres, batch.len());
+    let taken = in_transaction!(db, tx => {
+        let mut q = sqlx::query_as::<_, (String, String, String)>(&sql);
+        for r in batch {
+            q = q
+                .bind(&r.code_hash)
+                .bind(&r.tenant_id)
+                .bind(&r.client_id)
+                .bind(&r.redirect_uri)
+                .bind(&r.code_challenge)
+                .bind(&r.family_id)
+                .bind(&r.access_jti)
+                .bind(r.access_exp)
+                .bind(r.now);
+        }
+        let rows = q.fetch_all(&mut *tx).await?;
+        let taken: Vec<Option<Taken>> = batch
+            .iter()
+            .map(|r| {
+                rows.iter()
+                    .find(|(family, _, _)| *family == r.family_id)
+                    .map(|(_, user_id, scope)| Taken { user_id: user_id.clone(), scope: scope.clone() })
+            })
+            .collect();
+        let refreshes: Vec<_> = batch
+            .iter()
+            .zip(&taken)
+            .filter_map(|(r, t)| Some((*r, t.as_ref()?, r.refresh.as_ref()?)))
+            .collect();
+        if !refreshes.is_empty() {
+            let values: Vec<String> = (0..refreshes.len())
+                .map(|i| {
+                    let b = i * 8;
+                    format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8)
+                })
+                .collect();
+            let insert = format!(
+                "INSERT INTO refresh_tokens
+                 (token_hash, family_id, tenant_id, user_id, client_id, scope, created_at, expires_at)
+                 VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&insert);
+            for (r, t, (hash, expires_at)) in &refreshes {
+                q = q
+                    .bind(hash)
+                    .bind(&r.family_id)
+                    .bind(&r.tenant_id)
+                    .bind(&t.user_id)
+                    .bind(&r.client_id)
+                    .bind(&t.scope)
+                    .bind(r.now)
+                    .bind(*expires_at);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        taken
+    });
+    Ok(taken)
+}
+
+/// Marks a used code as presented again.
 pub async fn mark_reused(db: &Db, hash: &[u8]) -> StoreResult<()> {
     const SQL: &str =
         "UPDATE authorization_codes SET reused = TRUE WHERE code_hash = $1 AND used = TRUE";
