@@ -44,7 +44,6 @@ CREATE TABLE authorization_codes (
     created_at      INTEGER  NOT NULL,
     expires_at      INTEGER  NOT NULL,
     used            BOOLEAN NOT NULL DEFAULT FALSE,
-    reused          BOOLEAN NOT NULL DEFAULT FALSE,
     family_id       TEXT,
     access_jti      TEXT,
     access_exp      INTEGER

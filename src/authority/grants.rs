@@ -489,7 +489,14 @@ impl Authority {
                 "the code is not valid, expired, or was issued for another client or redirect_uri",
             )
         };
-        if r.code.len() > 256 || r.redirect_uri.len() > crate::domain::web::MAX_REDIRECT_URI_LEN {
+        // A redirect URI the client never registered cannot be a code's: refused before it
+        // costs a write (and before odd bytes reach the database).
+        if r.code.len() > 256
+            || !client
+                .redirect_uris
+                .iter()
+                .any(|u| u.matches(r.redirect_uri))
+        {
             return Err(bad());
         }
         if !crate::domain::web::valid_code_verifier(r.code_verifier) {
@@ -570,9 +577,6 @@ impl Authority {
 
     /// Revokes the access token and the sign-in a used code issued (RFC 6749 §4.1.2).
     async fn revoke_code_issue(&self, tenant: &Tenant, hash: &[u8]) -> Result<(), OAuthError> {
-        web_sign_in::mark_reused(&self.db, hash)
-            .await
-            .map_err(server_error("marking a code reused"))?;
         let Some(row) = web_sign_in::find_code(&self.db, &tenant.id, hash)
             .await
             .map_err(server_error("reading an authorization code"))?

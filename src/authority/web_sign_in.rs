@@ -350,7 +350,6 @@ impl Authority {
                 created_at: now,
                 expires_at: now + AUTHORIZATION_CODE_TTL_SECS,
                 used: false,
-                reused: false,
                 family_id: None,
                 access_jti: None,
                 access_exp: None,

@@ -141,14 +141,13 @@ pub struct CodeRow {
     pub created_at: i64,
     pub expires_at: i64,
     pub used: bool,
-    pub reused: bool,
     pub family_id: Option<String>,
     pub access_jti: Option<String>,
     pub access_exp: Option<i64>,
 }
 
 const CODE_COLUMNS: &str = "code_hash, tenant_id, client_id, redirect_uri, code_challenge,
-    user_id, scope, created_at, expires_at, used, reused, family_id, access_jti, access_exp";
+    user_id, scope, created_at, expires_at, used, family_id, access_jti, access_exp";
 
 pub async fn insert_code(db: &Db, c: &CodeRow) -> StoreResult<()> {
     const SQL: &str = "INSERT INTO authorization_codes
@@ -208,8 +207,13 @@ pub struct Taken {
 /// Most redemptions written together.
 const MAX_REDEMPTIONS: usize = 64;
 
+/// A redemption that waited longer than this for its write is refused unwritten: its client
+/// has given up, and a code used up for nobody would make the client's retry a second use.
+const MAX_QUEUED: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Job {
     redemption: Redemption,
+    queued: std::time::Instant,
     done: oneshot::Sender<StoreResult<Option<Taken>>>,
 }
 
@@ -228,22 +232,39 @@ impl Redeemer {
     pub fn start(db: Db) -> Redeemer {
         let (queue, mut arrived) = mpsc::unbounded_channel::<Job>();
         tokio::spawn(async move {
-            let mut batch = Vec::new();
+            let mut batch: Vec<Job> = Vec::new();
             while arrived.recv_many(&mut batch, MAX_REDEMPTIONS).await > 0 {
+                // Nobody waits for these any more, or not for long enough: leave their codes.
+                batch.retain(|job| {
+                    if job.done.is_closed() {
+                        return false;
+                    }
+                    job.queued.elapsed() < MAX_QUEUED
+                });
+                if batch.is_empty() {
+                    continue;
+                }
+                // Codes locked in one order on every node: two writes never wait on each other.
+                batch.sort_by(|a, b| a.redemption.code_hash.cmp(&b.redemption.code_hash));
                 let redemptions: Vec<&Redemption> = batch.iter().map(|j| &j.redemption).collect();
-                match take_codes(&db, &redemptions).await {
+                let written = take_codes(&db, &redemptions).await;
+                drop(redemptions);
+                match written {
                     Ok(taken) => {
                         for (job, t) in batch.drain(..).zip(taken) {
                             let _ = job.done.send(Ok(t));
                         }
                     }
-                    Err(e) if batch.len() == 1 => {
-                        let _ = batch.remove(0).done.send(Err(e));
-                    }
-                    Err(_) => {
+                    // The database failed the write, not a row of it: each redemption is refused
+                    // (its client may retry: nothing was used up).
+                    Err(e) => {
+                        let cause = e.to_string();
                         for job in batch.drain(..) {
-                            let alone = take_codes(&db, &[&job.redemption]).await;
-                            let _ = job.done.send(alone.map(|mut t| t.remove(0)));
+                            let _ =
+                                job.done
+                                    .send(Err(StoreError::Database(sqlx::Error::Protocol(
+                                        cause.clone(),
+                                    ))));
                         }
                     }
                 }
@@ -256,11 +277,16 @@ impl Redeemer {
     pub async fn redeem(&self, redemption: Redemption) -> StoreResult<Option<Taken>> {
         let (done, answer) = oneshot::channel();
         self.queue
-            .send(Job { redemption, done })
+            .send(Job {
+                redemption,
+                queued: std::time::Instant::now(),
+                done,
+            })
             .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        // Dropped unwritten (waited too long): refused, the code left as it was.
         answer
             .await
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
     }
 }
 
@@ -316,8 +342,8 @@ fn take_sql(postgres: bool, n: usize) -> String {
     )
 }
 
-/// One write of redemptions: which were taken, in order.
-async fn take_codes(db: &Db, batch: &[&Redemption]) -> StoreResult<Vec<Option<Taken>>> {
+/// One write of redemptions (what [`Redeemer`] runs for a batch): which were taken, in order.
+pub async fn take_codes(db: &Db, batch: &[&Redemption]) -> StoreResult<Vec<Option<Taken>>> {
     let postgres = matches!(db, Db::Postgres { .. });
     let sql = take_sql(postgres, batch.len());
     let taken = in_transaction!(db, tx => {
@@ -378,14 +404,6 @@ async fn take_codes(db: &Db, batch: &[&Redemption]) -> StoreResult<Vec<Option<Ta
         taken
     });
     Ok(taken)
-}
-
-/// Marks a used code as presented again.
-pub async fn mark_reused(db: &Db, hash: &[u8]) -> StoreResult<()> {
-    const SQL: &str =
-        "UPDATE authorization_codes SET reused = TRUE WHERE code_hash = $1 AND used = TRUE";
-    on_writer!(db, pool => sqlx::query(SQL).bind(hash).execute(pool).await?.rows_affected());
-    Ok(())
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

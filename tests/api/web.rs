@@ -705,6 +705,67 @@ on_both_databases! {
         assert!(!app.is_active(&t, tokens["access_token"].as_str().unwrap()).await);
     }
 
+    async fn one_write_of_many_redemptions_takes_each_code_once_and_only_as_bound(app) {
+        use lanyard::store::web_sign_in::{CodeRow, Redemption, insert_code, take_codes};
+        let t = app.tenant("acme").await;
+        let ada = person(&app, &t, "ada@example.com", "").await;
+        let (client_id, _) = web_client(&app, &t, true, &[REDIRECT], "").await;
+        let db = app.authority().db();
+        let now = app.authority().now();
+        let code = |name: &str, expires_at: i64| CodeRow {
+            code_hash: name.as_bytes().to_vec(),
+            tenant_id: t.tenant.id.to_string(),
+            client_id: client_id.to_string(),
+            redirect_uri: REDIRECT.into(),
+            code_challenge: format!("challenge-{name}"),
+            user_id: ada.id.to_string(),
+            scope: String::new(),
+            created_at: now,
+            expires_at,
+            used: false,
+            family_id: None,
+            access_jti: None,
+            access_exp: None,
+        };
+        for (name, expires_at) in [("a", now + 60), ("b", now + 60), ("c", now - 1), ("d", now + 60)] {
+            insert_code(db, &code(name, expires_at)).await.unwrap();
+        }
+        let redemption = |name: &str, family: &str, challenge: &str, client: &str| Redemption {
+            tenant_id: t.tenant.id.to_string(),
+            code_hash: name.as_bytes().to_vec(),
+            client_id: client.into(),
+            redirect_uri: REDIRECT.into(),
+            code_challenge: challenge.into(),
+            family_id: family.into(),
+            access_jti: format!("jti-{family}"),
+            access_exp: now + 3600,
+            now,
+            refresh: Some((format!("refresh-{family}").into_bytes(), now + 3600)),
+        };
+        let c = client_id.to_string();
+        let batch = [
+            redemption("a", "a1", "challenge-a", &c),
+            redemption("a", "a2", "challenge-a", &c),
+            redemption("b", "b-wrong", "challenge-x", &c),
+            redemption("b", "b-right", "challenge-b", &c),
+            redemption("c", "c1", "challenge-c", &c),
+            redemption("d", "d-other", "challenge-d", "another-client"),
+        ];
+        let taken = take_codes(db, &batch.iter().collect::<Vec<_>>()).await.unwrap();
+        let got: Vec<bool> = taken.iter().map(Option::is_some).collect();
+        assert_eq!(got[0] as u8 + got[1] as u8, 1, "one of two uses of a: {got:?}");
+        assert_eq!(&got[2..], &[false, true, false, false], "{got:?}");
+        assert_eq!(taken[3].as_ref().unwrap().user_id, ada.id.to_string());
+        // Refresh tokens for the taken only, committed with them.
+        for (family, stored) in [("a1", got[0]), ("a2", got[1]), ("b-right", true), ("b-wrong", false), ("c1", false), ("d-other", false)] {
+            let row = lanyard::store::refresh_tokens::find(db, &t.tenant.id, format!("refresh-{family}").as_bytes()).await.unwrap();
+            assert_eq!(row.is_some(), stored, "{family}");
+        }
+        // A second write finds them used.
+        let again = take_codes(db, &[&redemption("b", "b-again", "challenge-b", &c)]).await.unwrap();
+        assert_eq!(again, vec![None]);
+    }
+
     async fn a_confidential_client_authenticates_to_redeem(app) {
         let t = app.tenant("acme").await;
         person(&app, &t, "ada@example.com", "").await;
