@@ -348,6 +348,8 @@ pub async fn authorize(
         Ok(a) => a,
         Err(e) => return pages.refused(e).into_response(),
     };
+    // A session cookie that signs nobody in (ended, expired, another tenant's) is cleared.
+    let mut stale = None;
     if auth.prompt != Prompt::Login
         && let Some(session) = read_cookie(&headers, SESSION_COOKIE)
     {
@@ -358,12 +360,16 @@ pub async fn authorize(
                     Err(e) => pages.refused(e).into_response(),
                 };
             }
-            Ok(None) => {}
+            Ok(None) => stale = Some(cookie(tenant, pages.secure(), SESSION_COOKIE, "", 0)),
             Err(e) => return pages.refused(e).into_response(),
         }
     }
     if auth.prompt == Prompt::None {
-        return Answer::redirect(authority.login_required(tenant, &auth)).into_response();
+        let mut answer = Answer::redirect(authority.login_required(tenant, &auth));
+        if let Some(c) = stale {
+            answer = answer.cookie(c);
+        }
+        return answer.into_response();
     }
     let (browser, new_cookie) = match read_cookie(&headers, BROWSER_COOKIE) {
         Some(b) => (Secret::new(b), None),
@@ -386,7 +392,7 @@ pub async fn authorize(
     {
         Ok(pending) => {
             let mut answer = pages.sign_in(&pending, None);
-            if let Some(c) = new_cookie {
+            for c in new_cookie.into_iter().chain(stale) {
                 answer = answer.cookie(c);
             }
             answer.into_response()

@@ -489,6 +489,7 @@ on_both_databases! {
         let mut thief = Browser::new();
         thief.cookies.insert("lanyard_session".into(), kept);
         assert_eq!(thief.get(&url).await.status, 200, "a logged-out session signs nobody in");
+        assert!(!thief.cookies.contains_key("lanyard_session"), "and its cookie is cleared");
     }
 
     async fn the_mailed_link_works_once_and_only_in_the_browser_that_asked(app) {
