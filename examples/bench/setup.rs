@@ -31,17 +31,15 @@ async fn access_token(request: reqwest::RequestBuilder) -> String {
     res["access_token"].as_str().expect("a token").to_owned()
 }
 
-/// Signs the demo person in with a code from the file outbox.
-pub async fn person_token(http: &reqwest::Client, l: &Lanyard) -> String {
-    let before = std::fs::read_dir(l.dir.join("outbox"))
+/// Mails in the file outbox so far.
+pub fn mails(l: &Lanyard) -> usize {
+    std::fs::read_dir(l.dir.join("outbox"))
         .map(|d| d.count())
-        .unwrap_or(0);
-    http.post(l.url("/t/demo/auth/send-otp"))
-        .json(&json!({ "email": "demo@example.com", "client_id": "demo-app" }))
-        .send()
-        .await
-        .unwrap();
-    let mut code = String::new();
+        .unwrap_or(0)
+}
+
+/// The code in the first mail after the `before`th in the file outbox, once it is there.
+pub async fn mailed_code(l: &Lanyard, before: usize) -> String {
     for _ in 0..100 {
         let mut files: Vec<_> = std::fs::read_dir(l.dir.join("outbox"))
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -50,11 +48,22 @@ pub async fn person_token(http: &reqwest::Client, l: &Lanyard) -> String {
             files.sort();
             let text = std::fs::read_to_string(files.last().unwrap()).unwrap();
             let at = text.find(" is your code").unwrap();
-            code = text[at - 6..at].to_owned();
-            break;
+            return text[at - 6..at].to_owned();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    panic!("no mail came");
+}
+
+/// Signs the demo person in with a code from the file outbox.
+pub async fn person_token(http: &reqwest::Client, l: &Lanyard) -> String {
+    let before = mails(l);
+    http.post(l.url("/t/demo/auth/send-otp"))
+        .json(&json!({ "email": "demo@example.com", "client_id": "demo-app" }))
+        .send()
+        .await
+        .unwrap();
+    let code = mailed_code(l, before).await;
     access_token(http.post(l.url("/t/demo/oauth2/token")).form(&[
         ("grant_type", "urn:lanyard:params:oauth:grant-type:otp"),
         ("client_id", "demo-app"),

@@ -42,9 +42,7 @@ async fn session(l: &Lanyard, browser: &reqwest::Client, authorize: &str) -> Str
         .join("; ");
     let page = page.text().await.unwrap();
     let (request, csrf) = (field(&page, "request"), field(&page, "csrf"));
-    let before = std::fs::read_dir(l.dir.join("outbox"))
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let before = crate::setup::mails(l);
     browser
         .post(l.url("/t/demo/auth/sign-in"))
         .header("cookie", &cookie)
@@ -56,20 +54,7 @@ async fn session(l: &Lanyard, browser: &reqwest::Client, authorize: &str) -> Str
         .send()
         .await
         .unwrap();
-    let mut code = String::new();
-    for _ in 0..100 {
-        let mut files: Vec<_> = std::fs::read_dir(l.dir.join("outbox"))
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        if files.len() > before {
-            files.sort();
-            let text = std::fs::read_to_string(files.last().unwrap()).unwrap();
-            let at = text.find(" is your code").unwrap();
-            code = text[at - 6..at].to_owned();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let code = crate::setup::mailed_code(l, before).await;
     let done = browser
         .post(l.url("/t/demo/auth/code"))
         .header("cookie", &cookie)

@@ -430,19 +430,46 @@ pub async fn sign_in_page(
     }
 }
 
-/// The fields a page's form posted, or the page saying it could not be read.
-fn posted(
-    pages: &Pages,
+/// The tenant's pages and the fields a page's form posted, or the answer to give instead.
+async fn posted(
+    state: &HttpState,
+    slug: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Form, Answer> {
-    Form::from_request(headers, body).map_err(|e| {
-        pages.message(
-            StatusCode::BAD_REQUEST,
-            "Sign-in is not possible",
-            &e.description,
-        )
-    })
+) -> Result<(Pages, Form), Response> {
+    let pages = Pages::open(state, slug).await?;
+    match Form::from_request(headers, body) {
+        Ok(form) => Ok((pages, form)),
+        Err(e) => Err(pages
+            .message(
+                StatusCode::BAD_REQUEST,
+                "Sign-in is not possible",
+                &e.description,
+            )
+            .into_response()),
+    }
+}
+
+/// The page of request `id` again (as `adjust` leaves it), with `message` next to its field.
+async fn again(
+    pages: &Pages,
+    id: &str,
+    browser: Option<&str>,
+    message: &str,
+    adjust: impl FnOnce(&mut PendingSignIn),
+) -> Response {
+    match pages
+        .state
+        .authority
+        .pending_sign_in(&pages.tenant, id, browser)
+        .await
+    {
+        Ok(mut pending) => {
+            adjust(&mut pending);
+            pages.sign_in(&pending, Some(message)).into_response()
+        }
+        Err(e) => pages.refused(e).into_response(),
+    }
 }
 
 /// `POST /t/{slug}/auth/sign-in` (`request`, `csrf`, `email`): mails a code and a link.
@@ -453,15 +480,11 @@ pub async fn sign_in_email(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let pages = match Pages::open(&state, &slug).await {
-        Ok(p) => p,
+    let (pages, form) = match posted(&state, &slug, &headers, body).await {
+        Ok(opened) => opened,
         Err(r) => return r,
     };
     let tenant = &pages.tenant;
-    let form = match posted(&pages, &headers, body) {
-        Ok(f) => f,
-        Err(a) => return a.into_response(),
-    };
     let id = form.get("request").unwrap_or("");
     let browser = read_cookie(&headers, BROWSER_COOKIE);
     let authority = &state.authority;
@@ -483,14 +506,11 @@ pub async fn sign_in_email(
         ))
         .into_response(),
         Err(WebError::Retry(message)) => {
-            match authority.pending_sign_in(tenant, id, browser).await {
-                Ok(mut pending) => {
-                    pending.email = None;
-                    pending.login_hint = form.get("email").map(str::to_owned);
-                    pages.sign_in(&pending, Some(&message)).into_response()
-                }
-                Err(e) => pages.refused(e).into_response(),
-            }
+            again(&pages, id, browser, &message, |pending| {
+                pending.email = None;
+                pending.login_hint = form.get("email").map(str::to_owned);
+            })
+            .await
         }
         Err(e) => pages.refused(e).into_response(),
     }
@@ -503,15 +523,11 @@ pub async fn sign_in_code(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let pages = match Pages::open(&state, &slug).await {
-        Ok(p) => p,
+    let (pages, form) = match posted(&state, &slug, &headers, body).await {
+        Ok(opened) => opened,
         Err(r) => return r,
     };
     let tenant = &pages.tenant;
-    let form = match posted(&pages, &headers, body) {
-        Ok(f) => f,
-        Err(a) => return a.into_response(),
-    };
     let id = form.get("request").unwrap_or("");
     let browser = read_cookie(&headers, BROWSER_COOKIE);
     let authority = &state.authority;
@@ -527,12 +543,7 @@ pub async fn sign_in_code(
         .await;
     match done {
         Ok(done) => pages.signed_in(done).into_response(),
-        Err(WebError::Retry(message)) => {
-            match authority.pending_sign_in(tenant, id, browser).await {
-                Ok(pending) => pages.sign_in(&pending, Some(&message)).into_response(),
-                Err(e) => pages.refused(e).into_response(),
-            }
-        }
+        Err(WebError::Retry(message)) => again(&pages, id, browser, &message, |_| {}).await,
         Err(e) => pages.refused(e).into_response(),
     }
 }

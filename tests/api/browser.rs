@@ -3,7 +3,7 @@
 //! the link in a second browser, the session, logout. Screenshots of the page and of its error
 //! state are written to `$CARGO_TARGET_TMPDIR/screenshots`.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -17,54 +17,13 @@ use crate::web::link_of;
 #[path = "../../examples/web_app.rs"]
 mod web_app;
 
-/// A free loopback port (lanyard's `public_url` must name it before it starts).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn on_path(program: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// chromedriver on a free port, once it answers.
-async fn chromedriver() -> (Driver, String) {
+async fn chromedriver() -> (Process, String) {
     let port = free_port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
-    let driver = Driver(child);
-    let url = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return (driver, url);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("chromedriver did not start");
+    let mut command = Command::new("chromedriver");
+    command.arg(format!("--port={port}"));
+    let driver = Process::listening(command, port, "chromedriver").await;
+    (driver, format!("http://127.0.0.1:{port}"))
 }
 
 /// A fresh browser: its own profile, so its own cookies.
@@ -127,7 +86,7 @@ async fn fill_and_submit(client: &Client, id: &str, value: &str) {
 #[tokio::test]
 async fn a_person_signs_in_to_the_example_app_in_chromium() {
     for program in ["chromium", "chromedriver"] {
-        if !on_path(program) {
+        if !installed(program) {
             skipped(&format!(
                 "browser sign-in test: {program} is not installed (Debian: chromium chromium-driver)"
             ));

@@ -1,8 +1,7 @@
 //! Caddy (Debian's package) in front of a tiny app with `forward_auth` to lanyard's
 //! `/t/{slug}/validate`, using the Caddyfile of docs/web.md verbatim but for the ports.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use crate::helpers::*;
 use crate::mqtt::device;
@@ -16,24 +15,9 @@ fn docs_caddyfile() -> String {
     doc[start..end].to_owned()
 }
 
-struct Caddy(Child);
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn caddy_lets_through_only_what_lanyard_validates() {
-    if !Command::new("sh")
-        .arg("-c")
-        .arg("command -v caddy")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    if !installed("caddy") {
         skipped("Caddy forward-auth test: caddy is not installed (Debian: caddy)");
         return;
     }
@@ -46,11 +30,7 @@ async fn caddy_lets_through_only_what_lanyard_validates() {
     let (reader_id, reader) = device(&app, &t, None, "sensor:read").await;
     let (_, plain) = device(&app, &t, None, "").await;
     let backend = upstream().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let lanyard = app.base.trim_start_matches("http://").to_owned();
     // No admin API, no certificates: a test process owns nothing else.
     let config = format!(
@@ -63,30 +43,15 @@ async fn caddy_lets_through_only_what_lanyard_validates() {
     );
     let path = app.dir.path().join("Caddyfile");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new("caddy")
+    let mut command = Command::new("caddy");
+    command
         .args(["run", "--adapter", "caddyfile", "--config"])
         .arg(&path)
         .env("HOME", app.dir.path())
         .env("XDG_DATA_HOME", app.dir.path().join("xdg"))
-        .env("XDG_CONFIG_HOME", app.dir.path().join("xdg"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("caddy starts");
-    let _caddy = Caddy(child);
+        .env("XDG_CONFIG_HOME", app.dir.path().join("xdg"));
+    let _caddy = Process::listening(command, port, "caddy").await;
     let url = format!("http://127.0.0.1:{port}/");
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "caddy did not start");
 
     let (status, body) = get(&url, Some(&reader)).await;
     assert_eq!(

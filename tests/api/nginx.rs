@@ -1,8 +1,7 @@
 //! nginx (Debian's package) in front of a tiny app, guarded by `auth_request` to lanyard's
 //! `/t/{slug}/validate` with the README's snippet, verbatim but for the ports.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use axum::http::HeaderMap;
 
@@ -21,22 +20,9 @@ fn readme_snippet() -> String {
     readme[start..end].to_owned()
 }
 
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// nginx in the foreground on a free port with `locations` in its one server.
-async fn nginx(dir: &std::path::Path, locations: &str) -> (Nginx, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+async fn nginx(dir: &std::path::Path, locations: &str) -> (Process, String) {
+    let port = free_port();
     let d = dir.display();
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
@@ -46,29 +32,10 @@ async fn nginx(dir: &std::path::Path, locations: &str) -> (Nginx, String) {
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nginx starts");
-    let server = Nginx(child);
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return (server, format!("http://127.0.0.1:{port}"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "nginx did not start: {}",
-        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-    );
+    let mut command = Command::new("nginx");
+    command.arg("-p").arg(dir).arg("-c").arg(&path);
+    let server = Process::listening(command, port, "nginx").await;
+    (server, format!("http://127.0.0.1:{port}"))
 }
 
 /// The app behind the web server: says who the web server says is asking.
@@ -99,13 +66,7 @@ pub async fn get(url: &str, token: Option<&str>) -> (u16, String) {
 
 #[tokio::test]
 async fn nginx_lets_through_only_what_lanyard_validates() {
-    if !std::process::Command::new("sh")
-        .arg("-c")
-        .arg("command -v nginx")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    if !installed("nginx") {
         skipped("nginx forward-auth test: nginx is not installed (Debian: nginx)");
         return;
     }
