@@ -48,6 +48,7 @@ pub const TOKEN_REJECTIONS: &[&str] = &[
     "revoked",
     "client_gone",
     "user_gone",
+    "delegation_only",
     "unavailable",
 ];
 
@@ -189,7 +190,7 @@ impl<T> Fixed<T> {
 
 struct Families {
     /// client_credentials, otp, refresh_token.
-    tokens_issued: [IntCounter; 3],
+    tokens_issued: [IntCounter; 5],
     /// Expiring, permanent.
     local_tokens_minted: [IntCounter; 2],
     token_refusals: Vec<(OAuthErrorCode, IntCounter)>,
@@ -352,7 +353,13 @@ impl Families {
             &["kind"],
         );
         Families {
-            tokens_issued: ["client_credentials", "otp", "refresh_token"]
+            tokens_issued: [
+                "client_credentials",
+                "otp",
+                "refresh_token",
+                "authorization_code",
+                "token_exchange",
+            ]
                 .map(|g| issued.with_label_values(&[g])),
             local_tokens_minted: ["expiring", "permanent"].map(|l| minted.with_label_values(&[l])),
             token_refusals: OAuthErrorCode::ALL
@@ -442,7 +449,8 @@ impl Metrics {
                 GrantType::ClientCredentials => 0,
                 GrantType::Otp => 1,
                 GrantType::RefreshToken => 2,
-                GrantType::AuthorizationCode => return,
+                GrantType::AuthorizationCode => 3,
+                GrantType::TokenExchange => 4,
             };
             f.tokens_issued[at].inc();
         }

@@ -28,6 +28,13 @@ pub const TOKEN_METADATA_READ: &str = "lanyard:token-metadata:read";
 pub const TOKEN_METADATA_WRITE: &str = "lanyard:token-metadata:write";
 /// The scope that lets a caller read the tenant's audit events.
 pub const AUDIT_READ: &str = "lanyard:audit:read";
+/// The scopes of a user tenant's grants to applications of other tenants (SPEC §11).
+pub const APPLICATIONS_READ: &str = "lanyard:applications:read";
+pub const APPLICATIONS_WRITE: &str = "lanyard:applications:write";
+/// The one scope of a delegation's token: minting local tokens under its share.
+pub const LOCAL_TOKENS_MINT: &str = "lanyard:local-tokens:mint";
+/// Lets a caller list any system's shares (SPEC §11).
+pub const ROLES_READ: &str = "lanyard:roles:read";
 
 /// Who calls a use-case: a verified access token of a tenant.
 #[derive(Debug, Clone)]
@@ -48,12 +55,21 @@ impl Caller {
     }
 
     /// The user behind the token, if it is a person's token (a client's own has `sub` =
-    /// `client_id`; a person's `sub` is their id).
+    /// `client_id`; a person's `sub` is their id). A delegation's token has none: it acts for
+    /// nobody but through [`Caller::delegation`].
     pub fn user_id(&self) -> Option<UserId> {
-        if self.claims.sub == self.claims.client_id {
+        if self.claims.sub == self.claims.client_id || self.claims.is_delegation() {
             return None;
         }
         UserId::parse(&self.claims.sub).ok()
+    }
+
+    /// For a delegation's token (SPEC §11): the share it was issued under, and its system.
+    pub fn delegation(&self) -> Option<(&str, &str)> {
+        Some((
+            self.claims.share.as_deref()?,
+            self.claims.system.as_deref()?,
+        ))
     }
 
     /// Refuses unless the token carries `scope`.

@@ -36,6 +36,45 @@ pub struct NewClient {
     pub redirect_uris: Vec<RedirectUri>,
     /// Where logout may send people back.
     pub post_logout_redirect_uris: Vec<RedirectUri>,
+    /// The client that may exchange this client's tokens without an actor token: the tokens
+    /// issued to this client carry it as `may_act` (SPEC §11).
+    pub may_act: Option<ClientId>,
+    /// The application version whose credentials this confidential client holds (SPEC §11).
+    pub application: Option<Application>,
+}
+
+/// An application version (SPEC §11): its name and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Application {
+    pub name: String,
+    pub version: String,
+}
+
+impl Application {
+    /// 1 to 64 characters each, of `A-Z a-z 0-9 . _ - +`.
+    pub fn parse(name: &str, version: &str) -> Result<Application> {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+        };
+        if !valid(name) || !valid(version) {
+            return Err(Error::Invalid(
+                "appName and appVersion must be 1 to 64 characters of A-Z a-z 0-9 . _ - +".into(),
+            ));
+        }
+        Ok(Application {
+            name: name.to_owned(),
+            version: version.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
 }
 
 /// What a registration returns, once (RFC 7591 §3.2.1 names).
@@ -62,6 +101,8 @@ pub struct Client {
     pub post_logout_redirect_uris: Vec<RedirectUri>,
     /// Carried by introspection answers as `client_metadata`.
     pub metadata: Map<String, Value>,
+    pub may_act: Option<ClientId>,
+    pub application: Option<Application>,
 }
 
 /// The stored JSON array of redirect URIs; one that no longer parses is dropped.
@@ -95,6 +136,14 @@ impl Client {
             redirect_uris: stored_uris(&row.redirect_uris),
             post_logout_redirect_uris: stored_uris(&row.post_logout_redirect_uris),
             metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
+            may_act: row.may_act.clone().map(ClientId::stored),
+            application: match (&row.app_name, &row.app_version) {
+                (Some(name), Some(version)) => Some(Application {
+                    name: name.clone(),
+                    version: version.clone(),
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -299,6 +348,11 @@ impl Authority {
                 "a public client cannot use client_credentials: it has no secret".into(),
             ));
         }
+        if new.public && grant_types.contains(&GrantType::TokenExchange) {
+            return Err(Error::Invalid(
+                "a public client cannot use token exchange: it has no secret".into(),
+            ));
+        }
         if new.redirect_uris.len() > MAX_REDIRECT_URIS
             || new.post_logout_redirect_uris.len() > MAX_REDIRECT_URIS
         {
@@ -312,6 +366,17 @@ impl Authority {
                 .is_none()
         {
             return Err(Error::NotFound(format!("no system {system_id}")));
+        }
+        if new.public && new.application.is_some() {
+            return Err(Error::Invalid(
+                "an application's credentials are a confidential client's: it cannot be public"
+                    .into(),
+            ));
+        }
+        if let Some(actor) = &new.may_act
+            && self.client_row(&tenant.id, actor).await?.is_none()
+        {
+            return Err(Error::NotFound(format!("no client {actor} (mayAct)")));
         }
         let client_id = match new.client_id {
             Some(id) => id,
@@ -333,14 +398,20 @@ impl Authority {
             secret_rotated_at: now,
             redirect_uris: uris_text(&new.redirect_uris),
             post_logout_redirect_uris: uris_text(&new.post_logout_redirect_uris),
+            may_act: new.may_act.map(String::from),
+            app_name: new.application.as_ref().map(|a| a.name.clone()),
+            app_version: new.application.as_ref().map(|a| a.version.clone()),
         };
         let event = self.event(&by, "client.created", format!("client:{client_id}"));
         clients::insert(&self.db, &event, &row)
             .await
             .map_err(|e| match e {
-                StoreError::Conflict => {
-                    Error::Conflict(format!("client {client_id} already exists"))
-                }
+                StoreError::Conflict => match &new.application {
+                    Some(app) => Error::Conflict(format!(
+                        "client {client_id}, or a client of application {app}, already exists"
+                    )),
+                    None => Error::Conflict(format!("client {client_id} already exists")),
+                },
                 other => other.into(),
             })?;
         tracing::info!(tenant = %tenant.slug, %client_id, "client registered");

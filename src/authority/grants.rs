@@ -16,6 +16,7 @@ use super::signin::{CODE_MAX_ATTEMPTS, code_hash};
 use super::{Authority, Tenant};
 use crate::crypto::{Secret, SecretHash, jws};
 use crate::domain::claims::ACCESS_TOKEN_TYP;
+use crate::domain::claims::MayAct;
 use crate::domain::{
     AccessClaims, Email, GrantType, Internal, OAuthError, OAuthErrorCode, ScopeSet, SystemId,
     UserId,
@@ -39,6 +40,8 @@ pub enum GrantRequest<'a> {
         redirect_uri: &'a str,
         code_verifier: &'a str,
     },
+    /// Token exchange (RFC 8693, SPEC §11), in [`exchange`](super::exchange).
+    TokenExchange(super::exchange::ExchangeRequest<'a>),
 }
 
 impl GrantRequest<'_> {
@@ -48,6 +51,7 @@ impl GrantRequest<'_> {
             GrantRequest::Otp { .. } => GrantType::Otp,
             GrantRequest::Refresh { .. } => GrantType::RefreshToken,
             GrantRequest::AuthorizationCode { .. } => GrantType::AuthorizationCode,
+            GrantRequest::TokenExchange(_) => GrantType::TokenExchange,
         }
     }
 }
@@ -71,6 +75,9 @@ pub struct IssuedToken {
     pub scope: ScopeSet,
     /// For people's sign-in, to a client allowed the refresh grant: the next refresh token.
     pub refresh_token: Option<Secret>,
+    /// Token exchange's `issued_token_type` (RFC 8693 §2.2.1); `None`: an access token of
+    /// another grant.
+    pub issued_token_type: Option<&'static str>,
 }
 
 // Written out so that a code, a refresh token or an access token is never printed.
@@ -114,8 +121,13 @@ impl Authority {
     ) -> Result<IssuedToken, OAuthError> {
         let client = self.authenticate_client(tenant, creds).await?;
         let grant_type = request.grant_type();
+        // Nothing proves who a public client is: it acts for no one but the person signing in.
         let allowed = client.grant_types.contains(&grant_type)
-            && !(client.public && grant_type == GrantType::ClientCredentials);
+            && !(client.public
+                && matches!(
+                    grant_type,
+                    GrantType::ClientCredentials | GrantType::TokenExchange
+                ));
         if !allowed {
             let name = match grant_type {
                 GrantType::Otp => "one-time-code",
@@ -159,6 +171,10 @@ impl Authority {
                     },
                 )
                 .await
+            }
+            GrantRequest::TokenExchange(exchange) => {
+                self.token_exchange(tenant, &client, exchange, requested)
+                    .await
             }
         }
     }
@@ -400,6 +416,38 @@ impl Authority {
         grant: GrantType,
         jti: String,
     ) -> Result<IssuedToken, OAuthError> {
+        let now = self.now();
+        let ttl = self.settings.tokens.access_token_ttl.as_secs_i64();
+        let mut claims = AccessClaims::new(
+            tenant.issuer.clone(),
+            subject.to_owned(),
+            tenant.slug.to_string(),
+            client.client_id.to_string(),
+            scope.to_string(),
+            now,
+            now + ttl,
+            jti,
+        );
+        // The binding marks the client's own tokens; a person signing in through a bound
+        // app is not the system's device (SPEC §6).
+        if client.client_id == subject {
+            claims.system = client.system_id.as_ref().map(SystemId::to_string);
+        }
+        claims.may_act = client.may_act.as_ref().map(|c| MayAct {
+            client_id: c.to_string(),
+        });
+        self.sign_claims(tenant, claims, grant.as_str()).await
+    }
+
+    /// Signs `claims` with the tenant's ACTIVE key and records the `token.issued` event (with
+    /// `audit.token_issuance`, `grant` naming how it was issued) before answering: no token
+    /// leaves without its event. Every access token lanyard issues is signed here.
+    pub(super) async fn sign_claims(
+        &self,
+        tenant: &Tenant,
+        claims: AccessClaims,
+        grant: &str,
+    ) -> Result<IssuedToken, OAuthError> {
         let keys = self
             .keyring(tenant)
             .await
@@ -415,40 +463,23 @@ impl Authority {
                 .get_or_init(|| Recorder::start(self.db.clone()))
         });
         let coming = recorder.map(Recorder::expect);
-        let now = self.now();
-        let ttl = self.settings.tokens.access_token_ttl.as_secs_i64();
-        let claims = AccessClaims {
-            iss: tenant.issuer.clone(),
-            sub: subject.to_owned(),
-            aud: tenant.slug.to_string(),
-            client_id: client.client_id.to_string(),
-            scope: scope.to_string(),
-            iat: now,
-            nbf: now,
-            exp: now + ttl,
-            jti,
-            // The binding marks the client's own tokens; a person signing in through a bound
-            // app is not the system's device (SPEC §6).
-            system: if client.client_id == subject {
-                client.system_id.as_ref().map(SystemId::to_string)
-            } else {
-                None
-            },
-        };
         let signing = self.metrics.signing(Signed::AccessToken);
         let access_token = jws::sign(&signer.key, &signer.kid, ACCESS_TOKEN_TYP, &claims);
         drop(signing);
         if let (Some(recorder), Some(coming)) = (recorder, coming) {
-            let who = if client.client_id == subject {
+            let who = if claims.client_id == claims.sub {
                 "client"
             } else {
                 "user"
             };
             let event = self.event_of(
                 tenant,
-                format!("client:{}", client.client_id),
+                format!("client:{}", claims.client_id),
                 "token.issued",
-                format!("access_token:{} ({grant}) for {who}:{subject}", claims.jti),
+                format!(
+                    "access_token:{} ({grant}) for {who}:{}",
+                    claims.jti, claims.sub
+                ),
             );
             recorder.record(event, coming).await.map_err(|e| {
                 OAuthError::server_error(Internal::new("recording a token issued", e))
@@ -456,9 +487,10 @@ impl Authority {
         }
         Ok(IssuedToken {
             access_token,
-            expires_in: ttl,
-            scope,
+            expires_in: claims.exp - claims.iat,
+            scope: ScopeSet::parse(&claims.scope).unwrap_or_default(),
             refresh_token: None,
+            issued_token_type: None,
         })
     }
 }

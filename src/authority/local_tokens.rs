@@ -22,6 +22,7 @@ use super::offline_trust::{StatusClaim, StatusReference, status_list_uri};
 use super::validate_name;
 use super::{Actor, Authority, Caller, Error, Event, Result, Role, Tenant};
 use crate::crypto::jws;
+use crate::domain::claims::Act;
 use crate::domain::{LocalTokenId, Period, RoleId, SystemId, UserId};
 use crate::metrics::Signed;
 use crate::store::{local_tokens, systems, users};
@@ -62,6 +63,51 @@ pub struct LocalToken {
     pub listed_until: Option<i64>,
     /// Its index in the system's status list (SPEC §10).
     pub status_idx: Option<i64>,
+    /// Who acted for the subject when it was minted (SPEC §11).
+    pub actor: Option<TokenActor>,
+    /// The share it was minted under.
+    pub share_id: Option<String>,
+}
+
+/// Who minted a token for its subject: a person a system was shared with, or a person or
+/// client acting through token exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenActor {
+    /// A person's uuid or a client's id.
+    pub id: String,
+    pub name: String,
+    /// `USER` or `CLIENT`.
+    pub kind: &'static str,
+}
+
+impl TokenActor {
+    fn of(act: &Act) -> TokenActor {
+        TokenActor {
+            id: act.sub.clone(),
+            name: act.name.clone().unwrap_or_else(|| act.sub.clone()),
+            kind: if act.is_client() { "CLIENT" } else { "USER" },
+        }
+    }
+}
+
+/// Whose token is minted: the subject, their name and the roles it carries, who acts for
+/// them, and the share (its id and expiry) it is minted under.
+struct Minter {
+    subject: UserId,
+    holding: Arc<Holding>,
+    act: Option<Act>,
+    share: Option<(String, Option<i64>)>,
+}
+
+impl Minter {
+    fn shared(s: super::shares::MintingShare) -> Minter {
+        Minter {
+            subject: UserId::stored(s.share.owner_id.clone()),
+            act: Some(s.act()),
+            holding: s.owner,
+            share: Some((s.share.id, s.share.expires_at)),
+        }
+    }
 }
 
 /// A change to a system's list found in the database.
@@ -106,6 +152,9 @@ struct LocalTokenClaims<'a> {
     status: StatusClaim<'a>,
     sub: &'a str,
     typename: &'static str,
+    /// Who acted for the subject (RFC 8693 §4.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<&'a Act>,
 }
 
 #[derive(Serialize)]
@@ -122,13 +171,15 @@ enum Lifetime<'a> {
 
 impl Authority {
     /// Mints a token for `system_id` valid for `duration` (`15M`, `12H`, `1D`, `1W`, `PT12H`),
-    /// between one minute and `tokens.max_local_token_duration`.
+    /// between one minute and `tokens.max_local_token_duration`; under `share` when named (see
+    /// [`Authority::mint`] for whose roles it carries).
     pub async fn create_local_token(
         &self,
         caller: &Caller,
         system_id: &SystemId,
         requested_device: Option<&str>,
         duration: &str,
+        share: Option<&str>,
     ) -> Result<MintedToken> {
         let period = Period::parse(duration).map_err(|e| Error::Invalid(e.to_string()))?;
         let max = self.settings.tokens.max_local_token_duration;
@@ -152,6 +203,7 @@ impl Authority {
                 secs: period.as_secs(),
                 device,
             },
+            share,
         )
         .await
     }
@@ -162,10 +214,49 @@ impl Authority {
         caller: &Caller,
         system_id: &SystemId,
         name: &str,
+        share: Option<&str>,
     ) -> Result<MintedToken> {
         let name = validate_name(name)?;
-        self.mint(caller, system_id, Lifetime::Permanent { name })
+        self.mint(caller, system_id, Lifetime::Permanent { name }, share)
             .await
+    }
+
+    /// Whose token is minted, with which roles: a delegation's token mints under its share;
+    /// a person under the share they name, else with their own roles on the system, else
+    /// under the one share of it they received (SPEC §11). A caller acting for its subject
+    /// (`act`, from token exchange) is the token's actor.
+    async fn minter(
+        &self,
+        caller: &Caller,
+        system_id: &SystemId,
+        share: Option<&str>,
+    ) -> Result<Minter> {
+        let tenant = &caller.tenant;
+        // A missing system and a system without a role on it get the same answer.
+        let forbidden = || Error::Forbidden("you hold no role on this system".into());
+        if caller.delegation().is_some() {
+            return Ok(Minter::shared(self.delegated_share(caller, system_id).await?));
+        }
+        let user_id = caller.user_id().ok_or_else(|| {
+            Error::Forbidden("local API tokens are minted for people; sign in as a user".into())
+        })?;
+        if share.is_none()
+            && let Some(holding) = self.holding(&tenant.id, &user_id, system_id).await?
+        {
+            return Ok(Minter {
+                subject: user_id,
+                holding,
+                act: caller.claims.act.clone(),
+                share: None,
+            });
+        }
+        match self
+            .share_to_mint_under(tenant, &user_id, system_id, share)
+            .await?
+        {
+            Some(shared) => Ok(Minter::shared(shared)),
+            None => Err(forbidden()),
+        }
     }
 
     async fn mint(
@@ -173,21 +264,29 @@ impl Authority {
         caller: &Caller,
         system_id: &SystemId,
         lifetime: Lifetime<'_>,
+        share: Option<&str>,
     ) -> Result<MintedToken> {
         let tenant = &caller.tenant;
-        // A missing system and a system without a role on it get the same answer.
         let forbidden = || Error::Forbidden("you hold no role on this system".into());
-        let user_id = caller.user_id().ok_or_else(|| {
-            Error::Forbidden("local API tokens are minted for people; sign in as a user".into())
-        })?;
-        let holding = self
-            .holding(&tenant.id, &user_id, system_id)
-            .await?
-            .ok_or_else(forbidden)?;
+        let Minter {
+            subject: user_id,
+            holding,
+            act,
+            share,
+        } = self.minter(caller, system_id, share).await?;
         let now = self.now();
         let exp = match lifetime {
             Lifetime::For { secs, .. } => {
-                let exp = now + secs as i64;
+                let mut exp = now + secs as i64;
+                // A token minted under a share never outlives it.
+                if let Some((_, Some(until))) = &share {
+                    exp = exp.min(*until);
+                    if exp < now + MIN_DURATION_SECS as i64 {
+                        return Err(Error::Invalid(
+                            "the share ends within a minute: no token can be minted under it".into(),
+                        ));
+                    }
+                }
                 if exp > MAX_EXP {
                     return Err(Error::Invalid(
                         "the token would expire after 2038, beyond a 32-bit time".into(),
@@ -195,7 +294,14 @@ impl Authority {
                 }
                 Some(exp)
             }
-            Lifetime::Permanent { .. } => None,
+            Lifetime::Permanent { .. } => {
+                if let Some((_, Some(_))) = &share {
+                    return Err(Error::Invalid(
+                        "the share expires, so a token minted under it cannot be permanent".into(),
+                    ));
+                }
+                None
+            }
         };
         let keys = self.keyring(tenant).await?;
         let signer = keys
@@ -248,7 +354,9 @@ impl Authority {
             },
             sub: &user_id,
             typename: "USER",
+            act: act.as_ref(),
         };
+        let actor = act.as_ref().map(TokenActor::of);
         let inserts = self
             .local_token_inserts
             .get_or_init(|| local_tokens::Inserts::start(self.db.clone(), self.node_id.clone()));
@@ -274,6 +382,8 @@ impl Authority {
             token: Some(token.clone()),
             listed_until: exp,
             status_idx: Some(status_idx),
+            actor: actor.clone(),
+            share_id: share.as_ref().map(|(id, _)| id.clone()),
         };
         let row = local_tokens::LocalTokenRow {
             id: id.to_string(),
@@ -292,6 +402,10 @@ impl Authority {
             created_at: now,
             updated_at: now,
             status_idx: Some(status_idx),
+            actor_id: actor.as_ref().map(|a| a.id.clone()),
+            actor_name: actor.as_ref().map(|a| a.name.clone()),
+            actor_type: actor.as_ref().map(|a| a.kind.to_owned()),
+            share_id: share.as_ref().map(|(id, _)| id.clone()),
         };
         let event = self.event(
             &Actor::Caller(caller),
@@ -303,7 +417,7 @@ impl Authority {
             self.tally.forget(&tenant.id, &user_id, system_id);
             return Err(match e {
                 crate::store::StoreError::Conflict => Error::Conflict(
-                    "the signing key was invalidated, or you were removed, while the token was minted; nothing was minted".into(),
+                    "the signing key was invalidated, a person was removed, or the share was revoked, while the token was minted; nothing was minted".into(),
                 ),
                 e => e.into(),
             });
@@ -351,7 +465,7 @@ impl Authority {
 
     /// The user's name and roles on the system, from memory when read before; `None` when
     /// they hold no role on it, or the user or the system does not exist.
-    async fn holding(
+    pub(super) async fn holding(
         &self,
         tenant_id: &str,
         user_id: &str,
@@ -554,6 +668,16 @@ fn local_token_view(
             None => None,
         },
         status_idx: row.status_idx,
+        actor: row.actor_id.map(|id| TokenActor {
+            name: row.actor_name.unwrap_or_else(|| id.clone()),
+            kind: if row.actor_type.as_deref() == Some("CLIENT") {
+                "CLIENT"
+            } else {
+                "USER"
+            },
+            id,
+        }),
+        share_id: row.share_id,
     }
 }
 

@@ -20,11 +20,13 @@ use crate::domain::Clock;
 use crate::metrics::Metrics;
 use crate::store::{Db, StoreError};
 
+pub mod applications;
 pub mod audit;
 pub mod cache;
 pub mod caller;
 pub mod clients;
 pub mod demo;
+pub mod exchange;
 pub mod grants;
 pub mod keys;
 pub mod limiter;
@@ -32,6 +34,7 @@ pub mod local_tokens;
 pub mod mail;
 pub mod metadata;
 pub mod offline_trust;
+pub mod shares;
 pub mod signin;
 pub mod systems;
 pub mod tenants;
@@ -76,6 +79,11 @@ pub enum Event {
         user_id: String,
         system_id: String,
     },
+    /// A share was revoked (SPEC §11): its delegations' tokens stop working.
+    ShareRevoked { tenant_id: String, share_id: String },
+    /// A tenant revoked or changed an application's access (SPEC §11): the technical tokens
+    /// it issued to the application are checked again.
+    ApplicationAccessChanged { tenant_id: String },
     /// Announcements from other nodes may have been missed: whatever depends on them should be
     /// checked against the database.
     Resync,
@@ -273,8 +281,10 @@ impl Authority {
                 client_id,
             } => {
                 self.forget_client(tenant_id, client_id);
+                // Its tokens, and the technical tokens other tenants issued it.
                 self.token_cache.forget(|k| {
-                    &k.tenant.id == tenant_id && &k.verified.claims.client_id == client_id
+                    &k.verified.claims.client_id == client_id
+                        && (&k.tenant.id == tenant_id || k.verified.claims.app.is_some())
                 });
             }
             Event::ClientSecretRotated {
@@ -284,9 +294,23 @@ impl Authority {
             Event::UserDeleted { tenant_id, user_id } => {
                 self.holdings.forget_user(tenant_id, user_id, None);
                 self.offline.forget_lists(Some(tenant_id), None);
-                self.token_cache
-                    .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.sub == user_id);
+                // Their tokens, and the delegations they acted through.
+                self.token_cache.forget(|k| {
+                    let claims = &k.verified.claims;
+                    &k.tenant.id == tenant_id
+                        && (&claims.sub == user_id
+                            || claims.act.as_ref().is_some_and(|a| &a.sub == user_id))
+                });
             }
+            Event::ShareRevoked {
+                tenant_id,
+                share_id,
+            } => self.token_cache.forget(|k| {
+                &k.tenant.id == tenant_id && k.verified.claims.share.as_ref() == Some(share_id)
+            }),
+            Event::ApplicationAccessChanged { tenant_id } => self
+                .token_cache
+                .forget(|k| &k.tenant.id == tenant_id && k.verified.claims.app.is_some()),
             Event::RoleAssigned {
                 tenant_id,
                 user_id,

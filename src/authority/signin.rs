@@ -230,6 +230,8 @@ impl Authority {
         out.insert("sub".into(), user.id.to_string().into());
         out.insert("email".into(), user.email.into());
         out.insert("name".into(), user.name.into());
+        let delegations = self.delegations(tenant, &user.id, &claims).await?;
+        out.insert("delegations".into(), Value::Array(delegations));
         Ok(out)
     }
 

@@ -55,6 +55,9 @@ pub enum TokenRejected {
     ClientGone,
     #[error("the token's user no longer exists")]
     UserGone,
+    /// A delegation's token (SPEC §11), presented anywhere but to mint a local API token.
+    #[error("the token can only mint local API tokens under its share")]
+    DelegationOnly,
     #[error("the token could not be checked right now")]
     Unavailable(Internal),
 }
@@ -79,6 +82,7 @@ impl TokenRejected {
             TokenRejected::Revoked => "revoked",
             TokenRejected::ClientGone => "client_gone",
             TokenRejected::UserGone => "user_gone",
+            TokenRejected::DelegationOnly => "delegation_only",
             TokenRejected::Unavailable(_) => "unavailable",
         }
     }
@@ -86,12 +90,14 @@ impl TokenRejected {
 
 impl Authority {
     /// Verifies an access token of `tenant` with every check (see the module docs).
+    /// A delegation's token (SPEC §11) is refused here: it only mints local API tokens
+    /// ([`Authority::verify_bearer_or_delegation`]).
     pub async fn verify_access_token(
         &self,
         tenant: &Tenant,
         token: &str,
     ) -> Result<VerifiedAccessToken, TokenRejected> {
-        match self.verify_known(tenant, token).await {
+        match self.verify_known(tenant, token).await.and_then(no_delegation) {
             Ok(known) => Ok(known.verified.clone()),
             Err(e) => Err(self.rejected(e)),
         }
@@ -106,6 +112,7 @@ impl Authority {
     ) -> Result<Arc<KnownToken>, TokenRejected> {
         self.verify_known(tenant, token)
             .await
+            .and_then(no_delegation)
             .map_err(|e| self.rejected(e))
     }
 
@@ -173,13 +180,28 @@ impl Authority {
         {
             return Err(TokenRejected::Revoked);
         }
-        if self
-            .client_row(&tenant.id, &claims.client_id)
-            .await
-            .map_err(unavailable)?
-            .is_none()
-        {
-            return Err(TokenRejected::ClientGone);
+        match &claims.app {
+            // A technical token: its client is the host tenant's, and lives while the grant
+            // does, with scopes the grant still gives.
+            Some(app) => {
+                if !self
+                    .technical_token_granted(tenant, app, &claims.client_id, &claims.scope)
+                    .await
+                    .map_err(|e| TokenRejected::Unavailable(Internal::new("checking a grant", e)))?
+                {
+                    return Err(TokenRejected::Revoked);
+                }
+            }
+            None => {
+                if self
+                    .client_row(&tenant.id, &claims.client_id)
+                    .await
+                    .map_err(unavailable)?
+                    .is_none()
+                {
+                    return Err(TokenRejected::ClientGone);
+                }
+            }
         }
         // A person's token (sub is a user, not the client itself) dies with its user.
         if claims.sub != claims.client_id
@@ -189,6 +211,15 @@ impl Authority {
                 .is_none()
         {
             return Err(TokenRejected::UserGone);
+        }
+        // A delegation's token lives while its share does (and its recipient, who acts).
+        if let Some(share) = &claims.share
+            && !self
+                .share_is_live(tenant, share, claims.act.as_ref())
+                .await
+                .map_err(unavailable)?
+        {
+            return Err(TokenRejected::Revoked);
         }
         let known = Arc::new(KnownToken {
             tenant: tenant.clone(),
@@ -205,7 +236,21 @@ impl Authority {
     /// Verifies a bearer token presented without naming its tenant (an MQTT password): the
     /// tenant is the one the token's `aud` names, and then every check of
     /// [`Authority::verify_access_token`] applies. A `Bearer ` prefix is tolerated.
+    /// A delegation's token is refused, as by [`Authority::verify_access_token`].
     pub async fn verify_bearer(&self, token: &str) -> Result<Arc<KnownToken>, TokenRejected> {
+        self.find_bearer(token)
+            .await
+            .and_then(no_delegation)
+            .map_err(|e| self.rejected(e))
+    }
+
+    /// [`Authority::verify_bearer`], a delegation's token accepted: for the GraphQL door, where
+    /// such a caller has no person ([`super::Caller::user_id`]) and no scope but
+    /// `lanyard:local-tokens:mint`, which only minting under its share accepts.
+    pub async fn verify_bearer_or_delegation(
+        &self,
+        token: &str,
+    ) -> Result<Arc<KnownToken>, TokenRejected> {
         self.find_bearer(token).await.map_err(|e| self.rejected(e))
     }
 
@@ -348,6 +393,15 @@ impl Authority {
     }
 }
 
+/// Refuses a delegation's token (SPEC §11) where it is not accepted.
+fn no_delegation(known: Arc<KnownToken>) -> Result<Arc<KnownToken>, TokenRejected> {
+    if known.verified.claims.is_delegation() {
+        Err(TokenRejected::DelegationOnly)
+    } else {
+        Ok(known)
+    }
+}
+
 /// Refuses unless `client` may revoke a token issued to another client that carries `scope`:
 /// it needs `lanyard:clients:write` and every `lanyard:` scope the token carries, so a client
 /// admin cannot keep the tenant admin's tokens revoked.
@@ -392,6 +446,7 @@ mod tests {
             TokenRejected::Revoked,
             TokenRejected::ClientGone,
             TokenRejected::UserGone,
+            TokenRejected::DelegationOnly,
             TokenRejected::Unavailable(internal),
         ];
         let reasons: Vec<&str> = all.iter().map(TokenRejected::reason).collect();

@@ -124,11 +124,19 @@ impl Authority {
         // One event for the person and everything that goes with them (their local tokens
         // revoked, their sign-ins ended), in the transaction that does it.
         let event = self.event(&by, "user.deleted", format!("user:{id}"));
+        // Their shares go with them, and the tokens minted under the ones they received count
+        // no more against the sharers' caps.
+        let received =
+            crate::store::shares::live_received(&self.db, &tenant.id, id, None, self.now()).await?;
         let Some(systems) =
             users::delete(&self.db, &event, &tenant.id, id, self.now(), &self.node_id).await?
         else {
             return Err(Error::NotFound(format!("no user {id}")));
         };
+        for share in &received {
+            self.tally
+                .forget(&tenant.id, &share.owner_id, &share.system_id);
+        }
         tracing::info!(tenant = %tenant.slug, user = %id, "user deleted");
         self.emit(Event::UserDeleted {
             tenant_id: tenant.id.to_string(),

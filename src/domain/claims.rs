@@ -21,7 +21,97 @@ pub struct AccessClaims {
     pub nbf: UnixTime,
     pub exp: UnixTime,
     pub jti: String,
-    /// The system a system-bound client belongs to.
+    /// The system a system-bound client belongs to; in a delegation's token (with `share`),
+    /// the one system it may mint for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// Who acts for the subject (RFC 8693 §4.1): set by token exchange with an actor token and
+    /// on a delegation's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Act>,
+    /// Who may exchange this token without an actor token (RFC 8693 §4.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_act: Option<MayAct>,
+    /// The share a delegation's token was issued under (SPEC §11): such a token can do nothing
+    /// but mint local API tokens for `system` under that share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
+    /// A technical token's application (SPEC §11): its `client_id` is a client of the host
+    /// tenant, not of the tenant that issued the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppClaim>,
+}
+
+impl AccessClaims {
+    /// Claims with none of the optional members.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        iss: String,
+        sub: String,
+        aud: String,
+        client_id: String,
+        scope: String,
+        iat: UnixTime,
+        exp: UnixTime,
+        jti: String,
+    ) -> AccessClaims {
+        AccessClaims {
+            iss,
+            sub,
+            aud,
+            client_id,
+            scope,
+            iat,
+            nbf: iat,
+            exp,
+            jti,
+            system: None,
+            act: None,
+            may_act: None,
+            share: None,
+            app: None,
+        }
+    }
+
+    /// A delegation's token, which can only mint local API tokens under its share.
+    pub fn is_delegation(&self) -> bool {
+        self.share.is_some()
+    }
+}
+
+/// The actor claim (RFC 8693 §4.1): the party acting, and whoever acted for it before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Act {
+    /// A person's uuid, or a client's id.
+    pub sub: String,
+    /// The acting client, when the actor is a client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The previous actor, when the subject token was itself a delegation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Act>>,
+}
+
+impl Act {
+    /// Whether the actor is a client acting on its own (not a person).
+    pub fn is_client(&self) -> bool {
+        self.client_id.as_deref() == Some(self.sub.as_str())
+    }
+}
+
+/// The party that may act for the token's subject (RFC 8693 §4.4): a client of the tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MayAct {
+    pub client_id: String,
+}
+
+/// A technical token's application (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppClaim {
+    pub name: String,
+    pub version: String,
+    /// The slug of the tenant the application is registered in.
+    pub host_tenant: String,
 }

@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 /// The grant type URN of lanyard's one-time-code sign-in.
 pub const OTP_GRANT: &str = "urn:lanyard:params:oauth:grant-type:otp";
+/// The grant type URN of token exchange (RFC 8693 §2.1).
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GrantType {
@@ -12,6 +14,7 @@ pub enum GrantType {
     Otp,
     RefreshToken,
     AuthorizationCode,
+    TokenExchange,
 }
 
 impl GrantType {
@@ -22,6 +25,7 @@ impl GrantType {
             GrantType::Otp => OTP_GRANT,
             GrantType::RefreshToken => "refresh_token",
             GrantType::AuthorizationCode => "authorization_code",
+            GrantType::TokenExchange => TOKEN_EXCHANGE_GRANT,
         }
     }
 
@@ -71,6 +75,7 @@ impl FromStr for GrantType {
             OTP_GRANT => Ok(GrantType::Otp),
             "refresh_token" => Ok(GrantType::RefreshToken),
             "authorization_code" => Ok(GrantType::AuthorizationCode),
+            TOKEN_EXCHANGE_GRANT => Ok(GrantType::TokenExchange),
             other => Err(UnknownGrantType(other.chars().take(80).collect())),
         }
     }

@@ -15,6 +15,10 @@ pub const RESERVED_METADATA_KEYS: &[&str] = &[
     "email",
     "name",
     "system",
+    "may_act",
+    "share",
+    "app",
+    "delegations",
 ];
 /// The largest metadata value, serialised.
 pub const MAX_METADATA_VALUE_BYTES: usize = 16 * 1024;

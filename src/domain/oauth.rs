@@ -13,6 +13,9 @@ pub enum OAuthErrorCode {
     UnsupportedGrantType,
     InvalidScope,
     UnsupportedTokenType,
+    /// RFC 8693 §2.2.2 (RFC 8707 §2): the requested audience is not one this server issues
+    /// for, or not one the subject may have.
+    InvalidTarget,
     /// RFC 6750 §3.1: the bearer token is not good (answered with 401).
     InvalidToken,
     /// Not an RFC 6749 code: the tenant in the path does not exist (answered with 404).
@@ -24,7 +27,7 @@ pub enum OAuthErrorCode {
 
 impl OAuthErrorCode {
     /// Every code, in the order declared.
-    pub const ALL: [OAuthErrorCode; 11] = [
+    pub const ALL: [OAuthErrorCode; 12] = [
         OAuthErrorCode::InvalidRequest,
         OAuthErrorCode::InvalidClient,
         OAuthErrorCode::InvalidGrant,
@@ -32,6 +35,7 @@ impl OAuthErrorCode {
         OAuthErrorCode::UnsupportedGrantType,
         OAuthErrorCode::InvalidScope,
         OAuthErrorCode::UnsupportedTokenType,
+        OAuthErrorCode::InvalidTarget,
         OAuthErrorCode::InvalidToken,
         OAuthErrorCode::NotFound,
         OAuthErrorCode::TooManyRequests,
@@ -47,6 +51,7 @@ impl OAuthErrorCode {
             OAuthErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             OAuthErrorCode::InvalidScope => "invalid_scope",
             OAuthErrorCode::UnsupportedTokenType => "unsupported_token_type",
+            OAuthErrorCode::InvalidTarget => "invalid_target",
             OAuthErrorCode::InvalidToken => "invalid_token",
             OAuthErrorCode::NotFound => "not_found",
             OAuthErrorCode::TooManyRequests => "too_many_requests",

@@ -12,11 +12,14 @@ pub const ADMIN_PREFIX: &str = "lanyard:";
 
 /// The fixed admin catalogue, `lanyard:<resource>:<verb>`.
 pub const ADMIN_CATALOGUE: &[&str] = &[
+    "lanyard:applications:read",
+    "lanyard:applications:write",
     "lanyard:audit:read",
     "lanyard:clients:read",
     "lanyard:clients:write",
     "lanyard:keys:read",
     "lanyard:keys:write",
+    "lanyard:local-tokens:mint",
     "lanyard:local-tokens:read",
     "lanyard:local-tokens:write",
     "lanyard:roles:read",

@@ -151,7 +151,7 @@ async fn run(
                 "send a lanyard access token as Authorization: Bearer",
             ));
         }
-        Some(token) => match state.authority.verify_bearer(token).await {
+        Some(token) => match state.authority.verify_bearer_or_delegation(token).await {
             Ok(known) => Caller::new(known.tenant.clone(), known.verified.claims.clone()),
             Err(TokenRejected::Unavailable(cause)) => {
                 cause.log("graphql");

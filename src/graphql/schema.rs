@@ -13,6 +13,7 @@ use async_graphql::{
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::authority::clients::Application;
 use crate::authority::{self, Authority, Caller, LocalToken, LocalTokenStatus, NewClient};
 use crate::domain::web::RedirectUri;
 use crate::domain::{ClientId, GrantType as DomainGrant, KeyStatus as DomainKeyStatus, ScopeSet};
@@ -84,6 +85,11 @@ pub struct LocalApiToken {
     pub subject: TokenSubject,
     pub name: Option<String>,
     pub requested_device: Option<String>,
+    /// Who minted it for its subject: the person a system was shared with, or whoever
+    /// acted through token exchange.
+    pub actor: Option<TokenActor>,
+    /// The share it was minted under.
+    pub share_uuid: Option<Uuid>,
 }
 
 /// The person a local token was minted for.
@@ -91,6 +97,88 @@ pub struct LocalApiToken {
 pub struct TokenSubject {
     pub uuid: Uuid,
     pub name: String,
+}
+
+/// Who acted for a token's subject (RFC 8693 §4.1).
+#[derive(SimpleObject)]
+pub struct TokenActor {
+    /// A person's uuid, or a client's id.
+    pub uuid: String,
+    pub name: String,
+    /// `USER` or `CLIENT`.
+    #[graphql(name = "type")]
+    pub kind: String,
+}
+
+/// A person as a share names them.
+#[derive(SimpleObject)]
+pub struct ShareParty {
+    pub uuid: Uuid,
+    pub name: String,
+}
+
+/// Some of a person's roles on a system, shared with another person (SPEC §11).
+#[derive(SimpleObject)]
+pub struct Share {
+    pub uuid: Uuid,
+    pub system_uuid: Uuid,
+    pub owner: ShareParty,
+    pub recipient: ShareParty,
+    pub roles: Vec<Role>,
+    /// `null`: until revoked.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<authority::shares::Share> for Share {
+    fn from(s: authority::shares::Share) -> Self {
+        Share {
+            uuid: Uuid::parse_str(&s.id).unwrap_or_default(),
+            system_uuid: s.system_id.uuid(),
+            owner: ShareParty {
+                uuid: s.owner.id.uuid(),
+                name: s.owner.name,
+            },
+            recipient: ShareParty {
+                uuid: s.recipient.id.uuid(),
+                name: s.recipient.name,
+            },
+            roles: s
+                .roles
+                .into_iter()
+                .map(|r| Role {
+                    uuid: r.id.uuid(),
+                    name: r.name,
+                })
+                .collect(),
+            expires_at: s.expires_at.map(time),
+            created_at: time(s.created_at),
+            revoked_at: s.revoked_at.map(time),
+        }
+    }
+}
+
+/// A tenant's grant of access to an application of another tenant (SPEC §11).
+#[derive(SimpleObject)]
+pub struct ApplicationAccess {
+    pub host_tenant: String,
+    pub app_name: String,
+    pub app_version: String,
+    pub scopes: Vec<String>,
+    pub granted_at: DateTime<Utc>,
+}
+
+impl From<authority::applications::ApplicationGrant> for ApplicationAccess {
+    fn from(g: authority::applications::ApplicationGrant) -> Self {
+        ApplicationAccess {
+            host_tenant: g.host_tenant,
+            app_name: g.application.name,
+            app_version: g.application.version,
+            scopes: g.scopes.iter().map(ToString::to_string).collect(),
+            granted_at: time(g.granted_at),
+        }
+    }
 }
 
 impl From<LocalToken> for LocalApiToken {
@@ -111,6 +199,12 @@ impl From<LocalToken> for LocalApiToken {
             },
             name: t.name,
             requested_device: t.requested_device,
+            actor: t.actor.map(|a| TokenActor {
+                uuid: a.id,
+                name: a.name,
+                kind: a.kind.to_owned(),
+            }),
+            share_uuid: t.share_id.and_then(|id| Uuid::parse_str(&id).ok()),
         }
     }
 }
@@ -170,6 +264,11 @@ pub struct Client {
     pub system_uuid: Option<Uuid>,
     pub redirect_uris: Vec<String>,
     pub post_logout_redirect_uris: Vec<String>,
+    /// The client that may exchange this client's tokens without an actor token.
+    pub may_act: Option<String>,
+    /// The application version whose credentials this client holds.
+    pub app_name: Option<String>,
+    pub app_version: Option<String>,
 }
 
 #[ComplexObject]
@@ -239,6 +338,8 @@ pub enum GrantType {
     Otp,
     RefreshToken,
     AuthorizationCode,
+    /// RFC 8693 token exchange (SPEC §11).
+    TokenExchange,
 }
 
 impl From<DomainGrant> for GrantType {
@@ -248,6 +349,7 @@ impl From<DomainGrant> for GrantType {
             DomainGrant::Otp => GrantType::Otp,
             DomainGrant::RefreshToken => GrantType::RefreshToken,
             DomainGrant::AuthorizationCode => GrantType::AuthorizationCode,
+            DomainGrant::TokenExchange => GrantType::TokenExchange,
         }
     }
 }
@@ -259,6 +361,7 @@ impl From<GrantType> for DomainGrant {
             GrantType::Otp => DomainGrant::Otp,
             GrantType::RefreshToken => DomainGrant::RefreshToken,
             GrantType::AuthorizationCode => DomainGrant::AuthorizationCode,
+            GrantType::TokenExchange => DomainGrant::TokenExchange,
         }
     }
 }
@@ -281,6 +384,13 @@ pub struct CreateClientInput {
     pub redirect_uris: Option<Vec<String>>,
     /// Where logout may send people back; the same rules.
     pub post_logout_redirect_uris: Option<Vec<String>>,
+    /// A client allowed to exchange this client's tokens without an actor token
+    /// (impersonation, RFC 8693): the tokens issued to this client name it in `may_act`.
+    pub may_act: Option<String>,
+    /// An application's name and version (both or neither): the credentials of a
+    /// confidential client that other tenants grant access to (SPEC §11).
+    pub app_name: Option<String>,
+    pub app_version: Option<String>,
 }
 
 fn redirect_uris(list: Option<Vec<String>>) -> Result<Vec<RedirectUri>> {
@@ -313,6 +423,7 @@ impl From<authority::ClientRegistration> for ClientRegistration {
 
 /// Who the caller is.
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct Principal {
     pub sub: String,
     pub client_id: String,
@@ -320,6 +431,20 @@ pub struct Principal {
     pub scopes: Vec<String>,
     /// For a person's token.
     pub user: Option<User>,
+}
+
+#[ComplexObject]
+impl Principal {
+    /// The live shares a person received: systems they may mint local tokens for in another's
+    /// name.
+    async fn shares_received(&self, ctx: &Context<'_>) -> Result<Vec<Share>> {
+        let caller = caller(ctx)?;
+        let shares = authority(ctx)
+            .shares_received(caller)
+            .await
+            .map_err(mapped)?;
+        Ok(shares.into_iter().map(Into::into).collect())
+    }
 }
 
 fn scopes(list: Option<Vec<String>>) -> Result<ScopeSet> {
@@ -346,6 +471,28 @@ impl Query {
         Ok(tokens.into_iter().map(Into::into).collect())
     }
 
+    /// The live shares of a system. For people holding a role on it, and for tokens with
+    /// `lanyard:roles:read`.
+    async fn shares(&self, ctx: &Context<'_>, system_uuid: Uuid) -> Result<Vec<Share>> {
+        let caller = caller(ctx)?;
+        let shares = authority(ctx)
+            .shares(caller, &system_uuid.into())
+            .await
+            .map_err(mapped)?;
+        Ok(shares.into_iter().map(Into::into).collect())
+    }
+
+    /// The applications of other tenants this tenant granted access. Needs
+    /// `lanyard:applications:read`.
+    async fn application_access(&self, ctx: &Context<'_>) -> Result<Vec<ApplicationAccess>> {
+        let caller = caller(ctx)?;
+        let grants = authority(ctx)
+            .application_grants(caller)
+            .await
+            .map_err(mapped)?;
+        Ok(grants.into_iter().map(Into::into).collect())
+    }
+
     /// A registered client. Needs `lanyard:clients:read`.
     async fn client(&self, ctx: &Context<'_>, client_id: String) -> Result<Client> {
         let caller = caller(ctx)?;
@@ -366,6 +513,9 @@ impl Query {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            may_act: c.may_act.map(String::from),
+            app_name: c.application.as_ref().map(|a| a.name.clone()),
+            app_version: c.application.map(|a| a.version),
         })
     }
 
@@ -457,21 +607,26 @@ pub struct Mutation;
 #[Object]
 impl Mutation {
     /// Mints a token for a system you hold a role on, valid for `duration` (`15M`, `12H`,
-    /// `1D`, `1W` or ISO 8601 like `PT12H`).
+    /// `1D`, `1W` or ISO 8601 like `PT12H`). On a system shared with you, it is minted in
+    /// the sharer's name with the shared roles: under `shareUuid` when given, else under the
+    /// one share of it you received (when you hold no role there yourself).
     async fn create_local_api_token(
         &self,
         ctx: &Context<'_>,
         system_uuid: Uuid,
         requested_device: Option<String>,
         duration: String,
+        share_uuid: Option<Uuid>,
     ) -> Result<CreatedLocalApiToken> {
         let caller = caller(ctx)?;
+        let share = share_uuid.map(|u| u.to_string());
         let minted = authority(ctx)
             .create_local_token(
                 caller,
                 &system_uuid.into(),
                 requested_device.as_deref(),
                 &duration,
+                share.as_deref(),
             )
             .await
             .map_err(mapped)?;
@@ -481,16 +636,19 @@ impl Mutation {
         })
     }
 
-    /// Mints a token that never expires; `name` says what it is for.
+    /// Mints a token that never expires; `name` says what it is for. `shareUuid` as for
+    /// `createLocalApiToken` (a share that expires mints no permanent token).
     async fn create_permanent_local_api_token(
         &self,
         ctx: &Context<'_>,
         system_uuid: Uuid,
         name: String,
+        share_uuid: Option<Uuid>,
     ) -> Result<CreatedLocalApiToken> {
         let caller = caller(ctx)?;
+        let share = share_uuid.map(|u| u.to_string());
         let minted = authority(ctx)
-            .create_permanent_local_token(caller, &system_uuid.into(), &name)
+            .create_permanent_local_token(caller, &system_uuid.into(), &name, share.as_deref())
             .await
             .map_err(mapped)?;
         Ok(CreatedLocalApiToken {
@@ -507,6 +665,80 @@ impl Mutation {
             .await
             .map_err(mapped)?;
         Ok(token.into())
+    }
+
+    /// Shares some of your roles on a system with the person of this tenant whose email is
+    /// `email`, until `expiresAt` (`null`: until revoked). Only roles you hold there yourself.
+    async fn share_system(
+        &self,
+        ctx: &Context<'_>,
+        system_uuid: Uuid,
+        email: String,
+        role_uuids: Vec<Uuid>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Share> {
+        let caller = caller(ctx)?;
+        let roles: Vec<crate::domain::RoleId> = role_uuids.into_iter().map(Into::into).collect();
+        let share = authority(ctx)
+            .share_system(
+                caller,
+                &system_uuid.into(),
+                &email,
+                &roles,
+                expires_at.map(|t| t.timestamp()),
+            )
+            .await
+            .map_err(mapped)?;
+        Ok(share.into())
+    }
+
+    /// Revokes a share, and every token minted under it. The sharer may, and so may a caller
+    /// with `lanyard:roles:write`.
+    async fn revoke_share(&self, ctx: &Context<'_>, uuid: Uuid) -> Result<Share> {
+        let caller = caller(ctx)?;
+        let share = authority(ctx)
+            .revoke_share(caller, &uuid.to_string())
+            .await
+            .map_err(mapped)?;
+        Ok(share.into())
+    }
+
+    /// Grants the application `appName`@`appVersion` of tenant `hostTenant` access to this
+    /// tenant with `scopes` (replacing an earlier grant's). Needs
+    /// `lanyard:applications:write` and every `lanyard:` scope granted.
+    async fn grant_application_access(
+        &self,
+        ctx: &Context<'_>,
+        host_tenant: String,
+        app_name: String,
+        app_version: String,
+        scopes: Vec<String>,
+    ) -> Result<ApplicationAccess> {
+        let caller = caller(ctx)?;
+        let application = Application::parse(&app_name, &app_version).map_err(mapped)?;
+        let grant = authority(ctx)
+            .grant_application_access(caller, &host_tenant, &application, &self::scopes(Some(scopes))?)
+            .await
+            .map_err(mapped)?;
+        Ok(grant.into())
+    }
+
+    /// Revokes an application's access: it gets no more technical tokens of this tenant, and
+    /// those it holds stop working. Needs `lanyard:applications:write`.
+    async fn revoke_application_access(
+        &self,
+        ctx: &Context<'_>,
+        host_tenant: String,
+        app_name: String,
+        app_version: String,
+    ) -> Result<bool> {
+        let caller = caller(ctx)?;
+        let application = Application::parse(&app_name, &app_version).map_err(mapped)?;
+        authority(ctx)
+            .revoke_application_access(caller, &host_tenant, &application)
+            .await
+            .map_err(mapped)?;
+        Ok(true)
     }
 
     /// Needs `lanyard:systems:write`.
@@ -696,6 +928,23 @@ impl Mutation {
             system_id: input.system_uuid.map(Into::into),
             redirect_uris: redirect_uris(input.redirect_uris)?,
             post_logout_redirect_uris: redirect_uris(input.post_logout_redirect_uris)?,
+            may_act: input
+                .may_act
+                .as_deref()
+                .map(client_id_input)
+                .transpose()?,
+            application: match (input.app_name, input.app_version) {
+                (None, None) => None,
+                (Some(name), Some(version)) => {
+                    Some(Application::parse(&name, &version).map_err(mapped)?)
+                }
+                _ => {
+                    return Err(error(
+                        "BAD_USER_INPUT",
+                        "appName and appVersion go together",
+                    ));
+                }
+            },
             ..NewClient::default()
         };
         let registration = authority(ctx)

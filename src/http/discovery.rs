@@ -43,6 +43,7 @@ pub async fn metadata(
             GrantType::Otp.as_str(),
             GrantType::RefreshToken.as_str(),
             GrantType::AuthorizationCode.as_str(),
+            GrantType::TokenExchange.as_str(),
         ],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],

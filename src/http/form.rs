@@ -156,7 +156,7 @@ fn presented_credentials(
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1).
-fn parse_basic(encoded: &str) -> Result<ClientCredentials, OAuthError> {
+pub(super) fn parse_basic(encoded: &str) -> Result<ClientCredentials, OAuthError> {
     let bytes = STANDARD
         .decode(encoded)
         .map_err(|_| OAuthError::invalid_client())?;

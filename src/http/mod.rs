@@ -27,6 +27,7 @@ mod health;
 mod oauth;
 mod offline_trust;
 pub mod serve;
+mod tms;
 mod validate;
 mod web;
 
@@ -79,6 +80,11 @@ pub fn router(
         .route("/validate", any(validate::validate));
     Router::new()
         .nest("/t/{slug}", tenant_routes)
+        .route(
+            "/api/technicaltokenmanager/v3/oauth/token",
+            post(tms::token),
+        )
+        .route("/api/technicaltokenmanager/v3/tenants", get(tms::tenants))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(health::not_found)

@@ -14,6 +14,7 @@ use super::error::{OAuthResponse, no_store};
 use super::form::{Form, client_credentials};
 use super::{HttpState, tenant};
 use crate::authority::GrantRequest;
+use crate::authority::exchange::{ExchangeRequest, LOCAL_API_TOKEN_TYPE};
 use crate::domain::{GrantType, OAuthError, OAuthErrorCode};
 
 type Answer = Result<Response, OAuthResponse>;
@@ -68,6 +69,15 @@ async fn issue(
             redirect_uri: form.require("redirect_uri")?,
             code_verifier: form.require("code_verifier")?,
         },
+        GrantType::TokenExchange => GrantRequest::TokenExchange(ExchangeRequest {
+            subject_token: form.require("subject_token")?,
+            subject_token_type: form.require("subject_token_type")?,
+            actor_token: form.get("actor_token"),
+            actor_token_type: form.get("actor_token_type"),
+            audience: form.get("audience"),
+            resource: form.get("resource"),
+            requested_token_type: form.get("requested_token_type"),
+        }),
     };
     let creds = client_credentials(headers, &form, peer)?;
     let issued = state
@@ -80,6 +90,14 @@ async fn issue(
         "expires_in": issued.expires_in,
         "scope": issued.scope.to_string(),
     });
+    if let Some(kind) = issued.issued_token_type {
+        body["issued_token_type"] = kind.into();
+        if kind == LOCAL_API_TOKEN_TYPE {
+            // Not an access token (RFC 8693 §2.2.1), and it carries roles, not scopes.
+            body["token_type"] = "N_A".into();
+            body.as_object_mut().expect("an object").remove("scope");
+        }
+    }
     if let Some(refresh) = &issued.refresh_token {
         body["refresh_token"] = refresh.expose().into();
     }

@@ -86,8 +86,21 @@ impl Gate {
                 }
             }
             Event::UserDeleted { tenant_id, user_id } => {
-                self.withdraw(|g| g.tenant.id == tenant_id && g.verified.claims.sub == user_id);
+                // Their sessions, and those of tokens they acted through (token exchange).
+                self.withdraw(|g| {
+                    let claims = &g.verified.claims;
+                    g.tenant.id == tenant_id
+                        && (claims.sub == user_id
+                            || claims.act.as_ref().is_some_and(|a| a.sub == user_id))
+                });
             }
+            // A technical token holds while its grant does: its sessions end, and reconnect if
+            // access was only changed.
+            Event::ApplicationAccessChanged { tenant_id } => {
+                self.withdraw(|g| g.tenant.id == tenant_id && g.verified.claims.app.is_some());
+            }
+            // A delegation's token opens no session.
+            Event::ShareRevoked { .. } => {}
             Event::Resync => {
                 // Announcements of other nodes may be lost: every topic is republished at the
                 // next reconciliation, read anew.

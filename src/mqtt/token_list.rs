@@ -25,6 +25,9 @@ fn rfc3339(secs: i64) -> String {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Entry<'a> {
+    /// Who minted it for its subject (SPEC §11).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<Subject<'a>>,
     created_at: String,
     expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,6 +36,9 @@ struct Entry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     requested_device: Option<&'a str>,
     roles: Vec<EntryRole<'a>>,
+    /// The share it was minted under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    share: Option<&'a str>,
     status: LocalTokenStatus,
     subject: Subject<'a>,
     system_uuid: &'a str,
@@ -59,6 +65,11 @@ struct Subject<'a> {
 /// Writes the entry of `t` to `out`.
 fn write_entry(out: &mut Vec<u8>, t: &LocalToken) {
     let entry = Entry {
+        actor: t.actor.as_ref().map(|a| Subject {
+            name: &a.name,
+            kind: a.kind,
+            uuid: &a.id,
+        }),
         created_at: rfc3339(t.created_at),
         expires_at: t.expires_at.map(rfc3339),
         name: t.name.as_deref(),
@@ -72,6 +83,7 @@ fn write_entry(out: &mut Vec<u8>, t: &LocalToken) {
                 uuid: &r.id,
             })
             .collect(),
+        share: t.share_id.as_deref(),
         status: t.status,
         subject: Subject {
             name: &t.subject_name,
@@ -228,6 +240,8 @@ mod tests {
             token: Some("CLOUD-a.b.c".into()),
             listed_until: Some(created_at + 60),
             status_idx: None,
+            actor: None,
+            share_id: None,
         }
     }
 

@@ -90,8 +90,11 @@ impl Withdrawn {
             Event::KeysChanged { tenant_id, .. } => {
                 self.tenants.entry(tenant_id).or_default().keys = true;
             }
-            Event::Resync => self.everything = true,
-            Event::ClientSecretRotated { .. }
+            // Rare: every connection is checked again (a technical token's with the rest).
+            Event::Resync | Event::ApplicationAccessChanged { .. } => self.everything = true,
+            // A delegation's token opens no connection.
+            Event::ShareRevoked { .. }
+            | Event::ClientSecretRotated { .. }
             | Event::RoleAssigned { .. }
             | Event::LocalTokensChanged { .. } => {}
         }

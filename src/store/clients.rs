@@ -22,11 +22,16 @@ pub struct ClientRow {
     /// JSON arrays of exact strings (SPEC §9).
     pub redirect_uris: String,
     pub post_logout_redirect_uris: String,
+    /// The client that may exchange this client's tokens without an actor token (SPEC §11).
+    pub may_act: Option<String>,
+    /// The application version this confidential client's credentials belong to (SPEC §11).
+    pub app_name: Option<String>,
+    pub app_version: Option<String>,
 }
 
 const INSERT: &str = "INSERT INTO clients
-    (client_id, tenant_id, name, is_public, secret_hash, scopes, grant_types, system_id, metadata, created_at, secret_rotated_at, redirect_uris, post_logout_redirect_uris)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+    (client_id, tenant_id, name, is_public, secret_hash, scopes, grant_types, system_id, metadata, created_at, secret_rotated_at, redirect_uris, post_logout_redirect_uris, may_act, app_name, app_version)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
 
 pub async fn insert(db: &Db, audit: &AuditRow, c: &ClientRow) -> StoreResult<()> {
     audited!(db, audit, tx => sqlx::query(INSERT)
@@ -43,19 +48,48 @@ pub async fn insert(db: &Db, audit: &AuditRow, c: &ClientRow) -> StoreResult<()>
         .bind(c.secret_rotated_at)
         .bind(&c.redirect_uris)
         .bind(&c.post_logout_redirect_uris)
+        .bind(&c.may_act)
+        .bind(&c.app_name)
+        .bind(&c.app_version)
         .execute(&mut *tx)
         .await?
         .rows_affected());
     Ok(())
 }
 
-const FIND: &str = "SELECT client_id, tenant_id, name, is_public, secret_hash, scopes, grant_types, system_id, metadata, created_at, secret_rotated_at, redirect_uris, post_logout_redirect_uris
+const FIND: &str = "SELECT client_id, tenant_id, name, is_public, secret_hash, scopes, grant_types, system_id, metadata, created_at, secret_rotated_at, redirect_uris, post_logout_redirect_uris, may_act, app_name, app_version
     FROM clients WHERE tenant_id = $1 AND client_id = $2";
 
 pub async fn find(db: &Db, tenant_id: &str, client_id: &str) -> StoreResult<Option<ClientRow>> {
     Ok(
         on_pool!(db, pool => sqlx::query_as(FIND).bind(tenant_id).bind(client_id).fetch_optional(pool).await?),
     )
+}
+
+const FIND_APPLICATION: &str = "SELECT client_id, tenant_id, name, is_public, secret_hash, scopes, grant_types, system_id, metadata, created_at, secret_rotated_at, redirect_uris, post_logout_redirect_uris, may_act, app_name, app_version
+    FROM clients WHERE tenant_id = $1 AND app_name = $2 AND app_version = $3";
+
+/// The client an application version's credentials belong to.
+pub async fn find_application(
+    db: &Db,
+    tenant_id: &str,
+    app_name: &str,
+    app_version: &str,
+) -> StoreResult<Option<ClientRow>> {
+    Ok(on_pool!(db, pool => sqlx::query_as(FIND_APPLICATION)
+        .bind(tenant_id)
+        .bind(app_name)
+        .bind(app_version)
+        .fetch_optional(pool)
+        .await?))
+}
+
+const APPLICATION_TENANTS: &str =
+    "SELECT tenant_id FROM clients WHERE client_id = $1 AND app_name IS NOT NULL ORDER BY tenant_id";
+
+/// The tenants holding an application client with this id.
+pub async fn application_tenants(db: &Db, client_id: &str) -> StoreResult<Vec<String>> {
+    Ok(on_pool!(db, pool => sqlx::query_scalar(APPLICATION_TENANTS).bind(client_id).fetch_all(pool).await?))
 }
 
 const EXISTS: &str = "SELECT COUNT(*) FROM clients WHERE tenant_id = $1 AND client_id = $2";

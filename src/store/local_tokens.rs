@@ -12,10 +12,14 @@ use super::{Db, StoreError, StoreResult, audited, in_transaction, on_pool};
 const LIVE_KEYS: &str = "SELECT kid FROM signing_keys WHERE status <> 'INVALIDATED' AND kid IN";
 /// The people among `$1…` that still exist.
 const LIVE_USERS: &str = "SELECT id FROM users WHERE id IN";
+/// The shares among `$2…` that are neither revoked nor expired at `$1`.
+const LIVE_SHARES: &str =
+    "SELECT id FROM shares WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) AND id IN";
 
 /// `query` with `n` parameters in its `IN`, locking the rows for share on PostgreSQL.
 fn still_there(query: &str, n: usize, sqlite: bool) -> String {
-    let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    let first = if query.contains("$1") { 2 } else { 1 };
+    let params: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
     let lock = if sqlite { "" } else { " FOR SHARE" };
     format!("{query} ({}){lock}", params.join(", "))
 }
@@ -41,14 +45,21 @@ pub struct LocalTokenRow {
     pub updated_at: i64,
     /// Its index in the system's status list; `None` never for a row written now.
     pub status_idx: Option<i64>,
+    /// Who acted for the subject when it was minted (RFC 8693 §4.1): a person's uuid or a
+    /// client's id, its name, and `USER` or `CLIENT`.
+    pub actor_id: Option<String>,
+    pub actor_name: Option<String>,
+    pub actor_type: Option<String>,
+    /// The share it was minted under (SPEC §11).
+    pub share_id: Option<String>,
 }
 
-const COLUMNS: &str = "id, tenant_id, system_id, user_id, user_name, roles, name, requested_device, kid, token, status, not_before, expires_at, created_at, updated_at, status_idx";
+const COLUMNS: &str = "id, tenant_id, system_id, user_id, user_name, roles, name, requested_device, kid, token, status, not_before, expires_at, created_at, updated_at, status_idx, actor_id, actor_name, actor_type, share_id";
 
 /// Parameters a row takes in an `INSERT`: its columns, and the node that writes it.
-const PARAMS_PER_ROW: usize = 17;
+const PARAMS_PER_ROW: usize = 21;
 
-/// Rows in one multi-row `INSERT`: 17 parameters each, well inside both databases' limits.
+/// Rows in one multi-row `INSERT`: 21 parameters each, well inside both databases' limits.
 const MAX_ROWS_PER_INSERT: usize = 64;
 
 /// Statements for up to this many rows are prepared once and kept; larger ones, rare, each time,
@@ -83,15 +94,26 @@ async fn insert_rows(
     }
     let audit_sql = audit::insert_many(db, audits.len());
     let kids: BTreeSet<&str> = rows.iter().map(|r| r.kid.as_str()).collect();
-    let users: BTreeSet<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+    // The people acting count as the subjects do.
+    let users: BTreeSet<&str> = rows
+        .iter()
+        .flat_map(|r| {
+            let actor = r.actor_id.as_deref().filter(|_| r.actor_type.as_deref() == Some("USER"));
+            std::iter::once(r.user_id.as_str()).chain(actor)
+        })
+        .collect();
+    let shares: BTreeSet<&str> = rows.iter().filter_map(|r| r.share_id.as_deref()).collect();
+    let minted_at = rows.iter().map(|r| r.created_at).min().unwrap_or_default();
     let live_keys = still_there(LIVE_KEYS, kids.len(), sqlite);
     let live_users = still_there(LIVE_USERS, users.len(), sqlite);
+    let live_shares = still_there(LIVE_SHARES, shares.len(), sqlite);
     // The tokens and their audit events commit together.
     in_transaction!(db, tx => {
-        // A key invalidated, or a person deleted, while these tokens were being minted must not
-        // leave them live: the revocation that went with it could not see rows committed after
-        // it. On PostgreSQL the key and person rows are locked for share, so that change runs
-        // wholly before this insert (and is seen here) or after it (and revokes these rows).
+        // A key invalidated, a person deleted or a share revoked while these tokens were being
+        // minted must not leave them live: the revocation that went with it could not see rows
+        // committed after it. On PostgreSQL the key, person and share rows are locked for
+        // share, so that change runs wholly before this insert (and is seen here) or after it
+        // (and revokes these rows).
         let mut keys = sqlx::query_scalar::<_, String>(&live_keys);
         for kid in &kids {
             keys = keys.bind(*kid);
@@ -100,8 +122,18 @@ async fn insert_rows(
         for user in &users {
             people = people.bind(*user);
         }
+        let live_shares_found = if shares.is_empty() {
+            0
+        } else {
+            let mut live = sqlx::query_scalar::<_, String>(&live_shares).bind(minted_at);
+            for share in &shares {
+                live = live.bind(*share);
+            }
+            live.fetch_all(&mut *tx).await?.len()
+        };
         if keys.fetch_all(&mut *tx).await?.len() != kids.len()
             || people.fetch_all(&mut *tx).await?.len() != users.len()
+            || live_shares_found != shares.len()
         {
             tx.rollback().await?;
             return Err(StoreError::Conflict);
@@ -125,6 +157,10 @@ async fn insert_rows(
                 .bind(t.created_at)
                 .bind(t.updated_at)
                 .bind(t.status_idx)
+                .bind(&t.actor_id)
+                .bind(&t.actor_name)
+                .bind(&t.actor_type)
+                .bind(&t.share_id)
                 .bind(node);
         }
         query.execute(&mut *tx).await?;
@@ -261,11 +297,18 @@ pub async fn revoke(
     Ok(())
 }
 
-/// Revokes every token of a user (written by a node); used when the user is deleted, in that
-/// transaction (`users::delete`).
+/// Revokes every token of a user, and every token minted by them for another (written by a
+/// node); used when the user is deleted, in that transaction (`users::delete`).
 pub(super) const REVOKE_FOR_USER: &str =
     "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = $3, written_by = $4
-    WHERE tenant_id = $1 AND user_id = $2 AND status = 'ACTIVATED' RETURNING system_id";
+    WHERE tenant_id = $1 AND (user_id = $2 OR actor_id = $2) AND status = 'ACTIVATED'
+    RETURNING system_id";
+
+/// Revokes every token minted under a share (written by a node); used when the share is
+/// revoked, in that transaction (`shares::revoke`).
+pub(super) const REVOKE_FOR_SHARE: &str =
+    "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = $3, written_by = $4
+    WHERE tenant_id = $1 AND share_id = $2 AND status = 'ACTIVATED'";
 
 /// A row of `local_api_tokens` changed, or (with no token) a system created.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -26,6 +26,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use crate::metrics::DbWaits;
 
+pub mod applications;
 pub mod audit;
 pub mod batch;
 pub mod clients;
@@ -38,6 +39,7 @@ pub mod otp;
 pub mod refresh_tokens;
 pub mod revocations;
 pub mod scopes;
+pub mod shares;
 pub mod signing_keys;
 pub mod sqlite;
 pub mod status_lists;

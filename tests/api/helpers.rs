@@ -296,6 +296,10 @@ pub fn client_caller(t: &TestTenant, scope: &str) -> lanyard::authority::Caller 
             exp: i64::MAX,
             jti: "caller".into(),
             system: None,
+            act: None,
+            may_act: None,
+            share: None,
+            app: None,
         },
     )
 }

@@ -55,6 +55,10 @@ fn person_caller(w: &World) -> lanyard::authority::Caller {
             exp: i64::MAX,
             jti: "x".into(),
             system: None,
+            act: None,
+            may_act: None,
+            share: None,
+            app: None,
         },
     )
 }
@@ -183,7 +187,7 @@ on_both_databases! {
         .await
         .unwrap();
         let caller = person_caller(&w);
-        let minted = other.create_local_token(&caller, &w.system, None, "1D").await.unwrap();
+        let minted = other.create_local_token(&caller, &w.system, None, "1D", None).await.unwrap();
         let msg = gw.message(Duration::from_secs(5)).await.expect("the list within 5 s");
         let list: Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(list[0]["uuid"], minted.id.as_str());
@@ -313,7 +317,7 @@ async fn concurrent_mints_all_reach_the_list_and_a_list_of_500_tokens_still_publ
     let caller = person_caller(&w);
     for _ in 0..490 {
         app.authority()
-            .create_local_token(&caller, &w.system, Some("Panel"), "1D")
+            .create_local_token(&caller, &w.system, Some("Panel"), "1D", None)
             .await
             .unwrap();
     }
@@ -352,7 +356,7 @@ async fn a_change_committed_while_the_server_was_down_is_published_before_it_acc
             .await
             .unwrap();
             let token = other
-                .create_local_token(&caller, &system, None, "1D")
+                .create_local_token(&caller, &system, None, "1D", None)
                 .await
                 .unwrap();
             *noted.lock().unwrap() = token.id.to_string();

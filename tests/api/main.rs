@@ -33,6 +33,7 @@ mod nodes;
 mod offline_trust;
 mod reauth;
 mod revocation;
+mod sharing;
 mod signin;
 mod token;
 mod web;

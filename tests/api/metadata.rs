@@ -142,7 +142,7 @@ macro_rules! upgrade_clients {
             sqlx::raw_sql(&std::fs::read_to_string(file).unwrap()).execute(&mut $db).await.unwrap();
         }
         sqlx::query("INSERT INTO tenants (id, slug, name, created_at) VALUES ('t', 'acme', 'Acme', 1)").execute(&mut $db).await.unwrap();
-        let old_catalogue: Vec<&str> = lanyard::domain::scope::ADMIN_CATALOGUE.iter().copied().filter(|s| !s.starts_with("lanyard:token-metadata:")).collect();
+        let old_catalogue: Vec<&str> = lanyard::domain::scope::ADMIN_CATALOGUE.iter().copied().filter(|s| !s.starts_with("lanyard:token-metadata:") && !s.starts_with("lanyard:applications:") && *s != "lanyard:local-tokens:mint").collect();
         let partial = old_catalogue[1..].join(" ");
         let full = format!("sensor:read {}", old_catalogue.join(" "));
         for (id, scopes) in [("admin", full.as_str()), ("clients-admin", partial.as_str()), ("device", "")] {
@@ -156,9 +156,10 @@ macro_rules! upgrade_clients {
         let admin: String = scopes("admin").fetch_one(&mut $db).await.unwrap();
         let admin = lanyard::domain::ScopeSet::parse(&admin).unwrap();
         assert!(admin.contains_str("lanyard:token-metadata:write") && admin.contains_str("lanyard:token-metadata:read") && admin.contains_str("sensor:read"), "{admin:?}");
+        assert!(admin.contains_str("lanyard:applications:write") && admin.contains_str("lanyard:local-tokens:mint"), "{admin:?}");
         for id in ["clients-admin", "device"] {
             let held: String = scopes(id).fetch_one(&mut $db).await.unwrap();
-            assert!(!held.contains("token-metadata"), "{id}: {held}");
+            assert!(!held.contains("token-metadata") && !held.contains("applications"), "{id}: {held}");
         }
     }};
 }

@@ -13,7 +13,7 @@ use crate::mqtt::{Sub4, V4, device};
 
 #[path = "../../examples/ems_device/trust.rs"]
 #[allow(dead_code)]
-mod trust;
+pub mod trust;
 use trust::{StatusList, Trust};
 
 const WAIT: Duration = Duration::from_secs(3);

@@ -1,0 +1,124 @@
+//! Shares of a system between people (SPEC §11), and the revocation of the tokens minted under
+//! one, in the share's own transaction.
+
+use super::audit::AuditRow;
+use super::{Db, StoreResult, audited, on_pool};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ShareRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub system_id: String,
+    pub owner_id: String,
+    pub recipient_id: String,
+    /// A JSON array of `{"uuid","name"}`.
+    pub roles: String,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+const COLUMNS: &str =
+    "id, tenant_id, system_id, owner_id, recipient_id, roles, expires_at, created_at, revoked_at";
+
+/// Live at `$N`: neither revoked nor expired.
+const LIVE_AT: &str = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at >";
+
+const INSERT: &str = "INSERT INTO shares
+    (id, tenant_id, system_id, owner_id, recipient_id, roles, expires_at, created_at, revoked_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)";
+
+pub async fn insert(db: &Db, audit: &AuditRow, s: &ShareRow) -> StoreResult<()> {
+    audited!(db, audit, tx => sqlx::query(INSERT)
+        .bind(&s.id)
+        .bind(&s.tenant_id)
+        .bind(&s.system_id)
+        .bind(&s.owner_id)
+        .bind(&s.recipient_id)
+        .bind(&s.roles)
+        .bind(s.expires_at)
+        .bind(s.created_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+pub async fn find(db: &Db, tenant_id: &str, id: &str) -> StoreResult<Option<ShareRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM shares WHERE tenant_id = $1 AND id = $2");
+    Ok(on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await?))
+}
+
+/// The live shares of a system, oldest first.
+pub async fn live_for_system(
+    db: &Db,
+    tenant_id: &str,
+    system_id: &str,
+    now: i64,
+) -> StoreResult<Vec<ShareRow>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM shares WHERE system_id = $2 AND tenant_id = $1 AND {LIVE_AT} $3)
+         ORDER BY created_at, id"
+    );
+    Ok(on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(system_id).bind(now).fetch_all(pool).await?))
+}
+
+/// The live shares a person received, of one system or of all, oldest first.
+pub async fn live_received(
+    db: &Db,
+    tenant_id: &str,
+    recipient_id: &str,
+    system_id: Option<&str>,
+    now: i64,
+) -> StoreResult<Vec<ShareRow>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM shares WHERE recipient_id = $2 AND tenant_id = $1 AND {LIVE_AT} $3)
+           AND COALESCE($4, system_id) = system_id
+         ORDER BY created_at, id"
+    );
+    Ok(on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(recipient_id).bind(now).bind(system_id).fetch_all(pool).await?))
+}
+
+/// How many live shares a person gave on a system.
+pub async fn live_given_count(
+    db: &Db,
+    tenant_id: &str,
+    owner_id: &str,
+    system_id: &str,
+    now: i64,
+) -> StoreResult<i64> {
+    let sql = format!(
+        "SELECT COUNT(*) FROM shares WHERE system_id = $3 AND tenant_id = $1 AND owner_id = $2 AND {LIVE_AT} $4)"
+    );
+    Ok(on_pool!(db, pool => sqlx::query_scalar(&sql).bind(tenant_id).bind(owner_id).bind(system_id).bind(now).fetch_one(pool).await?))
+}
+
+const REVOKE: &str =
+    "UPDATE shares SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL";
+
+/// Revokes a share and every token minted under it, as `node`, in one transaction: a token
+/// being minted under it either commits first (and is revoked here) or finds it revoked (see
+/// `local_tokens::insert_rows`). `false`: it was revoked already.
+pub async fn revoke(
+    db: &Db,
+    audit: &AuditRow,
+    tenant_id: &str,
+    id: &str,
+    now: i64,
+    node: &str,
+) -> StoreResult<bool> {
+    let changed = audited!(db, audit, tx => {
+        let revoked = sqlx::query(REVOKE).bind(tenant_id).bind(id).bind(now).execute(&mut *tx).await?.rows_affected();
+        if revoked > 0 {
+            sqlx::query(super::local_tokens::REVOKE_FOR_SHARE)
+                .bind(tenant_id)
+                .bind(id)
+                .bind(now)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?;
+        }
+        revoked
+    });
+    Ok(changed > 0)
+}
