@@ -5,6 +5,7 @@
 #[macro_use]
 mod helpers;
 
+mod applications;
 mod audit;
 mod authority;
 mod browser;
@@ -12,6 +13,7 @@ mod caddy;
 mod cli;
 mod connections;
 mod discovery;
+mod exchange;
 mod forward_auth;
 mod graphql;
 mod introspection;

@@ -1,0 +1,209 @@
+//! Token exchange (RFC 8693, SPEC §11) at the token endpoint: delegation with an actor token,
+//! impersonation through `may_act`, local API tokens for a system, and every refusal.
+
+use lanyard::authority::NewClient;
+use lanyard::domain::{GrantType, ScopeSet};
+use serde_json::{Value, json};
+
+use crate::graphql::{World, claims_of, gql, world};
+use crate::helpers::*;
+use crate::signin::sign_in;
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+const LOCAL: &str = "urn:lanyard:params:oauth:token-type:local-api-token";
+
+/// A confidential client allowed token exchange.
+async fn exchanger(app: &TestApp, w: &World) -> (String, String) {
+    let (id, secret) = app
+        .client(
+            &w.t,
+            NewClient {
+                name: "Backend".into(),
+                grant_types: vec![GrantType::TokenExchange, GrantType::ClientCredentials],
+                ..NewClient::default()
+            },
+        )
+        .await;
+    (id.to_string(), secret)
+}
+
+/// Posts a token-exchange request as `client`; returns the status and body.
+async fn exchange(app: &TestApp, slug: &str, client: &(String, String), params: &[(&str, &str)]) -> (u16, Value) {
+    let mut body = format!("grant_type={}", urlencode(EXCHANGE));
+    for (k, v) in params {
+        body.push_str(&format!("&{k}={}", urlencode(v)));
+    }
+    let res = app
+        .post_form(&format!("/t/{slug}/oauth2/token"), Some((&client.0, &client.1)), &body)
+        .await;
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+/// Grace, holding `sensor:read video:gold`, signed in through an app whose tokens name
+/// `may_act` when given.
+async fn ada_with_scopes(app: &TestApp, w: &World, may_act: Option<&str>) -> String {
+    for scope in ["sensor:read", "video:gold"] {
+        let _ = app.authority().create_scope(&w.t.tenant, scope, None).await;
+    }
+    app.authority()
+        .create_user(&w.t.tenant, "grace@example.com", "Grace Hopper", ScopeSet::parse("sensor:read video:gold").unwrap(), Default::default())
+        .await
+        .unwrap();
+    let (client, _) = app
+        .client(
+            &w.t,
+            NewClient {
+                name: "Grace's app".into(),
+                public: true,
+                may_act: may_act.map(|c| lanyard::domain::ClientId::parse(c).unwrap()),
+                ..NewClient::default()
+            },
+        )
+        .await;
+    sign_in(app, "acme", &client, "grace@example.com").await["access_token"].as_str().unwrap().to_owned()
+}
+
+on_both_databases! {
+    async fn an_actor_token_makes_a_delegation_that_names_the_actor(app) {
+        let w = world(&app).await;
+        let backend = exchanger(&app, &w).await;
+        let actor = app.token("acme", &backend.0, &backend.1).await;
+        let (status, body) = exchange(&app, "acme", &backend, &[
+            ("subject_token", &w.user_token), ("subject_token_type", ACCESS),
+            ("actor_token", &actor), ("actor_token_type", ACCESS),
+        ]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["issued_token_type"], ACCESS);
+        assert_eq!(body["token_type"], "Bearer");
+        assert!(body.get("refresh_token").is_none(), "no refresh token: {body}");
+        let token = body["access_token"].as_str().unwrap();
+        let claims = verify_with_jwks(token, &app.jwks("acme").await, &w.t.tenant.issuer, "acme");
+        assert_eq!(claims["sub"], w.user.as_str());
+        assert_eq!(claims["client_id"], backend.0.as_str());
+        assert_eq!(claims["act"], json!({ "sub": backend.0, "client_id": backend.0, "name": "Backend" }));
+        assert!(claims["exp"].as_i64() <= claims_of(&w.user_token)["exp"].as_i64());
+        // It works as the person, and a second exchange nests the earlier actor.
+        let me = gql(&app, Some(token), "{ me { sub } }", json!({})).await;
+        assert_eq!(me["data"]["me"]["sub"], w.user.as_str());
+        let (status, body) = exchange(&app, "acme", &backend, &[
+            ("subject_token", token), ("subject_token_type", ACCESS),
+            ("actor_token", &w.admin_token), ("actor_token_type", ACCESS),
+        ]).await;
+        assert_eq!(status, 200, "{body}");
+        let nested = claims_of(body["access_token"].as_str().unwrap());
+        assert_eq!(nested["act"]["sub"], w.t.admin_id.as_str());
+        assert_eq!(nested["act"]["act"]["sub"], backend.0.as_str(), "{nested}");
+    }
+
+    async fn impersonation_needs_may_act_naming_the_client(app) {
+        let w = world(&app).await;
+        let backend = exchanger(&app, &w).await;
+        // Ada's token names no one in may_act.
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS)]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+        let grace = ada_with_scopes(&app, &w, Some(&backend.0)).await;
+        assert_eq!(claims_of(&grace)["may_act"], json!({ "client_id": backend.0 }));
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &grace), ("subject_token_type", ACCESS), ("scope", "sensor:read")]).await;
+        assert_eq!(status, 200, "{body}");
+        let claims = claims_of(body["access_token"].as_str().unwrap());
+        assert!(claims.get("act").is_none(), "impersonation names no actor: {claims}");
+        assert!(claims.get("may_act").is_none(), "may_act is not passed on: {claims}");
+        assert_eq!(claims["scope"], "sensor:read");
+        // Another client, even allowed the grant, is not the one named.
+        let other = exchanger(&app, &w).await;
+        let (status, body) = exchange(&app, "acme", &other, &[("subject_token", &grace), ("subject_token_type", ACCESS)]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    }
+
+    async fn the_scope_and_the_lifetime_never_grow(app) {
+        let w = world(&app).await;
+        let backend = exchanger(&app, &w).await;
+        let grace = ada_with_scopes(&app, &w, Some(&backend.0)).await;
+        let subject = [("subject_token", grace.as_str()), ("subject_token_type", ACCESS)];
+        let (status, body) = exchange(&app, "acme", &backend, &[subject[0], subject[1], ("scope", "sensor:read lanyard:users:read")]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")), "{body}");
+        let (status, body) = exchange(&app, "acme", &backend, &subject).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["scope"], "sensor:read video:gold");
+        app.clock.advance(3000);
+        let (_, body) = exchange(&app, "acme", &backend, &subject).await;
+        let claims = claims_of(body["access_token"].as_str().unwrap());
+        assert_eq!(claims["exp"], claims_of(&grace)["exp"], "it ends with the subject token");
+        assert!(body["expires_in"].as_i64().unwrap() <= 600, "{body}");
+    }
+
+    async fn a_local_api_token_for_a_system_the_subject_holds_a_role_on(app) {
+        let w = world(&app).await;
+        let backend = exchanger(&app, &w).await;
+        let actor = app.token("acme", &backend.0, &backend.1).await;
+        let (status, body) = exchange(&app, "acme", &backend, &[
+            ("subject_token", &w.user_token), ("subject_token_type", ACCESS),
+            ("actor_token", &actor), ("actor_token_type", ACCESS),
+            ("requested_token_type", LOCAL), ("audience", &w.system),
+        ]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["issued_token_type"], LOCAL);
+        assert_eq!(body["token_type"], "N_A");
+        assert!(body.get("refresh_token").is_none() && body.get("scope").is_none(), "{body}");
+        let jwt = body["access_token"].as_str().unwrap();
+        let claims = claims_of(jwt.strip_prefix("CLOUD-").unwrap());
+        assert_eq!(claims["aud"], w.system.as_str());
+        assert_eq!(claims["sub"], w.user.as_str());
+        assert_eq!(claims["roles"][0]["uuid"], w.role.as_str());
+        assert_eq!(claims["act"]["sub"], backend.0.as_str());
+        assert!(claims["status"]["status_list"]["uri"].is_string());
+        assert!(claims["exp"].as_i64() <= claims_of(&w.user_token)["exp"].as_i64());
+        let list = gql(&app, Some(&w.admin_token), "query($s: UUID!) { localApiTokens(systemUuid: $s) { actor { uuid type name } } }", json!({ "s": w.system })).await;
+        assert_eq!(list["data"]["localApiTokens"][0]["actor"], json!({ "uuid": backend.0, "type": "CLIENT", "name": "Backend" }), "{list}");
+
+        // A system the subject holds no role on, a target that is no system, an access
+        // token for a system.
+        let other = app.authority().create_system(&w.t.tenant, "Other").await.unwrap();
+        for params in [
+            [("requested_token_type", LOCAL), ("audience", other.as_str())],
+            [("requested_token_type", LOCAL), ("audience", "acme")],
+            [("requested_token_type", ACCESS), ("audience", w.system.as_str())],
+        ] {
+            let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", &actor), ("actor_token_type", ACCESS), params[0], params[1]]).await;
+            assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{params:?}: {body}");
+        }
+    }
+
+    async fn what_is_refused(app) {
+        let w = world(&app).await;
+        let backend = exchanger(&app, &w).await;
+        let actor = app.token("acme", &backend.0, &backend.1).await;
+        // A client without the grant.
+        let (id, secret) = app.client(&w.t, NewClient { name: "plain".into(), ..NewClient::default() }).await;
+        let (status, body) = exchange(&app, "acme", &(id.to_string(), secret), &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", &actor), ("actor_token_type", ACCESS)]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("unauthorized_client")), "{body}");
+        // An actor token of another tenant.
+        let globex = app.tenant("globex").await;
+        let foreign = app.admin_token(&globex).await;
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", &foreign), ("actor_token_type", ACCESS)]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+        // A subject token of another tenant, a client's own token, a bad token, a jwt.
+        for (subject, kind, error) in [
+            (foreign.as_str(), ACCESS, "invalid_grant"),
+            (actor.as_str(), ACCESS, "invalid_grant"),
+            ("not.a.token", ACCESS, "invalid_grant"),
+            (w.user_token.as_str(), "urn:ietf:params:oauth:token-type:jwt", "invalid_request"),
+            (w.user_token.as_str(), "urn:ietf:params:oauth:token-type:id_token", "invalid_request"),
+        ] {
+            let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", subject), ("subject_token_type", kind), ("actor_token", &actor), ("actor_token_type", ACCESS)]).await;
+            assert_eq!((status, body["error"].as_str()), (400, Some(error)), "{kind}: {body}");
+        }
+        // An actor token without its type; a resource; a revoked subject.
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", &actor)]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{body}");
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", &actor), ("actor_token_type", ACCESS), ("resource", "https://api.example.com")]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
+        // A public client cannot be given the grant.
+        let public = app.authority().create_client(&w.t.tenant, NewClient { name: "p".into(), public: true, grant_types: vec![GrantType::TokenExchange], ..NewClient::default() }).await;
+        assert!(public.is_err());
+        // The grant is advertised.
+        let meta: Value = app.http.get(app.url("/t/acme/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
+        assert!(meta["grant_types_supported"].as_array().unwrap().iter().any(|g| g == EXCHANGE), "{meta}");
+    }
+}
