@@ -435,6 +435,26 @@ pub struct Principal {
 
 #[ComplexObject]
 impl Principal {
+    /// The roles the calling person holds on a system themselves (what they may share);
+    /// empty for a client's token.
+    async fn roles(&self, ctx: &Context<'_>, system_uuid: Uuid) -> Result<Vec<Role>> {
+        let caller = caller(ctx)?;
+        let Some(me) = caller.user_id() else {
+            return Ok(Vec::new());
+        };
+        let roles = authority(ctx)
+            .roles_on_system(&me, &crate::domain::SystemId::from(system_uuid))
+            .await
+            .map_err(mapped)?;
+        Ok(roles
+            .into_iter()
+            .map(|r| Role {
+                uuid: r.id.uuid(),
+                name: r.name,
+            })
+            .collect())
+    }
+
     /// The live shares a person received: systems they may mint local tokens for in another's
     /// name.
     async fn shares_received(&self, ctx: &Context<'_>) -> Result<Vec<Share>> {
