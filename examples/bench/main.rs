@@ -39,6 +39,7 @@
 //! load, and `report` holds the table. The MQTT packets are written by
 //! `tests/support/mqtt_packets.rs`, which the API tests use as well.
 
+mod acting;
 mod audit;
 mod connect;
 mod graphql;
@@ -79,9 +80,9 @@ struct Args {
 }
 
 /// The figures `--only` knows.
-const FIGURES: [&str; 11] = [
-    "tokens", "audit", "web", "graphql", "connect", "publish", "latency", "idle", "restart",
-    "metrics", "nats",
+const FIGURES: [&str; 12] = [
+    "tokens", "audit", "web", "acting", "graphql", "connect", "publish", "latency", "idle",
+    "restart", "metrics", "nats",
 ];
 
 impl Args {
@@ -177,6 +178,13 @@ async fn main() -> std::process::ExitCode {
     }
 
     let person = person_token(&http, &l).await;
+
+    // 2c. Acting for others: token exchange and a token-management request for five tenants,
+    // in turn with client_credentials.
+    if args.wants("acting") {
+        eprintln!("- token exchange and token management, in turn with client_credentials");
+        rows.extend(acting::measure(&http, &l, &args.lanyard, &person, secs).await);
+    }
     // The systems the person holds a role on: GraphQL mints go round them, the latency figure
     // listens on them, and the restart figure fills each with tokens.
     let mut system_ids: Vec<String> = Vec::new();

@@ -17,8 +17,19 @@ pub const MINT: &str =
 
 /// A `client_credentials` token of the demo tenant for the client `id`.
 pub async fn client_token(http: &reqwest::Client, l: &Lanyard, id: &str, secret: &str) -> String {
+    tenant_client_token(http, l, "demo", id, secret).await
+}
+
+/// A `client_credentials` token of `tenant` for the client `id`.
+pub async fn tenant_client_token(
+    http: &reqwest::Client,
+    l: &Lanyard,
+    tenant: &str,
+    id: &str,
+    secret: &str,
+) -> String {
     access_token(
-        http.post(l.url("/t/demo/oauth2/token"))
+        http.post(l.url(&format!("/t/{tenant}/oauth2/token")))
             .basic_auth(id, Some(secret))
             .form(&[("grant_type", "client_credentials")]),
     )
@@ -92,12 +103,12 @@ pub async fn graphql(
         .unwrap()
 }
 
-/// An admin client of the demo tenant, from `lanyard bootstrap`.
-fn bootstrap_admin(bin: &Path, dir: &Path) -> (String, String) {
+/// An admin client of `tenant` (made first if there is none), from `lanyard bootstrap`.
+pub fn bootstrap_admin(bin: &Path, dir: &Path, tenant: &str) -> (String, String) {
     let out = Command::new(bin)
         .args(["--config"])
         .arg(dir.join("broker.toml"))
-        .args(["bootstrap", "--tenant", "demo"])
+        .args(["bootstrap", "--tenant", tenant])
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).expect("bootstrap prints JSON");
@@ -122,7 +133,7 @@ pub async fn systems(
     person: &str,
     count: usize,
 ) -> Systems {
-    let (admin_id, admin_secret) = bootstrap_admin(bin, &l.dir);
+    let (admin_id, admin_secret) = bootstrap_admin(bin, &l.dir, "demo");
     let admin_token = client_token(http, l, &admin_id, &admin_secret).await;
     let person_id =
         graphql(http, l, person, "{ me { sub } }", json!({})).await["data"]["me"]["sub"]

@@ -193,8 +193,11 @@ impl Authority {
         host_slug: &str,
         application: &Application,
     ) -> Result<Tenant> {
-        let not_found =
-            || Error::NotFound(format!("tenant {host_slug} has no application {application}"));
+        let not_found = || {
+            Error::NotFound(format!(
+                "tenant {host_slug} has no application {application}"
+            ))
+        };
         let host = self.tenant(host_slug).await?.ok_or_else(not_found)?;
         clients::find_application(&self.db, &host.id, &application.name, &application.version)
             .await?
@@ -238,7 +241,8 @@ impl Authority {
                     }
                     OAuthErrorCode::ServerError => {
                         return Err(TmsError::Internal(
-                            e.internal.unwrap_or_else(|| Internal::msg("auth", e.description)),
+                            e.internal
+                                .unwrap_or_else(|| Internal::msg("auth", e.description)),
                         ));
                     }
                     _ => continue,
@@ -369,14 +373,14 @@ impl Authority {
     }
 
     /// Whether a technical token of `tenant` is still good: its tenant's grant to the
-    /// application stands and gives its scopes, and the host tenant's client still holds that
-    /// application version.
+    /// application stands, was made no later than the token (a grant revoked and made again
+    /// does not bring back the tokens of the one before), and gives its scopes; and the host
+    /// tenant's client still holds that application version.
     pub(super) async fn technical_token_granted(
         &self,
         tenant: &Tenant,
         app: &AppClaim,
-        client_id: &str,
-        scope: &str,
+        claims: &AccessClaims,
     ) -> Result<bool> {
         let Some(host) = self.tenant(&app.host_tenant).await? else {
             return Ok(false);
@@ -387,11 +391,15 @@ impl Authority {
             return Ok(false);
         };
         let granted = ScopeSet::parse(&grant.scopes).unwrap_or_default();
-        if !ScopeSet::parse(scope).unwrap_or_default().is_subset(&granted) {
+        if claims.iat < grant.granted_at
+            || !ScopeSet::parse(&claims.scope)
+                .unwrap_or_default()
+                .is_subset(&granted)
+        {
             return Ok(false);
         }
         Ok(self
-            .client_row(&host.id, client_id)
+            .client_row(&host.id, &claims.client_id)
             .await?
             .is_some_and(|c| {
                 c.app_name.as_deref() == Some(app.name.as_str())

@@ -9,8 +9,9 @@
 //! - The scope never grows beyond the subject token's; the lifetime never outlives the subject
 //!   token (nor the actor token); no refresh token is issued.
 //! - The subject and actor tokens must be this tenant's access tokens and good now (every check
-//!   of [`super::tokens`]); a client's own token is no subject (exchange acts for people), and a
-//!   delegation's token is neither.
+//!   of [`super::tokens`]); a client's own token is no subject (exchange acts for people), a
+//!   technical token (another tenant's application) is neither, nor is a delegation's token.
+//!   A token names at most [`MAX_ACT_DEPTH`] actors, and dies with any of them.
 //!
 //! Only `…:token-type:access_token` subject tokens are taken: `…:token-type:jwt` subject
 //! tokens come from external issuers a tenant trusts, and this server registers none yet, so
@@ -20,7 +21,7 @@ use super::clients::Client;
 use super::grants::IssuedToken;
 use super::local_tokens::MIN_DURATION_SECS;
 use super::{Authority, Caller, Error, Tenant, TokenRejected};
-use crate::domain::claims::Act;
+use crate::domain::claims::{Act, MAX_ACT_DEPTH};
 use crate::domain::{
     AccessClaims, GrantType, Internal, OAuthError, OAuthErrorCode, ScopeSet, SystemId,
 };
@@ -103,7 +104,9 @@ impl Authority {
                 )));
             }
         };
-        let subject = self.exchanged_token(tenant, r.subject_token, "subject_token").await?;
+        let subject = self
+            .exchanged_token(tenant, r.subject_token, "subject_token")
+            .await?;
         if subject.sub == subject.client_id {
             return Err(invalid_grant(
                 "the subject_token is a client's own token: token exchange acts for people",
@@ -113,8 +116,21 @@ impl Authority {
         let act = match r.actor_token {
             Some(token) => {
                 let actor = self.exchanged_token(tenant, token, "actor_token").await?;
+                if actor.app.is_some() {
+                    return Err(invalid_grant(
+                        "a technical token acts in its own right only: it is no actor_token",
+                    ));
+                }
                 exp = exp.min(actor.exp);
-                Some(self.actor_claim(tenant, &actor, subject.act.clone()).await?)
+                let act = self
+                    .actor_claim(tenant, &actor, subject.act.clone())
+                    .await?;
+                if act.chain().count() > MAX_ACT_DEPTH {
+                    return Err(invalid_request(format!(
+                        "a token names at most {MAX_ACT_DEPTH} actors, one acting for the next: this exchange would name more"
+                    )));
+                }
+                Some(act)
             }
             None => {
                 let may = subject.may_act.as_ref().map(|m| m.client_id.as_str());
@@ -252,13 +268,7 @@ impl Authority {
         claims.act = act;
         let caller = Caller::new(tenant.clone(), claims);
         let minted = self
-            .create_local_token(
-                &caller,
-                &system_id,
-                None,
-                &format!("{secs}S"),
-                None,
-            )
+            .create_local_token(&caller, &system_id, None, &format!("{secs}S"), None)
             .await
             .map_err(|e| match e {
                 Error::Forbidden(_) | Error::NotFound(_) => {

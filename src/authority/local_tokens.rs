@@ -91,19 +91,28 @@ impl TokenActor {
 }
 
 /// Whose token is minted: the subject, their name and the roles it carries, who acts for
-/// them, and the share (its id and expiry) it is minted under.
+/// them (the token's `act`, and the actor its list entry names), and the share (its id and
+/// expiry) it is minted under.
 struct Minter {
     subject: UserId,
     holding: Arc<Holding>,
     act: Option<Act>,
+    actor: Option<TokenActor>,
     share: Option<(String, Option<i64>)>,
 }
 
 impl Minter {
-    fn shared(s: super::shares::MintingShare) -> Minter {
+    /// Under a share: the recipient acts for the sharer, and `acting_for_recipient` (who
+    /// exchanged the recipient's token) acts for the recipient.
+    fn shared(s: super::shares::MintingShare, acting_for_recipient: Option<Act>) -> Minter {
+        let recipient = s.act();
         Minter {
             subject: UserId::stored(s.share.owner_id.clone()),
-            act: Some(s.act()),
+            actor: Some(TokenActor::of(&recipient)),
+            act: Some(match acting_for_recipient {
+                Some(current) => current.preceded_by(recipient),
+                None => recipient,
+            }),
             holding: s.owner,
             share: Some((s.share.id, s.share.expires_at)),
         }
@@ -235,7 +244,8 @@ impl Authority {
         // A missing system and a system without a role on it get the same answer.
         let forbidden = || Error::Forbidden("you hold no role on this system".into());
         if caller.delegation().is_some() {
-            return Ok(Minter::shared(self.delegated_share(caller, system_id).await?));
+            let shared = self.delegated_share(caller, system_id).await?;
+            return Ok(Minter::shared(shared, None));
         }
         let user_id = caller.user_id().ok_or_else(|| {
             Error::Forbidden("local API tokens are minted for people; sign in as a user".into())
@@ -246,6 +256,7 @@ impl Authority {
             return Ok(Minter {
                 subject: user_id,
                 holding,
+                actor: caller.claims.act.as_ref().map(TokenActor::of),
                 act: caller.claims.act.clone(),
                 share: None,
             });
@@ -254,7 +265,8 @@ impl Authority {
             .share_to_mint_under(tenant, &user_id, system_id, share)
             .await?
         {
-            Some(shared) => Ok(Minter::shared(shared)),
+            // Exchanged for a person who received a share: whoever exchanged acts for them.
+            Some(shared) => Ok(Minter::shared(shared, caller.claims.act.clone())),
             None => Err(forbidden()),
         }
     }
@@ -272,6 +284,7 @@ impl Authority {
             subject: user_id,
             holding,
             act,
+            actor,
             share,
         } = self.minter(caller, system_id, share).await?;
         let now = self.now();
@@ -283,7 +296,8 @@ impl Authority {
                     exp = exp.min(*until);
                     if exp < now + MIN_DURATION_SECS as i64 {
                         return Err(Error::Invalid(
-                            "the share ends within a minute: no token can be minted under it".into(),
+                            "the share ends within a minute: no token can be minted under it"
+                                .into(),
                         ));
                     }
                 }
@@ -356,7 +370,6 @@ impl Authority {
             typename: "USER",
             act: act.as_ref(),
         };
-        let actor = act.as_ref().map(TokenActor::of);
         let inserts = self
             .local_token_inserts
             .get_or_init(|| local_tokens::Inserts::start(self.db.clone(), self.node_id.clone()));
@@ -453,7 +466,7 @@ impl Authority {
                 .filter(|(_, kid)| keys.verifier(kid).is_some())
                 .map(|(exp, _)| exp)
                 .collect();
-            reserved = self.tally.reserve_read(who, live, exp, cap);
+            reserved = self.tally.reserve_read(who, live, exp, cap, now);
         }
         match reserved {
             Reserved::Full => Err(Error::Conflict(format!(

@@ -281,10 +281,14 @@ impl Authority {
                 client_id,
             } => {
                 self.forget_client(tenant_id, client_id);
-                // Its tokens, and the technical tokens other tenants issued it.
+                // Its tokens, those it acted through, and the technical tokens other tenants
+                // issued it.
                 self.token_cache.forget(|k| {
-                    &k.verified.claims.client_id == client_id
-                        && (&k.tenant.id == tenant_id || k.verified.claims.app.is_some())
+                    let claims = &k.verified.claims;
+                    (&k.tenant.id == tenant_id
+                        && (&claims.client_id == client_id
+                            || claims.act.as_ref().is_some_and(|a| a.names(client_id))))
+                        || (&claims.client_id == client_id && claims.app.is_some())
                 });
             }
             Event::ClientSecretRotated {
@@ -294,12 +298,12 @@ impl Authority {
             Event::UserDeleted { tenant_id, user_id } => {
                 self.holdings.forget_user(tenant_id, user_id, None);
                 self.offline.forget_lists(Some(tenant_id), None);
-                // Their tokens, and the delegations they acted through.
+                // Their tokens, and the tokens they acted through.
                 self.token_cache.forget(|k| {
                     let claims = &k.verified.claims;
                     &k.tenant.id == tenant_id
                         && (&claims.sub == user_id
-                            || claims.act.as_ref().is_some_and(|a| &a.sub == user_id))
+                            || claims.act.as_ref().is_some_and(|a| a.names(user_id)))
                 });
             }
             Event::ShareRevoked {

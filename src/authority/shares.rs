@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::caller::ROLES_READ;
 use super::cache::holdings::Holding;
+use super::caller::ROLES_READ;
 use super::{Actor, Authority, Caller, Error, Event, Result, Role, Tenant};
 use crate::domain::claims::Act;
 use crate::domain::{Email, RoleId, SystemId, UserId};
@@ -124,8 +124,9 @@ impl Authority {
             ));
         }
         let Some(holding) = self.holding(&tenant.id, &owner_id, system_id).await? else {
-            let received = shares::live_received(&self.db, &tenant.id, &owner_id, Some(system_id), now)
-                .await?;
+            let received =
+                shares::live_received(&self.db, &tenant.id, &owner_id, Some(system_id), now)
+                    .await?;
             return Err(Error::Forbidden(if received.is_empty() {
                 "you hold no role on this system".into()
             } else {
@@ -147,17 +148,6 @@ impl Authority {
             .ok_or_else(|| Error::NotFound("no person of this tenant has that email".into()))?;
         if recipient.id == owner_id.as_str() {
             return Err(Error::Invalid("a system is not shared with oneself".into()));
-        }
-        if shares::live_given_count(&self.db, &tenant.id, &owner_id, system_id, now).await?
-            >= MAX_LIVE_SHARES
-            || shares::live_received(&self.db, &tenant.id, &recipient.id, None, now)
-                .await?
-                .len() as i64
-                >= MAX_LIVE_SHARES
-        {
-            return Err(Error::Conflict(format!(
-                "a person gives at most {MAX_LIVE_SHARES} live shares of a system and receives at most {MAX_LIVE_SHARES}; revoke one first"
-            )));
         }
         let row = shares::ShareRow {
             id: uuid::Uuid::new_v4().to_string(),
@@ -182,15 +172,23 @@ impl Authority {
         let event = self.event(
             &Actor::Caller(caller),
             "share.created",
-            format!("share:{} of system:{system_id} with user:{}", row.id, recipient.id),
+            format!(
+                "share:{} of system:{system_id} with user:{}",
+                row.id, recipient.id
+            ),
         );
-        shares::insert(&self.db, &event, &row)
+        let recorded = shares::insert_within_limits(&self.db, &event, &row, MAX_LIVE_SHARES, now)
             .await
             .map_err(|e| match e {
                 // The person or the system went away meanwhile.
                 StoreError::Conflict => Error::Conflict("the share could not be made".into()),
                 e => e.into(),
             })?;
+        if !recorded {
+            return Err(Error::Conflict(format!(
+                "a person gives at most {MAX_LIVE_SHARES} live shares of a system and receives at most {MAX_LIVE_SHARES}; revoke one first"
+            )));
+        }
         tracing::info!(tenant = %tenant.slug, system = %system_id, share = %row.id, "system shared");
         Ok(Share {
             id: row.id,
@@ -220,7 +218,10 @@ impl Authority {
             Err(_) => None,
         }
         .ok_or_else(not_found)?;
-        if caller.user_id().is_none_or(|me| me.as_str() != row.owner_id) {
+        if caller
+            .user_id()
+            .is_none_or(|me| me.as_str() != row.owner_id)
+        {
             caller.require(super::caller::ROLES_WRITE)?;
         }
         let now = self.now();
@@ -232,7 +233,9 @@ impl Authority {
         shares::revoke(&self.db, &event, &tenant.id, id, now, &self.node_id).await?;
         self.share_ended(tenant, &row);
         tracing::info!(tenant = %tenant.slug, share = %id, "share revoked");
-        let row = shares::find(&self.db, &tenant.id, id).await?.ok_or_else(not_found)?;
+        let row = shares::find(&self.db, &tenant.id, id)
+            .await?
+            .ok_or_else(not_found)?;
         self.share_view(tenant, row).await
     }
 
@@ -373,7 +376,9 @@ impl Authority {
         system_id: &SystemId,
     ) -> Result<MintingShare> {
         let forbidden = || {
-            Error::Forbidden("this delegation mints only for its own system, while its share lives".into())
+            Error::Forbidden(
+                "this delegation mints only for its own system, while its share lives".into(),
+            )
         };
         let (share_id, system) = caller.delegation().ok_or_else(forbidden)?;
         if system != system_id.as_str() {
@@ -394,11 +399,7 @@ impl Authority {
     }
 
     /// The share with the sharer's current holding narrowed to the shared roles.
-    async fn minting_share(
-        &self,
-        tenant: &Tenant,
-        row: shares::ShareRow,
-    ) -> Result<MintingShare> {
+    async fn minting_share(&self, tenant: &Tenant, row: shares::ShareRow) -> Result<MintingShare> {
         let gone = || {
             Error::Forbidden(
                 "the person who shared this system no longer holds the roles shared".into(),
@@ -462,7 +463,9 @@ impl Authority {
         asked_with: &crate::domain::AccessClaims,
     ) -> std::result::Result<Vec<serde_json::Value>, crate::domain::OAuthError> {
         use crate::domain::{AccessClaims, Internal, OAuthError};
-        let server_error = |e: Error| OAuthError::server_error(Internal::new("delegations", anyhow::anyhow!("{e}")));
+        let server_error = |e: Error| {
+            OAuthError::server_error(Internal::new("delegations", anyhow::anyhow!("{e}")))
+        };
         let now = self.now();
         let rows = shares::live_received(&self.db, &tenant.id, recipient, None, now)
             .await
@@ -470,9 +473,9 @@ impl Authority {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let share = self.share_view(tenant, row).await.map_err(server_error)?;
-            let exp = share
-                .expires_at
-                .map_or(now + DELEGATION_TTL_SECS, |e| e.min(now + DELEGATION_TTL_SECS));
+            let exp = share.expires_at.map_or(now + DELEGATION_TTL_SECS, |e| {
+                e.min(now + DELEGATION_TTL_SECS)
+            });
             let mut claims = AccessClaims::new(
                 tenant.issuer.clone(),
                 share.owner.id.to_string(),

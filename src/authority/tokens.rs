@@ -15,7 +15,7 @@ use super::clients::Client;
 use super::clients::ClientCredentials;
 use super::{Authority, Event, Tenant};
 use crate::crypto::{JwsError, jws};
-use crate::domain::claims::ACCESS_TOKEN_TYP;
+use crate::domain::claims::{ACCESS_TOKEN_TYP, Act, MAX_ACT_DEPTH};
 use crate::domain::{AccessClaims, Internal, OAuthError, OAuthErrorCode, ScopeSet};
 use crate::store::{clients, revocations, users};
 
@@ -97,7 +97,11 @@ impl Authority {
         tenant: &Tenant,
         token: &str,
     ) -> Result<VerifiedAccessToken, TokenRejected> {
-        match self.verify_known(tenant, token).await.and_then(no_delegation) {
+        match self
+            .verify_known(tenant, token)
+            .await
+            .and_then(no_delegation)
+        {
             Ok(known) => Ok(known.verified.clone()),
             Err(e) => Err(self.rejected(e)),
         }
@@ -185,7 +189,7 @@ impl Authority {
             // does, with scopes the grant still gives.
             Some(app) => {
                 if !self
-                    .technical_token_granted(tenant, app, &claims.client_id, &claims.scope)
+                    .technical_token_granted(tenant, app, &claims)
                     .await
                     .map_err(|e| TokenRejected::Unavailable(Internal::new("checking a grant", e)))?
                 {
@@ -212,6 +216,15 @@ impl Authority {
         {
             return Err(TokenRejected::UserGone);
         }
+        // A token that says who acts for its subject dies with any of them.
+        if let Some(act) = &claims.act
+            && !self
+                .actors_still_there(tenant, act)
+                .await
+                .map_err(unavailable)?
+        {
+            return Err(TokenRejected::UserGone);
+        }
         // A delegation's token lives while its share does (and its recipient, who acts).
         if let Some(share) = &claims.share
             && !self
@@ -231,6 +244,27 @@ impl Authority {
         });
         self.token_cache.insert(key, known.clone(), generation, now);
         Ok(known)
+    }
+
+    /// Whether every actor of a chain still exists: a person of the tenant, or its client.
+    async fn actors_still_there(
+        &self,
+        tenant: &Tenant,
+        act: &Act,
+    ) -> Result<bool, crate::store::StoreError> {
+        for actor in act.chain().take(MAX_ACT_DEPTH + 1) {
+            let there = if actor.is_client() {
+                self.client_row(&tenant.id, &actor.sub).await?.is_some()
+            } else {
+                users::find(&self.db, &tenant.id, &actor.sub)
+                    .await?
+                    .is_some()
+            };
+            if !there {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Verifies a bearer token presented without naming its tenant (an MQTT password): the

@@ -94,10 +94,33 @@ pub struct Act {
     pub act: Option<Box<Act>>,
 }
 
+/// The longest chain of actors a token may carry: the current actor and three before it.
+pub const MAX_ACT_DEPTH: usize = 4;
+
 impl Act {
     /// Whether the actor is a client acting on its own (not a person).
     pub fn is_client(&self) -> bool {
         self.client_id.as_deref() == Some(self.sub.as_str())
+    }
+
+    /// This actor, then each one before it.
+    pub fn chain(&self) -> impl Iterator<Item = &Act> {
+        std::iter::successors(Some(self), |a| a.act.as_deref())
+    }
+
+    /// Whether `id` (a person's uuid or a client's id) is any actor of the chain.
+    pub fn names(&self, id: &str) -> bool {
+        self.chain().any(|a| a.sub == id)
+    }
+
+    /// This chain with `earliest` added as the first actor of all.
+    pub fn preceded_by(mut self, earliest: Act) -> Act {
+        let mut last = &mut self;
+        while last.act.is_some() {
+            last = last.act.as_deref_mut().expect("checked");
+        }
+        last.act = Some(Box::new(earliest));
+        self
     }
 }
 

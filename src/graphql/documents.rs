@@ -34,7 +34,14 @@ pub const MAX_EXPANDED_SELECTIONS: u64 = 500;
 /// The fields whose resolvers mint a local API token.
 const MINT_FIELDS: [&str; 2] = ["createLocalApiToken", "createPermanentLocalApiToken"];
 /// The fields whose resolvers read a whole list from the database.
-const LIST_FIELDS: [&str; 3] = ["localApiTokens", "systems", "auditEvents"];
+const LIST_FIELDS: [&str; 6] = [
+    "localApiTokens",
+    "systems",
+    "auditEvents",
+    "shares",
+    "sharesReceived",
+    "applicationAccess",
+];
 
 /// What a checked document costs, each fragment counted once per use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

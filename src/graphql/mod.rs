@@ -274,7 +274,7 @@ async fn prepare(
     }
     if cost.lists > MAX_LISTS {
         return Err(documents::Refused(format!(
-            "a request may read at most {MAX_LISTS} lists (localApiTokens, systems, auditEvents); this one asks for {}",
+            "a request may read at most {MAX_LISTS} lists (localApiTokens, systems, auditEvents, shares, sharesReceived, applicationAccess); this one asks for {}",
             cost.lists
         )));
     }

@@ -737,7 +737,12 @@ impl Mutation {
         let caller = caller(ctx)?;
         let application = Application::parse(&app_name, &app_version).map_err(mapped)?;
         let grant = authority(ctx)
-            .grant_application_access(caller, &host_tenant, &application, &self::scopes(Some(scopes))?)
+            .grant_application_access(
+                caller,
+                &host_tenant,
+                &application,
+                &self::scopes(Some(scopes))?,
+            )
             .await
             .map_err(mapped)?;
         Ok(grant.into())
@@ -948,11 +953,7 @@ impl Mutation {
             system_id: input.system_uuid.map(Into::into),
             redirect_uris: redirect_uris(input.redirect_uris)?,
             post_logout_redirect_uris: redirect_uris(input.post_logout_redirect_uris)?,
-            may_act: input
-                .may_act
-                .as_deref()
-                .map(client_id_input)
-                .transpose()?,
+            may_act: input.may_act.as_deref().map(client_id_input).transpose()?,
             application: match (input.app_name, input.app_version) {
                 (None, None) => None,
                 (Some(name), Some(version)) => {

@@ -134,6 +134,19 @@ pub async fn introspect(
             if let Some(system) = c.system {
                 out.insert("system".into(), system.into());
             }
+            // Who acts for the subject (RFC 8693 §4.1), and a technical token's application.
+            if let Some(act) = c.act {
+                out.insert(
+                    "act".into(),
+                    serde_json::to_value(act).expect("act serialises"),
+                );
+            }
+            if let Some(app) = c.app {
+                out.insert(
+                    "app".into(),
+                    serde_json::to_value(app).expect("app serialises"),
+                );
+            }
             if let Some(metadata) = client_metadata.filter(|m| !m.is_empty()) {
                 out.insert("client_metadata".into(), Value::Object(metadata));
             }

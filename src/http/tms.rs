@@ -21,9 +21,9 @@ use serde_json::{Value, json};
 use super::HttpState;
 use super::error::no_store;
 use super::form::{Form, parse_basic};
+use crate::authority::IssuedToken;
 use crate::authority::applications::{MAX_TENANTS_PER_REQUEST, TmsError};
 use crate::authority::clients::{Application, ClientCredentials};
-use crate::authority::IssuedToken;
 
 /// The header an application's credentials come in.
 const AUTH_HEADER: &str = "x-space-auth-key";
@@ -198,7 +198,9 @@ pub async fn tenants(
     let (host, client) = authority
         .authenticate_application(query.get("hostTenant"), &creds, None)
         .await?;
-    let found = authority.granting_tenants(&host, &client, page, size).await?;
+    let found = authority
+        .granting_tenants(&host, &client, page, size)
+        .await?;
     let content: Vec<Value> = found
         .content
         .iter()

@@ -79,7 +79,10 @@ impl Gate {
                 client_id,
             } => {
                 self.withdraw(|g| {
-                    g.tenant.id == tenant_id && g.verified.claims.client_id == client_id
+                    let claims = &g.verified.claims;
+                    g.tenant.id == tenant_id
+                        && (claims.client_id == client_id
+                            || claims.act.as_ref().is_some_and(|a| a.names(&client_id)))
                 });
                 for key in self.sessions.forget_owner(&tenant_id, &client_id) {
                     self.router.discard(key.tenant_id(), key.client_id()).await;
@@ -91,7 +94,7 @@ impl Gate {
                     let claims = &g.verified.claims;
                     g.tenant.id == tenant_id
                         && (claims.sub == user_id
-                            || claims.act.as_ref().is_some_and(|a| a.sub == user_id))
+                            || claims.act.as_ref().is_some_and(|a| a.names(&user_id)))
                 });
             }
             // A technical token holds while its grant does: its sessions end, and reconnect if

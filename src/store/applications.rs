@@ -130,7 +130,8 @@ pub struct TenantGrant {
     pub granted_at: i64,
 }
 
-const OF_TENANT: &str = "SELECT t.slug AS host_slug, g.app_name, g.app_version, g.scopes, g.granted_at
+const OF_TENANT: &str =
+    "SELECT t.slug AS host_slug, g.app_name, g.app_version, g.scopes, g.granted_at
     FROM application_grants g JOIN tenants t ON t.id = g.host_tenant_id
     WHERE g.tenant_id = $1 ORDER BY t.slug, g.app_name, g.app_version";
 

@@ -84,12 +84,13 @@ pub async fn find_application(
         .await?))
 }
 
-const APPLICATION_TENANTS: &str =
-    "SELECT tenant_id FROM clients WHERE client_id = $1 AND app_name IS NOT NULL ORDER BY tenant_id";
+const APPLICATION_TENANTS: &str = "SELECT tenant_id FROM clients WHERE client_id = $1 AND app_name IS NOT NULL ORDER BY tenant_id";
 
 /// The tenants holding an application client with this id.
 pub async fn application_tenants(db: &Db, client_id: &str) -> StoreResult<Vec<String>> {
-    Ok(on_pool!(db, pool => sqlx::query_scalar(APPLICATION_TENANTS).bind(client_id).fetch_all(pool).await?))
+    Ok(
+        on_pool!(db, pool => sqlx::query_scalar(APPLICATION_TENANTS).bind(client_id).fetch_all(pool).await?),
+    )
 }
 
 const EXISTS: &str = "SELECT COUNT(*) FROM clients WHERE tenant_id = $1 AND client_id = $2";

@@ -13,8 +13,7 @@ const LIVE_KEYS: &str = "SELECT kid FROM signing_keys WHERE status <> 'INVALIDAT
 /// The people among `$1…` that still exist.
 const LIVE_USERS: &str = "SELECT id FROM users WHERE id IN";
 /// The shares among `$2…` that are neither revoked nor expired at `$1`.
-const LIVE_SHARES: &str =
-    "SELECT id FROM shares WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) AND id IN";
+const LIVE_SHARES: &str = "SELECT id FROM shares WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) AND id IN";
 
 /// `query` with `n` parameters in its `IN`, locking the rows for share on PostgreSQL.
 fn still_there(query: &str, n: usize, sqlite: bool) -> String {
@@ -98,7 +97,10 @@ async fn insert_rows(
     let users: BTreeSet<&str> = rows
         .iter()
         .flat_map(|r| {
-            let actor = r.actor_id.as_deref().filter(|_| r.actor_type.as_deref() == Some("USER"));
+            let actor = r
+                .actor_id
+                .as_deref()
+                .filter(|_| r.actor_type.as_deref() == Some("USER"));
             std::iter::once(r.user_id.as_str()).chain(actor)
         })
         .collect();

@@ -2,7 +2,7 @@
 //! one, in the share's own transaction.
 
 use super::audit::AuditRow;
-use super::{Db, StoreResult, audited, on_pool};
+use super::{Db, StoreResult, audited, in_transaction, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ShareRow {
@@ -28,25 +28,72 @@ const INSERT: &str = "INSERT INTO shares
     (id, tenant_id, system_id, owner_id, recipient_id, roles, expires_at, created_at, revoked_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)";
 
-pub async fn insert(db: &Db, audit: &AuditRow, s: &ShareRow) -> StoreResult<()> {
-    audited!(db, audit, tx => sqlx::query(INSERT)
-        .bind(&s.id)
-        .bind(&s.tenant_id)
-        .bind(&s.system_id)
-        .bind(&s.owner_id)
-        .bind(&s.recipient_id)
-        .bind(&s.roles)
-        .bind(s.expires_at)
-        .bind(s.created_at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected());
-    Ok(())
+/// Records a share unless its sharer already gives `max` live shares of the system at `now`,
+/// or its recipient receives `max` in all: the counts and the insert are one transaction,
+/// serialised per sharer and system and per recipient. `false`: a limit was reached.
+pub async fn insert_within_limits(
+    db: &Db,
+    audit: &AuditRow,
+    s: &ShareRow,
+    max: i64,
+    now: i64,
+) -> StoreResult<bool> {
+    let postgres = matches!(db, Db::Postgres { .. });
+    let given = format!(
+        "SELECT COUNT(*) FROM shares WHERE system_id = $3 AND tenant_id = $1 AND owner_id = $2 AND {LIVE_AT} $4)"
+    );
+    let received = format!(
+        "SELECT COUNT(*) FROM shares WHERE recipient_id = $2 AND tenant_id = $1 AND {LIVE_AT} $3)"
+    );
+    let recorded = in_transaction!(db, tx => {
+        if postgres {
+            // Sharer first, then recipient, in every transaction: no two wait on each other.
+            for key in [format!("share-owner:{}:{}", s.owner_id, s.system_id), format!("share-recipient:{}", s.recipient_id)] {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let gives: i64 = sqlx::query_scalar(&given)
+            .bind(&s.tenant_id)
+            .bind(&s.owner_id)
+            .bind(&s.system_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        let receives: i64 = sqlx::query_scalar(&received)
+            .bind(&s.tenant_id)
+            .bind(&s.recipient_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        if gives >= max || receives >= max {
+            false
+        } else {
+            sqlx::query(INSERT)
+                .bind(&s.id)
+                .bind(&s.tenant_id)
+                .bind(&s.system_id)
+                .bind(&s.owner_id)
+                .bind(&s.recipient_id)
+                .bind(&s.roles)
+                .bind(s.expires_at)
+                .bind(s.created_at)
+                .execute(&mut *tx)
+                .await?;
+            audit.bind(sqlx::query(super::audit::INSERT)).execute(&mut *tx).await?;
+            true
+        }
+    });
+    Ok(recorded)
 }
 
 pub async fn find(db: &Db, tenant_id: &str, id: &str) -> StoreResult<Option<ShareRow>> {
     let sql = format!("SELECT {COLUMNS} FROM shares WHERE tenant_id = $1 AND id = $2");
-    Ok(on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await?))
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await?),
+    )
 }
 
 /// The live shares of a system, oldest first.
@@ -60,7 +107,9 @@ pub async fn live_for_system(
         "SELECT {COLUMNS} FROM shares WHERE system_id = $2 AND tenant_id = $1 AND {LIVE_AT} $3)
          ORDER BY created_at, id"
     );
-    Ok(on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(system_id).bind(now).fetch_all(pool).await?))
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(system_id).bind(now).fetch_all(pool).await?),
+    )
 }
 
 /// The live shares a person received, of one system or of all, oldest first.
@@ -76,21 +125,9 @@ pub async fn live_received(
            AND COALESCE($4, system_id) = system_id
          ORDER BY created_at, id"
     );
-    Ok(on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(recipient_id).bind(now).bind(system_id).fetch_all(pool).await?))
-}
-
-/// How many live shares a person gave on a system.
-pub async fn live_given_count(
-    db: &Db,
-    tenant_id: &str,
-    owner_id: &str,
-    system_id: &str,
-    now: i64,
-) -> StoreResult<i64> {
-    let sql = format!(
-        "SELECT COUNT(*) FROM shares WHERE system_id = $3 AND tenant_id = $1 AND owner_id = $2 AND {LIVE_AT} $4)"
-    );
-    Ok(on_pool!(db, pool => sqlx::query_scalar(&sql).bind(tenant_id).bind(owner_id).bind(system_id).bind(now).fetch_one(pool).await?))
+    Ok(
+        on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(recipient_id).bind(now).bind(system_id).fetch_all(pool).await?),
+    )
 }
 
 const REVOKE: &str =

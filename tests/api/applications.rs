@@ -65,9 +65,18 @@ async fn granting(app: &TestApp, slug: &str, scopes: &[&str]) -> (TestTenant, St
     let t = app.tenant(slug).await;
     let admin = app.admin_token(&t).await;
     for scope in scopes.iter().filter(|s| !s.starts_with("lanyard:")) {
-        app.authority().create_scope(&t.tenant, scope, None).await.unwrap();
+        app.authority()
+            .create_scope(&t.tenant, scope, None)
+            .await
+            .unwrap();
     }
-    let body = gql(app, Some(&admin), GRANT, json!({ "h": "vendor", "n": "fleet-analytics", "v": "1.0.0", "s": scopes })).await;
+    let body = gql(
+        app,
+        Some(&admin),
+        GRANT,
+        json!({ "h": "vendor", "n": "fleet-analytics", "v": "1.0.0", "s": scopes }),
+    )
+    .await;
     assert!(body["errors"].is_null(), "{body}");
     (t, admin)
 }
@@ -117,7 +126,7 @@ on_both_databases! {
         let vendor = app.tenant("vendor").await;
         let v1 = application(&app, &vendor, "1.0.0").await;
         let v2 = application(&app, &vendor, "2.0.0").await;
-        let (_, admin) = granting(&app, "acme", &["lanyard:systems:read"]).await;
+        let (acme, admin) = granting(&app, "acme", &["lanyard:systems:read"]).await;
         // Another version's credentials, a wrong secret, an unknown host, no credentials.
         let (status, body) = request_tokens(&app, &v2, ask("1.0.0", "acme")).await;
         assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")), "{body}");
@@ -138,6 +147,15 @@ on_both_databases! {
         assert_eq!(status, 403);
         let systems = gql(&app, Some(&token), "{ systems { uuid } }", json!({})).await;
         assert_eq!(code(&systems), "UNAUTHENTICATED", "a technical token of a revoked grant: {systems}");
+        // Granted again: the tokens of the grant before stay dead.
+        app.clock.advance(1);
+        let body = gql(&app, Some(&admin), GRANT, json!({ "h": "vendor", "n": "fleet-analytics", "v": "1.0.0", "s": ["lanyard:systems:read"] })).await;
+        assert!(body["errors"].is_null(), "{body}");
+        assert!(!app.is_active(&acme, &token).await, "a revoked grant's token came back");
+        let systems = gql(&app, Some(&token), "{ systems { uuid } }", json!({})).await;
+        assert_eq!(code(&systems), "UNAUTHENTICATED", "{systems}");
+        let (status, _) = request_tokens(&app, &v1, ask("1.0.0", "acme")).await;
+        assert_eq!(status, 200);
         // Six tenants at once, both forms, bad JSON.
         let six: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
         for body in [
@@ -201,5 +219,25 @@ on_both_databases! {
         // An application's credentials are a confidential client's.
         let public = app.authority().create_client(&vendor.tenant, NewClient { name: "p".into(), public: true, application: Some(Application::parse("x", "1").unwrap()), ..NewClient::default() }).await;
         assert!(public.is_err());
+    }
+
+    async fn a_technical_token_ends_with_a_narrower_grant_or_its_vendors_client(app) {
+        let vendor = app.tenant("vendor").await;
+        let v1 = application(&app, &vendor, "1.0.0").await;
+        let (_, admin) = granting(&app, "acme", &["lanyard:systems:read", "lanyard:users:read"]).await;
+        let (_, body) = request_tokens(&app, &v1, ask("1.0.0", "acme")).await;
+        let wide = body["access_token"].as_str().unwrap().to_owned();
+        assert!(gql(&app, Some(&wide), "{ systems { uuid } }", json!({})).await["errors"].is_null());
+        // Granted again with less: the token that carries more stops working.
+        let body = gql(&app, Some(&admin), GRANT, json!({ "h": "vendor", "n": "fleet-analytics", "v": "1.0.0", "s": ["lanyard:systems:read"] })).await;
+        assert!(body["errors"].is_null(), "{body}");
+        assert_eq!(code(&gql(&app, Some(&wide), "{ systems { uuid } }", json!({})).await), "UNAUTHENTICATED");
+        let (_, body) = request_tokens(&app, &v1, ask("1.0.0", "acme")).await;
+        let narrow = body["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(claims_of(&narrow)["scope"], "lanyard:systems:read");
+        assert!(gql(&app, Some(&narrow), "{ systems { uuid } }", json!({})).await["errors"].is_null());
+        // The vendor deletes the application's client: its tokens stop working everywhere.
+        app.authority().delete_client(&vendor.tenant, &lanyard::domain::ClientId::parse(&v1.0).unwrap()).await.unwrap();
+        assert_eq!(code(&gql(&app, Some(&narrow), "{ systems { uuid } }", json!({})).await), "UNAUTHENTICATED");
     }
 }

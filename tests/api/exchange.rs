@@ -29,13 +29,22 @@ async fn exchanger(app: &TestApp, w: &World) -> (String, String) {
 }
 
 /// Posts a token-exchange request as `client`; returns the status and body.
-async fn exchange(app: &TestApp, slug: &str, client: &(String, String), params: &[(&str, &str)]) -> (u16, Value) {
+async fn exchange(
+    app: &TestApp,
+    slug: &str,
+    client: &(String, String),
+    params: &[(&str, &str)],
+) -> (u16, Value) {
     let mut body = format!("grant_type={}", urlencode(EXCHANGE));
     for (k, v) in params {
         body.push_str(&format!("&{k}={}", urlencode(v)));
     }
     let res = app
-        .post_form(&format!("/t/{slug}/oauth2/token"), Some((&client.0, &client.1)), &body)
+        .post_form(
+            &format!("/t/{slug}/oauth2/token"),
+            Some((&client.0, &client.1)),
+            &body,
+        )
         .await;
     (res.status().as_u16(), res.json().await.unwrap())
 }
@@ -47,7 +56,13 @@ async fn ada_with_scopes(app: &TestApp, w: &World, may_act: Option<&str>) -> Str
         let _ = app.authority().create_scope(&w.t.tenant, scope, None).await;
     }
     app.authority()
-        .create_user(&w.t.tenant, "grace@example.com", "Grace Hopper", ScopeSet::parse("sensor:read video:gold").unwrap(), Default::default())
+        .create_user(
+            &w.t.tenant,
+            "grace@example.com",
+            "Grace Hopper",
+            ScopeSet::parse("sensor:read video:gold").unwrap(),
+            Default::default(),
+        )
         .await
         .unwrap();
     let (client, _) = app
@@ -61,7 +76,10 @@ async fn ada_with_scopes(app: &TestApp, w: &World, may_act: Option<&str>) -> Str
             },
         )
         .await;
-    sign_in(app, "acme", &client, "grace@example.com").await["access_token"].as_str().unwrap().to_owned()
+    sign_in(app, "acme", &client, "grace@example.com").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 on_both_databases! {
@@ -170,6 +188,48 @@ on_both_databases! {
         }
     }
 
+    async fn an_exchanged_token_dies_with_its_actor(app) {
+        let w = world(&app).await;
+        let backend = exchanger(&app, &w).await;
+        // A person as actor: deleting them ends the token, even after it was cached.
+        let grace = ada_with_scopes(&app, &w, None).await;
+        let grace_id = claims_of(&grace)["sub"].as_str().unwrap().to_owned();
+        let (_, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", &grace), ("actor_token_type", ACCESS)]).await;
+        let by_grace = body["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(gql(&app, Some(&by_grace), "{ me { sub } }", json!({})).await["data"]["me"]["sub"], w.user.as_str());
+        // A client as actor, the earlier actor nested: deleting the client ends it too.
+        let (other_id, other_secret) = app.client(&w.t, NewClient { name: "Other".into(), grant_types: vec![GrantType::ClientCredentials], ..NewClient::default() }).await;
+        let other = app.token("acme", &other_id, &other_secret).await;
+        let (_, body) = exchange(&app, "acme", &backend, &[("subject_token", &by_grace), ("subject_token_type", ACCESS), ("actor_token", &other), ("actor_token_type", ACCESS)]).await;
+        let by_other = body["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(claims_of(&by_other)["act"]["act"]["sub"], grace_id.as_str());
+        let introspected = app.introspect(&w.t, &by_other).await;
+        assert_eq!(introspected["act"]["sub"], other_id.as_str(), "{introspected}");
+        assert_eq!(introspected["act"]["act"]["sub"], grace_id.as_str());
+        app.authority().delete_client(&w.t.tenant, &other_id).await.unwrap();
+        assert!(!app.is_active(&w.t, &by_other).await, "the client that acted is gone");
+        assert!(app.is_active(&w.t, &by_grace).await);
+        app.authority().delete_user(&w.t.tenant, &lanyard::domain::UserId::parse(&grace_id).unwrap()).await.unwrap();
+        assert!(!app.is_active(&w.t, &by_grace).await, "the person who acted is gone");
+        // And from a fresh start, with no cache to forget.
+        let app = app.restart().await;
+        assert!(!app.is_active(&w.t, &by_grace).await);
+    }
+
+    async fn a_chain_of_actors_is_at_most_four_long(app) {
+        let w = world(&app).await;
+        let backend = exchanger(&app, &w).await;
+        let actor = app.token("acme", &backend.0, &backend.1).await;
+        let mut subject = w.user_token.clone();
+        for depth in 1..=4 {
+            let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &subject), ("subject_token_type", ACCESS), ("actor_token", &actor), ("actor_token_type", ACCESS)]).await;
+            assert_eq!(status, 200, "depth {depth}: {body}");
+            subject = body["access_token"].as_str().unwrap().to_owned();
+        }
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &subject), ("subject_token_type", ACCESS), ("actor_token", &actor), ("actor_token_type", ACCESS)]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{body}");
+    }
+
     async fn what_is_refused(app) {
         let w = world(&app).await;
         let backend = exchanger(&app, &w).await;
@@ -199,6 +259,20 @@ on_both_databases! {
         assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{body}");
         let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", &actor), ("actor_token_type", ACCESS), ("resource", "https://api.example.com")]).await;
         assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
+        // Another tenant's application, through its technical token, acts for no one here.
+        let vendor = app.tenant("vendor").await;
+        let (id, secret) = app.client(&vendor, NewClient { name: "app".into(), application: Some(lanyard::authority::clients::Application::parse("fleet", "1").unwrap()), ..NewClient::default() }).await;
+        let grant = gql(&app, Some(&w.admin_token), "mutation { grantApplicationAccess(hostTenant: \"vendor\", appName: \"fleet\", appVersion: \"1\", scopes: []) { hostTenant } }", json!({})).await;
+        assert!(grant["errors"].is_null(), "{grant}");
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+        let technical: Value = app.http.post(app.url("/api/technicaltokenmanager/v3/oauth/token"))
+            .header("X-SPACE-AUTH-KEY", format!("Basic {key}"))
+            .json(&json!({ "appName": "fleet", "appVersion": "1", "hostTenant": "vendor", "userTenant": "acme" }))
+            .send().await.unwrap().json().await.unwrap();
+        let technical = technical["access_token"].as_str().unwrap();
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", technical), ("actor_token_type", ACCESS)]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
         // A public client cannot be given the grant.
         let public = app.authority().create_client(&w.t.tenant, NewClient { name: "p".into(), public: true, grant_types: vec![GrantType::TokenExchange], ..NewClient::default() }).await;
         assert!(public.is_err());
@@ -206,4 +280,118 @@ on_both_databases! {
         let meta: Value = app.http.get(app.url("/t/acme/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
         assert!(meta["grant_types_supported"].as_array().unwrap().iter().any(|g| g == EXCHANGE), "{meta}");
     }
+}
+
+/// Runs `tests/interop/token_exchange.py` with `args`; panics with its output when it fails.
+async fn python_client(python: &std::path::Path, args: &[&str]) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/token_exchange.py"
+    );
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+}
+
+#[tokio::test]
+async fn a_client_nobody_here_wrote_exchanges_and_verifies_with_pyjwt() {
+    let Some(python) = interop_python() else {
+        skipped(
+            "no ~/.cache/lanyard-py: python3 -m venv ~/.cache/lanyard-py && ~/.cache/lanyard-py/bin/pip install -r tests/interop/requirements.txt",
+        );
+        return;
+    };
+    let app = reachable_app().await;
+    let w = world(&app).await;
+    let backend = exchanger(&app, &w).await;
+    let actor = app.token("acme", &backend.0, &backend.1).await;
+    python_client(
+        &python,
+        &[
+            "--issuer",
+            &w.t.tenant.issuer,
+            "--client-id",
+            &backend.0,
+            "--client-secret",
+            &backend.1,
+            "--subject-token",
+            &w.user_token,
+            "--actor-token",
+            &actor,
+            "--expect-sub",
+            w.user.as_str(),
+            "--expect-actor",
+            &backend.0,
+        ],
+    )
+    .await;
+
+    // A technical token of acme for an application of another tenant.
+    let vendor = app.tenant("vendor").await;
+    let (id, secret) = app
+        .client(
+            &vendor,
+            NewClient {
+                name: "Fleet analytics".into(),
+                application: Some(
+                    lanyard::authority::clients::Application::parse("fleet-analytics", "1.0.0")
+                        .unwrap(),
+                ),
+                ..NewClient::default()
+            },
+        )
+        .await;
+    let grant = gql(&app, Some(&w.admin_token), "mutation { grantApplicationAccess(hostTenant: \"vendor\", appName: \"fleet-analytics\", appVersion: \"1.0.0\", scopes: [\"lanyard:systems:read\"]) { hostTenant } }", json!({})).await;
+    assert!(grant["errors"].is_null(), "{grant}");
+    let res: Value = app
+        .http
+        .post(app.url("/api/technicaltokenmanager/v3/oauth/token"))
+        .basic_auth(id.as_str(), Some(&secret))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        res["error"], "invalid_client",
+        "Authorization is not the header: {res}"
+    );
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let res: Value = app
+        .http
+        .post(app.url("/api/technicaltokenmanager/v3/oauth/token"))
+        .header("X-SPACE-AUTH-KEY", format!("Basic {key}"))
+        .json(&json!({ "appName": "fleet-analytics", "appVersion": "1.0.0", "hostTenant": "vendor", "userTenant": "acme" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    python_client(
+        &python,
+        &[
+            "--issuer",
+            &w.t.tenant.issuer,
+            "--technical-token",
+            res["access_token"].as_str().unwrap(),
+            "--audience",
+            "acme",
+            "--expect-app",
+            "fleet-analytics@1.0.0",
+        ],
+    )
+    .await;
 }

@@ -387,3 +387,24 @@ impl Drop for Process {
         let _ = self.0.wait();
     }
 }
+
+/// A lanyard on SQLite whose public URL is its own address, so that the status URIs in its
+/// tokens reach it (the other tests' issuer is a name nothing resolves).
+pub async fn reachable_app() -> TestApp {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.http.listen = addr;
+        s.http.public_url = format!("http://{addr}");
+    })
+    .await
+}
+
+/// The Python environment `.ci/run` installs `tests/interop/requirements.txt` into.
+pub fn interop_python() -> Option<std::path::PathBuf> {
+    let python =
+        std::path::Path::new(&std::env::var_os("HOME")?).join(".cache/lanyard-py/bin/python");
+    python.exists().then_some(python)
+}

@@ -59,7 +59,13 @@ async fn share(app: &TestApp, w: &World, expires: Option<&str>) -> Value {
 }
 
 async fn mint(app: &TestApp, token: &str, w: &World, share: Option<&str>) -> Value {
-    gql(app, Some(token), MINT, json!({ "s": w.system, "d": "1D", "sh": share })).await
+    gql(
+        app,
+        Some(token),
+        MINT,
+        json!({ "s": w.system, "d": "1D", "sh": share }),
+    )
+    .await
 }
 
 fn list_topic(system: &str) -> String {
@@ -91,7 +97,9 @@ async fn userinfo(app: &TestApp, token: &str) -> reqwest::Response {
 
 async fn status_list_bit(app: &TestApp, w: &World, jwt: &str) -> bool {
     let raw = jwt.strip_prefix("CLOUD-").unwrap();
-    let idx = claims_of(raw)["status"]["status_list"]["idx"].as_u64().unwrap();
+    let idx = claims_of(raw)["status"]["status_list"]["idx"]
+        .as_u64()
+        .unwrap();
     let list = app
         .http
         .get(app.url(&format!("/t/acme/statuslists/{}", w.system)))
@@ -101,9 +109,13 @@ async fn status_list_bit(app: &TestApp, w: &World, jwt: &str) -> bool {
         .text()
         .await
         .unwrap();
-    let trust = crate::offline_trust::trust::Trust::from_jwks(&w.t.tenant.issuer, &app.jwks("acme").await).unwrap();
+    let trust =
+        crate::offline_trust::trust::Trust::from_jwks(&w.t.tenant.issuer, &app.jwks("acme").await)
+            .unwrap();
     let uri = format!("{}/statuslists/{}", w.t.tenant.issuer, w.system);
-    let list = trust.accept_status_list(&list, &uri, app.clock.now(), None).unwrap();
+    let list = trust
+        .accept_status_list(&list, &uri, app.clock.now(), None)
+        .unwrap();
     list.is_set(idx).unwrap()
 }
 
@@ -323,5 +335,51 @@ on_both_databases! {
                 .collect();
             assert!(live.is_empty(), "tokens of a revoked share still ACTIVATED: {live:?}");
         }
+    }
+
+    async fn a_person_gives_at_most_twenty_live_shares_of_a_system_and_an_admin_may_revoke_them(app) {
+        let w = world(&app).await;
+        bianca(&app, &w).await;
+        let roles = gql(&app, Some(&w.user_token), "query($s: UUID!) { me { roles(systemUuid: $s) { uuid } } }", json!({ "s": w.system })).await;
+        assert_eq!(roles["data"]["me"]["roles"], json!([{ "uuid": w.role }]), "{roles}");
+        let mut last = Value::Null;
+        for _ in 0..20 {
+            last = share(&app, &w, None).await;
+        }
+        let body = gql(&app, Some(&w.user_token), SHARE, json!({ "s": w.system, "e": "bianca@example.com", "r": [w.role] })).await;
+        assert_eq!(code(&body), "CONFLICT", "{body}");
+        // The tenant's role admin revokes one; then there is room for another.
+        let body = gql(&app, Some(&w.admin_token), REVOKE, json!({ "u": last["uuid"] })).await;
+        assert!(body["errors"].is_null(), "{body}");
+        let listed = gql(&app, Some(&w.admin_token), "query($s: UUID!) { shares(systemUuid: $s) { uuid } }", json!({ "s": w.system })).await;
+        assert_eq!(listed["data"]["shares"].as_array().unwrap().len(), 19, "{listed}");
+        share(&app, &w, None).await;
+    }
+
+    async fn shares_made_at_once_stay_within_the_limit(app) {
+        let w = world(&app).await;
+        bianca(&app, &w).await;
+        let sharing = (0..40).map(|_| {
+            gql(&app, Some(&w.user_token), SHARE, json!({ "s": w.system, "e": "bianca@example.com", "r": [w.role] }))
+        });
+        let answers = futures::future::join_all(sharing).await;
+        let made = answers.iter().filter(|a| a["errors"].is_null()).count();
+        assert_eq!(made, 20, "{:?}", answers.iter().filter(|a| !a["errors"].is_null()).map(code).collect::<Vec<_>>());
+        let listed = gql(&app, Some(&w.admin_token), "query($s: UUID!) { shares(systemUuid: $s) { uuid } }", json!({ "s": w.system })).await;
+        assert_eq!(listed["data"]["shares"].as_array().unwrap().len(), 20);
+    }
+
+    async fn mints_made_at_once_under_a_share_stay_within_the_sharers_cap(app) {
+        let w = world(&app).await;
+        let b = bianca(&app, &w).await;
+        share(&app, &w, None).await;
+        let cap = app.settings.tokens.max_local_tokens_per_system as usize;
+        let minting = (0..cap + 30).map(|_| mint(&app, &b.token, &w, None));
+        let answers = futures::future::join_all(minting).await;
+        let made = answers.iter().filter(|a| a["errors"].is_null()).count();
+        assert_eq!(made, cap, "at most the cap, however many at once");
+        assert!(answers.iter().filter(|a| !a["errors"].is_null()).all(|a| code(a) == "CONFLICT"));
+        let own = gql(&app, Some(&w.user_token), MINT, json!({ "s": w.system, "d": "1D" })).await;
+        assert_eq!(code(&own), "CONFLICT", "the tokens under the share count against the sharer: {own}");
     }
 }

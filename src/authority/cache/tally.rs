@@ -71,30 +71,42 @@ impl Tally {
     }
 
     /// As [`Tally::reserve`], with the count just read (`live`: the expiries of the person's
-    /// live tokens on the system).
+    /// live tokens on the system). When another mint read the count meanwhile and counted its
+    /// own token in it, that count is kept and this token counted in it: two mints that read
+    /// at once cannot both find room for the last token.
     pub fn reserve_read(
         &self,
-        (tenant_id, user_id, system_id): (&str, &str, &str),
+        who: (&str, &str, &str),
         mut live: Vec<Option<i64>>,
         exp: Option<i64>,
         cap: usize,
+        now: i64,
     ) -> Reserved {
-        let full = live.len() >= cap;
-        if !full {
-            live.push(exp);
+        let (tenant_id, user_id, system_id) = who;
+        {
+            let mut counts = self.counts.lock().expect("tally lock");
+            let fresh = counts
+                .get(&key(tenant_id, user_id, system_id))
+                .is_some_and(|c| c.read_at.elapsed() <= MAX_AGE);
+            if !fresh {
+                let full = live.len() >= cap;
+                if !full {
+                    live.push(exp);
+                }
+                if counts.len() >= CAPACITY {
+                    counts.clear();
+                }
+                counts.insert(
+                    key(tenant_id, user_id, system_id),
+                    Count {
+                        read_at: Instant::now(),
+                        expiries: live,
+                    },
+                );
+                return if full { Reserved::Full } else { Reserved::Yes };
+            }
         }
-        let mut counts = self.counts.lock().expect("tally lock");
-        if counts.len() >= CAPACITY {
-            counts.clear();
-        }
-        counts.insert(
-            key(tenant_id, user_id, system_id),
-            Count {
-                read_at: Instant::now(),
-                expiries: live,
-            },
-        );
-        if full { Reserved::Full } else { Reserved::Yes }
+        self.reserve(who, exp, cap, now)
     }
 
     /// Forgets a count: a token of it was revoked, or a mint counted in it failed.
@@ -117,7 +129,7 @@ mod tests {
         let tally = Tally::default();
         assert_eq!(tally.reserve(WHO, Some(100), 3, 0), Reserved::Unknown);
         assert_eq!(
-            tally.reserve_read(WHO, vec![None], Some(100), 3),
+            tally.reserve_read(WHO, vec![None], Some(100), 3, 0),
             Reserved::Yes
         );
         assert_eq!(tally.reserve(WHO, Some(50), 3, 0), Reserved::Yes);
@@ -128,7 +140,21 @@ mod tests {
         tally.forget("t", "u", "s");
         assert_eq!(tally.reserve(WHO, None, 3, 50), Reserved::Unknown);
         assert_eq!(
-            tally.reserve_read(WHO, vec![None, None, None], None, 3),
+            tally.reserve_read(WHO, vec![None, None, None], None, 3, 50),
+            Reserved::Full
+        );
+    }
+
+    #[test]
+    fn two_mints_that_read_the_count_at_once_do_not_both_take_the_last_place() {
+        let tally = Tally::default();
+        // Both read two live tokens of a cap of three before either counted its own.
+        assert_eq!(
+            tally.reserve_read(WHO, vec![None, None], None, 3, 0),
+            Reserved::Yes
+        );
+        assert_eq!(
+            tally.reserve_read(WHO, vec![None, None], None, 3, 0),
             Reserved::Full
         );
     }
