@@ -43,15 +43,19 @@ CREATE TABLE application_grants (
     app_name        TEXT    NOT NULL,
     app_version     TEXT    NOT NULL,
     scopes          TEXT    NOT NULL,
+    -- New at every grant: a technical token names the grant it was issued under, so that a
+    -- grant revoked and made again does not bring back the tokens of the one before.
+    grant_id        TEXT    NOT NULL,
     granted_at      BIGINT  NOT NULL,
     PRIMARY KEY (tenant_id, host_tenant_id, app_name, app_version)
 );
 CREATE INDEX application_grants_application
     ON application_grants (host_tenant_id, app_name, app_version, tenant_id);
 
--- The applications scopes and the delegated minting scope are new in the admin catalogue: an
--- admin client that holds every scope of the catalogue before them gets them too.
-UPDATE clients SET scopes = scopes || ' lanyard:applications:read lanyard:applications:write lanyard:local-tokens:mint'
+-- The applications scopes are new in the admin catalogue: an admin client that holds every
+-- scope of the catalogue before them gets them too. (`lanyard:local-tokens:mint`, new too, is a
+-- delegation's alone: nobody is granted it.)
+UPDATE clients SET scopes = scopes || ' lanyard:applications:read lanyard:applications:write'
 WHERE (' ' || scopes || ' ') LIKE '% lanyard:audit:read %'
   AND (' ' || scopes || ' ') LIKE '% lanyard:clients:read %'
   AND (' ' || scopes || ' ') LIKE '% lanyard:clients:write %'

@@ -73,7 +73,9 @@ impl From<Error> for TmsError {
 #[derive(Debug, Clone)]
 pub struct GrantingTenants {
     pub content: Vec<ApplicationGrantOf>,
+    /// Tenants that granted access, and pages of the size asked for.
     pub total: i64,
+    pub pages: i64,
 }
 
 /// One tenant that granted access.
@@ -100,6 +102,8 @@ impl Authority {
         self.check_grantable(by, scopes).await?;
         let tenant = by.tenant();
         let host = self.registered_application(host_slug, application).await?;
+        // Changing a grant is managing its holder: not one with more rights than the caller.
+        self.require_managing_grant(by, &host, application).await?;
         let now = self.now();
         let row = applications::GrantRow {
             tenant_id: tenant.id.to_string(),
@@ -107,6 +111,7 @@ impl Authority {
             app_name: application.name.clone(),
             app_version: application.version.clone(),
             scopes: scopes.to_string(),
+            grant_id: uuid::Uuid::new_v4().to_string(),
             granted_at: now,
         };
         let event = self.event(
@@ -118,6 +123,9 @@ impl Authority {
         tracing::info!(tenant = %tenant.slug, host = %host_slug, %application, "application access granted");
         self.emit(Event::ApplicationAccessChanged {
             tenant_id: tenant.id.to_string(),
+            host_tenant: host_slug.to_owned(),
+            app_name: application.name.clone(),
+            app_version: application.version.clone(),
         });
         Ok(ApplicationGrant {
             host_tenant: host.slug.to_string(),
@@ -141,6 +149,7 @@ impl Authority {
         let not_found =
             || Error::NotFound(format!("{application} of {host_slug} holds no access here"));
         let host = self.tenant(host_slug).await?.ok_or_else(not_found)?;
+        self.require_managing_grant(by, &host, application).await?;
         let event = self.event(
             &by,
             "application.access_revoked",
@@ -161,6 +170,9 @@ impl Authority {
         tracing::info!(tenant = %tenant.slug, host = %host_slug, %application, "application access revoked");
         self.emit(Event::ApplicationAccessChanged {
             tenant_id: tenant.id.to_string(),
+            host_tenant: host_slug.to_owned(),
+            app_name: application.name.clone(),
+            app_version: application.version.clone(),
         });
         Ok(())
     }
@@ -185,6 +197,29 @@ impl Authority {
                 granted_at: g.granted_at,
             })
             .collect())
+    }
+
+    /// Refuses unless `by` holds every `lanyard:` scope of the tenant's grant to the
+    /// application, if there is one (SPEC §6: nobody manages a principal holding more).
+    async fn require_managing_grant(
+        &self,
+        by: Actor<'_>,
+        host: &Tenant,
+        application: &Application,
+    ) -> Result<()> {
+        if let Some(grant) = applications::find(
+            &self.db,
+            &by.tenant().id,
+            &host.id,
+            &application.name,
+            &application.version,
+        )
+        .await?
+        {
+            let held = ScopeSet::parse(&grant.scopes).unwrap_or_default();
+            by.require_all_admin(&held, &format!("application {application}"))?;
+        }
+        Ok(())
     }
 
     /// The host tenant, when it registered the application version.
@@ -316,6 +351,7 @@ impl Authority {
             name: application.name.clone(),
             version: application.version.clone(),
             host_tenant: host.slug.to_string(),
+            grant: grant.grant_id,
         });
         self.sign_claims(&tenant, claims, "technical_token")
             .await
@@ -369,13 +405,14 @@ impl Authority {
                 })
                 .collect(),
             total,
+            pages,
         })
     }
 
-    /// Whether a technical token of `tenant` is still good: its tenant's grant to the
-    /// application stands, was made no later than the token (a grant revoked and made again
-    /// does not bring back the tokens of the one before), and gives its scopes; and the host
-    /// tenant's client still holds that application version.
+    /// Whether a technical token of `tenant` is still good: the grant it was issued under
+    /// stands (a grant revoked and made again is another, which does not bring back the tokens
+    /// of the one before) and gives its scopes; and the host tenant's client still holds that
+    /// application version.
     pub(super) async fn technical_token_granted(
         &self,
         tenant: &Tenant,
@@ -391,7 +428,7 @@ impl Authority {
             return Ok(false);
         };
         let granted = ScopeSet::parse(&grant.scopes).unwrap_or_default();
-        if claims.iat < grant.granted_at
+        if grant.grant_id != app.grant
             || !ScopeSet::parse(&claims.scope)
                 .unwrap_or_default()
                 .is_subset(&granted)

@@ -17,10 +17,26 @@ pub const MAX_EVENTS_PER_PAGE: i64 = 500;
 pub(crate) fn actor_name(by: &Actor<'_>) -> String {
     match by {
         Actor::Operator(_) => "operator".into(),
-        Actor::Caller(caller) => match caller.user_id() {
-            Some(user) => format!("user:{user} via client:{}", caller.claims.client_id),
-            None => format!("client:{}", caller.claims.client_id),
-        },
+        Actor::Caller(caller) => {
+            let claims = &caller.claims;
+            let mut name = match caller.user_id() {
+                Some(user) => format!("user:{user} via client:{}", claims.client_id),
+                // A delegation's token: the recipient acts for the sharer.
+                None if claims.is_delegation() => {
+                    format!("user:{} via client:{}", claims.sub, claims.client_id)
+                }
+                None => format!("client:{}", claims.client_id),
+            };
+            // Who acts for the subject, the current actor first (SPEC §11).
+            for actor in claims.act.iter().flat_map(|a| a.chain()) {
+                let kind = if actor.is_client() { "client" } else { "user" };
+                name.push_str(&format!(", acting: {kind}:{}", actor.sub));
+            }
+            if let Some(app) = &claims.app {
+                name.push_str(&format!(" of tenant:{}", app.host_tenant));
+            }
+            name
+        }
     }
 }
 

@@ -32,7 +32,7 @@ pub const AUDIT_READ: &str = "lanyard:audit:read";
 pub const APPLICATIONS_READ: &str = "lanyard:applications:read";
 pub const APPLICATIONS_WRITE: &str = "lanyard:applications:write";
 /// The one scope of a delegation's token: minting local tokens under its share.
-pub const LOCAL_TOKENS_MINT: &str = "lanyard:local-tokens:mint";
+pub const LOCAL_TOKENS_MINT: &str = crate::domain::scope::DELEGATION_SCOPE;
 /// Lets a caller list any system's shares (SPEC §11).
 pub const ROLES_READ: &str = "lanyard:roles:read";
 

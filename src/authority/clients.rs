@@ -276,6 +276,12 @@ impl Authority {
     /// may hand them out: a `lanyard:` scope only if it holds it itself; the tenant's own scopes
     /// always (SPEC §2 — otherwise nobody could ever hand out a scope an admin just created).
     pub(crate) async fn check_grantable(&self, by: Actor<'_>, scopes: &ScopeSet) -> Result<()> {
+        if scopes.contains_str(crate::domain::scope::DELEGATION_SCOPE) {
+            return Err(Error::Invalid(format!(
+                "{} is carried only by a delegation's token; it is granted to no one",
+                crate::domain::scope::DELEGATION_SCOPE
+            )));
+        }
         if let Some(held) = by.scopes() {
             let missing = admin_scopes_missing(scopes, held);
             if !missing.is_empty() {

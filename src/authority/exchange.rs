@@ -121,6 +121,12 @@ impl Authority {
                         "a technical token acts in its own right only: it is no actor_token",
                     ));
                 }
+                // The actor is who holds the actor token, not someone it acts for.
+                if actor.act.is_some() {
+                    return Err(invalid_grant(
+                        "the actor_token itself acts for another: present the actor's own token",
+                    ));
+                }
                 exp = exp.min(actor.exp);
                 let act = self
                     .actor_claim(tenant, &actor, subject.act.clone())

@@ -22,7 +22,7 @@ use super::offline_trust::{StatusClaim, StatusReference, status_list_uri};
 use super::validate_name;
 use super::{Actor, Authority, Caller, Error, Event, Result, Role, Tenant};
 use crate::crypto::jws;
-use crate::domain::claims::Act;
+use crate::domain::claims::{Act, MAX_ACT_DEPTH};
 use crate::domain::{LocalTokenId, Period, RoleId, SystemId, UserId};
 use crate::metrics::Signed;
 use crate::store::{local_tokens, systems, users};
@@ -287,6 +287,14 @@ impl Authority {
             actor,
             share,
         } = self.minter(caller, system_id, share).await?;
+        if act
+            .as_ref()
+            .is_some_and(|a| a.chain().count() > MAX_ACT_DEPTH)
+        {
+            return Err(Error::Invalid(format!(
+                "a token names at most {MAX_ACT_DEPTH} actors, one acting for the next: this one would name more"
+            )));
+        }
         let now = self.now();
         let exp = match lifetime {
             Lifetime::For { secs, .. } => {

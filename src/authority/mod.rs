@@ -83,7 +83,13 @@ pub enum Event {
     ShareRevoked { tenant_id: String, share_id: String },
     /// A tenant revoked or changed an application's access (SPEC §11): the technical tokens
     /// it issued to the application are checked again.
-    ApplicationAccessChanged { tenant_id: String },
+    ApplicationAccessChanged {
+        tenant_id: String,
+        /// The application: its host tenant's slug, name and version.
+        host_tenant: String,
+        app_name: String,
+        app_version: String,
+    },
     /// Announcements from other nodes may have been missed: whatever depends on them should be
     /// checked against the database.
     Resync,
@@ -98,6 +104,29 @@ pub enum Event {
         #[serde(skip)]
         minted: Option<Arc<LocalToken>>,
     },
+}
+
+impl Event {
+    /// Whether this is a change of the access of the application `app` names (a technical
+    /// token's claim).
+    pub fn concerns_app(&self, app: Option<&crate::domain::claims::AppClaim>) -> bool {
+        match (self, app) {
+            (
+                Event::ApplicationAccessChanged {
+                    host_tenant,
+                    app_name,
+                    app_version,
+                    ..
+                },
+                Some(app),
+            ) => {
+                &app.host_tenant == host_tenant
+                    && &app.name == app_name
+                    && &app.version == app_version
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Errors of the management use-cases; each door maps them once to its own form.
@@ -312,9 +341,9 @@ impl Authority {
             } => self.token_cache.forget(|k| {
                 &k.tenant.id == tenant_id && k.verified.claims.share.as_ref() == Some(share_id)
             }),
-            Event::ApplicationAccessChanged { tenant_id } => self
-                .token_cache
-                .forget(|k| &k.tenant.id == tenant_id && k.verified.claims.app.is_some()),
+            Event::ApplicationAccessChanged { tenant_id, .. } => self.token_cache.forget(|k| {
+                &k.tenant.id == tenant_id && event.concerns_app(k.verified.claims.app.as_ref())
+            }),
             Event::RoleAssigned {
                 tenant_id,
                 user_id,

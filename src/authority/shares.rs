@@ -92,6 +92,27 @@ fn stored_roles(text: &str) -> Vec<Role> {
         .collect()
 }
 
+impl From<shares::ShareRow> for Share {
+    fn from(row: shares::ShareRow) -> Share {
+        Share {
+            owner: Party {
+                name: row.owner_name,
+                id: UserId::stored(row.owner_id),
+            },
+            recipient: Party {
+                name: row.recipient_name,
+                id: UserId::stored(row.recipient_id),
+            },
+            roles: stored_roles(&row.roles),
+            id: row.id,
+            system_id: SystemId::stored(row.system_id),
+            expires_at: row.expires_at,
+            created_at: row.created_at,
+            revoked_at: row.revoked_at,
+        }
+    }
+}
+
 fn live(row: &shares::ShareRow, now: i64) -> bool {
     row.revoked_at.is_none() && row.expires_at.is_none_or(|exp| exp > now)
 }
@@ -168,6 +189,8 @@ impl Authority {
             expires_at,
             created_at: now,
             revoked_at: None,
+            owner_name: holding.user_name.clone(),
+            recipient_name: recipient.name.clone(),
         };
         let event = self.event(
             &Actor::Caller(caller),
@@ -190,22 +213,7 @@ impl Authority {
             )));
         }
         tracing::info!(tenant = %tenant.slug, system = %system_id, share = %row.id, "system shared");
-        Ok(Share {
-            id: row.id,
-            system_id: system_id.clone(),
-            owner: Party {
-                id: owner_id,
-                name: holding.user_name.clone(),
-            },
-            recipient: Party {
-                id: UserId::stored(recipient.id),
-                name: recipient.name,
-            },
-            roles,
-            expires_at,
-            created_at: now,
-            revoked_at: None,
-        })
+        Ok(row.into())
     }
 
     /// Revokes a share and every token minted under it: the sharer may, and so may a caller
@@ -213,11 +221,7 @@ impl Authority {
     pub async fn revoke_share(&self, caller: &Caller, id: &str) -> Result<Share> {
         let tenant = &caller.tenant;
         let not_found = || Error::NotFound(format!("no share {id}"));
-        let row = match uuid::Uuid::parse_str(id) {
-            Ok(_) => shares::find(&self.db, &tenant.id, id).await?,
-            Err(_) => None,
-        }
-        .ok_or_else(not_found)?;
+        let row = self.find_share(tenant, id).await?.ok_or_else(not_found)?;
         if caller
             .user_id()
             .is_none_or(|me| me.as_str() != row.owner_id)
@@ -233,10 +237,11 @@ impl Authority {
         shares::revoke(&self.db, &event, &tenant.id, id, now, &self.node_id).await?;
         self.share_ended(tenant, &row);
         tracing::info!(tenant = %tenant.slug, share = %id, "share revoked");
-        let row = shares::find(&self.db, &tenant.id, id)
+        Ok(self
+            .find_share(tenant, id)
             .await?
-            .ok_or_else(not_found)?;
-        self.share_view(tenant, row).await
+            .ok_or_else(not_found)?
+            .into())
     }
 
     /// What follows the end of a share here and on the other nodes: its tokens leave the
@@ -258,24 +263,28 @@ impl Authority {
     /// them), and for a caller with `lanyard:roles:read`.
     pub async fn shares(&self, caller: &Caller, system_id: &SystemId) -> Result<Vec<Share>> {
         let tenant = &caller.tenant;
-        if !caller.scopes.contains_str(ROLES_READ) {
+        if caller.scopes.contains_str(ROLES_READ) {
+            if systems::find(&self.db, &tenant.id, system_id)
+                .await?
+                .is_none()
+            {
+                return Err(Error::NotFound(format!("no system {system_id}")));
+            }
+        } else {
             let forbidden = || Error::Forbidden("you hold no role on this system".into());
             let me = caller.user_id().ok_or_else(forbidden)?;
             if self.roles_on_system(&me, system_id).await?.is_empty() {
-                return Err(forbidden());
+                // A sharer who no longer holds a role there still sees the shares.
+                let rows =
+                    shares::live_for_system(&self.db, &tenant.id, system_id, self.now()).await?;
+                if !rows.iter().any(|r| r.owner_id == me.as_str()) {
+                    return Err(forbidden());
+                }
+                return Ok(rows.into_iter().map(Share::from).collect());
             }
-        } else if systems::find(&self.db, &tenant.id, system_id)
-            .await?
-            .is_none()
-        {
-            return Err(Error::NotFound(format!("no system {system_id}")));
         }
         let rows = shares::live_for_system(&self.db, &tenant.id, system_id, self.now()).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.share_view(tenant, row).await?);
-        }
-        Ok(out)
+        Ok(rows.into_iter().map(Share::from).collect())
     }
 
     /// The live shares the calling person received.
@@ -285,41 +294,7 @@ impl Authority {
             return Ok(Vec::new());
         };
         let rows = shares::live_received(&self.db, &tenant.id, &me, None, self.now()).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.share_view(tenant, row).await?);
-        }
-        Ok(out)
-    }
-
-    async fn share_view(&self, tenant: &Tenant, row: shares::ShareRow) -> Result<Share> {
-        let name = |id: &str| {
-            let id = id.to_owned();
-            async move {
-                Ok::<_, Error>(
-                    users::find(&self.db, &tenant.id, &id)
-                        .await?
-                        .map(|u| u.name)
-                        .unwrap_or_default(),
-                )
-            }
-        };
-        Ok(Share {
-            owner: Party {
-                name: name(&row.owner_id).await?,
-                id: UserId::stored(row.owner_id),
-            },
-            recipient: Party {
-                name: name(&row.recipient_id).await?,
-                id: UserId::stored(row.recipient_id),
-            },
-            roles: stored_roles(&row.roles),
-            id: row.id,
-            system_id: SystemId::stored(row.system_id),
-            expires_at: row.expires_at,
-            created_at: row.created_at,
-            revoked_at: row.revoked_at,
-        })
+        Ok(rows.into_iter().map(Share::from).collect())
     }
 
     /// The share a person mints under on `system_id`: `share_id` when named (it must be theirs,
@@ -336,11 +311,7 @@ impl Authority {
         let forbidden = || Error::Forbidden("no live share of this system was given to you".into());
         let row = match share_id {
             Some(id) => {
-                let row = match uuid::Uuid::parse_str(id) {
-                    Ok(_) => shares::find(&self.db, &tenant.id, id).await?,
-                    Err(_) => None,
-                }
-                .ok_or_else(forbidden)?;
+                let row = self.find_share(tenant, id).await?.ok_or_else(forbidden)?;
                 if row.recipient_id != recipient.as_str()
                     || row.system_id != system_id.as_str()
                     || !live(&row, now)
@@ -384,7 +355,8 @@ impl Authority {
         if system != system_id.as_str() {
             return Err(forbidden());
         }
-        let row = shares::find(&self.db, &caller.tenant.id, share_id)
+        let row = self
+            .find_share(&caller.tenant, share_id)
             .await?
             .ok_or_else(forbidden)?;
         let acting = caller.claims.act.as_ref().map(|a| a.sub.as_str());
@@ -421,18 +393,26 @@ impl Authority {
         if roles.is_empty() {
             return Err(gone());
         }
-        let recipient_name = users::find(&self.db, &tenant.id, &row.recipient_id)
-            .await?
-            .ok_or_else(gone)?
-            .name;
         Ok(MintingShare {
+            recipient_name: row.recipient_name.clone(),
             share: row,
             owner: Arc::new(Holding {
                 user_name: held.user_name.clone(),
                 roles,
             }),
-            recipient_name,
         })
+    }
+
+    /// A share of the tenant by id; `None` too for text that is no share id.
+    async fn find_share(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+    ) -> std::result::Result<Option<shares::ShareRow>, StoreError> {
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Ok(None);
+        }
+        shares::find(&self.db, &tenant.id, id).await
     }
 
     /// Whether a delegation's share is live, and names `act` as its recipient: its token is
@@ -443,19 +423,15 @@ impl Authority {
         share_id: &str,
         act: Option<&Act>,
     ) -> std::result::Result<bool, StoreError> {
-        if uuid::Uuid::parse_str(share_id).is_err() {
-            return Ok(false);
-        }
-        Ok(shares::find(&self.db, &tenant.id, share_id)
-            .await?
-            .is_some_and(|row| {
-                live(&row, self.now()) && act.is_some_and(|a| a.sub == row.recipient_id)
-            }))
+        Ok(self.find_share(tenant, share_id).await?.is_some_and(|row| {
+            live(&row, self.now()) && act.is_some_and(|a| a.sub == row.recipient_id)
+        }))
     }
 
     /// Userinfo's `delegations` of a person (SPEC §11): one per live share they received,
     /// each with a 5-minute token that can only mint local tokens under it, issued to the
-    /// client of the token userinfo was asked with.
+    /// client of the token userinfo was asked with. None for a token someone acts through
+    /// (token exchange): a delegation is the person's own, and names them as the one acting.
     pub(super) async fn delegations(
         &self,
         tenant: &Tenant,
@@ -466,13 +442,16 @@ impl Authority {
         let server_error = |e: Error| {
             OAuthError::server_error(Internal::new("delegations", anyhow::anyhow!("{e}")))
         };
+        if asked_with.act.is_some() {
+            return Ok(Vec::new());
+        }
         let now = self.now();
         let rows = shares::live_received(&self.db, &tenant.id, recipient, None, now)
             .await
             .map_err(|e| server_error(e.into()))?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let share = self.share_view(tenant, row).await.map_err(server_error)?;
+            let share = Share::from(row);
             let exp = share.expires_at.map_or(now + DELEGATION_TTL_SECS, |e| {
                 e.min(now + DELEGATION_TTL_SECS)
             });

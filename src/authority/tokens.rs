@@ -3,10 +3,16 @@
 //!
 //! Verification is the one place that decides whether an access token is good: signature by a
 //! published key of the tenant, `typ`, `iss`, `aud`, time claims, the revocation list (held in
-//! memory, see [`revoked`](super::revoked)), and the client (and for a person's token, the
-//! user) still existing. The HTTP door uses it for introspection; the MQTT and GraphQL doors
-//! use the same function. A token that passed is remembered until its `exp` (see
-//! [`token_cache`](super::token_cache)), so presenting it again costs no database round trip.
+//! memory, see [`revoked`](super::revoked)), and its principals still standing
+//! ([`Authority::principal_refusal`]): the client (for a technical token of another tenant's
+//! application, the grant it was issued under and the host tenant's client), for a person's
+//! token the person, every actor its `act` names, and a delegation's share. The HTTP door uses
+//! it for introspection; the MQTT, NATS and GraphQL doors use the same function, and the MQTT
+//! and NATS doors re-check what they admitted with [`Authority::grant_still_valid`]. A
+//! delegation's token (SPEC §11) is refused by every door but GraphQL's mint
+//! ([`Authority::verify_bearer_or_delegation`]). A token that passed is remembered until its
+//! `exp` (see [`token_cache`](super::token_cache)), so presenting it again costs no database
+//! round trip; the events that end a principal forget what they end.
 
 use std::sync::Arc;
 
@@ -184,55 +190,12 @@ impl Authority {
         {
             return Err(TokenRejected::Revoked);
         }
-        match &claims.app {
-            // A technical token: its client is the host tenant's, and lives while the grant
-            // does, with scopes the grant still gives.
-            Some(app) => {
-                if !self
-                    .technical_token_granted(tenant, app, &claims)
-                    .await
-                    .map_err(|e| TokenRejected::Unavailable(Internal::new("checking a grant", e)))?
-                {
-                    return Err(TokenRejected::Revoked);
-                }
-            }
-            None => {
-                if self
-                    .client_row(&tenant.id, &claims.client_id)
-                    .await
-                    .map_err(unavailable)?
-                    .is_none()
-                {
-                    return Err(TokenRejected::ClientGone);
-                }
-            }
-        }
-        // A person's token (sub is a user, not the client itself) dies with its user.
-        if claims.sub != claims.client_id
-            && users::find(&self.db, &tenant.id, &claims.sub)
-                .await
-                .map_err(unavailable)?
-                .is_none()
+        if let Some(refused) = self
+            .principal_refusal(tenant, &claims)
+            .await
+            .map_err(|e| TokenRejected::Unavailable(Internal::new("checking a token", e)))?
         {
-            return Err(TokenRejected::UserGone);
-        }
-        // A token that says who acts for its subject dies with any of them.
-        if let Some(act) = &claims.act
-            && !self
-                .actors_still_there(tenant, act)
-                .await
-                .map_err(unavailable)?
-        {
-            return Err(TokenRejected::UserGone);
-        }
-        // A delegation's token lives while its share does (and its recipient, who acts).
-        if let Some(share) = &claims.share
-            && !self
-                .share_is_live(tenant, share, claims.act.as_ref())
-                .await
-                .map_err(unavailable)?
-        {
-            return Err(TokenRejected::Revoked);
+            return Err(refused);
         }
         let known = Arc::new(KnownToken {
             tenant: tenant.clone(),
@@ -244,6 +207,58 @@ impl Authority {
         });
         self.token_cache.insert(key, known.clone(), generation, now);
         Ok(known)
+    }
+
+    /// Why a token's principals no longer stand, or `None` when they all do: its client (a
+    /// technical token's grant and host client, [`Authority::technical_token_granted`]), its
+    /// person, every actor it names, and a delegation's share. Verification asks it, and so
+    /// do the doors re-checking what they admitted ([`Authority::grant_still_valid`]).
+    pub(super) async fn principal_refusal(
+        &self,
+        tenant: &Tenant,
+        claims: &AccessClaims,
+    ) -> super::Result<Option<TokenRejected>> {
+        match &claims.app {
+            // A technical token: its client is the host tenant's, and lives while the grant
+            // it was issued under does, with scopes the grant still gives.
+            Some(app) => {
+                if !self.technical_token_granted(tenant, app, claims).await? {
+                    return Ok(Some(TokenRejected::Revoked));
+                }
+            }
+            None => {
+                if self
+                    .client_row(&tenant.id, &claims.client_id)
+                    .await?
+                    .is_none()
+                {
+                    return Ok(Some(TokenRejected::ClientGone));
+                }
+            }
+        }
+        // A person's token (sub is a user, not the client itself) dies with its user.
+        if claims.sub != claims.client_id
+            && users::find(&self.db, &tenant.id, &claims.sub)
+                .await?
+                .is_none()
+        {
+            return Ok(Some(TokenRejected::UserGone));
+        }
+        // A token that says who acts for its subject dies with any of them.
+        if let Some(act) = &claims.act
+            && !self.actors_still_there(tenant, act).await?
+        {
+            return Ok(Some(TokenRejected::UserGone));
+        }
+        // A delegation's token lives while its share does (and its recipient, who acts).
+        if let Some(share) = &claims.share
+            && !self
+                .share_is_live(tenant, share, claims.act.as_ref())
+                .await?
+        {
+            return Ok(Some(TokenRejected::Revoked));
+        }
+        Ok(None)
     }
 
     /// Whether every actor of a chain still exists: a person of the tenant, or its client.
@@ -390,15 +405,14 @@ impl Authority {
     }
 
     /// Whether a token verified earlier is still good as far as its signing key goes (still
-    /// published) and, with `tokens`, its revocation, its client and its user. The MQTT door re-checks
-    /// live sessions with it when it may have missed an event.
+    /// published) and, with `tokens`, its revocation and its principals
+    /// ([`Authority::principal_refusal`]). The MQTT and NATS doors re-check what they admitted
+    /// with it when they may have missed an event.
     pub async fn grant_still_valid(
         &self,
         slug: &str,
         kid: &str,
-        client_id: &str,
-        sub: &str,
-        jti: &str,
+        claims: &AccessClaims,
         tokens: bool,
     ) -> super::Result<bool> {
         let Some(tenant) = self.tenant(slug).await? else {
@@ -408,9 +422,11 @@ impl Authority {
             return Ok(false);
         }
         if tokens
-            && (self.revoked.contains(&self.db, jti, self.now()).await?
-                || !clients::exists(&self.db, &tenant.id, client_id).await?
-                || (sub != client_id && users::find(&self.db, &tenant.id, sub).await?.is_none()))
+            && (self
+                .revoked
+                .contains(&self.db, &claims.jti, self.now())
+                .await?
+                || self.principal_refusal(&tenant, claims).await?.is_some())
         {
             return Ok(false);
         }

@@ -137,4 +137,7 @@ pub struct AppClaim {
     pub version: String,
     /// The slug of the tenant the application is registered in.
     pub host_tenant: String,
+    /// The grant of the issuing tenant the token was issued under: a grant made again is
+    /// another, and the tokens of the one before stay refused.
+    pub grant: String,
 }

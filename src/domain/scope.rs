@@ -34,6 +34,11 @@ pub const ADMIN_CATALOGUE: &[&str] = &[
     "lanyard:users:write",
 ];
 
+/// The scope only a delegation's token carries (SPEC §11): it is in the catalogue so that it
+/// parses, but no client, person or application is granted it, and the admin catalogue handed
+/// to a tenant's admin leaves it out.
+pub const DELEGATION_SCOPE: &str = "lanyard:local-tokens:mint";
+
 const MAX_SCOPE_LEN: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,11 +104,12 @@ impl ScopeSet {
             .map(ScopeSet)
     }
 
-    /// The whole admin catalogue.
+    /// The admin catalogue, as a tenant's admin holds it: every scope but the delegation's.
     pub fn admin_catalogue() -> Self {
         ScopeSet(
             ADMIN_CATALOGUE
                 .iter()
+                .filter(|s| **s != DELEGATION_SCOPE)
                 .map(|s| Scope((*s).to_owned()))
                 .collect(),
         )

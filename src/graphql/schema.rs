@@ -602,8 +602,15 @@ impl Query {
             .collect())
     }
 
+    /// Who the caller is. Not for a delegation's token, which only mints.
     async fn me(&self, ctx: &Context<'_>) -> Result<Principal> {
         let caller = caller(ctx)?;
+        if caller.delegation().is_some() {
+            return Err(error(
+                "FORBIDDEN",
+                "a delegation's token only mints local API tokens for its system",
+            ));
+        }
         let user = match caller.user_id() {
             Some(id) => authority(ctx)
                 .user(&caller.tenant, &id)

@@ -220,7 +220,7 @@ pub async fn tenants(
             "number": page,
             "size": size,
             "totalElements": found.total,
-            "totalPages": (found.total + size - 1) / size,
+            "totalPages": found.pages,
         },
     });
     Ok((no_store(), Json(body)).into_response())

@@ -46,14 +46,11 @@ impl Gate {
         grant: &sessions::Grant,
         tokens: bool,
     ) -> crate::authority::Result<bool> {
-        let claims = &grant.verified.claims;
         self.authority
             .grant_still_valid(
                 grant.tenant.slug.as_str(),
                 &grant.verified.kid,
-                &claims.client_id,
-                &claims.sub,
-                &claims.jti,
+                &grant.verified.claims,
                 tokens,
             )
             .await
@@ -78,11 +75,14 @@ impl Gate {
                 tenant_id,
                 client_id,
             } => {
+                // Its sessions, those of tokens it acted through, and those of the technical
+                // tokens other tenants issued it (an application's client).
                 self.withdraw(|g| {
                     let claims = &g.verified.claims;
-                    g.tenant.id == tenant_id
+                    (g.tenant.id == tenant_id
                         && (claims.client_id == client_id
-                            || claims.act.as_ref().is_some_and(|a| a.names(&client_id)))
+                            || claims.act.as_ref().is_some_and(|a| a.names(&client_id))))
+                        || (claims.app.is_some() && claims.client_id == client_id)
                 });
                 for key in self.sessions.forget_owner(&tenant_id, &client_id) {
                     self.router.discard(key.tenant_id(), key.client_id()).await;
@@ -99,8 +99,11 @@ impl Gate {
             }
             // A technical token holds while its grant does: its sessions end, and reconnect if
             // access was only changed.
-            Event::ApplicationAccessChanged { tenant_id } => {
-                self.withdraw(|g| g.tenant.id == tenant_id && g.verified.claims.app.is_some());
+            ref changed @ Event::ApplicationAccessChanged { ref tenant_id, .. } => {
+                self.withdraw(|g| {
+                    &g.tenant.id == tenant_id
+                        && changed.concerns_app(g.verified.claims.app.as_ref())
+                });
             }
             // A delegation's token opens no session.
             Event::ShareRevoked { .. } => {}

@@ -116,6 +116,14 @@ impl Callout {
             }
             Err(e) => return Err(("bad_token", e.to_string())),
         };
+        // What the enforcer could not follow (an actor deleted, a grant revoked in another
+        // tenant) is not admitted: such tokens connect to lanyard's own broker.
+        if known.verified.claims.act.is_some() || known.verified.claims.app.is_some() {
+            return Err((
+                "bad_token",
+                "a token that names an actor, or another tenant's application, is not admitted here; connect to lanyard's own broker".into(),
+            ));
+        }
         let slug = known.tenant.slug.as_str();
         let Some(account) = self.accounts.get(slug) else {
             return Err((

@@ -90,10 +90,10 @@ impl Withdrawn {
             Event::KeysChanged { tenant_id, .. } => {
                 self.tenants.entry(tenant_id).or_default().keys = true;
             }
-            // Rare: every connection is checked again (a technical token's with the rest).
-            Event::Resync | Event::ApplicationAccessChanged { .. } => self.everything = true,
-            // A delegation's token opens no connection.
+            Event::Resync => self.everything = true,
+            // The callout admits neither a delegation's token nor a technical token.
             Event::ShareRevoked { .. }
+            | Event::ApplicationAccessChanged { .. }
             | Event::ClientSecretRotated { .. }
             | Event::RoleAssigned { .. }
             | Event::LocalTokensChanged { .. } => {}
@@ -365,9 +365,7 @@ impl Enforcer {
                             .grant_still_valid(
                                 tenant.slug.as_str(),
                                 &h.kid,
-                                &h.client_id,
-                                &h.sub,
-                                &h.jti,
+                                &h.claims(tenant.slug.as_str()),
                                 tokens,
                             )
                             .await?

@@ -39,6 +39,22 @@ impl Holder {
     pub fn of(authorized_user: &str) -> Option<Holder> {
         serde_json::from_str(authorized_user).ok()
     }
+
+    /// The claims of the token, as far as its principals go: the callout admits no token that
+    /// names an actor or another tenant's application, so a holder's client, person and id
+    /// are all of them.
+    pub fn claims(&self, slug: &str) -> crate::domain::AccessClaims {
+        crate::domain::AccessClaims::new(
+            String::new(),
+            self.sub.clone(),
+            slug.to_owned(),
+            self.client_id.clone(),
+            String::new(),
+            0,
+            0,
+            self.jti.clone(),
+        )
+    }
 }
 
 /// How often the whole map is read again from the servers.

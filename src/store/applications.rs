@@ -13,14 +13,17 @@ pub struct GrantRow {
     pub app_version: String,
     /// Space-separated.
     pub scopes: String,
+    /// New at every grant; technical tokens name it.
+    pub grant_id: String,
     pub granted_at: i64,
 }
 
 const UPSERT: &str = "INSERT INTO application_grants
-    (tenant_id, host_tenant_id, app_name, app_version, scopes, granted_at)
-    VALUES ($1, $2, $3, $4, $5, $6)
+    (tenant_id, host_tenant_id, app_name, app_version, scopes, grant_id, granted_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
     ON CONFLICT (tenant_id, host_tenant_id, app_name, app_version)
-    DO UPDATE SET scopes = excluded.scopes, granted_at = excluded.granted_at";
+    DO UPDATE SET scopes = excluded.scopes, grant_id = excluded.grant_id,
+        granted_at = excluded.granted_at";
 
 /// Grants access, or replaces the scopes of the grant there is.
 pub async fn grant(db: &Db, audit: &AuditRow, g: &GrantRow) -> StoreResult<()> {
@@ -30,6 +33,7 @@ pub async fn grant(db: &Db, audit: &AuditRow, g: &GrantRow) -> StoreResult<()> {
         .bind(&g.app_name)
         .bind(&g.app_version)
         .bind(&g.scopes)
+        .bind(&g.grant_id)
         .bind(g.granted_at)
         .execute(&mut *tx)
         .await?
@@ -60,7 +64,8 @@ pub async fn revoke(
     Ok(done > 0)
 }
 
-const FIND: &str = "SELECT tenant_id, host_tenant_id, app_name, app_version, scopes, granted_at
+const FIND: &str =
+    "SELECT tenant_id, host_tenant_id, app_name, app_version, scopes, grant_id, granted_at
     FROM application_grants
     WHERE tenant_id = $1 AND host_tenant_id = $2 AND app_name = $3 AND app_version = $4";
 

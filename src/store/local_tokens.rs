@@ -15,9 +15,9 @@ const LIVE_USERS: &str = "SELECT id FROM users WHERE id IN";
 /// The shares among `$2…` that are neither revoked nor expired at `$1`.
 const LIVE_SHARES: &str = "SELECT id FROM shares WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) AND id IN";
 
-/// `query` with `n` parameters in its `IN`, locking the rows for share on PostgreSQL.
-fn still_there(query: &str, n: usize, sqlite: bool) -> String {
-    let first = if query.contains("$1") { 2 } else { 1 };
+/// `query` with `n` parameters in its `IN`, numbered from `$first`, locking the rows for share
+/// on PostgreSQL.
+fn still_there(query: &str, first: usize, n: usize, sqlite: bool) -> String {
     let params: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
     let lock = if sqlite { "" } else { " FOR SHARE" };
     format!("{query} ({}){lock}", params.join(", "))
@@ -106,9 +106,10 @@ async fn insert_rows(
         .collect();
     let shares: BTreeSet<&str> = rows.iter().filter_map(|r| r.share_id.as_deref()).collect();
     let minted_at = rows.iter().map(|r| r.created_at).min().unwrap_or_default();
-    let live_keys = still_there(LIVE_KEYS, kids.len(), sqlite);
-    let live_users = still_there(LIVE_USERS, users.len(), sqlite);
-    let live_shares = still_there(LIVE_SHARES, shares.len(), sqlite);
+    let live_keys = still_there(LIVE_KEYS, 1, kids.len(), sqlite);
+    let live_users = still_there(LIVE_USERS, 1, users.len(), sqlite);
+    // `$1` is the time the shares must be live at.
+    let live_shares = still_there(LIVE_SHARES, 2, shares.len(), sqlite);
     // The tokens and their audit events commit together.
     in_transaction!(db, tx => {
         // A key invalidated, a person deleted or a share revoked while these tokens were being
@@ -299,11 +300,13 @@ pub async fn revoke(
     Ok(())
 }
 
-/// Revokes every token of a user, and every token minted by them for another (written by a
-/// node); used when the user is deleted, in that transaction (`users::delete`).
+/// Revokes every token of a user, and every token they minted for another as its actor (under
+/// a share), written by a node; used when the user is deleted, in that transaction
+/// (`users::delete`).
 pub(super) const REVOKE_FOR_USER: &str =
     "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = $3, written_by = $4
-    WHERE tenant_id = $1 AND (user_id = $2 OR actor_id = $2) AND status = 'ACTIVATED'
+    WHERE tenant_id = $1 AND (user_id = $2 OR (actor_id = $2 AND actor_type = 'USER'))
+      AND status = 'ACTIVATED'
     RETURNING system_id";
 
 /// Revokes every token minted under a share (written by a node); used when the share is

@@ -16,13 +16,18 @@ pub struct ShareRow {
     pub expires_at: Option<i64>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// The two people's names, as read (not written).
+    pub owner_name: String,
+    pub recipient_name: String,
 }
 
-const COLUMNS: &str =
-    "id, tenant_id, system_id, owner_id, recipient_id, roles, expires_at, created_at, revoked_at";
+/// A share with its people's names (`s`, `o`, `r`).
+const SELECT: &str = "SELECT s.id, s.tenant_id, s.system_id, s.owner_id, s.recipient_id, s.roles,
+    s.expires_at, s.created_at, s.revoked_at, o.name AS owner_name, r.name AS recipient_name
+    FROM shares s JOIN users o ON o.id = s.owner_id JOIN users r ON r.id = s.recipient_id";
 
-/// Live at `$N`: neither revoked nor expired.
-const LIVE_AT: &str = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at >";
+/// The share `s` is live at `$N`: neither revoked nor expired.
+const LIVE_AT: &str = "s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at >";
 
 const INSERT: &str = "INSERT INTO shares
     (id, tenant_id, system_id, owner_id, recipient_id, roles, expires_at, created_at, revoked_at)
@@ -40,10 +45,10 @@ pub async fn insert_within_limits(
 ) -> StoreResult<bool> {
     let postgres = matches!(db, Db::Postgres { .. });
     let given = format!(
-        "SELECT COUNT(*) FROM shares WHERE system_id = $3 AND tenant_id = $1 AND owner_id = $2 AND {LIVE_AT} $4)"
+        "SELECT COUNT(*) FROM shares s WHERE s.system_id = $3 AND s.tenant_id = $1 AND s.owner_id = $2 AND {LIVE_AT} $4)"
     );
     let received = format!(
-        "SELECT COUNT(*) FROM shares WHERE recipient_id = $2 AND tenant_id = $1 AND {LIVE_AT} $3)"
+        "SELECT COUNT(*) FROM shares s WHERE s.recipient_id = $2 AND s.tenant_id = $1 AND {LIVE_AT} $3)"
     );
     let recorded = in_transaction!(db, tx => {
         if postgres {
@@ -90,7 +95,7 @@ pub async fn insert_within_limits(
 }
 
 pub async fn find(db: &Db, tenant_id: &str, id: &str) -> StoreResult<Option<ShareRow>> {
-    let sql = format!("SELECT {COLUMNS} FROM shares WHERE tenant_id = $1 AND id = $2");
+    let sql = format!("{SELECT} WHERE s.tenant_id = $1 AND s.id = $2");
     Ok(
         on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await?),
     )
@@ -104,8 +109,8 @@ pub async fn live_for_system(
     now: i64,
 ) -> StoreResult<Vec<ShareRow>> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM shares WHERE system_id = $2 AND tenant_id = $1 AND {LIVE_AT} $3)
-         ORDER BY created_at, id"
+        "{SELECT} WHERE s.system_id = $2 AND s.tenant_id = $1 AND {LIVE_AT} $3)
+         ORDER BY s.created_at, s.id"
     );
     Ok(
         on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(system_id).bind(now).fetch_all(pool).await?),
@@ -121,9 +126,9 @@ pub async fn live_received(
     now: i64,
 ) -> StoreResult<Vec<ShareRow>> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM shares WHERE recipient_id = $2 AND tenant_id = $1 AND {LIVE_AT} $3)
-           AND COALESCE($4, system_id) = system_id
-         ORDER BY created_at, id"
+        "{SELECT} WHERE s.recipient_id = $2 AND s.tenant_id = $1 AND {LIVE_AT} $3)
+           AND COALESCE($4, s.system_id) = s.system_id
+         ORDER BY s.created_at, s.id"
     );
     Ok(
         on_pool!(db, pool => sqlx::query_as(&sql).bind(tenant_id).bind(recipient_id).bind(now).bind(system_id).fetch_all(pool).await?),

@@ -14,7 +14,7 @@ const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 const LOCAL: &str = "urn:lanyard:params:oauth:token-type:local-api-token";
 
 /// A confidential client allowed token exchange.
-async fn exchanger(app: &TestApp, w: &World) -> (String, String) {
+pub async fn exchanger(app: &TestApp, w: &World) -> (String, String) {
     let (id, secret) = app
         .client(
             &w.t,
@@ -26,6 +26,25 @@ async fn exchanger(app: &TestApp, w: &World) -> (String, String) {
         )
         .await;
     (id.to_string(), secret)
+}
+
+/// The person of `w`'s token, exchanged by `backend` with its own token as actor.
+pub async fn delegated(app: &TestApp, w: &World, backend: &(String, String)) -> String {
+    let actor = app.token("acme", &backend.0, &backend.1).await;
+    let (status, body) = exchange(
+        app,
+        "acme",
+        backend,
+        &[
+            ("subject_token", &w.user_token),
+            ("subject_token_type", ACCESS),
+            ("actor_token", &actor),
+            ("actor_token_type", ACCESS),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
 }
 
 /// Posts a token-exchange request as `client`; returns the status and body.
@@ -254,7 +273,17 @@ on_both_databases! {
             let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", subject), ("subject_token_type", kind), ("actor_token", &actor), ("actor_token_type", ACCESS)]).await;
             assert_eq!((status, body["error"].as_str()), (400, Some(error)), "{kind}: {body}");
         }
-        // An actor token without its type; a resource; a revoked subject.
+        // A token that acts for another is no actor token; a delegation's token is neither.
+        let exchanged = delegated(&app, &w, &backend).await;
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", &exchanged), ("actor_token_type", ACCESS)]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+        // A revoked subject token.
+        let revoked_subject = delegated(&app, &w, &backend).await;
+        let res = app.post_form("/t/acme/oauth2/revoke", Some((&backend.0, &backend.1)), &format!("token={}", urlencode(&revoked_subject))).await;
+        assert_eq!(res.status(), 200);
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &revoked_subject), ("subject_token_type", ACCESS), ("actor_token", &actor), ("actor_token_type", ACCESS)]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+        // An actor token without its type; a resource.
         let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", &actor)]).await;
         assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{body}");
         let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", &actor), ("actor_token_type", ACCESS), ("resource", "https://api.example.com")]).await;

@@ -156,7 +156,7 @@ macro_rules! upgrade_clients {
         let admin: String = scopes("admin").fetch_one(&mut $db).await.unwrap();
         let admin = lanyard::domain::ScopeSet::parse(&admin).unwrap();
         assert!(admin.contains_str("lanyard:token-metadata:write") && admin.contains_str("lanyard:token-metadata:read") && admin.contains_str("sensor:read"), "{admin:?}");
-        assert!(admin.contains_str("lanyard:applications:write") && admin.contains_str("lanyard:local-tokens:mint"), "{admin:?}");
+        assert!(admin.contains_str("lanyard:applications:write") && !admin.contains_str("lanyard:local-tokens:mint"), "{admin:?}");
         for id in ["clients-admin", "device"] {
             let held: String = scopes(id).fetch_one(&mut $db).await.unwrap();
             assert!(!held.contains("token-metadata") && !held.contains("applications"), "{id}: {held}");

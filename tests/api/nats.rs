@@ -311,6 +311,13 @@ async fn a_cluster_admits_what_lanyard_admits_and_lets_through_what_its_rules_al
     let ada_tree = format!("tenants/acme/users/{}/#", w.user);
     assert!(matches!(ada.subscribe(&ada_tree).await, Sub4::Success(_)));
     assert_eq!(ada.subscribe(&own).await, Sub4::Failure);
+    // A token that names an actor (token exchange) connects to lanyard's own broker only.
+    let backend = crate::exchange::exchanger(&app, &w).await;
+    let acting = crate::exchange::delegated(&app, &w, &backend).await;
+    assert!(
+        cluster.mqtt(1, "acting", &acting).await.is_err(),
+        "an actor's token is refused"
+    );
 
     // A publish outside the publisher's tree reaches nobody; inside it, it crosses nodes.
     let (other_id, other_token) = device(&app, &w.t, None, "").await;

@@ -192,6 +192,7 @@ on_both_databases! {
         for query in [
             "query($s: UUID!) { localApiTokens(systemUuid: $s) { uuid } }",
             "query($s: UUID!) { shares(systemUuid: $s) { uuid } }",
+            "query($s: UUID!) { me { sub roles(systemUuid: $s) { uuid } } }",
         ] {
             let body = gql(&app, Some(token), query, json!({ "s": w.system })).await;
             assert_eq!(code(&body), "FORBIDDEN", "{query}: {body}");
@@ -260,6 +261,9 @@ on_both_databases! {
     async fn what_one_cannot_share(app) {
         let w = world(&app).await;
         let b = bianca(&app, &w).await;
+        // The delegation's scope is granted to no one.
+        let body = gql(&app, Some(&w.admin_token), "mutation { createClient(input: {name: \"x\", scopes: [\"lanyard:local-tokens:mint\"]}) { clientId } }", json!({})).await;
+        assert_eq!(code(&body), "BAD_USER_INPUT", "{body}");
         // A role Ada does not hold there.
         let other_role = app.authority().create_role(&w.t.tenant, "Installer").await.unwrap();
         let body = gql(&app, Some(&w.user_token), SHARE, json!({ "s": w.system, "e": "bianca@example.com", "r": [other_role.id] })).await;
@@ -381,5 +385,46 @@ on_both_databases! {
         assert!(answers.iter().filter(|a| !a["errors"].is_null()).all(|a| code(a) == "CONFLICT"));
         let own = gql(&app, Some(&w.user_token), MINT, json!({ "s": w.system, "d": "1D" })).await;
         assert_eq!(code(&own), "CONFLICT", "the tokens under the share count against the sharer: {own}");
+    }
+
+    async fn a_service_exchanging_the_recipients_token_acts_for_her_under_the_share(app) {
+        let w = world(&app).await;
+        let b = bianca(&app, &w).await;
+        let shared = share(&app, &w, None).await;
+        let (id, secret) = app.client(&w.t, lanyard::authority::NewClient {
+            name: "Backend".into(),
+            grant_types: vec![lanyard::domain::GrantType::TokenExchange, lanyard::domain::GrantType::ClientCredentials],
+            ..Default::default()
+        }).await;
+        let actor = app.token("acme", &id, &secret).await;
+        let access = urlencode("urn:ietf:params:oauth:token-type:access_token");
+        let body = format!(
+            "grant_type={}&subject_token={}&subject_token_type={access}&actor_token={actor}&actor_token_type={access}&requested_token_type={}&audience={}",
+            urlencode("urn:ietf:params:oauth:grant-type:token-exchange"),
+            b.token,
+            urlencode("urn:lanyard:params:oauth:token-type:local-api-token"),
+            w.system,
+        );
+        let res = app.post_form("/t/acme/oauth2/token", Some((id.as_str(), &secret)), &body).await;
+        let answer: Value = res.json().await.unwrap();
+        let jwt = answer["access_token"].as_str().unwrap_or_else(|| panic!("{answer}"));
+        let claims = claims_of(jwt.strip_prefix("CLOUD-").unwrap());
+        assert_eq!(claims["sub"], w.user.as_str(), "the sharer is the subject");
+        assert_eq!(claims["act"]["sub"], id.as_str(), "the service acts now: {claims}");
+        assert_eq!(claims["act"]["act"]["sub"], b.id.as_str(), "for Bianca before it");
+        let tokens = gql(&app, Some(&w.user_token), "query($s: UUID!) { localApiTokens(systemUuid: $s) { actor { uuid } shareUuid } }", json!({ "s": w.system })).await;
+        assert_eq!(tokens["data"]["localApiTokens"][0]["actor"]["uuid"], b.id.as_str());
+        assert_eq!(tokens["data"]["localApiTokens"][0]["shareUuid"], shared["uuid"]);
+        // The service, acting for Bianca, gets no delegations of hers from userinfo.
+        let access = urlencode("urn:ietf:params:oauth:token-type:access_token");
+        let body = format!(
+            "grant_type={}&subject_token={}&subject_token_type={access}&actor_token={actor}&actor_token_type={access}",
+            urlencode("urn:ietf:params:oauth:grant-type:token-exchange"),
+            b.token,
+        );
+        let answer: Value = app.post_form("/t/acme/oauth2/token", Some((id.as_str(), &secret)), &body).await.json().await.unwrap();
+        let acting = answer["access_token"].as_str().unwrap();
+        let info: Value = userinfo(&app, acting).await.json().await.unwrap();
+        assert_eq!(info["delegations"], json!([]), "{info}");
     }
 }
