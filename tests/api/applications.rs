@@ -254,4 +254,40 @@ on_both_databases! {
         app.authority().delete_client(&vendor.tenant, &lanyard::domain::ClientId::parse(&v1.0).unwrap()).await.unwrap();
         assert_eq!(code(&gql(&app, Some(&narrow), "{ systems { uuid } }", json!({})).await), "UNAUTHENTICATED");
     }
+
+    async fn a_technical_tokens_mqtt_session_ends_with_its_grant_and_with_its_vendors_client(app) {
+        use crate::mqtt::V5;
+        use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+        let vendor = app.tenant("vendor").await;
+        let v1 = application(&app, &vendor, "1.0.0").await;
+        let (_, admin) = granting(&app, "acme", &["lanyard:systems:read"]).await;
+        let (mut session, token) = technical_session(&app, &v1).await.expect("a technical token connects");
+        // A grant to another application changes nothing for it.
+        application(&app, &vendor, "2.0.0").await;
+        let other = gql(&app, Some(&admin), GRANT, json!({ "h": "vendor", "n": "fleet-analytics", "v": "2.0.0", "s": [] })).await;
+        assert!(other["errors"].is_null(), "{other}");
+        assert!(session.next(std::time::Duration::from_millis(300)).await.is_none(), "ended by another application's grant");
+        let revoked = gql(&app, Some(&admin), "mutation { revokeApplicationAccess(hostTenant: \"vendor\", appName: \"fleet-analytics\", appVersion: \"1.0.0\") }", json!({})).await;
+        assert!(revoked["errors"].is_null(), "{revoked}");
+        assert_eq!(session.disconnected().await, DisconnectReasonCode::NotAuthorized);
+        assert!(V5::connect(&app, &v1.0, &token).await.is_err());
+        // Granted again: a new token connects, and ends when the vendor deletes its client.
+        let body = gql(&app, Some(&admin), GRANT, json!({ "h": "vendor", "n": "fleet-analytics", "v": "1.0.0", "s": [] })).await;
+        assert!(body["errors"].is_null(), "{body}");
+        let (mut session, _) = technical_session(&app, &v1).await.expect("a new token connects");
+        app.authority().delete_client(&vendor.tenant, &lanyard::domain::ClientId::parse(&v1.0).unwrap()).await.unwrap();
+        assert_eq!(session.disconnected().await, DisconnectReasonCode::NotAuthorized);
+    }
+}
+
+/// An MQTT 5 session of a technical token of acme for `v1`, and the token.
+async fn technical_session(
+    app: &TestApp,
+    v1: &(String, String),
+) -> Result<(crate::mqtt::V5, String), rumqttc::v5::mqttbytes::v5::ConnectReturnCode> {
+    let (_, body) = request_tokens(app, v1, ask("1.0.0", "acme")).await;
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    crate::mqtt::V5::connect(app, &v1.0, &token)
+        .await
+        .map(|c| (c, token))
 }

@@ -424,3 +424,20 @@ async fn a_client_nobody_here_wrote_exchanges_and_verifies_with_pyjwt() {
     )
     .await;
 }
+
+on_both_databases! {
+    async fn an_mqtt_session_of_an_exchanged_token_ends_with_its_actor(app) {
+        use crate::mqtt::V5;
+        use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+        let w = world(&app).await;
+        let backend = exchanger(&app, &w).await;
+        let grace = ada_with_scopes(&app, &w, None).await;
+        let grace_id = claims_of(&grace)["sub"].as_str().unwrap().to_owned();
+        let (_, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", &grace), ("actor_token_type", ACCESS)]).await;
+        let token = body["access_token"].as_str().unwrap().to_owned();
+        let mut session = V5::connect(&app, "ada-by-grace", &token).await.expect("an exchanged token connects");
+        app.authority().delete_user(&w.t.tenant, &lanyard::domain::UserId::parse(&grace_id).unwrap()).await.unwrap();
+        assert_eq!(session.disconnected().await, DisconnectReasonCode::NotAuthorized);
+        assert!(V5::connect(&app, "ada-by-grace", &token).await.is_err(), "it cannot come back");
+    }
+}
