@@ -65,7 +65,11 @@ impl From<StoreError> for TmsError {
 
 impl From<Error> for TmsError {
     fn from(e: Error) -> Self {
-        TmsError::Internal(Internal::new("token management", anyhow::anyhow!("{e}")))
+        let cause = match e {
+            Error::Internal(cause) => cause,
+            other => anyhow::anyhow!("{other}"),
+        };
+        TmsError::Internal(Internal::new("token management", cause))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Use-cases: the rules every door shares. Tenants and their signing keys, clients and scopes,
 //! issuing and verifying access tokens, introspection and revocation, people and their sign-in,
-//! roles on systems, and local API tokens.
+//! roles on systems, local API tokens, and acting for others: shares of a system, token
+//! exchange, applications other tenants grant access.
 //!
 //! Doors (`http/`, `graphql/`, `mqtt/`) call [`Authority`] and translate its answers; they never
 //! touch the store or JWT code. Changes other parts must react to (a key rotated, a token revoked,

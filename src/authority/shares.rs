@@ -13,7 +13,9 @@
 //! The recipient's userinfo carries one *delegation* per live share: a 5-minute access token
 //! whose only use is minting under that share (`share`, `system`, `act` claims; the scope
 //! `lanyard:local-tokens:mint`). Every door but GraphQL's mint refuses it
-//! ([`super::tokens`]), and it dies with its share.
+//! ([`super::tokens`]), and it dies with its share. A person gives at most
+//! [`MAX_LIVE_SHARES`] live shares of a system and receives at most as many, counted in the
+//! transaction that records a share (`store::shares`).
 
 use std::sync::Arc;
 
@@ -66,7 +68,6 @@ pub(super) struct MintingShare {
     pub share: shares::ShareRow,
     /// The sharer's name and the shared roles they still hold.
     pub owner: Arc<Holding>,
-    pub recipient_name: String,
 }
 
 impl MintingShare {
@@ -75,7 +76,7 @@ impl MintingShare {
         Act {
             sub: self.share.recipient_id.clone(),
             client_id: None,
-            name: Some(self.recipient_name.clone()),
+            name: Some(self.share.recipient_name.clone()),
             act: None,
         }
     }
@@ -394,7 +395,6 @@ impl Authority {
             return Err(gone());
         }
         Ok(MintingShare {
-            recipient_name: row.recipient_name.clone(),
             share: row,
             owner: Arc::new(Holding {
                 user_name: held.user_name.clone(),

@@ -1,11 +1,14 @@
 //! The HTTP door (axum): OAuth endpoints under `/t/{slug}` (token, introspection, revocation,
-//! userinfo, sign-in codes), the browser's sign-in (`web`), forward auth for web servers
-//! (`validate`), discovery, health. GraphQL is its own door, merged in by `app`.
+//! userinfo, sign-in codes, token exchange), the browser's sign-in (`web`), forward auth for
+//! web servers (`validate`), the token-management endpoints of applications for several
+//! tenants (`tms`, under `/api/technicaltokenmanager/v3/`), discovery, health. GraphQL is its
+//! own door, merged in by `app`.
 //! [`serve`] is the listener both are served on: connection caps, header and idle timeouts,
 //! and the source address each request carries for the rate limits.
 //!
 //! Handlers are three steps: extract and parse, call the authority, map the answer. No SQL or
-//! JWT code lives here; status codes are chosen in `error.rs` alone. This module does not import
+//! JWT code lives here; status codes are chosen in `error.rs` (and, in the shapes of their own
+//! protocols, the pages of `web.rs`, `validate.rs` and `tms.rs`). This module does not import
 //! the other doors.
 
 use std::sync::Arc;
