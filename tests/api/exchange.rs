@@ -163,11 +163,18 @@ on_both_databases! {
         let (status, body) = exchange(&app, "acme", &backend, &subject).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["scope"], "sensor:read video:gold");
+        let actor = app.token("acme", &backend.0, &backend.1).await;
         app.clock.advance(3000);
         let (_, body) = exchange(&app, "acme", &backend, &subject).await;
         let claims = claims_of(body["access_token"].as_str().unwrap());
         assert_eq!(claims["exp"], claims_of(&grace)["exp"], "it ends with the subject token");
         assert!(body["expires_in"].as_i64().unwrap() <= 600, "{body}");
+        // With an actor token older than the subject token, it ends with the actor's.
+        let fresh = sign_in(&app, "acme", &crate::signin::app_client(&app, &w.t).await, "ada@example.com").await;
+        let fresh = fresh["access_token"].as_str().unwrap();
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", fresh), ("subject_token_type", ACCESS), ("actor_token", &actor), ("actor_token_type", ACCESS)]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(claims_of(body["access_token"].as_str().unwrap())["exp"], claims_of(&actor)["exp"], "it ends with the actor token");
     }
 
     async fn a_local_api_token_for_a_system_the_subject_holds_a_role_on(app) {
