@@ -28,9 +28,8 @@ pub(crate) fn actor_name(by: &Actor<'_>) -> String {
                 None => format!("client:{}", claims.client_id),
             };
             // Who acts for the subject, the current actor first (SPEC §11).
-            for actor in claims.act.iter().flat_map(|a| a.chain()) {
-                let kind = if actor.is_client() { "client" } else { "user" };
-                name.push_str(&format!(", acting: {kind}:{}", actor.sub));
+            for actor in claims.act.iter().flat_map(|a| a.named()) {
+                name.push_str(&format!(", acting: {actor}"));
             }
             if let Some(app) = &claims.app {
                 name.push_str(&format!(" of tenant:{}", app.host_tenant));

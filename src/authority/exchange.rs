@@ -121,6 +121,11 @@ impl Authority {
                         "a technical token acts in its own right only: it is no actor_token",
                     ));
                 }
+                if actor.sub == subject.sub {
+                    return Err(invalid_grant(
+                        "the actor_token is the subject's own: nobody acts for themselves",
+                    ));
+                }
                 // The actor is who holds the actor token, not someone it acts for.
                 if actor.act.is_some() {
                     return Err(invalid_grant(
@@ -183,6 +188,7 @@ impl Authority {
             uuid::Uuid::new_v4().to_string(),
         );
         claims.act = act;
+        claims.exchanged = true;
         let mut issued = self
             .sign_claims(tenant, claims, GrantType::TokenExchange.as_str())
             .await?;
@@ -272,6 +278,7 @@ impl Authority {
             subject.jti.clone(),
         );
         claims.act = act;
+        claims.exchanged = true;
         let caller = Caller::new(tenant.clone(), claims);
         let minted = self
             .create_local_token(&caller, &system_id, None, &format!("{secs}S"), None)

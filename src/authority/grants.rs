@@ -472,15 +472,25 @@ impl Authority {
             } else {
                 "user"
             };
-            let event = self.event_of(
-                tenant,
-                format!("client:{}", claims.client_id),
-                "token.issued",
-                format!(
-                    "access_token:{} ({grant}) for {who}:{}",
-                    claims.jti, claims.sub
-                ),
+            // Who asked: the client, and for a delegation the person it is for; a technical
+            // token's client is another tenant's.
+            let mut asked = match (&claims.share, &claims.act) {
+                (Some(_), Some(recipient)) => {
+                    format!("user:{} via client:{}", recipient.sub, claims.client_id)
+                }
+                _ => format!("client:{}", claims.client_id),
+            };
+            if let Some(app) = &claims.app {
+                asked.push_str(&format!(" of tenant:{}", app.host_tenant));
+            }
+            let mut target = format!(
+                "access_token:{} ({grant}) for {who}:{}",
+                claims.jti, claims.sub
             );
+            for actor in claims.act.iter().flat_map(|a| a.named()) {
+                target.push_str(&format!(", acting: {actor}"));
+            }
+            let event = self.event_of(tenant, asked, "token.issued", target);
             recorder.record(event, coming).await.map_err(|e| {
                 OAuthError::server_error(Internal::new("recording a token issued", e))
             })?;

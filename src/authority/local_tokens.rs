@@ -243,21 +243,27 @@ impl Authority {
         let tenant = &caller.tenant;
         // A missing system and a system without a role on it get the same answer.
         let forbidden = || Error::Forbidden("you hold no role on this system".into());
-        if caller.delegation().is_some() {
+        if let Some((own_share, _)) = caller.delegation() {
+            if share.is_some_and(|named| named != own_share) {
+                return Err(Error::Forbidden(
+                    "a delegation's token mints under its own share only".into(),
+                ));
+            }
             let shared = self.delegated_share(caller, system_id).await?;
             return Ok(Minter::shared(shared, None));
         }
         let user_id = caller.user_id().ok_or_else(|| {
             Error::Forbidden("local API tokens are minted for people; sign in as a user".into())
         })?;
+        let acting = self.acting(caller).await?;
         if share.is_none()
             && let Some(holding) = self.holding(&tenant.id, &user_id, system_id).await?
         {
             return Ok(Minter {
                 subject: user_id,
                 holding,
-                actor: caller.claims.act.as_ref().map(TokenActor::of),
-                act: caller.claims.act.clone(),
+                actor: acting.as_ref().map(TokenActor::of),
+                act: acting,
                 share: None,
             });
         }
@@ -266,9 +272,29 @@ impl Authority {
             .await?
         {
             // Exchanged for a person who received a share: whoever exchanged acts for them.
-            Some(shared) => Ok(Minter::shared(shared, caller.claims.act.clone())),
+            Some(shared) => Ok(Minter::shared(shared, acting)),
             None => Err(forbidden()),
         }
+    }
+
+    /// Who acts for the caller's subject, as a minted token names them: the token's actors, or
+    /// for an impersonation (a token exchanged without an actor) the client that exchanged it,
+    /// so that the system's list shows who minted.
+    async fn acting(&self, caller: &Caller) -> Result<Option<Act>> {
+        let claims = &caller.claims;
+        if claims.act.is_some() || !claims.exchanged {
+            return Ok(claims.act.clone());
+        }
+        let name = self
+            .client_row(&caller.tenant.id, &claims.client_id)
+            .await?
+            .map(|c| c.name.clone());
+        Ok(Some(Act {
+            sub: claims.client_id.clone(),
+            client_id: Some(claims.client_id.clone()),
+            name,
+            act: None,
+        }))
     }
 
     async fn mint(
@@ -296,9 +322,19 @@ impl Authority {
             )));
         }
         let now = self.now();
+        // A token obtained by exchange mints tokens that end with it at the latest.
+        let until = caller.claims.exchanged.then_some(caller.claims.exp);
         let exp = match lifetime {
             Lifetime::For { secs, .. } => {
                 let mut exp = now + secs as i64;
+                if let Some(until) = until {
+                    exp = exp.min(until);
+                    if exp < now + MIN_DURATION_SECS as i64 {
+                        return Err(Error::Invalid(
+                            "the exchanged token this mints with ends within a minute".into(),
+                        ));
+                    }
+                }
                 // A token minted under a share never outlives it.
                 if let Some((_, Some(until))) = &share {
                     exp = exp.min(*until);
@@ -317,6 +353,11 @@ impl Authority {
                 Some(exp)
             }
             Lifetime::Permanent { .. } => {
+                if until.is_some() {
+                    return Err(Error::Invalid(
+                        "a token obtained by exchange mints no permanent token: what it mints ends with it".into(),
+                    ));
+                }
                 if let Some((_, Some(_))) = &share {
                     return Err(Error::Invalid(
                         "the share expires, so a token minted under it cannot be permanent".into(),

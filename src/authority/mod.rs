@@ -194,6 +194,8 @@ pub struct Authority {
     pub(crate) audit_recorder: std::sync::OnceLock<crate::store::audit::Recorder>,
     /// The group commit of authorization code redemptions, started at the first.
     pub(crate) redeemer: std::sync::OnceLock<crate::store::web_sign_in::Redeemer>,
+    /// The delegations' tokens userinfo handed out (SPEC §11), while they live.
+    pub(crate) delegations: cache::delegations::Delegations,
     /// Signed status lists and key schedules, and the status-list indices reserved here.
     pub(crate) offline: offline_trust::OfflineTrust,
     events: broadcast::Sender<Event>,
@@ -232,6 +234,7 @@ impl Authority {
             local_token_inserts: Default::default(),
             audit_recorder: Default::default(),
             redeemer: Default::default(),
+            delegations: Default::default(),
             offline: Default::default(),
             events,
             node_id: uuid::Uuid::new_v4().to_string(),
@@ -327,6 +330,9 @@ impl Authority {
             } => self.forget_client(tenant_id, client_id),
             Event::UserDeleted { tenant_id, user_id } => {
                 self.holdings.forget_user(tenant_id, user_id, None);
+                self.delegations.forget(|(tenant, recipient, _, _)| {
+                    tenant == tenant_id && recipient == user_id
+                });
                 self.offline.forget_lists(Some(tenant_id), None);
                 // Their tokens, and the tokens they acted through.
                 self.token_cache.forget(|k| {
@@ -339,9 +345,13 @@ impl Authority {
             Event::ShareRevoked {
                 tenant_id,
                 share_id,
-            } => self.token_cache.forget(|k| {
-                &k.tenant.id == tenant_id && k.verified.claims.share.as_ref() == Some(share_id)
-            }),
+            } => {
+                self.token_cache.forget(|k| {
+                    &k.tenant.id == tenant_id && k.verified.claims.share.as_ref() == Some(share_id)
+                });
+                self.delegations
+                    .forget(|(tenant, _, _, share)| tenant == tenant_id && share == share_id);
+            }
             Event::ApplicationAccessChanged { tenant_id, .. } => self.token_cache.forget(|k| {
                 &k.tenant.id == tenant_id && event.concerns_app(k.verified.claims.app.as_ref())
             }),
@@ -360,6 +370,7 @@ impl Authority {
             Event::LocalTokensChanged { .. } => {}
             Event::Resync => {
                 self.client_cache.write().expect("client cache").clear();
+                self.delegations.forget(|_| true);
                 self.holdings.forget_all();
                 self.keyrings.forget_all();
                 self.offline.forget_lists(None, None);

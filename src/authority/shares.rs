@@ -13,7 +13,8 @@
 //! The recipient's userinfo carries one *delegation* per live share: a 5-minute access token
 //! whose only use is minting under that share (`share`, `system`, `act` claims; the scope
 //! `lanyard:local-tokens:mint`). Every door but GraphQL's mint refuses it
-//! ([`super::tokens`]), and it dies with its share. A person gives at most
+//! ([`super::tokens`]), and it dies with its share. Userinfo hands out the same token again
+//! while it has a minute to live ([`super::cache::delegations`]). A person gives at most
 //! [`MAX_LIVE_SHARES`] live shares of a system and receives at most as many, counted in the
 //! transaction that records a share (`store::shares`).
 
@@ -330,7 +331,7 @@ impl Authority {
                     1 => rows.pop().expect("one"),
                     _ => {
                         return Err(Error::Invalid(
-                            "several people share this system with you: name the share (shareUuid)"
+                            "you received several shares of this system: name one (shareUuid)"
                                 .into(),
                         ));
                     }
@@ -442,7 +443,7 @@ impl Authority {
         let server_error = |e: Error| {
             OAuthError::server_error(Internal::new("delegations", anyhow::anyhow!("{e}")))
         };
-        if asked_with.act.is_some() {
+        if asked_with.is_acted_through() {
             return Ok(Vec::new());
         }
         let now = self.now();
@@ -452,36 +453,50 @@ impl Authority {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let share = Share::from(row);
-            let exp = share.expires_at.map_or(now + DELEGATION_TTL_SECS, |e| {
-                e.min(now + DELEGATION_TTL_SECS)
-            });
-            let mut claims = AccessClaims::new(
-                tenant.issuer.clone(),
-                share.owner.id.to_string(),
-                tenant.slug.to_string(),
+            let key = (
+                tenant.id.to_string(),
+                recipient.to_string(),
                 asked_with.client_id.clone(),
-                super::caller::LOCAL_TOKENS_MINT.into(),
-                now,
-                exp,
-                uuid::Uuid::new_v4().to_string(),
+                share.id.clone(),
             );
-            claims.system = Some(share.system_id.to_string());
-            claims.share = Some(share.id.clone());
-            claims.act = Some(Act {
-                sub: recipient.to_string(),
-                client_id: None,
-                name: Some(share.recipient.name.clone()),
-                act: None,
-            });
-            let issued = self.sign_claims(tenant, claims, "delegation").await?;
+            let (access_token, exp) = match self.delegations.get(&key, now) {
+                Some(kept) => kept,
+                None => {
+                    let exp = share.expires_at.map_or(now + DELEGATION_TTL_SECS, |e| {
+                        e.min(now + DELEGATION_TTL_SECS)
+                    });
+                    let mut claims = AccessClaims::new(
+                        tenant.issuer.clone(),
+                        share.owner.id.to_string(),
+                        tenant.slug.to_string(),
+                        asked_with.client_id.clone(),
+                        super::caller::LOCAL_TOKENS_MINT.into(),
+                        now,
+                        exp,
+                        uuid::Uuid::new_v4().to_string(),
+                    );
+                    claims.system = Some(share.system_id.to_string());
+                    claims.share = Some(share.id.clone());
+                    claims.act = Some(Act {
+                        sub: recipient.to_string(),
+                        client_id: None,
+                        name: Some(share.recipient.name.clone()),
+                        act: None,
+                    });
+                    let issued = self.sign_claims(tenant, claims, "delegation").await?;
+                    self.delegations
+                        .insert(key, issued.access_token.clone(), exp);
+                    (issued.access_token, exp)
+                }
+            };
             out.push(serde_json::json!({
                 "share": share.id,
                 "owner": { "sub": share.owner.id.to_string(), "name": share.owner.name },
                 "system": share.system_id.to_string(),
                 "roles": share.roles.iter().map(|r| serde_json::json!({ "uuid": r.id.to_string(), "name": r.name })).collect::<Vec<_>>(),
                 "expires_at": share.expires_at,
-                "access_token": issued.access_token,
-                "expires_in": issued.expires_in,
+                "access_token": access_token,
+                "expires_in": exp - now,
             }));
         }
         Ok(out)

@@ -40,6 +40,10 @@ pub struct AccessClaims {
     /// tenant, not of the tenant that issued the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppClaim>,
+    /// Issued by token exchange (RFC 8693): the token acts for its subject only until its own
+    /// `exp`, and what it mints ends with it. Set on impersonation too, which names no actor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exchanged: bool,
 }
 
 impl AccessClaims {
@@ -70,12 +74,18 @@ impl AccessClaims {
             may_act: None,
             share: None,
             app: None,
+            exchanged: false,
         }
     }
 
     /// A delegation's token, which can only mint local API tokens under its share.
     pub fn is_delegation(&self) -> bool {
         self.share.is_some()
+    }
+
+    /// A token someone acts through: issued by token exchange, or naming an actor.
+    pub fn is_acted_through(&self) -> bool {
+        self.exchanged || self.act.is_some()
     }
 }
 
@@ -106,6 +116,14 @@ impl Act {
     /// This actor, then each one before it.
     pub fn chain(&self) -> impl Iterator<Item = &Act> {
         std::iter::successors(Some(self), |a| a.act.as_deref())
+    }
+
+    /// Each actor, the current one first, as audit events name them: `user:ID`, `client:ID`.
+    pub fn named(&self) -> impl Iterator<Item = String> {
+        self.chain().map(|a| {
+            let kind = if a.is_client() { "client" } else { "user" };
+            format!("{kind}:{}", a.sub)
+        })
     }
 
     /// Whether `id` (a person's uuid or a client's id) is any actor of the chain.

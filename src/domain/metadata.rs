@@ -18,6 +18,7 @@ pub const RESERVED_METADATA_KEYS: &[&str] = &[
     "may_act",
     "share",
     "app",
+    "exchanged",
     "delegations",
 ];
 /// The largest metadata value, serialised.

@@ -313,7 +313,7 @@ pub(super) const REVOKE_FOR_USER: &str =
 /// revoked, in that transaction (`shares::revoke`).
 pub(super) const REVOKE_FOR_SHARE: &str =
     "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = $3, written_by = $4
-    WHERE tenant_id = $1 AND share_id = $2 AND status = 'ACTIVATED'";
+    WHERE tenant_id = $1 AND share_id = $2 AND status = 'ACTIVATED' RETURNING id";
 
 /// A row of `local_api_tokens` changed, or (with no token) a system created.
 #[derive(Debug, Clone, sqlx::FromRow)]

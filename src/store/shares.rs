@@ -138,9 +138,10 @@ pub async fn live_received(
 const REVOKE: &str =
     "UPDATE shares SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL";
 
-/// Revokes a share and every token minted under it, as `node`, in one transaction: a token
-/// being minted under it either commits first (and is revoked here) or finds it revoked (see
-/// `local_tokens::insert_rows`). `false`: it was revoked already.
+/// Revokes a share and every token minted under it, as `node`, in one transaction, with an
+/// event for the share (`audit`) and one for each token: a token being minted under it either
+/// commits first (and is revoked here) or finds it revoked (see `local_tokens::insert_rows`).
+/// `false`: it was revoked already.
 pub async fn revoke(
     db: &Db,
     audit: &AuditRow,
@@ -152,13 +153,22 @@ pub async fn revoke(
     let changed = audited!(db, audit, tx => {
         let revoked = sqlx::query(REVOKE).bind(tenant_id).bind(id).bind(now).execute(&mut *tx).await?.rows_affected();
         if revoked > 0 {
-            sqlx::query(super::local_tokens::REVOKE_FOR_SHARE)
+            let tokens: Vec<String> = sqlx::query_scalar(super::local_tokens::REVOKE_FOR_SHARE)
                 .bind(tenant_id)
                 .bind(id)
                 .bind(now)
                 .bind(node)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
+            // Every token revoked with the share is an event of its own.
+            for token in tokens {
+                let event = AuditRow {
+                    action: "local_token.revoked".into(),
+                    target: format!("local_token:{token} with share:{id}"),
+                    ..audit.clone()
+                };
+                event.bind(sqlx::query(super::audit::INSERT)).execute(&mut *tx).await?;
+            }
         }
         revoked
     });

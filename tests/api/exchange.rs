@@ -447,4 +447,44 @@ on_both_databases! {
         assert_eq!(session.disconnected().await, DisconnectReasonCode::NotAuthorized);
         assert!(V5::connect(&app, "ada-by-grace", &token).await.is_err(), "it cannot come back");
     }
+
+    async fn what_an_exchanged_token_mints_through_graphql_ends_with_it(app) {
+        let w = world(&app).await;
+        let backend = exchanger(&app, &w).await;
+        const MINT: &str = "mutation($s: UUID!, $d: String!) { createLocalApiToken(systemUuid: $s, duration: $d) { jwt } }";
+        const PERMANENT: &str = "mutation($s: UUID!) { createPermanentLocalApiToken(systemUuid: $s, name: \"x\") { jwt } }";
+        // A delegation: capped at its own exp, nothing permanent.
+        let acting = delegated(&app, &w, &backend).await;
+        let body = gql(&app, Some(&acting), MINT, json!({ "s": w.system, "d": "30D" })).await;
+        let minted = claims_of(body["data"]["createLocalApiToken"]["jwt"].as_str().unwrap_or_else(|| panic!("{body}")).strip_prefix("CLOUD-").unwrap());
+        assert_eq!(minted["exp"], claims_of(&acting)["exp"], "not 30 days: {minted}");
+        assert_eq!(minted["act"]["sub"], backend.0.as_str());
+        let body = gql(&app, Some(&acting), PERMANENT, json!({ "s": w.system })).await;
+        assert_eq!(crate::graphql::code(&body), "BAD_USER_INPUT", "{body}");
+        // An impersonation: the same, and the token and the list name the client that minted.
+        let (app_id, _) = app.client(&w.t, NewClient { name: "Phone app".into(), public: true, may_act: Some(lanyard::domain::ClientId::parse(&backend.0).unwrap()), ..NewClient::default() }).await;
+        let grace = {
+            let hedy = app.authority().create_user(&w.t.tenant, "hedy@example.com", "Hedy Lamarr", Default::default(), Default::default()).await.unwrap();
+            app.authority().assign_role(&w.t.tenant, &hedy.id, &w.system, &w.role).await.unwrap();
+            sign_in(&app, "acme", &app_id, "hedy@example.com").await["access_token"].as_str().unwrap().to_owned()
+        };
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &grace), ("subject_token_type", ACCESS)]).await;
+        assert_eq!(status, 200, "{body}");
+        let impersonating = body["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(claims_of(&impersonating)["exchanged"], true);
+        let body = gql(&app, Some(&impersonating), MINT, json!({ "s": w.system, "d": "30D" })).await;
+        let minted = claims_of(body["data"]["createLocalApiToken"]["jwt"].as_str().unwrap_or_else(|| panic!("{body}")).strip_prefix("CLOUD-").unwrap());
+        assert_eq!(minted["exp"], claims_of(&impersonating)["exp"]);
+        assert_eq!(minted["act"], json!({ "sub": backend.0, "client_id": backend.0, "name": "Backend" }));
+        let body = gql(&app, Some(&impersonating), PERMANENT, json!({ "s": w.system })).await;
+        assert_eq!(crate::graphql::code(&body), "BAD_USER_INPUT", "{body}");
+        let list = gql(&app, Some(&w.admin_token), "query($s: UUID!) { localApiTokens(systemUuid: $s) { actor { uuid type } } }", json!({ "s": w.system })).await;
+        assert_eq!(list["data"]["localApiTokens"][1]["actor"], json!({ "uuid": backend.0, "type": "CLIENT" }), "{list}");
+        // The person's own token still mints for as long as asked.
+        let body = gql(&app, Some(&grace), PERMANENT, json!({ "s": w.system })).await;
+        assert!(body["errors"].is_null(), "{body}");
+        // Nobody acts for themselves.
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &grace), ("subject_token_type", ACCESS), ("actor_token", &grace), ("actor_token_type", ACCESS)]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    }
 }

@@ -300,6 +300,7 @@ pub fn client_caller(t: &TestTenant, scope: &str) -> lanyard::authority::Caller 
             may_act: None,
             share: None,
             app: None,
+            exchanged: false,
         },
     )
 }

@@ -59,6 +59,7 @@ fn person_caller(w: &World) -> lanyard::authority::Caller {
             may_act: None,
             share: None,
             app: None,
+            exchanged: false,
         },
     )
 }

@@ -179,7 +179,25 @@ on_both_databases! {
         assert_eq!(claims["scope"], "lanyard:local-tokens:mint");
         assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 300);
 
-        // Its one purpose works.
+        // Asked again, userinfo hands out the same token while it has a minute to live.
+        let again: Value = userinfo(&app, &b.token).await.json().await.unwrap();
+        assert_eq!(again["delegations"][0]["access_token"], token);
+        app.clock.advance(241);
+        let later: Value = userinfo(&app, &b.token).await.json().await.unwrap();
+        assert_ne!(later["delegations"][0]["access_token"], token, "a new one when it has less");
+        assert_eq!(later["delegations"][0]["expires_in"], 300);
+        let token = later["delegations"][0]["access_token"].as_str().unwrap().to_owned();
+        let token = token.as_str();
+        // Its audit event names Bianca, who asked for it.
+        let events = gql(&app, Some(&w.admin_token), "{ auditEvents(limit: 500) { actor action target } }", json!({})).await;
+        let issued: Vec<&Value> = events["data"]["auditEvents"].as_array().unwrap().iter()
+            .filter(|e| e["target"].as_str().unwrap().contains("(delegation)")).collect();
+        assert_eq!(issued.len(), 2, "one event per token signed: {issued:?}");
+        assert!(issued[0]["actor"].as_str().unwrap().starts_with(&format!("user:{} via client:", b.id)), "{issued:?}");
+        // Its one purpose works, under its own share only.
+        let other_share = share(&app, &w, None).await;
+        let body = mint(&app, token, &w, other_share["uuid"].as_str()).await;
+        assert_eq!(code(&body), "FORBIDDEN", "{body}");
         let body = mint(&app, token, &w, None).await;
         assert!(body["errors"].is_null(), "{body}");
         let minted = claims_of(body["data"]["createLocalApiToken"]["jwt"].as_str().unwrap().strip_prefix("CLOUD-").unwrap());
@@ -235,6 +253,8 @@ on_both_databases! {
         assert!(list[0].get("token").is_none());
         assert_eq!(list[1]["status"], "ACTIVATED", "the sharer's own token stays: {list}");
         assert!(status_list_bit(&app, &w, &jwt).await, "its status bit is set");
+        let events = gql(&app, Some(&w.admin_token), "{ auditEvents(limit: 500) { action target } }", json!({})).await;
+        assert!(events["data"]["auditEvents"].as_array().unwrap().iter().any(|e| e["action"] == "local_token.revoked" && e["target"].as_str().unwrap().contains(shared["uuid"].as_str().unwrap())), "an event for each token revoked with the share: {events}");
         let body = mint(&app, &b.token, &w, None).await;
         assert_eq!(code(&body), "FORBIDDEN", "{body}");
         let me = gql(&app, Some(&b.token), "{ me { sharesReceived { uuid } } }", json!({})).await;

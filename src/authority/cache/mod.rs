@@ -7,7 +7,9 @@
 //! - [`keyring`]: each tenant's parsed signing and verifying keys.
 //! - [`holdings`]: the roles each person holds on each system, for minting.
 //! - [`tally`]: each person's live local tokens per system, against their cap.
+//! - [`delegations`]: the delegations' tokens userinfo handed out, while they live.
 
+pub mod delegations;
 pub mod holdings;
 pub mod keyring;
 pub mod revoked;
