@@ -121,9 +121,11 @@ impl Authority {
                         "a technical token acts in its own right only: it is no actor_token",
                     ));
                 }
-                if actor.sub == subject.sub {
+                if actor.sub == subject.sub
+                    || subject.act.as_ref().is_some_and(|a| a.names(&actor.sub))
+                {
                     return Err(invalid_grant(
-                        "the actor_token is the subject's own: nobody acts for themselves",
+                        "the actor_token's party is the subject, or acts for it already",
                     ));
                 }
                 // The actor is who holds the actor token, not someone it acts for.
@@ -133,9 +135,13 @@ impl Authority {
                     ));
                 }
                 exp = exp.min(actor.exp);
-                let act = self
-                    .actor_claim(tenant, &actor, subject.act.clone())
-                    .await?;
+                // Who acted before: the subject token's actors, or the client of an
+                // impersonation.
+                let prior = self
+                    .acting(tenant, &subject)
+                    .await
+                    .map_err(|e| OAuthError::server_error(Internal::new("actors", e)))?;
+                let act = self.actor_claim(tenant, &actor, prior).await?;
                 if act.chain().count() > MAX_ACT_DEPTH {
                     return Err(invalid_request(format!(
                         "a token names at most {MAX_ACT_DEPTH} actors, one acting for the next: this exchange would name more"

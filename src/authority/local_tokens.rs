@@ -255,7 +255,7 @@ impl Authority {
         let user_id = caller.user_id().ok_or_else(|| {
             Error::Forbidden("local API tokens are minted for people; sign in as a user".into())
         })?;
-        let acting = self.acting(caller).await?;
+        let acting = self.acting(&caller.tenant, &caller.claims).await?;
         if share.is_none()
             && let Some(holding) = self.holding(&tenant.id, &user_id, system_id).await?
         {
@@ -275,26 +275,6 @@ impl Authority {
             Some(shared) => Ok(Minter::shared(shared, acting)),
             None => Err(forbidden()),
         }
-    }
-
-    /// Who acts for the caller's subject, as a minted token names them: the token's actors, or
-    /// for an impersonation (a token exchanged without an actor) the client that exchanged it,
-    /// so that the system's list shows who minted.
-    async fn acting(&self, caller: &Caller) -> Result<Option<Act>> {
-        let claims = &caller.claims;
-        if claims.act.is_some() || !claims.exchanged {
-            return Ok(claims.act.clone());
-        }
-        let name = self
-            .client_row(&caller.tenant.id, &claims.client_id)
-            .await?
-            .map(|c| c.name.clone());
-        Ok(Some(Act {
-            sub: claims.client_id.clone(),
-            client_id: Some(claims.client_id.clone()),
-            name,
-            act: None,
-        }))
     }
 
     async fn mint(
@@ -320,6 +300,13 @@ impl Authority {
             return Err(Error::Invalid(format!(
                 "a token names at most {MAX_ACT_DEPTH} actors, one acting for the next: this one would name more"
             )));
+        }
+        // Under a share, whoever acts for the recipient may be the sharer: nobody acts for
+        // themselves.
+        if act.as_ref().is_some_and(|a| a.names(&user_id)) {
+            return Err(Error::Invalid(
+                "the token would name its subject among those acting for them: nobody acts for themselves".into(),
+            ));
         }
         let now = self.now();
         // A token obtained by exchange mints tokens that end with it at the latest.

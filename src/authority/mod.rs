@@ -300,12 +300,14 @@ impl Authority {
         match &event {
             Event::KeysChanged { tenant_id, .. } => {
                 self.keyrings.forget(tenant_id);
+                self.delegations.forget(|(tenant, ..)| tenant == tenant_id);
                 // Invalidating or deleting a key revokes its local tokens.
                 self.offline.forget_lists(Some(tenant_id), None);
                 self.token_cache.forget(|k| &k.tenant.id == tenant_id);
             }
             Event::AccessTokenRevoked { tenant_id, jti } => {
                 self.revoked.add(jti);
+                self.delegations.forget_token(jti);
                 self.token_cache
                     .forget(|k| &k.tenant.id == tenant_id && &k.verified.claims.jti == jti);
             }

@@ -135,6 +135,13 @@ impl Authority {
         let owner_id = caller
             .user_id()
             .ok_or_else(|| Error::Forbidden("only a person shares a system".into()))?;
+        // A share outlives the token that would make it: not one obtained by exchange.
+        if caller.claims.exchanged {
+            return Err(Error::Forbidden(
+                "a token obtained by exchange does not share a system: a share would outlive it"
+                    .into(),
+            ));
+        }
         let now = self.now();
         if role_ids.is_empty() {
             return Err(Error::Invalid("share at least one role".into()));
@@ -483,9 +490,10 @@ impl Authority {
                         name: Some(share.recipient.name.clone()),
                         act: None,
                     });
+                    let jti = claims.jti.clone();
                     let issued = self.sign_claims(tenant, claims, "delegation").await?;
                     self.delegations
-                        .insert(key, issued.access_token.clone(), exp);
+                        .insert(key, issued.access_token.clone(), exp, jti);
                     (issued.access_token, exp)
                 }
             };

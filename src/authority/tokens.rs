@@ -261,6 +261,29 @@ impl Authority {
         Ok(None)
     }
 
+    /// Who acts for a token's subject, as what it leads to names them: its actors, or for an
+    /// impersonation (a token exchanged without an actor, which names none) the client that
+    /// exchanged it.
+    pub(super) async fn acting(
+        &self,
+        tenant: &Tenant,
+        claims: &AccessClaims,
+    ) -> Result<Option<Act>, crate::store::StoreError> {
+        if claims.act.is_some() || !claims.exchanged {
+            return Ok(claims.act.clone());
+        }
+        let name = self
+            .client_row(&tenant.id, &claims.client_id)
+            .await?
+            .map(|c| c.name.clone());
+        Ok(Some(Act {
+            sub: claims.client_id.clone(),
+            client_id: Some(claims.client_id.clone()),
+            name,
+            act: None,
+        }))
+    }
+
     /// Whether every actor of a chain still exists: a person of the tenant, or its client.
     async fn actors_still_there(
         &self,
@@ -371,8 +394,9 @@ impl Authority {
             self.revoke_refresh_token(tenant, &client, token).await?;
             return Ok(());
         }
-        let verified = match self.verify_access_token(tenant, token).await {
-            Ok(v) => v,
+        // A delegation's token too: it is revoked like any other, by its client.
+        let verified = match self.verify_known(tenant, token).await {
+            Ok(known) => known.verified.clone(),
             Err(TokenRejected::Unavailable(cause)) => return Err(OAuthError::server_error(cause)),
             Err(_) => return Ok(()),
         };

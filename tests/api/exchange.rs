@@ -245,15 +245,22 @@ on_both_databases! {
     async fn a_chain_of_actors_is_at_most_four_long(app) {
         let w = world(&app).await;
         let backend = exchanger(&app, &w).await;
-        let actor = app.token("acme", &backend.0, &backend.1).await;
-        let mut subject = w.user_token.clone();
-        for depth in 1..=4 {
-            let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &subject), ("subject_token_type", ACCESS), ("actor_token", &actor), ("actor_token_type", ACCESS)]).await;
-            assert_eq!(status, 200, "depth {depth}: {body}");
-            subject = body["access_token"].as_str().unwrap().to_owned();
+        let mut actors = Vec::new();
+        for n in 0..5 {
+            let (id, secret) = app.client(&w.t, NewClient { name: format!("service {n}"), grant_types: vec![GrantType::ClientCredentials], ..NewClient::default() }).await;
+            actors.push(app.token("acme", &id, &secret).await);
         }
-        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &subject), ("subject_token_type", ACCESS), ("actor_token", &actor), ("actor_token_type", ACCESS)]).await;
-        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{body}");
+        let mut subject = w.user_token.clone();
+        for (depth, actor) in actors.iter().enumerate() {
+            let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &subject), ("subject_token_type", ACCESS), ("actor_token", actor), ("actor_token_type", ACCESS)]).await;
+            if depth < 4 {
+                assert_eq!(status, 200, "depth {}: {body}", depth + 1);
+                subject = body["access_token"].as_str().unwrap().to_owned();
+            } else {
+                assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "a fifth actor: {body}");
+            }
+        }
+        assert!(claims_of(&subject)["act"]["act"]["act"]["act"]["sub"].is_string(), "four actors");
     }
 
     async fn what_is_refused(app) {
@@ -486,5 +493,45 @@ on_both_databases! {
         // Nobody acts for themselves.
         let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &grace), ("subject_token_type", ACCESS), ("actor_token", &grace), ("actor_token_type", ACCESS)]).await;
         assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    }
+
+    async fn what_an_exchanged_token_cannot_lead_to(app) {
+        let w = world(&app).await;
+        let backend = exchanger(&app, &w).await;
+        let bianca = app.authority().create_user(&w.t.tenant, "bianca@example.com", "Bianca", Default::default(), Default::default()).await.unwrap();
+        let bianca_token = sign_in(&app, "acme", &crate::signin::app_client(&app, &w.t).await, "bianca@example.com").await["access_token"].as_str().unwrap().to_owned();
+        // It shares nothing: a share would outlive it.
+        let acting = delegated(&app, &w, &backend).await;
+        let body = gql(&app, Some(&acting), "mutation($s: UUID!, $r: UUID!) { shareSystem(systemUuid: $s, email: \"bianca@example.com\", roleUuids: [$r]) { uuid } }", json!({ "s": w.system, "r": w.role })).await;
+        assert_eq!(crate::graphql::code(&body), "FORBIDDEN", "{body}");
+        // An actor already in the chain does not act again.
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &w.user_token), ("subject_token_type", ACCESS), ("actor_token", &bianca_token), ("actor_token_type", ACCESS)]).await;
+        assert_eq!(status, 200, "{body}");
+        let by_bianca = body["access_token"].as_str().unwrap().to_owned();
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &by_bianca), ("subject_token_type", ACCESS), ("actor_token", &bianca_token), ("actor_token_type", ACCESS)]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+        // The sharer does not act for the recipient under their own share.
+        let shared = gql(&app, Some(&w.user_token), "mutation($s: UUID!, $r: UUID!) { shareSystem(systemUuid: $s, email: \"bianca@example.com\", roleUuids: [$r]) { uuid } }", json!({ "s": w.system, "r": w.role })).await;
+        assert!(shared["errors"].is_null(), "{shared}");
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &bianca_token), ("subject_token_type", ACCESS), ("actor_token", &w.user_token), ("actor_token_type", ACCESS), ("requested_token_type", LOCAL), ("audience", &w.system)]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{body}");
+        let _ = bianca;
+        // An impersonation exchanged again keeps its client in the chain, and dies with it.
+        let (x2_id, x2_secret) = app.client(&w.t, NewClient { name: "X2".into(), grant_types: vec![GrantType::TokenExchange], ..NewClient::default() }).await;
+        let x2 = (x2_id.to_string(), x2_secret);
+        let (app_id, _) = app.client(&w.t, NewClient { name: "Phone".into(), public: true, may_act: Some(x2_id.clone()), ..NewClient::default() }).await;
+        let hedy = app.authority().create_user(&w.t.tenant, "hedy@example.com", "Hedy", Default::default(), Default::default()).await.unwrap();
+        let _ = hedy;
+        let hedy_token = sign_in(&app, "acme", &app_id, "hedy@example.com").await["access_token"].as_str().unwrap().to_owned();
+        let (status, body) = exchange(&app, "acme", &x2, &[("subject_token", &hedy_token), ("subject_token_type", ACCESS)]).await;
+        assert_eq!(status, 200, "{body}");
+        let impersonating = body["access_token"].as_str().unwrap().to_owned();
+        let actor = app.token("acme", &backend.0, &backend.1).await;
+        let (status, body) = exchange(&app, "acme", &backend, &[("subject_token", &impersonating), ("subject_token_type", ACCESS), ("actor_token", &actor), ("actor_token_type", ACCESS)]).await;
+        assert_eq!(status, 200, "{body}");
+        let again = body["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(claims_of(&again)["act"]["act"]["sub"], x2.0.as_str(), "{}", claims_of(&again));
+        app.authority().delete_client(&w.t.tenant, &x2_id).await.unwrap();
+        assert!(!app.is_active(&w.t, &again).await, "the impersonating client is gone");
     }
 }

@@ -223,6 +223,19 @@ on_both_databases! {
         assert!(!app.is_active(&w.t, token).await, "introspection calls it inactive");
         let (id, _) = device(&app, &w.t, None, "").await;
         assert!(V4::connect(&app, &id, token).await.is_err(), "it opens no MQTT session");
+        // Revoked on its own by its client (RFC 7009), it stops, and userinfo hands out another.
+        let client = claims_of(token)["client_id"].as_str().unwrap().to_owned();
+        let res = app.post_form("/t/acme/oauth2/revoke", None, &format!("client_id={client}&token={token}")).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(code(&mint(&app, token, &w, None).await), "UNAUTHENTICATED");
+        let fresh: Value = userinfo(&app, &b.token).await.json().await.unwrap();
+        let fresh = fresh["delegations"][0]["access_token"].as_str().unwrap().to_owned();
+        assert_ne!(fresh, token);
+        // A key change hands out a token of the new key.
+        gql(&app, Some(&w.admin_token), "mutation { rotateSigningKey { kid } }", json!({})).await;
+        let keyed: Value = userinfo(&app, &b.token).await.json().await.unwrap();
+        assert_ne!(keyed["delegations"][0]["access_token"].as_str().unwrap(), fresh, "the delegations were forgotten with the keys");
+        let token = fresh.as_str();
         // It dies with the share.
         gql(&app, Some(&w.user_token), REVOKE, json!({ "u": shared["uuid"] })).await;
         let body = mint(&app, token, &w, None).await;

@@ -14,9 +14,16 @@ pub const REUSE_FOR_AT_LEAST_SECS: i64 = 60;
 /// (tenant id, recipient, client id, share id).
 type Key = (String, String, String, String);
 
+/// A token handed out: the token, its `exp` and its `jti`.
+struct Kept {
+    token: String,
+    exp: i64,
+    jti: String,
+}
+
 #[derive(Default)]
 pub struct Delegations {
-    tokens: Mutex<HashMap<Key, (String, i64)>>,
+    tokens: Mutex<HashMap<Key, Kept>>,
 }
 
 impl Delegations {
@@ -25,24 +32,33 @@ impl Delegations {
         let tokens = self.tokens.lock().expect("delegations lock");
         tokens
             .get(key)
-            .filter(|(_, exp)| *exp - now >= REUSE_FOR_AT_LEAST_SECS)
-            .cloned()
+            .filter(|kept| kept.exp - now >= REUSE_FOR_AT_LEAST_SECS)
+            .map(|kept| (kept.token.clone(), kept.exp))
     }
 
-    pub fn insert(&self, key: Key, token: String, exp: i64) {
+    pub fn insert(&self, key: Key, token: String, exp: i64, jti: String) {
         let mut tokens = self.tokens.lock().expect("delegations lock");
         if tokens.len() >= CAPACITY {
             tokens.clear();
         }
-        tokens.insert(key, (token, exp));
+        tokens.insert(key, Kept { token, exp, jti });
     }
 
-    /// Forgets the tokens `gone` picks: of a share revoked, of a person deleted.
+    /// Forgets the tokens `gone` picks: of a share revoked, of a person deleted, of a tenant
+    /// whose keys changed.
     pub fn forget(&self, gone: impl Fn(&Key) -> bool) {
         self.tokens
             .lock()
             .expect("delegations lock")
             .retain(|key, _| !gone(key));
+    }
+
+    /// Forgets the token with id `jti`: it was revoked.
+    pub fn forget_token(&self, jti: &str) {
+        self.tokens
+            .lock()
+            .expect("delegations lock")
+            .retain(|_, kept| kept.jti != jti);
     }
 }
 
@@ -57,11 +73,14 @@ mod tests {
     #[test]
     fn a_token_is_handed_out_again_while_it_has_a_minute_to_live() {
         let d = Delegations::default();
-        d.insert(key("s"), "jwt".into(), 300);
+        d.insert(key("s"), "jwt".into(), 300, "j".into());
         assert_eq!(d.get(&key("s"), 0), Some(("jwt".into(), 300)));
         assert_eq!(d.get(&key("s"), 240), Some(("jwt".into(), 300)));
         assert_eq!(d.get(&key("s"), 241), None);
         d.forget(|k| k.3 == "s");
+        assert_eq!(d.get(&key("s"), 0), None);
+        d.insert(key("s"), "jwt".into(), 300, "j".into());
+        d.forget_token("j");
         assert_eq!(d.get(&key("s"), 0), None);
     }
 }
