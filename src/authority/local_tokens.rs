@@ -232,8 +232,9 @@ impl Authority {
 
     /// Whose token is minted, with which roles: a delegation's token mints under its share;
     /// a person under the share they name, else with their own roles on the system, else
-    /// under the one share of it they received (SPEC §11). A caller acting for its subject
-    /// (`act`, from token exchange) is the token's actor.
+    /// under the one share of it they received (SPEC §11). Whoever acts for the caller's
+    /// subject (the token's `act`, or the client of an impersonation: [`Authority::acting`]) is
+    /// the minted token's actor.
     async fn minter(
         &self,
         caller: &Caller,
