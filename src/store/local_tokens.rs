@@ -307,7 +307,7 @@ pub(super) const REVOKE_FOR_USER: &str =
     "UPDATE local_api_tokens SET status = 'REVOKED', updated_at = $3, written_by = $4
     WHERE tenant_id = $1 AND (user_id = $2 OR (actor_id = $2 AND actor_type = 'USER'))
       AND status = 'ACTIVATED'
-    RETURNING system_id";
+    RETURNING id, system_id";
 
 /// Revokes every token minted under a share (written by a node); used when the share is
 /// revoked, in that transaction (`shares::revoke`).

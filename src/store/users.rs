@@ -61,9 +61,14 @@ pub async fn find_by_email(db: &Db, tenant_id: &str, email: &str) -> StoreResult
 
 const DELETE_USER: &str = "DELETE FROM users WHERE tenant_id = $1 AND id = $2";
 
-/// Deletes the user, in one transaction with its event: its role assignments and refresh tokens
-/// go with it, and its local API tokens are revoked (as `node`, at `now`). Returns the systems
-/// whose token lists changed, or `None` when there is no such user (nothing changes).
+/// The live shares a person gives or receives, which end with them.
+const LIVE_SHARES_OF: &str = "SELECT id FROM shares
+    WHERE tenant_id = $1 AND (owner_id = $2 OR recipient_id = $2) AND revoked_at IS NULL";
+
+/// Deletes the user, in one transaction with its event: its role assignments, refresh tokens
+/// and shares go with it, and its local API tokens (those it minted under a share too) are
+/// revoked (as `node`, at `now`), each share and token with an event of its own. Returns the
+/// systems whose token lists changed, or `None` when there is no such user (nothing changes).
 pub async fn delete(
     db: &Db,
     audit: &AuditRow,
@@ -73,11 +78,16 @@ pub async fn delete(
     node: &str,
 ) -> StoreResult<Option<Vec<String>>> {
     let systems = in_transaction!(db, tx => {
-        let systems: Vec<String> = sqlx::query_scalar(super::local_tokens::REVOKE_FOR_USER)
+        let revoked: Vec<(String, String)> = sqlx::query_as(super::local_tokens::REVOKE_FOR_USER)
             .bind(tenant_id)
             .bind(id)
             .bind(now)
             .bind(node)
+            .fetch_all(&mut *tx)
+            .await?;
+        let shares: Vec<String> = sqlx::query_scalar(LIVE_SHARES_OF)
+            .bind(tenant_id)
+            .bind(id)
             .fetch_all(&mut *tx)
             .await?;
         let deleted = sqlx::query(DELETE_USER)
@@ -90,7 +100,21 @@ pub async fn delete(
             return Ok(None);
         }
         audit.bind(sqlx::query(super::audit::INSERT)).execute(&mut *tx).await?;
-        systems
+        let ended = shares
+            .iter()
+            .map(|share| ("share.revoked", format!("share:{share} with user:{id}")))
+            .chain(revoked.iter().map(|(token, _)| {
+                ("local_token.revoked", format!("local_token:{token} with user:{id}"))
+            }));
+        for (action, target) in ended {
+            let event = AuditRow {
+                action: action.into(),
+                target,
+                ..audit.clone()
+            };
+            event.bind(sqlx::query(super::audit::INSERT)).execute(&mut *tx).await?;
+        }
+        revoked.into_iter().map(|(_, system)| system).collect::<Vec<String>>()
     });
     Ok(Some(systems))
 }

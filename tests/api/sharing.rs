@@ -346,6 +346,11 @@ on_both_databases! {
         let list = next_list(&mut gw).await;
         assert_eq!(list[0]["status"], "REVOKED", "{list}");
         assert_eq!(list[1]["status"], "ACTIVATED", "{list}");
+        // Each share and token that ended with her has its event.
+        let events = gql(&app, Some(&w.admin_token), "{ auditEvents(limit: 500) { action target } }", json!({})).await;
+        let events = events["data"]["auditEvents"].as_array().unwrap();
+        let ended = |action: &str| events.iter().filter(|e| e["action"] == action && e["target"].as_str().unwrap().ends_with(&format!("with user:{}", b.id))).count();
+        assert_eq!((ended("share.revoked"), ended("local_token.revoked")), (1, 1), "{events:?}");
     }
 
     async fn no_token_minted_after_a_share_is_revoked_is_ever_listed_activated(app) {
