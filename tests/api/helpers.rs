@@ -59,10 +59,16 @@ pub async fn database_url(backend: &Backend, dir: &std::path::Path) -> String {
         Backend::Sqlite => format!("sqlite://{}/lanyard.db", dir.display()),
         Backend::Postgres(base) => {
             use sqlx::Connection;
-            let name = format!("lanyard_t_{}", uuid::Uuid::new_v4().simple());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            // Created at `now`: a later run drops it once it is an hour old.
+            let name = format!("lanyard_t_{now}_{}", uuid::Uuid::new_v4().simple());
             let mut admin = sqlx::PgConnection::connect(base)
                 .await
                 .expect("TEST_POSTGRES_URL must reach a PostgreSQL server");
+            drop_old_test_databases(&mut admin, now).await;
             let create = format!("CREATE DATABASE \"{name}\"");
             sqlx::query(&create)
                 .execute(&mut admin)
@@ -71,6 +77,32 @@ pub async fn database_url(backend: &Backend, dir: &std::path::Path) -> String {
             let mut url = url::Url::parse(base).expect("TEST_POSTGRES_URL is a URL");
             url.set_path(&format!("/{name}"));
             url.to_string()
+        }
+    }
+}
+
+/// Drops, once per test process, the test databases of earlier runs: those created more than an
+/// hour ago (no test lasts that long). Best effort: one still in use is left.
+async fn drop_old_test_databases(admin: &mut sqlx::PgConnection, now: u64) {
+    static ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if ONCE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'lanyard\\_t\\_%'")
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let created = name
+            .strip_prefix("lanyard_t_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        // Names without a time are of runs before times were written: old by now.
+        if created.is_none_or(|at| at + 3600 < now) {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+                .execute(&mut *admin)
+                .await;
         }
     }
 }
