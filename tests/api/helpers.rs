@@ -317,23 +317,16 @@ impl TestApp {
 pub fn client_caller(t: &TestTenant, scope: &str) -> lanyard::authority::Caller {
     lanyard::authority::Caller::new(
         t.tenant.clone(),
-        lanyard::domain::AccessClaims {
-            iss: t.tenant.issuer.clone(),
-            sub: "caller".into(),
-            aud: t.slug.clone(),
-            client_id: "caller".into(),
-            scope: scope.into(),
-            iat: 0,
-            nbf: 0,
-            exp: i64::MAX,
-            jti: "caller".into(),
-            system: None,
-            act: None,
-            may_act: None,
-            share: None,
-            app: None,
-            exchanged: false,
-        },
+        lanyard::domain::AccessClaims::new(
+            t.tenant.issuer.clone(),
+            "caller".into(),
+            t.slug.clone(),
+            "caller".into(),
+            scope.into(),
+            0,
+            i64::MAX,
+            "caller".into(),
+        ),
     )
 }
 
@@ -435,9 +428,16 @@ pub async fn reachable_app() -> TestApp {
     .await
 }
 
-/// The Python environment `.ci/run` installs `tests/interop/requirements.txt` into.
+/// The Python environment `.ci/run` installs `tests/interop/requirements.txt` into; `None`
+/// (the test skips, saying why) when there is none.
 pub fn interop_python() -> Option<std::path::PathBuf> {
-    let python =
-        std::path::Path::new(&std::env::var_os("HOME")?).join(".cache/lanyard-py/bin/python");
-    python.exists().then_some(python)
+    let python = std::env::var_os("HOME")
+        .map(|home| std::path::Path::new(&home).join(".cache/lanyard-py/bin/python"))
+        .filter(|python| python.exists());
+    if python.is_none() {
+        skipped(
+            "no ~/.cache/lanyard-py: python3 -m venv ~/.cache/lanyard-py && ~/.cache/lanyard-py/bin/pip install -r tests/interop/requirements.txt",
+        );
+    }
+    python
 }

@@ -44,23 +44,16 @@ async fn next_list(v4: &mut V4) -> Value {
 fn person_caller(w: &World) -> lanyard::authority::Caller {
     lanyard::authority::Caller::new(
         w.t.tenant.clone(),
-        lanyard::domain::AccessClaims {
-            iss: w.t.tenant.issuer.clone(),
-            sub: w.user.to_string(),
-            aud: "acme".into(),
-            client_id: "app".into(),
-            scope: String::new(),
-            iat: 0,
-            nbf: 0,
-            exp: i64::MAX,
-            jti: "x".into(),
-            system: None,
-            act: None,
-            may_act: None,
-            share: None,
-            app: None,
-            exchanged: false,
-        },
+        lanyard::domain::AccessClaims::new(
+            w.t.tenant.issuer.clone(),
+            w.user.to_string(),
+            "acme".into(),
+            "app".into(),
+            String::new(),
+            0,
+            i64::MAX,
+            "x".into(),
+        ),
     )
 }
 
