@@ -63,6 +63,7 @@ pub const CONNECT_CODES: &[&str] = &[
     "bad_user_name_or_password",
     "not_authorized",
     "malformed_packet",
+    "protocol_error",
     "packet_too_large",
     "bad_authentication_method",
     "closed",
@@ -205,6 +206,7 @@ struct Families {
     /// Routed, refused.
     mqtt_received: [IntCounter; 2],
     mqtt_delivered: IntCounter,
+    mqtt_dropped: IntCounter,
     /// JWKS, token lists.
     retained: [IntCounter; 4],
     /// Access tokens, local tokens.
@@ -398,6 +400,13 @@ impl Families {
                 )
                 .expect("a valid counter"),
             ),
+            mqtt_dropped: b.register(
+                IntCounter::new(
+                    "lanyard_mqtt_messages_dropped_total",
+                    "Messages a subscriber lost because it read too slowly: publishers were held for it no longer than its reading allowed, and the topic's log moved on.",
+                )
+                .expect("a valid counter"),
+            ),
             retained: ["jwks", "tokens", "status_list", "key_schedule"].map(|t| retained.with_label_values(&[t])),
             signing: ["access", "local", "trust"].map(|t| signing.with_label_values(&[t])),
             db_waits: DbWaits(Some(Arc::new(
@@ -547,6 +556,13 @@ impl Metrics {
             && count > 0
         {
             f.mqtt_delivered.inc_by(count);
+        }
+    }
+
+    /// Messages an MQTT subscriber lost because it read too slowly.
+    pub fn mqtt_dropped(&self, count: u64) {
+        if let Some(f) = &self.families {
+            f.mqtt_dropped.inc_by(count);
         }
     }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::Notification;
-use rumqttd::protocol::{DisconnectReasonCode, Publish};
+use rumqttd::protocol::DisconnectReasonCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -91,6 +91,11 @@ pub(super) struct Connection<S> {
     pub(super) own: Option<Box<OwnAnswers>>,
     /// The router paused the link until it is told the link is ready again.
     pub(super) wake_link: bool,
+    /// The client's QoS 1 and 2 publishes not yet acknowledged (5.0 flow control, §4.9).
+    pub(super) unacknowledged: u16,
+    /// The router holds this publisher back: nothing is read from the client until it is
+    /// released (a subscriber of what it publishes is catching up).
+    pub(super) held: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -132,6 +137,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             session,
             own: None,
             wake_link: false,
+            unacknowledged: 0,
+            held: false,
             _permit: permit,
         })
     }
@@ -174,17 +181,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             // Nothing here may outlive the wait but what it waits on: this is the state an
             // idle connection keeps.
+            let held = self.held;
             let answer_router = tokio::select! {
                 reason = &mut self.session.ended => {
                     return Outcome::Ended(reason.unwrap_or(EndReason::NotAuthorized));
                 }
-                read = poll_fn(|cx| poll_read_some(&mut self.stream, &mut self.buf, cx)) => {
+                read = poll_fn(|cx| poll_read_some(&mut self.stream, &mut self.buf, cx)), if !held => {
                     match read {
                         Ok(n) if n > 0 => false,
                         _ => return Outcome::Lost { keep_alive: false },
                     }
                 }
-                () = expiry(keep_alive.as_mut()) => return Outcome::Lost { keep_alive: true },
+                // A held client's packets wait unread: its keep-alive counts from its release.
+                () = expiry(keep_alive.as_mut()), if !held => return Outcome::Lost { keep_alive: true },
                 notification = next_notification(&mut self.session.link) => {
                     let Ok(first) = notification else { return Outcome::RouterGone };
                     if let Some(outcome) = self.forward_all(first) {
@@ -193,6 +202,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.wake_link || self.own.as_ref().is_some_and(|o| !o.to_router.is_empty())
                 }
             };
+            if held
+                && !self.held
+                && let (Some(sleep), Some(k)) =
+                    (keep_alive.as_mut().as_pin_mut(), self.session.keep_alive)
+            {
+                sleep.reset(Instant::now() + k);
+            }
             if answer_router {
                 Box::pin(self.answer_router_later()).await;
             }
@@ -270,9 +286,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             gate.sessions.forget_stored(&session.key);
         }
         if let (true, Some(will)) = (will, session.will) {
-            let publish = Publish::new(will.topic, will.message, will.retain);
+            let will = *will;
             if session.will_delay == 0 {
-                gate.publish(publish).await;
+                gate.publish_with(will.publish, will.properties).await;
             } else {
                 let delay = Duration::from_secs(session.will_delay as u64);
                 let key = session.key.clone();
@@ -280,7 +296,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let grant = session.grant.clone();
                 let task = tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    sender.publish_delayed_will(&grant, publish).await;
+                    sender.publish_delayed_will(&grant, will).await;
                     sender.sessions.will_sent(&key);
                 });
                 gate.sessions

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rumqttd::protocol::Publish;
 use tokio::sync::{broadcast, watch};
 
 use super::Gate;
+use super::handshake::Will;
 use super::retained::Lists;
 use super::sessions::{self, EndReason};
 use crate::authority::Event;
@@ -58,11 +58,11 @@ impl Gate {
 
     /// Publishes a will whose delay has passed, unless its grant was withdrawn meanwhile (an
     /// announcement this node missed, or one that came while the will was being set).
-    pub(crate) async fn publish_delayed_will(&self, grant: &sessions::Grant, will: Publish) {
+    pub(super) async fn publish_delayed_will(&self, grant: &sessions::Grant, will: Will) {
         let valid = self.grant_still_valid(grant, true).await;
         // An answer the database cannot give now keeps the will, as it keeps sessions.
         if !matches!(valid, Ok(false)) {
-            self.publish(will).await;
+            self.publish_with(will.publish, will.properties).await;
         }
     }
 

@@ -14,14 +14,17 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::local::LinkRx;
-use rumqttd::protocol::{ConnAck, ConnAckProperties, ConnectReturnCode, LastWill, Packet};
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, LastWill, LastWillProperties, Packet, Publish,
+    PublishProperties,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 
 use super::Gate;
 use super::codec::{self, FrameError, Version};
-use super::router::LinkSession;
+use super::router::{LinkSession, RECEIVE_MAXIMUM_DEFAULT};
 use super::sessions::{EndReason, Grant, Key};
 use crate::authority::TokenRejected;
 use crate::domain::Internal;
@@ -33,6 +36,35 @@ const MAX_CONNECT_SIZE: usize = 64 * 1024;
 pub(super) use crate::authority::tokens::MAX_BEARER_LEN as MAX_PASSWORD_LEN;
 /// Client identifiers longer than this are refused.
 const MAX_CLIENT_ID_LEN: usize = 128;
+/// The most QoS 1 and 2 publishes a 5.0 client may have unacknowledged at once (the
+/// CONNACK's Receive Maximum); one more ends the connection with DISCONNECT `0x93`.
+pub(super) const RECEIVE_MAXIMUM: u16 = 100;
+
+/// A will (MQTT 5.0 §3.1.3.2): published as the client gave it, with its QoS, RETAIN flag and
+/// properties (but its delay, which is the gate's to keep).
+pub(super) struct Will {
+    pub(super) publish: Publish,
+    pub(super) properties: Option<PublishProperties>,
+}
+
+impl Will {
+    fn new(will: LastWill, props: Option<LastWillProperties>) -> Will {
+        let publish = Publish::new(will.topic, will.message, will.retain).with_qos(will.qos);
+        let properties = props.map(|p| PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            ..PublishProperties::default()
+        });
+        Will {
+            publish,
+            properties,
+        }
+    }
+}
 /// Why a CONNECT is refused.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum Refusal {
@@ -43,6 +75,9 @@ pub(super) enum Refusal {
     TooLarge,
     #[error("malformed CONNECT")]
     Malformed,
+    /// A 5.0 CONNECT the protocol forbids although it parses (MQTT 5.0 §3.1.2.11).
+    #[error("{0}")]
+    Protocol(&'static str),
     #[error("{0}")]
     ClientId(&'static str),
     /// No password, or one too long to be an access token.
@@ -75,6 +110,7 @@ impl Refusal {
             Refusal::ProtocolLevel => return None,
             Refusal::TooLarge if v5 => C::PacketTooLarge,
             Refusal::Malformed if v5 => C::MalformedPacket,
+            Refusal::Protocol(_) => C::ProtocolError,
             Refusal::TooLarge | Refusal::Malformed => return None,
             Refusal::ClientId(_) => C::ClientIdentifierNotValid,
             Refusal::NoPassword => C::BadUserNamePassword,
@@ -112,6 +148,7 @@ pub(super) fn code_name(code: ConnectReturnCode) -> &'static str {
         C::BadUserNamePassword => "bad_user_name_or_password",
         C::NotAuthorized => "not_authorized",
         C::MalformedPacket => "malformed_packet",
+        C::ProtocolError => "protocol_error",
         C::PacketTooLarge => "packet_too_large",
         C::BadAuthenticationMethod => "bad_authentication_method",
         // Codes lanyard never answers a CONNECT with.
@@ -188,8 +225,11 @@ pub(super) struct Session {
     /// The token the session was granted under: tenant, client, subject, system, scopes.
     pub(super) grant: Grant,
     pub(super) keep_alive: Option<Duration>,
-    pub(super) will: Option<Box<LastWill>>,
+    pub(super) will: Option<Box<Will>>,
     pub(super) will_delay: u32,
+    /// 5.0: the most QoS 1 and 2 messages the client takes unacknowledged (its Receive
+    /// Maximum), which the router's link keeps to.
+    pub(super) receive_maximum: u16,
     /// 5.0: the largest packet the client accepts.
     pub(super) client_max_packet: Option<u32>,
     /// lanyard's own exact topics this session subscribes to. rumqttd replays a retained
@@ -244,6 +284,12 @@ where
         return Err(Exit::refused(version, "", Refusal::Malformed));
     };
     let refused = |refusal| Exit::refused(version, &connect.client_id, refusal);
+    // MQTT 5.0 §3.1.2.11.3: absent means 65,535; 0 is a protocol error.
+    let receive_maximum = match props.as_ref().and_then(|p| p.receive_maximum) {
+        Some(0) => return Err(refused(Refusal::Protocol("Receive Maximum 0"))),
+        Some(max) => max,
+        None => RECEIVE_MAXIMUM_DEFAULT,
+    };
 
     // Client identifier (MQTT 3.1.1 §3.1.3.1, 5.0 §3.1.3.1).
     let mut assigned = None;
@@ -318,6 +364,7 @@ where
         tenant_id: known.tenant.id.to_string(),
         client_id: client_id.clone(),
         clean,
+        receive_maximum,
     };
     // A session that may re-authenticate must know every filter it holds, to take back those a
     // new token does not allow: one stored by a connection that did not follow them (it used
@@ -357,6 +404,8 @@ where
         assigned_client_identifier: assigned,
         // No topic-alias maximum is advertised: rumqttd keys aliases by filter, not topic.
         topic_alias_max: None,
+        // How many QoS 1 and 2 publishes the client may have unacknowledged (§3.3.4).
+        receive_max: Some(RECEIVE_MAXIMUM),
         // A shorter expiry than asked is announced (MQTT 5.0 §3.2.2.3.2).
         session_expiry_interval: asked_expiry
             .filter(|asked| *asked != expiry)
@@ -396,8 +445,9 @@ where
         // MQTT §3.1.2.10: one and a half times the keep-alive without a packet ends it.
         keep_alive: (connect.keep_alive > 0)
             .then(|| Duration::from_millis(connect.keep_alive as u64 * 1500)),
-        will: will.map(Box::new),
+        will: will.map(|will| Box::new(Will::new(will, will_props))),
         will_delay,
+        receive_maximum,
         client_max_packet: props.and_then(|p| p.max_packet_size),
         resumed: session_present,
         filters: method.map(|_| match claim.filters {
@@ -422,6 +472,7 @@ mod tests {
             Refusal::ProtocolLevel,
             Refusal::TooLarge,
             Refusal::Malformed,
+            Refusal::Protocol("x"),
             Refusal::ClientId("x"),
             Refusal::NoPassword,
             Refusal::AuthMethod,

@@ -2,21 +2,25 @@
 //! before anything reaches the router (SPEC §4). A refused publish reaches no one (5.0: PUBACK or
 //! PUBREC `0x87`; 3.1.1 has no refusal, so it is acknowledged and dropped); a refused filter gets
 //! its failure code in the SUBACK (merged with the router's answers on the way out); shared
-//! subscriptions are renamed per tenant and filter; lanyard's own retained topics are delivered
-//! once per SUBSCRIBE packet. An AUTH re-authenticates a 5.0 session that authenticated with
+//! subscriptions are renamed per tenant and filter; retained messages are sent as the
+//! subscription's Retain Handling says (MQTT 5.0 §3.8.3.1), once per SUBSCRIBE packet: by the
+//! router, but lanyard's own on a re-subscribe, which the gate writes into the output
+//! `mqtt.max_queued_bytes` bounds; a 5.0 client's QoS 1 and 2 publishes are held to the
+//! Receive Maximum the CONNACK advertised. An AUTH re-authenticates a 5.0 session that authenticated with
 //! method `lanyard-jwt` (SPEC §10, [`Connection::reauthenticate`]).
 
 use std::collections::BTreeSet;
 
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    PubRecReason, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::codec::{self, FrameError, Version};
 use super::connection::{Connection, Outcome};
-use super::handshake::Link;
+use super::handshake::{Link, RECEIVE_MAXIMUM};
 use super::router::LinkSession;
 use crate::authority::TokenRejected;
 use crate::domain::acl::Identity;
@@ -92,7 +96,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// The router link's key, opening the link first if the session has none yet.
     pub(super) async fn link(&mut self) -> Option<u64> {
         if self.session.link.is_none() {
-            let opened = self.gate.router.open(LinkSession::Clean).await?;
+            let receive_maximum = self.session.receive_maximum;
+            let opened = self
+                .gate
+                .router
+                .open(LinkSession::Clean { receive_maximum })
+                .await?;
             self.session.link = Some(Box::new(Link {
                 key: opened.key,
                 rx: opened.rx,
@@ -126,6 +135,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let allowed = self.gate.permissions.may_publish(&self.identity(), &topic);
                 self.gate.metrics.mqtt_received(allowed);
                 if allowed {
+                    // Flow control (MQTT 5.0 §4.9): no more unacknowledged QoS 1 and 2
+                    // publishes than the CONNACK's Receive Maximum.
+                    if qos > 0 && v5 {
+                        self.unacknowledged += 1;
+                        if self.unacknowledged > RECEIVE_MAXIMUM {
+                            return Some(Outcome::Violation(
+                                DisconnectReasonCode::ReceiveMaximumExceeded,
+                            ));
+                        }
+                    }
                     let Some(link) = self.link().await else {
                         return Some(Outcome::RouterGone);
                     };
@@ -165,7 +184,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let mut codes = Vec::with_capacity(subscribe.filters.len());
                 let mut allowed = Vec::new();
                 // lanyard's topics this packet subscribes to anew (the router replays those)
-                // and again (the gate delivers those): each once per packet, however often the
+                // and again with Retain Handling 0 (the gate delivers those, into the output
+                // `mqtt.max_queued_bytes` bounds): each once per packet, however often the
                 // packet names it.
                 let mut fresh = BTreeSet::new();
                 let mut again = BTreeSet::new();
@@ -180,18 +200,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         if let Some(filters) = &mut self.session.filters {
                             filters.insert(filter.path.clone());
                         }
+                        let mut filter = filter;
                         if self.gate.permissions.is_reserved(&filter.path)
                             && TopicName::parse(&filter.path).is_ok()
                         {
-                            if self.session.lanyard_topics.insert(filter.path.clone()) {
+                            let new = self.session.lanyard_topics.insert(filter.path.clone());
+                            if new {
                                 fresh.insert(filter.path.clone());
-                            } else if !fresh.contains(&filter.path) {
-                                // Subscribed already: the router will not replay it (MQTT
-                                // §3.3.1.3 asks for the retained message on every subscribe).
-                                again.insert(filter.path.clone());
+                            }
+                            if filter.retain_forward_rule == RetainForwardRule::OnEverySubscribe {
+                                if !new && !fresh.contains(&filter.path) {
+                                    again.insert(filter.path.clone());
+                                }
+                                filter.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
                             }
                         }
-                        let mut filter = filter;
                         if let Some(path) = self.router_filter(&filter.path) {
                             filter.path = path;
                         }
@@ -272,9 +295,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
             Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
-            Packet::Disconnect(disconnect, _) => {
+            Packet::Disconnect(disconnect, props) => {
                 let will =
                     disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                if let Some(expiry) = props.and_then(|p| p.session_expiry_interval) {
+                    // A session that was to end with its connection cannot be kept now
+                    // ([MQTT-3.14.2-2]); any other may be shortened, lengthened or ended.
+                    if !self.session.kept && expiry > 0 {
+                        return Some(Outcome::Violation(DisconnectReasonCode::ProtocolError));
+                    }
+                    let expiry = expiry.min(self.gate.session_expiry);
+                    self.session.kept = expiry > 0;
+                    self.session.will_delay = self.session.will_delay.min(expiry);
+                    self.gate
+                        .sessions
+                        .set_expiry(&self.session.key, self.session.seq, expiry);
+                }
                 return Some(Outcome::Disconnected { will });
             }
             _ => return Some(Outcome::Violation(DisconnectReasonCode::ProtocolError)),
@@ -366,7 +402,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .cloned()
             .collect();
         let will_allowed = self.session.will.as_ref().is_none_or(|will| {
-            std::str::from_utf8(&will.topic)
+            std::str::from_utf8(&will.publish.topic)
                 .ok()
                 .and_then(|t| TopicName::parse(t).ok())
                 .is_some_and(|t| permissions.may_publish(&identity, &t))

@@ -88,8 +88,18 @@ pub struct Gate {
 impl Gate {
     /// Publishes a message as lanyard itself.
     pub(crate) async fn publish(&self, publish: Publish) {
+        self.publish_with(publish, None).await;
+    }
+
+    /// Publishes a message with its properties as lanyard itself, at the QoS it carries (a
+    /// will keeps its own).
+    pub(crate) async fn publish_with(
+        &self,
+        publish: Publish,
+        properties: Option<rumqttd::protocol::PublishProperties>,
+    ) {
         self.router
-            .send(self.internal_link, Packet::Publish(publish, None))
+            .send(self.internal_link, Packet::Publish(publish, properties))
             .await;
     }
 
@@ -187,10 +197,8 @@ impl Broker {
         };
         let router = RouterLinks::start(max_connections + 16);
         let internal = router
-            .open(LinkSession::Named {
-                tenant_id: "lanyard-internal".into(),
+            .open(LinkSession::Server {
                 client_id: uuid::Uuid::new_v4().simple().to_string(),
-                clean: true,
             })
             .await
             .context("opening lanyard's own link into the MQTT router")?;

@@ -120,6 +120,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.wake_link = true;
                 return None;
             }
+            // A subscriber of this client's messages is about to lose some: the client is
+            // not read from until it catches up (TCP back-pressure).
+            Notification::Hold => {
+                self.held = true;
+                return None;
+            }
+            Notification::Release => {
+                self.held = false;
+                return None;
+            }
+            Notification::Dropped(count) => {
+                self.gate.metrics.mqtt_dropped(count);
+                tracing::warn!(client = %self.session.key, count, "mqtt: messages for a client that read too slowly were dropped");
+                return None;
+            }
             other => Option::<Packet>::from(other)?,
         };
         match packet {
@@ -163,6 +178,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
             Packet::Disconnect(..) => return Some(Outcome::RouterGone),
+            // The end of a QoS 1 or 2 flow the client began: its quota is restored (§4.9).
+            ack @ (Packet::PubAck(..) | Packet::PubComp(..)) => {
+                self.unacknowledged = self.unacknowledged.saturating_sub(1);
+                self.write(ack);
+            }
             other => self.write(other),
         }
         None

@@ -32,18 +32,47 @@ const FEEDER_QUEUE: usize = 8192;
 #[derive(Debug, Clone)]
 pub enum LinkSession {
     /// A clean session, under a pooled identifier.
-    Clean,
+    Clean { receive_maximum: u16 },
     /// The session stored under the client's own identifier (tenant-scoped, so tenants stay
     /// apart): resumed, or discarded when `clean`.
     Named {
         tenant_id: String,
         client_id: String,
         clean: bool,
+        receive_maximum: u16,
     },
+    /// lanyard's own link: what it publishes (its retained topics, wills) keeps its QoS and
+    /// is not acknowledged.
+    Server { client_id: String },
 }
 
-/// The tenant under which the router sees pooled identifiers; tenant ids are UUIDs.
+impl LinkSession {
+    /// A named session opened only to be discarded, or checked for.
+    pub fn named(tenant_id: &str, client_id: &str, clean: bool) -> LinkSession {
+        LinkSession::Named {
+            tenant_id: tenant_id.to_owned(),
+            client_id: client_id.to_owned(),
+            clean,
+            receive_maximum: RECEIVE_MAXIMUM_DEFAULT,
+        }
+    }
+}
+
+/// MQTT 5.0 §3.1.2.11.3: a client that says nothing takes 65,535 messages unacknowledged;
+/// the router sends at most 100 (its inflight window).
+pub const RECEIVE_MAXIMUM_DEFAULT: u16 = u16::MAX;
+
+/// The tenants under which the router sees pooled identifiers and lanyard's own link; tenant
+/// ids are UUIDs.
 const POOL_TENANT: &str = "lanyard-pool";
+const SERVER_TENANT: &str = "lanyard-internal";
+
+/// How a link is opened in the router.
+struct Opened {
+    clean: bool,
+    receive_maximum: u16,
+    server: bool,
+}
 
 /// An open link: the key to send on it through the feeder, and its receiving half.
 pub struct OpenLink {
@@ -136,10 +165,12 @@ impl RouterLinks {
                     .expect("a current-thread runtime");
                 runtime.block_on(async move {
                     let mut links = Links::default();
-                    let build = |client_id: &str, tenant_id: String, clean: bool| {
+                    let build = |client_id: &str, tenant_id: String, opened: Opened| {
                         LinkBuilder::new(client_id, router_tx.clone())
                             .tenant_id(Some(tenant_id))
-                            .clean_session(clean)
+                            .clean_session(opened.clean)
+                            .max_inflight(opened.receive_maximum)
+                            .server(opened.server)
                             .build()
                             .map_err(|e| match e {
                                 LinkError::Send(_) => None,
@@ -191,12 +222,7 @@ impl RouterLinks {
                                 if links.names.contains_key(&name) {
                                     continue;
                                 }
-                                let (tenant_id, client_id) = name;
-                                let session = LinkSession::Named {
-                                    tenant_id,
-                                    client_id,
-                                    clean: true,
-                                };
+                                let session = LinkSession::named(&name.0, &name.1, true);
                                 match links.open(session, build) {
                                     None => {
                                         tracing::error!("the MQTT router stopped");
@@ -272,26 +298,37 @@ impl Links {
         &mut self,
         session: LinkSession,
         // Fails with None when the router stopped, else with why it refused the link.
-        build: impl FnOnce(&str, String, bool) -> Result<(LinkTx, LinkRx, Notification), Option<String>>,
+        build: impl FnOnce(&str, String, Opened) -> Result<(LinkTx, LinkRx, Notification), Option<String>>,
     ) -> Option<Option<OpenLink>> {
-        let (tenant_id, client_id, clean, pooled) = match session {
-            LinkSession::Clean => {
+        let opened = |clean, receive_maximum, server| Opened {
+            clean,
+            receive_maximum,
+            server,
+        };
+        let (tenant_id, client_id, how, pooled) = match session {
+            LinkSession::Clean { receive_maximum } => {
                 let id = self.free_ids.pop().unwrap_or_else(|| {
                     self.next_id += 1;
                     self.next_id
                 });
-                (POOL_TENANT.to_owned(), id.to_string(), true, Some(id))
+                let how = opened(true, receive_maximum, false);
+                (POOL_TENANT.to_owned(), id.to_string(), how, Some(id))
             }
             LinkSession::Named {
                 tenant_id,
                 client_id,
                 clean,
-            } => (tenant_id, client_id, clean, None),
+                receive_maximum,
+            } => (tenant_id, client_id, opened(clean, receive_maximum, false), None),
+            LinkSession::Server { client_id } => {
+                let how = opened(true, RECEIVE_MAXIMUM_DEFAULT, true);
+                (SERVER_TENANT.to_owned(), client_id, how, None)
+            }
         };
         let name = pooled
             .is_none()
             .then(|| (tenant_id.clone(), client_id.clone()));
-        match build(&client_id, tenant_id, clean) {
+        match build(&client_id, tenant_id, how) {
             Ok((tx, rx, ack)) => {
                 self.next_key += 1;
                 if let Some(name) = &name {

@@ -222,6 +222,18 @@ impl Sessions {
         }
     }
 
+    /// The connection holding claim `seq` changed its session's expiry as it disconnected
+    /// (MQTT 5.0 §3.14.2.2.2): 0 ends the session with the connection.
+    pub fn set_expiry(&self, key: &Key, seq: u64, expiry: u32) {
+        let mut entries = self.entries.lock().expect("sessions lock");
+        if let Some(entry) = entries.get_mut(key)
+            && entry.live.as_ref().is_some_and(|l| l.seq == seq)
+        {
+            entry.expiry = expiry;
+            entry.persistent = expiry > 0;
+        }
+    }
+
     /// Forgets the stored sessions whose expiry has come by `now` (MQTT 5.0 §3.1.2.11.2); a
     /// pending will is sent first. Returns their keys: the router still holds their state.
     pub fn expire(&self, now: i64) -> Vec<Key> {

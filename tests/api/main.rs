@@ -25,6 +25,7 @@ mod metadata;
 mod metrics;
 mod mqtt;
 mod mqtt_bytes;
+mod mqtt_conformance;
 #[path = "../support/mqtt_packets.rs"]
 mod mqtt_packets;
 mod nats;

@@ -312,9 +312,11 @@ fn check_families(text: &str) {
         assert!(value("lanyard_db_pool_idle_connections", &[("pool", pool)]) >= 0.0);
     }
     assert_eq!(value("lanyard_build_info", &[]), 1.0);
-    // Two more, the NATS callout's, move in `nats.rs`.
+    // Two more, the NATS callout's, move in `nats.rs`; the dropped messages' in
+    // `mqtt_conformance.rs`.
+    assert_eq!(value("lanyard_mqtt_messages_dropped_total", &[]), 0.0);
     let served = families(text);
-    assert_eq!(served.len(), 19, "{served:?}");
+    assert_eq!(served.len(), 20, "{served:?}");
     assert!(
         served.iter().all(|f| f.starts_with("lanyard_")),
         "{served:?}"

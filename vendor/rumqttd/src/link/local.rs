@@ -49,6 +49,10 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // the client's Receive Maximum; 100 by default
+    max_inflight: u16,
+    // false by default
+    server: bool,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,7 +66,23 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            max_inflight: 100,
+            server: false,
         }
+    }
+
+    /// The most QoS 1 and 2 messages the router sends this link unacknowledged at once: the
+    /// client's Receive Maximum (MQTT 5.0 §3.1.2.11.3), at most 100.
+    pub fn max_inflight(mut self, max: u16) -> Self {
+        self.max_inflight = max;
+        self
+    }
+
+    /// A link of the server itself: what it publishes keeps its QoS and is not acknowledged
+    /// (it publishes wills, which need no answer).
+    pub fn server(mut self, server: bool) -> Self {
+        self.server = server;
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -111,8 +131,10 @@ impl<'a> LinkBuilder<'a> {
         connection
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
+        connection.server = self.server;
         let incoming = Incoming::new(connection.client_id.to_owned());
-        let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
+        let (mut outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
+        outgoing.set_max_inflight(self.max_inflight);
         let outgoing_data_buffer = outgoing.buffer();
         let incoming_data_buffer = incoming.buffer();
 

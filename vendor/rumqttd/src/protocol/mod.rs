@@ -191,6 +191,12 @@ impl Publish {
         }
     }
 
+    /// The same message at another QoS: what a server link publishes (a will) keeps its own.
+    pub fn with_qos(mut self, qos: QoS) -> Publish {
+        self.qos = qos;
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         false
     }

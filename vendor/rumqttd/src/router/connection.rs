@@ -4,6 +4,7 @@ use crate::protocol::LastWillProperties;
 use crate::Filter;
 use crate::{protocol::LastWill, Topic};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::ConnectionEvents;
 
@@ -33,6 +34,10 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// `client_id`, shared by every message this connection publishes (for No Local).
+    pub(crate) origin: Arc<str>,
+    /// A link of the server itself: its publishes keep their QoS and get no acknowledgement.
+    pub(crate) server: bool,
 }
 
 impl Connection {
@@ -55,6 +60,8 @@ impl Connection {
         };
 
         Connection {
+            origin: client_id.as_str().into(),
+            server: false,
             client_id,
             tenant_prefix,
             dynamic_filters,

@@ -5,10 +5,10 @@ use std::{
 
 use flume::{Receiver, Sender};
 use parking_lot::Mutex;
-use tracing::{error, warn};
+use tracing::warn;
 
 use crate::{
-    protocol::Packet,
+    protocol::{Packet, QoS},
     router::{FilterIdx, MAX_CHANNEL_CAPACITY},
     Cursor, Notification,
 };
@@ -64,6 +64,8 @@ pub struct Outgoing {
     pub(crate) unacked_pubrels: VecDeque<u16>,
     /// Last packet id
     last_pkid: u16,
+    /// The most messages inflight at once (see `set_max_inflight`).
+    max_inflight: usize,
     /// Metrics of outgoing messages of this connection
     pub(crate) meter: OutgoingMeter,
 }
@@ -87,6 +89,7 @@ impl Outgoing {
             unacked_pubrels,
             handle,
             last_pkid: 0,
+            max_inflight: MAX_INFLIGHT,
             meter: Default::default(),
         };
 
@@ -98,8 +101,18 @@ impl Outgoing {
         self.data_buffer.clone()
     }
 
+    /// Inflight slots left: the client's Receive Maximum (MQTT 5.0 §3.3.4, [MQTT-3.3.4-9]) or
+    /// `MAX_INFLIGHT`, whichever is smaller, less the messages awaiting their acknowledgement.
     pub fn free_slots(&self) -> usize {
-        MAX_INFLIGHT - self.inflight_buffer.len()
+        // A QoS 2 message counts until its PUBCOMP ([MQTT-4.9.0-2]).
+        let unacknowledged = self.inflight_buffer.len() + self.unacked_pubrels.len();
+        self.max_inflight.saturating_sub(unacknowledged)
+    }
+
+    /// Sets the most QoS 1 and 2 messages sent unacknowledged at once (the client's Receive
+    /// Maximum), at most `MAX_INFLIGHT`.
+    pub fn set_max_inflight(&mut self, max: u16) {
+        self.max_inflight = usize::from(max).clamp(1, MAX_INFLIGHT);
     }
 
     pub fn push_notification(&mut self, notification: Notification) -> usize {
@@ -108,30 +121,22 @@ impl Outgoing {
         buffer.len()
     }
 
-    /// Push packets to the outgoing buffer.
+    /// Push packets to the outgoing buffer. Each message goes at its own QoS: those at QoS 1
+    /// and 2 get a packet id and an inflight slot, those at QoS 0 neither.
     pub fn push_forwards(
         &mut self,
         publishes: impl Iterator<Item = Forward>,
-        qos: u8,
         filter_idx: usize,
     ) -> (usize, usize) {
         let mut buffer = self.data_buffer.lock();
-        let publishes = publishes;
-
-        if qos == 0 {
-            for p in publishes {
-                self.meter.publish_count += 1;
-                buffer.push_back(Notification::Forward(p));
-                // self.meter.total_size += p.len();
-            }
-
-            // self.meter.update_data_rate(total_size);
-            let buffer_count = buffer.len();
-            let inflight_count = self.inflight_buffer.len();
-            return (buffer_count, inflight_count);
-        }
 
         for mut p in publishes {
+            if p.publish.qos == QoS::AtMostOnce {
+                self.meter.publish_count += 1;
+                buffer.push_back(Notification::Forward(p));
+                continue;
+            }
+
             // Index and pkid of current outgoing packet
             self.last_pkid += 1;
             p.publish.pkid = self.last_pkid;
@@ -152,27 +157,23 @@ impl Outgoing {
         let buffer_count = buffer.len();
         let inflight_count = self.inflight_buffer.len();
 
-        if inflight_count > MAX_INFLIGHT {
+        if inflight_count > self.max_inflight {
             warn!(
                 "More inflight publishes than max allowed, inflight count = {}, max allowed = {}",
-                inflight_count, MAX_INFLIGHT
+                inflight_count, self.max_inflight
             );
         }
 
         (buffer_count, inflight_count)
     }
 
-    // Returns (unsolicited, outoforder) flags
-    // Return: Out of order or unsolicited acks
+    /// Registers the PUBACK or PUBREC of an inflight message; None if none is inflight under
+    /// `pkid` (an unsolicited acknowledgement). A client acknowledges QoS 1 and QoS 2 messages
+    /// each in their order ([MQTT-4.6.0-2], [MQTT-4.6.0-3]), which interleave as they please:
+    /// an acknowledgement may answer any inflight message.
     pub fn register_ack(&mut self, pkid: u16) -> Option<()> {
-        let (head, _filter_idx, _cursor) = self.inflight_buffer.pop_front()?;
-
-        // We don't support out of order acks
-        if pkid != head {
-            error!(pkid, head, "out of order ack.");
-            return None;
-        }
-
+        let at = self.inflight_buffer.iter().position(|(id, ..)| *id == pkid)?;
+        self.inflight_buffer.remove(at);
         Some(())
     }
 
@@ -182,19 +183,10 @@ impl Outgoing {
         self.unacked_pubrels.push_back(pkid);
     }
 
-    // OASIS standards don't specify anything about ordering of PubComp
-    // https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901240
-    // But we don't support out of order / unsolicited pubcomps
-    // to be consistent with the behaviour with other acks
+    /// Registers the PUBCOMP of a PUBREL sent; None if no PUBREL went out under `pkid`.
     pub fn register_pubcomp(&mut self, pkid: u16) -> Option<()> {
-        let id = self.unacked_pubrels.pop_front()?;
-
-        // out of order acks
-        if pkid != id {
-            error!(pkid, id, "out of order ack.");
-            return None;
-        }
-
+        let at = self.unacked_pubrels.iter().position(|id| *id == pkid)?;
+        self.unacked_pubrels.remove(at);
         Some(())
     }
 

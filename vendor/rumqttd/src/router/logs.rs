@@ -13,15 +13,23 @@ use crate::segments::{CommitLog, Position};
 use crate::Storage;
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
 type PubWithProp = (Publish, Option<PublishProperties>);
+
+/// A message as a subscriber reads it: the publish, its properties, and the client id of the
+/// connection that published it (for No Local, MQTT 5.0 §3.8.3.1; `None` for retained
+/// messages sent on subscribe).
+pub(crate) type Stored = (Publish, Option<PublishProperties>, Option<Arc<str>>);
 
 #[derive(Clone)]
 pub struct PublishData {
     pub publish: Publish,
     pub properties: Option<PublishProperties>,
     pub timestamp: Instant,
+    /// The client id of the connection that published it.
+    pub origin: Option<Arc<str>>,
 }
 
 impl From<PubWithProp> for PublishData {
@@ -30,6 +38,7 @@ impl From<PubWithProp> for PublishData {
             publish,
             properties,
             timestamp: Instant::now(),
+            origin: None,
         }
     }
 }
@@ -99,6 +108,11 @@ impl DataLog {
         self.native
             .get(*self.filter_indexes.get(filter)?)
             .map(|data| &data.waiters)
+    }
+
+    /// The log of a filter, if it has one.
+    pub fn filter_index(&self, filter: &str) -> Option<FilterIdx> {
+        self.filter_indexes.get(filter).copied()
     }
 
     pub fn remove_waiters_for_id(
@@ -177,7 +191,7 @@ impl DataLog {
         filter_idx: FilterIdx,
         offset: Offset,
         len: u64,
-    ) -> io::Result<(Position, Vec<(PubWithProp, Offset)>)> {
+    ) -> io::Result<(Position, Vec<(Stored, Offset)>)> {
         // unwrap to get index of `self.native` is fine here, because when a new subscribe packet
         // arrives in `Router::handle_device_payload`, it first calls the function
         // `next_native_offset` which creates a new commitlog if one doesn't exist. So any new
@@ -219,7 +233,12 @@ impl DataLog {
         // no need to include timestamp when returning
         let o = o
             .into_iter()
-            .map(|(pubdata, offset)| ((pubdata.publish, pubdata.properties), offset))
+            .map(|(pubdata, offset)| {
+                (
+                    (pubdata.publish, pubdata.properties, pubdata.origin),
+                    offset,
+                )
+            })
             .collect();
 
         Ok((next, o))

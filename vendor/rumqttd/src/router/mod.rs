@@ -20,6 +20,7 @@ mod connection;
 mod graveyard;
 pub mod iobufs;
 mod logs;
+mod pressure;
 mod routing;
 mod scheduler;
 pub(crate) mod shared_subs;
@@ -89,6 +90,13 @@ pub enum Notification {
     Shadow(ShadowReply),
     Unschedule,
     Disconnect(Disconnect, Option<DisconnectProperties>),
+    /// Stop taking publishes from the client: a subscriber of what it publishes is about to
+    /// lose messages (see `pressure.rs`).
+    Hold,
+    /// Take publishes from the client again.
+    Release,
+    /// This many messages for the client were lost: it read too slowly and the log moved on.
+    Dropped(u64),
 }
 
 type MaybePacket = Option<Packet>;
@@ -196,6 +204,19 @@ pub struct DataRequest {
     max_count: usize,
     pub(crate) forward_retained: bool,
     pub(crate) group: Option<String>,
+    /// Retained messages already sent while `forward_retained` is being served in parts.
+    #[serde(default)]
+    pub(crate) retained_sent: usize,
+    /// No Local (MQTT 5.0 §3.8.3.1): the subscriber's own publishes are not forwarded.
+    #[serde(default)]
+    pub(crate) nolocal: bool,
+    /// Retain As Published (MQTT 5.0 §3.8.3.1): forwarded messages keep their RETAIN flag.
+    #[serde(default)]
+    pub(crate) preserve_retain: bool,
+    /// Set when a persistent session's cursor is moved back to its first unacknowledged
+    /// message: what lies before this cursor was sent before, and goes again with DUP set.
+    #[serde(default)]
+    pub(crate) redeliver_until: Option<crate::Cursor>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

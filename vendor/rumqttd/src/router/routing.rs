@@ -14,14 +14,15 @@ use slab::Slab;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::Utf8Error;
 use std::thread;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 
 use super::alertlog::{Alert, AlertLog};
 use super::graveyard::Graveyard;
 use super::iobufs::{Incoming, Outgoing};
-use super::logs::{AckLog, DataLog};
+use super::logs::{AckLog, DataLog, PublishData};
+use super::pressure::{self, Pressure};
 use super::scheduler::{ScheduleReason, Scheduler};
 use super::shared_subs::SharedGroup;
 use super::{
@@ -102,6 +103,10 @@ pub struct Router {
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// Publishers held while a subscriber of theirs is about to lose messages
+    pressure: Pressure,
+    /// When held publishers were last looked at
+    pressure_checked: Instant,
 }
 
 impl Router {
@@ -143,7 +148,14 @@ impl Router {
             cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
+            pressure: Pressure::default(),
+            pressure_checked: Instant::now(),
         }
+    }
+
+    /// Tells held publishers to take publishes again.
+    fn release(&mut self, publishers: Vec<ConnectionId>) {
+        release(&mut self.obufs, publishers);
     }
 
     /// Gets handle to the router. This is not a public method to ensure that link
@@ -196,8 +208,25 @@ impl Router {
         // Block on incoming events if there are no ready connections for consumption
         if self.consume().is_none() {
             // trace!("{}:: {:20} {:20} {:?}", self.id, "", "done-await", self.readyqueue);
-            let (id, data) = self.router_rx.recv()?;
-            self.events(id, data);
+            if self.pressure.is_holding() {
+                // Held publishers are looked at even when nothing else happens.
+                match self.router_rx.recv_timeout(pressure::CHECK_EVERY) {
+                    Ok((id, data)) => self.events(id, data),
+                    Err(flume::RecvTimeoutError::Timeout) => {}
+                    Err(flume::RecvTimeoutError::Disconnected) => {
+                        return Err(RouterError::Disconnected)
+                    }
+                }
+            } else {
+                let (id, data) = self.router_rx.recv()?;
+                self.events(id, data);
+            }
+        }
+        if self.pressure.is_holding() && self.pressure_checked.elapsed() >= pressure::CHECK_EVERY {
+            let now = Instant::now();
+            self.pressure_checked = now;
+            let released = self.pressure.expire(now);
+            self.release(released);
         }
 
         // Try reading more from connections in a non-blocking
@@ -465,6 +494,8 @@ impl Router {
 
         let inflight_data_requests = self.datalog.clean(id);
         let retransmissions = outgoing.retransmission_map();
+        let released = self.pressure.forget(id, Instant::now());
+        self.release(released);
 
         // Remove connections from all groups and
         // discard empty group ( group with no client )
@@ -503,6 +534,12 @@ impl Router {
 
             for request in tracker.data_requests.iter_mut() {
                 if let Some(cursor) = retransmissions.get(&request.filter_idx) {
+                    // What lies between the first unacknowledged message and the old cursor
+                    // was sent once: sent again with DUP ([MQTT-3.3.1-1]).
+                    if *cursor < request.cursor {
+                        let until = request.redeliver_until.unwrap_or(request.cursor);
+                        request.redeliver_until = Some(until.max(request.cursor));
+                    }
                     request.cursor = *cursor;
                     // reset the group cursor
                     if let Some(group_name) = &request.group {
@@ -552,6 +589,8 @@ impl Router {
         let mut new_data = false;
         let mut disconnect = false;
         let mut disconnect_reason: Option<DisconnectReasonCode> = None;
+        // Logs this connection wrote into whose readers are at risk: it is held.
+        let mut holds = Vec::new();
 
         // info!("{:15.15}[I] {:20} count = {}", client_id, "packets", packets.len());
 
@@ -578,7 +617,10 @@ impl Router {
                     // Currently as we don't have replication, we just use a single offset, even when appending to
                     // multiple commit logs.
 
+                    // The server's own messages (wills) keep their QoS and get no answer.
+                    let server = self.connections.get(id).is_some_and(|c| c.server);
                     match qos {
+                        _ if server => {}
                         QoS::AtLeastOnce => {
                             let puback = PubAck {
                                 pkid,
@@ -615,6 +657,7 @@ impl Router {
                         &mut self.datalog,
                         &mut self.notifications,
                         &mut self.connections,
+                        (&self.pressure, &mut holds),
                     ) {
                         Ok(_offset) => {
                             // Even if one of the data in the batch is appended to commitlog,
@@ -756,6 +799,11 @@ impl Router {
                             ackslog.unsuback(unsuback);
                             self.scheduler.untrack(id, filter);
                             self.datalog.remove_waiters_for_id(id, filter);
+                            if let Some(filter_idx) = self.datalog.filter_index(filter) {
+                                let released =
+                                    self.pressure.reader(filter_idx, id, false, Instant::now());
+                                release(&mut self.obufs, released);
+                            }
                             force_ack = true;
                         }
                     }
@@ -826,6 +874,7 @@ impl Router {
                         &mut self.datalog,
                         &mut self.notifications,
                         &mut self.connections,
+                        (&self.pressure, &mut holds),
                     ) {
                         Ok(_offset) => {
                             // Even if one of the data in the batch is appended to commitlog,
@@ -859,6 +908,9 @@ impl Router {
                         disconnect = true;
                         break;
                     }
+
+                    // A QoS 2 message holds its slot until PUBCOMP ([MQTT-4.9.0-2]).
+                    self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
                 }
                 Packet::PingReq(_) => {
                     let ackslog = self.ackslog.get_mut(id).unwrap();
@@ -902,6 +954,19 @@ impl Router {
         // Incase BytesMut represents 10 packets, publish error/diconnect event
         // on say 5th packet should not block new data notifications for packets
         // 1 - 4. Hence we use a flag instead of diconnecting immediately
+        if !holds.is_empty() {
+            let mut first = false;
+            for filter_idx in holds {
+                first |= self.pressure.hold(id, filter_idx);
+            }
+            if first {
+                if let Some(outgoing) = self.obufs.get_mut(id) {
+                    outgoing.push_notification(Notification::Hold);
+                    outgoing.handle.try_send(()).ok();
+                }
+            }
+        }
+
         if disconnect {
             self.handle_disconnection(id, disconnect_reason);
         }
@@ -957,14 +1022,18 @@ impl Router {
                 .insert(filter_path.clone(), subscription_id);
         }
 
-        // check is group is None because retained messages aren't sent
-        // for shared subscriptions
-        // TODO: use retain forward rules
-        let forward_retained = group.is_none();
+        // Retained messages are sent on subscribe as Retain Handling says (MQTT 5.0
+        // §3.8.3.1), never for shared subscriptions ([MQTT-3.8.3-4] forbids No Local there).
+        let is_new = connection.subscriptions.insert(filter_path.clone());
+        let forward_retained = group.is_none()
+            && match filter.retain_forward_rule {
+                protocol::RetainForwardRule::OnEverySubscribe => true,
+                protocol::RetainForwardRule::OnNewSubscribe => is_new,
+                protocol::RetainForwardRule::Never => false,
+            };
+        let nolocal = filter.nolocal && group.is_none();
 
-        // call to `insert(_)` returns `true` if it didn't contain the filter_path already
-        // i.e. its a new subscription
-        if connection.subscriptions.insert(filter_path.clone()) {
+        if is_new {
             let request = DataRequest {
                 filter: filter_path.clone(),
                 filter_idx,
@@ -972,19 +1041,61 @@ impl Router {
                 cursor,
                 read_count: 0,
                 max_count: 100,
-                // set true for new subscriptions
                 forward_retained,
                 group,
+                retained_sent: 0,
+                nolocal,
+                preserve_retain: filter.preserve_retain,
+                redeliver_until: None,
             };
 
             self.scheduler.track(id, request);
             self.scheduler.reschedule(id, ScheduleReason::NewFilter);
             debug_assert!(self.scheduler.check_tracker_duplicates(id).is_none())
+        } else {
+            // A subscription to a filter the session holds replaces its options
+            // ([MQTT-3.8.4-3]): the request reading it is updated wherever it waits.
+            let update = |request: &mut DataRequest| {
+                request.qos = filter.qos as u8;
+                request.nolocal = nolocal;
+                request.preserve_retain = filter.preserve_retain;
+                if forward_retained {
+                    request.forward_retained = true;
+                    request.retained_sent = 0;
+                }
+            };
+            let tracked = self.scheduler.trackers.get_mut(id).and_then(|tracker| {
+                tracker
+                    .data_requests
+                    .iter_mut()
+                    .find(|r| r.filter == *filter_path)
+            });
+            if let Some(request) = tracked {
+                update(request);
+            } else if let Some((_, request)) = self
+                .notifications
+                .iter_mut()
+                .find(|(conn, r)| *conn == id && r.filter == *filter_path)
+            {
+                update(request);
+            } else if let Some(data) = self.datalog.native.get_mut(filter_idx) {
+                let waiters = data.waiters.get_mut();
+                if let Some(at) = waiters
+                    .iter()
+                    .position(|(conn, r)| *conn == id && r.filter == *filter_path)
+                {
+                    if forward_retained {
+                        // Parked until new data: woken now to send the retained messages.
+                        let (_, mut request) = waiters.swap_remove_back(at).unwrap();
+                        update(&mut request);
+                        self.scheduler.track(id, request);
+                        self.scheduler.reschedule(id, ScheduleReason::NewFilter);
+                    } else {
+                        update(&mut waiters[at].1);
+                    }
+                }
+            }
         }
-
-        // TODO: figure out how we can update existing DataRequest
-        // helpful in re-subscriptions and forwarding retained messages on
-        // every subscribe
 
         let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
         meter.register_subscription(filter_path.clone());
@@ -1022,6 +1133,8 @@ impl Router {
         // Keep track of temporarily skipped DataRequest
         // NOTE: VecDeque::new() doesn't allocate memory until elements are pushed
         let mut skipped_requests: VecDeque<DataRequest> = VecDeque::new();
+        // Publishers released because this connection's logs are out of risk now.
+        let mut released = Vec::new();
 
         // A new connection's tracker is always initialized with acks request.
         // A subscribe will register data request.
@@ -1041,6 +1154,7 @@ impl Router {
                     }
                     // add back the skipped requests!
                     self.scheduler.trackv(id, skipped_requests);
+                    self.release(released);
                     return Some(());
                 }
             };
@@ -1050,14 +1164,28 @@ impl Router {
                 .as_ref()
                 .and_then(|name| self.shared_subscriptions.get_mut(name));
 
-            match forward_device_data(
+            let status = forward_device_data(
                 &mut request,
                 datalog,
                 outgoing,
                 alertlog,
                 connection,
                 shared_group,
-            ) {
+            );
+
+            // A reader this far behind loses messages unless its publishers wait for it.
+            let filter_idx = request.filter_idx;
+            let (_, tail) = datalog.native[filter_idx].log._head_and_tail();
+            let risk = !matches!(status, ConsumeStatus::FilterCaughtup)
+                && pressure::at_risk(
+                    tail.saturating_sub(request.cursor.0),
+                    datalog.config.max_segment_count,
+                );
+            if risk || self.pressure.follows(filter_idx, id) {
+                released.extend(self.pressure.reader(filter_idx, id, risk, Instant::now()));
+            }
+
+            match status {
                 ConsumeStatus::BufferFull => {
                     requests.push_back(request);
                     self.scheduler.pause(id, PauseReason::Busy);
@@ -1089,6 +1217,7 @@ impl Router {
         // Add requests back to the tracker if there are any
         requests.extend(skipped_requests);
         self.scheduler.trackv(id, requests);
+        self.release(released);
         Some(())
     }
 
@@ -1184,6 +1313,17 @@ impl Router {
     }
 }
 
+/// Tells held publishers to take publishes again.
+fn release(obufs: &mut Slab<Outgoing>, publishers: Vec<ConnectionId>) {
+    for id in publishers {
+        if let Some(outgoing) = obufs.get_mut(id) {
+            outgoing.push_notification(Notification::Release);
+            outgoing.handle.try_send(()).ok();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn append_to_commitlog(
     id: ConnectionId,
     mut publish: Publish,
@@ -1191,6 +1331,7 @@ fn append_to_commitlog(
     datalog: &mut DataLog,
     notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
     connections: &mut Slab<Connection>,
+    (pressure, holds): (&Pressure, &mut Vec<FilterIdx>),
 ) -> Result<Offset, RouterError> {
     let connection = connections.get_mut(id).unwrap();
 
@@ -1233,9 +1374,8 @@ fn append_to_commitlog(
         datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
     }
 
-    // after recording retained message, we also send that message to existing subscribers
-    // as normal publish message. Therefore we are setting retain to false
-    publish.retain = false;
+    // The message keeps its RETAIN flag in the log: each subscription decides whether it is
+    // forwarded (Retain As Published, MQTT 5.0 §3.8.3.1).
     let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
@@ -1252,9 +1392,17 @@ fn append_to_commitlog(
 
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
+        // The server's own links are never held.
+        if !connection.server
+            && pressure.has_readers_at_risk(filter_idx)
+            && pressure.congested(filter_idx, Instant::now())
+        {
+            holds.push(filter_idx);
+        }
         let datalog = datalog.native.get_mut(filter_idx).unwrap();
-        let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
+        let mut publish_data = PublishData::from((publish.clone(), properties.clone()));
+        publish_data.origin = Some(connection.origin.clone());
+        let (offset, filter) = datalog.append(publish_data, notifications);
         debug!(
             pkid,
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
@@ -1268,7 +1416,7 @@ fn append_to_commitlog(
 }
 
 fn append_will_message(
-    mut publish: Publish,
+    publish: Publish,
     properties: Option<PublishProperties>,
     datalog: &mut DataLog,
     notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
@@ -1304,9 +1452,8 @@ fn append_will_message(
         datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
     }
 
-    // after recording retained message, we also send that message to existing subscribers
-    // as normal publish message. Therefore we are setting retain to false
-    publish.retain = false;
+    // The message keeps its RETAIN flag in the log: each subscription decides whether it is
+    // forwarded (Retain As Published, MQTT 5.0 §3.8.3.1).
     let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
@@ -1319,8 +1466,8 @@ fn append_will_message(
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
         let datalog = datalog.native.get_mut(filter_idx).unwrap();
-        let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
+        let publish_data = PublishData::from((publish.clone(), properties.clone()));
+        let (offset, filter) = datalog.append(publish_data, notifications);
         debug!(
             pkid,
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
@@ -1460,29 +1607,55 @@ fn forward_device_data(
     }
 
     let mut publishes = Vec::new();
+    let granted = request.qos;
 
     if request.forward_retained {
-        // NOTE: ideally we want to limit the number of read messages
-        // and skip the messages previously read while reading next time.
-        // but for now, we just try to read all messages and drop the excess ones
+        // Retained messages are sent in topic order. Those delivered at QoS 0 need no inflight
+        // slot; those at QoS 1 or 2 are sent as slots allow, and the rest on the next read
+        // (`retained_sent` counts those already sent), never dropped.
         let mut retained_publishes = datalog.read_retained_messages(&request.filter);
-        retained_publishes.truncate(inflight_slots as usize);
-
-        publishes.extend(retained_publishes.into_iter().map(|p| (p, None)));
-        inflight_slots -= publishes.len() as u64;
-
-        // we only want to forward retained messages once
-        request.forward_retained = false;
+        retained_publishes.sort_by(|a, b| a.0.topic.cmp(&b.0.topic));
+        let mut budget = inflight_slots;
+        let mut remaining = false;
+        for (n, (publish, properties)) in retained_publishes.into_iter().enumerate() {
+            if n < request.retained_sent {
+                continue;
+            }
+            if (publish.qos as u8).min(granted) > 0 {
+                if budget == 0 {
+                    remaining = true;
+                    break;
+                }
+                budget -= 1;
+            }
+            request.retained_sent = n + 1;
+            publishes.push(((publish, properties, None), None));
+        }
+        inflight_slots = budget;
+        if !remaining {
+            // Sent once per subscribe (Retain Handling, MQTT 5.0 §3.8.3.1).
+            request.forward_retained = false;
+            request.retained_sent = 0;
+        }
     }
 
-    let (next, publishes_from_datalog) =
+    let (next, publishes_from_datalog) = if inflight_slots == 0 {
+        (
+            Position::Next {
+                start: request.cursor,
+                end: request.cursor,
+            },
+            Vec::new(),
+        )
+    } else {
         match datalog.native_readv(request.filter_idx, request.cursor, inflight_slots) {
             Ok(v) => v,
             Err(e) => {
                 error!(error = ?e, "Failed to read from commitlog {}", e);
                 return ConsumeStatus::FilterCaughtup;
             }
-        };
+        }
+    };
 
     publishes.extend(
         publishes_from_datalog
@@ -1521,6 +1694,11 @@ fn forward_device_data(
 
         let alert = alert::cursorjump(&outgoing.client_id, &request.filter, 0);
         alertlog.log(alert);
+        // The messages between were lost for this subscriber: it is told how many.
+        let lost = start.1.saturating_sub(request.cursor.1);
+        if lost > 0 {
+            outgoing.push_notification(Notification::Dropped(lost));
+        }
     }
 
     trace!(
@@ -1531,14 +1709,23 @@ fn forward_device_data(
         publishes.len()
     );
 
-    let qos = request.qos;
     let filter_idx = request.filter_idx;
     request.read_count += publishes.len();
     request.cursor = next;
+    // Messages before this cursor were sent before the session was resumed: those at QoS 1
+    // and 2 are sent again with DUP set, those at QoS 0 not at all (at most once).
+    let redeliver_until = request.redeliver_until;
+    if redeliver_until.is_some_and(|until| next >= until) {
+        request.redeliver_until = None;
+    }
     // println!("{:?} {:?} {}", start, next, request.read_count);
 
     if publishes.is_empty() {
-        return ConsumeStatus::FilterCaughtup;
+        return if request.forward_retained {
+            ConsumeStatus::PartialRead
+        } else {
+            ConsumeStatus::FilterCaughtup
+        };
     }
 
     let broker_topic_aliases = &mut connection.broker_topic_aliases;
@@ -1556,12 +1743,32 @@ fn forward_device_data(
     }
 
     let subscription_id = connection.subscription_ids.get(&request.filter);
+    let nolocal = request.nolocal;
+    let preserve_retain = request.preserve_retain;
+    let own = &connection.origin;
 
     // Fill and notify device data
     let forwards = publishes
         .into_iter()
-        .map(|((mut publish, mut properties), offset)| {
-            publish.qos = protocol::qos(qos).unwrap();
+        .filter_map(|((mut publish, mut properties, origin), offset)| {
+            // No Local: not back to the client that published it (MQTT 5.0 §3.8.3.1).
+            if nolocal && origin.as_ref() == Some(own) {
+                return None;
+            }
+            // At most the QoS it was published with (MQTT 5.0 §3.8.4, [MQTT-3.8.4-6]).
+            let delivered = (publish.qos as u8).min(granted);
+            let redelivered =
+                matches!((offset, redeliver_until), (Some(at), Some(until)) if at < until);
+            if redelivered && delivered == 0 {
+                return None;
+            }
+            publish.qos = protocol::qos(delivered).unwrap();
+            // DUP is the server's own: set on a message sent again, never copied from the
+            // publisher ([MQTT-3.3.1-1], [MQTT-3.3.1-3]).
+            publish.dup = redelivered;
+            // Sent because of a new subscription (offset None): RETAIN 1. Otherwise as
+            // published with Retain As Published, else 0 ([MQTT-3.3.1-12], [MQTT-3.3.1-13]).
+            publish.retain = offset.is_none() || (publish.retain && preserve_retain);
 
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {
@@ -1582,15 +1789,15 @@ fn forward_device_data(
                 properties = Some(props);
             }
 
-            Forward {
+            Some(Forward {
                 cursor: offset,
                 size: 0,
                 publish,
                 properties,
-            }
+            })
         });
 
-    let (len, inflight) = outgoing.push_forwards(forwards, qos, filter_idx);
+    let (len, inflight) = outgoing.push_forwards(forwards, filter_idx);
 
     debug!(
         inflight_count = inflight,
@@ -1618,7 +1825,7 @@ fn forward_device_data(
         share.cursor = request.cursor;
     }
 
-    if caughtup {
+    if caughtup && !request.forward_retained {
         ConsumeStatus::FilterCaughtup
     } else {
         ConsumeStatus::PartialRead

@@ -1,0 +1,201 @@
+//! Back-pressure on publishers (a lanyard patch, see PATCHES.md).
+//!
+//! Each filter's log keeps its recent messages in a few segments; a subscriber that falls more
+//! than the log behind loses the oldest (its cursor jumps). Rather than dropping messages for
+//! subscribers that are reading, the router holds the publishers that write into a log one of
+//! whose readers is at risk, until the reader is out of risk: a held publisher's link is told
+//! (`Notification::Hold`) and stops reading from its client, whose TCP window then slows it down.
+//!
+//! A reader that stays at risk longer than [`HOLD_MAX`] is not reading (it stopped, or reads
+//! far slower than the topic is written): it no longer holds anyone, and the messages it misses
+//! are counted (`Notification::Dropped`). So one stalled subscriber delays publishers at most
+//! that long, once, instead of stopping a topic for everyone.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::FilterIdx;
+use crate::ConnectionId;
+
+/// How long a reader at risk may hold publishers.
+pub(crate) const HOLD_MAX: Duration = Duration::from_secs(2);
+/// How often held publishers are looked at when nothing else happens.
+pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+#[derive(Default)]
+pub(crate) struct Pressure {
+    /// Per log: readers at risk of losing messages at the log's next rollover, and since when.
+    at_risk: HashMap<FilterIdx, HashMap<ConnectionId, Instant>>,
+    /// Per log: publishers held until it is out of risk.
+    holding: HashMap<FilterIdx, HashSet<ConnectionId>>,
+    /// Per held publisher: the logs it waits on.
+    held: HashMap<ConnectionId, HashSet<FilterIdx>>,
+}
+
+/// Whether a reader `behind` segments behind the log's active one is at risk: with `segments`
+/// segments kept, it is in the oldest two (or the oldest, for fewer than three).
+pub(crate) fn at_risk(behind: u64, segments: usize) -> bool {
+    let segments = segments as u64;
+    behind + 2 >= segments.max(3)
+}
+
+impl Pressure {
+    /// Whether log `filter_idx` has readers at risk (cheap: no clock read).
+    pub(crate) fn has_readers_at_risk(&self, filter_idx: FilterIdx) -> bool {
+        self.at_risk.contains_key(&filter_idx)
+    }
+
+    /// Whether a publisher writing into log `filter_idx` is to be held.
+    pub(crate) fn congested(&self, filter_idx: FilterIdx, now: Instant) -> bool {
+        self.at_risk
+            .get(&filter_idx)
+            .is_some_and(|readers| readers.values().any(|since| now - *since < HOLD_MAX))
+    }
+
+    /// Whether the reader `id` of log `filter_idx` is followed here.
+    pub(crate) fn follows(&self, filter_idx: FilterIdx, id: ConnectionId) -> bool {
+        self.at_risk
+            .get(&filter_idx)
+            .is_some_and(|readers| readers.contains_key(&id))
+    }
+
+    /// Records whether the reader `id` of log `filter_idx` is at risk; returns the publishers
+    /// released because the log is out of risk now.
+    pub(crate) fn reader(
+        &mut self,
+        filter_idx: FilterIdx,
+        id: ConnectionId,
+        risk: bool,
+        now: Instant,
+    ) -> Vec<ConnectionId> {
+        if risk {
+            self.at_risk
+                .entry(filter_idx)
+                .or_default()
+                .entry(id)
+                .or_insert(now);
+            return Vec::new();
+        }
+        if let Some(readers) = self.at_risk.get_mut(&filter_idx) {
+            readers.remove(&id);
+            if readers.is_empty() {
+                self.at_risk.remove(&filter_idx);
+            }
+        }
+        self.release_if_clear(filter_idx, now)
+    }
+
+    /// Holds `publisher` until log `filter_idx` is out of risk; true if it was not held yet.
+    pub(crate) fn hold(&mut self, publisher: ConnectionId, filter_idx: FilterIdx) -> bool {
+        self.holding.entry(filter_idx).or_default().insert(publisher);
+        let logs = self.held.entry(publisher).or_default();
+        let first = logs.is_empty();
+        logs.insert(filter_idx);
+        first
+    }
+
+    /// Whether any publisher is held.
+    pub(crate) fn is_holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// A connection went away: it holds no one and waits on nothing. Returns the publishers
+    /// released.
+    pub(crate) fn forget(&mut self, id: ConnectionId, now: Instant) -> Vec<ConnectionId> {
+        if let Some(logs) = self.held.remove(&id) {
+            for log in logs {
+                if let Some(publishers) = self.holding.get_mut(&log) {
+                    publishers.remove(&id);
+                }
+            }
+        }
+        let logs: Vec<FilterIdx> = self
+            .at_risk
+            .iter()
+            .filter(|(_, readers)| readers.contains_key(&id))
+            .map(|(log, _)| *log)
+            .collect();
+        logs.into_iter()
+            .flat_map(|log| self.reader(log, id, false, now))
+            .collect()
+    }
+
+    /// Releases the publishers of every log whose readers at risk all held longer than
+    /// [`HOLD_MAX`].
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<ConnectionId> {
+        let logs: Vec<FilterIdx> = self.holding.keys().copied().collect();
+        logs.into_iter()
+            .flat_map(|log| self.release_if_clear(log, now))
+            .collect()
+    }
+
+    fn release_if_clear(&mut self, filter_idx: FilterIdx, now: Instant) -> Vec<ConnectionId> {
+        if self.congested(filter_idx, now) {
+            return Vec::new();
+        }
+        let Some(publishers) = self.holding.remove(&filter_idx) else {
+            return Vec::new();
+        };
+        let mut released = Vec::new();
+        for publisher in publishers {
+            if let Some(logs) = self.held.get_mut(&publisher) {
+                logs.remove(&filter_idx);
+                if logs.is_empty() {
+                    self.held.remove(&publisher);
+                    released.push(publisher);
+                }
+            }
+        }
+        released
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn a_reader_in_the_two_oldest_segments_is_at_risk() {
+        assert!(!at_risk(0, 4));
+        assert!(!at_risk(1, 4));
+        assert!(at_risk(2, 4));
+        assert!(at_risk(3, 4));
+        assert!(at_risk(1, 2));
+    }
+
+    #[test]
+    fn publishers_are_held_while_a_reader_is_at_risk_and_released_after() {
+        let now = Instant::now();
+        let mut p = Pressure::default();
+        assert!(p.reader(7, 1, true, now).is_empty());
+        assert!(p.congested(7, now));
+        assert!(p.hold(2, 7));
+        assert!(!p.hold(2, 7));
+        assert_eq!(p.reader(7, 1, false, now), vec![2]);
+        assert!(!p.is_holding());
+    }
+
+    #[test]
+    fn a_reader_at_risk_too_long_holds_no_one() {
+        let start = Instant::now();
+        let mut p = Pressure::default();
+        p.reader(7, 1, true, start);
+        p.hold(2, 7);
+        assert!(p.expire(start + HOLD_MAX / 2).is_empty());
+        assert_eq!(p.expire(start + HOLD_MAX), vec![2]);
+        assert!(!p.congested(7, start + HOLD_MAX));
+    }
+
+    #[test]
+    fn a_reader_or_publisher_that_goes_away_is_forgotten() {
+        let now = Instant::now();
+        let mut p = Pressure::default();
+        p.reader(7, 1, true, now);
+        p.hold(2, 7);
+        assert_eq!(p.forget(1, now), vec![2]);
+        p.reader(7, 1, true, now);
+        p.hold(2, 7);
+        assert!(p.forget(2, now).is_empty());
+        assert!(!p.is_holding());
+    }
+}
