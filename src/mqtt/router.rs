@@ -298,7 +298,11 @@ impl Links {
         &mut self,
         session: LinkSession,
         // Fails with None when the router stopped, else with why it refused the link.
-        build: impl FnOnce(&str, String, Opened) -> Result<(LinkTx, LinkRx, Notification), Option<String>>,
+        build: impl FnOnce(
+            &str,
+            String,
+            Opened,
+        ) -> Result<(LinkTx, LinkRx, Notification), Option<String>>,
     ) -> Option<Option<OpenLink>> {
         let opened = |clean, receive_maximum, server| Opened {
             clean,
@@ -319,7 +323,12 @@ impl Links {
                 client_id,
                 clean,
                 receive_maximum,
-            } => (tenant_id, client_id, opened(clean, receive_maximum, false), None),
+            } => (
+                tenant_id,
+                client_id,
+                opened(clean, receive_maximum, false),
+                None,
+            ),
             LinkSession::Server { client_id } => {
                 let how = opened(true, RECEIVE_MAXIMUM_DEFAULT, true);
                 (SERVER_TENANT.to_owned(), client_id, how, None)

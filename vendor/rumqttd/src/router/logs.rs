@@ -115,10 +115,13 @@ impl DataLog {
         self.filter_indexes.get(filter).copied()
     }
 
-    pub fn remove_waiters_for_id(
+    /// Removes the request of connection `id` for subscription `subscription` (a filter, or
+    /// `$share/{group}/{filter}`) parked on the log of `filter`.
+    pub fn remove_waiter(
         &mut self,
         id: ConnectionId,
-        filter: &Filter,
+        filter: &str,
+        subscription: &str,
     ) -> Option<DataRequest> {
         let data = self
             .native
@@ -128,7 +131,7 @@ impl DataLog {
 
         waiters
             .iter()
-            .position(|&(conn_id, _)| conn_id == id)
+            .position(|(conn_id, request)| *conn_id == id && request.filter == subscription)
             .and_then(|index| {
                 waiters
                     .swap_remove_back(index)

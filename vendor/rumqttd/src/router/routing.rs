@@ -775,13 +775,20 @@ impl Router {
                                 continue;
                             }
 
-                            // Remove connections from all groups
-                            // discard empty group ( group with no client )
-                            // note: can we do this in better way?
-                            self.shared_subscriptions.retain(|_, group| {
-                                group.remove_client(&client_id);
-                                !group.is_empty()
-                            });
+                            // A shared subscription leaves its own group only (discarded once
+                            // empty); the log it reads is its filter's.
+                            let log_filter = match extract_group(filter) {
+                                Some((group, log_filter)) => {
+                                    if let Some(shared) = self.shared_subscriptions.get_mut(&group) {
+                                        shared.remove_client(&client_id);
+                                        if shared.is_empty() {
+                                            self.shared_subscriptions.remove(&group);
+                                        }
+                                    }
+                                    log_filter
+                                }
+                                None => filter.clone(),
+                            };
 
                             if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
                                 broker_aliases.remove_alias(filter);
@@ -797,9 +804,13 @@ impl Router {
                             };
                             let ackslog = self.ackslog.get_mut(id).unwrap();
                             ackslog.unsuback(unsuback);
+                            // The request reading it stops wherever it waits: tracked, parked
+                            // on its log, or about to be woken.
                             self.scheduler.untrack(id, filter);
-                            self.datalog.remove_waiters_for_id(id, filter);
-                            if let Some(filter_idx) = self.datalog.filter_index(filter) {
+                            self.datalog.remove_waiter(id, &log_filter, filter);
+                            self.notifications
+                                .retain(|(conn, request)| !(*conn == id && request.filter == *filter));
+                            if let Some(filter_idx) = self.datalog.filter_index(&log_filter) {
                                 let released =
                                     self.pressure.reader(filter_idx, id, false, Instant::now());
                                 release(&mut self.obufs, released);
