@@ -327,7 +327,7 @@ async fn the_clients_receive_maximum_holds_back_further_messages() {
     sub.subscribe(1, vec![filter(&t, QoS::ExactlyOnce)]).await;
     let mut publisher = Wire::open(&app, "publisher", &token).await;
     let qos = |i: u16| {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             QoS::AtLeastOnce
         } else {
             QoS::ExactlyOnce
