@@ -371,6 +371,43 @@ async fn the_clients_receive_maximum_holds_back_further_messages() {
 }
 
 #[tokio::test]
+async fn a_packet_id_awaiting_its_acknowledgement_is_not_given_again() {
+    let (app, token) = open_broker().await;
+    let t = topic("pkid");
+    let mut sub = Wire::open(&app, "sub", &token).await;
+    sub.subscribe(1, vec![filter(&t, QoS::AtLeastOnce)]).await;
+    let mut publisher = Wire::open(&app, "publisher", &token).await;
+    for i in 0..100u16 {
+        publisher
+            .publish(&t, &format!("m{i}"), QoS::AtLeastOnce, false, i + 1)
+            .await;
+    }
+    let mut first = None;
+    for i in 0..100 {
+        let m = sub.message().await;
+        // Every message is acknowledged but the first.
+        if i == 0 {
+            first = Some(m.pkid);
+        } else {
+            sub.send(P5::PubAck(v5::PubAck::new(m.pkid, None))).await;
+        }
+    }
+    let first = first.unwrap();
+    for i in 0..150u16 {
+        publisher
+            .publish(&t, &format!("n{i}"), QoS::AtLeastOnce, false, i + 1)
+            .await;
+        let m = sub.message().await;
+        assert_ne!(
+            m.pkid, first,
+            "a packet id still awaiting its PUBACK was given again"
+        );
+        sub.send(P5::PubAck(v5::PubAck::new(m.pkid, None))).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_beyond_lanyards_receive_maximum_is_disconnected() {
     let (app, token) = open_broker().await;
     let (mut wire, ack) = Wire::connect(&app, "flood", &token, Hello::clean()).await;
@@ -718,23 +755,37 @@ async fn a_resumed_session_gets_its_unacknowledged_messages_again_with_dup() {
     let t = topic("dup");
     let mut publisher = Wire::open(&app, "publisher", &token).await;
 
-    // 5.0
+    // 5.0: the first message is acknowledged, the second not, the third is QoS 0.
     let (mut sub, _) = Wire::connect(&app, "five", &token, Hello::clean().expiry(300)).await;
-    sub.subscribe(1, vec![filter(&t, QoS::AtLeastOnce)]).await;
+    sub.subscribe(1, vec![filter(&t, QoS::ExactlyOnce)]).await;
     publisher
-        .publish(&t, "q1", QoS::AtLeastOnce, false, 1)
+        .publish(&t, "acked", QoS::AtLeastOnce, false, 1)
+        .await;
+    publisher
+        .publish(&t, "q2", QoS::ExactlyOnce, false, 2)
         .await;
     publisher.publish(&t, "q0", QoS::AtMostOnce, false, 0).await;
+    let acked = sub.message().await;
+    sub.send(P5::PubAck(v5::PubAck::new(acked.pkid, None)))
+        .await;
     let first = sub.message().await;
-    assert!(!first.dup);
+    assert_eq!((first.payload.as_ref(), first.dup), (&b"q2"[..], false));
     assert_eq!(sub.message().await.payload.as_ref(), b"q0");
     drop(sub);
     let (mut sub, ack) = Wire::connect(&app, "five", &token, Hello::default().expiry(300)).await;
     assert!(ack.session_present);
     let again = sub.message().await;
-    assert_eq!((again.payload.as_ref(), again.dup), (&b"q1"[..], true));
+    assert_eq!((again.payload.as_ref(), again.dup), (&b"q2"[..], true));
+    // The same packet id ([MQTT-4.4.0-1]): a QoS 2 receiver knows it by that id.
     assert_eq!(again.pkid, first.pkid);
-    assert!(sub.quiet().await.is_empty(), "a QoS 0 message went twice");
+    assert_ne!(
+        first.pkid, 1,
+        "the test needs an id a fresh connection would not give"
+    );
+    assert!(
+        sub.quiet().await.is_empty(),
+        "an acknowledged or QoS 0 message went twice"
+    );
 
     // 3.1.1
     let (mut sub, _) = Wire4::connect(&app, "four", &token, false).await;

@@ -128,7 +128,8 @@ impl Outgoing {
         publishes: impl Iterator<Item = Forward>,
         filter_idx: usize,
     ) -> (usize, usize) {
-        let mut buffer = self.data_buffer.lock();
+        let data_buffer = self.data_buffer.clone();
+        let mut buffer = data_buffer.lock();
 
         for mut p in publishes {
             if p.publish.qos == QoS::AtMostOnce {
@@ -137,17 +138,15 @@ impl Outgoing {
                 continue;
             }
 
-            // Index and pkid of current outgoing packet
-            self.last_pkid += 1;
-            p.publish.pkid = self.last_pkid;
-
+            // A message sent again keeps its packet id, unless another took it meanwhile.
+            let again = p.publish.pkid;
+            p.publish.pkid = if again != 0 && !self.is_outstanding(again) {
+                again
+            } else {
+                self.next_pkid()
+            };
             self.inflight_buffer
-                .push_back((self.last_pkid, filter_idx, p.cursor));
-
-            // Place max pkid packet at index 0
-            if self.last_pkid == MAX_PKID {
-                self.last_pkid = 0;
-            }
+                .push_back((p.publish.pkid, filter_idx, p.cursor));
 
             self.meter.publish_count += 1;
             self.meter.total_size += p.publish.topic.len() + p.publish.payload.len();
@@ -165,6 +164,26 @@ impl Outgoing {
         }
 
         (buffer_count, inflight_count)
+    }
+
+    /// The next packet id, 1 to `MAX_PKID` in turn, skipping those still awaiting an
+    /// acknowledgement: acknowledgements come in any order, so an old one may still be out. A
+    /// free slot (checked by the caller) means a free id.
+    fn next_pkid(&mut self) -> u16 {
+        for _ in 0..MAX_PKID {
+            self.last_pkid = self.last_pkid % MAX_PKID + 1;
+            let pkid = self.last_pkid;
+            if !self.is_outstanding(pkid) {
+                return pkid;
+            }
+        }
+        self.last_pkid
+    }
+
+    /// Whether `pkid` awaits an acknowledgement (PUBACK, PUBREC or PUBCOMP).
+    fn is_outstanding(&self, pkid: u16) -> bool {
+        self.inflight_buffer.iter().any(|(id, ..)| *id == pkid)
+            || self.unacked_pubrels.contains(&pkid)
     }
 
     /// Registers the PUBACK or PUBREC of an inflight message; None if none is inflight under
@@ -202,6 +221,16 @@ impl Outgoing {
         }
 
         o
+    }
+
+    /// The packet ids of the messages of log `filter_idx` awaiting their acknowledgement, by
+    /// where they are in the log: sent again with the same ids ([MQTT-4.4.0-1]).
+    pub fn inflight_ids(&self, filter_idx: FilterIdx) -> Vec<(Cursor, u16)> {
+        self.inflight_buffer
+            .iter()
+            .filter(|(_, idx, _)| *idx == filter_idx)
+            .filter_map(|(pkid, _, cursor)| cursor.map(|c| (c, *pkid)))
+            .collect()
     }
 }
 

@@ -217,6 +217,9 @@ pub struct DataRequest {
     /// message: what lies before this cursor was sent before, and goes again with DUP set.
     #[serde(default)]
     pub(crate) redeliver_until: Option<crate::Cursor>,
+    /// The packet ids those messages were sent with, by their place in the log.
+    #[serde(default)]
+    pub(crate) redeliver_ids: Vec<(crate::Cursor, u16)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -539,6 +539,7 @@ impl Router {
                     if *cursor < request.cursor {
                         let until = request.redeliver_until.unwrap_or(request.cursor);
                         request.redeliver_until = Some(until.max(request.cursor));
+                        request.redeliver_ids = outgoing.inflight_ids(request.filter_idx);
                     }
                     request.cursor = *cursor;
                     // reset the group cursor
@@ -1058,6 +1059,7 @@ impl Router {
                 nolocal,
                 preserve_retain: filter.preserve_retain,
                 redeliver_until: None,
+                redeliver_ids: Vec::new(),
             };
 
             self.scheduler.track(id, request);
@@ -1726,9 +1728,12 @@ fn forward_device_data(
     // Messages before this cursor were sent before the session was resumed: those at QoS 1
     // and 2 are sent again with DUP set, those at QoS 0 not at all (at most once).
     let redeliver_until = request.redeliver_until;
-    if redeliver_until.is_some_and(|until| next >= until) {
+    let redeliver_ids = if redeliver_until.is_some_and(|until| next >= until) {
         request.redeliver_until = None;
-    }
+        std::mem::take(&mut request.redeliver_ids)
+    } else {
+        request.redeliver_ids.clone()
+    };
     // println!("{:?} {:?} {}", start, next, request.read_count);
 
     if publishes.is_empty() {
@@ -1775,8 +1780,16 @@ fn forward_device_data(
             }
             publish.qos = protocol::qos(delivered).unwrap();
             // DUP is the server's own: set on a message sent again, never copied from the
-            // publisher ([MQTT-3.3.1-1], [MQTT-3.3.1-3]).
+            // publisher ([MQTT-3.3.1-1], [MQTT-3.3.1-3]); a message sent again keeps its packet
+            // id ([MQTT-4.4.0-1]), which `push_forwards` gives it.
             publish.dup = redelivered;
+            publish.pkid = match (redelivered, offset) {
+                (true, Some(at)) => redeliver_ids
+                    .iter()
+                    .find(|(cursor, _)| *cursor == at)
+                    .map_or(0, |(_, pkid)| *pkid),
+                _ => 0,
+            };
             // Sent because of a new subscription (offset None): RETAIN 1. Otherwise as
             // published with Retain As Published, else 0 ([MQTT-3.3.1-12], [MQTT-3.3.1-13]).
             publish.retain = offset.is_none() || (publish.retain && preserve_retain);
