@@ -221,6 +221,9 @@ pub(super) struct Session {
     pub(super) named_link: bool,
     /// The session outlives the connection (its expiry is not 0).
     pub(super) kept: bool,
+    /// 5.0: the CONNECT asked for a Session Expiry Interval other than 0 (a DISCONNECT may then
+    /// change it, [MQTT-3.14.2-2]).
+    pub(super) asked_to_keep: bool,
     pub(super) ended: oneshot::Receiver<EndReason>,
     /// The token the session was granted under: tenant, client, subject, system, scopes.
     pub(super) grant: Grant,
@@ -440,6 +443,7 @@ where
         link,
         named_link,
         kept: expiry > 0,
+        asked_to_keep: asked_expiry.is_some_and(|asked| asked > 0),
         ended: claim.ended,
         grant: known.clone(),
         // MQTT §3.1.2.10: one and a half times the keep-alive without a packet ends it.

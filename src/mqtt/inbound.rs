@@ -190,6 +190,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let mut fresh = BTreeSet::new();
                 let mut again = BTreeSet::new();
                 for filter in subscribe.filters {
+                    // No Local on a shared subscription is a protocol error ([MQTT-3.8.3-4]).
+                    if filter.nolocal && filter.path.starts_with("$share/") {
+                        return Some(Outcome::Violation(DisconnectReasonCode::ProtocolError));
+                    }
                     let refusal = match TopicFilter::parse(&filter.path) {
                         Err(_) if v5 => Some(SubscribeReasonCode::TopicFilterInvalid),
                         Ok(f) if self.gate.permissions.may_subscribe(&self.identity(), &f) => None,
@@ -301,7 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 if let Some(expiry) = props.and_then(|p| p.session_expiry_interval) {
                     // A session that was to end with its connection cannot be kept now
                     // ([MQTT-3.14.2-2]); any other may be shortened, lengthened or ended.
-                    if !self.session.kept && expiry > 0 {
+                    if !self.session.asked_to_keep && expiry > 0 {
                         return Some(Outcome::Violation(DisconnectReasonCode::ProtocolError));
                     }
                     let expiry = expiry.min(self.gate.session_expiry);

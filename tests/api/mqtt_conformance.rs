@@ -804,6 +804,111 @@ async fn a_resumed_session_gets_its_unacknowledged_messages_again_with_dup() {
 }
 
 #[tokio::test]
+async fn only_what_was_unacknowledged_goes_again_when_a_session_resumes() {
+    let (app, token) = open_broker().await;
+    let t = topic("again");
+    let mut publisher = Wire::open(&app, "publisher", &token).await;
+    let (mut sub, _) = Wire::connect(&app, "sub", &token, Hello::clean().expiry(300)).await;
+    sub.subscribe(1, vec![filter(&t, QoS::ExactlyOnce)]).await;
+    publisher.publish(&t, "x", QoS::AtLeastOnce, false, 1).await;
+    publisher.publish(&t, "y", QoS::ExactlyOnce, false, 2).await;
+    publisher.publish(&t, "z", QoS::AtMostOnce, false, 0).await;
+    let (x, y) = (sub.message().await, sub.message().await);
+    assert_eq!(sub.message().await.payload.as_ref(), b"z");
+    // y is received (PUBREC) before x is acknowledged, which it never is.
+    sub.send(P5::PubRec(v5::PubRec::new(y.pkid, None))).await;
+    match sub.recv(WAIT).await {
+        Some(P5::PubRel(rel)) => assert_eq!(rel.pkid, y.pkid),
+        other => panic!("no PUBREL: {other:?}"),
+    }
+    drop(sub);
+    let (mut sub, ack) = Wire::connect(&app, "sub", &token, Hello::default().expiry(300)).await;
+    assert!(ack.session_present);
+    let mut seen = sub.quiet().await;
+    seen.sort_by_key(|p| matches!(p, P5::PubRel(_)));
+    match &seen[..] {
+        [P5::Publish(again), P5::PubRel(rel)] => {
+            assert_eq!(
+                (again.payload.as_ref(), again.dup, again.pkid),
+                (&b"x"[..], true, x.pkid)
+            );
+            assert_eq!(rel.pkid, y.pkid);
+        }
+        other => panic!("x again and y's PUBREL, nothing else: {other:?}"),
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_qos2_publish_released_after_the_session_resumes_is_delivered_once() {
+    let (app, token) = open_broker().await;
+    let t = topic("release");
+    let mut watcher = Wire::open(&app, "watcher", &token).await;
+    watcher
+        .subscribe(1, vec![filter(&t, QoS::ExactlyOnce)])
+        .await;
+    let (mut publisher, _) =
+        Wire::connect(&app, "publisher", &token, Hello::clean().expiry(300)).await;
+    let mut publish = v5::Publish::new(&t, QoS::ExactlyOnce, "once", None);
+    publish.pkid = 7;
+    publisher.send(P5::Publish(publish)).await;
+    match publisher.recv(WAIT).await {
+        Some(P5::PubRec(rec)) => assert_eq!(rec.pkid, 7),
+        other => panic!("no PUBREC: {other:?}"),
+    }
+    drop(publisher);
+    assert!(
+        watcher.quiet().await.is_empty(),
+        "released before its PUBREL"
+    );
+    let (mut publisher, ack) =
+        Wire::connect(&app, "publisher", &token, Hello::default().expiry(300)).await;
+    assert!(ack.session_present);
+    // The client resends its PUBREL ([MQTT-4.4.0-1]).
+    publisher.send(P5::PubRel(v5::PubRel::new(7, None))).await;
+    match publisher.recv(WAIT).await {
+        Some(P5::PubComp(comp)) => {
+            assert_eq!((comp.pkid, comp.reason), (7, v5::PubCompReason::Success));
+        }
+        other => panic!("no PUBCOMP: {other:?}"),
+    }
+    assert_eq!(watcher.message().await.payload.as_ref(), b"once");
+    // Once more: nothing is held under that id now, and the connection stays.
+    publisher.send(P5::PubRel(v5::PubRel::new(7, None))).await;
+    match publisher.recv(WAIT).await {
+        Some(P5::PubComp(comp)) => {
+            assert_eq!(comp.reason, v5::PubCompReason::PacketIdentifierNotFound);
+        }
+        other => panic!("no PUBCOMP: {other:?}"),
+    }
+    publisher
+        .publish(&t, "after", QoS::AtLeastOnce, false, 8)
+        .await;
+    assert_eq!(watcher.message().await.payload.as_ref(), b"after");
+    assert!(watcher.quiet().await.is_empty(), "delivered twice");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn no_local_on_a_shared_subscription_is_a_protocol_error() {
+    let (app, token) = open_broker().await;
+    let mut wire = Wire::open(&app, "shared", &token).await;
+    let mut shared = filter(&format!("$share/g/{}", topic("nl")), QoS::AtMostOnce);
+    shared.nolocal = true;
+    wire.send(P5::Subscribe(v5::Subscribe {
+        pkid: 1,
+        filters: vec![shared],
+        properties: None,
+    }))
+    .await;
+    match wire.recv(WAIT).await {
+        Some(P5::Disconnect(d)) => assert_eq!(d.reason_code, DisconnectReasonCode::ProtocolError),
+        other => panic!("no DISCONNECT: {other:?}"),
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_v5_message_with_properties_reaches_a_v311_subscriber() {
     let (app, token) = open_broker().await;
     let t = topic("mixed");

@@ -16,7 +16,8 @@ use crate::{
 use super::{Forward, IncomingMeter, OutgoingMeter};
 
 const MAX_INFLIGHT: usize = 100;
-const MAX_PKID: u16 = MAX_INFLIGHT as u16;
+/// Packet ids are given in turn over the whole space MQTT allows, skipping those in use.
+const MAX_PKID: u16 = u16::MAX;
 
 #[derive(Debug)]
 pub struct Incoming {
@@ -66,6 +67,8 @@ pub struct Outgoing {
     last_pkid: u16,
     /// The most messages inflight at once (see `set_max_inflight`).
     max_inflight: usize,
+    /// Packet ids of messages a resumed session is to be sent again with: no other takes them.
+    reserved: Vec<u16>,
     /// Metrics of outgoing messages of this connection
     pub(crate) meter: OutgoingMeter,
 }
@@ -90,6 +93,7 @@ impl Outgoing {
             handle,
             last_pkid: 0,
             max_inflight: MAX_INFLIGHT,
+            reserved: Vec::new(),
             meter: Default::default(),
         };
 
@@ -138,12 +142,14 @@ impl Outgoing {
                 continue;
             }
 
-            // A message sent again keeps its packet id, unless another took it meanwhile.
+            // A message sent again keeps its packet id (reserved for it).
             let again = p.publish.pkid;
-            p.publish.pkid = if again != 0 && !self.is_outstanding(again) {
-                again
-            } else {
-                self.next_pkid()
+            p.publish.pkid = match self.reserved.iter().position(|id| *id == again) {
+                Some(at) if again != 0 => {
+                    self.reserved.swap_remove(at);
+                    again
+                }
+                _ => self.next_pkid(),
             };
             self.inflight_buffer
                 .push_back((p.publish.pkid, filter_idx, p.cursor));
@@ -180,10 +186,26 @@ impl Outgoing {
         self.last_pkid
     }
 
-    /// Whether `pkid` awaits an acknowledgement (PUBACK, PUBREC or PUBCOMP).
+    /// Whether `pkid` awaits an acknowledgement (PUBACK, PUBREC or PUBCOMP), or is reserved
+    /// for a message to be sent again.
     fn is_outstanding(&self, pkid: u16) -> bool {
         self.inflight_buffer.iter().any(|(id, ..)| *id == pkid)
             || self.unacked_pubrels.contains(&pkid)
+            || self.reserved.contains(&pkid)
+    }
+
+    /// Keeps `ids` for the messages a resumed session is to be sent again.
+    pub fn reserve(&mut self, ids: impl Iterator<Item = u16>) {
+        self.reserved.extend(ids);
+    }
+
+    /// Frees reserved ids whose messages will not be sent again.
+    pub fn unreserve(&mut self, ids: impl Iterator<Item = u16>) {
+        for id in ids {
+            if let Some(at) = self.reserved.iter().position(|r| *r == id) {
+                self.reserved.swap_remove(at);
+            }
+        }
     }
 
     /// Registers the PUBACK or PUBREC of an inflight message; None if none is inflight under

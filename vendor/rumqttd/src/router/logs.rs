@@ -291,42 +291,36 @@ impl DataLog {
         self.retained_publishes.remove(&topic);
     }
 
-    pub fn read_retained_messages(&mut self, filter: &str) -> Vec<PubWithProp> {
-        trace!(info = "reading retain msg", filter = &filter);
-        let now = Instant::now();
+    /// The retained topics matching `filter`, in order.
+    pub fn retained_topics(&self, filter: &str) -> Vec<Topic> {
+        let mut topics: Vec<Topic> = self
+            .retained_publishes
+            .keys()
+            .filter(|topic| matches(topic, filter))
+            .cloned()
+            .collect();
+        topics.sort_unstable();
+        topics
+    }
 
-        // discard expired retained messages
-        self.retained_publishes.retain(|_, pubdata| {
-            // Keep data if no properties exists, which implies no message expiry!
-            let Some(properties) = pubdata.properties.as_mut() else {
-                return true;
-            };
-
-            // Keep data if there is no message_expiry_interval
-            let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
-                return true;
-            };
-
-            let time_spent = (now - pubdata.timestamp).as_secs() as u32;
-
-            let is_valid = time_spent < *message_expiry_interval;
-
-            // ignore expired messages
-            if is_valid {
-                // set message_expiry_interval to (original value - time spent waiting in server)
-                // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
-                *message_expiry_interval -= time_spent;
+    /// The retained message of `topic` as it is to be sent now: its Message Expiry Interval is
+    /// what is left of it (MQTT 5.0 §3.3.2.3.3); None if there is none, or it expired (it is
+    /// forgotten then). The stored message is never changed.
+    pub fn retained(&mut self, topic: &str) -> Option<PubWithProp> {
+        let stored = self.retained_publishes.get(topic)?;
+        let mut properties = stored.properties.clone();
+        if let Some(expiry) = properties
+            .as_mut()
+            .and_then(|p| p.message_expiry_interval.as_mut())
+        {
+            let kept = stored.timestamp.elapsed().as_secs();
+            if kept >= u64::from(*expiry) {
+                self.retained_publishes.remove(topic);
+                return None;
             }
-
-            is_valid
-        });
-
-        // no need to include timestamp when returning
-        self.retained_publishes
-            .iter()
-            .filter(|(topic, _)| matches(topic, filter))
-            .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
-            .collect()
+            *expiry -= kept as u32;
+        }
+        Some((stored.publish.clone(), properties))
     }
 }
 
@@ -433,10 +427,26 @@ impl AckLog {
         self.committed.push_back(ack);
     }
 
-    pub fn pubcomp(&mut self, ack: PubComp) -> Option<(Publish, Option<PublishProperties>)> {
-        let ack = Ack::PubComp(ack);
-        self.committed.push_back(ack);
-        self.recorded.pop_front()
+    /// Answers a PUBREL: the QoS 2 publish it releases, found by its packet id. A PUBREL for an
+    /// id not held (a client resending it after the publish was released, MQTT 5.0 §4.3.3) is
+    /// answered with PUBCOMP "Packet Identifier not found" and releases nothing.
+    pub fn pubcomp(&mut self, mut ack: PubComp) -> Option<(Publish, Option<PublishProperties>)> {
+        let at = self.recorded.iter().position(|(p, _)| p.pkid == ack.pkid);
+        if at.is_none() {
+            ack.reason = crate::protocol::PubCompReason::PacketIdentifierNotFound;
+        }
+        self.committed.push_back(Ack::PubComp(ack));
+        self.recorded.remove(at?)
+    }
+
+    /// The QoS 2 publishes acknowledged with PUBREC and not yet released: a stored session
+    /// keeps them, so that the client's PUBREL after it resumes releases them.
+    pub fn take_recorded(&mut self) -> VecDeque<(Publish, Option<PublishProperties>)> {
+        std::mem::take(&mut self.recorded)
+    }
+
+    pub fn restore_recorded(&mut self, recorded: VecDeque<(Publish, Option<PublishProperties>)>) {
+        self.recorded = recorded;
     }
 
     pub fn pingresp(&mut self, ack: PingResp) {

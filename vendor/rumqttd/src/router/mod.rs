@@ -204,9 +204,9 @@ pub struct DataRequest {
     max_count: usize,
     pub(crate) forward_retained: bool,
     pub(crate) group: Option<String>,
-    /// Retained messages already sent while `forward_retained` is being served in parts.
+    /// The retained topics still to be sent for `forward_retained`, listed at its first read.
     #[serde(default)]
-    pub(crate) retained_sent: usize,
+    pub(crate) retained_pending: Option<Vec<Topic>>,
     /// No Local (MQTT 5.0 §3.8.3.1): the subscriber's own publishes are not forwarded.
     #[serde(default)]
     pub(crate) nolocal: bool,

@@ -335,6 +335,8 @@ impl Router {
         let previous_session = saved.as_ref().is_some_and(|s| s.session_state.is_some());
         // for qos2 pending pubrels
         let mut pending_acks = VecDeque::new();
+        // QoS 2 publishes of the client awaiting its PUBREL
+        let mut recorded_qos2 = VecDeque::new();
 
         let tracker = if !clean_session {
             // if there was some saved state, restore the metrics
@@ -350,9 +352,18 @@ impl Router {
                 || Tracker::new(client_id.clone()),
                 |session_state| {
                     connection.subscriptions = session_state.subscriptions;
+                    // The packet ids of messages to be sent again are theirs alone.
+                    outgoing.reserve(
+                        session_state
+                            .tracker
+                            .data_requests
+                            .iter()
+                            .flat_map(|r| r.redeliver_ids.iter().map(|(_, pkid)| *pkid)),
+                    );
                     // for using in acklog
                     pending_acks.clone_from(&session_state.unacked_pubrels);
                     outgoing.unacked_pubrels = session_state.unacked_pubrels;
+                    recorded_qos2 = session_state.recorded_qos2;
                     session_state.tracker
                 },
             )
@@ -362,7 +373,8 @@ impl Router {
             Tracker::new(client_id.clone())
         };
 
-        let ackslog = AckLog::new();
+        let mut ackslog = AckLog::new();
+        ackslog.restore_recorded(recorded_qos2);
 
         let time = match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
             Ok(v) => v.as_millis().to_string(),
@@ -485,7 +497,7 @@ impl Router {
         let outgoing = self.obufs.remove(id);
         let mut tracker = self.scheduler.remove(id);
         self.connection_map.remove(&client_id);
-        self.ackslog.remove(id);
+        let mut acklog = self.ackslog.remove(id);
 
         // Don't remove connection id from readyqueue with index. This will
         // remove wrong connection from readyqueue. Instead just leave disconnected
@@ -494,7 +506,9 @@ impl Router {
 
         let inflight_data_requests = self.datalog.clean(id);
         let retransmissions = outgoing.retransmission_map();
-        let released = self.pressure.forget(id, Instant::now());
+        let released =
+            self.pressure
+                .forget(id, &connection.origin, connection.clean, Instant::now());
         self.release(released);
 
         // Remove connections from all groups and
@@ -539,7 +553,16 @@ impl Router {
                     if *cursor < request.cursor {
                         let until = request.redeliver_until.unwrap_or(request.cursor);
                         request.redeliver_until = Some(until.max(request.cursor));
-                        request.redeliver_ids = outgoing.inflight_ids(request.filter_idx);
+                        // Those of an earlier resumption not sent again yet stay listed.
+                        let mut ids = outgoing.inflight_ids(request.filter_idx);
+                        ids.extend(
+                            request
+                                .redeliver_ids
+                                .iter()
+                                .filter(|(at, _)| *at >= request.cursor)
+                                .copied(),
+                        );
+                        request.redeliver_ids = ids;
                     }
                     request.cursor = *cursor;
                     // reset the group cursor
@@ -558,6 +581,7 @@ impl Router {
                 connection.subscriptions,
                 connection.events,
                 outgoing.unacked_pubrels,
+                acklog.take_recorded(),
             );
         } else {
             tracker.pause(PauseReason::Busy);
@@ -813,7 +837,12 @@ impl Router {
                                 .retain(|(conn, request)| !(*conn == id && request.filter == *filter));
                             if let Some(filter_idx) = self.datalog.filter_index(&log_filter) {
                                 let released =
-                                    self.pressure.reader(filter_idx, id, false, Instant::now());
+                                    self.pressure.reader(
+                                        filter_idx,
+                                        (&connection.origin, filter),
+                                        false,
+                                        Instant::now(),
+                                    );
                                 release(&mut self.obufs, released);
                             }
                             force_ack = true;
@@ -870,12 +899,10 @@ impl Router {
                     // on reconnection ( with clean session false )
                     // we try to retrive publish assuming broker saved the previous state
                     // successfully in graveyard.
-                    let (publish, props) = match ackslog.pubcomp(pubcomp) {
-                        Some(v) => v,
-                        None => {
-                            disconnect = true;
-                            break;
-                        }
+                    let Some((publish, props)) = ackslog.pubcomp(pubcomp) else {
+                        // Answered "not found": nothing was held under that id.
+                        force_ack = true;
+                        continue;
                     };
 
                     // Try to append publish to commitlog
@@ -966,10 +993,10 @@ impl Router {
         // Incase BytesMut represents 10 packets, publish error/diconnect event
         // on say 5th packet should not block new data notifications for packets
         // 1 - 4. Hence we use a flag instead of diconnecting immediately
-        if !holds.is_empty() {
+        if let (false, Some(connection)) = (holds.is_empty(), self.connections.get(id)) {
             let mut first = false;
             for filter_idx in holds {
-                first |= self.pressure.hold(id, filter_idx);
+                first |= self.pressure.hold((id, &connection.origin), filter_idx);
             }
             if first {
                 if let Some(outgoing) = self.obufs.get_mut(id) {
@@ -1055,7 +1082,7 @@ impl Router {
                 max_count: 100,
                 forward_retained,
                 group,
-                retained_sent: 0,
+                retained_pending: None,
                 nolocal,
                 preserve_retain: filter.preserve_retain,
                 redeliver_until: None,
@@ -1074,7 +1101,7 @@ impl Router {
                 request.preserve_retain = filter.preserve_retain;
                 if forward_retained {
                     request.forward_retained = true;
-                    request.retained_sent = 0;
+                    request.retained_pending = None;
                 }
             };
             let tracked = self.scheduler.trackers.get_mut(id).and_then(|tracker| {
@@ -1194,8 +1221,9 @@ impl Router {
                     tail.saturating_sub(request.cursor.0),
                     datalog.config.max_segment_count,
                 );
-            if risk || self.pressure.follows(filter_idx, id) {
-                released.extend(self.pressure.reader(filter_idx, id, risk, Instant::now()));
+            let reader = (&connection.origin, request.filter.as_str());
+            if risk || self.pressure.follows(filter_idx, reader.0, reader.1) {
+                released.extend(self.pressure.reader(filter_idx, reader, risk, Instant::now()));
             }
 
             match status {
@@ -1408,7 +1436,7 @@ fn append_to_commitlog(
         // The server's own links are never held.
         if !connection.server
             && pressure.has_readers_at_risk(filter_idx)
-            && pressure.congested(filter_idx, Instant::now())
+            && pressure.congested(filter_idx, &connection.origin, Instant::now())
         {
             holds.push(filter_idx);
         }
@@ -1623,32 +1651,35 @@ fn forward_device_data(
     let granted = request.qos;
 
     if request.forward_retained {
-        // Retained messages are sent in topic order. Those delivered at QoS 0 need no inflight
-        // slot; those at QoS 1 or 2 are sent as slots allow, and the rest on the next read
-        // (`retained_sent` counts those already sent), never dropped.
-        let mut retained_publishes = datalog.read_retained_messages(&request.filter);
-        retained_publishes.sort_by(|a, b| a.0.topic.cmp(&b.0.topic));
+        // The retained topics matching the filter are listed once per subscribe, in order, and
+        // sent from that list: those delivered at QoS 0 need no inflight slot, those at QoS 1
+        // or 2 go as slots allow and the rest on a later read, never dropped. A topic cleared
+        // meanwhile is skipped.
+        let pending = request
+            .retained_pending
+            .get_or_insert_with(|| datalog.retained_topics(&request.filter));
         let mut budget = inflight_slots;
-        let mut remaining = false;
-        for (n, (publish, properties)) in retained_publishes.into_iter().enumerate() {
-            if n < request.retained_sent {
+        let mut sent = 0;
+        for topic in pending.iter() {
+            let Some((publish, properties)) = datalog.retained(topic) else {
+                sent += 1;
                 continue;
-            }
+            };
             if (publish.qos as u8).min(granted) > 0 {
                 if budget == 0 {
-                    remaining = true;
                     break;
                 }
                 budget -= 1;
             }
-            request.retained_sent = n + 1;
+            sent += 1;
             publishes.push(((publish, properties, None), None));
         }
+        pending.drain(..sent);
         inflight_slots = budget;
-        if !remaining {
+        if pending.is_empty() {
             // Sent once per subscribe (Retain Handling, MQTT 5.0 §3.8.3.1).
             request.forward_retained = false;
-            request.retained_sent = 0;
+            request.retained_pending = None;
         }
     }
 
@@ -1728,7 +1759,8 @@ fn forward_device_data(
     // Messages before this cursor were sent before the session was resumed: those at QoS 1
     // and 2 are sent again with DUP set, those at QoS 0 not at all (at most once).
     let redeliver_until = request.redeliver_until;
-    let redeliver_ids = if redeliver_until.is_some_and(|until| next >= until) {
+    let window_done = redeliver_until.is_some_and(|until| next >= until);
+    let redeliver_ids = if window_done {
         request.redeliver_until = None;
         std::mem::take(&mut request.redeliver_ids)
     } else {
@@ -1773,23 +1805,27 @@ fn forward_device_data(
             }
             // At most the QoS it was published with (MQTT 5.0 §3.8.4, [MQTT-3.8.4-6]).
             let delivered = (publish.qos as u8).min(granted);
-            let redelivered =
+            // Before `redeliver_until`, only what was unacknowledged when the session was last
+            // connected goes again, with its packet id ([MQTT-4.4.0-1]); the rest was
+            // acknowledged (QoS 2: PUBREC'd, its PUBREL goes again instead) or sent at QoS 0.
+            let in_window =
                 matches!((offset, redeliver_until), (Some(at), Some(until)) if at < until);
-            if redelivered && delivered == 0 {
+            let again = match (in_window, offset) {
+                (true, Some(at)) => redeliver_ids
+                    .iter()
+                    .find(|(cursor, _)| *cursor == at)
+                    .map(|(_, pkid)| *pkid),
+                _ => None,
+            };
+            if in_window && (again.is_none() || delivered == 0) {
                 return None;
             }
             publish.qos = protocol::qos(delivered).unwrap();
             // DUP is the server's own: set on a message sent again, never copied from the
-            // publisher ([MQTT-3.3.1-1], [MQTT-3.3.1-3]); a message sent again keeps its packet
-            // id ([MQTT-4.4.0-1]), which `push_forwards` gives it.
-            publish.dup = redelivered;
-            publish.pkid = match (redelivered, offset) {
-                (true, Some(at)) => redeliver_ids
-                    .iter()
-                    .find(|(cursor, _)| *cursor == at)
-                    .map_or(0, |(_, pkid)| *pkid),
-                _ => 0,
-            };
+            // publisher ([MQTT-3.3.1-1], [MQTT-3.3.1-3]); `push_forwards` keeps the packet id of
+            // a message sent again, and gives the others theirs.
+            publish.dup = again.is_some();
+            publish.pkid = again.unwrap_or(0);
             // Sent because of a new subscription (offset None): RETAIN 1. Otherwise as
             // published with Retain As Published, else 0 ([MQTT-3.3.1-12], [MQTT-3.3.1-13]).
             publish.retain = offset.is_none() || (publish.retain && preserve_retain);
@@ -1822,6 +1858,10 @@ fn forward_device_data(
         });
 
     let (len, inflight) = outgoing.push_forwards(forwards, filter_idx);
+    if window_done {
+        // Ids of messages that were not there to send again (expired) are free again.
+        outgoing.unreserve(redeliver_ids.iter().map(|(_, pkid)| *pkid));
+    }
 
     debug!(
         inflight_count = inflight,
