@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use crate::mqtt_client::mqtt_connect;
 use crate::mqtt_packets::{Publish, frame_len, puback, subscribe};
 use crate::procs::{Lanyard, Mosquitto};
-use crate::report::{Row, at_least};
+use crate::report::{Row, row};
 use crate::setup::client_token;
 
 /// How long a subscriber waits for the next message before it counts the rest as lost.
@@ -144,7 +144,7 @@ async fn fan_out(
     }
 }
 
-/// Each of QoS 0 and 1 to one and to four subscribers, `count` messages on lanyard (with a
+/// Each of QoS 0 and 1 to one and to four subscribers, the same messages on lanyard (with a
 /// token of the demo device) and then on `mosquitto`: a row each.
 pub async fn measure(
     http: &reqwest::Client,
@@ -152,7 +152,9 @@ pub async fn measure(
     mosquitto: &Mosquitto,
     quick: bool,
 ) -> Vec<Row> {
-    let count: u64 = if quick { 2_000 } else { 100_000 };
+    // 400,000 messages of 100 bytes, 40 MB: more than a topic's log keeps (16 MiB), so a broker
+    // that drops what a slower subscriber has not read yet shows it in the share delivered.
+    let count: u64 = if quick { 2_000 } else { 400_000 };
     let bench_token = client_token(http, l, &l.device_id, &l.device_secret).await;
     let mut rows = Vec::new();
     for (qos, subs) in [(0u8, 1usize), (0, 4), (1, 1), (1, 4)] {
@@ -167,7 +169,8 @@ pub async fn measure(
         )
         .await;
         let theirs = fan_out(mosquitto.addr, None, qos, subs, count, &format!("m{tag}")).await;
-        rows.push(at_least(
+        // Met when as fast as Mosquitto and losing no more of what it was given.
+        rows.push(row(
             &format!("publish QoS {qos}, 100 B, 1 → {subs}"),
             format!(
                 "{:.0} deliveries/s, {:.1}% delivered",
@@ -179,9 +182,9 @@ pub async fn measure(
                 theirs.rate,
                 theirs.delivered * 100.0
             ),
-            ours.rate,
-            theirs.rate,
-            1.0,
+            Some(ours.rate / theirs.rate.max(1e-9)),
+            "≥ 1.0×, as much delivered",
+            Some(ours.rate >= theirs.rate && ours.delivered >= theirs.delivered),
         ));
     }
     rows

@@ -1,6 +1,6 @@
 use super::Ack;
 use slab::Slab;
-use tracing::{info, trace};
+use tracing::info;
 
 use crate::protocol::{
     matches, ConnAck, ConnAckProperties, PingResp, PubAck, PubComp, PubRec, PubRel, Publish,
