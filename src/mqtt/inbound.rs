@@ -6,8 +6,8 @@
 //! subscription's Retain Handling says (MQTT 5.0 §3.8.3.1), once per SUBSCRIBE packet: by the
 //! router, but lanyard's own on a re-subscribe, which the gate writes into the output
 //! `mqtt.max_queued_bytes` bounds; a 5.0 client's QoS 1 and 2 publishes are held to the
-//! Receive Maximum the CONNACK advertised. An AUTH re-authenticates a 5.0 session that authenticated with
-//! method `lanyard-jwt` (SPEC §10, [`Connection::reauthenticate`]).
+//! Receive Maximum the CONNACK advertised. An AUTH re-authenticates a 5.0 session that
+//! authenticated with method `lanyard-jwt` (SPEC §10, [`Connection::reauthenticate`]).
 
 use std::collections::BTreeSet;
 
