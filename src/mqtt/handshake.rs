@@ -287,6 +287,10 @@ where
         return Err(Exit::refused(version, "", Refusal::Malformed));
     };
     let refused = |refusal| Exit::refused(version, &connect.client_id, refusal);
+    // MQTT 5.0 §3.1.2.11.4: a Maximum Packet Size of 0 is a protocol error.
+    if props.as_ref().and_then(|p| p.max_packet_size) == Some(0) {
+        return Err(refused(Refusal::Protocol("Maximum Packet Size 0")));
+    }
     // MQTT 5.0 §3.1.2.11.3: absent means 65,535; 0 is a protocol error.
     let receive_maximum = match props.as_ref().and_then(|p| p.receive_maximum) {
         Some(0) => return Err(refused(Refusal::Protocol("Receive Maximum 0"))),

@@ -294,6 +294,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         reason,
                     };
                     self.write(Packet::PubComp(comp, None));
+                } else if self.session.link.is_none() {
+                    // Nothing was ever held for this session: no id is in flight (§4.3.3).
+                    let comp = PubComp {
+                        pkid: rel.pkid,
+                        reason: PubCompReason::PacketIdentifierNotFound,
+                    };
+                    self.write(Packet::PubComp(comp, None));
                 } else {
                     self.answer_router(Packet::PubRel(rel, None)).await;
                 }

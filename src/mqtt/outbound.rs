@@ -177,7 +177,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     *delivered += 1;
                 }
             }
-            Packet::Disconnect(..) => return Some(Outcome::RouterGone),
+            // The router ends a link for what it finds wrong (a client's QoS 2 publishes
+            // unreleased past the Receive Maximum, a malformed property): the client hears why.
+            Packet::Disconnect(disconnect, _) => {
+                return Some(Outcome::Violation(disconnect.reason_code));
+            }
             // The end of a QoS 1 or 2 flow the client began: its quota is restored (§4.9).
             ack @ (Packet::PubAck(..) | Packet::PubComp(..)) => {
                 self.unacknowledged = self.unacknowledged.saturating_sub(1);

@@ -890,6 +890,98 @@ async fn a_qos2_publish_released_after_the_session_resumes_is_delivered_once() {
 }
 
 #[tokio::test]
+async fn unreleased_qos2_publishes_stay_bounded_across_resumptions() {
+    let (app, token) = open_broker().await;
+    let hello = || Hello::clean().expiry(300);
+    let (mut hoarder, _) = Wire::connect(&app, "hoarder", &token, hello()).await;
+    let qos2 = |pkid: u16| {
+        let mut publish = v5::Publish::new("conformance/hoard", QoS::ExactlyOnce, "x", None);
+        publish.pkid = pkid;
+        let mut out = BytesMut::new();
+        P5::Publish(publish).write(&mut out, None).unwrap();
+        out
+    };
+    let mut batch = BytesMut::new();
+    for pkid in 1..=100 {
+        batch.extend_from_slice(&qos2(pkid));
+    }
+    hoarder.stream.write_all(&batch).await.unwrap();
+    for _ in 0..100 {
+        assert!(matches!(hoarder.recv(WAIT).await, Some(P5::PubRec(_))));
+    }
+    drop(hoarder);
+    // Resumed, with a hundred publishes still unreleased: one more is one too many.
+    let resume = Hello::default().expiry(300);
+    let (mut hoarder, ack) = Wire::connect(&app, "hoarder", &token, resume).await;
+    assert!(ack.session_present);
+    hoarder.stream.write_all(&qos2(101)).await.unwrap();
+    match hoarder.recv(WAIT).await {
+        Some(P5::Disconnect(d)) => {
+            assert_eq!(d.reason_code, DisconnectReasonCode::ReceiveMaximumExceeded);
+        }
+        other => panic!("no DISCONNECT: {other:?}"),
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_disconnect_of_one_byte_is_a_reason_code_alone() {
+    let (app, token) = open_broker().await;
+    let t = topic("short-disconnect");
+    let mut watcher = Wire::open(&app, "watcher", &token).await;
+    watcher
+        .subscribe(1, vec![filter(&t, QoS::AtMostOnce)])
+        .await;
+    for (reason, will_expected) in [(0x00u8, false), (0x04, true)] {
+        let will = LastWill::new(&t, format!("will {reason}"), QoS::AtMostOnce, false, None);
+        let hello = Hello {
+            will: Some(will),
+            ..Hello::clean()
+        };
+        let (mut leaving, _) = Wire::connect(&app, "leaving", &token, hello).await;
+        // Remaining length 1: a reason code and no properties (MQTT 5.0 §3.14.2.2.1).
+        leaving
+            .stream
+            .write_all(&[0xe0, 0x01, reason])
+            .await
+            .unwrap();
+        let answer = leaving.recv(WAIT).await;
+        assert!(answer.is_none(), "the server answered {answer:?}");
+        let will = watcher.recv(QUIET).await;
+        assert_eq!(
+            will.is_some(),
+            will_expected,
+            "reason {reason:#04x}: {will:?}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_pubrel_for_nothing_held_is_answered_not_found() {
+    let (app, token) = open_broker().await;
+    let mut wire = Wire::open(&app, "fresh", &token).await;
+    wire.send(P5::PubRel(v5::PubRel::new(777, None))).await;
+    match wire.recv(WAIT).await {
+        Some(P5::PubComp(comp)) => {
+            assert_eq!(
+                (comp.pkid, comp.reason),
+                (777, v5::PubCompReason::PacketIdentifierNotFound)
+            );
+        }
+        other => panic!("no PUBCOMP: {other:?}"),
+    }
+    // Maximum Packet Size 0 is a protocol error (MQTT 5.0 §3.1.2.11.4).
+    let mut hello = Hello::clean();
+    let mut props = ConnectProperties::new();
+    props.max_packet_size = Some(0);
+    hello.properties = Some(props);
+    let (_, ack) = Wire::connect(&app, "zero", &token, hello).await;
+    assert_eq!(ack.code, ConnectReturnCode::ProtocolError);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn no_local_on_a_shared_subscription_is_a_protocol_error() {
     let (app, token) = open_broker().await;
     let mut wire = Wire::open(&app, "shared", &token).await;

@@ -449,6 +449,11 @@ impl AckLog {
         self.recorded = recorded;
     }
 
+    /// How many QoS 2 publishes await their PUBREL.
+    pub fn recorded_len(&self) -> usize {
+        self.recorded.len()
+    }
+
     pub fn pingresp(&mut self, ack: PingResp) {
         let ack = Ack::PingResp(ack);
         self.committed.push_back(ack);

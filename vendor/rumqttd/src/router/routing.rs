@@ -55,6 +55,8 @@ pub enum RouterError {
 
 // TODO: set this to some appropriate value
 const TOPIC_ALIAS_MAX: u16 = 4096;
+/// The most QoS 2 publishes of one session received (PUBREC) and not yet released (PUBREL).
+const MAX_RECORDED: usize = 100;
 
 pub struct Router {
     id: RouterId,
@@ -657,6 +659,14 @@ impl Router {
                             force_ack = true;
                         }
                         QoS::ExactlyOnce => {
+                            // What a client has received but not released is bounded, across
+                            // resumptions of its session too (its Receive Maximum, §4.9).
+                            if self.ackslog.get(id).is_some_and(|a| a.recorded_len() >= MAX_RECORDED) {
+                                disconnect = true;
+                                disconnect_reason =
+                                    Some(DisconnectReasonCode::ReceiveMaximumExceeded);
+                                break;
+                            }
                             let pubrec = PubRec {
                                 pkid,
                                 reason: PubRecReason::Success,

@@ -55,6 +55,10 @@ pub fn read(
     let disconnect = Disconnect {
         reason_code: reason(reason_code)?,
     };
+    // A remaining length under 2 has no Property Length: it is 0 (MQTT 5.0 §3.14.2.2.1).
+    if fixed_header.remaining_len < 2 {
+        return Ok((disconnect, None));
+    }
     let properties = properties::read(&mut bytes)?;
 
     Ok((disconnect, properties))
