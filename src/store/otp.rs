@@ -162,3 +162,39 @@ const PRUNE: &str = "DELETE FROM otp_codes WHERE expires_at < $1";
 pub async fn prune(db: &Db, before: i64) -> StoreResult<u64> {
     Ok(on_writer!(db, pool => sqlx::query(PRUNE).bind(before).execute(pool).await?.rows_affected()))
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, Row, SqliteConnection};
+
+    use super::*;
+
+    /// What SQLite plans for `sql`: one line per step.
+    async fn plan(conn: &mut SqliteConnection, sql: &str) -> String {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query(&explain);
+        for _ in 0..sql.matches('$').count() {
+            query = query.bind("x");
+        }
+        let rows = query.fetch_all(&mut *conn).await.unwrap();
+        rows.iter()
+            .map(|r| r.get::<String, _>("detail"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The counts every `send-otp` makes find their rows by index, however many codes the
+    /// table holds (a flood of fresh addresses must not make each request scan them all).
+    #[tokio::test]
+    async fn the_sign_in_code_limits_count_by_index() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        crate::store::SQLITE_MIGRATIONS
+            .run(&mut conn)
+            .await
+            .unwrap();
+        let by_source = plan(&mut conn, COUNT_SOURCE_SINCE).await;
+        assert!(by_source.contains("INDEX otp_codes_source"), "{by_source}");
+        let by_address = plan(&mut conn, COUNT_SINCE).await;
+        assert!(by_address.contains("INDEX otp_codes_email"), "{by_address}");
+    }
+}

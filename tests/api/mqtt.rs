@@ -1516,10 +1516,11 @@ async fn shared_subscription_groups_of_equal_names_stay_apart_across_tenants_and
 }
 
 #[tokio::test]
-async fn a_pending_will_is_dropped_when_its_token_is_revoked_or_its_client_deleted() {
+async fn a_pending_will_is_dropped_when_its_token_is_revoked_or_its_client_or_person_deleted() {
     use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, LastWillProperties};
     let app = wide_open().await;
-    let t = app.tenant("acme").await;
+    let w = crate::graphql::world(&app).await;
+    let t = &w.t;
     let (_, watcher_token) = device(&app, &t, None, "").await;
     let mut watcher = V4::connect(&app, "watcher", &watcher_token).await.unwrap();
     watcher.subscribe("status/#").await;
@@ -1579,6 +1580,21 @@ async fn a_pending_will_is_dropped_when_its_token_is_revoked_or_its_client_delet
     )
     .await;
     assert_eq!(body["data"]["deleteClient"], true, "{body}");
+    // A person is deleted while the will of their session waits.
+    drop(
+        V5::with_options(with_will("person", &w.user_token))
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let body = crate::graphql::gql(
+        &app,
+        Some(&w.admin_token),
+        "mutation($u: UUID!) { deleteUser(uuid: $u) }",
+        serde_json::json!({ "u": w.user }),
+    )
+    .await;
+    assert_eq!(body["data"]["deleteUser"], true, "{body}");
     // A third device that just went away still leaves its will.
     let (_, kept) = device(&app, &t, None, "").await;
     drop(V5::with_options(with_will("kept", &kept)).await.unwrap());
@@ -1586,7 +1602,7 @@ async fn a_pending_will_is_dropped_when_its_token_is_revoked_or_its_client_delet
     assert_eq!(msg.topic, "status/kept");
     assert!(
         watcher.message(Duration::from_millis(1500)).await.is_none(),
-        "a will outlived its token or client"
+        "a will outlived its token, client or person"
     );
 }
 
