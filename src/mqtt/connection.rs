@@ -93,9 +93,9 @@ pub(super) struct Connection<S> {
     pub(super) wake_link: bool,
     /// The client's QoS 1 and 2 publishes not yet acknowledged (5.0 flow control, §4.9).
     pub(super) unacknowledged: u16,
-    /// The router holds this publisher back: nothing is read from the client until it is
-    /// released (a subscriber of what it publishes is catching up).
-    pub(super) held: bool,
+    /// The router holds this publisher back, since when: nothing is read from the client until
+    /// it is released (a subscriber of what it publishes is catching up).
+    pub(super) held: Option<Instant>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -138,7 +138,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             own: None,
             wake_link: false,
             unacknowledged: 0,
-            held: false,
+            held: None,
             _permit: permit,
         })
     }
@@ -181,7 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             // Nothing here may outlive the wait but what it waits on: this is the state an
             // idle connection keeps.
-            let held = self.held;
+            let held = self.held.is_some();
             let answer_router = tokio::select! {
                 reason = &mut self.session.ended => {
                     return Outcome::Ended(reason.unwrap_or(EndReason::NotAuthorized));
@@ -203,7 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             };
             if held
-                && !self.held
+                && self.held.is_none()
                 && let (Some(sleep), Some(k)) =
                     (keep_alive.as_mut().as_pin_mut(), self.session.keep_alive)
             {

@@ -5,8 +5,8 @@
 //! until the client reads, and a client whose output passes it is ended.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::pin::pin;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use rumqttd::protocol::{
     PubRecReason, Publish, SubscribeReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::codec;
 use super::connection::{Connection, Outcome};
@@ -30,6 +31,18 @@ const KEEP_BUFFER: usize = 16 * 1024;
 /// How long the goodbye (5.0 DISCONNECT with its reason) may take to write: a client that does
 /// not read is closed without it.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much of a client's input is read ahead, beyond one packet of `mqtt.max_packet_size`,
+/// while its output waits to be written.
+const READ_AHEAD: usize = 64 * 1024;
+/// The longest the gate keeps a held publisher unread while it writes to it: the router holds
+/// a publisher for at most 2 s per subscriber at risk.
+const HOLD_LIMIT: Duration = Duration::from_secs(3);
+
+/// What a flush made progress with.
+enum Progress {
+    Wrote(std::io::Result<usize>),
+    Read(std::io::Result<usize>),
+}
 
 /// Packet ids in flight whose answers the gate gives or completes itself.
 #[derive(Default)]
@@ -123,11 +136,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             // A subscriber of this client's messages is about to lose some: the client is
             // not read from until it catches up (TCP back-pressure).
             Notification::Hold => {
-                self.held = true;
+                self.held.get_or_insert_with(Instant::now);
                 return None;
             }
             Notification::Release => {
-                self.held = false;
+                self.held = None;
                 return None;
             }
             Notification::Dropped(count) => {
@@ -276,16 +289,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Writes the output waiting for the client. A client that does not read keeps this
-    /// waiting, so lanyard's ending the session (revocation, expiry) is heard here too.
+    /// waiting, so lanyard's ending the session (revocation, expiry) is heard here too. Meanwhile
+    /// the client's packets are read ahead (up to a packet and [`READ_AHEAD`], handled
+    /// afterwards): a client that reads only once its own write went through would otherwise
+    /// wait on lanyard while lanyard waits on it. A held publisher is not read from, for at most [`HOLD_LIMIT`] here,
+    /// where its release cannot be heard.
     pub(super) async fn flush(&mut self) -> Result<(), Outcome> {
+        // Boxed, and only while held: a waiting connection carries no timer.
+        let mut hold_ends = self
+            .held
+            .map(|since| Box::pin(tokio::time::sleep_until(since + HOLD_LIMIT)));
         while !self.out.is_empty() {
+            let read_ahead =
+                hold_ends.is_none() && self.buf.len() < self.gate.max_packet_size + READ_AHEAD;
+            let (stream, out, buf) = (&mut self.stream, &self.out, &mut self.buf);
+            let progress = poll_fn(|cx| {
+                if let Poll::Ready(written) = Pin::new(&mut *stream).poll_write(cx, out) {
+                    return Poll::Ready(Progress::Wrote(written));
+                }
+                if read_ahead
+                    && let Poll::Ready(read) = super::connection::poll_read_some(stream, buf, cx)
+                {
+                    return Poll::Ready(Progress::Read(read));
+                }
+                Poll::Pending
+            });
             tokio::select! {
-                written = self.stream.write(&self.out) => match written {
-                    Ok(n) if n > 0 => self.out.advance(n),
+                progress = progress => match progress {
+                    Progress::Wrote(Ok(n)) if n > 0 => self.out.advance(n),
+                    Progress::Read(Ok(n)) if n > 0 => {}
                     _ => return Err(Outcome::Lost { keep_alive: false }),
                 },
                 reason = &mut self.session.ended => {
                     return Err(Outcome::Ended(reason.unwrap_or(EndReason::NotAuthorized)));
+                }
+                () = async { hold_ends.as_mut().expect("held").await }, if hold_ends.is_some() => {
+                    // The router releases within its own limit; reading resumes regardless.
+                    self.held = None;
+                    hold_ends = None;
                 }
             }
         }
