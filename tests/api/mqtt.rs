@@ -1521,7 +1521,7 @@ async fn a_pending_will_is_dropped_when_its_token_is_revoked_or_its_client_or_pe
     let app = wide_open().await;
     let w = crate::graphql::world(&app).await;
     let t = &w.t;
-    let (_, watcher_token) = device(&app, &t, None, "").await;
+    let (_, watcher_token) = device(&app, t, None, "").await;
     let mut watcher = V4::connect(&app, "watcher", &watcher_token).await.unwrap();
     watcher.subscribe("status/#").await;
     let with_will = |id: &str, token: &str| {
@@ -1549,14 +1549,14 @@ async fn a_pending_will_is_dropped_when_its_token_is_revoked_or_its_client_or_pe
         options
     };
     // One device's token is revoked while its will waits.
-    let (_, revoked) = device(&app, &t, None, "").await;
+    let (_, revoked) = device(&app, t, None, "").await;
     drop(
         V5::with_options(with_will("revoked", &revoked))
             .await
             .unwrap(),
     );
     // Another device's client is deleted through GraphQL while its will waits.
-    let (deleted_id, deleted) = device(&app, &t, None, "").await;
+    let (deleted_id, deleted) = device(&app, t, None, "").await;
     drop(
         V5::with_options(with_will("deleted", &deleted))
             .await
@@ -1571,7 +1571,7 @@ async fn a_pending_will_is_dropped_when_its_token_is_revoked_or_its_client_or_pe
         )
         .await;
     assert_eq!(res.status(), 200);
-    let admin = app.admin_token(&t).await;
+    let admin = app.admin_token(t).await;
     let body = crate::graphql::gql(
         &app,
         Some(&admin),
@@ -1596,7 +1596,7 @@ async fn a_pending_will_is_dropped_when_its_token_is_revoked_or_its_client_or_pe
     .await;
     assert_eq!(body["data"]["deleteUser"], true, "{body}");
     // A third device that just went away still leaves its will.
-    let (_, kept) = device(&app, &t, None, "").await;
+    let (_, kept) = device(&app, t, None, "").await;
     drop(V5::with_options(with_will("kept", &kept)).await.unwrap());
     let msg = watcher.message(WAIT).await.expect("the untouched will");
     assert_eq!(msg.topic, "status/kept");
