@@ -429,6 +429,38 @@ def suback_then_every_message(args):
 
 
 @check
+def request_response(args):
+    """5.0 §4.10: a request with Response Topic and Correlation Data, answered by a responder
+    that subscribed just before; the requester (No Local) does not get its own request."""
+    for i in range(10):
+        t = topic("request")
+        requester = Client(args)
+        requester.connect()
+        requester.subscribe(t, qos=2, noLocal=True)
+        responder = Client(args)
+        responder.connect()
+        responder.subscribe(t, qos=2)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = t + "/response"
+        props.CorrelationData = b"334"
+        requester.subscribe(t + "/response", qos=2)
+        requester.publish(t, b"request", qos=1, properties=props)
+        request = responder.received(1)[0]
+        expect(request.payload == b"request", f"round {i}: request {request.payload!r}")
+        rprops = request.properties
+        expect(getattr(rprops, "ResponseTopic", None) == t + "/response", f"round {i}: response topic lost")
+        answer = Properties(PacketTypes.PUBLISH)
+        answer.CorrelationData = rprops.CorrelationData
+        responder.publish(rprops.ResponseTopic, b"response", qos=1, properties=answer)
+        response = requester.received(1)[0]
+        expect(response.payload == b"response", f"round {i}: got {response.payload!r} (its own request?)")
+        expect(getattr(response.properties, "CorrelationData", None) == b"334", f"round {i}: correlation data lost")
+        expect(len(requester.quiet(0.2)) == 1, f"round {i}: the requester got its own request")
+        requester.disconnect()
+        responder.disconnect()
+
+
+@check
 def qos0_under_load_is_delivered(args):
     """A fast QoS 0 publisher is slowed down, not dropped from, while its subscribers read."""
     t = topic("load")
