@@ -42,21 +42,30 @@ async fn access_token(request: reqwest::RequestBuilder) -> String {
     res["access_token"].as_str().expect("a token").to_owned()
 }
 
+/// The mails in the file outbox so far, oldest first: `.eml` files only, not the hidden ones a
+/// mail is written under before it is renamed.
+fn outbox(l: &Lanyard) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(l.dir.join("outbox"))
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
 /// Mails in the file outbox so far.
 pub fn mails(l: &Lanyard) -> usize {
-    std::fs::read_dir(l.dir.join("outbox"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    outbox(l).len()
 }
 
 /// The code in the first mail after the `before`th in the file outbox, once it is there.
 pub async fn mailed_code(l: &Lanyard, before: usize) -> String {
     for _ in 0..100 {
-        let mut files: Vec<_> = std::fs::read_dir(l.dir.join("outbox"))
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
+        let files = outbox(l);
         if files.len() > before {
-            files.sort();
             let text = std::fs::read_to_string(files.last().unwrap()).unwrap();
             let at = text.find(" is your code").unwrap();
             return text[at - 6..at].to_owned();
