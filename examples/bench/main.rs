@@ -53,6 +53,8 @@ mod mqtt_packets;
 mod nats;
 #[path = "../../tests/support/nats_cluster.rs"]
 mod nats_cluster;
+#[path = "../../tests/support/outbox.rs"]
+mod outbox;
 mod procs;
 mod publish;
 mod report;

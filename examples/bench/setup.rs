@@ -42,18 +42,9 @@ async fn access_token(request: reqwest::RequestBuilder) -> String {
     res["access_token"].as_str().expect("a token").to_owned()
 }
 
-/// The mails in the file outbox so far, oldest first: `.eml` files only, not the hidden ones a
-/// mail is written under before it is renamed.
+/// The mails in the file outbox so far, oldest first.
 fn outbox(l: &Lanyard) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(l.dir.join("outbox"))
-        .map(|d| {
-            d.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
+    crate::outbox::mails(&l.dir.join("outbox"))
 }
 
 /// Mails in the file outbox so far.

@@ -34,6 +34,8 @@ mod nats_cluster;
 mod nginx;
 mod nodes;
 mod offline_trust;
+#[path = "../support/outbox.rs"]
+mod outbox;
 mod reauth;
 mod revocation;
 mod sharing;

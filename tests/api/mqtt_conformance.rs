@@ -1039,6 +1039,16 @@ async fn after_the_suback_every_message_published_reaches_the_subscriber() {
     app.stop().await;
 }
 
+/// A thousand QoS 0 PUBLISHes of 100 bytes to `topic`, written out once.
+fn thousand_messages(topic: &str) -> BytesMut {
+    let mut batch = BytesMut::new();
+    for _ in 0..1000 {
+        let publish = v5::Publish::new(topic, QoS::AtMostOnce, vec![b'x'; 100], None);
+        P5::Publish(publish).write(&mut batch, None).unwrap();
+    }
+    batch
+}
+
 /// A subscriber reading everything, at most 16 KiB every `pause`, counting the messages of
 /// `topic` until none has come for a few seconds.
 async fn reader(
@@ -1085,11 +1095,7 @@ async fn a_fast_qos0_publisher_is_slowed_down_not_dropped_from() {
     // 300,000 messages of 100 bytes: 30 MB, about twice what a topic's log keeps.
     let count = 300_000u64;
     let mut publisher = Wire::open(&app, "publisher", &token).await;
-    let mut batch = BytesMut::new();
-    for _ in 0..1000 {
-        let publish = v5::Publish::new(&t, QoS::AtMostOnce, vec![b'x'; 100], None);
-        P5::Publish(publish).write(&mut batch, None).unwrap();
-    }
+    let batch = thousand_messages(&t);
     for _ in 0..count / 1000 {
         publisher.stream.write_all(&batch).await.unwrap();
     }
@@ -1117,11 +1123,7 @@ async fn a_subscriber_that_stops_reading_holds_publishers_only_briefly_and_its_l
     let live = reader(&app, &token, "live", &t, Duration::ZERO).await;
     let count = 300_000u64;
     let mut publisher = Wire::open(&app, "publisher", &token).await;
-    let mut batch = BytesMut::new();
-    for _ in 0..1000 {
-        let publish = v5::Publish::new(&t, QoS::AtMostOnce, vec![b'x'; 100], None);
-        P5::Publish(publish).write(&mut batch, None).unwrap();
-    }
+    let batch = thousand_messages(&t);
     let started = Instant::now();
     let publishing = async {
         for _ in 0..count / 1000 {

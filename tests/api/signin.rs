@@ -63,15 +63,7 @@ pub async fn send_otp(app: &TestApp, slug: &str, body: Value) -> reqwest::Respon
 }
 
 pub fn outbox_files(app: &TestApp) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(&app.settings.mailer.dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
+    crate::outbox::mails(&app.settings.mailer.dir)
 }
 
 /// The newest code mailed to `email`, read from the file mailer's outbox.
